@@ -1,0 +1,109 @@
+//! The dual-encoder configuration in Hugging Face's `CLIPConfig` layout.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use text_encoder::TextConfig;
+use vision_encoder::{Preprocess, VisionConfig};
+
+use crate::error::io_err;
+use crate::{ModelError, Result};
+
+/// Both towers and the shared embedding size, as in a Hugging Face `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClipConfig {
+    /// Size of the shared embedding space.
+    pub projection_dim: usize,
+    /// Initial `logit_scale` (ln of the inverse temperature); ln(1/0.07) ≈ 2.6592.
+    pub logit_scale_init_value: f64,
+    /// Text tower.
+    pub text_config: TextConfig,
+    /// Vision tower.
+    pub vision_config: VisionConfig,
+}
+
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self {
+            projection_dim: 512,
+            logit_scale_init_value: 2.6592,
+            text_config: TextConfig::default(),
+            vision_config: VisionConfig::default(),
+        }
+    }
+}
+
+impl ClipConfig {
+    /// Reads and validates a Hugging Face `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let cfg: Self = read_json(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks both towers and the projection size.
+    pub fn validate(&self) -> Result<()> {
+        self.text_config.validate()?;
+        self.vision_config.validate()?;
+        if self.projection_dim == 0 {
+            return Err(text_encoder::TextError::Config {
+                field: "projection_dim",
+                value: "0".into(),
+                reason: "must be positive",
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The `config.json` transformers' `CLIPModel.from_pretrained` expects.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        let obj = v.as_object_mut().expect("object");
+        obj.insert("architectures".into(), serde_json::json!(["CLIPModel"]));
+        obj.insert("model_type".into(), "clip".into());
+        obj.insert("torch_dtype".into(), "float32".into());
+        for (key, model_type) in [("text_config", "clip_text_model"), ("vision_config", "clip_vision_model")] {
+            let sub = obj.get_mut(key).and_then(|s| s.as_object_mut()).expect("sub-config");
+            sub.insert("model_type".into(), model_type.into());
+            sub.insert("projection_dim".into(), self.projection_dim.into());
+        }
+        v
+    }
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io_err("cannot read", path))?;
+    serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The parts of a `preprocessor_config.json` (transformers' `CLIPImageProcessor`) we honour.
+#[derive(Debug, Deserialize)]
+struct HfImageProcessor {
+    image_mean: Option<[f32; 3]>,
+    image_std: Option<[f32; 3]>,
+}
+
+/// Preprocessing for a model directory: the image size from the config and the mean/std from
+/// `preprocessor_config.json` when present, else OpenAI's.
+pub fn load_preprocess_config(dir: &Path, image_size: usize) -> Result<Preprocess> {
+    let mut pre = Preprocess {
+        image_size,
+        ..Preprocess::default()
+    };
+    let path = dir.join("preprocessor_config.json");
+    if path.exists() {
+        let hf: HfImageProcessor = read_json(&path)?;
+        if let Some(m) = hf.image_mean {
+            pre.mean = m;
+        }
+        if let Some(s) = hf.image_std {
+            pre.std = s;
+        }
+    }
+    Ok(pre)
+}

@@ -1,0 +1,90 @@
+use std::path::PathBuf;
+
+/// Errors while building, loading or saving a CLIP model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// A file could not be read or written.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done (`cannot read`, `cannot write`, …).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file is malformed or has a field of the wrong type.
+    #[error("invalid JSON in {path}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// serde_json's error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A safetensors file is damaged or truncated.
+    #[error("cannot read safetensors file {path}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The safetensors crate's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A directory holds neither known checkpoint layout.
+    #[error("{path} is not a model directory: expected config.json + model.safetensors (Hugging Face) or open_clip_config.json + open_clip_model.safetensors (open_clip)")]
+    UnknownLayout {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A checkpoint holds a tensor the configured model has no place for.
+    #[error("unexpected tensor `{key}` in {path}: the checkpoint does not match its config")]
+    UnexpectedTensor {
+        /// The tensor name.
+        key: String,
+        /// The checkpoint file.
+        path: PathBuf,
+    },
+    /// An open_clip feature this implementation does not support.
+    #[error("unsupported open_clip setting {field} = {value} in {path}")]
+    Unsupported {
+        /// The config field.
+        field: String,
+        /// Its value.
+        value: String,
+        /// The config file.
+        path: PathBuf,
+    },
+    /// A checkpoint tensor is missing or misshapen (names the file and key).
+    #[error("in {path}: {source}")]
+    Weights {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The missing or misshapen tensor.
+        #[source]
+        source: clip_nn::NnError,
+    },
+    /// Vision tower error.
+    #[error(transparent)]
+    Vision(#[from] vision_encoder::VisionError),
+    /// Text tower error.
+    #[error(transparent)]
+    Text(#[from] text_encoder::TextError),
+    /// Layer error.
+    #[error(transparent)]
+    Nn(#[from] clip_nn::NnError),
+    /// Tensor error.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Builds a `map_err` closure that names the file and what was being done.
+pub(crate) fn io_err(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ModelError {
+    let path = path.to_path_buf();
+    move |source| ModelError::Io { action, path, source }
+}

@@ -1,0 +1,20 @@
+//! Differentiable building blocks shared by both CLIP towers.
+//!
+//! candle 0.11's fused `layer_norm` and `softmax_last_dim` have no backward pass, so every
+//! op here has a differentiable path (used whenever an input tracks gradients) and a fused
+//! fast path for inference. Parameters are fetched by name through [`Params`], whose names
+//! mirror the Hugging Face CLIP checkpoint keys.
+
+mod error;
+mod layers;
+mod ops;
+mod params;
+mod rng;
+mod transformer;
+
+pub use error::{NnError, Result};
+pub use layers::{Activation, Embedding, LayerNorm, Linear};
+pub use ops::{layer_norm, softmax_last_dim};
+pub use params::{Init, ParamSource, Params, ShapeRecorder, TensorMap, VarStore};
+pub use rng::SplitMix64;
+pub use transformer::{Attention, Encoder, EncoderLayer, EncoderSpec, Mlp};

@@ -1,0 +1,306 @@
+//! Where a model's parameters come from: a checkpoint, a trainable store, or a shape recorder.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+
+use crate::{NnError, Result, SplitMix64};
+
+/// How a fresh parameter is initialised when no checkpoint provides it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// All zeros (biases).
+    Zeros,
+    /// All ones (norm gains).
+    Ones,
+    /// A constant (e.g. `logit_scale = ln(1/0.07)`).
+    Const(f64),
+    /// Normal with mean 0 and the given standard deviation.
+    Normal(f64),
+}
+
+/// Anything that can hand out a named parameter of a known shape.
+pub trait ParamSource: Sync {
+    /// Returns the tensor for `name`, checking it has `shape`.
+    fn get(&self, name: &str, shape: &Shape, init: Init) -> Result<Tensor>;
+    /// The device tensors live on.
+    fn device(&self) -> &Device;
+}
+
+/// A prefix-scoped view of a [`ParamSource`]; `pp("encoder")` extends the key path.
+#[derive(Clone, Copy)]
+pub struct Params<'a> {
+    source: &'a dyn ParamSource,
+    prefix: &'a str,
+}
+
+/// Owned variant used by [`Params::pp`], since prefixes are built at runtime.
+pub struct ScopedParams<'a> {
+    source: &'a dyn ParamSource,
+    prefix: String,
+}
+
+impl<'a> Params<'a> {
+    /// The root view of `source`.
+    pub fn new(source: &'a dyn ParamSource) -> Self {
+        Self { source, prefix: "" }
+    }
+
+    /// A view whose keys are prefixed with `name.`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> ScopedParams<'a> {
+        ScopedParams {
+            source: self.source,
+            prefix: join(self.prefix, &name.to_string()),
+        }
+    }
+
+    /// Fetches `prefix.name` with the given shape.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
+        self.source.get(&join(self.prefix, name), &shape.into(), init)
+    }
+
+    /// The device parameters live on.
+    pub fn device(&self) -> &Device {
+        self.source.device()
+    }
+}
+
+impl<'a> ScopedParams<'a> {
+    /// Borrow as a [`Params`] view.
+    pub fn view(&self) -> Params<'_> {
+        Params {
+            source: self.source,
+            prefix: &self.prefix,
+        }
+    }
+
+    /// A view whose keys are further prefixed with `name.`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> ScopedParams<'a> {
+        ScopedParams {
+            source: self.source,
+            prefix: join(&self.prefix, &name.to_string()),
+        }
+    }
+
+    /// Fetches `prefix.name` with the given shape.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
+        self.view().get(shape, name, init)
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Read-only parameters from a checkpoint, keyed by their (Hugging Face) names.
+#[derive(Debug, Clone)]
+pub struct TensorMap {
+    tensors: HashMap<String, Tensor>,
+    device: Device,
+}
+
+impl TensorMap {
+    /// Wraps already-loaded tensors.
+    pub fn new(tensors: HashMap<String, Tensor>, device: Device) -> Self {
+        Self { tensors, device }
+    }
+
+    /// The underlying map.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// Takes the underlying map.
+    pub fn into_inner(self) -> HashMap<String, Tensor> {
+        self.tensors
+    }
+}
+
+impl ParamSource for TensorMap {
+    fn get(&self, name: &str, shape: &Shape, _init: Init) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| NnError::MissingTensor {
+            key: name.to_string(),
+            expected: shape.clone(),
+        })?;
+        if t.shape() != shape {
+            return Err(NnError::ShapeMismatch {
+                key: name.to_string(),
+                expected: shape.clone(),
+                found: t.shape().clone(),
+            });
+        }
+        Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Trainable parameters: every tensor handed out is a [`Var`], remembered in creation order.
+///
+/// Values come from `init_from` when given (fine-tuning), else from the seeded [`Init`].
+pub struct VarStore {
+    vars: Mutex<Vec<(String, Var)>>,
+    rng: Mutex<SplitMix64>,
+    init_from: Option<TensorMap>,
+    device: Device,
+}
+
+impl VarStore {
+    /// A store that initialises fresh parameters from `seed`.
+    pub fn new(device: Device, seed: u64) -> Self {
+        Self {
+            vars: Mutex::new(Vec::new()),
+            rng: Mutex::new(SplitMix64::new(seed)),
+            init_from: None,
+            device,
+        }
+    }
+
+    /// A store whose variables start from the given checkpoint tensors.
+    pub fn from_tensors(init_from: TensorMap) -> Self {
+        let device = init_from.device.clone();
+        Self {
+            vars: Mutex::new(Vec::new()),
+            rng: Mutex::new(SplitMix64::new(0)),
+            init_from: Some(init_from),
+            device,
+        }
+    }
+
+    /// All variables with their names, in creation order.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        self.vars.lock().expect("var store poisoned").clone()
+    }
+
+    /// All variables, in creation order.
+    pub fn vars(&self) -> Vec<Var> {
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Current values by name, e.g. to save a checkpoint.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Overwrites every variable present in `values` (used on resume).
+    pub fn load(&self, values: &TensorMap) -> Result<()> {
+        for (name, var) in self.named_vars() {
+            let t = values.get(&name, var.shape(), Init::Zeros)?;
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    fn fresh(&self, shape: &Shape, init: Init) -> Result<Tensor> {
+        let n = shape.elem_count();
+        let t = match init {
+            Init::Zeros => Tensor::zeros(shape, DType::F32, &self.device)?,
+            Init::Ones => Tensor::ones(shape, DType::F32, &self.device)?,
+            Init::Const(c) => (Tensor::ones(shape, DType::F32, &self.device)? * c)?,
+            Init::Normal(std) => {
+                let mut rng = self.rng.lock().expect("rng poisoned");
+                let data: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
+                Tensor::from_vec(data, shape, &self.device)?
+            }
+        };
+        Ok(t)
+    }
+}
+
+impl ParamSource for VarStore {
+    fn get(&self, name: &str, shape: &Shape, init: Init) -> Result<Tensor> {
+        let value = match &self.init_from {
+            Some(map) => map.get(name, shape, init)?,
+            None => self.fresh(shape, init)?,
+        };
+        let var = Var::from_tensor(&value)?;
+        let mut vars = self.vars.lock().expect("var store poisoned");
+        if vars.iter().any(|(n, _)| n == name) {
+            return Err(NnError::DuplicateParameter(name.to_string()));
+        }
+        vars.push((name.to_string(), var.clone()));
+        Ok(var.as_tensor().clone())
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Records the name and shape of every parameter a model asks for, without allocating.
+///
+/// Building a model against a recorder yields its exact parameter list, which checkpoint
+/// loading uses to report every missing or misshapen tensor before any real work.
+#[derive(Default)]
+pub struct ShapeRecorder {
+    seen: Mutex<Vec<(String, Shape)>>,
+}
+
+impl ShapeRecorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every parameter requested so far, in order.
+    pub fn shapes(&self) -> Vec<(String, Shape)> {
+        self.seen.lock().expect("recorder poisoned").clone()
+    }
+}
+
+impl ParamSource for ShapeRecorder {
+    fn get(&self, name: &str, shape: &Shape, _init: Init) -> Result<Tensor> {
+        self.seen
+            .lock()
+            .expect("recorder poisoned")
+            .push((name.to_string(), shape.clone()));
+        Ok(Tensor::zeros((), DType::F32, &Device::Cpu)?.broadcast_as(shape)?)
+    }
+
+    fn device(&self) -> &Device {
+        &Device::Cpu
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_map_names_key_and_shapes_on_error() {
+        let mut m = HashMap::new();
+        m.insert("a.w".to_string(), Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap());
+        let map = TensorMap::new(m, Device::Cpu);
+        let p = Params::new(&map);
+        let a = p.pp("a");
+        let err = a.get((3, 2), "w", Init::Zeros).unwrap_err().to_string();
+        assert!(err.contains("a.w") && err.contains("[3, 2]") && err.contains("[2, 3]"), "{err}");
+        let err = a.get(4, "b", Init::Zeros).unwrap_err().to_string();
+        assert!(err.contains("missing tensor `a.b`") && err.contains("[4]"), "{err}");
+    }
+
+    #[test]
+    fn var_store_is_seeded_and_rejects_duplicates() {
+        let make = || {
+            let s = VarStore::new(Device::Cpu, 3);
+            let t = Params::new(&s).get((4, 4), "w", Init::Normal(1.0)).unwrap();
+            (s, t)
+        };
+        let (s, a) = make();
+        let (_, b) = make();
+        let diff = (a - b).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        assert!(Params::new(&s).get((4, 4), "w", Init::Zeros).is_err());
+        assert_eq!(s.named_vars().len(), 1);
+    }
+}

@@ -1,0 +1,156 @@
+//! Pre-norm transformer blocks in the Hugging Face CLIP layout.
+
+use candle_core::{Module, Tensor};
+
+use crate::params::ScopedParams;
+use crate::{ops, Activation, LayerNorm, Linear, Result};
+
+/// Sizes shared by every block of one tower.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EncoderSpec {
+    /// Model width (hidden size).
+    pub width: usize,
+    /// Attention heads; must divide `width`.
+    pub heads: usize,
+    /// Hidden size of the MLP.
+    pub mlp_dim: usize,
+    /// Number of blocks.
+    pub layers: usize,
+    /// MLP non-linearity.
+    pub activation: Activation,
+    /// Layer-norm epsilon.
+    pub eps: f64,
+}
+
+/// Multi-head self-attention with separate q/k/v projections (`self_attn.{q,k,v,out}_proj`).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    /// Loads the four projections under `p`.
+    pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
+        let w = spec.width;
+        let in_std = (w as f64).powf(-0.5);
+        let out_std = in_std * ((2 * spec.layers) as f64).powf(-0.5);
+        Ok(Self {
+            q: Linear::new(w, w, true, in_std, &p.pp("q_proj"))?,
+            k: Linear::new(w, w, true, in_std, &p.pp("k_proj"))?,
+            v: Linear::new(w, w, true, in_std, &p.pp("v_proj"))?,
+            out: Linear::new(w, w, true, out_std, &p.pp("out_proj"))?,
+            heads: spec.heads,
+            scale: ((w / spec.heads) as f64).powf(-0.5),
+        })
+    }
+
+    /// `x`: `[b, t, w]`; `mask`: additive `[t, t]` (e.g. causal) or none. Returns `[b, t, w]`.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, w) = x.dims3()?;
+        let d = w / self.heads;
+        let split = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, self.heads, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split((self.q.forward(x)? * self.scale)?)?; // [b, h, t, d]
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let mut scores = q.matmul(&k.t()?)?; // [b, h, t, t]
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?; // [b, h, t, d]
+        let ctx = ctx.transpose(1, 2)?.reshape((b, t, w))?;
+        Ok(self.out.forward(&ctx)?)
+    }
+}
+
+/// Two-layer MLP `fc2(act(fc1(x)))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    /// Loads `fc1` and `fc2` under `p`.
+    pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
+        let w = spec.width as f64;
+        Ok(Self {
+            fc1: Linear::new(spec.width, spec.mlp_dim, true, (2.0 * w).powf(-0.5), &p.pp("fc1"))?,
+            fc2: Linear::new(
+                spec.mlp_dim,
+                spec.width,
+                true,
+                w.powf(-0.5) * ((2 * spec.layers) as f64).powf(-0.5),
+                &p.pp("fc2"),
+            )?,
+            act: spec.activation,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// One pre-norm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl EncoderLayer {
+    /// Loads `layer_norm1`, `self_attn`, `layer_norm2`, `mlp` under `p`.
+    pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
+        Ok(Self {
+            ln1: LayerNorm::new(spec.width, spec.eps, &p.pp("layer_norm1"))?,
+            attn: Attention::new(spec, &p.pp("self_attn"))?,
+            ln2: LayerNorm::new(spec.width, spec.eps, &p.pp("layer_norm2"))?,
+            mlp: Mlp::new(spec, &p.pp("mlp"))?,
+        })
+    }
+
+    /// `[b, t, w] → [b, t, w]`.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        Ok((&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?)
+    }
+}
+
+/// A stack of [`EncoderLayer`]s under `layers.{i}`.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    /// Loads `spec.layers` blocks under `p.layers.{i}`.
+    pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
+        let lp = p.pp("layers");
+        let layers = (0..spec.layers)
+            .map(|i| EncoderLayer::new(spec, &lp.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// `[b, t, w] → [b, t, w]`.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, mask)?;
+        }
+        Ok(x)
+    }
+}

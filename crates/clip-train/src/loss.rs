@@ -1,0 +1,59 @@
+//! Contrastive objectives.
+
+use candle_core::{Result, Tensor, D};
+
+/// Row-wise L2 normalisation (differentiable).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
+}
+
+/// Mean cross-entropy of each row of `logits` against the diagonal (row i's target is i).
+fn diagonal_cross_entropy(logits: &Tensor) -> Result<Tensor> {
+    let n = logits.dim(0)?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // [n, 1]
+    let eye = Tensor::eye(n, logits.dtype(), logits.device())?;
+    let diag = (shifted * eye)?.sum_keepdim(D::Minus1)?; // [n, 1]
+    (lse - diag)?.mean_all()
+}
+
+/// CLIP's symmetric in-batch contrastive loss.
+///
+/// With unit-normalised `img`, `txt` of shape `[B, D]` and logits `L = exp(t)·img·txtᵀ`:
+/// `loss = ½·(CE(L, diag) + CE(Lᵀ, diag))`. Matching pairs are the positives and the other
+/// B−1 captions (images) of the batch are the negatives. Equal logits give `ln B`.
+pub fn clip_loss(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Result<Tensor> {
+    let img = l2_normalize(img)?;
+    let txt = l2_normalize(txt)?;
+    let logits = img.matmul(&txt.t()?)?.broadcast_mul(&logit_scale.exp()?)?;
+    let a = diagonal_cross_entropy(&logits)?;
+    let b = diagonal_cross_entropy(&logits.t()?)?;
+    (a + b)? / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn equal_logits_give_ln_batch_size() {
+        let b = 6;
+        let img = Tensor::ones((b, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let scale = Tensor::new(2.0f32, &Device::Cpu).unwrap();
+        let loss: f32 = clip_loss(&img, &img, &scale).unwrap().to_scalar().unwrap();
+        assert!((loss - (b as f32).ln()).abs() < 1e-5, "{loss}");
+    }
+
+    #[test]
+    fn matches_hand_computed_two_by_two() {
+        // img = txt = identity rows: logits = s·I, loss = ln(e^s + 1) − s in both directions.
+        let img = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+        let s = 1.5f32;
+        let scale = Tensor::new(s.ln(), &Device::Cpu).unwrap();
+        let loss: f32 = clip_loss(&img, &img, &scale).unwrap().to_scalar().unwrap();
+        let want = (s.exp() + 1.0).ln() - s;
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    }
+}

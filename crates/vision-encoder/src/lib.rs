@@ -1,0 +1,16 @@
+//! The CLIP vision tower (a ViT) and CLIP's image preprocessing.
+
+mod config;
+mod error;
+mod model;
+mod preprocess;
+mod resize;
+
+pub use config::VisionConfig;
+pub use resize::resize_bicubic;
+pub use error::{Result, VisionError};
+pub use model::VisionTransformer;
+pub use preprocess::{
+    decode_image, load_image, pixels_to_tensor, preprocess, preprocess_files, Preprocess,
+    OPENAI_MEAN, OPENAI_STD,
+};
