@@ -24,7 +24,9 @@ fn tokenizer_ids_match_transformers_exactly() {
             assert_eq!(a, b, "caption {i} {:?} at context {ctx}", caps[i]);
         }
         // Truncation keeps the end-of-text token; padding uses it too.
-        assert!(ours.iter().all(|r| r.len() == ctx && r.contains(&49407) && r[0] == 49406));
+        assert!(ours
+            .iter()
+            .all(|r| r.len() == ctx && r.contains(&49407) && r[0] == 49406));
     }
 }
 
@@ -44,7 +46,11 @@ fn hf_layout_embeddings_match_transformers() {
     let exp = expected();
     let ckpt = Checkpoint::load(&fixtures().join("hf_tiny"), &Device::Cpu).unwrap();
     assert_eq!(ckpt.layout, Layout::HuggingFace);
-    assert_eq!(ckpt.preprocess.mean, [0.5, 0.4, 0.3], "mean from preprocessor_config.json");
+    assert_eq!(
+        ckpt.preprocess.mean,
+        [0.5, 0.4, 0.3],
+        "mean from preprocessor_config.json"
+    );
     let tok = ckpt.tokenizer(Some(&tokenizer_path())).unwrap();
     let model = ckpt.into_model().unwrap();
     let img = model.encode_image(&exp["hf.pixel_values"]).unwrap();
@@ -52,7 +58,9 @@ fn hf_layout_embeddings_match_transformers() {
     assert!(err <= TOL, "image embeds rel L2 {err}");
     let caps = captions();
     let refs: Vec<&str> = caps.iter().map(String::as_str).collect();
-    let txt = model.encode_text(&tok.encode_batch(&refs).unwrap()).unwrap();
+    let txt = model
+        .encode_text(&tok.encode_batch(&refs).unwrap())
+        .unwrap();
     let err = max_rel_l2(&txt, &exp["hf.text_embeds"]);
     assert!(err <= TOL, "text embeds rel L2 {err}");
     let ls = model.logit_scale().to_scalar::<f32>().unwrap();
@@ -79,7 +87,10 @@ fn open_clip_layout_embeddings_match_open_clip() {
 #[test]
 fn preprocessing_matches_clip_image_processor() {
     let exp = expected();
-    for (dir, key) in [("hf_tiny", "hf.pixel_values"), ("openclip_tiny", "oc.pixel_values")] {
+    for (dir, key) in [
+        ("hf_tiny", "hf.pixel_values"),
+        ("openclip_tiny", "oc.pixel_values"),
+    ] {
         let ckpt = Checkpoint::load(&fixtures().join(dir), &Device::Cpu).unwrap();
         let want = &exp[key];
         let size = ckpt.preprocess.image_size as u32;
@@ -96,7 +107,11 @@ fn preprocessing_matches_clip_image_processor() {
             // PNG/WebP decoding, compositing, Pillow-exact bicubic resizing and cropping are
             // exact; JPEG decoders round differently by up to two 8-bit levels.
             let tol = if is_jpeg { 2.5 / 255.0 / 0.2 } else { 1e-5 };
-            assert!(diff <= tol, "{dir} {} max abs diff {diff} > {tol}", path.display());
+            assert!(
+                diff <= tol,
+                "{dir} {} max abs diff {diff} > {tol}",
+                path.display()
+            );
         }
     }
 }
@@ -118,7 +133,11 @@ fn end_to_end_embeddings_from_image_files_match_transformers() {
     let files: Vec<_> = exact.iter().map(|&i| paths[i].clone()).collect();
     let pixels = preprocess_files(&files, &pre, &Device::Cpu).unwrap();
     let ours = model.encode_image(&pixels).unwrap();
-    let idx = candle_core::Tensor::new(exact.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let idx = candle_core::Tensor::new(
+        exact.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let want = exp["hf.image_embeds"].index_select(&idx, 0).unwrap();
     let err = max_rel_l2(&ours, &want);
     assert!(err <= TOL, "rel L2 {err}");
@@ -150,6 +169,8 @@ fn saving_in_hf_layout_round_trips() {
     assert!(max_rel_l2(&img, &exp["oc.image_embeds"]) <= TOL);
     let caps = captions();
     let refs: Vec<&str> = caps.iter().map(String::as_str).collect();
-    let txt = model.encode_text(&tok.encode_batch(&refs).unwrap()).unwrap();
+    let txt = model
+        .encode_text(&tok.encode_batch(&refs).unwrap())
+        .unwrap();
     assert!(max_rel_l2(&txt, &exp["oc.text_embeds"]) <= TOL);
 }

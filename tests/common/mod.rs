@@ -49,7 +49,12 @@ pub fn max_rel_l2(a: &Tensor, b: &Tensor) -> f32 {
     a.iter()
         .zip(&b)
         .map(|(x, y)| {
-            let num: f32 = x.iter().zip(y).map(|(p, q)| (p - q).powi(2)).sum::<f32>().sqrt();
+            let num: f32 = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).powi(2))
+                .sum::<f32>()
+                .sqrt();
             let den: f32 = y.iter().map(|q| q * q).sum::<f32>().sqrt();
             num / den
         })
@@ -57,5 +62,14 @@ pub fn max_rel_l2(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }

@@ -11,7 +11,9 @@ use vision_encoder::Preprocess;
 
 use crate::config::{read_json, ClipConfig};
 use crate::error::io_err;
-use crate::{load_preprocess_config, open_clip, replace_dir_atomically, ClipModel, ModelError, Result};
+use crate::{
+    load_preprocess_config, open_clip, replace_dir_atomically, ClipModel, ModelError, Result,
+};
 
 /// Which file layout a model directory uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +58,11 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
     // SAFETY: the map is read-only and dropped before this function returns; tensors are
     // copied out of it. A concurrent truncation by another process would be a user error.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot map", path))?;
-    let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|source| ModelError::Safetensors {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let st =
+        safetensors::SafeTensors::deserialize(&mmap).map_err(|source| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if is_ignored_buffer(&name) {
@@ -82,10 +85,14 @@ impl Checkpoint {
         }
         let ckpt = if dir.join("config.json").exists() && hf_weight_files(dir)?.is_some() {
             Self::load_hf(dir, device)?
-        } else if dir.join(open_clip::CONFIG_FILE).exists() && dir.join(open_clip::WEIGHTS_FILE).exists() {
+        } else if dir.join(open_clip::CONFIG_FILE).exists()
+            && dir.join(open_clip::WEIGHTS_FILE).exists()
+        {
             open_clip::load(dir, device)?
         } else {
-            return Err(ModelError::UnknownLayout { path: dir.to_path_buf() });
+            return Err(ModelError::UnknownLayout {
+                path: dir.to_path_buf(),
+            });
         };
         ckpt.check_tensors()?;
         Ok(ckpt)
@@ -138,7 +145,10 @@ impl Checkpoint {
             }
         }
         let known: HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
-        let mut extra: Vec<&String> = have.keys().filter(|k| !known.contains(k.as_str())).collect();
+        let mut extra: Vec<&String> = have
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .collect();
         extra.sort();
         if let Some(key) = extra.first() {
             return Err(ModelError::UnexpectedTensor {
@@ -156,11 +166,18 @@ impl Checkpoint {
 
     /// Loads `tokenizer.json` from the directory, or from `fallback` when it has none.
     pub fn tokenizer(&self, fallback: Option<&Path>) -> Result<text_encoder::ClipTokenizer> {
-        let path = self.tokenizer.as_deref().or(fallback).ok_or_else(|| ModelError::Io {
-            action: "no tokenizer.json in",
-            path: self.dir.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "pass a tokenizer explicitly"),
-        })?;
+        let path = self
+            .tokenizer
+            .as_deref()
+            .or(fallback)
+            .ok_or_else(|| ModelError::Io {
+                action: "no tokenizer.json in",
+                path: self.dir.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "pass a tokenizer explicitly",
+                ),
+            })?;
         Ok(text_encoder::ClipTokenizer::from_file(
             path,
             self.config.text_config.max_position_embeddings,

@@ -64,8 +64,14 @@ impl ClipConfig {
         obj.insert("architectures".into(), serde_json::json!(["CLIPModel"]));
         obj.insert("model_type".into(), "clip".into());
         obj.insert("torch_dtype".into(), "float32".into());
-        for (key, model_type) in [("text_config", "clip_text_model"), ("vision_config", "clip_vision_model")] {
-            let sub = obj.get_mut(key).and_then(|s| s.as_object_mut()).expect("sub-config");
+        for (key, model_type) in [
+            ("text_config", "clip_text_model"),
+            ("vision_config", "clip_vision_model"),
+        ] {
+            let sub = obj
+                .get_mut(key)
+                .and_then(|s| s.as_object_mut())
+                .expect("sub-config");
             sub.insert("model_type".into(), model_type.into());
             sub.insert("projection_dim".into(), self.projection_dim.into());
         }

@@ -84,7 +84,14 @@ pub enum ModelError {
 pub type Result<T> = std::result::Result<T, ModelError>;
 
 /// Builds a `map_err` closure that names the file and what was being done.
-pub(crate) fn io_err(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ModelError {
+pub(crate) fn io_err(
+    action: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> ModelError {
     let path = path.to_path_buf();
-    move |source| ModelError::Io { action, path, source }
+    move |source| ModelError::Io {
+        action,
+        path,
+        source,
+    }
 }

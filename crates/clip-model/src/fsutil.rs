@@ -10,9 +10,15 @@ use crate::Result;
 /// A kill at any instant leaves either the old `dest` or the new one, never a mixture: the
 /// new content is complete before the rename, and an old `dest` is moved aside only after.
 pub fn replace_dir_atomically(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err("cannot create directory", parent))?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = unique_sibling(parent, &format!(".{name}.tmp"));
     std::fs::create_dir(&tmp).map_err(io_err("cannot create directory", &tmp))?;
     if let Err(e) = fill(&tmp) {
@@ -52,13 +58,21 @@ mod tests {
         .unwrap();
         let err = replace_dir_atomically(&dest, |d| {
             std::fs::write(d.join("a"), "new").unwrap();
-            Err(crate::ModelError::UnknownLayout { path: d.to_path_buf() })
+            Err(crate::ModelError::UnknownLayout {
+                path: d.to_path_buf(),
+            })
         });
         assert!(err.is_err());
         assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "old");
-        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1, "temp dirs cleaned up");
-        replace_dir_atomically(&dest, |d| std::fs::write(d.join("a"), "new").map_err(io_err("w", d)))
-            .unwrap();
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            1,
+            "temp dirs cleaned up"
+        );
+        replace_dir_atomically(&dest, |d| {
+            std::fs::write(d.join("a"), "new").map_err(io_err("w", d))
+        })
+        .unwrap();
         assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "new");
     }
 }

@@ -22,7 +22,8 @@ impl ClipModel {
     pub fn new(cfg: &ClipConfig, pooling: Pooling, params: Params) -> Result<Self> {
         cfg.validate()?;
         let vision = VisionTransformer::new(&cfg.vision_config, cfg.projection_dim, params)?;
-        let text = TextTransformer::with_pooling(&cfg.text_config, cfg.projection_dim, pooling, params)?;
+        let text =
+            TextTransformer::with_pooling(&cfg.text_config, cfg.projection_dim, pooling, params)?;
         let logit_scale = params.get((), "logit_scale", Init::Const(cfg.logit_scale_init_value))?;
         Ok(Self {
             vision,

@@ -48,7 +48,9 @@ impl Cfg<'_> {
     fn f64(&self, obj: &Value, field: &str, prefix: &str, default: f64) -> Result<f64> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.unsupported(&format!("{prefix}.{field}"), v)),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.unsupported(&format!("{prefix}.{field}"), v)),
         }
     }
 
@@ -72,34 +74,50 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
     let null = Value::Null;
     let vis = model.get("vision_cfg").unwrap_or(&null);
     let txt = model.get("text_cfg").unwrap_or(&null);
-    c.reject(vis, "vision_cfg", &[
-        ("timm_model_name", Value::Null),
-        ("attentional_pool", false.into()),
-        ("no_ln_pre", false.into()),
-        ("pool_type", "tok".into()),
-        ("final_ln_after_pool", false.into()),
-        ("ls_init_value", Value::Null),
-    ])?;
-    c.reject(txt, "text_cfg", &[
-        ("hf_model_name", Value::Null),
-        ("pool_type", "argmax".into()),
-        ("proj_bias", false.into()),
-        ("embed_cls", false.into()),
-        ("no_causal_mask", false.into()),
-        ("ls_init_value", Value::Null),
-        ("final_ln_after_pool", false.into()),
-    ])?;
+    c.reject(
+        vis,
+        "vision_cfg",
+        &[
+            ("timm_model_name", Value::Null),
+            ("attentional_pool", false.into()),
+            ("no_ln_pre", false.into()),
+            ("pool_type", "tok".into()),
+            ("final_ln_after_pool", false.into()),
+            ("ls_init_value", Value::Null),
+        ],
+    )?;
+    c.reject(
+        txt,
+        "text_cfg",
+        &[
+            ("hf_model_name", Value::Null),
+            ("pool_type", "argmax".into()),
+            ("proj_bias", false.into()),
+            ("embed_cls", false.into()),
+            ("no_causal_mask", false.into()),
+            ("ls_init_value", Value::Null),
+            ("final_ln_after_pool", false.into()),
+        ],
+    )?;
     if let Some(v) = vis.get("layers").filter(|v| !v.is_u64()) {
         return Err(c.unsupported("vision_cfg.layers (ResNet towers)", v));
     }
-    let act = if model.get("quick_gelu").and_then(Value::as_bool).unwrap_or(false) {
+    let act = if model
+        .get("quick_gelu")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
         "quick_gelu"
     } else {
         "gelu"
     };
     let image_size = match vis.get("image_size") {
-        Some(Value::Array(a)) if a.len() == 2 && a[0] == a[1] => a[0].as_u64().unwrap_or(0) as usize,
-        Some(Value::Array(_)) => return Err(c.unsupported("vision_cfg.image_size", &vis["image_size"])),
+        Some(Value::Array(a)) if a.len() == 2 && a[0] == a[1] => {
+            a[0].as_u64().unwrap_or(0) as usize
+        }
+        Some(Value::Array(_)) => {
+            return Err(c.unsupported("vision_cfg.image_size", &vis["image_size"]))
+        }
         _ => c.usize(vis, "image_size", "vision_cfg", 224)?,
     };
     let v_width = c.usize(vis, "width", "vision_cfg", 768)?;
@@ -147,7 +165,12 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
             if let Some(v) = p.get(field) {
                 let arr: Vec<f32> = v
                     .as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_f64())
+                            .map(|x| x as f32)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if arr.len() != 3 {
                     return Err(c.unsupported(&format!("preprocess_cfg.{field}"), v));
@@ -185,15 +208,25 @@ fn convert(src: HashMap<String, Tensor>, weights_path: &Path) -> Result<HashMap<
             None => ("text_model", key.as_str()),
         };
         let direct = match (tower, rest) {
-            ("vision_model", "conv1.weight") => Some("vision_model.embeddings.patch_embedding.weight".to_string()),
-            ("vision_model", "class_embedding") => Some("vision_model.embeddings.class_embedding".into()),
-            ("vision_model", "positional_embedding") => Some("vision_model.embeddings.position_embedding.weight".into()),
+            ("vision_model", "conv1.weight") => {
+                Some("vision_model.embeddings.patch_embedding.weight".to_string())
+            }
+            ("vision_model", "class_embedding") => {
+                Some("vision_model.embeddings.class_embedding".into())
+            }
+            ("vision_model", "positional_embedding") => {
+                Some("vision_model.embeddings.position_embedding.weight".into())
+            }
             ("vision_model", "ln_pre.weight") => Some("vision_model.pre_layrnorm.weight".into()),
             ("vision_model", "ln_pre.bias") => Some("vision_model.pre_layrnorm.bias".into()),
             ("vision_model", "ln_post.weight") => Some("vision_model.post_layernorm.weight".into()),
             ("vision_model", "ln_post.bias") => Some("vision_model.post_layernorm.bias".into()),
-            ("text_model", "token_embedding.weight") => Some("text_model.embeddings.token_embedding.weight".into()),
-            ("text_model", "positional_embedding") => Some("text_model.embeddings.position_embedding.weight".into()),
+            ("text_model", "token_embedding.weight") => {
+                Some("text_model.embeddings.token_embedding.weight".into())
+            }
+            ("text_model", "positional_embedding") => {
+                Some("text_model.embeddings.position_embedding.weight".into())
+            }
             ("text_model", "ln_final.weight") => Some("text_model.final_layer_norm.weight".into()),
             ("text_model", "ln_final.bias") => Some("text_model.final_layer_norm.bias".into()),
             ("text_model", "logit_scale") => Some("logit_scale".into()),

@@ -16,9 +16,19 @@ impl Linear {
     /// Loads `weight` (and `bias` when `bias` is true) under `p`.
     ///
     /// Fresh weights are drawn with standard deviation `std`.
-    pub fn new(in_dim: usize, out_dim: usize, bias: bool, std: f64, p: &ScopedParams) -> Result<Self> {
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        std: f64,
+        p: &ScopedParams,
+    ) -> Result<Self> {
         let weight = p.get((out_dim, in_dim), "weight", Init::Normal(std))?;
-        let bias = if bias { Some(p.get(out_dim, "bias", Init::Zeros)?) } else { None };
+        let bias = if bias {
+            Some(p.get(out_dim, "bias", Init::Zeros)?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 

@@ -41,12 +41,23 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn sample() -> Tensor {
-        let v: Vec<f32> = (0..24).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3).collect();
+        let v: Vec<f32> = (0..24)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3)
+            .collect();
         Tensor::from_vec(v, (2, 3, 4), &Device::Cpu).unwrap()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     #[test]
@@ -79,7 +90,10 @@ mod tests {
         let xv = Var::from_tensor(&x).unwrap();
         let s: Vec<Vec<f32>> = softmax_last_dim(xv.as_tensor()).unwrap().to_vec2().unwrap();
         let z = 1f32.exp() + 2f32.exp() + 3f32.exp();
-        for (got, want) in s[0].iter().zip([1f32.exp() / z, 2f32.exp() / z, 3f32.exp() / z]) {
+        for (got, want) in s[0]
+            .iter()
+            .zip([1f32.exp() / z, 2f32.exp() / z, 3f32.exp() / z])
+        {
             assert!((got - want).abs() < 1e-6);
         }
     }

@@ -57,7 +57,8 @@ impl<'a> Params<'a> {
 
     /// Fetches `prefix.name` with the given shape.
     pub fn get(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
-        self.source.get(&join(self.prefix, name), &shape.into(), init)
+        self.source
+            .get(&join(self.prefix, name), &shape.into(), init)
     }
 
     /// The device parameters live on.
@@ -123,10 +124,13 @@ impl TensorMap {
 
 impl ParamSource for TensorMap {
     fn get(&self, name: &str, shape: &Shape, _init: Init) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| NnError::MissingTensor {
-            key: name.to_string(),
-            expected: shape.clone(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| NnError::MissingTensor {
+                key: name.to_string(),
+                expected: shape.clone(),
+            })?;
         if t.shape() != shape {
             return Err(NnError::ShapeMismatch {
                 key: name.to_string(),
@@ -279,14 +283,23 @@ mod tests {
     #[test]
     fn tensor_map_names_key_and_shapes_on_error() {
         let mut m = HashMap::new();
-        m.insert("a.w".to_string(), Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap());
+        m.insert(
+            "a.w".to_string(),
+            Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
         let map = TensorMap::new(m, Device::Cpu);
         let p = Params::new(&map);
         let a = p.pp("a");
         let err = a.get((3, 2), "w", Init::Zeros).unwrap_err().to_string();
-        assert!(err.contains("a.w") && err.contains("[3, 2]") && err.contains("[2, 3]"), "{err}");
+        assert!(
+            err.contains("a.w") && err.contains("[3, 2]") && err.contains("[2, 3]"),
+            "{err}"
+        );
         let err = a.get(4, "b", Init::Zeros).unwrap_err().to_string();
-        assert!(err.contains("missing tensor `a.b`") && err.contains("[4]"), "{err}");
+        assert!(
+            err.contains("missing tensor `a.b`") && err.contains("[4]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ impl Attention {
         let (b, t, w) = x.dims3()?;
         let d = w / self.heads;
         let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, self.heads, d))?.transpose(1, 2)?.contiguous()?)
+            Ok(y.reshape((b, t, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = split((self.q.forward(x)? * self.scale)?)?; // [b, h, t, d]
         let k = split(self.k.forward(x)?)?;
@@ -83,7 +85,13 @@ impl Mlp {
     pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
         let w = spec.width as f64;
         Ok(Self {
-            fc1: Linear::new(spec.width, spec.mlp_dim, true, (2.0 * w).powf(-0.5), &p.pp("fc1"))?,
+            fc1: Linear::new(
+                spec.width,
+                spec.mlp_dim,
+                true,
+                (2.0 * w).powf(-0.5),
+                &p.pp("fc1"),
+            )?,
             fc2: Linear::new(
                 spec.mlp_dim,
                 spec.width,

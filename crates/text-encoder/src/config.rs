@@ -75,7 +75,11 @@ impl TextConfig {
             return bad("hidden_size", 0, "must be positive");
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return bad("num_attention_heads", self.num_attention_heads, "must divide hidden_size");
+            return bad(
+                "num_attention_heads",
+                self.num_attention_heads,
+                "must divide hidden_size",
+            );
         }
         if self.max_position_embeddings < 2 {
             return bad(

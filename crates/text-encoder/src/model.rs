@@ -98,7 +98,11 @@ impl TextTransformer {
             ))
             .into());
         }
-        if let Some(&id) = ids.iter().flatten().find(|&&id| id as usize >= self.vocab_size) {
+        if let Some(&id) = ids
+            .iter()
+            .flatten()
+            .find(|&&id| id as usize >= self.vocab_size)
+        {
             return Err(TextError::TokenOutOfRange {
                 id,
                 vocab_size: self.vocab_size,

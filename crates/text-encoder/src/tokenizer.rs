@@ -30,11 +30,20 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 impl ClipTokenizer {
     /// Loads a `tokenizer.json` and fixes rows to `context_length` tokens.
     pub fn from_file(path: &Path, context_length: usize) -> Result<Self> {
-        let load_err = |message: String| TextError::TokenizerLoad {
+        let bytes = std::fs::read(path).map_err(|e| TextError::TokenizerLoad {
             path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_bytes(&bytes, path, context_length)
+    }
+
+    /// Parses `tokenizer.json` content; `origin` names it in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &Path, context_length: usize) -> Result<Self> {
+        let load_err = |message: String| TextError::TokenizerLoad {
+            path: origin.to_path_buf(),
             message,
         };
-        let mut inner = Tokenizer::from_file(path).map_err(|e| load_err(e.to_string()))?;
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| load_err(e.to_string()))?;
         let eos = inner
             .token_to_id(END_OF_TEXT)
             .ok_or_else(|| load_err(format!("vocabulary has no {END_OF_TEXT} token")))?;
@@ -78,6 +87,9 @@ impl ClipTokenizer {
             .inner
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| TextError::Tokenize(e.to_string()))?;
-        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
     }
 }

@@ -59,13 +59,21 @@ impl VisionConfig {
             return bad("hidden_size", 0, "must be positive");
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return bad("num_attention_heads", self.num_attention_heads, "must divide hidden_size");
+            return bad(
+                "num_attention_heads",
+                self.num_attention_heads,
+                "must divide hidden_size",
+            );
         }
         if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
             return bad("patch_size", self.patch_size, "must divide image_size");
         }
         if self.num_channels != 3 {
-            return bad("num_channels", self.num_channels, "only RGB (3) is supported");
+            return bad(
+                "num_channels",
+                self.num_channels,
+                "only RGB (3) is supported",
+            );
         }
         if self.intermediate_size == 0 {
             return bad("intermediate_size", 0, "must be positive");

@@ -7,10 +7,10 @@ mod preprocess;
 mod resize;
 
 pub use config::VisionConfig;
-pub use resize::resize_bicubic;
 pub use error::{Result, VisionError};
 pub use model::VisionTransformer;
 pub use preprocess::{
     decode_image, load_image, pixels_to_tensor, preprocess, preprocess_files, Preprocess,
     OPENAI_MEAN, OPENAI_STD,
 };
+pub use resize::resize_bicubic;

@@ -39,9 +39,11 @@ impl VisionTransformer {
             Init::Normal((3.0 * (p * p) as f64).powf(-0.5)),
         )?;
         let patch_weight = patch_weight.reshape((w, cfg.num_channels * p * p))?;
-        let position_embedding =
-            emb.pp("position_embedding")
-                .get((grid * grid + 1, w), "weight", Init::Normal(scale))?;
+        let position_embedding = emb.pp("position_embedding").get(
+            (grid * grid + 1, w),
+            "weight",
+            Init::Normal(scale),
+        )?;
         let spec = cfg.encoder_spec()?;
         Ok(Self {
             patch_weight,
@@ -50,7 +52,13 @@ impl VisionTransformer {
             pre_norm: LayerNorm::new(w, cfg.layer_norm_eps, &vm.pp("pre_layrnorm"))?,
             encoder: Encoder::new(&spec, &vm.pp("encoder"))?,
             post_norm: LayerNorm::new(w, cfg.layer_norm_eps, &vm.pp("post_layernorm"))?,
-            projection: Linear::new(w, projection_dim, false, scale, &root.pp("visual_projection"))?,
+            projection: Linear::new(
+                w,
+                projection_dim,
+                false,
+                scale,
+                &root.pp("visual_projection"),
+            )?,
             patch: p,
             grid,
             width: w,

@@ -105,7 +105,10 @@ mod tests {
         for (i, o) in [(17, 40), (100, 40), (48, 48), (5, 3)] {
             for (_, ks) in coefficients(i, o) {
                 let s: i64 = ks.iter().sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= ks.len() as i64, "{i}->{o}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= ks.len() as i64,
+                    "{i}->{o}"
+                );
             }
         }
         let img = RgbImage::from_pixel(23, 17, image::Rgb([200, 10, 99]));

@@ -1,0 +1,70 @@
+//! candle 0.11's fused layer norm and softmax have no backward: a model built on them trains
+//! while those parameters silently never learn. This pins that every parameter gets a
+//! gradient through the whole model and the contrastive loss.
+
+use candle_core::{Device, Tensor};
+use clip_model::{ClipConfig, ClipModel, TextConfig, VisionConfig};
+use clip_nn::{Params, VarStore};
+
+fn small_config() -> ClipConfig {
+    ClipConfig {
+        projection_dim: 8,
+        logit_scale_init_value: 2.6592,
+        text_config: TextConfig {
+            vocab_size: 64,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_attention_heads: 2,
+            num_hidden_layers: 2,
+            max_position_embeddings: 8,
+            hidden_act: "gelu".into(),
+            eos_token_id: 63,
+            bos_token_id: 62,
+            pad_token_id: 63,
+            ..TextConfig::default()
+        },
+        vision_config: VisionConfig {
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_attention_heads: 4,
+            num_hidden_layers: 2,
+            image_size: 16,
+            patch_size: 8,
+            hidden_act: "quick_gelu".into(),
+            ..VisionConfig::default()
+        },
+    }
+}
+
+#[test]
+fn every_parameter_gets_a_finite_nonzero_gradient() {
+    let cfg = small_config();
+    let store = VarStore::new(Device::Cpu, 0);
+    let model = ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    let b = 4;
+    let pixels = Tensor::randn(0f32, 1.0, (b, 3, 16, 16), &Device::Cpu).unwrap();
+    // Distinct captions of different lengths, end-of-text (63) then padding with it.
+    let ids: Vec<Vec<u32>> = (0..b as u32)
+        .map(|i| {
+            let mut r = vec![62, 5 + i, 20 + 2 * i];
+            r.extend(std::iter::repeat_n(7 + i, i as usize));
+            r.push(63);
+            r.resize(8, 63);
+            r
+        })
+        .collect();
+    let img = model.encode_image(&pixels).unwrap();
+    let txt = model.encode_text(&ids).unwrap();
+    let loss = clip_train::clip_loss(&img, &txt, model.logit_scale()).unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = store.named_vars();
+    assert_eq!(vars.len(), ClipModel::parameter_shapes(&cfg).unwrap().len());
+    for (name, var) in vars {
+        let g = grads
+            .get(&var)
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm.is_finite(), "{name} gradient is not finite");
+        assert!(norm > 0.0, "{name} gradient is zero");
+    }
+}

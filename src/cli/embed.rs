@@ -1,0 +1,86 @@
+//! `clip embed`: image and caption features into a safetensors file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+
+use super::common::{self, DeviceArg};
+
+#[derive(Debug, clap::Args)]
+pub struct EmbedArgs {
+    /// Model directory (HF or open_clip layout) or a cached Hub repo id.
+    #[arg(long)]
+    model: String,
+    /// Image files or folders (a folder's images are taken in sorted file-name order).
+    #[arg(long, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// A text file with one caption per line (an empty line is an empty caption).
+    #[arg(long)]
+    texts: Option<PathBuf>,
+    /// Output safetensors file with `image_embeds` and `text_embeds`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Write unit-length rows.
+    #[arg(long)]
+    normalize: bool,
+    /// Items per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Device to run on.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+pub fn run(a: EmbedArgs) -> Result<()> {
+    if a.images.is_empty() && a.texts.is_none() {
+        bail!("nothing to embed: give --images and/or --texts");
+    }
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    // Read every input before the (slow) model load so that mistakes surface at once.
+    let files = common::collect_images(&a.images)?;
+    let captions = match &a.texts {
+        Some(p) => common::read_captions(p)?,
+        None => Vec::new(),
+    };
+    let device = a.device.device()?;
+    let m = common::load_model(&a.model, &device)?;
+    let mut images = common::embed_images(&m, &files, a.batch_size)?;
+    let mut texts = common::embed_texts(&m, &captions, a.batch_size)?;
+    if a.normalize {
+        images = normalize_rows(&images)?;
+        texts = normalize_rows(&texts)?;
+    }
+    let tensors = HashMap::from([
+        ("image_embeds".to_string(), images.to_device(&Device::Cpu)?),
+        ("text_embeds".to_string(), texts.to_device(&Device::Cpu)?),
+    ]);
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let metadata = HashMap::from([
+        ("image_files".to_string(), serde_json::to_string(&names)?),
+        ("model".to_string(), m.checkpoint_dir.display().to_string()),
+        ("normalized".to_string(), a.normalize.to_string()),
+    ]);
+    common::write_atomically(&a.out, |tmp| {
+        safetensors::serialize_to_file(&tensors, Some(metadata), tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))
+    })?;
+    eprintln!(
+        "wrote {} image and {} text embeddings (dim {}) to {}",
+        files.len(),
+        captions.len(),
+        m.model.config().projection_dim,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+    if x.dim(0)? == 0 {
+        return Ok(x.clone());
+    }
+    Ok(x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?)?)
+}

@@ -1,0 +1,46 @@
+//! Command-line arguments, one module per subcommand.
+
+mod common;
+mod convert;
+mod download;
+mod embed;
+
+use clap::{Parser, Subcommand};
+
+/// Train CLIP-style dual encoders and search with them.
+#[derive(Debug, Parser)]
+#[command(name = "clip", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Embed images and/or captions into OUT.safetensors.
+    Embed(embed::EmbedArgs),
+    /// Convert a model (HF or open_clip layout) to the Hugging Face layout.
+    Convert(convert::ConvertArgs),
+    /// Download a model from the Hugging Face Hub into the standard cache.
+    Download(download::DownloadArgs),
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Embed(a) => embed::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Download(a) => download::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
