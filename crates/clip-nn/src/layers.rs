@@ -149,11 +149,6 @@ impl Activation {
 
 impl Module for Activation {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            // x / (1 + e^{-1.702x}) = x·σ(1.702x), from ops that all have a backward.
-            Self::QuickGelu => x.div(&((x * -1.702)?.exp()? + 1.0)?),
-            Self::Gelu => x.gelu_erf(),
-            Self::GeluTanh => x.gelu(),
-        }
+        crate::activation_op::apply(*self, x)
     }
 }

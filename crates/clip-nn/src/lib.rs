@@ -5,6 +5,7 @@
 //! fast path for inference. Parameters are fetched by name through [`Params`], whose names
 //! mirror the Hugging Face CLIP checkpoint keys.
 
+mod activation_op;
 mod error;
 mod layers;
 mod ops;

@@ -1,1 +1,89 @@
-//! placeholder
+//! Embedding indexes, nearest-neighbour search and retrieval evaluation for CLIP embeddings.
+//!
+//! - [`Index`]: unit vectors `[N, D]` (f32 or f16) with what each row stands for (image files,
+//!   captions or ids), stored as a directory with a JSON manifest and a safetensors vectors file
+//!   ([`write_index`], [`Index::open`]), searched by inner product.
+//! - Exact search streams over the index in blocks with a cache-blocked kernel and per-query
+//!   bounded top-k selection on all threads; approximate search uses an HNSW graph.
+//! - [`retrieval_metrics`] and [`zero_shot`]: the evaluation math behind `clip eval` and
+//!   validation during training.
+//!
+//! Nothing here depends on a tensor library: everything is plain row-major `f32` slices.
+
+mod ann;
+mod embeddings;
+mod error;
+mod eval;
+mod exact;
+mod index;
+mod kernel;
+mod store;
+mod topk;
+mod zeroshot;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+pub use ann::AnnParams;
+pub use embeddings::{normalize_rows, normalize_rows_from, EmbeddingsFile};
+pub use error::{Result, RetrievalError};
+pub use eval::{group_captions, retrieval_metrics, CaptionGroups, DirectionMetrics, RetrievalMetrics};
+pub use index::{Index, SearchMode, SearchOptions};
+pub use store::{
+    write_index, DType, Entries, FillError, ImageEntry, IndexSpec, Manifest, Metric, OpenOptions, FORMAT_VERSION,
+    MANIFEST_FILE,
+};
+pub use topk::Hit;
+pub use zeroshot::{class_embeddings, zero_shot, ClassReport, Confusion, ZeroShotReport};
+
+/// Exact top-k of `queries` (`[q, dim]`) among `base` (`[n, dim]`), best first, ties to the
+/// lower row: the same kernel [`Index`] uses, for callers holding plain vectors.
+pub fn exact_search(base: &[f32], queries: &[f32], dim: usize, k: usize) -> Result<Vec<Vec<Hit>>> {
+    if dim == 0 || base.len() % dim != 0 || queries.len() % dim != 0 {
+        return Err(RetrievalError::Shape(format!(
+            "{} base and {} query floats are not rows of dimension {dim}",
+            base.len(),
+            queries.len()
+        )));
+    }
+    Ok(exact::top_k(kernel::Rows::F32(base), dim, queries, k))
+}
+
+/// How to bring an image index up to date with the files in its folder now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshPlan {
+    /// For each current file, in the order given: the old row holding its vector, or `None`
+    /// when it is new or changed and must be embedded.
+    pub reuse: Vec<Option<usize>>,
+    /// Old entries whose files are gone.
+    pub removed: usize,
+}
+
+impl RefreshPlan {
+    /// Number of files to embed.
+    pub fn to_embed(&self) -> usize {
+        self.reuse.iter().filter(|r| r.is_none()).count()
+    }
+}
+
+/// Matches `current` files under `root` against `old`'s entries by path, size and modification
+/// time. Nothing is reused when `old` is absent, is not an image index of the same `root`, or
+/// was made by another `model` (its vectors would not be comparable).
+pub fn plan_refresh(old: Option<&Index>, model: &str, root: &Path, current: &[ImageEntry]) -> RefreshPlan {
+    let previous: HashMap<&Path, (usize, &ImageEntry)> = match old.map(|o| (o.model(), o.entries())) {
+        Some((m, Entries::Images { root: r, files })) if m == model && r == root => {
+            files.iter().enumerate().map(|(i, e)| (e.path.as_path(), (i, e))).collect()
+        }
+        _ => HashMap::new(),
+    };
+    let reuse: Vec<Option<usize>> = current
+        .iter()
+        .map(|e| match previous.get(e.path.as_path()) {
+            Some(&(row, p)) if p.size == e.size && p.mtime_ns == e.mtime_ns => Some(row),
+            _ => None,
+        })
+        .collect();
+    let kept: std::collections::HashSet<&Path> = current.iter().map(|e| e.path.as_path()).collect();
+    let removed = previous.keys().filter(|p| !kept.contains(*p)).count();
+    RefreshPlan { reuse, removed }
+}

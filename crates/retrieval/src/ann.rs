@@ -1,0 +1,163 @@
+//! Approximate search with an HNSW graph (the `hnsw_rs` crate).
+//!
+//! The graph is built in memory from the index's vectors the first time it is needed and kept
+//! with the [`Index`](crate::Index) for later searches. Candidates the graph returns are
+//! re-scored exactly against the stored vectors, so scores and the order of the returned hits
+//! are exact; only recall (which true neighbours are found) is approximate.
+
+use hnsw_rs::anndists::dist::Distance;
+use hnsw_rs::hnsw::Hnsw;
+use rayon::prelude::*;
+
+use crate::kernel::Rows;
+use crate::topk::{rank_order, Hit};
+use crate::{RetrievalError, Result};
+
+/// HNSW construction and search parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnParams {
+    /// Neighbours kept per node on the upper layers (twice this on the bottom layer), 2..=255.
+    /// More means better recall and more memory.
+    pub max_connections: usize,
+    /// Candidate list size while inserting; more means a better graph and a slower build.
+    pub ef_construction: usize,
+    /// Candidate list size while searching (raised to `k` if lower); the recall/speed knob.
+    pub ef_search: usize,
+}
+
+impl Default for AnnParams {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            ef_construction: 100,
+            ef_search: 128,
+        }
+    }
+}
+
+impl AnnParams {
+    fn validate(&self) -> Result<()> {
+        if !(2..=255).contains(&self.max_connections) {
+            return Err(crate::error::invalid("max_connections", self.max_connections, "must be in 2..=255"));
+        }
+        if self.ef_construction == 0 {
+            return Err(crate::error::invalid("ef_construction", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// `1 − x·y` for unit vectors, clamped at 0 (rounding can push a self-match's dot above 1, and
+/// `hnsw_rs`'s own `DistDot` asserts on that).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UnitDot;
+
+impl Distance<f32> for UnitDot {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).max(0.0)
+    }
+}
+
+/// A dot product written so that it vectorises: 16 independent partial sums.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// A built HNSW graph over an index's rows.
+pub(crate) struct AnnGraph {
+    hnsw: Hnsw<'static, f32, UnitDot>,
+    params: AnnParams,
+    len: usize,
+}
+
+impl AnnGraph {
+    /// Inserts every row, in parallel.
+    pub(crate) fn build(rows: Rows<'_>, dim: usize, params: &AnnParams) -> Result<Self> {
+        params.validate()?;
+        let n = rows.len_elems() / dim;
+        let hnsw = Hnsw::new(params.max_connections, n.max(1), 16, params.ef_construction, UnitDot);
+        // Convert (and, for f16, widen) a block at a time so the f32 copy is never doubled.
+        const BLOCK: usize = 1 << 14;
+        let mut buf = vec![0f32; BLOCK.min(n.max(1)) * dim];
+        let mut r0 = 0;
+        while r0 < n {
+            let r1 = (r0 + BLOCK).min(n);
+            for r in r0..r1 {
+                rows.row_f32(r, dim, &mut buf[(r - r0) * dim..(r - r0 + 1) * dim]);
+            }
+            let items: Vec<(&[f32], usize)> = (r0..r1).map(|r| (&buf[(r - r0) * dim..(r - r0 + 1) * dim], r)).collect();
+            hnsw.parallel_insert_slice(&items);
+            r0 = r1;
+        }
+        let mut hnsw = hnsw;
+        hnsw.set_searching_mode(true);
+        if hnsw.get_nb_point() != n {
+            return Err(RetrievalError::Ann(format!("graph holds {} of {n} vectors", hnsw.get_nb_point())));
+        }
+        Ok(Self {
+            hnsw,
+            params: *params,
+            len: n,
+        })
+    }
+
+    pub(crate) fn params(&self) -> AnnParams {
+        self.params
+    }
+
+    /// Approximate top-k per query, re-scored exactly against `rows`.
+    pub(crate) fn search(&self, rows: Rows<'_>, dim: usize, queries: &[f32], k: usize, ef: usize) -> Vec<Vec<Hit>> {
+        if self.len == 0 || k == 0 {
+            return vec![Vec::new(); queries.len() / dim];
+        }
+        let k = k.min(self.len);
+        queries
+            .par_chunks(dim)
+            .map_init(
+                || vec![0f32; dim],
+                |row, q| {
+                    let found = self.hnsw.search(q, k, ef.max(k));
+                    let mut c: Vec<(f32, u32)> = found
+                        .iter()
+                        .map(|nb| {
+                            let id = nb.get_origin_id();
+                            rows.row_f32(id, dim, row);
+                            (dot(q, row), id as u32)
+                        })
+                        .collect();
+                    c.sort_unstable_by(rank_order);
+                    c.dedup_by_key(|x| x.1);
+                    c.truncate(k);
+                    c.into_iter().map(|(score, id)| Hit { id: id as usize, score }).collect()
+                },
+            )
+            .collect()
+    }
+}

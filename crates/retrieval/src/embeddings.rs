@@ -1,0 +1,292 @@
+//! Precomputed embeddings: a `[N, D]` tensor in a safetensors file, read without a full copy.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use safetensors::Dtype;
+
+use crate::error::io_err;
+use crate::{RetrievalError, Result};
+
+/// A memory-mapped `[rows, dim]` tensor of f32, f16, bf16 or f64, read as f32 a block at a time.
+pub struct EmbeddingsFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    /// Byte range of the tensor's data in `map`.
+    data: Range<usize>,
+    dtype: Dtype,
+    rows: usize,
+    dim: usize,
+    ids: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for EmbeddingsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingsFile")
+            .field("path", &self.path)
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("dim", &self.dim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddingsFile {
+    /// Opens tensor `key` of `path`. If the file's metadata has an `ids` entry it must be a JSON
+    /// list of strings or numbers with one item per row.
+    pub fn open(path: &Path, key: &str) -> Result<Self> {
+        let file = File::open(path).map_err(io_err("cannot open", path))?;
+        // SAFETY: read-only; a file changed underneath while mapped is outside our control, as
+        // with any reader.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot memory-map", path))?;
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|source| RetrievalError::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let view = st.tensor(key).map_err(|_| {
+            let mut names = st.names();
+            names.sort();
+            RetrievalError::MissingTensor {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                available: if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                },
+            }
+        })?;
+        let bad = |reason: String| RetrievalError::BadTensor {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        };
+        let (rows, dim) = match *view.shape() {
+            [r, d] => (r, d),
+            ref s => return Err(bad(format!("has shape {s:?}; expected [rows, dimension]"))),
+        };
+        if dim == 0 {
+            return Err(bad("has dimension 0".into()));
+        }
+        let dtype = view.dtype();
+        if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+            return Err(bad(format!("has element type {dtype:?}; expected F32, F16, BF16 or F64")));
+        }
+        let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+        let data = start..start + view.data().len();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|source| RetrievalError::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ids = match meta.metadata().as_ref().and_then(|m| m.get("ids")) {
+            None => None,
+            Some(json) => Some(parse_ids(json, rows).map_err(|reason| RetrievalError::BadTensor {
+                path: path.to_path_buf(),
+                key: "__metadata__.ids".into(),
+                reason,
+            })?),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            data,
+            dtype,
+            rows,
+            dim,
+            ids,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row length.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Row ids from the metadata, if present.
+    pub fn ids(&self) -> Option<&[String]> {
+        self.ids.as_deref()
+    }
+
+    /// Reads `rows` as f32 into `out` (`rows.len() · dim` floats).
+    pub fn read_rows(&self, rows: Range<usize>, out: &mut [f32]) {
+        let size = self.dtype.bitsize() / 8;
+        let bytes = &self.map[self.data.start + rows.start * self.dim * size..self.data.start + rows.end * self.dim * size];
+        let out = &mut out[..rows.len() * self.dim];
+        match self.dtype {
+            Dtype::F32 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+            }
+            Dtype::F16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32();
+                }
+            }
+            Dtype::BF16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32();
+                }
+            }
+            Dtype::F64 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
+                }
+            }
+            _ => unreachable!("element type checked in open"),
+        }
+    }
+
+    /// All rows as f32.
+    pub fn to_vec(&self) -> Vec<f32> {
+        let mut v = vec![0f32; self.rows * self.dim];
+        self.read_rows(0..self.rows, &mut v);
+        v
+    }
+}
+
+fn parse_ids(json: &str, rows: usize) -> std::result::Result<Vec<String>, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("is not JSON: {e}"))?;
+    let list = v.as_array().ok_or("is not a JSON list")?;
+    if list.len() != rows {
+        return Err(format!("lists {} ids for {rows} rows", list.len()));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, x)| match x {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            other => Err(format!("item {i} is {other}, not a string or number")),
+        })
+        .collect()
+}
+
+/// Scales every row of `[rows, dim]` to unit length. A zero or non-finite row is an error
+/// naming it (it has no direction to keep).
+pub fn normalize_rows(data: &mut [f32], dim: usize) -> Result<()> {
+    normalize_rows_from(data, dim, 0)
+}
+
+/// [`normalize_rows`] for a block whose first row is row `first_row` of something larger.
+pub fn normalize_rows_from(data: &mut [f32], dim: usize, first_row: usize) -> Result<()> {
+    if dim == 0 || data.len() % dim != 0 {
+        return Err(RetrievalError::Shape(format!("{} floats are not rows of dimension {dim}", data.len())));
+    }
+    for (i, row) in data.chunks_exact_mut(dim).enumerate() {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !norm.is_finite() {
+            return Err(RetrievalError::NonFinite {
+                what: "vector",
+                row: first_row + i,
+            });
+        }
+        if norm == 0.0 {
+            return Err(RetrievalError::NotUnitLength {
+                what: "vector",
+                row: first_row + i,
+                norm,
+            });
+        }
+        // Leave rows that are unit length to float precision untouched, so that an index built
+        // from normalised embeddings stores exactly the input.
+        if (norm - 1.0).abs() > 1e-6 {
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Raw {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    }
+    impl safetensors::View for Raw {
+        fn dtype(&self) -> Dtype {
+            self.dtype
+        }
+        fn shape(&self) -> &[usize] {
+            &self.shape
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            (&self.data).into()
+        }
+        fn data_len(&self) -> usize {
+            self.data.len()
+        }
+    }
+
+    fn write(path: &Path, key: &str, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>, ids: Option<&str>) {
+        let meta = ids.map(|i| HashMap::from([("ids".to_string(), i.to_string())]));
+        safetensors::serialize_to_file([(key, Raw { dtype, shape, data })], meta, path).unwrap();
+    }
+
+    #[test]
+    fn reads_f32_f16_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.safetensors");
+        let vals = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        write(&p, "embeddings", Dtype::F32, vec![3, 2], bytemuck::cast_slice(&vals).to_vec(), Some(r#"["a", 7, "c"]"#));
+        let e = EmbeddingsFile::open(&p, "embeddings").unwrap();
+        assert_eq!((e.rows(), e.dim()), (3, 2));
+        assert_eq!(e.to_vec(), vals);
+        assert_eq!(e.ids().unwrap(), ["a", "7", "c"]);
+        let mut two = [0f32; 4];
+        e.read_rows(1..3, &mut two);
+        assert_eq!(two, [3.0, 4.0, 5.0, 6.0]);
+
+        let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
+        write(&p, "embeddings", Dtype::F16, vec![3, 2], bytemuck::cast_slice(&h).to_vec(), None);
+        let e = EmbeddingsFile::open(&p, "embeddings").unwrap();
+        assert_eq!(e.to_vec(), vals);
+        assert!(e.ids().is_none());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.safetensors");
+        write(&p, "image_embeds", Dtype::F32, vec![1, 2], vec![0; 8], None);
+        let err = EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string();
+        assert!(err.contains("no tensor `embeddings`") && err.contains("`image_embeds`") && err.contains("e.safetensors"), "{err}");
+
+        write(&p, "embeddings", Dtype::F32, vec![2], vec![0; 8], None);
+        let err = EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string();
+        assert!(err.contains("shape [2]"), "{err}");
+
+        write(&p, "embeddings", Dtype::I64, vec![1, 1], vec![0; 8], None);
+        assert!(EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string().contains("I64"));
+
+        write(&p, "embeddings", Dtype::F32, vec![2, 1], vec![0; 8], Some(r#"["only one"]"#));
+        let err = EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string();
+        assert!(err.contains("1 ids for 2 rows"), "{err}");
+
+        std::fs::write(&p, b"garbage").unwrap();
+        assert!(EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string().contains("e.safetensors"));
+    }
+
+    #[test]
+    fn normalisation() {
+        let mut v = vec![3.0, 4.0, 1.0, 0.0];
+        normalize_rows(&mut v, 2).unwrap();
+        assert_eq!(v, [0.6, 0.8, 1.0, 0.0]);
+        let err = normalize_rows(&mut [1.0, 0.0, 0.0, 0.0], 2).unwrap_err().to_string();
+        assert!(err.contains("row 1"), "{err}");
+    }
+}

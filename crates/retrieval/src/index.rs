@@ -1,0 +1,307 @@
+//! [`Index`]: vectors plus what they stand for, searchable exactly or approximately.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use half::f16;
+
+use crate::ann::{AnnGraph, AnnParams};
+use crate::kernel::Rows;
+use crate::store::{self, DType, Entries, IndexSpec, Manifest, MappedVectors, OpenOptions};
+use crate::{exact, Hit, RetrievalError, Result};
+
+/// Where the vectors live.
+enum Storage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Mapped(MappedVectors),
+}
+
+/// How to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchMode {
+    /// Brute force over every vector: always the true top-k.
+    Exact,
+    /// The HNSW graph (built on first use): sub-linear per query, recall below 1.
+    Ann,
+    /// Approximate from [`SearchOptions::auto_ann_min_rows`] vectors on, exact below.
+    #[default]
+    Auto,
+}
+
+/// Search settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchOptions {
+    /// Exact, approximate, or chosen by size.
+    pub mode: SearchMode,
+    /// Index size from which [`SearchMode::Auto`] goes approximate.
+    pub auto_ann_min_rows: usize,
+    /// Graph parameters used when the graph is built.
+    pub ann: AnnParams,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        Self {
+            mode: SearchMode::Auto,
+            auto_ann_min_rows: 200_000,
+            ann: AnnParams::default(),
+        }
+    }
+}
+
+/// Unit vectors `[count, dimension]` with their entries, searchable by inner product.
+///
+/// Loaded indexes are memory-mapped: opening costs a checksum pass, not a copy, and several
+/// processes searching the same index share one copy in the page cache.
+pub struct Index {
+    manifest: Manifest,
+    storage: Storage,
+    dir: Option<PathBuf>,
+    ann: OnceLock<AnnGraph>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("dir", &self.dir)
+            .field("model", &self.manifest.model)
+            .field("dimension", &self.manifest.dimension)
+            .field("count", &self.manifest.count)
+            .field("dtype", &self.manifest.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Index {
+    /// An in-memory index of `vectors` (`[count, dimension]`, unit-length rows), stored as
+    /// `spec.dtype`.
+    pub fn from_vectors(spec: IndexSpec, vectors: Vec<f32>) -> Result<Self> {
+        if spec.dimension == 0 || vectors.len() != spec.count * spec.dimension {
+            return Err(RetrievalError::Shape(format!(
+                "{} floats are not {} vectors of dimension {}",
+                vectors.len(),
+                spec.count,
+                spec.dimension
+            )));
+        }
+        store::check_unit_rows(&vectors, spec.dimension, 0, "index vector")?;
+        let storage = match spec.dtype {
+            DType::F32 => Storage::F32(vectors),
+            DType::F16 => Storage::F16(vectors.iter().map(|&v| f16::from_f32(v)).collect()),
+        };
+        let manifest = Manifest {
+            format: "clip-index".into(),
+            format_version: store::FORMAT_VERSION,
+            model: spec.model,
+            dimension: spec.dimension,
+            count: spec.count,
+            metric: store::Metric::InnerProduct,
+            dtype: spec.dtype,
+            vectors_file: String::new(),
+            vectors_bytes: 0,
+            vectors_crc32: 0,
+            entries: spec.entries,
+        };
+        if let Some(n) = entries_len(&manifest.entries) {
+            if n != manifest.count {
+                return Err(RetrievalError::Shape(format!("{n} entries for {} vectors", manifest.count)));
+            }
+        }
+        Ok(Self {
+            manifest,
+            storage,
+            dir: None,
+            ann: OnceLock::new(),
+        })
+    }
+
+    /// Opens the index directory `dir`, verifying its checksum.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, OpenOptions::default())
+    }
+
+    /// Opens the index directory `dir`.
+    pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Self> {
+        let mut manifest = store::read_manifest(dir)?;
+        let mapped = match store::map_vectors(dir, &manifest, opts) {
+            Ok(m) => m,
+            // A writer may have swapped in a new generation between our two reads: retry once.
+            Err(RetrievalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                let again = store::read_manifest(dir)?;
+                if again.vectors_file == manifest.vectors_file {
+                    let path = dir.join(&manifest.vectors_file);
+                    return Err(RetrievalError::Damaged {
+                        path,
+                        reason: "the file named by the manifest is missing".into(),
+                    });
+                }
+                manifest = again;
+                store::map_vectors(dir, &manifest, opts)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            manifest,
+            storage: Storage::Mapped(mapped),
+            dir: Some(dir.to_path_buf()),
+            ann: OnceLock::new(),
+        })
+    }
+
+    /// Writes this index to the directory `dir` (see [`store::write_index`] for the guarantees).
+    pub fn save(&self, dir: &Path) -> Result<Manifest> {
+        let spec = self.spec();
+        let dim = self.dim();
+        let rows = self.rows();
+        store::write_index(dir, &spec, |range, out| {
+            for (i, r) in range.enumerate() {
+                rows.row_f32(r, dim, &mut out[i * dim..(i + 1) * dim]);
+            }
+            Ok(())
+        })
+    }
+
+    /// The spec this index would be written with.
+    pub fn spec(&self) -> IndexSpec {
+        IndexSpec {
+            model: self.manifest.model.clone(),
+            dimension: self.manifest.dimension,
+            count: self.manifest.count,
+            dtype: self.manifest.dtype,
+            entries: self.manifest.entries.clone(),
+        }
+    }
+
+    /// The manifest (for a loaded index, as read from disk).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The directory it was opened from, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.manifest.count
+    }
+
+    /// Whether the index holds no vectors.
+    pub fn is_empty(&self) -> bool {
+        self.manifest.count == 0
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.manifest.dimension
+    }
+
+    /// The model that made the vectors.
+    pub fn model(&self) -> &str {
+        &self.manifest.model
+    }
+
+    /// What the rows are.
+    pub fn entries(&self) -> &Entries {
+        &self.manifest.entries
+    }
+
+    /// Row `i` as f32.
+    pub fn vector(&self, i: usize) -> Vec<f32> {
+        let mut v = vec![0f32; self.dim()];
+        self.rows().row_f32(i, self.dim(), &mut v);
+        v
+    }
+
+    pub(crate) fn rows(&self) -> Rows<'_> {
+        match &self.storage {
+            Storage::F32(v) => Rows::F32(v),
+            Storage::F16(v) => Rows::F16(v),
+            Storage::Mapped(m) => {
+                let n = self.manifest.count * self.manifest.dimension;
+                let bytes = &m.map[m.offset..m.offset + n * self.manifest.dtype.size()];
+                // Alignment and length were checked when the file was opened.
+                match self.manifest.dtype {
+                    DType::F32 => Rows::F32(bytemuck::cast_slice(bytes)),
+                    DType::F16 => Rows::F16(bytemuck::cast_slice(bytes)),
+                }
+            }
+        }
+    }
+
+    /// The `k` best rows for each query, best first, with [`SearchOptions::default`].
+    ///
+    /// `queries` is `[q, dim]` row-major; `dim` must equal the index's dimension.
+    pub fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Vec<Vec<Hit>>> {
+        self.search_with(queries, dim, k, &SearchOptions::default())
+    }
+
+    /// The `k` best rows for each query, best first (ties: lower row first).
+    pub fn search_with(&self, queries: &[f32], dim: usize, k: usize, opts: &SearchOptions) -> Result<Vec<Vec<Hit>>> {
+        self.check_queries(queries, dim)?;
+        if self.uses_ann(opts) {
+            let graph = self.ann_graph(&opts.ann)?;
+            Ok(graph.search(self.rows(), dim, queries, k, opts.ann.ef_search))
+        } else {
+            Ok(exact::top_k(self.rows(), dim, queries, k))
+        }
+    }
+
+    /// Whether `opts` would make [`Index::search_with`] approximate.
+    pub fn uses_ann(&self, opts: &SearchOptions) -> bool {
+        match opts.mode {
+            SearchMode::Exact => false,
+            SearchMode::Ann => true,
+            SearchMode::Auto => self.len() >= opts.auto_ann_min_rows,
+        }
+    }
+
+    /// Builds the HNSW graph now (searches build it on first approximate use otherwise).
+    /// Returns the graph's parameters actually in use (a graph built earlier is kept).
+    pub fn build_ann(&self, params: &AnnParams) -> Result<AnnParams> {
+        Ok(self.ann_graph(params)?.params())
+    }
+
+    fn ann_graph(&self, params: &AnnParams) -> Result<&AnnGraph> {
+        if let Some(g) = self.ann.get() {
+            return Ok(g);
+        }
+        let g = AnnGraph::build(self.rows(), self.dim(), params)?;
+        Ok(self.ann.get_or_init(|| g))
+    }
+
+    fn check_queries(&self, queries: &[f32], dim: usize) -> Result<()> {
+        if dim != self.dim() {
+            return Err(RetrievalError::DimensionMismatch {
+                what: "the query".into(),
+                got: dim,
+                expected_what: match &self.dir {
+                    Some(d) => format!("the index {}", d.display()),
+                    None => "the index".into(),
+                },
+                expected: self.dim(),
+            });
+        }
+        if queries.len() % dim != 0 {
+            return Err(RetrievalError::Shape(format!(
+                "{} query floats are not a whole number of rows of dimension {dim}",
+                queries.len()
+            )));
+        }
+        if let Some(row) = queries.chunks_exact(dim).position(|r| !r.iter().all(|v| v.is_finite())) {
+            return Err(RetrievalError::NonFinite { what: "query", row });
+        }
+        Ok(())
+    }
+}
+
+fn entries_len(e: &Entries) -> Option<usize> {
+    match e {
+        Entries::Images { files, .. } => Some(files.len()),
+        Entries::Captions { captions } => Some(captions.len()),
+        Entries::Ids { ids } if ids.is_empty() => None,
+        Entries::Ids { ids } => Some(ids.len()),
+    }
+}

@@ -1,0 +1,601 @@
+//! The on-disk index: a directory with `manifest.json` and one `vectors-<generation>.safetensors`.
+//!
+//! Writes never touch a file a reader may have open: each build writes a vectors file under a
+//! new generation name (via a temporary name and a rename), then replaces `manifest.json` the
+//! same way, and only then deletes the previous generation. A crash at any point leaves the old
+//! manifest pointing at the old, complete vectors file. The manifest records the vectors file's
+//! byte length and CRC-32, so a truncated or overwritten file is reported as damaged instead of
+//! being searched as garbage.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+#[cfg(target_endian = "big")]
+compile_error!("index files are little-endian and memory-mapped as is; big-endian targets are not supported");
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::io_err;
+use crate::{RetrievalError, Result};
+
+/// File name of the manifest inside an index directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The manifest format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_NAME: &str = "clip-index";
+/// The tensor holding the vectors inside the vectors file.
+const VECTORS_KEY: &str = "vectors";
+/// Tolerated deviation of a row's norm from 1 (f16 storage alone moves it by ~1e-3).
+const UNIT_TOLERANCE: f32 = 1e-2;
+
+/// How scores are computed. Only inner product exists; on unit vectors it is the cosine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Inner product of unit-length vectors.
+    #[default]
+    InnerProduct,
+}
+
+/// Element type of the stored vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DType {
+    /// 32-bit floats.
+    #[default]
+    F32,
+    /// 16-bit floats: half the disk and memory traffic, scores within ~1e-3 of f32.
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+
+    fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+        }
+    }
+}
+
+/// An indexed image file, with what is needed to tell whether it changed since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    /// Path relative to the indexed folder.
+    pub path: PathBuf,
+    /// Size in bytes when embedded.
+    pub size: u64,
+    /// Modification time when embedded, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+/// What each row of an index stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entries {
+    /// Image files under `root` (row `i` is `files[i]`).
+    Images {
+        /// The indexed folder (absolute when built by `clip index build`).
+        root: PathBuf,
+        /// One entry per row.
+        files: Vec<ImageEntry>,
+    },
+    /// Captions (row `i` is `captions[i]`), for image→text search.
+    Captions {
+        /// One caption per row.
+        captions: Vec<String>,
+    },
+    /// Caller-chosen ids, e.g. from precomputed embeddings; empty means "the row number".
+    Ids {
+        /// One id per row, or none at all.
+        #[serde(default)]
+        ids: Vec<String>,
+    },
+}
+
+impl Entries {
+    /// Rows described, or `None` for ids that default to row numbers.
+    fn len(&self) -> Option<usize> {
+        match self {
+            Entries::Images { files, .. } => Some(files.len()),
+            Entries::Captions { captions } => Some(captions.len()),
+            Entries::Ids { ids } if ids.is_empty() => None,
+            Entries::Ids { ids } => Some(ids.len()),
+        }
+    }
+
+    /// A human-readable name of row `i`: the full image path, the caption, or the id.
+    pub fn label(&self, i: usize) -> String {
+        match self {
+            Entries::Images { root, files } => root.join(&files[i].path).display().to_string(),
+            Entries::Captions { captions } => captions[i].clone(),
+            Entries::Ids { ids } => ids.get(i).cloned().unwrap_or_else(|| i.to_string()),
+        }
+    }
+}
+
+/// The JSON manifest of an index directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always `clip-index`, so that a stray JSON file is not taken for a manifest.
+    pub format: String,
+    /// [`FORMAT_VERSION`] when written by this build.
+    pub format_version: u32,
+    /// The model that made the vectors (directory or Hub id); searches embed queries with it.
+    pub model: String,
+    /// Vector dimension.
+    pub dimension: usize,
+    /// Number of vectors.
+    pub count: usize,
+    /// Similarity.
+    pub metric: Metric,
+    /// Stored element type.
+    pub dtype: DType,
+    /// Vectors file name, relative to the index directory.
+    pub vectors_file: String,
+    /// Its exact length in bytes.
+    pub vectors_bytes: u64,
+    /// CRC-32 (IEEE) of the whole vectors file.
+    pub vectors_crc32: u32,
+    /// What the rows are.
+    pub entries: Entries,
+}
+
+/// What to write, apart from the vectors themselves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSpec {
+    /// The model that made the vectors.
+    pub model: String,
+    /// Vector dimension.
+    pub dimension: usize,
+    /// Number of vectors.
+    pub count: usize,
+    /// Element type to store.
+    pub dtype: DType,
+    /// What the rows are; its length must be `count` (or empty ids).
+    pub entries: Entries,
+}
+
+/// Error a row source may return to abort a write.
+pub type FillError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Rows handed to the row source per call.
+const FILL_ROWS: usize = 4096;
+
+/// Writes an index directory at `dir`, asking `fill(rows, out)` for the vectors of `rows` (f32,
+/// unit length, `out.len() == rows.len() * dimension`) a block at a time, so that an index
+/// larger than memory can be written from a memory-mapped source.
+///
+/// Any failure, including an error from `fill`, leaves the previous index in `dir` (if any)
+/// intact and readable; only temporary files are removed.
+pub fn write_index(
+    dir: &Path,
+    spec: &IndexSpec,
+    mut fill: impl FnMut(std::ops::Range<usize>, &mut [f32]) -> std::result::Result<(), FillError>,
+) -> Result<Manifest> {
+    validate_spec(spec)?;
+    prepare_dir(dir)?;
+    let gen = next_generation(dir)?;
+    let vectors_file = format!("vectors-{gen}.safetensors");
+    let final_vectors = dir.join(&vectors_file);
+    let tmp_vectors = dir.join(format!(".{vectors_file}.{}.tmp", std::process::id()));
+    let written = write_vectors(&tmp_vectors, spec, &mut fill);
+    let (bytes, crc) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp_vectors);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&tmp_vectors, &final_vectors) {
+        let _ = std::fs::remove_file(&tmp_vectors);
+        return Err(io_err("cannot rename into place", &final_vectors)(e));
+    }
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        model: spec.model.clone(),
+        dimension: spec.dimension,
+        count: spec.count,
+        metric: Metric::InnerProduct,
+        dtype: spec.dtype,
+        vectors_file: vectors_file.clone(),
+        vectors_bytes: bytes,
+        vectors_crc32: crc,
+        entries: spec.entries.clone(),
+    };
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let tmp_manifest = dir.join(format!(".{MANIFEST_FILE}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|source| RetrievalError::Json {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        let mut f = File::create(&tmp_manifest).map_err(io_err("cannot create", &tmp_manifest))?;
+        f.write_all(&json).map_err(io_err("cannot write", &tmp_manifest))?;
+        f.sync_all().map_err(io_err("cannot sync", &tmp_manifest))?;
+        std::fs::rename(&tmp_manifest, &manifest_path).map_err(io_err("cannot rename into place", &manifest_path))
+    })();
+    if let Err(e) = res {
+        // The new vectors file is unreferenced; the old manifest still points at the old one.
+        let _ = std::fs::remove_file(&tmp_manifest);
+        let _ = std::fs::remove_file(&final_vectors);
+        return Err(e);
+    }
+    sync_dir(dir);
+    remove_stale_files(dir, &vectors_file);
+    Ok(manifest)
+}
+
+fn validate_spec(spec: &IndexSpec) -> Result<()> {
+    if spec.dimension == 0 {
+        return Err(crate::error::invalid("dimension", 0, "vectors need at least one component"));
+    }
+    if spec.count > u32::MAX as usize {
+        return Err(crate::error::invalid("count", spec.count, "at most 2^32 - 1 vectors per index"));
+    }
+    if let Some(n) = spec.entries.len() {
+        if n != spec.count {
+            return Err(RetrievalError::Shape(format!("{n} entries for {} vectors", spec.count)));
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir`, or checks that an existing one is an index (or empty), never clobbering
+/// unrelated files.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(RetrievalError::NotAnIndex {
+            path: dir.to_path_buf(),
+            reason: "it is a file, not an index directory".into(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(io_err("cannot create directory", dir))?;
+    if dir.join(MANIFEST_FILE).exists() {
+        return Ok(());
+    }
+    let foreign: Vec<String> = list_dir(dir)?
+        .into_iter()
+        .filter(|n| !is_own_file(n))
+        .take(3)
+        .collect();
+    if !foreign.is_empty() {
+        return Err(RetrievalError::NotAnIndex {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the directory exists without {MANIFEST_FILE} and holds other files ({}); refusing to write an index into it",
+                foreign.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let rd = std::fs::read_dir(dir).map_err(io_err("cannot list", dir))?;
+    Ok(rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect())
+}
+
+fn vectors_generation(name: &str) -> Option<u64> {
+    name.strip_prefix("vectors-")?.strip_suffix(".safetensors")?.parse().ok()
+}
+
+fn is_own_file(name: &str) -> bool {
+    name == MANIFEST_FILE || vectors_generation(name).is_some() || (name.starts_with('.') && name.ends_with(".tmp"))
+}
+
+fn next_generation(dir: &Path) -> Result<u64> {
+    Ok(list_dir(dir)?
+        .iter()
+        .filter_map(|n| vectors_generation(n))
+        .max()
+        .map_or(1, |g| g + 1))
+}
+
+/// Deletes earlier generations and leftovers of interrupted writes.
+fn remove_stale_files(dir: &Path, keep: &str) {
+    for name in list_dir(dir).unwrap_or_default() {
+        let stale = (vectors_generation(&name).is_some() && name != keep) || (name.starts_with('.') && name.ends_with(".tmp"));
+        if stale {
+            let _ = std::fs::remove_file(dir.join(&name));
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    // Makes the renames durable; not supported everywhere (e.g. Windows), hence best-effort.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// A writer that also computes the CRC-32 of what passes through it.
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the vectors as a one-tensor safetensors file; returns its length and CRC-32.
+fn write_vectors(
+    path: &Path,
+    spec: &IndexSpec,
+    fill: &mut impl FnMut(std::ops::Range<usize>, &mut [f32]) -> std::result::Result<(), FillError>,
+) -> Result<(u64, u32)> {
+    let (n, dim) = (spec.count, spec.dimension);
+    let data_bytes = n * dim * spec.dtype.size();
+    let header = serde_json::json!({
+        "__metadata__": { "format": FORMAT_NAME },
+        VECTORS_KEY: {
+            "dtype": spec.dtype.safetensors_name(),
+            "shape": [n, dim],
+            "data_offsets": [0, data_bytes],
+        }
+    });
+    let mut header = serde_json::to_vec(&header).expect("a JSON value serialises");
+    // safetensors pads the header with spaces so that the data is 8-byte aligned.
+    header.resize(header.len().next_multiple_of(8), b' ');
+
+    let file = File::create(path).map_err(io_err("cannot create", path))?;
+    let mut w = CrcWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        crc: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    let werr = io_err("cannot write", path);
+    let res = (|| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)
+    })();
+    res.map_err(werr)?;
+
+    let mut block = vec![0f32; FILL_ROWS.min(n.max(1)) * dim];
+    let mut half_block: Vec<half::f16> = Vec::new();
+    let mut r0 = 0;
+    while r0 < n {
+        let r1 = (r0 + FILL_ROWS).min(n);
+        let out = &mut block[..(r1 - r0) * dim];
+        fill(r0..r1, out).map_err(|source| RetrievalError::Fill { source })?;
+        check_unit_rows(out, dim, r0, "index vector")?;
+        let bytes: &[u8] = match spec.dtype {
+            DType::F32 => bytemuck::cast_slice(out),
+            DType::F16 => {
+                use half::slice::HalfFloatSliceExt;
+                half_block.resize(out.len(), half::f16::ZERO);
+                half_block.convert_from_f32_slice(out);
+                bytemuck::cast_slice(&half_block)
+            }
+        };
+        w.write_all(bytes).map_err(io_err("cannot write", path))?;
+        r0 = r1;
+    }
+    w.flush().map_err(io_err("cannot write", path))?;
+    let (bytes, crc) = (w.bytes, w.crc.finalize());
+    let file = w.inner.into_inner().map_err(|e| io_err("cannot write", path)(e.into_error()))?;
+    file.sync_all().map_err(io_err("cannot sync", path))?;
+    Ok((bytes, crc))
+}
+
+/// Checks that every row is finite and of unit length; `first_row` numbers the rows in errors.
+pub(crate) fn check_unit_rows(data: &[f32], dim: usize, first_row: usize, what: &'static str) -> Result<()> {
+    for (i, row) in data.chunks_exact(dim).enumerate() {
+        if !row.iter().all(|v| v.is_finite()) {
+            return Err(RetrievalError::NonFinite { what, row: first_row + i });
+        }
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if (norm - 1.0).abs() > UNIT_TOLERANCE {
+            return Err(RetrievalError::NotUnitLength {
+                what,
+                row: first_row + i,
+                norm,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Options for opening an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Check the CRC-32 of the whole vectors file (reads it once, in parallel). Without it only
+    /// the length and the header are checked: a truncated file is still caught, an overwritten
+    /// byte is not.
+    pub verify_checksum: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { verify_checksum: true }
+    }
+}
+
+/// A validated, memory-mapped vectors file.
+pub(crate) struct MappedVectors {
+    pub(crate) map: memmap2::Mmap,
+    /// Byte offset of the first element.
+    pub(crate) offset: usize,
+}
+
+/// Reads and checks `dir/manifest.json`.
+pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    if !dir.is_dir() {
+        return Err(RetrievalError::NotAnIndex {
+            path: dir.to_path_buf(),
+            reason: if dir.exists() {
+                "it is a file, not an index directory".into()
+            } else {
+                "no such directory".into()
+            },
+        });
+    }
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RetrievalError::NotAnIndex {
+                path: dir.to_path_buf(),
+                reason: format!("it has no {MANIFEST_FILE} (build one with `clip index build`)"),
+            })
+        }
+        Err(e) => return Err(io_err("cannot read", &path)(e)),
+    };
+    // Look at the version before the full structure, so that a newer format gets a version error.
+    #[derive(Deserialize)]
+    struct Head {
+        format: Option<String>,
+        format_version: Option<u32>,
+    }
+    let head: Head = serde_json::from_slice(&bytes).map_err(|source| RetrievalError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    if head.format.as_deref() != Some(FORMAT_NAME) {
+        return Err(RetrievalError::NotAnIndex {
+            path: path.clone(),
+            reason: format!("its `format` is {:?}, not \"{FORMAT_NAME}\"", head.format),
+        });
+    }
+    if let Some(v) = head.format_version.filter(|&v| v != FORMAT_VERSION) {
+        return Err(RetrievalError::UnsupportedVersion {
+            path,
+            found: v,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| RetrievalError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    let bad = |reason: String| RetrievalError::Damaged {
+        path: path.clone(),
+        reason,
+    };
+    if m.dimension == 0 {
+        return Err(bad("dimension is 0".into()));
+    }
+    if let Some(n) = m.entries.len() {
+        if n != m.count {
+            return Err(bad(format!("it lists {n} entries for {} vectors", m.count)));
+        }
+    }
+    if vectors_generation(&m.vectors_file).is_none() {
+        return Err(bad(format!("vectors_file {:?} is not a vectors file name", m.vectors_file)));
+    }
+    Ok(m)
+}
+
+/// Maps and validates the vectors file `m` names.
+pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result<MappedVectors> {
+    let path = dir.join(&m.vectors_file);
+    let file = File::open(&path).map_err(io_err("cannot open", &path))?;
+    let len = file.metadata().map_err(io_err("cannot stat", &path))?.len();
+    let damaged = |reason: String| RetrievalError::Damaged {
+        path: path.clone(),
+        reason,
+    };
+    if len != m.vectors_bytes {
+        return Err(damaged(format!(
+            "it is {len} bytes long but the manifest records {} (truncated or overwritten)",
+            m.vectors_bytes
+        )));
+    }
+    // SAFETY: index writers never modify a vectors file after its rename into place (a new
+    // build writes a new file), so the mapping is not changed underneath us by this crate.
+    let mut mo = memmap2::MmapOptions::new();
+    #[cfg(target_os = "linux")]
+    mo.populate();
+    let map = unsafe { mo.map(&file) }.map_err(io_err("cannot memory-map", &path))?;
+    if opts.verify_checksum {
+        let crc = parallel_crc32(&map);
+        if crc != m.vectors_crc32 {
+            return Err(damaged(format!(
+                "its CRC-32 is {crc:08x} but the manifest records {:08x}",
+                m.vectors_crc32
+            )));
+        }
+    }
+    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| damaged(format!("bad safetensors header: {e}")))?;
+    let view = st.tensor(VECTORS_KEY).map_err(|_| damaged(format!("no `{VECTORS_KEY}` tensor")))?;
+    let want_dtype = match m.dtype {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::F16 => safetensors::Dtype::F16,
+    };
+    if view.dtype() != want_dtype || view.shape() != [m.count, m.dimension] {
+        return Err(damaged(format!(
+            "it holds {:?} {:?} but the manifest says {:?} [{}, {}]",
+            view.dtype(),
+            view.shape(),
+            m.dtype,
+            m.count,
+            m.dimension
+        )));
+    }
+    let offset = view.data().as_ptr() as usize - map.as_ptr() as usize;
+    if offset % m.dtype.size() != 0 {
+        return Err(damaged(format!("its data starts at unaligned offset {offset}")));
+    }
+    Ok(MappedVectors { map, offset })
+}
+
+/// CRC-32 of `bytes`, computed on all threads and combined.
+fn parallel_crc32(bytes: &[u8]) -> u32 {
+    const CHUNK: usize = 8 << 20;
+    bytes
+        .par_chunks(CHUNK)
+        .map(|c| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(c);
+            h
+        })
+        .reduce_with(|mut a, b| {
+            a.combine(&b);
+            a
+        })
+        .map_or(0, |h| h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_crc_equals_serial() {
+        let data: Vec<u8> = (0..20_000_000u32).map(|i| i.wrapping_mul(2_654_435_761) as u8).collect();
+        assert_eq!(parallel_crc32(&data), crc32fast::hash(&data));
+        assert_eq!(parallel_crc32(&[]), crc32fast::hash(&[]));
+    }
+
+    #[test]
+    fn own_file_names() {
+        assert!(is_own_file("manifest.json"));
+        assert!(is_own_file("vectors-12.safetensors"));
+        assert!(is_own_file(".vectors-3.safetensors.77.tmp"));
+        assert!(!is_own_file("vectors-x.safetensors"));
+        assert!(!is_own_file("photo.jpg"));
+    }
+}
