@@ -4,6 +4,8 @@ mod common;
 mod convert;
 mod download;
 mod embed;
+mod index;
+mod search;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,10 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Download a model from the Hugging Face Hub into the standard cache.
     Download(download::DownloadArgs),
+    /// Build or inspect an embedding index for `clip search`.
+    Index(index::IndexArgs),
+    /// Search an index with texts, images or precomputed vectors.
+    Search(search::SearchArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -31,6 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(a) => embed::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Download(a) => download::run(a),
+        Command::Index(a) => index::run(a),
+        Command::Search(a) => search::run(a),
     }
 }
 

@@ -19,6 +19,7 @@ pub struct EmbeddingsFile {
     rows: usize,
     dim: usize,
     ids: Option<Vec<String>>,
+    metadata: std::collections::HashMap<String, String>,
 }
 
 impl std::fmt::Debug for EmbeddingsFile {
@@ -79,7 +80,8 @@ impl EmbeddingsFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let ids = match meta.metadata().as_ref().and_then(|m| m.get("ids")) {
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        let ids = match metadata.get("ids") {
             None => None,
             Some(json) => Some(parse_ids(json, rows).map_err(|reason| RetrievalError::BadTensor {
                 path: path.to_path_buf(),
@@ -95,7 +97,13 @@ impl EmbeddingsFile {
             rows,
             dim,
             ids,
+            metadata,
         })
+    }
+
+    /// A string from the file's `__metadata__` (e.g. `model`, as `clip embed` writes it).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     /// The file.

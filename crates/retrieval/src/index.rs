@@ -24,7 +24,11 @@ pub enum SearchMode {
     Exact,
     /// The HNSW graph (built on first use): sub-linear per query, recall below 1.
     Ann,
-    /// Approximate from [`SearchOptions::auto_ann_min_rows`] vectors on, exact below.
+    /// Approximate for indexes of at least [`SearchOptions::auto_ann_min_rows`] vectors once
+    /// the graph pays off: when it is already built (see [`Index::build_ann`]) or the batch has
+    /// at least [`SearchOptions::auto_ann_min_queries`] queries. Building the graph costs far
+    /// more than one exact pass (minutes against a tenth of a second for a million vectors on
+    /// two cores), so a one-shot search of a few queries stays exact.
     #[default]
     Auto,
 }
@@ -34,8 +38,10 @@ pub enum SearchMode {
 pub struct SearchOptions {
     /// Exact, approximate, or chosen by size.
     pub mode: SearchMode,
-    /// Index size from which [`SearchMode::Auto`] goes approximate.
+    /// Index size from which [`SearchMode::Auto`] may go approximate.
     pub auto_ann_min_rows: usize,
+    /// Batch size from which [`SearchMode::Auto`] builds the graph rather than search exactly.
+    pub auto_ann_min_queries: usize,
     /// Graph parameters used when the graph is built.
     pub ann: AnnParams,
 }
@@ -45,6 +51,7 @@ impl Default for SearchOptions {
         Self {
             mode: SearchMode::Auto,
             auto_ann_min_rows: 200_000,
+            auto_ann_min_queries: 100_000,
             ann: AnnParams::default(),
         }
     }
@@ -241,7 +248,7 @@ impl Index {
     /// The `k` best rows for each query, best first (ties: lower row first).
     pub fn search_with(&self, queries: &[f32], dim: usize, k: usize, opts: &SearchOptions) -> Result<Vec<Vec<Hit>>> {
         self.check_queries(queries, dim)?;
-        if self.uses_ann(opts) {
+        if self.uses_ann(opts, queries.len() / dim) {
             let graph = self.ann_graph(&opts.ann)?;
             Ok(graph.search(self.rows(), dim, queries, k, opts.ann.ef_search))
         } else {
@@ -249,12 +256,14 @@ impl Index {
         }
     }
 
-    /// Whether `opts` would make [`Index::search_with`] approximate.
-    pub fn uses_ann(&self, opts: &SearchOptions) -> bool {
+    /// Whether `opts` would make [`Index::search_with`] of `queries` queries approximate.
+    pub fn uses_ann(&self, opts: &SearchOptions, queries: usize) -> bool {
         match opts.mode {
             SearchMode::Exact => false,
             SearchMode::Ann => true,
-            SearchMode::Auto => self.len() >= opts.auto_ann_min_rows,
+            SearchMode::Auto => {
+                self.len() >= opts.auto_ann_min_rows && (self.ann.get().is_some() || queries >= opts.auto_ann_min_queries)
+            }
         }
     }
 

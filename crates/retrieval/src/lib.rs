@@ -30,7 +30,7 @@ pub use error::{Result, RetrievalError};
 pub use eval::{group_captions, retrieval_metrics, CaptionGroups, DirectionMetrics, RetrievalMetrics};
 pub use index::{Index, SearchMode, SearchOptions};
 pub use store::{
-    write_index, DType, Entries, FillError, ImageEntry, IndexSpec, Manifest, Metric, OpenOptions, FORMAT_VERSION,
+    check_destination, write_index, DType, Entries, FillError, ImageEntry, IndexSpec, Manifest, Metric, OpenOptions, FORMAT_VERSION,
     MANIFEST_FILE,
 };
 pub use topk::Hit;

@@ -254,13 +254,22 @@ fn validate_spec(spec: &IndexSpec) -> Result<()> {
 /// Creates `dir`, or checks that an existing one is an index (or empty), never clobbering
 /// unrelated files.
 fn prepare_dir(dir: &Path) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
+    check_destination(dir)?;
+    std::fs::create_dir_all(dir).map_err(io_err("cannot create directory", dir))
+}
+
+/// Checks that an index may be written at `dir`: it does not exist, or it is a directory that
+/// holds an index, or nothing but leftovers of one. Lets a caller fail before slow work.
+pub fn check_destination(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
         return Err(RetrievalError::NotAnIndex {
             path: dir.to_path_buf(),
             reason: "it is a file, not an index directory".into(),
         });
     }
-    std::fs::create_dir_all(dir).map_err(io_err("cannot create directory", dir))?;
     if dir.join(MANIFEST_FILE).exists() {
         return Ok(());
     }

@@ -252,10 +252,18 @@ fn ann_finds_nearly_all_true_neighbours() {
         mode: SearchMode::Ann,
         ..SearchOptions::default()
     };
-    assert!(idx.uses_ann(&opts));
-    assert!(!idx.uses_ann(&SearchOptions::default()), "4000 rows is below the automatic threshold");
+    assert!(idx.uses_ann(&opts, 1));
+    let auto = SearchOptions {
+        auto_ann_min_rows: 1000,
+        auto_ann_min_queries: 500,
+        ..SearchOptions::default()
+    };
+    assert!(!idx.uses_ann(&SearchOptions::default(), 1), "4000 rows is below the default threshold");
+    assert!(!idx.uses_ann(&auto, 100), "too few queries to pay for building the graph");
+    assert!(idx.uses_ann(&auto, 500));
     let approx = idx.search_with(&queries, dim, 10, &opts).unwrap();
     let exact = idx.search_with(&queries, dim, 10, &SearchOptions { mode: SearchMode::Exact, ..opts }).unwrap();
+    assert!(idx.uses_ann(&auto, 1), "a built graph is used even for one query");
     let mut found = 0;
     for (a, e) in approx.iter().zip(&exact) {
         assert_eq!(a.len(), 10);

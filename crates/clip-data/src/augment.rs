@@ -1,0 +1,269 @@
+//! Training-time augmentation, fused into one resampling pass straight to model input.
+
+use clip_nn::SplitMix64;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use vision_encoder::Preprocess;
+
+/// Which augmentations run and how strong they are. The defaults are open_clip's
+/// comparison setting: random resized crop with scale (0.7, 1) and nothing else; flipping is
+/// off because captions say "left" and "right".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AugmentConfig {
+    /// Fraction of the image area a crop covers, `[min, max]`.
+    pub scale: [f32; 2],
+    /// Aspect-ratio range of the crop.
+    pub ratio: [f32; 2],
+    /// Probability of a horizontal flip.
+    pub hflip: f32,
+    /// Colour-jitter strength: brightness, contrast and saturation factors in `[1−s, 1+s]`.
+    pub color_jitter: f32,
+    /// Probability of converting to greyscale.
+    pub grayscale: f32,
+    /// Probability of a 3×3 Gaussian blur.
+    pub blur: f32,
+    /// Maximum rotation in degrees (uniform in `[−r, r]`).
+    pub rotation: f32,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            scale: [0.7, 1.0],
+            ratio: [3.0 / 4.0, 4.0 / 3.0],
+            hflip: 0.0,
+            color_jitter: 0.0,
+            grayscale: 0.0,
+            blur: 0.0,
+            rotation: 0.0,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// Checks ranges and probabilities; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let [lo, hi] = self.scale;
+        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
+            return Err(format!("scale = [{lo}, {hi}]: need 0 < min ≤ max ≤ 1"));
+        }
+        let [rlo, rhi] = self.ratio;
+        if !(0.0 < rlo && rlo <= rhi) {
+            return Err(format!("ratio = [{rlo}, {rhi}]: need 0 < min ≤ max"));
+        }
+        for (name, p) in [("hflip", self.hflip), ("grayscale", self.grayscale), ("blur", self.blur)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{name} = {p}: a probability must lie in [0, 1]"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.color_jitter) {
+            return Err(format!("color_jitter = {}: must lie in [0, 1)", self.color_jitter));
+        }
+        if !(0.0..=180.0).contains(&self.rotation) {
+            return Err(format!("rotation = {}: must lie in [0, 180] degrees", self.rotation));
+        }
+        Ok(())
+    }
+}
+
+/// Applies an [`AugmentConfig`] and CLIP normalisation, producing CHW floats.
+#[derive(Debug, Clone)]
+pub struct Augmenter {
+    cfg: AugmentConfig,
+    pre: Preprocess,
+}
+
+impl Augmenter {
+    /// An augmenter producing `pre.image_size` squares normalised with `pre`'s mean/std.
+    pub fn new(cfg: AugmentConfig, pre: Preprocess) -> Self {
+        Self { cfg, pre }
+    }
+
+    /// Evaluation transform: resize + center crop (see [`vision_encoder::preprocess`]).
+    pub fn eval(&self, img: &RgbImage) -> Vec<f32> {
+        vision_encoder::preprocess(img, &self.pre)
+    }
+
+    /// A random crop box `(x, y, w, h)` as torchvision's `RandomResizedCrop` draws it.
+    fn crop_box(&self, w: f32, h: f32, rng: &mut SplitMix64) -> (f32, f32, f32, f32) {
+        let area = w * h;
+        let (lr0, lr1) = (self.cfg.ratio[0].ln(), self.cfg.ratio[1].ln());
+        for _ in 0..10 {
+            let target = area * uniform(rng, self.cfg.scale[0], self.cfg.scale[1]);
+            let ratio = uniform(rng, lr0, lr1).exp();
+            let cw = (target * ratio).sqrt();
+            let ch = (target / ratio).sqrt();
+            if cw <= w && ch <= h {
+                let x = uniform(rng, 0.0, w - cw);
+                let y = uniform(rng, 0.0, h - ch);
+                return (x, y, cw, ch);
+            }
+        }
+        let s = w.min(h);
+        ((w - s) / 2.0, (h - s) / 2.0, s, s)
+    }
+
+    /// One augmented view, normalised, `3·s·s` floats in CHW order.
+    pub fn train(&self, img: &RgbImage, rng: &mut SplitMix64) -> Vec<f32> {
+        let s = self.pre.image_size;
+        let (w, h) = img.dimensions();
+        let (cx, cy, cw, ch) = self.crop_box(w as f32, h as f32, rng);
+        let flip = rng.next_f64() < self.cfg.hflip as f64;
+        let angle = uniform(rng, -self.cfg.rotation, self.cfg.rotation).to_radians();
+        let (sin, cos) = angle.sin_cos();
+        let (mx, my) = (cx + cw / 2.0, cy + ch / 2.0);
+        let mut rgb = vec![0f32; 3 * s * s];
+        for v in 0..s {
+            for u in 0..s {
+                let uu = if flip { s - 1 - u } else { u };
+                // Offset from the crop centre in source pixels, then rotated about it.
+                let dx = ((uu as f32 + 0.5) / s as f32 - 0.5) * cw;
+                let dy = ((v as f32 + 0.5) / s as f32 - 0.5) * ch;
+                let sx = mx + cos * dx - sin * dy - 0.5;
+                let sy = my + sin * dx + cos * dy - 0.5;
+                let px = bilinear(img, sx, sy);
+                for c in 0..3 {
+                    rgb[c * s * s + v * s + u] = px[c] / 255.0;
+                }
+            }
+        }
+        if self.cfg.color_jitter > 0.0 {
+            let j = self.cfg.color_jitter;
+            jitter(&mut rgb, s * s, uniform(rng, 1.0 - j, 1.0 + j), uniform(rng, 1.0 - j, 1.0 + j), uniform(rng, 1.0 - j, 1.0 + j));
+        }
+        if rng.next_f64() < self.cfg.grayscale as f64 {
+            saturate(&mut rgb, s * s, 0.0);
+        }
+        if rng.next_f64() < self.cfg.blur as f64 {
+            for c in 0..3 {
+                blur3(&mut rgb[c * s * s..(c + 1) * s * s], s);
+            }
+        }
+        for c in 0..3 {
+            for x in &mut rgb[c * s * s..(c + 1) * s * s] {
+                *x = (x.clamp(0.0, 1.0) - self.pre.mean[c]) / self.pre.std[c];
+            }
+        }
+        rgb
+    }
+}
+
+fn uniform(rng: &mut SplitMix64, lo: f32, hi: f32) -> f32 {
+    lo + (hi - lo) * rng.next_f64() as f32
+}
+
+/// Bilinear sample; outside the image is white, like the emoji and product-shot backgrounds
+/// CLIP data usually has.
+fn bilinear(img: &RgbImage, x: f32, y: f32) -> [f32; 3] {
+    let (w, h) = img.dimensions();
+    let x0 = x.floor();
+    let y0 = y.floor();
+    let (fx, fy) = (x - x0, y - y0);
+    let get = |xi: i64, yi: i64| -> [f32; 3] {
+        if xi < 0 || yi < 0 || xi >= w as i64 || yi >= h as i64 {
+            // Edge pixels clamp when just outside (sub-pixel), otherwise white.
+            let cx = xi.clamp(0, w as i64 - 1);
+            let cy = yi.clamp(0, h as i64 - 1);
+            if (xi - cx).abs() <= 1 && (yi - cy).abs() <= 1 {
+                let p = img.get_pixel(cx as u32, cy as u32);
+                return [p[0] as f32, p[1] as f32, p[2] as f32];
+            }
+            return [255.0; 3];
+        }
+        let p = img.get_pixel(xi as u32, yi as u32);
+        [p[0] as f32, p[1] as f32, p[2] as f32]
+    };
+    let (xi, yi) = (x0 as i64, y0 as i64);
+    let (a, b, c, d) = (get(xi, yi), get(xi + 1, yi), get(xi, yi + 1), get(xi + 1, yi + 1));
+    let mut out = [0f32; 3];
+    for k in 0..3 {
+        let top = a[k] + (b[k] - a[k]) * fx;
+        let bot = c[k] + (d[k] - c[k]) * fx;
+        out[k] = top + (bot - top) * fy;
+    }
+    out
+}
+
+fn saturate(rgb: &mut [f32], n: usize, factor: f32) {
+    for i in 0..n {
+        let g = 0.299 * rgb[i] + 0.587 * rgb[n + i] + 0.114 * rgb[2 * n + i];
+        for c in 0..3 {
+            rgb[c * n + i] = g + (rgb[c * n + i] - g) * factor;
+        }
+    }
+}
+
+fn jitter(rgb: &mut [f32], n: usize, brightness: f32, contrast: f32, saturation: f32) {
+    rgb.iter_mut().for_each(|x| *x *= brightness);
+    let mean = (0..n).map(|i| 0.299 * rgb[i] + 0.587 * rgb[n + i] + 0.114 * rgb[2 * n + i]).sum::<f32>() / n as f32;
+    rgb.iter_mut().for_each(|x| *x = mean + (*x - mean) * contrast);
+    saturate(rgb, n, saturation);
+}
+
+/// Separable [1, 2, 1]/4 blur with clamped borders.
+fn blur3(ch: &mut [f32], s: usize) {
+    let src = ch.to_vec();
+    let at = |x: isize, y: isize, buf: &[f32]| buf[y.clamp(0, s as isize - 1) as usize * s + x.clamp(0, s as isize - 1) as usize];
+    let mut tmp = vec![0f32; s * s];
+    for y in 0..s as isize {
+        for x in 0..s as isize {
+            tmp[y as usize * s + x as usize] = (at(x - 1, y, &src) + 2.0 * at(x, y, &src) + at(x + 1, y, &src)) / 4.0;
+        }
+    }
+    for y in 0..s as isize {
+        for x in 0..s as isize {
+            ch[y as usize * s + x as usize] = (at(x, y - 1, &tmp) + 2.0 * at(x, y, &tmp) + at(x, y + 1, &tmp)) / 4.0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pre(size: usize) -> Preprocess {
+        Preprocess { image_size: size, mean: [0.0; 3], std: [1.0; 3] }
+    }
+
+    #[test]
+    fn full_crop_without_extras_reproduces_the_image() {
+        let img = RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 7]));
+        let cfg = AugmentConfig { scale: [1.0, 1.0], ratio: [1.0, 1.0], ..Default::default() };
+        let out = Augmenter::new(cfg, pre(8)).train(&img, &mut SplitMix64::new(1));
+        for y in 0..8 {
+            for x in 0..8 {
+                assert!((out[y * 8 + x] - (x * 30) as f32 / 255.0).abs() < 1e-5);
+                assert!((out[64 + y * 8 + x] - (y * 30) as f32 / 255.0).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn flip_mirrors_and_grayscale_equalises_channels() {
+        let img = RgbImage::from_fn(8, 8, |x, _| image::Rgb([(x * 30) as u8, 0, 200]));
+        let base = AugmentConfig { scale: [1.0, 1.0], ratio: [1.0, 1.0], ..Default::default() };
+        let flipped = Augmenter::new(AugmentConfig { hflip: 1.0, ..base.clone() }, pre(8)).train(&img, &mut SplitMix64::new(1));
+        assert!((flipped[0] - 210.0 / 255.0).abs() < 1e-5 && flipped[7].abs() < 1e-5);
+        let grey = Augmenter::new(AugmentConfig { grayscale: 1.0, ..base }, pre(8)).train(&img, &mut SplitMix64::new(1));
+        for i in 0..64 {
+            assert!((grey[i] - grey[64 + i]).abs() < 1e-6 && (grey[i] - grey[128 + i]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn crops_respect_the_scale_range_and_same_seed_repeats() {
+        let aug = Augmenter::new(AugmentConfig::default(), pre(16));
+        let mut rng = SplitMix64::new(5);
+        for _ in 0..200 {
+            let (_, _, w, h) = aug.crop_box(64.0, 48.0, &mut rng);
+            let frac = w * h / (64.0 * 48.0);
+            assert!((0.69..=1.001).contains(&frac), "{frac}");
+        }
+        let img = RgbImage::from_fn(20, 20, |x, y| image::Rgb([(x * 9) as u8, (y * 9) as u8, 0]));
+        let a = aug.train(&img, &mut SplitMix64::new(9));
+        let b = aug.train(&img, &mut SplitMix64::new(9));
+        assert_eq!(a, b);
+        assert!(AugmentConfig { scale: [0.0, 1.0], ..Default::default() }.validate().unwrap_err().contains("scale"));
+    }
+}

@@ -1,0 +1,173 @@
+//! `clip search`: nearest neighbours of texts, images or precomputed vectors in an index.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use retrieval::{EmbeddingsFile, Entries, Hit, Index, OpenOptions, SearchMode, SearchOptions};
+use serde::Serialize;
+
+use super::common::{self, DeviceArg};
+use super::index::unit_rows;
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("queries").required(true).args(["text", "image", "query_embeddings"])))]
+pub struct SearchArgs {
+    /// Index directory (see `clip index build`).
+    #[arg(long)]
+    index: PathBuf,
+    /// Text queries: text→image over an image index, text→text over a caption index.
+    text: Vec<String>,
+    /// Image file queries: image→image, or image→text over a caption index.
+    #[arg(long, num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// Precomputed query vectors: a safetensors file with an `[Q, D]` tensor (see --key).
+    #[arg(long)]
+    query_embeddings: Option<PathBuf>,
+    /// Tensor to read from --query-embeddings.
+    #[arg(long, default_value = "embeddings", requires = "query_embeddings")]
+    key: String,
+    /// Results per query.
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// Model for text and image queries (default: the one recorded in the index).
+    #[arg(long)]
+    model: Option<String>,
+    /// Print JSON: a list with one object per query, `{"query", "hits": [{"rank", "id",
+    /// "score", "path" | "caption" | "name"}]}`.
+    #[arg(long)]
+    json: bool,
+    /// Approximate search with an HNSW graph built in this process (worth it for large
+    /// batches over large indexes). Default: exact, unless the batch is big enough to pay
+    /// for the graph (100k queries over ≥ 200k vectors).
+    #[arg(long, conflicts_with = "exact")]
+    ann: bool,
+    /// Always search exactly.
+    #[arg(long)]
+    exact: bool,
+    /// HNSW search breadth (higher: better recall, slower).
+    #[arg(long, default_value_t = 128)]
+    ef: usize,
+    /// Skip the checksum pass over the vectors file (length and header are still checked).
+    #[arg(long)]
+    no_verify: bool,
+    /// Device for the model.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+#[derive(Serialize)]
+struct QueryOut<'a> {
+    query: serde_json::Value,
+    hits: Vec<HitOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct HitOut<'a> {
+    rank: usize,
+    id: usize,
+    score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caption: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+pub fn run(a: SearchArgs) -> Result<()> {
+    if a.k == 0 {
+        bail!("-k must be at least 1");
+    }
+    let idx = Index::open_with(
+        &a.index,
+        OpenOptions {
+            verify_checksum: !a.no_verify,
+        },
+    )?;
+    let (queries, labels, dim, source) = read_queries(&a, &idx)?;
+    let mut opts = SearchOptions::default();
+    opts.mode = match (a.ann, a.exact) {
+        (true, _) => SearchMode::Ann,
+        (_, true) => SearchMode::Exact,
+        _ => SearchMode::Auto,
+    };
+    opts.ann.ef_search = a.ef;
+    let results = idx
+        .search_with(&queries, dim, a.k, &opts)
+        .with_context(|| format!("cannot search {} with {source}", a.index.display()))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if a.json {
+        let doc: Vec<QueryOut> = labels
+            .into_iter()
+            .zip(&results)
+            .map(|(query, hits)| QueryOut {
+                query,
+                hits: hits.iter().enumerate().map(|(r, h)| hit_out(&idx, r, h)).collect(),
+            })
+            .collect();
+        serde_json::to_writer(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        for (query, hits) in labels.iter().zip(&results) {
+            writeln!(out, "{query}:")?;
+            for (r, h) in hits.iter().enumerate() {
+                writeln!(out, "{:>4}  {:.4}  {}", r + 1, h.score, idx.entries().label(h.id))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> HitOut<'a> {
+    let mut o = HitOut {
+        rank: rank + 1,
+        id: h.id,
+        score: h.score,
+        path: None,
+        caption: None,
+        name: None,
+    };
+    match idx.entries() {
+        Entries::Images { .. } => o.path = Some(idx.entries().label(h.id)),
+        Entries::Captions { captions } => o.caption = Some(&captions[h.id]),
+        Entries::Ids { ids } => o.name = ids.get(h.id).map(String::as_str),
+    }
+    o
+}
+
+/// Query vectors (unit rows, `[q, dim]`), a label per query, their dimension, and a phrase
+/// naming where they came from (for errors).
+fn read_queries(a: &SearchArgs, idx: &Index) -> Result<(Vec<f32>, Vec<serde_json::Value>, usize, String)> {
+    if let Some(path) = &a.query_embeddings {
+        let f = EmbeddingsFile::open(path, &a.key)?;
+        let mut q = f.to_vec();
+        retrieval::normalize_rows(&mut q, f.dim()).with_context(|| format!("bad query vector in {}", path.display()))?;
+        let labels = match f.ids() {
+            Some(ids) => ids.iter().map(|s| s.clone().into()).collect(),
+            None => (0..f.rows()).map(|i| i.into()).collect(),
+        };
+        return Ok((q, labels, f.dim(), format!("the queries in {}", path.display())));
+    }
+    let spec = match (&a.model, idx.model()) {
+        (Some(m), _) => m.clone(),
+        (None, m) if !m.is_empty() => m.to_string(),
+        _ => bail!("the index {} records no model; pass --model", a.index.display()),
+    };
+    let device = a.device.device()?;
+    let m = common::load_model(&spec, &device).with_context(|| format!("cannot load the model for the queries ({spec})"))?;
+    let (rows, labels) = if !a.image.is_empty() {
+        let pixels = vision_encoder::preprocess_files(&a.image, &m.preprocess, m.model.device())?;
+        let labels = a.image.iter().map(|p| p.display().to_string().into()).collect();
+        (unit_rows(&m.model.encode_image(&pixels)?)?, labels)
+    } else {
+        let refs: Vec<&str> = a.text.iter().map(String::as_str).collect();
+        let ids = m.tokenizer.encode_batch(&refs)?;
+        let labels = a.text.iter().map(|t| t.clone().into()).collect();
+        (unit_rows(&m.model.encode_text(&ids)?)?, labels)
+    };
+    let dim = m.model.config().projection_dim;
+    Ok((rows.concat(), labels, dim, format!("queries embedded by model {spec}")))
+}
