@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub const BUNDLED_TOKENIZER: &[u8] = include_bytes!("../../models/tokenizer.json");
 
 /// Which device to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default, serde::Serialize, serde::Deserialize)]
 pub enum DeviceArg {
     /// The CPU (default).
     #[default]

@@ -103,7 +103,10 @@ fn model_id(spec: &str) -> String {
 }
 
 fn build_images(a: &BuildArgs, folder: &Path, dtype: DType) -> Result<()> {
-    let spec = a.model.as_deref().expect("clap requires --model with --images");
+    let spec = a
+        .model
+        .as_deref()
+        .expect("clap requires --model with --images");
     if !folder.is_dir() {
         bail!("--images {} is not a folder", folder.display());
     }
@@ -118,14 +121,25 @@ fn build_images(a: &BuildArgs, folder: &Path, dtype: DType) -> Result<()> {
     let old = open_previous(&a.out);
     let plan = retrieval::plan_refresh(old.as_ref(), &model, &root, &entries);
     let dim_old = old.as_ref().map(Index::dim);
-    if plan.to_embed() == 0 && plan.removed == 0 && old.as_ref().is_some_and(|o| o.len() == entries.len() && o.manifest().dtype == dtype) {
-        eprintln!("{} is up to date ({} images)", a.out.display(), entries.len());
+    if plan.to_embed() == 0
+        && plan.removed == 0
+        && old
+            .as_ref()
+            .is_some_and(|o| o.len() == entries.len() && o.manifest().dtype == dtype)
+    {
+        eprintln!(
+            "{} is up to date ({} images)",
+            a.out.display(),
+            entries.len()
+        );
         report_skipped(&skipped);
         return Ok(());
     }
 
     // Embed what is new or changed; vectors of unchanged files are copied from the old index.
-    let todo: Vec<usize> = (0..entries.len()).filter(|&i| plan.reuse[i].is_none()).collect();
+    let todo: Vec<usize> = (0..entries.len())
+        .filter(|&i| plan.reuse[i].is_none())
+        .collect();
     let mut fresh: Vec<Option<Vec<f32>>> = vec![None; entries.len()];
     let reusing = plan.reuse.iter().any(Option::is_some);
     let mut dim = if reusing { dim_old } else { None };
@@ -175,7 +189,11 @@ fn build_images(a: &BuildArgs, folder: &Path, dtype: DType) -> Result<()> {
     }
     let dim = match dim {
         Some(d) => d,
-        None => bail!("none of the {} images under {} could be read", skipped.len(), folder.display()),
+        None => bail!(
+            "none of the {} images under {} could be read",
+            skipped.len(),
+            folder.display()
+        ),
     };
 
     // Rows in folder order: reused or freshly embedded; unreadable files are left out.
@@ -198,6 +216,17 @@ fn build_images(a: &BuildArgs, folder: &Path, dtype: DType) -> Result<()> {
         rows.iter().filter(|r| matches!(r, Src::Old(_))).count(),
         rows.iter().filter(|r| matches!(r, Src::New(_))).count(),
     );
+    if embedded == 0
+        && plan.removed == 0
+        && old
+            .as_ref()
+            .is_some_and(|o| o.len() == rows.len() && o.manifest().dtype == dtype)
+    {
+        // Only files that still cannot be read were retried: nothing to rewrite.
+        eprintln!("{} is up to date ({} images)", a.out.display(), rows.len());
+        report_skipped(&skipped);
+        return Ok(());
+    }
     let spec = IndexSpec {
         model,
         dimension: dim,
@@ -209,7 +238,11 @@ fn build_images(a: &BuildArgs, folder: &Path, dtype: DType) -> Result<()> {
         for (k, r) in range.enumerate() {
             let dst = &mut out[k * dim..(k + 1) * dim];
             match &rows[r] {
-                Src::Old(row) => dst.copy_from_slice(&old.as_ref().expect("reuse implies an old index").vector(*row)),
+                Src::Old(row) => dst.copy_from_slice(
+                    &old.as_ref()
+                        .expect("reuse implies an old index")
+                        .vector(*row),
+                ),
                 Src::New(v) => dst.copy_from_slice(v),
             }
         }
@@ -264,13 +297,17 @@ fn report_skipped(skipped: &[(PathBuf, String)]) {
     }
 }
 
+/// Files that could not be used, with the reason.
+type Skipped = Vec<(PathBuf, String)>;
+
 /// Image files under `root`, recursively, in sorted relative-path order, with size and mtime.
 /// Files whose name is not UTF-8 (the manifest is JSON) are returned as skipped.
-fn scan_images(root: &Path) -> Result<(Vec<ImageEntry>, Vec<(PathBuf, String)>)> {
+fn scan_images(root: &Path) -> Result<(Vec<ImageEntry>, Skipped)> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        let rd =
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
         for entry in rd.filter_map(|e| e.ok()) {
             let path = entry.path();
             // Not following directory links keeps a link cycle from looping forever.
@@ -286,7 +323,10 @@ fn scan_images(root: &Path) -> Result<(Vec<ImageEntry>, Vec<(PathBuf, String)>)>
     let mut entries = Vec::with_capacity(found.len());
     let mut skipped = Vec::new();
     for path in found {
-        let rel = path.strip_prefix(root).expect("walked from root").to_path_buf();
+        let rel = path
+            .strip_prefix(root)
+            .expect("walked from root")
+            .to_path_buf();
         if rel.to_str().is_none() {
             skipped.push((rel, "file name is not valid UTF-8".to_string()));
             continue;
@@ -327,7 +367,10 @@ pub(super) fn unit_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 }
 
 fn build_texts(a: &BuildArgs, path: &Path, dtype: DType) -> Result<()> {
-    let spec = a.model.as_deref().expect("clap requires --model with --texts");
+    let spec = a
+        .model
+        .as_deref()
+        .expect("clap requires --model with --texts");
     let captions = common::read_captions(path)?;
     if captions.is_empty() {
         bail!("{} has no captions", path.display());
@@ -374,7 +417,8 @@ fn build_embeddings(a: &BuildArgs, path: &Path, dtype: DType) -> Result<()> {
     retrieval::write_index(&a.out, &spec, |range, out| {
         let (first, n) = (range.start, range.len());
         src.read_rows(range, out);
-        retrieval::normalize_rows_from(out, dim, first).map_err(|e| format!("{}: {e}", path.display()))?;
+        retrieval::normalize_rows_from(out, dim, first)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         pb.inc(n as u64);
         Ok(())
     })
@@ -390,7 +434,12 @@ fn build_embeddings(a: &BuildArgs, path: &Path, dtype: DType) -> Result<()> {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
-    let idx = Index::open_with(&a.index, OpenOptions { verify_checksum: true })?;
+    let idx = Index::open_with(
+        &a.index,
+        OpenOptions {
+            verify_checksum: true,
+        },
+    )?;
     let m = idx.manifest();
     let kind = match &m.entries {
         Entries::Images { root, .. } => format!("images under {}", root.display()),
@@ -401,7 +450,17 @@ fn info(a: InfoArgs) -> Result<()> {
     println!("index:     {}", a.index.display());
     println!("entries:   {} {kind}", m.count);
     println!("dimension: {} ({:?}, {:?})", m.dimension, m.dtype, m.metric);
-    println!("model:     {}", if m.model.is_empty() { "(none recorded)" } else { &m.model });
-    println!("vectors:   {} ({} bytes, checksum ok)", m.vectors_file, m.vectors_bytes);
+    println!(
+        "model:     {}",
+        if m.model.is_empty() {
+            "(none recorded)"
+        } else {
+            &m.model
+        }
+    );
+    println!(
+        "vectors:   {} ({} bytes, checksum ok)",
+        m.vectors_file, m.vectors_bytes
+    );
     Ok(())
 }

@@ -4,6 +4,8 @@ mod common;
 mod convert;
 mod download;
 mod embed;
+mod train;
+mod valset;
 mod index;
 mod search;
 
@@ -19,6 +21,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a dual encoder on image–caption data (default: the bundled emoji sample).
+    Train(Box<train::TrainArgs>),
     /// Embed images and/or captions into OUT.safetensors.
     Embed(embed::EmbedArgs),
     /// Convert a model (HF or open_clip layout) to the Hugging Face layout.
@@ -34,6 +38,7 @@ enum Command {
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(a) => train::run(*a),
         Command::Embed(a) => embed::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Download(a) => download::run(a),

@@ -86,13 +86,19 @@ pub fn run(a: SearchArgs) -> Result<()> {
         },
     )?;
     let (queries, labels, dim, source) = read_queries(&a, &idx)?;
-    let mut opts = SearchOptions::default();
-    opts.mode = match (a.ann, a.exact) {
-        (true, _) => SearchMode::Ann,
-        (_, true) => SearchMode::Exact,
-        _ => SearchMode::Auto,
+    let defaults = SearchOptions::default();
+    let opts = SearchOptions {
+        mode: match (a.ann, a.exact) {
+            (true, _) => SearchMode::Ann,
+            (_, true) => SearchMode::Exact,
+            _ => SearchMode::Auto,
+        },
+        ann: retrieval::AnnParams {
+            ef_search: a.ef,
+            ..defaults.ann
+        },
+        ..defaults
     };
-    opts.ann.ef_search = a.ef;
     let results = idx
         .search_with(&queries, dim, a.k, &opts)
         .with_context(|| format!("cannot search {} with {source}", a.index.display()))?;
@@ -104,7 +110,11 @@ pub fn run(a: SearchArgs) -> Result<()> {
             .zip(&results)
             .map(|(query, hits)| QueryOut {
                 query,
-                hits: hits.iter().enumerate().map(|(r, h)| hit_out(&idx, r, h)).collect(),
+                hits: hits
+                    .iter()
+                    .enumerate()
+                    .map(|(r, h)| hit_out(&idx, r, h))
+                    .collect(),
             })
             .collect();
         serde_json::to_writer(&mut out, &doc)?;
@@ -113,7 +123,13 @@ pub fn run(a: SearchArgs) -> Result<()> {
         for (query, hits) in labels.iter().zip(&results) {
             writeln!(out, "{query}:")?;
             for (r, h) in hits.iter().enumerate() {
-                writeln!(out, "{:>4}  {:.4}  {}", r + 1, h.score, idx.entries().label(h.id))?;
+                writeln!(
+                    out,
+                    "{:>4}  {:.4}  {}",
+                    r + 1,
+                    h.score,
+                    idx.entries().label(h.id)
+                )?;
             }
         }
     }
@@ -140,27 +156,44 @@ fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> HitOut<'a> {
 
 /// Query vectors (unit rows, `[q, dim]`), a label per query, their dimension, and a phrase
 /// naming where they came from (for errors).
-fn read_queries(a: &SearchArgs, idx: &Index) -> Result<(Vec<f32>, Vec<serde_json::Value>, usize, String)> {
+fn read_queries(
+    a: &SearchArgs,
+    idx: &Index,
+) -> Result<(Vec<f32>, Vec<serde_json::Value>, usize, String)> {
     if let Some(path) = &a.query_embeddings {
         let f = EmbeddingsFile::open(path, &a.key)?;
         let mut q = f.to_vec();
-        retrieval::normalize_rows(&mut q, f.dim()).with_context(|| format!("bad query vector in {}", path.display()))?;
+        retrieval::normalize_rows(&mut q, f.dim())
+            .with_context(|| format!("bad query vector in {}", path.display()))?;
         let labels = match f.ids() {
             Some(ids) => ids.iter().map(|s| s.clone().into()).collect(),
             None => (0..f.rows()).map(|i| i.into()).collect(),
         };
-        return Ok((q, labels, f.dim(), format!("the queries in {}", path.display())));
+        return Ok((
+            q,
+            labels,
+            f.dim(),
+            format!("the queries in {}", path.display()),
+        ));
     }
     let spec = match (&a.model, idx.model()) {
         (Some(m), _) => m.clone(),
         (None, m) if !m.is_empty() => m.to_string(),
-        _ => bail!("the index {} records no model; pass --model", a.index.display()),
+        _ => bail!(
+            "the index {} records no model; pass --model",
+            a.index.display()
+        ),
     };
     let device = a.device.device()?;
-    let m = common::load_model(&spec, &device).with_context(|| format!("cannot load the model for the queries ({spec})"))?;
+    let m = common::load_model(&spec, &device)
+        .with_context(|| format!("cannot load the model for the queries ({spec})"))?;
     let (rows, labels) = if !a.image.is_empty() {
         let pixels = vision_encoder::preprocess_files(&a.image, &m.preprocess, m.model.device())?;
-        let labels = a.image.iter().map(|p| p.display().to_string().into()).collect();
+        let labels = a
+            .image
+            .iter()
+            .map(|p| p.display().to_string().into())
+            .collect();
         (unit_rows(&m.model.encode_image(&pixels)?)?, labels)
     } else {
         let refs: Vec<&str> = a.text.iter().map(String::as_str).collect();
@@ -169,5 +202,10 @@ fn read_queries(a: &SearchArgs, idx: &Index) -> Result<(Vec<f32>, Vec<serde_json
         (unit_rows(&m.model.encode_text(&ids)?)?, labels)
     };
     let dim = m.model.config().projection_dim;
-    Ok((rows.concat(), labels, dim, format!("queries embedded by model {spec}")))
+    Ok((
+        rows.concat(),
+        labels,
+        dim,
+        format!("queries embedded by model {spec}"),
+    ))
 }

@@ -217,7 +217,19 @@ pub fn save_hf(
     tensors: &HashMap<String, Tensor>,
     tokenizer: Option<&Path>,
 ) -> Result<()> {
-    replace_dir_atomically(dir, |tmp| {
+    replace_dir_atomically(dir, |tmp| write_hf_files(tmp, config, preprocess, tensors, tokenizer))
+}
+
+/// Writes the Hugging Face layout files into an existing directory `tmp` (see [`save_hf`]);
+/// for callers that add their own files before an atomic rename.
+pub fn write_hf_files(
+    tmp: &Path,
+    config: &ClipConfig,
+    preprocess: &Preprocess,
+    tensors: &HashMap<String, Tensor>,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    {
         write_json(&tmp.join("config.json"), &config.to_hf_json())?;
         let s = preprocess.image_size;
         let processor = serde_json::json!({
@@ -251,7 +263,7 @@ pub fn save_hf(
             write_json(&tmp.join("tokenizer_config.json"), &tok_cfg)?;
         }
         Ok(())
-    })
+    }
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {

@@ -8,7 +8,7 @@ mod fsutil;
 mod model;
 mod open_clip;
 
-pub use checkpoint::{read_safetensors, save_hf, Checkpoint, Layout};
+pub use checkpoint::{read_safetensors, save_hf, write_hf_files, Checkpoint, Layout};
 pub use config::{load_preprocess_config, ClipConfig};
 pub use error::{ModelError, Result};
 pub use fsutil::replace_dir_atomically;

@@ -6,6 +6,9 @@
 //! `… --example bench_search -- build BASE.safetensors INDEX` writes an index from precomputed
 //! vectors without the `clip` binary (what `clip index build --embeddings` does).
 //!
+//! `… --example bench_search -- limits FILE` measures the machine's FMA peak, the search kernel
+//! on in-cache data, and the read bandwidth over FILE.
+//!
 //! Prints one JSON object per measurement on stdout, so the script can tabulate them.
 
 use std::path::PathBuf;
@@ -54,14 +57,20 @@ fn parse() -> Result<Args, Box<dyn std::error::Error>> {
         match x.as_str() {
             "--k" => a.k = val()?.parse()?,
             "--repeat" => a.repeat = val()?.parse()?,
-            "--ann" => a.ann_ef = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--ann" => {
+                a.ann_ef = val()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
             "--ann-m" => a.ann_m = val()?.parse()?,
             "--ann-efc" => a.ann_efc = val()?.parse()?,
             "--ids-out" => a.ids_out = Some(val()?.into()),
             _ => pos.push(x),
         }
     }
-    let [index, queries] = <[String; 2]>::try_from(pos).map_err(|_| "usage: bench_search INDEX QUERIES.safetensors [options]")?;
+    let [index, queries] = <[String; 2]>::try_from(pos)
+        .map_err(|_| "usage: bench_search INDEX QUERIES.safetensors [options]")?;
     a.index = index.into();
     a.queries = queries.into();
     Ok(a)
@@ -86,10 +95,123 @@ fn build(base: &str, out: &str) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Hardware limits to hold the search figures against: FMA throughput, the same kernel on
+/// data that fits in cache, and the read bandwidth over a (page-cached) file.
+fn limits(file: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    // 1. Peak FMA rate: 16 independent 16-lane chains per thread for ~0.5 s.
+    let flops: f64 = (0..threads)
+        .into_par_iter()
+        .map(|_| {
+            let t = Instant::now();
+            let mut acc = [[1.0f32; 16]; 16];
+            let (a, b) = (
+                std::hint::black_box(0.999_999f32),
+                std::hint::black_box(1e-7f32),
+            );
+            let iters = 20_000_000u64;
+            fma_loop(&mut acc, a, b, iters);
+            std::hint::black_box(&acc);
+            (iters * 16 * 16 * 2) as f64 / t.elapsed().as_secs_f64()
+        })
+        .sum();
+    println!(
+        r#"{{"what":"peak_fma","threads":{threads},"gflops":{:.1}}}"#,
+        flops / 1e9
+    );
+    // 2. The search kernel with everything in cache: 2048 × 256 base, 8192 queries.
+    let dim = 256;
+    let mut st = 1u64;
+    let mut rnd = |n: usize| -> Vec<f32> {
+        let mut v: Vec<f32> = (0..n)
+            .map(|_| {
+                st = st
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect();
+        retrieval::normalize_rows(&mut v, dim).expect("nonzero rows");
+        v
+    };
+    let (base, queries) = (rnd(2048 * dim), rnd(8192 * dim));
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        std::hint::black_box(retrieval::exact_search(&base, &queries, dim, 10)?);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let gflops = 2.0 * 2048.0 * 8192.0 * dim as f64 / best / 1e9;
+    println!(r#"{{"what":"in_cache_search","gflops":{gflops:.1}}}"#);
+    // 3. Read bandwidth: sum every float of the file, in parallel, best of 3.
+    let f = std::fs::File::open(file)?;
+    // SAFETY: read-only mapping of a file nobody writes during the benchmark.
+    let map = unsafe { memmap2::Mmap::map(&f)? };
+    let floats: &[f32] = bytemuck::cast_slice(&map[..map.len() / 64 * 64]);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = floats.par_chunks(1 << 20).map(sum_lanes).sum();
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        r#"{{"what":"read_bandwidth","gb_per_s":{:.2}}}"#,
+        map.len() as f64 / best / 1e9
+    );
+    Ok(())
+}
+
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for c in x.chunks_exact(16) {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum()
+}
+
+#[inline(never)]
+fn fma_loop(acc: &mut [[f32; 16]; 16], a: f32, b: f32, iters: u64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: feature detected.
+        return unsafe { fma_loop_avx512(acc, a, b, iters) };
+    }
+    for _ in 0..iters {
+        for row in acc.iter_mut() {
+            for v in row.iter_mut() {
+                *v = v.mul_add(a, b);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(acc: &mut [[f32; 16]; 16], a: f32, b: f32, iters: u64) {
+    use std::arch::x86_64::*;
+    let mut r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(acc[i].as_ptr()));
+    let (va, vb) = (_mm512_set1_ps(a), _mm512_set1_ps(b));
+    for _ in 0..iters {
+        for x in r.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, va, vb);
+        }
+    }
+    for (i, x) in r.iter().enumerate() {
+        _mm512_storeu_ps(acc[i].as_mut_ptr(), *x);
+    }
+}
+
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("build") && args.len() == 4 {
         return build(&args[2], &args[3]);
+    }
+    if args.get(1).map(String::as_str) == Some("limits") && args.len() == 3 {
+        return limits(&args[2]);
     }
     let a = parse()?;
     let threads = rayon::current_num_threads();
@@ -100,13 +222,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let qf = EmbeddingsFile::open(&a.queries, "embeddings")?;
     let queries = qf.to_vec();
     let nq = qf.rows();
-    println!(r#"{{"what":"open","rows":{n},"dim":{d},"dtype":"{:?}","threads":{threads},"seconds":{open_s:.4}}}"#, idx.manifest().dtype);
+    println!(
+        r#"{{"what":"open","rows":{n},"dim":{d},"dtype":"{:?}","threads":{threads},"seconds":{open_s:.4}}}"#,
+        idx.manifest().dtype
+    );
 
     let exact = SearchOptions {
         mode: SearchMode::Exact,
         ..SearchOptions::default()
     };
-    let time = |q: &[f32], opts: &SearchOptions| -> Result<(f64, Vec<Vec<Hit>>), retrieval::RetrievalError> {
+    let time = |q: &[f32],
+                opts: &SearchOptions|
+     -> Result<(f64, Vec<Vec<Hit>>), retrieval::RetrievalError> {
         let mut best = f64::INFINITY;
         let mut out = Vec::new();
         for _ in 0..a.repeat.max(1) {
@@ -127,7 +254,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
         if batch == nq {
             if let Some(p) = &a.ids_out {
-                let ids: Vec<Vec<usize>> = hits.iter().map(|h| h.iter().map(|x| x.id).collect()).collect();
+                let ids: Vec<Vec<usize>> = hits
+                    .iter()
+                    .map(|h| h.iter().map(|x| x.id).collect())
+                    .collect();
                 std::fs::write(p, serde_json::to_string(&ids)?)?;
             }
         }
@@ -151,7 +281,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         for &ef in &a.ann_ef {
             let opts = SearchOptions {
                 mode: SearchMode::Ann,
-                ann: AnnParams { ef_search: ef, ..params },
+                ann: AnnParams {
+                    ef_search: ef,
+                    ..params
+                },
                 ..SearchOptions::default()
             };
             let (s, hits) = time(&queries, &opts)?;

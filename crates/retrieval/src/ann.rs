@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::kernel::Rows;
 use crate::topk::{rank_order, Hit};
-use crate::{RetrievalError, Result};
+use crate::{Result, RetrievalError};
 
 /// HNSW construction and search parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +38,18 @@ impl Default for AnnParams {
 impl AnnParams {
     fn validate(&self) -> Result<()> {
         if !(2..=255).contains(&self.max_connections) {
-            return Err(crate::error::invalid("max_connections", self.max_connections, "must be in 2..=255"));
+            return Err(crate::error::invalid(
+                "max_connections",
+                self.max_connections,
+                "must be in 2..=255",
+            ));
         }
         if self.ef_construction == 0 {
-            return Err(crate::error::invalid("ef_construction", 0, "must be at least 1"));
+            return Err(crate::error::invalid(
+                "ef_construction",
+                0,
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -63,7 +71,8 @@ impl Distance<f32> for UnitDot {
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the features were just detected.
             return unsafe { dot_avx2(a, b) };
         }
@@ -81,7 +90,12 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
             acc[i] += x[i] * y[i];
@@ -102,7 +116,13 @@ impl AnnGraph {
     pub(crate) fn build(rows: Rows<'_>, dim: usize, params: &AnnParams) -> Result<Self> {
         params.validate()?;
         let n = rows.len_elems() / dim;
-        let hnsw = Hnsw::new(params.max_connections, n.max(1), 16, params.ef_construction, UnitDot);
+        let hnsw = Hnsw::new(
+            params.max_connections,
+            n.max(1),
+            16,
+            params.ef_construction,
+            UnitDot,
+        );
         // Convert (and, for f16, widen) a block at a time so the f32 copy is never doubled.
         const BLOCK: usize = 1 << 14;
         let mut buf = vec![0f32; BLOCK.min(n.max(1)) * dim];
@@ -112,14 +132,19 @@ impl AnnGraph {
             for r in r0..r1 {
                 rows.row_f32(r, dim, &mut buf[(r - r0) * dim..(r - r0 + 1) * dim]);
             }
-            let items: Vec<(&[f32], usize)> = (r0..r1).map(|r| (&buf[(r - r0) * dim..(r - r0 + 1) * dim], r)).collect();
+            let items: Vec<(&[f32], usize)> = (r0..r1)
+                .map(|r| (&buf[(r - r0) * dim..(r - r0 + 1) * dim], r))
+                .collect();
             hnsw.parallel_insert_slice(&items);
             r0 = r1;
         }
         let mut hnsw = hnsw;
         hnsw.set_searching_mode(true);
         if hnsw.get_nb_point() != n {
-            return Err(RetrievalError::Ann(format!("graph holds {} of {n} vectors", hnsw.get_nb_point())));
+            return Err(RetrievalError::Ann(format!(
+                "graph holds {} of {n} vectors",
+                hnsw.get_nb_point()
+            )));
         }
         Ok(Self {
             hnsw,
@@ -133,7 +158,14 @@ impl AnnGraph {
     }
 
     /// Approximate top-k per query, re-scored exactly against `rows`.
-    pub(crate) fn search(&self, rows: Rows<'_>, dim: usize, queries: &[f32], k: usize, ef: usize) -> Vec<Vec<Hit>> {
+    pub(crate) fn search(
+        &self,
+        rows: Rows<'_>,
+        dim: usize,
+        queries: &[f32],
+        k: usize,
+        ef: usize,
+    ) -> Vec<Vec<Hit>> {
         if self.len == 0 || k == 0 {
             return vec![Vec::new(); queries.len() / dim];
         }
@@ -155,7 +187,12 @@ impl AnnGraph {
                     c.sort_unstable_by(rank_order);
                     c.dedup_by_key(|x| x.1);
                     c.truncate(k);
-                    c.into_iter().map(|(score, id)| Hit { id: id as usize, score }).collect()
+                    c.into_iter()
+                        .map(|(score, id)| Hit {
+                            id: id as usize,
+                            score,
+                        })
+                        .collect()
                 },
             )
             .collect()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use safetensors::Dtype;
 
 use crate::error::io_err;
-use crate::{RetrievalError, Result};
+use crate::{Result, RetrievalError};
 
 /// A memory-mapped `[rows, dim]` tensor of f32, f16, bf16 or f64, read as f32 a block at a time.
 pub struct EmbeddingsFile {
@@ -40,10 +40,13 @@ impl EmbeddingsFile {
         let file = File::open(path).map_err(io_err("cannot open", path))?;
         // SAFETY: read-only; a file changed underneath while mapped is outside our control, as
         // with any reader.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot memory-map", path))?;
-        let st = safetensors::SafeTensors::deserialize(&map).map_err(|source| RetrievalError::Safetensors {
-            path: path.to_path_buf(),
-            source,
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot memory-map", path))?;
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|source| {
+            RetrievalError::Safetensors {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         let view = st.tensor(key).map_err(|_| {
             let mut names = st.names();
@@ -54,7 +57,11 @@ impl EmbeddingsFile {
                 available: if names.is_empty() {
                     "none".into()
                 } else {
-                    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 },
             }
         })?;
@@ -72,22 +79,30 @@ impl EmbeddingsFile {
         }
         let dtype = view.dtype();
         if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
-            return Err(bad(format!("has element type {dtype:?}; expected F32, F16, BF16 or F64")));
+            return Err(bad(format!(
+                "has element type {dtype:?}; expected F32, F16, BF16 or F64"
+            )));
         }
         let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
         let data = start..start + view.data().len();
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|source| RetrievalError::Safetensors {
-            path: path.to_path_buf(),
-            source,
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|source| {
+            RetrievalError::Safetensors {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         let ids = match metadata.get("ids") {
             None => None,
-            Some(json) => Some(parse_ids(json, rows).map_err(|reason| RetrievalError::BadTensor {
-                path: path.to_path_buf(),
-                key: "__metadata__.ids".into(),
-                reason,
-            })?),
+            Some(json) => {
+                Some(
+                    parse_ids(json, rows).map_err(|reason| RetrievalError::BadTensor {
+                        path: path.to_path_buf(),
+                        key: "__metadata__.ids".into(),
+                        reason,
+                    })?,
+                )
+            }
         };
         Ok(Self {
             path: path.to_path_buf(),
@@ -129,7 +144,8 @@ impl EmbeddingsFile {
     /// Reads `rows` as f32 into `out` (`rows.len() · dim` floats).
     pub fn read_rows(&self, rows: Range<usize>, out: &mut [f32]) {
         let size = self.dtype.bitsize() / 8;
-        let bytes = &self.map[self.data.start + rows.start * self.dim * size..self.data.start + rows.end * self.dim * size];
+        let bytes = &self.map[self.data.start + rows.start * self.dim * size
+            ..self.data.start + rows.end * self.dim * size];
         let out = &mut out[..rows.len() * self.dim];
         match self.dtype {
             Dtype::F32 => {
@@ -165,7 +181,8 @@ impl EmbeddingsFile {
 }
 
 fn parse_ids(json: &str, rows: usize) -> std::result::Result<Vec<String>, String> {
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("is not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("is not JSON: {e}"))?;
     let list = v.as_array().ok_or("is not a JSON list")?;
     if list.len() != rows {
         return Err(format!("lists {} ids for {rows} rows", list.len()));
@@ -188,8 +205,11 @@ pub fn normalize_rows(data: &mut [f32], dim: usize) -> Result<()> {
 
 /// [`normalize_rows`] for a block whose first row is row `first_row` of something larger.
 pub fn normalize_rows_from(data: &mut [f32], dim: usize, first_row: usize) -> Result<()> {
-    if dim == 0 || data.len() % dim != 0 {
-        return Err(RetrievalError::Shape(format!("{} floats are not rows of dimension {dim}", data.len())));
+    if dim == 0 || !data.len().is_multiple_of(dim) {
+        return Err(RetrievalError::Shape(format!(
+            "{} floats are not rows of dimension {dim}",
+            data.len()
+        )));
     }
     for (i, row) in data.chunks_exact_mut(dim).enumerate() {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -240,7 +260,14 @@ mod tests {
         }
     }
 
-    fn write(path: &Path, key: &str, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>, ids: Option<&str>) {
+    fn write(
+        path: &Path,
+        key: &str,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+        ids: Option<&str>,
+    ) {
         let meta = ids.map(|i| HashMap::from([("ids".to_string(), i.to_string())]));
         safetensors::serialize_to_file([(key, Raw { dtype, shape, data })], meta, path).unwrap();
     }
@@ -250,7 +277,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.safetensors");
         let vals = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
-        write(&p, "embeddings", Dtype::F32, vec![3, 2], bytemuck::cast_slice(&vals).to_vec(), Some(r#"["a", 7, "c"]"#));
+        write(
+            &p,
+            "embeddings",
+            Dtype::F32,
+            vec![3, 2],
+            bytemuck::cast_slice(&vals).to_vec(),
+            Some(r#"["a", 7, "c"]"#),
+        );
         let e = EmbeddingsFile::open(&p, "embeddings").unwrap();
         assert_eq!((e.rows(), e.dim()), (3, 2));
         assert_eq!(e.to_vec(), vals);
@@ -260,7 +294,14 @@ mod tests {
         assert_eq!(two, [3.0, 4.0, 5.0, 6.0]);
 
         let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
-        write(&p, "embeddings", Dtype::F16, vec![3, 2], bytemuck::cast_slice(&h).to_vec(), None);
+        write(
+            &p,
+            "embeddings",
+            Dtype::F16,
+            vec![3, 2],
+            bytemuck::cast_slice(&h).to_vec(),
+            None,
+        );
         let e = EmbeddingsFile::open(&p, "embeddings").unwrap();
         assert_eq!(e.to_vec(), vals);
         assert!(e.ids().is_none());
@@ -271,22 +312,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.safetensors");
         write(&p, "image_embeds", Dtype::F32, vec![1, 2], vec![0; 8], None);
-        let err = EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string();
-        assert!(err.contains("no tensor `embeddings`") && err.contains("`image_embeds`") && err.contains("e.safetensors"), "{err}");
+        let err = EmbeddingsFile::open(&p, "embeddings")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no tensor `embeddings`")
+                && err.contains("`image_embeds`")
+                && err.contains("e.safetensors"),
+            "{err}"
+        );
 
         write(&p, "embeddings", Dtype::F32, vec![2], vec![0; 8], None);
-        let err = EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string();
+        let err = EmbeddingsFile::open(&p, "embeddings")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("shape [2]"), "{err}");
 
         write(&p, "embeddings", Dtype::I64, vec![1, 1], vec![0; 8], None);
-        assert!(EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string().contains("I64"));
+        assert!(EmbeddingsFile::open(&p, "embeddings")
+            .unwrap_err()
+            .to_string()
+            .contains("I64"));
 
-        write(&p, "embeddings", Dtype::F32, vec![2, 1], vec![0; 8], Some(r#"["only one"]"#));
-        let err = EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string();
+        write(
+            &p,
+            "embeddings",
+            Dtype::F32,
+            vec![2, 1],
+            vec![0; 8],
+            Some(r#"["only one"]"#),
+        );
+        let err = EmbeddingsFile::open(&p, "embeddings")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("1 ids for 2 rows"), "{err}");
 
         std::fs::write(&p, b"garbage").unwrap();
-        assert!(EmbeddingsFile::open(&p, "embeddings").unwrap_err().to_string().contains("e.safetensors"));
+        assert!(EmbeddingsFile::open(&p, "embeddings")
+            .unwrap_err()
+            .to_string()
+            .contains("e.safetensors"));
     }
 
     #[test]
@@ -294,7 +359,9 @@ mod tests {
         let mut v = vec![3.0, 4.0, 1.0, 0.0];
         normalize_rows(&mut v, 2).unwrap();
         assert_eq!(v, [0.6, 0.8, 1.0, 0.0]);
-        let err = normalize_rows(&mut [1.0, 0.0, 0.0, 0.0], 2).unwrap_err().to_string();
+        let err = normalize_rows(&mut [1.0, 0.0, 0.0, 0.0], 2)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("row 1"), "{err}");
     }
 }

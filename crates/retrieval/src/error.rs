@@ -138,12 +138,23 @@ pub enum RetrievalError {
 pub type Result<T> = std::result::Result<T, RetrievalError>;
 
 /// Builds a `map_err` closure that names the file and what was being done.
-pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RetrievalError {
+pub(crate) fn io_err(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> RetrievalError {
     let path = path.to_path_buf();
-    move |source| RetrievalError::Io { action, path, source }
+    move |source| RetrievalError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
-pub(crate) fn invalid(name: &'static str, value: impl ToString, reason: impl Into<String>) -> RetrievalError {
+pub(crate) fn invalid(
+    name: &'static str,
+    value: impl ToString,
+    reason: impl Into<String>,
+) -> RetrievalError {
     RetrievalError::InvalidArgument {
         name,
         value: value.to_string(),

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::invalid;
 use crate::exact::map_score_rows;
 use crate::kernel::Rows;
-use crate::{RetrievalError, Result};
+use crate::{Result, RetrievalError};
 
 /// Distinct captions and, for every image, which of them it has.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -98,7 +98,10 @@ impl RetrievalMetrics {
     /// The metrics under open_clip's names (`image_to_text_R@1`, …, `text_to_image_median_rank`).
     pub fn named(&self) -> Vec<(String, f64)> {
         let mut out = Vec::with_capacity(10);
-        for (dir, m) in [("image_to_text", &self.image_to_text), ("text_to_image", &self.text_to_image)] {
+        for (dir, m) in [
+            ("image_to_text", &self.image_to_text),
+            ("text_to_image", &self.text_to_image),
+        ] {
             out.push((format!("{dir}_mean_rank"), m.mean_rank));
             out.push((format!("{dir}_median_rank"), m.median_rank));
             out.push((format!("{dir}_R@1"), m.r_at_1));
@@ -126,10 +129,15 @@ fn rank0(scores: &[f32], best: usize) -> usize {
 /// [`group_captions`]); `image_caption[i]` is image `i`'s caption. Rows are normalised here
 /// (cosine similarity), so raw features are fine. Captions no image has still compete as
 /// image→text candidates but are not text→image queries.
-pub fn retrieval_metrics(image_embeds: &[f32], text_embeds: &[f32], dim: usize, image_caption: &[usize]) -> Result<RetrievalMetrics> {
+pub fn retrieval_metrics(
+    image_embeds: &[f32],
+    text_embeds: &[f32],
+    dim: usize,
+    image_caption: &[usize],
+) -> Result<RetrievalMetrics> {
     let n = image_caption.len();
     let images = normalized(image_embeds, dim, n, "image embeddings")?;
-    if text_embeds.len() % dim.max(1) != 0 {
+    if !text_embeds.len().is_multiple_of(dim.max(1)) {
         return Err(RetrievalError::Shape(format!(
             "{} text embedding floats are not rows of dimension {dim}",
             text_embeds.len()
@@ -138,13 +146,23 @@ pub fn retrieval_metrics(image_embeds: &[f32], text_embeds: &[f32], dim: usize, 
     let m = text_embeds.len() / dim;
     let texts = normalized(text_embeds, dim, m, "text embeddings")?;
     if n == 0 || m == 0 {
-        return Err(invalid("image/caption count", format!("{n}/{m}"), "retrieval metrics need at least one image and one caption"));
+        return Err(invalid(
+            "image/caption count",
+            format!("{n}/{m}"),
+            "retrieval metrics need at least one image and one caption",
+        ));
     }
     if let Some((i, &c)) = image_caption.iter().enumerate().find(|(_, &c)| c >= m) {
-        return Err(invalid("image_caption", c, format!("image {i} points past the {m} captions")));
+        return Err(invalid(
+            "image_caption",
+            c,
+            format!("image {i} points past the {m} captions"),
+        ));
     }
 
-    let i2t = map_score_rows(Rows::F32(&texts), dim, &images, |i, scores| rank0(scores, image_caption[i]) + 1);
+    let i2t = map_score_rows(Rows::F32(&texts), dim, &images, |i, scores| {
+        rank0(scores, image_caption[i]) + 1
+    });
 
     let mut images_of: Vec<Vec<usize>> = vec![Vec::new(); m];
     for (i, &c) in image_caption.iter().enumerate() {
@@ -152,10 +170,11 @@ pub fn retrieval_metrics(image_embeds: &[f32], text_embeds: &[f32], dim: usize, 
     }
     let t2i: Vec<usize> = map_score_rows(Rows::F32(&images), dim, &texts, |c, scores| {
         // The first correct image in stable score order: highest score, then lowest index.
-        let best = images_of[c]
-            .iter()
-            .copied()
-            .reduce(|a, b| if scores[b] > scores[a] { b } else { a })?;
+        let best =
+            images_of[c]
+                .iter()
+                .copied()
+                .reduce(|a, b| if scores[b] > scores[a] { b } else { a })?;
         Some(rank0(scores, best) + 1)
     })
     .into_iter()
@@ -181,7 +200,9 @@ pub(crate) fn normalized(x: &[f32], dim: usize, rows: usize, what: &str) -> Resu
     let mut v = x.to_vec();
     for (r, row) in v.chunks_exact_mut(dim).enumerate() {
         if !row.iter().all(|a| a.is_finite()) {
-            return Err(RetrievalError::Shape(format!("{what}: row {r} holds NaN or infinity")));
+            return Err(RetrievalError::Shape(format!(
+                "{what}: row {r} holds NaN or infinity"
+            )));
         }
         let norm = row.iter().map(|a| a * a).sum::<f32>().sqrt();
         if norm > 0.0 {
@@ -212,7 +233,10 @@ mod tests {
         let e = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
         let m = retrieval_metrics(&e, &e, 3, &[0, 1, 2]).unwrap();
         for d in [m.image_to_text, m.text_to_image] {
-            assert_eq!((d.r_at_1, d.r_at_5, d.mean_rank, d.median_rank), (1.0, 1.0, 1.0, 1.0));
+            assert_eq!(
+                (d.r_at_1, d.r_at_5, d.mean_rank, d.median_rank),
+                (1.0, 1.0, 1.0, 1.0)
+            );
         }
     }
 
@@ -241,7 +265,10 @@ mod tests {
         assert_eq!(i2t.median_rank, 1.0);
         let t2i = m.text_to_image;
         assert!((t2i.r_at_1 - 2.0 / 3.0).abs() < 1e-12);
-        assert_eq!((t2i.mean_rank, t2i.median_rank, t2i.queries), (4.0 / 3.0, 1.0, 3));
+        assert_eq!(
+            (t2i.mean_rank, t2i.median_rank, t2i.queries),
+            (4.0 / 3.0, 1.0, 3)
+        );
         let named: Vec<String> = m.named().into_iter().map(|(k, _)| k).collect();
         assert!(named.contains(&"image_to_text_R@10".to_string()));
         assert!(named.contains(&"text_to_image_median_rank".to_string()));
@@ -271,8 +298,14 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let e = [1.0, 0.0];
-        assert!(retrieval_metrics(&e, &e, 2, &[1]).unwrap_err().to_string().contains("image 0"));
-        assert!(retrieval_metrics(&e, &e, 2, &[0, 0]).is_err(), "two images, one row");
+        assert!(retrieval_metrics(&e, &e, 2, &[1])
+            .unwrap_err()
+            .to_string()
+            .contains("image 0"));
+        assert!(
+            retrieval_metrics(&e, &e, 2, &[0, 0]).is_err(),
+            "two images, one row"
+        );
         assert!(retrieval_metrics(&[], &e, 2, &[]).is_err());
     }
 }

@@ -38,6 +38,22 @@ pub(crate) fn top_k(base: Rows<'_>, dim: usize, queries: &[f32], k: usize) -> Ve
     let isa = kernel::detect();
     let tile_rows = (QUERY_TILE_BYTES / (4 * dim)).max(8);
     let chunks = n.div_ceil(CHUNK_ROWS);
+    let threads = rayon::current_num_threads();
+    if chunks < 2 * threads && nq >= 16 {
+        // A small index: too few row chunks to keep every thread busy, so split the queries
+        // instead, each task scanning the whole (cache-resident) index.
+        let per_task = nq.div_ceil(4 * threads).clamp(8, tile_rows);
+        let parts: Vec<Vec<Vec<Hit>>> = queries
+            .par_chunks(per_task * dim)
+            .map(|tile| {
+                let mut set = TopKSet::new(tile.len() / dim, k);
+                let mut s = Scratch::new(dim);
+                kernel::scan(isa, base, dim, 0..n, tile, &mut set, &mut s.panel, &mut s.row);
+                set.into_hits()
+            })
+            .collect();
+        return parts.into_iter().flatten().collect();
+    }
     let mut out = Vec::with_capacity(nq);
     for tile in queries.chunks(tile_rows * dim) {
         let tq = tile.len() / dim;
@@ -47,7 +63,16 @@ pub(crate) fn top_k(base: Rows<'_>, dim: usize, queries: &[f32], k: usize) -> Ve
                 || (TopKSet::new(tq, k), Scratch::new(dim)),
                 |(mut set, mut s), c| {
                     let rows = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(n);
-                    kernel::scan(isa, base, dim, rows, tile, &mut set, &mut s.panel, &mut s.row);
+                    kernel::scan(
+                        isa,
+                        base,
+                        dim,
+                        rows,
+                        tile,
+                        &mut set,
+                        &mut s.panel,
+                        &mut s.row,
+                    );
                     (set, s)
                 },
             )
@@ -88,7 +113,16 @@ where
                 cols: n,
                 col0: 0,
             };
-            kernel::scan(isa, base, dim, 0..n, &queries[q0 * dim..q1 * dim], &mut sink, &mut s.panel, &mut s.row);
+            kernel::scan(
+                isa,
+                base,
+                dim,
+                0..n,
+                &queries[q0 * dim..q1 * dim],
+                &mut sink,
+                &mut s.panel,
+                &mut s.row,
+            );
             (q0..q1)
                 .map(|q| f(q, &scores[(q - q0) * n..(q - q0 + 1) * n]))
                 .collect()
@@ -102,14 +136,21 @@ mod tests {
     use super::*;
 
     /// Brute force in f64 with a full sort: the reference the blocked search must reproduce.
-    pub(crate) fn brute_force(base: &[f32], dim: usize, queries: &[f32], k: usize) -> Vec<Vec<(usize, f64)>> {
+    pub(crate) fn brute_force(
+        base: &[f32],
+        dim: usize,
+        queries: &[f32],
+        k: usize,
+    ) -> Vec<Vec<(usize, f64)>> {
         let n = base.len() / dim;
         queries
             .chunks(dim)
             .map(|q| {
                 let mut s: Vec<(usize, f64)> = (0..n)
                     .map(|i| {
-                        let dot = (0..dim).map(|d| q[d] as f64 * base[i * dim + d] as f64).sum();
+                        let dot = (0..dim)
+                            .map(|d| q[d] as f64 * base[i * dim + d] as f64)
+                            .sum();
                         (i, dot)
                     })
                     .collect();
@@ -124,7 +165,9 @@ mod tests {
         let mut st = seed;
         let mut v: Vec<f32> = (0..n * dim)
             .map(|_| {
-                st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                st = st
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect();
@@ -139,10 +182,15 @@ mod tests {
         for (q, (g, w)) in got.iter().zip(want).enumerate() {
             assert_eq!(g.len(), w.len(), "query {q}");
             for (r, (h, &(id, s))) in g.iter().zip(w).enumerate() {
-                assert!((h.score as f64 - s).abs() < 1e-5, "query {q} rank {r}: score {} vs {s}", h.score);
+                assert!(
+                    (h.score as f64 - s).abs() < 1e-5,
+                    "query {q} rank {r}: score {} vs {s}",
+                    h.score
+                );
                 if h.id != id {
                     assert!(
-                        (h.score as f64 - s).abs() < 1e-6 || w.iter().any(|&(i, t)| i == h.id && (t - s).abs() < 1e-6),
+                        (h.score as f64 - s).abs() < 1e-6
+                            || w.iter().any(|&(i, t)| i == h.id && (t - s).abs() < 1e-6),
                         "query {q} rank {r}: id {} vs {id} ({:?} vs {:?})",
                         h.id,
                         &g[..],
@@ -168,6 +216,15 @@ mod tests {
     }
 
     #[test]
+    fn small_index_with_many_queries_splits_the_queries() {
+        let (n, dim) = (300, 12);
+        let base = unit_rows(n, dim, 5);
+        let queries = unit_rows(500, dim, 6);
+        let got = top_k(Rows::F32(&base), dim, &queries, 4);
+        assert_same_ranking(&got, &brute_force(&base, dim, &queries, 4));
+    }
+
+    #[test]
     fn exact_duplicates_rank_by_id_whatever_the_chunking() {
         // Every row equal: all scores tie exactly, so the order must be by id.
         let dim = 8;
@@ -175,7 +232,10 @@ mod tests {
         let row: Vec<f32> = (0..dim).map(|d| if d == 0 { 1.0 } else { 0.0 }).collect();
         let base: Vec<f32> = row.iter().copied().cycle().take(n * dim).collect();
         let got = top_k(Rows::F32(&base), dim, &row, 5);
-        assert_eq!(got[0].iter().map(|h| h.id).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            got[0].iter().map(|h| h.id).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
     }
 
     #[test]
@@ -196,7 +256,9 @@ mod tests {
         let rows = map_score_rows(Rows::F32(&base), dim, &queries, |q, s| (q, s.to_vec()));
         for (q, s) in rows {
             for i in 0..n {
-                let want: f32 = (0..dim).map(|d| queries[q * dim + d] * base[i * dim + d]).sum();
+                let want: f32 = (0..dim)
+                    .map(|d| queries[q * dim + d] * base[i * dim + d])
+                    .sum();
                 assert!((s[i] - want).abs() < 1e-5);
             }
         }

@@ -8,7 +8,7 @@ use half::f16;
 use crate::ann::{AnnGraph, AnnParams};
 use crate::kernel::Rows;
 use crate::store::{self, DType, Entries, IndexSpec, Manifest, MappedVectors, OpenOptions};
-use crate::{exact, Hit, RetrievalError, Result};
+use crate::{exact, Hit, Result, RetrievalError};
 
 /// Where the vectors live.
 enum Storage {
@@ -112,7 +112,10 @@ impl Index {
         };
         if let Some(n) = entries_len(&manifest.entries) {
             if n != manifest.count {
-                return Err(RetrievalError::Shape(format!("{n} entries for {} vectors", manifest.count)));
+                return Err(RetrievalError::Shape(format!(
+                    "{n} entries for {} vectors",
+                    manifest.count
+                )));
             }
         }
         Ok(Self {
@@ -134,7 +137,9 @@ impl Index {
         let mapped = match store::map_vectors(dir, &manifest, opts) {
             Ok(m) => m,
             // A writer may have swapped in a new generation between our two reads: retry once.
-            Err(RetrievalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(RetrievalError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 let again = store::read_manifest(dir)?;
                 if again.vectors_file == manifest.vectors_file {
                     let path = dir.join(&manifest.vectors_file);
@@ -246,7 +251,13 @@ impl Index {
     }
 
     /// The `k` best rows for each query, best first (ties: lower row first).
-    pub fn search_with(&self, queries: &[f32], dim: usize, k: usize, opts: &SearchOptions) -> Result<Vec<Vec<Hit>>> {
+    pub fn search_with(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        opts: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>> {
         self.check_queries(queries, dim)?;
         if self.uses_ann(opts, queries.len() / dim) {
             let graph = self.ann_graph(&opts.ann)?;
@@ -262,7 +273,8 @@ impl Index {
             SearchMode::Exact => false,
             SearchMode::Ann => true,
             SearchMode::Auto => {
-                self.len() >= opts.auto_ann_min_rows && (self.ann.get().is_some() || queries >= opts.auto_ann_min_queries)
+                self.len() >= opts.auto_ann_min_rows
+                    && (self.ann.get().is_some() || queries >= opts.auto_ann_min_queries)
             }
         }
     }
@@ -293,13 +305,16 @@ impl Index {
                 expected: self.dim(),
             });
         }
-        if queries.len() % dim != 0 {
+        if !queries.len().is_multiple_of(dim) {
             return Err(RetrievalError::Shape(format!(
                 "{} query floats are not a whole number of rows of dimension {dim}",
                 queries.len()
             )));
         }
-        if let Some(row) = queries.chunks_exact(dim).position(|r| !r.iter().all(|v| v.is_finite())) {
+        if let Some(row) = queries
+            .chunks_exact(dim)
+            .position(|r| !r.iter().all(|v| v.is_finite()))
+        {
             return Err(RetrievalError::NonFinite { what: "query", row });
         }
         Ok(())

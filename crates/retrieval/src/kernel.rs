@@ -17,6 +17,10 @@ use half::f16;
 pub(crate) const NR: usize = 32;
 /// Query rows per micro-kernel call, at most.
 const MR_MAX: usize = 8;
+/// Batches of at most this many queries skip packing: each index row is read once, in place,
+/// and dotted with every query. Packing (a transpose) costs more than it saves when there are
+/// too few queries to reuse the panel, and a single query is bound by memory bandwidth anyway.
+const DIRECT_MAX_Q: usize = 4;
 
 /// A borrowed `[rows, dim]` matrix in storage precision.
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +59,11 @@ pub(crate) trait Sink {
 impl Sink for crate::topk::TopKSet {
     #[inline(always)]
     fn accept(&mut self, q0: usize, id0: usize, valid: usize, scores: &[[f32; NR]]) {
-        let valid_mask = if valid >= NR { u32::MAX } else { (1u32 << valid) - 1 };
+        let valid_mask = if valid >= NR {
+            u32::MAX
+        } else {
+            (1u32 << valid) - 1
+        };
         for (r, row) in scores.iter().enumerate() {
             let q = q0 + r;
             let thr = self.threshold(q);
@@ -108,7 +116,8 @@ pub(crate) fn detect() -> Isa {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return Isa::Avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return Isa::Avx2Fma;
         }
     }
@@ -170,7 +179,51 @@ unsafe fn scan_avx2<S: Sink>(
 /// A micro-kernel: `out[r][j] = Σ_d q[r·dim + d] · panel[d·NR + j]` for `r < rows`, where `rows`
 /// is what the kernel chose to do (at most `rows_left`), returned.
 trait Micro {
-    fn block(q: &[f32], rows_left: usize, panel: &[f32], dim: usize, out: &mut [[f32; NR]; MR_MAX]) -> usize;
+    fn block(
+        q: &[f32],
+        rows_left: usize,
+        panel: &[f32],
+        dim: usize,
+        out: &mut [[f32; NR]; MR_MAX],
+    ) -> usize;
+
+    /// `out[r][j] = q_r · rows_j` for `r < nq ≤ DIRECT_MAX_Q`, `j < valid ≤ NR`, on unpacked
+    /// row-major `rows`.
+    #[inline(always)]
+    fn direct(
+        q: &[f32],
+        nq: usize,
+        rows: &[f32],
+        valid: usize,
+        dim: usize,
+        out: &mut [[f32; NR]; MR_MAX],
+    ) {
+        for j in 0..valid {
+            let x = &rows[j * dim..(j + 1) * dim];
+            for r in 0..nq {
+                out[r][j] = dot_lanes(&q[r * dim..(r + 1) * dim], x);
+            }
+        }
+    }
+}
+
+/// A dot product in 16 independent lanes, which the compiler vectorises.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
@@ -188,6 +241,22 @@ fn scan_with<M: Micro, S: Sink>(
     let row_buf = &mut row_buf[..dim];
     let mut out = [[0f32; NR]; MR_MAX];
     let mut p0 = rows.start;
+    if let (true, Rows::F32(x)) = (nq <= DIRECT_MAX_Q, base) {
+        while p0 < rows.end {
+            let valid = NR.min(rows.end - p0);
+            M::direct(
+                queries,
+                nq,
+                &x[p0 * dim..(p0 + valid) * dim],
+                valid,
+                dim,
+                &mut out,
+            );
+            sink.accept(0, p0, valid, &out[..nq]);
+            p0 += NR;
+        }
+        return;
+    }
     while p0 < rows.end {
         let valid = NR.min(rows.end - p0);
         pack(base, dim, p0, valid, panel, row_buf);
@@ -203,7 +272,14 @@ fn scan_with<M: Micro, S: Sink>(
 
 /// Transposes `valid` rows starting at `r0` into `panel[d·NR + j]`, zero-filling the rest.
 #[inline(always)]
-fn pack(base: Rows<'_>, dim: usize, r0: usize, valid: usize, panel: &mut [f32], row_buf: &mut [f32]) {
+fn pack(
+    base: Rows<'_>,
+    dim: usize,
+    r0: usize,
+    valid: usize,
+    panel: &mut [f32],
+    row_buf: &mut [f32],
+) {
     match base {
         Rows::F32(x) => {
             for j in 0..valid {
@@ -232,14 +308,23 @@ fn pack(base: Rows<'_>, dim: usize, r0: usize, valid: usize, panel: &mut [f32], 
 /// Portable micro-kernel; with `FMA` it uses fused multiply-adds (only sensible where the
 /// target has them, else `mul_add` is a slow library call).
 #[inline(always)]
-fn micro_portable<const MR: usize, const FMA: bool>(q: &[f32], panel: &[f32], dim: usize, out: &mut [[f32; NR]; MR_MAX]) {
+fn micro_portable<const MR: usize, const FMA: bool>(
+    q: &[f32],
+    panel: &[f32],
+    dim: usize,
+    out: &mut [[f32; NR]; MR_MAX],
+) {
     let mut acc = [[0f32; NR]; MR];
     for d in 0..dim {
         let x: &[f32; NR] = panel[d * NR..(d + 1) * NR].try_into().expect("panel row");
         for r in 0..MR {
             let a = q[r * dim + d];
             for j in 0..NR {
-                acc[r][j] = if FMA { a.mul_add(x[j], acc[r][j]) } else { acc[r][j] + a * x[j] };
+                acc[r][j] = if FMA {
+                    a.mul_add(x[j], acc[r][j])
+                } else {
+                    acc[r][j] + a * x[j]
+                };
             }
         }
     }
@@ -249,7 +334,13 @@ fn micro_portable<const MR: usize, const FMA: bool>(q: &[f32], panel: &[f32], di
 struct Portable;
 impl Micro for Portable {
     #[inline(always)]
-    fn block(q: &[f32], rows_left: usize, panel: &[f32], dim: usize, out: &mut [[f32; NR]; MR_MAX]) -> usize {
+    fn block(
+        q: &[f32],
+        rows_left: usize,
+        panel: &[f32],
+        dim: usize,
+        out: &mut [[f32; NR]; MR_MAX],
+    ) -> usize {
         if rows_left >= 2 {
             micro_portable::<2, false>(q, panel, dim, out);
             2
@@ -265,7 +356,13 @@ impl Micro for Portable {
 struct PortableFma;
 impl Micro for PortableFma {
     #[inline(always)]
-    fn block(q: &[f32], rows_left: usize, panel: &[f32], dim: usize, out: &mut [[f32; NR]; MR_MAX]) -> usize {
+    fn block(
+        q: &[f32],
+        rows_left: usize,
+        panel: &[f32],
+        dim: usize,
+        out: &mut [[f32; NR]; MR_MAX],
+    ) -> usize {
         // 3 rows × 4 ymm accumulators + 4 loads fill the 16 AVX2 registers.
         match rows_left {
             1 => micro_portable::<1, true>(q, panel, dim, out),
@@ -286,7 +383,13 @@ mod avx512 {
 
     impl super::Micro for Micro {
         #[inline(always)]
-        fn block(q: &[f32], rows_left: usize, panel: &[f32], dim: usize, out: &mut [[f32; NR]; MR_MAX]) -> usize {
+        fn block(
+            q: &[f32],
+            rows_left: usize,
+            panel: &[f32],
+            dim: usize,
+            out: &mut [[f32; NR]; MR_MAX],
+        ) -> usize {
             assert!(panel.len() >= NR * dim && q.len() >= rows_left.min(MR_MAX) * dim);
             // SAFETY: only reached from `scan_avx512`, compiled for and dispatched on AVX-512F;
             // the assert bounds every load below.
@@ -304,13 +407,84 @@ mod avx512 {
             }
             rows_left.min(MR_MAX)
         }
+
+        #[inline(always)]
+        fn direct(
+            q: &[f32],
+            nq: usize,
+            rows: &[f32],
+            valid: usize,
+            dim: usize,
+            out: &mut [[f32; NR]; MR_MAX],
+        ) {
+            assert!(q.len() >= nq * dim && rows.len() >= valid * dim && valid <= NR);
+            // SAFETY: as in `block`; the assert bounds the loads.
+            unsafe {
+                match nq {
+                    1 => direct::<1>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
+                    2 => direct::<2>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
+                    3 => direct::<3>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
+                    _ => direct::<4>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
+                }
+            }
+        }
+    }
+
+    /// NQ queries against `valid` unpacked rows, four rows at a time so that 4·NQ independent
+    /// accumulator chains hide the FMA latency; a masked load covers a dimension that is not a
+    /// multiple of 16.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn direct<const NQ: usize>(
+        q: *const f32,
+        rows: *const f32,
+        valid: usize,
+        dim: usize,
+        out: &mut [[f32; NR]; MR_MAX],
+    ) {
+        let full = dim / 16;
+        let tail_mask: __mmask16 = ((1u32 << (dim % 16)) - 1) as __mmask16;
+        let mut j = 0;
+        while j < valid {
+            let nr = (valid - j).min(4);
+            let mut acc = [[_mm512_setzero_ps(); 4]; NQ];
+            let step = |c: usize, mask: __mmask16, acc: &mut [[__m512; 4]; NQ]| {
+                let mut x = [_mm512_setzero_ps(); 4];
+                for (i, xi) in x.iter_mut().enumerate().take(nr) {
+                    *xi = _mm512_maskz_loadu_ps(mask, rows.add((j + i) * dim + c * 16));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let qv = _mm512_maskz_loadu_ps(mask, q.add(r * dim + c * 16));
+                    for i in 0..4 {
+                        acc_r[i] = _mm512_fmadd_ps(qv, x[i], acc_r[i]);
+                    }
+                }
+            };
+            for c in 0..full {
+                step(c, !0, &mut acc);
+            }
+            if tail_mask != 0 {
+                step(full, tail_mask, &mut acc);
+            }
+            for r in 0..NQ {
+                for i in 0..nr {
+                    out[r][j + i] = _mm512_reduce_add_ps(acc[r][i]);
+                }
+            }
+            j += nr;
+        }
     }
 
     /// MR query rows × 32 index rows: 2·MR zmm accumulators, one broadcast per query row and
     /// two panel loads per step of the reduction.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const MR: usize>(q: *const f32, panel: *const f32, dim: usize, out: &mut [[f32; NR]; MR_MAX]) {
+    unsafe fn kernel<const MR: usize>(
+        q: *const f32,
+        panel: *const f32,
+        dim: usize,
+        out: &mut [[f32; NR]; MR_MAX],
+    ) {
         let mut lo = [_mm512_setzero_ps(); MR];
         let mut hi = [_mm512_setzero_ps(); MR];
         for d in 0..dim {
@@ -339,7 +513,9 @@ mod tests {
         let mut out = vec![0f32; nq * n];
         for q in 0..nq {
             for i in 0..n {
-                let s: f64 = (0..dim).map(|d| queries[q * dim + d] as f64 * base[i * dim + d] as f64).sum();
+                let s: f64 = (0..dim)
+                    .map(|d| queries[q * dim + d] as f64 * base[i * dim + d] as f64)
+                    .sum();
                 out[q * n + i] = s as f32;
             }
         }
@@ -347,7 +523,9 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
@@ -355,7 +533,9 @@ mod tests {
         let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 v.push(Isa::Avx2Fma);
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -369,21 +549,53 @@ mod tests {
     fn every_kernel_matches_the_reference_on_ragged_shapes() {
         let mut seed = 7;
         // Odd dimension, row count not a multiple of 32, query count not a multiple of 8.
-        for (n, nq, dim) in [(75, 11, 13), (32, 8, 16), (1, 1, 1), (100, 3, 40)] {
+        for (n, nq, dim) in [
+            (75, 11, 13),
+            (32, 8, 16),
+            (1, 1, 1),
+            (100, 3, 40),
+            (70, 4, 33),
+            (67, 2, 16),
+        ] {
             let base: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
             let queries: Vec<f32> = (0..nq * dim).map(|_| lcg(&mut seed)).collect();
             let want = reference(&base, &queries, dim);
             for isa in all_isas() {
                 let mut out = vec![f32::NAN; nq * n];
-                let mut sink = MatrixSink { out: &mut out, cols: n, col0: 0 };
+                let mut sink = MatrixSink {
+                    out: &mut out,
+                    cols: n,
+                    col0: 0,
+                };
                 let mut panel = vec![0f32; NR * dim];
                 let mut row = vec![0f32; dim];
                 // Two calls over split ranges, as the parallel driver does.
                 let mid = n / 2;
-                scan(isa, Rows::F32(&base), dim, 0..mid, &queries, &mut sink, &mut panel, &mut row);
-                scan(isa, Rows::F32(&base), dim, mid..n, &queries, &mut sink, &mut panel, &mut row);
+                scan(
+                    isa,
+                    Rows::F32(&base),
+                    dim,
+                    0..mid,
+                    &queries,
+                    &mut sink,
+                    &mut panel,
+                    &mut row,
+                );
+                scan(
+                    isa,
+                    Rows::F32(&base),
+                    dim,
+                    mid..n,
+                    &queries,
+                    &mut sink,
+                    &mut panel,
+                    &mut row,
+                );
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                    assert!((a - b).abs() < 1e-5, "{isa:?} n={n} dim={dim} at {i}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{isa:?} n={n} dim={dim} at {i}: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -397,9 +609,22 @@ mod tests {
         let queries = vec![1.0f32, -1.0, 0.5, 0.0, 2.0];
         let want = reference(&base32, &queries, dim);
         let mut out = vec![0f32; 40];
-        let mut sink = MatrixSink { out: &mut out, cols: 40, col0: 0 };
+        let mut sink = MatrixSink {
+            out: &mut out,
+            cols: 40,
+            col0: 0,
+        };
         let (mut panel, mut row) = (vec![0f32; NR * dim], vec![0f32; dim]);
-        scan(detect(), Rows::F16(&base16), dim, 0..40, &queries, &mut sink, &mut panel, &mut row);
+        scan(
+            detect(),
+            Rows::F16(&base16),
+            dim,
+            0..40,
+            &queries,
+            &mut sink,
+            &mut panel,
+            &mut row,
+        );
         assert_eq!(out, want, "values exactly representable in f16");
     }
 }

@@ -27,11 +27,13 @@ use std::path::Path;
 pub use ann::AnnParams;
 pub use embeddings::{normalize_rows, normalize_rows_from, EmbeddingsFile};
 pub use error::{Result, RetrievalError};
-pub use eval::{group_captions, retrieval_metrics, CaptionGroups, DirectionMetrics, RetrievalMetrics};
+pub use eval::{
+    group_captions, retrieval_metrics, CaptionGroups, DirectionMetrics, RetrievalMetrics,
+};
 pub use index::{Index, SearchMode, SearchOptions};
 pub use store::{
-    check_destination, write_index, DType, Entries, FillError, ImageEntry, IndexSpec, Manifest, Metric, OpenOptions, FORMAT_VERSION,
-    MANIFEST_FILE,
+    check_destination, write_index, DType, Entries, FillError, ImageEntry, IndexSpec, Manifest,
+    Metric, OpenOptions, FORMAT_VERSION, MANIFEST_FILE,
 };
 pub use topk::Hit;
 pub use zeroshot::{class_embeddings, zero_shot, ClassReport, Confusion, ZeroShotReport};
@@ -39,7 +41,7 @@ pub use zeroshot::{class_embeddings, zero_shot, ClassReport, Confusion, ZeroShot
 /// Exact top-k of `queries` (`[q, dim]`) among `base` (`[n, dim]`), best first, ties to the
 /// lower row: the same kernel [`Index`] uses, for callers holding plain vectors.
 pub fn exact_search(base: &[f32], queries: &[f32], dim: usize, k: usize) -> Result<Vec<Vec<Hit>>> {
-    if dim == 0 || base.len() % dim != 0 || queries.len() % dim != 0 {
+    if dim == 0 || !base.len().is_multiple_of(dim) || !queries.len().is_multiple_of(dim) {
         return Err(RetrievalError::Shape(format!(
             "{} base and {} query floats are not rows of dimension {dim}",
             base.len(),
@@ -69,11 +71,19 @@ impl RefreshPlan {
 /// Matches `current` files under `root` against `old`'s entries by path, size and modification
 /// time. Nothing is reused when `old` is absent, is not an image index of the same `root`, or
 /// was made by another `model` (its vectors would not be comparable).
-pub fn plan_refresh(old: Option<&Index>, model: &str, root: &Path, current: &[ImageEntry]) -> RefreshPlan {
-    let previous: HashMap<&Path, (usize, &ImageEntry)> = match old.map(|o| (o.model(), o.entries())) {
-        Some((m, Entries::Images { root: r, files })) if m == model && r == root => {
-            files.iter().enumerate().map(|(i, e)| (e.path.as_path(), (i, e))).collect()
-        }
+pub fn plan_refresh(
+    old: Option<&Index>,
+    model: &str,
+    root: &Path,
+    current: &[ImageEntry],
+) -> RefreshPlan {
+    let previous: HashMap<&Path, (usize, &ImageEntry)> = match old.map(|o| (o.model(), o.entries()))
+    {
+        Some((m, Entries::Images { root: r, files })) if m == model && r == root => files
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.path.as_path(), (i, e)))
+            .collect(),
         _ => HashMap::new(),
     };
     let reuse: Vec<Option<usize>> = current

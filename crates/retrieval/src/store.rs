@@ -12,13 +12,15 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 #[cfg(target_endian = "big")]
-compile_error!("index files are little-endian and memory-mapped as is; big-endian targets are not supported");
+compile_error!(
+    "index files are little-endian and memory-mapped as is; big-endian targets are not supported"
+);
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::io_err;
-use crate::{RetrievalError, Result};
+use crate::{Result, RetrievalError};
 
 /// File name of the manifest inside an index directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -221,9 +223,11 @@ pub fn write_index(
             source,
         })?;
         let mut f = File::create(&tmp_manifest).map_err(io_err("cannot create", &tmp_manifest))?;
-        f.write_all(&json).map_err(io_err("cannot write", &tmp_manifest))?;
+        f.write_all(&json)
+            .map_err(io_err("cannot write", &tmp_manifest))?;
         f.sync_all().map_err(io_err("cannot sync", &tmp_manifest))?;
-        std::fs::rename(&tmp_manifest, &manifest_path).map_err(io_err("cannot rename into place", &manifest_path))
+        std::fs::rename(&tmp_manifest, &manifest_path)
+            .map_err(io_err("cannot rename into place", &manifest_path))
     })();
     if let Err(e) = res {
         // The new vectors file is unreferenced; the old manifest still points at the old one.
@@ -238,14 +242,25 @@ pub fn write_index(
 
 fn validate_spec(spec: &IndexSpec) -> Result<()> {
     if spec.dimension == 0 {
-        return Err(crate::error::invalid("dimension", 0, "vectors need at least one component"));
+        return Err(crate::error::invalid(
+            "dimension",
+            0,
+            "vectors need at least one component",
+        ));
     }
     if spec.count > u32::MAX as usize {
-        return Err(crate::error::invalid("count", spec.count, "at most 2^32 - 1 vectors per index"));
+        return Err(crate::error::invalid(
+            "count",
+            spec.count,
+            "at most 2^32 - 1 vectors per index",
+        ));
     }
     if let Some(n) = spec.entries.len() {
         if n != spec.count {
-            return Err(RetrievalError::Shape(format!("{n} entries for {} vectors", spec.count)));
+            return Err(RetrievalError::Shape(format!(
+                "{n} entries for {} vectors",
+                spec.count
+            )));
         }
     }
     Ok(())
@@ -299,11 +314,16 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn vectors_generation(name: &str) -> Option<u64> {
-    name.strip_prefix("vectors-")?.strip_suffix(".safetensors")?.parse().ok()
+    name.strip_prefix("vectors-")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
 }
 
 fn is_own_file(name: &str) -> bool {
-    name == MANIFEST_FILE || vectors_generation(name).is_some() || (name.starts_with('.') && name.ends_with(".tmp"))
+    name == MANIFEST_FILE
+        || vectors_generation(name).is_some()
+        || (name.starts_with('.') && name.ends_with(".tmp"))
 }
 
 fn next_generation(dir: &Path) -> Result<u64> {
@@ -317,7 +337,8 @@ fn next_generation(dir: &Path) -> Result<u64> {
 /// Deletes earlier generations and leftovers of interrupted writes.
 fn remove_stale_files(dir: &Path, keep: &str) {
     for name in list_dir(dir).unwrap_or_default() {
-        let stale = (vectors_generation(&name).is_some() && name != keep) || (name.starts_with('.') && name.ends_with(".tmp"));
+        let stale = (vectors_generation(&name).is_some() && name != keep)
+            || (name.starts_with('.') && name.ends_with(".tmp"));
         if stale {
             let _ = std::fs::remove_file(dir.join(&name));
         }
@@ -405,16 +426,27 @@ fn write_vectors(
     }
     w.flush().map_err(io_err("cannot write", path))?;
     let (bytes, crc) = (w.bytes, w.crc.finalize());
-    let file = w.inner.into_inner().map_err(|e| io_err("cannot write", path)(e.into_error()))?;
+    let file = w
+        .inner
+        .into_inner()
+        .map_err(|e| io_err("cannot write", path)(e.into_error()))?;
     file.sync_all().map_err(io_err("cannot sync", path))?;
     Ok((bytes, crc))
 }
 
 /// Checks that every row is finite and of unit length; `first_row` numbers the rows in errors.
-pub(crate) fn check_unit_rows(data: &[f32], dim: usize, first_row: usize, what: &'static str) -> Result<()> {
+pub(crate) fn check_unit_rows(
+    data: &[f32],
+    dim: usize,
+    first_row: usize,
+    what: &'static str,
+) -> Result<()> {
     for (i, row) in data.chunks_exact(dim).enumerate() {
         if !row.iter().all(|v| v.is_finite()) {
-            return Err(RetrievalError::NonFinite { what, row: first_row + i });
+            return Err(RetrievalError::NonFinite {
+                what,
+                row: first_row + i,
+            });
         }
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         if (norm - 1.0).abs() > UNIT_TOLERANCE {
@@ -439,7 +471,9 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        Self { verify_checksum: true }
+        Self {
+            verify_checksum: true,
+        }
     }
 }
 
@@ -513,7 +547,10 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
         }
     }
     if vectors_generation(&m.vectors_file).is_none() {
-        return Err(bad(format!("vectors_file {:?} is not a vectors file name", m.vectors_file)));
+        return Err(bad(format!(
+            "vectors_file {:?} is not a vectors file name",
+            m.vectors_file
+        )));
     }
     Ok(m)
 }
@@ -548,8 +585,11 @@ pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result
             )));
         }
     }
-    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| damaged(format!("bad safetensors header: {e}")))?;
-    let view = st.tensor(VECTORS_KEY).map_err(|_| damaged(format!("no `{VECTORS_KEY}` tensor")))?;
+    let st = safetensors::SafeTensors::deserialize(&map)
+        .map_err(|e| damaged(format!("bad safetensors header: {e}")))?;
+    let view = st
+        .tensor(VECTORS_KEY)
+        .map_err(|_| damaged(format!("no `{VECTORS_KEY}` tensor")))?;
     let want_dtype = match m.dtype {
         DType::F32 => safetensors::Dtype::F32,
         DType::F16 => safetensors::Dtype::F16,
@@ -565,8 +605,10 @@ pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result
         )));
     }
     let offset = view.data().as_ptr() as usize - map.as_ptr() as usize;
-    if offset % m.dtype.size() != 0 {
-        return Err(damaged(format!("its data starts at unaligned offset {offset}")));
+    if !offset.is_multiple_of(m.dtype.size()) {
+        return Err(damaged(format!(
+            "its data starts at unaligned offset {offset}"
+        )));
     }
     Ok(MappedVectors { map, offset })
 }
@@ -594,7 +636,9 @@ mod tests {
 
     #[test]
     fn parallel_crc_equals_serial() {
-        let data: Vec<u8> = (0..20_000_000u32).map(|i| i.wrapping_mul(2_654_435_761) as u8).collect();
+        let data: Vec<u8> = (0..20_000_000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761) as u8)
+            .collect();
         assert_eq!(parallel_crc32(&data), crc32fast::hash(&data));
         assert_eq!(parallel_crc32(&[]), crc32fast::hash(&[]));
     }

@@ -56,10 +56,12 @@ impl TopKSet {
     /// Offers one candidate; it is kept only if it beats the current k-th best.
     #[inline]
     pub(crate) fn push(&mut self, q: usize, score: f32, id: u32) {
-        let thr = self.thr[q];
-        // `!(a >= b)` also rejects NaN.
-        if !(score >= thr) || (score == thr && id >= self.thr_id[q]) {
-            return;
+        // Better than the k-th best: a higher score, or the same score and a lower id. NaN
+        // compares as `None` and is rejected.
+        match score.partial_cmp(&self.thr[q]) {
+            Some(std::cmp::Ordering::Greater) => {}
+            Some(std::cmp::Ordering::Equal) if id < self.thr_id[q] => {}
+            _ => return,
         }
         let c = &mut self.cand[q];
         if c.capacity() == 0 {
@@ -82,7 +84,10 @@ impl TopKSet {
             c.truncate(k);
         }
         // The worst kept candidate is the new bar.
-        let worst = *c.iter().max_by(|a, b| rank_order(a, b)).expect("k > 0 candidates");
+        let worst = *c
+            .iter()
+            .max_by(|a, b| rank_order(a, b))
+            .expect("k > 0 candidates");
         self.thr[q] = worst.0;
         self.thr_id[q] = worst.1;
     }
@@ -105,7 +110,12 @@ impl TopKSet {
             .map(|mut c| {
                 c.sort_unstable_by(rank_order);
                 c.truncate(k);
-                c.into_iter().map(|(score, id)| Hit { id: id as usize, score }).collect()
+                c.into_iter()
+                    .map(|(score, id)| Hit {
+                        id: id as usize,
+                        score,
+                    })
+                    .collect()
             })
             .collect()
     }
@@ -137,8 +147,14 @@ mod tests {
             t.push(1, -(i as f32), i);
         }
         let hits = t.into_hits();
-        assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), vec![9999, 9998, 9997]);
-        assert_eq!(hits[1].iter().map(|h| h.id).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            hits[0].iter().map(|h| h.id).collect::<Vec<_>>(),
+            vec![9999, 9998, 9997]
+        );
+        assert_eq!(
+            hits[1].iter().map(|h| h.id).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
     }
 
     #[test]

@@ -6,17 +6,29 @@ use crate::error::invalid;
 use crate::eval::normalized;
 use crate::exact::map_score_rows;
 use crate::kernel::Rows;
-use crate::{RetrievalError, Result};
+use crate::{Result, RetrievalError};
 
 /// One embedding per class from its prompt-template embeddings, as CLIP does: normalise each
 /// template's embedding, average them, normalise the mean.
 ///
 /// `template_embeds` is `[classes · templates, dim]`, class-major (class 0's templates first).
-pub fn class_embeddings(template_embeds: &[f32], dim: usize, templates_per_class: usize) -> Result<Vec<f32>> {
+pub fn class_embeddings(
+    template_embeds: &[f32],
+    dim: usize,
+    templates_per_class: usize,
+) -> Result<Vec<f32>> {
     if templates_per_class == 0 {
-        return Err(invalid("templates_per_class", 0, "each class needs at least one template"));
+        return Err(invalid(
+            "templates_per_class",
+            0,
+            "each class needs at least one template",
+        ));
     }
-    if dim == 0 || template_embeds.len() % (dim * templates_per_class) != 0 {
+    if dim == 0
+        || !template_embeds
+            .len()
+            .is_multiple_of(dim * templates_per_class)
+    {
         return Err(RetrievalError::Shape(format!(
             "{} template embedding floats are not classes × {templates_per_class} templates × {dim} dimensions",
             template_embeds.len()
@@ -83,10 +95,15 @@ pub struct ZeroShotReport {
 /// `labels`. `image_embeds` is `[N, dim]`, `class_embeds` `[C, dim]` (e.g. from
 /// [`class_embeddings`]); rows are normalised here. Ties go to the lower class index, for the
 /// prediction and for the top-5 rank alike.
-pub fn zero_shot(image_embeds: &[f32], class_embeds: &[f32], dim: usize, labels: &[usize]) -> Result<ZeroShotReport> {
+pub fn zero_shot(
+    image_embeds: &[f32],
+    class_embeds: &[f32],
+    dim: usize,
+    labels: &[usize],
+) -> Result<ZeroShotReport> {
     let n = labels.len();
     let images = normalized(image_embeds, dim, n, "image embeddings")?;
-    if dim == 0 || class_embeds.len() % dim != 0 || class_embeds.is_empty() {
+    if dim == 0 || !class_embeds.len().is_multiple_of(dim) || class_embeds.is_empty() {
         return Err(RetrievalError::Shape(format!(
             "{} class embedding floats are not one or more rows of dimension {dim}",
             class_embeds.len()
@@ -95,18 +112,28 @@ pub fn zero_shot(image_embeds: &[f32], class_embeds: &[f32], dim: usize, labels:
     let c = class_embeds.len() / dim;
     let classes = normalized(class_embeds, dim, c, "class embeddings")?;
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= c) {
-        return Err(invalid("label", l, format!("image {i} has a label past the {c} classes")));
+        return Err(invalid(
+            "label",
+            l,
+            format!("image {i} has a label past the {c} classes"),
+        ));
     }
     if n == 0 {
-        return Err(invalid("images", 0, "zero-shot accuracy needs at least one image"));
+        return Err(invalid(
+            "images",
+            0,
+            "zero-shot accuracy needs at least one image",
+        ));
     }
     // (prediction, 0-based rank of the true class)
-    let per_image: Vec<(usize, usize)> = map_score_rows(Rows::F32(&classes), dim, &images, |i, s| {
-        let pred = (0..c).fold(0, |best, j| if s[j] > s[best] { j } else { best });
-        let t = labels[i];
-        let rank = s.iter().filter(|&&x| x > s[t]).count() + s[..t].iter().filter(|&&x| x == s[t]).count();
-        (pred, rank)
-    });
+    let per_image: Vec<(usize, usize)> =
+        map_score_rows(Rows::F32(&classes), dim, &images, |i, s| {
+            let pred = (0..c).fold(0, |best, j| if s[j] > s[best] { j } else { best });
+            let t = labels[i];
+            let rank = s.iter().filter(|&&x| x > s[t]).count()
+                + s[..t].iter().filter(|&&x| x == s[t]).count();
+            (pred, rank)
+        });
     let mut confusion = vec![vec![0usize; c]; c];
     for (&(pred, _), &l) in per_image.iter().zip(labels) {
         confusion[l][pred] += 1;
@@ -135,7 +162,12 @@ pub fn zero_shot(image_embeds: &[f32], class_embeds: &[f32], dim: usize, labels:
         })
         .collect();
     let frac = |f: &dyn Fn(&(usize, usize), usize) -> bool| {
-        per_image.iter().zip(labels).filter(|(p, &l)| f(p, l)).count() as f64 / n as f64
+        per_image
+            .iter()
+            .zip(labels)
+            .filter(|(p, &l)| f(p, l))
+            .count() as f64
+            / n as f64
     };
     Ok(ZeroShotReport {
         top1: frac(&|&(pred, _), l| pred == l),
@@ -158,7 +190,10 @@ mod tests {
         let c = class_embeddings(&t, 2, 2).unwrap();
         let r = std::f32::consts::FRAC_1_SQRT_2;
         let want = [r, r, 0.0, -1.0];
-        assert!(c.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{c:?}");
+        assert!(
+            c.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{c:?}"
+        );
         assert!(class_embeddings(&t, 2, 3).is_err());
     }
 
@@ -176,7 +211,10 @@ mod tests {
             [a.cos(), a.sin()]
         };
         // Image angle → nearest class: 1° → 0, 9° → 1, 21° → 2, 58° → 6, 12° → 1, 33° → 3.
-        let images: Vec<f32> = [1.0, 9.0, 21.0, 58.0, 12.0, 33.0].iter().flat_map(|&d| at(d)).collect();
+        let images: Vec<f32> = [1.0, 9.0, 21.0, 58.0, 12.0, 33.0]
+            .iter()
+            .flat_map(|&d| at(d))
+            .collect();
         let labels = [0, 0, 2, 0, 0, 3];
         let r = zero_shot(&images, &class, 2, &labels).unwrap();
         assert_eq!(r.predictions, vec![0, 1, 2, 6, 1, 3]);
@@ -202,7 +240,10 @@ mod tests {
         assert_eq!(r.predictions, vec![0, 0]);
         assert_eq!(r.top1, 0.5);
         assert_eq!(r.top5, 1.0);
-        assert_eq!(r.per_class[1].most_confused, Some(Confusion { class: 0, count: 1 }));
+        assert_eq!(
+            r.per_class[1].most_confused,
+            Some(Confusion { class: 0, count: 1 })
+        );
         assert!(zero_shot(&[1.0, 0.0], &classes, 2, &[2]).is_err());
     }
 }

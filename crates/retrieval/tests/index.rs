@@ -3,15 +3,17 @@
 use std::path::{Path, PathBuf};
 
 use retrieval::{
-    exact_search, plan_refresh, write_index, AnnParams, DType, Entries, ImageEntry, Index, IndexSpec, OpenOptions,
-    RetrievalError, SearchMode, SearchOptions,
+    exact_search, plan_refresh, write_index, AnnParams, DType, Entries, ImageEntry, Index,
+    IndexSpec, OpenOptions, RetrievalError, SearchMode, SearchOptions,
 };
 
 fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut st = seed;
     let mut v: Vec<f32> = (0..n * dim)
         .map(|_| {
-            st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            st = st
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         })
         .collect();
@@ -33,12 +35,25 @@ fn spec(n: usize, dim: usize, dtype: DType) -> IndexSpec {
 
 fn build(dir: &Path, v: &[f32], dim: usize, dtype: DType) -> Index {
     let n = v.len() / dim;
-    Index::from_vectors(spec(n, dim, dtype), v.to_vec()).unwrap().save(dir).unwrap();
+    Index::from_vectors(spec(n, dim, dtype), v.to_vec())
+        .unwrap()
+        .save(dir)
+        .unwrap();
     Index::open(dir).unwrap()
 }
 
 fn vectors_file(dir: &Path) -> PathBuf {
-    dir.join(&Index::open_with(dir, OpenOptions { verify_checksum: false }).unwrap().manifest().vectors_file)
+    dir.join(
+        &Index::open_with(
+            dir,
+            OpenOptions {
+                verify_checksum: false,
+            },
+        )
+        .unwrap()
+        .manifest()
+        .vectors_file,
+    )
 }
 
 /// Brute force in f64 with a full sort.
@@ -67,7 +82,10 @@ fn saved_index_searches_like_brute_force() {
         assert!(h.windows(2).all(|w| w[0].score >= w[1].score));
     }
     assert_eq!(exact_search(&base, &queries, dim, 10).unwrap(), hits);
-    assert_eq!(idx.entries().label(hits[0][0].id), format!("caption {}", hits[0][0].id));
+    assert_eq!(
+        idx.entries().label(hits[0][0].id),
+        format!("caption {}", hits[0][0].id)
+    );
 }
 
 #[test]
@@ -78,13 +96,20 @@ fn f16_index_is_close_to_f32() {
     let idx = build(dir.path(), &base, dim, DType::F16);
     assert_eq!(idx.manifest().dtype, DType::F16);
     let len = std::fs::metadata(vectors_file(dir.path())).unwrap().len() as usize;
-    assert!(len < n * dim * 2 + 1024, "stored as 2 bytes per element: {len}");
+    assert!(
+        len < n * dim * 2 + 1024,
+        "stored as 2 bytes per element: {len}"
+    );
     let q = unit_rows(1, dim, 4);
     let hits = idx.search(&q, dim, 5).unwrap().remove(0);
     let want = brute_force(&base, dim, &q, 5);
     assert_eq!(hits[0].id, want[0]);
     for h in &hits {
-        let exact: f32 = base[h.id * dim..(h.id + 1) * dim].iter().zip(&q).map(|(a, b)| a * b).sum();
+        let exact: f32 = base[h.id * dim..(h.id + 1) * dim]
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| a * b)
+            .sum();
         assert!((h.score - exact).abs() < 2e-3);
     }
 }
@@ -94,9 +119,19 @@ fn wrong_query_dimension_names_both() {
     let dir = tempfile::tempdir().unwrap();
     let idx = build(dir.path(), &unit_rows(10, 8, 5), 8, DType::F32);
     let err = idx.search(&[0.5; 6], 6, 3).unwrap_err();
-    assert!(matches!(err, RetrievalError::DimensionMismatch { got: 6, expected: 8, .. }));
+    assert!(matches!(
+        err,
+        RetrievalError::DimensionMismatch {
+            got: 6,
+            expected: 8,
+            ..
+        }
+    ));
     let msg = err.to_string();
-    assert!(msg.contains('6') && msg.contains('8') && msg.contains("query"), "{msg}");
+    assert!(
+        msg.contains('6') && msg.contains('8') && msg.contains("query"),
+        "{msg}"
+    );
     assert!(idx.search(&[f32::NAN; 8], 8, 3).is_err());
 }
 
@@ -125,7 +160,13 @@ fn truncated_or_corrupted_vectors_are_reported_as_damaged() {
 
     // Garbage of the right length with checksum verification off: the header check catches it.
     std::fs::write(&vf, vec![0xAB; bytes.len()]).unwrap();
-    let err = Index::open_with(dir.path(), OpenOptions { verify_checksum: false }).unwrap_err();
+    let err = Index::open_with(
+        dir.path(),
+        OpenOptions {
+            verify_checksum: false,
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, RetrievalError::Damaged { .. }), "{err}");
 }
 
@@ -139,13 +180,20 @@ fn damaged_manifest_is_a_clear_error() {
     let err = Index::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("manifest.json"), "{err}");
 
-    std::fs::write(&mpath, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    std::fs::write(
+        &mpath,
+        text.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )
+    .unwrap();
     let err = Index::open(dir.path()).unwrap_err().to_string();
     assert!(err.contains("99"), "{err}");
 
     std::fs::remove_file(&mpath).unwrap();
     let err = Index::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("not an index") && err.contains("manifest.json"), "{err}");
+    assert!(
+        err.contains("not an index") && err.contains("manifest.json"),
+        "{err}"
+    );
     assert!(Index::open(&dir.path().join("nope")).is_err());
 }
 
@@ -184,7 +232,11 @@ fn failed_write_keeps_the_previous_index() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 2, "only the manifest and one vectors file remain: {names:?}");
+    assert_eq!(
+        names.len(),
+        2,
+        "only the manifest and one vectors file remain: {names:?}"
+    );
 }
 
 #[test]
@@ -193,8 +245,16 @@ fn leftovers_of_a_killed_write_are_ignored_then_cleaned() {
     let base = unit_rows(50, 4, 11);
     build(dir.path(), &base, 4, DType::F32);
     // What a kill between the two renames leaves: a temp file and an unreferenced generation.
-    std::fs::write(dir.path().join(".vectors-7.safetensors.999.tmp"), b"half a file").unwrap();
-    std::fs::write(dir.path().join("vectors-7.safetensors"), b"complete but never referenced").unwrap();
+    std::fs::write(
+        dir.path().join(".vectors-7.safetensors.999.tmp"),
+        b"half a file",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("vectors-7.safetensors"),
+        b"complete but never referenced",
+    )
+    .unwrap();
     std::fs::write(dir.path().join(".manifest.json.999.tmp"), b"{").unwrap();
     let idx = Index::open(dir.path()).unwrap();
     assert_eq!(idx.len(), 50);
@@ -214,9 +274,15 @@ fn refuses_to_write_over_unrelated_files() {
         .save(dir.path())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("holiday.jpg") && err.contains("refusing"), "{err}");
+    assert!(
+        err.contains("holiday.jpg") && err.contains("refusing"),
+        "{err}"
+    );
     let file = dir.path().join("holiday.jpg");
-    assert!(Index::from_vectors(spec(1, 2, DType::F32), vec![1.0, 0.0]).unwrap().save(&file).is_err());
+    assert!(Index::from_vectors(spec(1, 2, DType::F32), vec![1.0, 0.0])
+        .unwrap()
+        .save(&file)
+        .is_err());
 }
 
 #[test]
@@ -244,7 +310,9 @@ fn ann_finds_nearly_all_true_neighbours() {
     // Clustered data, as embeddings are.
     let centres = unit_rows(40, dim, 14);
     let noise = unit_rows(n, dim, 15);
-    let mut base: Vec<f32> = (0..n * dim).map(|i| centres[(i / dim % 40) * dim + i % dim] + 0.6 * noise[i]).collect();
+    let mut base: Vec<f32> = (0..n * dim)
+        .map(|i| centres[(i / dim % 40) * dim + i % dim] + 0.6 * noise[i])
+        .collect();
     retrieval::normalize_rows(&mut base, dim).unwrap();
     let idx = Index::from_vectors(spec(n, dim, DType::F32), base.clone()).unwrap();
     let queries = unit_rows(100, dim, 16);
@@ -258,12 +326,31 @@ fn ann_finds_nearly_all_true_neighbours() {
         auto_ann_min_queries: 500,
         ..SearchOptions::default()
     };
-    assert!(!idx.uses_ann(&SearchOptions::default(), 1), "4000 rows is below the default threshold");
-    assert!(!idx.uses_ann(&auto, 100), "too few queries to pay for building the graph");
+    assert!(
+        !idx.uses_ann(&SearchOptions::default(), 1),
+        "4000 rows is below the default threshold"
+    );
+    assert!(
+        !idx.uses_ann(&auto, 100),
+        "too few queries to pay for building the graph"
+    );
     assert!(idx.uses_ann(&auto, 500));
     let approx = idx.search_with(&queries, dim, 10, &opts).unwrap();
-    let exact = idx.search_with(&queries, dim, 10, &SearchOptions { mode: SearchMode::Exact, ..opts }).unwrap();
-    assert!(idx.uses_ann(&auto, 1), "a built graph is used even for one query");
+    let exact = idx
+        .search_with(
+            &queries,
+            dim,
+            10,
+            &SearchOptions {
+                mode: SearchMode::Exact,
+                ..opts
+            },
+        )
+        .unwrap();
+    assert!(
+        idx.uses_ann(&auto, 1),
+        "a built graph is used even for one query"
+    );
     let mut found = 0;
     for (a, e) in approx.iter().zip(&exact) {
         assert_eq!(a.len(), 10);
@@ -276,7 +363,11 @@ fn ann_finds_nearly_all_true_neighbours() {
         max_connections: 1000,
         ..AnnParams::default()
     };
-    let fresh = Index::from_vectors(spec(4, 2, DType::F32), vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]).unwrap();
+    let fresh = Index::from_vectors(
+        spec(4, 2, DType::F32),
+        vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0],
+    )
+    .unwrap();
     assert!(fresh.build_ann(&bad).is_err());
 }
 
@@ -309,6 +400,15 @@ fn refresh_plan_reuses_unchanged_files_only() {
     assert_eq!((plan.removed, plan.to_embed()), (1, 2));
     // Another model or folder: everything is embedded again.
     assert_eq!(plan_refresh(Some(&old), "other", &root, &now).to_embed(), 3);
-    assert_eq!(plan_refresh(Some(&old), "m", Path::new("/elsewhere"), &now).to_embed(), 3);
+    assert_eq!(
+        plan_refresh(Some(&old), "m", Path::new("/elsewhere"), &now).to_embed(),
+        3
+    );
     assert_eq!(plan_refresh(None, "m", &root, &now).to_embed(), 3);
+}
+
+#[test]
+fn index_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Index>();
 }

@@ -1,0 +1,521 @@
+//! The training loop: batches in, contrastive loss, AdamW, checkpoints, resume.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use clip_data::{AugmentConfig, Augmenter, Dataset};
+use clip_model::{ClipConfig, ClipModel, Preprocess};
+use clip_nn::{Init, Params, TensorMap, VarStore};
+use serde::{Deserialize, Serialize};
+use text_encoder::ClipTokenizer;
+
+use crate::error::io;
+use crate::loader::Loader;
+use crate::optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig, ScheduleKind};
+use crate::{clip_loss, siglip_loss, Result, TrainError};
+
+/// The contrastive objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Symmetric in-batch softmax cross-entropy ([`clip_loss`]).
+    #[default]
+    Clip,
+    /// Pairwise sigmoid loss with a learned bias ([`siglip_loss`]).
+    Siglip,
+}
+
+/// Everything that shapes the optimisation (saved with every checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Pairs per step (all of them are each other's negatives).
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warmup steps.
+    pub warmup: usize,
+    /// Schedule after warmup.
+    pub schedule: ScheduleKind,
+    /// AdamW settings.
+    pub optimizer: AdamWConfig,
+    /// Clip the global gradient norm to this value.
+    pub grad_clip_norm: Option<f64>,
+    /// Split each batch into this many forward passes while keeping the whole batch as
+    /// negatives (a feature cache, as open_clip's `--accum-freq`).
+    pub accum_steps: usize,
+    /// Seed for initialisation, data order and augmentation.
+    pub seed: u64,
+    /// Objective.
+    pub loss: LossKind,
+    /// Freeze the image tower.
+    pub lock_image: bool,
+    /// Freeze the text tower.
+    pub lock_text: bool,
+    /// Checkpoint every N steps (0: only at the end).
+    pub save_every: usize,
+    /// Keep this many `checkpoint-*` folders (the newest).
+    pub keep_last: usize,
+    /// Log every N steps.
+    pub log_every: usize,
+    /// Validate every N steps (0: only at the end).
+    pub val_every: usize,
+    /// Augmentation.
+    pub augment: AugmentConfig,
+    /// Batches prepared ahead of the model.
+    pub prefetch: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 400,
+            batch_size: 128,
+            lr: 1e-3,
+            warmup: 40,
+            schedule: ScheduleKind::Cosine,
+            optimizer: AdamWConfig::default(),
+            grad_clip_norm: None,
+            accum_steps: 1,
+            seed: 0,
+            loss: LossKind::Clip,
+            lock_image: false,
+            lock_text: false,
+            save_every: 0,
+            keep_last: 3,
+            log_every: 10,
+            val_every: 0,
+            augment: AugmentConfig::default(),
+            prefetch: 4,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the options before anything starts; errors name the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason: &str| Err(TrainError::Config { field, reason: reason.to_string() });
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1");
+        }
+        if self.batch_size < 2 {
+            return bad("batch-size", "a contrastive batch needs at least 2 pairs");
+        }
+        if self.accum_steps == 0 || self.batch_size % self.accum_steps != 0 {
+            return bad("accum-steps", "must divide the batch size");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if let Some(c) = self.grad_clip_norm {
+            if !(c > 0.0) {
+                return bad("grad-clip-norm", "must be positive");
+            }
+        }
+        if self.lock_image && self.lock_text {
+            return bad("lock-image/lock-text", "locking both towers leaves only the temperature to train");
+        }
+        self.augment.validate().map_err(|reason| TrainError::Config { field: "augment", reason })?;
+        Ok(())
+    }
+}
+
+/// One logged step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepStats {
+    /// Step just completed (1-based count of updates).
+    pub step: usize,
+    /// Total steps of the run.
+    pub total: usize,
+    /// Mean loss since the last log.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// exp(logit_scale), the inverse temperature.
+    pub logit_scale: f64,
+    /// Training samples per second since the last log.
+    pub samples_per_s: f64,
+    /// Fraction of step time spent waiting for data.
+    pub data_wait: f64,
+    /// Seconds since the run (or resume) started.
+    pub elapsed_s: f64,
+}
+
+/// Hooks for progress display and validation.
+pub trait Observer {
+    /// Called after each logged step.
+    fn on_step(&mut self, _stats: &StepStats) {}
+    /// Validation metrics for the current model, or `None` when there is no validation data.
+    fn validate(&mut self, _model: &ClipModel, _step: usize) -> Result<Option<BTreeMap<String, f64>>> {
+        Ok(None)
+    }
+    /// Called after a checkpoint is safely on disk.
+    fn on_checkpoint(&mut self, _dir: &Path) {}
+}
+
+/// What a run starts from and where it writes.
+pub struct RunSetup {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Model architecture.
+    pub model: ClipConfig,
+    /// Image preprocessing (size, mean, std).
+    pub preprocess: Preprocess,
+    /// Weights to fine-tune from (None: fresh, seeded initialisation).
+    pub init: Option<TensorMap>,
+    /// `tokenizer.json` copied into every checkpoint.
+    pub tokenizer_file: PathBuf,
+    /// The tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// Optimisation settings.
+    pub train: TrainConfig,
+    /// Continue from the newest checkpoint in `out`.
+    pub resume: bool,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The final model directory (`RUN_DIR/final`).
+    pub final_dir: PathBuf,
+    /// Last validation metrics, if any.
+    pub val: Option<BTreeMap<String, f64>>,
+    /// Steps run in this invocation.
+    pub steps_run: usize,
+    /// Mean training samples per second in this invocation.
+    pub samples_per_s: f64,
+    /// Mean fraction of step time spent waiting for data.
+    pub data_wait: f64,
+}
+
+/// Saved beside the weights in each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Steps completed.
+    pub step: usize,
+    /// The configuration of the run.
+    pub train: TrainConfig,
+}
+
+const STATE_FILE: &str = "train_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const LOGIT_BIAS: &str = "logit_bias";
+
+fn is_image_param(name: &str) -> bool {
+    name.starts_with("vision_model.") || name.starts_with("visual_projection")
+}
+
+fn is_text_param(name: &str) -> bool {
+    name.starts_with("text_model.") || name.starts_with("text_projection")
+}
+
+/// `checkpoint-<step>` folders of a run, oldest first.
+pub fn checkpoints(run: &Path) -> Vec<(usize, PathBuf)> {
+    let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(run)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().join(STATE_FILE).is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// An inference copy of the current weights (shares storage, tracks no gradients).
+fn snapshot_model(store: &VarStore, cfg: &ClipConfig, device: &Device) -> Result<ClipModel> {
+    let tensors: HashMap<String, Tensor> =
+        store.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
+    let map = TensorMap::new(tensors, device.clone());
+    Ok(ClipModel::new(cfg, cfg.text_config.pooling(), Params::new(&map))?)
+}
+
+struct Ctx<'a> {
+    setup: &'a RunSetup,
+    store: &'a VarStore,
+    model: &'a ClipModel,
+    logit_bias: Option<Tensor>,
+}
+
+impl Ctx<'_> {
+    fn loss(&self, img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        Ok(match (&self.setup.train.loss, &self.logit_bias) {
+            (LossKind::Siglip, Some(b)) => siglip_loss(img, txt, scale, b)?,
+            _ => clip_loss(img, txt, scale)?,
+        })
+    }
+
+    fn features(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+        let t = &self.setup.train;
+        let mut img = self.model.encode_image(pixels)?;
+        let mut txt = self.model.encode_text(ids)?;
+        if t.lock_image {
+            img = img.detach();
+        }
+        if t.lock_text {
+            txt = txt.detach();
+        }
+        Ok((img, txt))
+    }
+
+    /// Loss and gradients for one batch; with `accum_steps > 1`, features of the other
+    /// chunks come from a gradient-free first pass, so every chunk still sees the whole batch
+    /// as negatives (open_clip's feature cache).
+    fn loss_and_grads(&self, pixels: &Tensor, ids: &[Vec<u32>], vars: &[(String, Var)]) -> Result<(f32, HashMap<String, Tensor>)> {
+        let k = self.setup.train.accum_steps;
+        let scale = self.model.logit_scale();
+        let mut grads: HashMap<String, Tensor> = HashMap::new();
+        let mut collect = |g: candle_core::backprop::GradStore| -> Result<()> {
+            for (name, var) in vars {
+                if let Some(t) = g.get(var) {
+                    let t = match grads.remove(name) {
+                        Some(prev) => (prev + t)?,
+                        None => t.clone(),
+                    };
+                    grads.insert(name.clone(), t);
+                }
+            }
+            Ok(())
+        };
+        if k == 1 {
+            let (img, txt) = self.features(pixels, ids)?;
+            let loss = self.loss(&img, &txt, scale)?;
+            let value = loss.to_scalar::<f32>()?;
+            collect(loss.backward()?)?;
+            return Ok((value, grads));
+        }
+        let b = ids.len();
+        let m = b / k;
+        let mut cached_img = Vec::with_capacity(k);
+        let mut cached_txt = Vec::with_capacity(k);
+        for j in 0..k {
+            let (i, t) = self.features(&pixels.narrow(0, j * m, m)?, &ids[j * m..(j + 1) * m])?;
+            cached_img.push(i.detach());
+            cached_txt.push(t.detach());
+        }
+        let mut value = 0f32;
+        for j in 0..k {
+            let (i, t) = self.features(&pixels.narrow(0, j * m, m)?, &ids[j * m..(j + 1) * m])?;
+            let mut imgs = cached_img.clone();
+            let mut txts = cached_txt.clone();
+            imgs[j] = i;
+            txts[j] = t;
+            // The temperature (and bias) get their gradient once, from the first chunk.
+            let s = if j == 0 { scale.clone() } else { scale.detach() };
+            let loss = match (&self.setup.train.loss, &self.logit_bias) {
+                (LossKind::Siglip, Some(bias)) => {
+                    let bias = if j == 0 { bias.clone() } else { bias.detach() };
+                    siglip_loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &s, &bias)?
+                }
+                _ => self.loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &s)?,
+            };
+            if j == 0 {
+                value = loss.to_scalar::<f32>()?;
+            }
+            collect(loss.backward()?)?;
+        }
+        Ok((value, grads))
+    }
+
+    fn save(&self, dir: &Path, step: usize, opt: &AdamW) -> Result<()> {
+        let setup = self.setup;
+        let mut tensors = self.store.tensors();
+        let bias = tensors.remove(LOGIT_BIAS);
+        let mut opt_state = opt.state_tensors()?;
+        if let Some(b) = bias {
+            opt_state.insert(LOGIT_BIAS.into(), b);
+        }
+        let state = TrainState { step, train: setup.train.clone() };
+        clip_model::replace_dir_atomically(dir, |tmp| {
+            clip_model::write_hf_files(tmp, &setup.model, &setup.preprocess, &tensors, Some(&setup.tokenizer_file))?;
+            let p = tmp.join(OPTIMIZER_FILE);
+            let meta = HashMap::from([("adam_steps".to_string(), opt.steps_taken().to_string())]);
+            safetensors::serialize_to_file(&opt_state, Some(meta), &p).map_err(|source| clip_model::ModelError::Safetensors { path: p.clone(), source })?;
+            let p = tmp.join(STATE_FILE);
+            let json = serde_json::to_string_pretty(&state).expect("state serialises");
+            std::fs::write(&p, json).map_err(|source| clip_model::ModelError::Io { action: "cannot write", path: p.clone(), source })?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+fn prune(run: &Path, keep: usize) {
+    let all = checkpoints(run);
+    if all.len() > keep.max(1) {
+        for (_, dir) in &all[..all.len() - keep.max(1)] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io("cannot write", path))?;
+    writeln!(f, "{value}").map_err(io("cannot write", path))
+}
+
+/// Drops metric lines past `step` (a resumed run rewrites them).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let body = if kept.is_empty() { String::new() } else { kept.join("\n") + "\n" };
+    std::fs::write(path, body).map_err(io("cannot write", path))
+}
+
+/// Trains until `setup.train.steps`, checkpointing and validating along the way.
+pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn Observer) -> Result<Summary> {
+    let t = setup.train.clone();
+    t.validate()?;
+    std::fs::create_dir_all(&setup.out).map_err(io("cannot create", &setup.out))?;
+    let metrics_path = setup.out.join("metrics.jsonl");
+
+    // Resume: weights, optimiser moments and step from the newest complete checkpoint.
+    let resume_from = if setup.resume { checkpoints(&setup.out).pop() } else { None };
+    if setup.resume && resume_from.is_none() {
+        return Err(TrainError::State(format!("no checkpoint to resume in {}", setup.out.display())));
+    }
+    let mut saved_opt: Option<(HashMap<String, Tensor>, u64)> = None;
+    let (store, start) = match &resume_from {
+        Some((step, dir)) => {
+            let ckpt = clip_model::Checkpoint::load(dir, device)?;
+            let opt_path = dir.join(OPTIMIZER_FILE);
+            let opt = clip_model::read_safetensors(&opt_path, device)?;
+            let bytes = std::fs::read(&opt_path).map_err(io("cannot read", &opt_path))?;
+            let adam_steps = safetensors::SafeTensors::read_metadata(&bytes)
+                .ok()
+                .and_then(|(_, m)| m.metadata().as_ref().and_then(|m| m.get("adam_steps").cloned()))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(*step as u64);
+            let mut weights = ckpt.weights.into_inner();
+            if let Some(b) = opt.get(LOGIT_BIAS) {
+                weights.insert(LOGIT_BIAS.into(), b.clone());
+            }
+            saved_opt = Some((opt, adam_steps));
+            (VarStore::from_tensors(TensorMap::new(weights, device.clone())), *step)
+        }
+        None => match &setup.init {
+            Some(w) => (VarStore::from_tensors(w.clone()), 0),
+            None => (VarStore::new(device.clone(), t.seed), 0),
+        },
+    };
+    let model = ClipModel::new(&setup.model, setup.model.text_config.pooling(), Params::new(&store))?;
+    let logit_bias = match t.loss {
+        LossKind::Siglip => Some(Params::new(&store).get((), LOGIT_BIAS, Init::Const(-10.0))?),
+        LossKind::Clip => None,
+    };
+    let vars: Vec<(String, Var)> = store
+        .named_vars()
+        .into_iter()
+        .filter(|(n, _)| !(t.lock_image && is_image_param(n)) && !(t.lock_text && is_text_param(n)))
+        .collect();
+    let mut opt = AdamW::new(vars.clone(), t.optimizer.clone());
+    if let Some((state, steps)) = &saved_opt {
+        opt.load_state(state, *steps)?;
+        truncate_metrics(&metrics_path, start)?;
+    } else if metrics_path.exists() {
+        std::fs::remove_file(&metrics_path).map_err(io("cannot remove", &metrics_path))?;
+    }
+    let scale_var = store
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "logit_scale")
+        .map(|(_, v)| v)
+        .expect("the model defines logit_scale");
+    let ctx = Ctx { setup: &setup, store: &store, model: &model, logit_bias };
+
+    let aug = Augmenter::new(t.augment.clone(), setup.preprocess.clone());
+    let loader = Loader::spawn(data, aug, setup.tokenizer.clone(), t.batch_size, t.seed, start..t.steps, t.prefetch);
+    let s = setup.preprocess.image_size;
+    let run_start = Instant::now();
+    let (mut window_loss, mut window_n, mut window_wait, mut window_time) = (0f64, 0usize, 0f64, 0f64);
+    let (mut total_wait, mut total_time) = (0f64, 0f64);
+    let mut last_ckpt: Option<PathBuf> = resume_from.as_ref().map(|(_, d)| d.clone());
+    let mut last_val = None;
+    for step in start..t.steps {
+        let t0 = Instant::now();
+        let batch = loader.next().map_err(TrainError::Loader)?;
+        let wait = t0.elapsed().as_secs_f64();
+        debug_assert_eq!(batch.step, step);
+        let pixels = Tensor::from_vec(batch.pixels, (t.batch_size, 3, s, s), device)?;
+        let (loss, mut grads) = ctx.loss_and_grads(&pixels, &batch.ids, &vars)?;
+        if !loss.is_finite() {
+            let last = last_ckpt.as_ref().map(|p| format!(" at {}", p.display())).unwrap_or_default();
+            return Err(TrainError::NonFiniteLoss { step: step + 1, value: loss, last });
+        }
+        if let Some(c) = t.grad_clip_norm {
+            clip_grad_norm(&mut grads, c)?;
+        }
+        let lr = learning_rate(t.schedule, t.lr, t.warmup, t.steps, step);
+        opt.step(&grads, lr)?;
+        // CLIP clamps the temperature so exp(t) stays within [1, 100].
+        let clamped = scale_var.as_tensor().clamp(0f32, 100f32.ln())?;
+        scale_var.set(&clamped)?;
+
+        let dt = t0.elapsed().as_secs_f64();
+        window_loss += loss as f64;
+        window_n += 1;
+        window_wait += wait;
+        window_time += dt;
+        total_wait += wait;
+        total_time += dt;
+        let done = step + 1;
+        if done % t.log_every.max(1) == 0 || done == t.steps {
+            let stats = StepStats {
+                step: done,
+                total: t.steps,
+                loss: window_loss / window_n as f64,
+                lr,
+                logit_scale: scale_var.as_tensor().to_scalar::<f32>()?.exp() as f64,
+                samples_per_s: (window_n * t.batch_size) as f64 / window_time,
+                data_wait: window_wait / window_time,
+                elapsed_s: run_start.elapsed().as_secs_f64(),
+            };
+            append_jsonl(&metrics_path, &serde_json::to_value(&stats).expect("stats serialise"))?;
+            obs.on_step(&stats);
+            (window_loss, window_n, window_wait, window_time) = (0.0, 0, 0.0, 0.0);
+        }
+        if (t.val_every > 0 && done % t.val_every == 0) || done == t.steps {
+            let snap = snapshot_model(&store, &setup.model, device)?;
+            if let Some(m) = obs.validate(&snap, done)? {
+                append_jsonl(&metrics_path, &serde_json::json!({ "step": done, "val": m }))?;
+                last_val = Some(m);
+            }
+        }
+        if (t.save_every > 0 && done % t.save_every == 0) || done == t.steps {
+            let dir = setup.out.join(format!("checkpoint-{done}"));
+            ctx.save(&dir, done, &opt)?;
+            obs.on_checkpoint(&dir);
+            last_ckpt = Some(dir);
+            prune(&setup.out, t.keep_last);
+        }
+    }
+    drop(loader);
+    let final_dir = setup.out.join("final");
+    ctx.save(&final_dir, t.steps, &opt)?;
+    let _ = crate::plot::write_plot(&metrics_path, &setup.out.join("metrics.svg"));
+    let steps_run = t.steps - start;
+    Ok(Summary {
+        final_dir,
+        val: last_val,
+        steps_run,
+        samples_per_s: if total_time > 0.0 { (steps_run * t.batch_size) as f64 / total_time } else { 0.0 },
+        data_wait: if total_time > 0.0 { total_wait / total_time } else { 0.0 },
+    })
+}

@@ -1,0 +1,604 @@
+//! Black-box tests of `clip index` and `clip search` with the tiny fixture model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn model() -> PathBuf {
+    fixtures().join("hf_tiny")
+}
+
+fn clip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clip"))
+        .args(args)
+        .output()
+        .expect("run clip")
+}
+
+/// Runs clip, asserting success; returns stdout and stderr.
+fn ok(args: &[&str]) -> (String, String) {
+    let o = clip(args);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "clip {args:?} failed:\n{err}");
+    (out, err)
+}
+
+/// Runs clip, asserting a clean failure (exit 1, no panic); returns stderr.
+fn fails(args: &[&str]) -> String {
+    let o = clip(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "clip {args:?} should fail cleanly:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A copy of the fixture images in a fresh temp dir.
+fn image_folder() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("photos");
+    std::fs::create_dir(&imgs).unwrap();
+    for e in std::fs::read_dir(fixtures().join("images")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), imgs.join(e.file_name())).unwrap();
+    }
+    (dir, imgs)
+}
+
+fn search_json(args: &[&str]) -> Vec<Value> {
+    let (out, _) = ok(args);
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn hit_paths(result: &Value) -> Vec<String> {
+    result["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+struct Raw(Vec<usize>, Vec<u8>);
+impl safetensors::View for Raw {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        (&self.1).into()
+    }
+    fn data_len(&self) -> usize {
+        self.1.len()
+    }
+}
+
+fn write_vectors(path: &Path, key: &str, rows: &[Vec<f32>], ids: Option<&[String]>) {
+    let data: Vec<u8> = rows
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let meta =
+        ids.map(|ids| HashMap::from([("ids".to_string(), serde_json::to_string(ids).unwrap())]));
+    let shape = vec![rows.len(), rows.first().map_or(0, Vec::len)];
+    safetensors::serialize_to_file([(key, Raw(shape, data))], meta, path).unwrap();
+}
+
+fn random_rows(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut st = seed;
+    (0..n)
+        .map(|_| {
+            (0..dim)
+                .map(|_| {
+                    st = st
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn text_search_returns_ranked_image_paths() {
+    let (dir, imgs) = image_folder();
+    let idx = dir.path().join("idx");
+    let (_, err) = ok(&[
+        "index",
+        "build",
+        "--model",
+        s(&model()),
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&idx),
+    ]);
+    assert!(err.contains("indexed 12 images"), "{err}");
+
+    let res = search_json(&[
+        "search",
+        "--index",
+        s(&idx),
+        "a photo of a cat",
+        "-k",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(res.len(), 1);
+    assert_eq!(res[0]["query"], "a photo of a cat");
+    let hits = res[0]["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 5);
+    for (i, h) in hits.iter().enumerate() {
+        assert_eq!(h["rank"], i + 1);
+        assert!(Path::new(h["path"].as_str().unwrap()).starts_with(imgs.canonicalize().unwrap()));
+        if i > 0 {
+            assert!(hits[i - 1]["score"].as_f64() >= h["score"].as_f64());
+        }
+    }
+    // An image finds itself first.
+    let q = imgs.join("img03.png");
+    let res = search_json(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--image",
+        s(&q),
+        "--json",
+        "-k",
+        "3",
+    ]);
+    assert!(hit_paths(&res[0])[0].ends_with("img03.png"));
+
+    // The human-readable listing names the same files in the same order.
+    let (out, _) = ok(&["search", "--index", s(&idx), "a photo of a cat", "-k", "5"]);
+    let listed: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
+    let paths = hit_paths(
+        &search_json(&[
+            "search",
+            "--index",
+            s(&idx),
+            "a photo of a cat",
+            "-k",
+            "5",
+            "--json",
+        ])[0],
+    );
+    assert_eq!(listed, paths);
+}
+
+#[test]
+fn reindexing_embeds_only_new_files_and_drops_deleted_ones() {
+    let (dir, imgs) = image_folder();
+    let idx = dir.path().join("idx");
+    let build = || {
+        ok(&[
+            "index",
+            "build",
+            "--model",
+            s(&model()),
+            "--images",
+            s(&imgs),
+            "--out",
+            s(&idx),
+        ])
+        .1
+    };
+    build();
+    let before = search_json(&["search", "--index", s(&idx), "a dog", "-k", "12", "--json"]);
+
+    // Add a file in a subfolder (indexing is recursive), remove one, add an unreadable one.
+    std::fs::create_dir(imgs.join("more")).unwrap();
+    std::fs::copy(imgs.join("img00.png"), imgs.join("more/copy.png")).unwrap();
+    std::fs::remove_file(imgs.join("img07.png")).unwrap();
+    std::fs::write(imgs.join("broken.jpg"), b"not a jpeg").unwrap();
+    let err = build();
+    assert!(
+        err.contains("indexed 12 images") && err.contains("1 embedded, 11 unchanged, 1 removed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped 1 unreadable") && err.contains("broken.jpg"),
+        "{err}"
+    );
+
+    let after = search_json(&["search", "--index", s(&idx), "a dog", "-k", "12", "--json"]);
+    let paths = hit_paths(&after[0]);
+    assert!(paths.iter().any(|p| p.ends_with("more/copy.png")));
+    assert!(!paths.iter().any(|p| p.ends_with("img07.png")));
+    // Unchanged files kept their vectors: same scores as before.
+    let score = |res: &Value, name: &str| {
+        res["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["path"].as_str().unwrap().ends_with(name))
+            .unwrap()["score"]
+            .as_f64()
+    };
+    assert_eq!(
+        score(&before[0], "img03.png"),
+        score(&after[0], "img03.png")
+    );
+    // The copy embeds like its original.
+    let (a, b) = (
+        score(&after[0], "img00.png").unwrap(),
+        score(&after[0], "copy.png").unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5);
+
+    // Nothing changed: nothing rewritten.
+    let err = build();
+    assert!(err.contains("up to date"), "{err}");
+}
+
+#[test]
+fn caption_index_serves_image_to_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("captions");
+    let texts = fixtures().join("captions.txt");
+    ok(&[
+        "index",
+        "build",
+        "--model",
+        s(&model()),
+        "--texts",
+        s(&texts),
+        "--out",
+        s(&idx),
+        "--half",
+    ]);
+    let img = fixtures().join("images/img00.png");
+    let res = search_json(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--image",
+        s(&img),
+        "-k",
+        "3",
+        "--json",
+    ]);
+    let captions: Vec<String> = std::fs::read_to_string(&texts)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let hits = res[0]["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 3.min(captions.len()));
+    for h in hits {
+        let id = h["id"].as_u64().unwrap() as usize;
+        assert_eq!(h["caption"].as_str().unwrap(), captions[id]);
+    }
+    // A caption finds itself first (text→text over a caption index).
+    let res = search_json(&[
+        "search",
+        "--index",
+        s(&idx),
+        &captions[1],
+        "-k",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(res[0]["hits"][0]["id"], 1);
+}
+
+#[test]
+fn embeddings_index_search_equals_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, dim, nq, k) = (700, 16, 9, 7);
+    let base = random_rows(n, dim, 1);
+    let ids: Vec<String> = (0..n).map(|i| format!("item-{i}")).collect();
+    let base_file = dir.path().join("base.safetensors");
+    write_vectors(&base_file, "embeddings", &base, Some(&ids));
+    let queries = random_rows(nq, dim, 2);
+    let q_file = dir.path().join("q.safetensors");
+    write_vectors(&q_file, "embeddings", &queries, None);
+    let idx = dir.path().join("idx");
+    ok(&[
+        "index",
+        "build",
+        "--embeddings",
+        s(&base_file),
+        "--out",
+        s(&idx),
+    ]);
+
+    let res = search_json(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--query-embeddings",
+        s(&q_file),
+        "-k",
+        &k.to_string(),
+        "--json",
+    ]);
+    assert_eq!(res.len(), nq, "one object per query");
+    let unit = |v: &[f32]| {
+        let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        v.iter().map(|x| *x as f64 / n).collect::<Vec<f64>>()
+    };
+    for (q, r) in queries.iter().zip(&res) {
+        let q = unit(q);
+        let mut all: Vec<(usize, f64)> = base
+            .iter()
+            .map(|b| unit(b))
+            .enumerate()
+            .map(|(i, b)| (i, b.iter().zip(&q).map(|(x, y)| x * y).sum()))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let want: Vec<usize> = all[..k].iter().map(|x| x.0).collect();
+        let got: Vec<usize> = r["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got, want);
+        for h in r["hits"].as_array().unwrap() {
+            let id = h["id"].as_u64().unwrap() as usize;
+            assert_eq!(h["name"], ids[id]);
+            assert!(
+                (h["score"].as_f64().unwrap() - all.iter().find(|x| x.0 == id).unwrap().1).abs()
+                    < 1e-5
+            );
+        }
+    }
+    // --ann over this small index finds the same first hits.
+    let approx = search_json(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--query-embeddings",
+        s(&q_file),
+        "-k",
+        "1",
+        "--json",
+        "--ann",
+    ]);
+    assert_eq!(approx.len(), nq);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_file = dir.path().join("base.safetensors");
+    write_vectors(&base_file, "embeddings", &random_rows(50, 16, 3), None);
+    let idx = dir.path().join("idx");
+    ok(&[
+        "index",
+        "build",
+        "--embeddings",
+        s(&base_file),
+        "--out",
+        s(&idx),
+    ]);
+
+    // Missing tensor: names the file, the key and what is there.
+    let other = dir.path().join("other.safetensors");
+    write_vectors(&other, "image_embeds", &random_rows(3, 16, 4), None);
+    let err = fails(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--query-embeddings",
+        s(&other),
+    ]);
+    assert!(
+        err.contains("other.safetensors")
+            && err.contains("`embeddings`")
+            && err.contains("image_embeds"),
+        "{err}"
+    );
+    let err = fails(&[
+        "index",
+        "build",
+        "--embeddings",
+        s(&other),
+        "--out",
+        s(&dir.path().join("x")),
+    ]);
+    assert!(err.contains("`embeddings`"), "{err}");
+
+    // Dimension mismatch: names both dimensions.
+    let small = dir.path().join("small.safetensors");
+    write_vectors(&small, "embeddings", &random_rows(2, 8, 5), None);
+    let err = fails(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--query-embeddings",
+        s(&small),
+    ]);
+    assert!(
+        err.contains("dimension 8") && err.contains("dimension 16"),
+        "{err}"
+    );
+    // The fixture model makes 12-dimensional text vectors.
+    let err = fails(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--model",
+        s(&model()),
+        "a cat",
+    ]);
+    assert!(
+        err.contains("dimension 12") && err.contains("dimension 16"),
+        "{err}"
+    );
+    // No model recorded for a text query.
+    let err = fails(&["search", "--index", s(&idx), "a cat"]);
+    assert!(
+        err.contains("records no model") && err.contains("--model"),
+        "{err}"
+    );
+
+    // A zero query vector cannot be normalised.
+    let zero = dir.path().join("zero.safetensors");
+    write_vectors(&zero, "embeddings", &[vec![0.0; 16]], None);
+    let err = fails(&["search", "--index", s(&idx), "--query-embeddings", s(&zero)]);
+    assert!(
+        err.contains("zero.safetensors") && err.contains("row 0"),
+        "{err}"
+    );
+
+    // Not an index.
+    let err = fails(&[
+        "search",
+        "--index",
+        s(dir.path()),
+        "--query-embeddings",
+        s(&small),
+    ]);
+    assert!(err.contains("not an index"), "{err}");
+    // Refuses to build over unrelated files.
+    let err = fails(&[
+        "index",
+        "build",
+        "--embeddings",
+        s(&base_file),
+        "--out",
+        s(dir.path()),
+    ]);
+    assert!(err.contains("refusing"), "{err}");
+    assert!(base_file.exists());
+}
+
+#[test]
+fn damaged_index_is_reported_not_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_file = dir.path().join("base.safetensors");
+    write_vectors(&base_file, "embeddings", &random_rows(40, 8, 6), None);
+    let idx = dir.path().join("idx");
+    ok(&[
+        "index",
+        "build",
+        "--embeddings",
+        s(&base_file),
+        "--out",
+        s(&idx),
+    ]);
+    let q = dir.path().join("q.safetensors");
+    write_vectors(&q, "embeddings", &random_rows(1, 8, 7), None);
+    let vf = idx.join("vectors-1.safetensors");
+    let bytes = std::fs::read(&vf).unwrap();
+
+    std::fs::write(&vf, &bytes[..bytes.len() - 100]).unwrap();
+    let err = fails(&["search", "--index", s(&idx), "--query-embeddings", s(&q)]);
+    assert!(
+        err.contains("damaged")
+            && err.contains("vectors-1.safetensors")
+            && err.contains("truncated"),
+        "{err}"
+    );
+
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    std::fs::write(&vf, &flipped).unwrap();
+    let err = fails(&["search", "--index", s(&idx), "--query-embeddings", s(&q)]);
+    assert!(err.contains("damaged") && err.contains("CRC-32"), "{err}");
+    let err = fails(&["index", "info", s(&idx)]);
+    assert!(err.contains("damaged"), "{err}");
+
+    std::fs::write(idx.join("manifest.json"), b"{ not json").unwrap();
+    let err = fails(&["search", "--index", s(&idx), "--query-embeddings", s(&q)]);
+    assert!(err.contains("manifest.json"), "{err}");
+}
+
+#[test]
+fn interrupted_build_leaves_the_previous_index_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_file = dir.path().join("base.safetensors");
+    write_vectors(&base_file, "embeddings", &random_rows(30, 8, 8), None);
+    let idx = dir.path().join("idx");
+    ok(&[
+        "index",
+        "build",
+        "--embeddings",
+        s(&base_file),
+        "--out",
+        s(&idx),
+    ]);
+    let q = dir.path().join("q.safetensors");
+    write_vectors(&q, "embeddings", &random_rows(2, 8, 9), None);
+    let before = ok(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--query-embeddings",
+        s(&q),
+        "--json",
+    ])
+    .0;
+
+    // A rebuild that fails part-way: row 6000 of 9000 is zero and cannot be normalised, after
+    // more than one block of rows has been written to the temporary file.
+    let mut rows = random_rows(9000, 8, 10);
+    rows[6000] = vec![0.0; 8];
+    let bad = dir.path().join("bad.safetensors");
+    write_vectors(&bad, "embeddings", &rows, None);
+    let err = fails(&["index", "build", "--embeddings", s(&bad), "--out", s(&idx)]);
+    assert!(
+        err.contains("row 6000") && err.contains("bad.safetensors"),
+        "{err}"
+    );
+
+    // What a kill mid-write leaves behind: a temporary file.
+    std::fs::write(idx.join(".vectors-5.safetensors.4242.tmp"), vec![0u8; 1000]).unwrap();
+    let after = ok(&[
+        "search",
+        "--index",
+        s(&idx),
+        "--query-embeddings",
+        s(&q),
+        "--json",
+    ])
+    .0;
+    assert_eq!(before, after);
+
+    // The next successful build cleans up.
+    ok(&[
+        "index",
+        "build",
+        "--embeddings",
+        s(&base_file),
+        "--out",
+        s(&idx),
+    ]);
+    let mut names: Vec<String> = std::fs::read_dir(&idx)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["manifest.json", "vectors-2.safetensors"]);
+}
