@@ -9,6 +9,7 @@ use candle_core::Device;
 use clip_model::Checkpoint;
 
 fn main() {
+    clip_nn::runtime::reuse_freed_memory();
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     if args.len() < 3 {
         eprintln!("usage: embed_phases MODEL_DIR IMAGE_DIR [BATCH]");

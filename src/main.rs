@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    clip_nn::runtime::reuse_freed_memory();
     let args = cli::Cli::parse();
     if let Err(err) = cli::run(args) {
         eprintln!("error: {err}");

@@ -8,9 +8,11 @@
 mod activation_op;
 mod error;
 mod layers;
+mod linear_op;
 mod ops;
 mod params;
 mod rng;
+pub mod runtime;
 mod transformer;
 
 pub use error::{NnError, Result};

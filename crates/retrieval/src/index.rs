@@ -110,7 +110,7 @@ impl Index {
             vectors_crc32: 0,
             entries: spec.entries,
         };
-        if let Some(n) = entries_len(&manifest.entries) {
+        if let Some(n) = manifest.entries.len() {
             if n != manifest.count {
                 return Err(RetrievalError::Shape(format!(
                     "{n} entries for {} vectors",
@@ -318,14 +318,5 @@ impl Index {
             return Err(RetrievalError::NonFinite { what: "query", row });
         }
         Ok(())
-    }
-}
-
-fn entries_len(e: &Entries) -> Option<usize> {
-    match e {
-        Entries::Images { files, .. } => Some(files.len()),
-        Entries::Captions { captions } => Some(captions.len()),
-        Entries::Ids { ids } if ids.is_empty() => None,
-        Entries::Ids { ids } => Some(ids.len()),
     }
 }

@@ -106,7 +106,7 @@ pub enum Entries {
 
 impl Entries {
     /// Rows described, or `None` for ids that default to row numbers.
-    fn len(&self) -> Option<usize> {
+    pub(crate) fn len(&self) -> Option<usize> {
         match self {
             Entries::Images { files, .. } => Some(files.len()),
             Entries::Captions { captions } => Some(captions.len()),
