@@ -107,14 +107,14 @@ impl TrainConfig {
         if self.batch_size < 2 {
             return bad("batch-size", "a contrastive batch needs at least 2 pairs");
         }
-        if self.accum_steps == 0 || self.batch_size % self.accum_steps != 0 {
+        if self.accum_steps == 0 || !self.batch_size.is_multiple_of(self.accum_steps) {
             return bad("accum-steps", "must divide the batch size");
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", "must be a positive number");
         }
         if let Some(c) = self.grad_clip_norm {
-            if !(c > 0.0) {
+            if c.is_nan() || c <= 0.0 {
                 return bad("grad-clip-norm", "must be positive");
             }
         }
@@ -423,7 +423,10 @@ pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn
     let vars: Vec<(String, Var)> = store
         .named_vars()
         .into_iter()
-        .filter(|(n, _)| !(t.lock_image && is_image_param(n)) && !(t.lock_text && is_text_param(n)))
+        .filter(|(n, _)| {
+            let frozen = (t.lock_image && is_image_param(n)) || (t.lock_text && is_text_param(n));
+            !frozen
+        })
         .collect();
     let mut opt = AdamW::new(vars.clone(), t.optimizer.clone());
     if let Some((state, steps)) = &saved_opt {

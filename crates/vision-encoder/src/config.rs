@@ -58,14 +58,14 @@ impl VisionConfig {
         if self.hidden_size == 0 {
             return bad("hidden_size", 0, "must be positive");
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(
                 "num_attention_heads",
                 self.num_attention_heads,
                 "must divide hidden_size",
             );
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return bad("patch_size", self.patch_size, "must divide image_size");
         }
         if self.num_channels != 3 {

@@ -13,6 +13,7 @@ use crate::{Result, VisionError};
 /// OpenAI CLIP's per-channel mean.
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenAI CLIP's per-channel standard deviation.
+#[allow(clippy::excessive_precision)] // OpenAI's published values, kept verbatim
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// How images become model input.
