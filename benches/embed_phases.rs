@@ -21,7 +21,10 @@ fn main() {
     let pre = ckpt.preprocess.clone();
     let model = ckpt.into_model().unwrap();
     let load = t.elapsed().as_secs_f64();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&args[2]).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args[2])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let (mut prep, mut fwd) = (0.0, 0.0);
     for chunk in files.chunks(batch) {
@@ -37,5 +40,9 @@ fn main() {
     println!("| load | {load:.2} | |");
     println!("| preprocess | {prep:.2} | {:.1} |", n / prep);
     println!("| forward | {fwd:.2} | {:.1} |", n / fwd);
-    println!("| total | {:.2} | {:.1} |", load + prep + fwd, n / (load + prep + fwd));
+    println!(
+        "| total | {:.2} | {:.1} |",
+        load + prep + fwd,
+        n / (load + prep + fwd)
+    );
 }

@@ -19,11 +19,13 @@ fn main() {
     let vars = store.named_vars();
     let mut opt = clip_train::AdamW::new(vars.clone(), Default::default());
     let pixels = Tensor::randn(0f32, 1.0, (b, 3, 64, 64), &Device::Cpu).unwrap();
-    let ids: Vec<Vec<u32>> = (0..b as u32).map(|i| {
-        let mut r = vec![49406, 100 + i, 200 + i, 49407];
-        r.resize(32, 49407);
-        r
-    }).collect();
+    let ids: Vec<Vec<u32>> = (0..b as u32)
+        .map(|i| {
+            let mut r = vec![49406, 100 + i, 200 + i, 49407];
+            r.resize(32, 49407);
+            r
+        })
+        .collect();
     let (mut f, mut bw, mut o) = (0.0, 0.0, 0.0);
     for step in 0..steps + 1 {
         let t = Instant::now();
@@ -34,7 +36,10 @@ fn main() {
         let t1 = t.elapsed().as_secs_f64();
         let g = loss.backward().unwrap();
         let t2 = t.elapsed().as_secs_f64();
-        let grads: HashMap<String, Tensor> = vars.iter().filter_map(|(n, v)| g.get(v).map(|t| (n.clone(), t.clone()))).collect();
+        let grads: HashMap<String, Tensor> = vars
+            .iter()
+            .filter_map(|(n, v)| g.get(v).map(|t| (n.clone(), t.clone())))
+            .collect();
         opt.step(&grads, 1e-4).unwrap();
         let t3 = t.elapsed().as_secs_f64();
         if step > 0 {
@@ -45,6 +50,15 @@ fn main() {
     }
     let n = steps as f64;
     println!("| phase | ms/step |\n|---|---|");
-    println!("| forward | {:.0} |\n| backward | {:.0} |\n| optimizer | {:.0} |", 1e3 * f / n, 1e3 * bw / n, 1e3 * o / n);
-    println!("| total | {:.0} | → {:.1} samples/s", 1e3 * (f + bw + o) / n, b as f64 * n / (f + bw + o));
+    println!(
+        "| forward | {:.0} |\n| backward | {:.0} |\n| optimizer | {:.0} |",
+        1e3 * f / n,
+        1e3 * bw / n,
+        1e3 * o / n
+    );
+    println!(
+        "| total | {:.0} | → {:.1} samples/s",
+        1e3 * (f + bw + o) / n,
+        b as f64 * n / (f + bw + o)
+    );
 }

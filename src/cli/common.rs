@@ -11,7 +11,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub const BUNDLED_TOKENIZER: &[u8] = include_bytes!("../../models/tokenizer.json");
 
 /// Which device to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum DeviceArg {
     /// The CPU (default).
     #[default]
@@ -190,4 +200,46 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         return Err(e);
     }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// open_clip's CSV/TSV manifest options, shared by every command that reads `--data`.
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+pub struct CsvArgs {
+    /// CSV/TSV separator (default: tab for .tsv, comma for .csv).
+    #[arg(long)]
+    csv_separator: Option<char>,
+    /// CSV/TSV column with image paths (relative to the manifest).
+    #[arg(long, default_value = "filepath")]
+    csv_img_key: String,
+    /// CSV/TSV column with captions.
+    #[arg(long, default_value = "title")]
+    csv_caption_key: String,
+}
+
+impl CsvArgs {
+    /// Data sources for `paths` (folder, .csv/.tsv, .jsonl or .tar each).
+    pub fn sources(&self, paths: &[PathBuf]) -> Result<Vec<clip_data::Source>> {
+        let mut opts = clip_data::CsvOptions {
+            img_key: self.csv_img_key.clone(),
+            caption_key: self.csv_caption_key.clone(),
+            ..clip_data::CsvOptions::default()
+        };
+        if let Some(c) = self.csv_separator {
+            if !c.is_ascii() {
+                bail!("--csv-separator must be a single ASCII character, got {c:?}");
+            }
+            opts.separator = c as u8;
+        }
+        paths
+            .iter()
+            .map(|p| {
+                let mut s = clip_data::Source::from_path(p, &opts)?;
+                // An explicit separator wins over the one implied by the extension.
+                if let (clip_data::Source::Csv(_, o), Some(_)) = (&mut s, self.csv_separator) {
+                    o.separator = opts.separator;
+                }
+                Ok(s)
+            })
+            .collect()
+    }
 }

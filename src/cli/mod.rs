@@ -4,10 +4,11 @@ mod common;
 mod convert;
 mod download;
 mod embed;
-mod train;
-mod valset;
+mod eval;
 mod index;
 mod search;
+mod train;
+mod valset;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ pub struct Cli {
 enum Command {
     /// Train a dual encoder on image–caption data (default: the bundled emoji sample).
     Train(Box<train::TrainArgs>),
+    /// Retrieval metrics (both directions) and optional zero-shot classification.
+    Eval(eval::EvalArgs),
     /// Embed images and/or captions into OUT.safetensors.
     Embed(embed::EmbedArgs),
     /// Convert a model (HF or open_clip layout) to the Hugging Face layout.
@@ -39,6 +42,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) => train::run(*a),
+        Command::Eval(a) => eval::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Download(a) => download::run(a),

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
-use clip_data::{AugmentConfig, CsvOptions, Dataset, Source};
+use anyhow::{Context, Result};
+use clip_data::{AugmentConfig, Dataset};
 use clip_model::{Checkpoint, ClipConfig, ClipModel, Preprocess};
 use clip_train::{LossKind, Observer, RunSetup, ScheduleKind, StepStats, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,7 +18,10 @@ use super::valset::{top_images, Scored, ValSet};
 const PRESETS: [(&str, &str); 3] = [
     ("tiny", include_str!("../../models/tiny/config.json")),
     ("small", include_str!("../../models/small/config.json")),
-    ("vit-b-32", include_str!("../../models/vit-b-32/config.json")),
+    (
+        "vit-b-32",
+        include_str!("../../models/vit-b-32/config.json"),
+    ),
 ];
 
 /// The bundled sample: Noto emoji to train on, Twemoji (a style never seen) to validate on.
@@ -48,15 +51,9 @@ pub struct TrainArgs {
     /// Validation data (same forms). Default with the bundled data: the Twemoji style.
     #[arg(long)]
     val_data: Vec<PathBuf>,
-    /// CSV/TSV separator (default: tab for .tsv, comma for .csv).
-    #[arg(long)]
-    csv_separator: Option<char>,
-    /// CSV/TSV column with image paths.
-    #[arg(long, default_value = "filepath")]
-    csv_img_key: String,
-    /// CSV/TSV column with captions.
-    #[arg(long, default_value = "title")]
-    csv_caption_key: String,
+    #[command(flatten)]
+    #[serde(flatten)]
+    csv: common::CsvArgs,
     /// Architecture preset: tiny, small or vit-b-32.
     #[arg(long, default_value = "tiny")]
     preset: String,
@@ -72,15 +69,15 @@ pub struct TrainArgs {
     /// Objective.
     #[arg(long, value_enum, default_value_t = LossArg::Clip)]
     loss: LossArg,
-    /// Optimiser steps (default 400; 150 with the bundled sample, a few minutes on a laptop).
+    /// Optimiser steps (default 400; 100 with the bundled sample, a few minutes on a laptop).
     #[arg(long)]
     steps: Option<usize>,
-    /// Pairs per step.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// Pairs per step (default 128; 64 with the bundled sample).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate (default 1e-3; 5e-4 with the bundled sample's short run).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Linear warmup steps (default: a tenth of the steps).
     #[arg(long)]
     warmup: Option<usize>,
@@ -156,36 +153,6 @@ pub struct TrainArgs {
 
 const RUN_FILE: &str = "run.json";
 
-fn csv_options(a: &TrainArgs) -> Result<CsvOptions> {
-    let mut o = CsvOptions {
-        img_key: a.csv_img_key.clone(),
-        caption_key: a.csv_caption_key.clone(),
-        ..CsvOptions::default()
-    };
-    if let Some(c) = a.csv_separator {
-        if !c.is_ascii() {
-            bail!("--csv-separator must be a single ASCII character, got {c:?}");
-        }
-        o.separator = c as u8;
-    }
-    Ok(o)
-}
-
-fn sources(paths: &[PathBuf], a: &TrainArgs) -> Result<Vec<Source>> {
-    let opts = csv_options(a)?;
-    let explicit_sep = a.csv_separator.is_some();
-    paths
-        .iter()
-        .map(|p| {
-            let mut s = Source::from_path(p, &opts)?;
-            if let (Source::Csv(_, o), true) = (&mut s, explicit_sep) {
-                o.separator = opts.separator;
-            }
-            Ok(s)
-        })
-        .collect()
-}
-
 fn preset(name: &str) -> Result<ClipConfig> {
     let (_, json) = PRESETS
         .iter()
@@ -222,8 +189,14 @@ impl Observer for Display {
         );
     }
 
-    fn validate(&mut self, model: &ClipModel, _step: usize) -> clip_train::Result<Option<BTreeMap<String, f64>>> {
-        let Some(val) = &self.val else { return Ok(None) };
+    fn validate(
+        &mut self,
+        model: &ClipModel,
+        _step: usize,
+    ) -> clip_train::Result<Option<BTreeMap<String, f64>>> {
+        let Some(val) = &self.val else {
+            return Ok(None);
+        };
         let scored = val
             .score(model, 256)
             .map_err(|e| clip_train::TrainError::State(format!("validation failed: {e:#}")))?;
@@ -237,8 +210,10 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     let resume = a.resume.clone();
     if let Some(dir) = &resume {
         let path = dir.join(RUN_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot resume: {} is missing", path.display()))?;
-        a = serde_json::from_str(&text).with_context(|| format!("cannot resume: {} is damaged", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot resume: {} is missing", path.display()))?;
+        a = serde_json::from_str(&text)
+            .with_context(|| format!("cannot resume: {} is damaged", path.display()))?;
         a.out = dir.clone();
     }
     let (bundled_train, bundled_val) = bundled_data();
@@ -249,33 +224,48 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             a.val_data = vec![bundled_val];
         }
     }
-    let steps = a.steps.unwrap_or(if bundled { 150 } else { 400 });
+    // The bundled demo is a short run: smaller batches and a gentler peak rate keep the
+    // few-minute schedule from collapsing the embedding in its first steps.
+    let steps = a.steps.unwrap_or(if bundled { 100 } else { 400 });
+    let batch_size = a.batch_size.unwrap_or(if bundled { 64 } else { 128 });
+    let lr = a.lr.unwrap_or(if bundled { 5e-4 } else { 1e-3 });
     let device = a.device.device()?;
 
     // Model: a preset from scratch, or a checkpoint to fine-tune.
     let (model_cfg, preprocess, init, tok_path) = match &a.init {
         Some(spec) => {
             let dir = common::resolve_model_dir(spec)?;
-            let ckpt = Checkpoint::load(&dir, &device).with_context(|| format!("cannot load --init {}", dir.display()))?;
-            (ckpt.config.clone(), ckpt.preprocess.clone(), Some(ckpt.weights.clone()), ckpt.tokenizer.clone())
+            let ckpt = Checkpoint::load(&dir, &device)
+                .with_context(|| format!("cannot load --init {}", dir.display()))?;
+            (
+                ckpt.config.clone(),
+                ckpt.preprocess.clone(),
+                Some(ckpt.weights.clone()),
+                ckpt.tokenizer.clone(),
+            )
         }
         None => {
             let mut cfg = preset(&a.preset)?;
             if a.loss == LossArg::Siglip {
                 cfg.logit_scale_init_value = 10f64.ln();
             }
-            let pre = Preprocess { image_size: cfg.vision_config.image_size, ..Preprocess::default() };
+            let pre = Preprocess {
+                image_size: cfg.vision_config.image_size,
+                ..Preprocess::default()
+            };
             (cfg, pre, None, None)
         }
     };
     let context = model_cfg.text_config.max_position_embeddings;
     // The tokenizer copied into every checkpoint so each one is complete on its own.
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let tokenizer_file = match tok_path {
         Some(p) => p,
         None => {
             let p = a.out.join("tokenizer.json");
-            std::fs::write(&p, common::BUNDLED_TOKENIZER).with_context(|| format!("cannot write {}", p.display()))?;
+            std::fs::write(&p, common::BUNDLED_TOKENIZER)
+                .with_context(|| format!("cannot write {}", p.display()))?;
             p
         }
     };
@@ -283,14 +273,19 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
 
     let train = TrainConfig {
         steps,
-        batch_size: a.batch_size,
-        lr: a.lr,
+        batch_size,
+        lr,
         warmup: a.warmup.unwrap_or(steps / 10),
         schedule: match a.schedule {
             ScheduleArg::Cosine => ScheduleKind::Cosine,
             ScheduleArg::Constant => ScheduleKind::Constant,
         },
-        optimizer: clip_train::AdamWConfig { beta1: a.beta1, beta2: a.beta2, eps: a.eps, weight_decay: a.wd },
+        optimizer: clip_train::AdamWConfig {
+            beta1: a.beta1,
+            beta2: a.beta2,
+            eps: a.eps,
+            weight_decay: a.wd,
+        },
         grad_clip_norm: a.grad_clip_norm,
         accum_steps: a.accum_steps,
         seed: a.seed,
@@ -318,10 +313,14 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     train.validate()?;
 
     let load = |paths: &[PathBuf], what: &str| -> Result<Dataset> {
-        let ds = Dataset::load(&sources(paths, &a)?, preprocess.image_size)?;
+        let ds = Dataset::load(&a.csv.sources(paths)?, preprocess.image_size)?;
         eprintln!("{what}: {} image–caption pairs", ds.len());
         if ds.skipped.total() > 0 {
-            eprintln!("  skipped {}:\n  {}", ds.skipped.total(), ds.skipped.summary().replace('\n', "\n  "));
+            eprintln!(
+                "  skipped {}:\n  {}",
+                ds.skipped.total(),
+                ds.skipped.summary().replace('\n', "\n  ")
+            );
         }
         Ok(ds)
     };
@@ -329,16 +328,27 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     let val = if a.val_data.is_empty() {
         None
     } else {
-        Some(ValSet::new(&load(&a.val_data, "validation data")?, &preprocess, &tokenizer)?)
+        Some(ValSet::new(
+            &load(&a.val_data, "validation data")?,
+            &preprocess,
+            &tokenizer,
+        )?)
     };
     if resume.is_none() {
         let p = a.out.join(RUN_FILE);
-        std::fs::write(&p, serde_json::to_string_pretty(&a)?).with_context(|| format!("cannot write {}", p.display()))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&a)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
 
     let bar = ProgressBar::new(steps as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:25} {pos}/{len} {msg} ETA {eta}")?.progress_chars("=> "));
-    let mut display = Display { bar, val, last: None };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:25} {pos}/{len} {msg} ETA {eta}")?.progress_chars("=> "),
+    );
+    let mut display = Display {
+        bar,
+        val,
+        last: None,
+    };
     let setup = RunSetup {
         out: a.out.clone(),
         model: model_cfg,
@@ -359,9 +369,16 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         100.0 * summary.data_wait
     );
     println!("model: {}", summary.final_dir.display());
-    println!("metrics: {}  plot: {}", a.out.join("metrics.jsonl").display(), a.out.join("metrics.svg").display());
+    println!(
+        "metrics: {}  plot: {}",
+        a.out.join("metrics.jsonl").display(),
+        a.out.join("metrics.svg").display()
+    );
     if let Some(m) = &summary.val {
-        println!("\nvalidation ({} images):", display.val.as_ref().map_or(0, ValSet::len));
+        println!(
+            "\nvalidation ({} images):",
+            display.val.as_ref().map_or(0, ValSet::len)
+        );
         for (k, v) in m {
             println!("  {k:<28} {v:.4}");
         }
@@ -377,7 +394,14 @@ fn print_examples(val: &ValSet, scored: &Scored, n: usize) {
         return;
     }
     // Familiar queries when present, else the first captions.
-    let wanted = ["red apple", "dog face", "rocket", "pizza", "smiling face with sunglasses", "france flag"];
+    let wanted = [
+        "red apple",
+        "dog face",
+        "rocket",
+        "pizza",
+        "smiling face with sunglasses",
+        "france flag",
+    ];
     let mut picks: Vec<usize> = wanted
         .iter()
         .filter_map(|w| val.groups.captions.iter().position(|c| c == w))
@@ -388,8 +412,15 @@ fn print_examples(val: &ValSet, scored: &Scored, n: usize) {
     for &c in picks.iter().take(n) {
         println!("  \"{}\"", val.groups.captions[c]);
         for (rank, (i, score)) in top_images(scored, c, 3).into_iter().enumerate() {
-            let hit = if val.groups.image_caption[i] == c { "  ✓" } else { "" };
-            let name = Path::new(&val.names[i]).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let hit = if val.groups.image_caption[i] == c {
+                "  ✓"
+            } else {
+                ""
+            };
+            let name = Path::new(&val.names[i])
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             println!("    {}. {name} ({score:.3}){hit}", rank + 1);
         }
     }

@@ -27,7 +27,11 @@ pub struct Scored {
 impl ValSet {
     /// Each image is paired with its first caption; several images may share one.
     pub fn new(data: &Dataset, pre: &Preprocess, tok: &ClipTokenizer) -> Result<Self> {
-        let pixels: Vec<Vec<f32>> = data.items.par_iter().map(|it| vision_encoder::preprocess(&it.image, pre)).collect();
+        let pixels: Vec<Vec<f32>> = data
+            .items
+            .par_iter()
+            .map(|it| vision_encoder::preprocess(&it.image, pre))
+            .collect();
         let per_image: Vec<String> = data.items.iter().map(|it| it.captions[0].clone()).collect();
         let groups = group_captions(&per_image);
         let refs: Vec<&str> = groups.captions.iter().map(String::as_str).collect();
@@ -57,13 +61,22 @@ impl ValSet {
             txt.push(model.encode_text(chunk)?);
         }
         let flat = |parts: Vec<Tensor>| -> Result<Vec<f32>> {
-            Ok(Tensor::cat(&parts, 0)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?)
+            Ok(Tensor::cat(&parts, 0)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1()?)
         };
         let dim = model.config().projection_dim;
         let image_embeds = flat(img)?;
         let text_embeds = flat(txt)?;
-        let metrics = retrieval_metrics(&image_embeds, &text_embeds, dim, &self.groups.image_caption)?;
-        Ok(Scored { metrics, image_embeds, text_embeds, dim })
+        let metrics =
+            retrieval_metrics(&image_embeds, &text_embeds, dim, &self.groups.image_caption)?;
+        Ok(Scored {
+            metrics,
+            image_embeds,
+            text_embeds,
+            dim,
+        })
     }
 }
 

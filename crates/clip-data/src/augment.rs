@@ -52,16 +52,26 @@ impl AugmentConfig {
         if !(0.0 < rlo && rlo <= rhi) {
             return Err(format!("ratio = [{rlo}, {rhi}]: need 0 < min ≤ max"));
         }
-        for (name, p) in [("hflip", self.hflip), ("grayscale", self.grayscale), ("blur", self.blur)] {
+        for (name, p) in [
+            ("hflip", self.hflip),
+            ("grayscale", self.grayscale),
+            ("blur", self.blur),
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("{name} = {p}: a probability must lie in [0, 1]"));
             }
         }
         if !(0.0..1.0).contains(&self.color_jitter) {
-            return Err(format!("color_jitter = {}: must lie in [0, 1)", self.color_jitter));
+            return Err(format!(
+                "color_jitter = {}: must lie in [0, 1)",
+                self.color_jitter
+            ));
         }
         if !(0.0..=180.0).contains(&self.rotation) {
-            return Err(format!("rotation = {}: must lie in [0, 180] degrees", self.rotation));
+            return Err(format!(
+                "rotation = {}: must lie in [0, 180] degrees",
+                self.rotation
+            ));
         }
         Ok(())
     }
@@ -130,7 +140,13 @@ impl Augmenter {
         }
         if self.cfg.color_jitter > 0.0 {
             let j = self.cfg.color_jitter;
-            jitter(&mut rgb, s * s, uniform(rng, 1.0 - j, 1.0 + j), uniform(rng, 1.0 - j, 1.0 + j), uniform(rng, 1.0 - j, 1.0 + j));
+            jitter(
+                &mut rgb,
+                s * s,
+                uniform(rng, 1.0 - j, 1.0 + j),
+                uniform(rng, 1.0 - j, 1.0 + j),
+                uniform(rng, 1.0 - j, 1.0 + j),
+            );
         }
         if rng.next_f64() < self.cfg.grayscale as f64 {
             saturate(&mut rgb, s * s, 0.0);
@@ -175,7 +191,12 @@ fn bilinear(img: &RgbImage, x: f32, y: f32) -> [f32; 3] {
         [p[0] as f32, p[1] as f32, p[2] as f32]
     };
     let (xi, yi) = (x0 as i64, y0 as i64);
-    let (a, b, c, d) = (get(xi, yi), get(xi + 1, yi), get(xi, yi + 1), get(xi + 1, yi + 1));
+    let (a, b, c, d) = (
+        get(xi, yi),
+        get(xi + 1, yi),
+        get(xi, yi + 1),
+        get(xi + 1, yi + 1),
+    );
     let mut out = [0f32; 3];
     for k in 0..3 {
         let top = a[k] + (b[k] - a[k]) * fx;
@@ -196,24 +217,32 @@ fn saturate(rgb: &mut [f32], n: usize, factor: f32) {
 
 fn jitter(rgb: &mut [f32], n: usize, brightness: f32, contrast: f32, saturation: f32) {
     rgb.iter_mut().for_each(|x| *x *= brightness);
-    let mean = (0..n).map(|i| 0.299 * rgb[i] + 0.587 * rgb[n + i] + 0.114 * rgb[2 * n + i]).sum::<f32>() / n as f32;
-    rgb.iter_mut().for_each(|x| *x = mean + (*x - mean) * contrast);
+    let mean = (0..n)
+        .map(|i| 0.299 * rgb[i] + 0.587 * rgb[n + i] + 0.114 * rgb[2 * n + i])
+        .sum::<f32>()
+        / n as f32;
+    rgb.iter_mut()
+        .for_each(|x| *x = mean + (*x - mean) * contrast);
     saturate(rgb, n, saturation);
 }
 
 /// Separable [1, 2, 1]/4 blur with clamped borders.
 fn blur3(ch: &mut [f32], s: usize) {
     let src = ch.to_vec();
-    let at = |x: isize, y: isize, buf: &[f32]| buf[y.clamp(0, s as isize - 1) as usize * s + x.clamp(0, s as isize - 1) as usize];
+    let at = |x: isize, y: isize, buf: &[f32]| {
+        buf[y.clamp(0, s as isize - 1) as usize * s + x.clamp(0, s as isize - 1) as usize]
+    };
     let mut tmp = vec![0f32; s * s];
     for y in 0..s as isize {
         for x in 0..s as isize {
-            tmp[y as usize * s + x as usize] = (at(x - 1, y, &src) + 2.0 * at(x, y, &src) + at(x + 1, y, &src)) / 4.0;
+            tmp[y as usize * s + x as usize] =
+                (at(x - 1, y, &src) + 2.0 * at(x, y, &src) + at(x + 1, y, &src)) / 4.0;
         }
     }
     for y in 0..s as isize {
         for x in 0..s as isize {
-            ch[y as usize * s + x as usize] = (at(x, y - 1, &tmp) + 2.0 * at(x, y, &tmp) + at(x, y + 1, &tmp)) / 4.0;
+            ch[y as usize * s + x as usize] =
+                (at(x, y - 1, &tmp) + 2.0 * at(x, y, &tmp) + at(x, y + 1, &tmp)) / 4.0;
         }
     }
 }
@@ -223,13 +252,21 @@ mod tests {
     use super::*;
 
     fn pre(size: usize) -> Preprocess {
-        Preprocess { image_size: size, mean: [0.0; 3], std: [1.0; 3] }
+        Preprocess {
+            image_size: size,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
     }
 
     #[test]
     fn full_crop_without_extras_reproduces_the_image() {
         let img = RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 7]));
-        let cfg = AugmentConfig { scale: [1.0, 1.0], ratio: [1.0, 1.0], ..Default::default() };
+        let cfg = AugmentConfig {
+            scale: [1.0, 1.0],
+            ratio: [1.0, 1.0],
+            ..Default::default()
+        };
         let out = Augmenter::new(cfg, pre(8)).train(&img, &mut SplitMix64::new(1));
         for y in 0..8 {
             for x in 0..8 {
@@ -242,12 +279,32 @@ mod tests {
     #[test]
     fn flip_mirrors_and_grayscale_equalises_channels() {
         let img = RgbImage::from_fn(8, 8, |x, _| image::Rgb([(x * 30) as u8, 0, 200]));
-        let base = AugmentConfig { scale: [1.0, 1.0], ratio: [1.0, 1.0], ..Default::default() };
-        let flipped = Augmenter::new(AugmentConfig { hflip: 1.0, ..base.clone() }, pre(8)).train(&img, &mut SplitMix64::new(1));
+        let base = AugmentConfig {
+            scale: [1.0, 1.0],
+            ratio: [1.0, 1.0],
+            ..Default::default()
+        };
+        let flipped = Augmenter::new(
+            AugmentConfig {
+                hflip: 1.0,
+                ..base.clone()
+            },
+            pre(8),
+        )
+        .train(&img, &mut SplitMix64::new(1));
         assert!((flipped[0] - 210.0 / 255.0).abs() < 1e-5 && flipped[7].abs() < 1e-5);
-        let grey = Augmenter::new(AugmentConfig { grayscale: 1.0, ..base }, pre(8)).train(&img, &mut SplitMix64::new(1));
+        let grey = Augmenter::new(
+            AugmentConfig {
+                grayscale: 1.0,
+                ..base
+            },
+            pre(8),
+        )
+        .train(&img, &mut SplitMix64::new(1));
         for i in 0..64 {
-            assert!((grey[i] - grey[64 + i]).abs() < 1e-6 && (grey[i] - grey[128 + i]).abs() < 1e-6);
+            assert!(
+                (grey[i] - grey[64 + i]).abs() < 1e-6 && (grey[i] - grey[128 + i]).abs() < 1e-6
+            );
         }
     }
 
@@ -264,6 +321,12 @@ mod tests {
         let a = aug.train(&img, &mut SplitMix64::new(9));
         let b = aug.train(&img, &mut SplitMix64::new(9));
         assert_eq!(a, b);
-        assert!(AugmentConfig { scale: [0.0, 1.0], ..Default::default() }.validate().unwrap_err().contains("scale"));
+        assert!(AugmentConfig {
+            scale: [0.0, 1.0],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .contains("scale"));
     }
 }

@@ -40,15 +40,31 @@ impl SkipReport {
         let mut lines = Vec::new();
         let few = |v: &[String]| v.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
         if !self.no_caption.is_empty() {
-            lines.push(format!("{} images without a caption (e.g. {})", self.no_caption.len(), few(&self.no_caption)));
+            lines.push(format!(
+                "{} images without a caption (e.g. {})",
+                self.no_caption.len(),
+                few(&self.no_caption)
+            ));
         }
         if !self.no_image.is_empty() {
-            lines.push(format!("{} captions without an image (e.g. {})", self.no_image.len(), few(&self.no_image)));
+            lines.push(format!(
+                "{} captions without an image (e.g. {})",
+                self.no_image.len(),
+                few(&self.no_image)
+            ));
         }
         if !self.unreadable.is_empty() {
-            let names: Vec<String> =
-                self.unreadable.iter().take(3).map(|(n, why)| format!("{n}: {why}")).collect();
-            lines.push(format!("{} unreadable images (e.g. {})", self.unreadable.len(), names.join("; ")));
+            let names: Vec<String> = self
+                .unreadable
+                .iter()
+                .take(3)
+                .map(|(n, why)| format!("{n}: {why}"))
+                .collect();
+            lines.push(format!(
+                "{} unreadable images (e.g. {})",
+                self.unreadable.len(),
+                names.join("; ")
+            ));
         }
         lines.join("\n")
     }
@@ -84,9 +100,15 @@ fn decode(raw: &RawSample, max_short_side: u32) -> std::result::Result<RgbImage,
         return Ok(img);
     }
     let (nw, nh) = if w <= h {
-        (max_short_side, (h as u64 * max_short_side as u64 / w as u64) as u32)
+        (
+            max_short_side,
+            (h as u64 * max_short_side as u64 / w as u64) as u32,
+        )
     } else {
-        ((w as u64 * max_short_side as u64 / h as u64) as u32, max_short_side)
+        (
+            (w as u64 * max_short_side as u64 / h as u64) as u32,
+            max_short_side,
+        )
     };
     Ok(vision_encoder::resize_bicubic(&img, nw, nh))
 }
@@ -124,7 +146,10 @@ impl Dataset {
             }
         }
         if ds.items.is_empty() {
-            let names: Vec<String> = sources.iter().map(|s| s.path().display().to_string()).collect();
+            let names: Vec<String> = sources
+                .iter()
+                .map(|s| s.path().display().to_string())
+                .collect();
             let detail = if ds.skipped.total() > 0 {
                 format!(" (skipped: {})", ds.skipped.summary().replace('\n', "; "))
             } else {
@@ -156,7 +181,9 @@ mod tests {
     use std::io::Write;
 
     fn png(path: &std::path::Path, shade: u8) {
-        RgbImage::from_pixel(8, 6, image::Rgb([shade, 0, 0])).save(path).unwrap();
+        RgbImage::from_pixel(8, 6, image::Rgb([shade, 0, 0]))
+            .save(path)
+            .unwrap();
     }
 
     #[test]
@@ -188,26 +215,48 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         png(&d.path().join("x.png"), 1);
         png(&d.path().join("y.png"), 2);
-        std::fs::write(d.path().join("m.tsv"), "filepath\ttitle\nx.png\ta cat\ny.png\ta dog\n").unwrap();
-        std::fs::write(d.path().join("m.csv"), "img,text\nx.png,\"a cat, sitting\"\n").unwrap();
+        std::fs::write(
+            d.path().join("m.tsv"),
+            "filepath\ttitle\nx.png\ta cat\ny.png\ta dog\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("m.csv"),
+            "img,text\nx.png,\"a cat, sitting\"\n",
+        )
+        .unwrap();
         std::fs::write(
             d.path().join("m.jsonl"),
             "{\"image\": \"x.png\", \"caption\": \"c1\"}\n{\"image\": \"y.png\", \"captions\": [\"c2\", \"c3\"]}\n",
         )
         .unwrap();
         let mut builder = tar::Builder::new(std::fs::File::create(d.path().join("s.tar")).unwrap());
-        builder.append_path_with_name(d.path().join("x.png"), "k1.png").unwrap();
+        builder
+            .append_path_with_name(d.path().join("x.png"), "k1.png")
+            .unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_size(5);
         h.set_cksum();
-        builder.append_data(&mut h, "k1.txt", &b"shard"[..]).unwrap();
+        builder
+            .append_data(&mut h, "k1.txt", &b"shard"[..])
+            .unwrap();
         builder.into_inner().unwrap().flush().unwrap();
         let opts = CsvOptions::default();
         let src = |n: &str| Source::from_path(&d.path().join(n), &opts).unwrap();
         let tsv = Dataset::load(&[src("m.tsv")], 4).unwrap();
         assert_eq!(tsv.items[1].captions, ["a dog"]);
-        let csv = Source::Csv(d.path().join("m.csv"), CsvOptions { separator: b',', img_key: "img".into(), caption_key: "text".into() });
-        assert_eq!(Dataset::load(&[csv], 4).unwrap().items[0].captions, ["a cat, sitting"]);
+        let csv = Source::Csv(
+            d.path().join("m.csv"),
+            CsvOptions {
+                separator: b',',
+                img_key: "img".into(),
+                caption_key: "text".into(),
+            },
+        );
+        assert_eq!(
+            Dataset::load(&[csv], 4).unwrap().items[0].captions,
+            ["a cat, sitting"]
+        );
         let js = Dataset::load(&[src("m.jsonl")], 4).unwrap();
         assert_eq!(js.items[1].captions, ["c2", "c3"]);
         let tar = Dataset::load(&[src("s.tar")], 4).unwrap();
@@ -220,18 +269,33 @@ mod tests {
     fn bad_manifests_and_empty_data_are_named() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("m.tsv"), "path\tcaption\nx.png\thi\n").unwrap();
-        let err = Dataset::load(&[Source::from_path(&d.path().join("m.tsv"), &CsvOptions::default()).unwrap()], 4)
+        let err = Dataset::load(
+            &[Source::from_path(&d.path().join("m.tsv"), &CsvOptions::default()).unwrap()],
+            4,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("m.tsv") && err.contains("`filepath`") && err.contains("path, caption"),
+            "{err}"
+        );
+        std::fs::write(d.path().join("m.jsonl"), "{\"image\": \"x.png\"}\n").unwrap();
+        let err = Dataset::load(&[Source::Jsonl(d.path().join("m.jsonl"))], 4)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("m.tsv") && err.contains("`filepath`") && err.contains("path, caption"), "{err}");
-        std::fs::write(d.path().join("m.jsonl"), "{\"image\": \"x.png\"}\n").unwrap();
-        let err = Dataset::load(&[Source::Jsonl(d.path().join("m.jsonl"))], 4).unwrap_err().to_string();
         assert!(err.contains("m.jsonl:1"), "{err}");
         let empty = tempfile::tempdir().unwrap();
         std::fs::write(empty.path().join("a.txt"), "caption only").unwrap();
-        let err = Dataset::load(&[Source::Folder(empty.path().to_path_buf())], 4).unwrap_err().to_string();
-        assert!(err.contains("no usable") && err.contains("captions without an image"), "{err}");
-        let err = Source::from_path(&d.path().join("missing"), &CsvOptions::default()).unwrap_err().to_string();
+        let err = Dataset::load(&[Source::Folder(empty.path().to_path_buf())], 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no usable") && err.contains("captions without an image"),
+            "{err}"
+        );
+        let err = Source::from_path(&d.path().join("missing"), &CsvOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing"), "{err}");
     }
 }

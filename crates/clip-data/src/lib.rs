@@ -2,12 +2,10 @@
 //! manifests, JSONL, webdataset tar shards), how images are decoded and augmented, and the
 //! background loader that keeps batches ready ahead of the model.
 
-
 mod augment;
 mod dataset;
 mod error;
 mod source;
-
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use dataset::{Dataset, Item, SkipReport};

@@ -96,7 +96,10 @@ fn read_caption(path: &Path) -> Result<String> {
 impl Source {
     /// Picks the source kind from the path: a folder, `.csv`/`.tsv`, `.jsonl` or `.tar`.
     pub fn from_path(path: &Path, csv: &CsvOptions) -> Result<Self> {
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
         if path.is_dir() {
             return Ok(Source::Folder(path.to_path_buf()));
         }
@@ -107,11 +110,19 @@ impl Source {
             });
         }
         match ext.as_deref() {
-            Some("csv") => Ok(Source::Csv(path.to_path_buf(), CsvOptions { separator: b',', ..csv.clone() })),
+            Some("csv") => Ok(Source::Csv(
+                path.to_path_buf(),
+                CsvOptions {
+                    separator: b',',
+                    ..csv.clone()
+                },
+            )),
             Some("tsv") => Ok(Source::Csv(path.to_path_buf(), csv.clone())),
             Some("jsonl") => Ok(Source::Jsonl(path.to_path_buf())),
             Some("tar") => Ok(Source::Tar(path.to_path_buf())),
-            _ => Err(DataError::UnknownSource { path: path.to_path_buf() }),
+            _ => Err(DataError::UnknownSource {
+                path: path.to_path_buf(),
+            }),
         }
     }
 
@@ -164,7 +175,10 @@ fn scan_folder(dir: &Path, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
             skips.no_caption.push(f.display().to_string());
         }
     }
-    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "txt")) {
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "txt"))
+    {
         if !paired_txt.contains(f) {
             skips.no_image.push(f.display().to_string());
         }
@@ -186,11 +200,14 @@ fn scan_csv(path: &Path, opts: &CsvOptions) -> Result<Vec<RawSample>> {
     };
     let headers = rdr.headers().map_err(|e| bad(1, e.to_string()))?.clone();
     let col = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| DataError::MissingColumn {
-            path: path.to_path_buf(),
-            column: name.to_string(),
-            found: headers.iter().collect::<Vec<_>>().join(", "),
-        })
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| DataError::MissingColumn {
+                path: path.to_path_buf(),
+                column: name.to_string(),
+                found: headers.iter().collect::<Vec<_>>().join(", "),
+            })
     };
     let (ic, cc) = (col(&opts.img_key)?, col(&opts.caption_key)?);
     let mut out = Vec::new();
@@ -252,13 +269,22 @@ fn scan_tar(path: &Path, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
     let mut texts: HashMap<String, String> = HashMap::new();
     for entry in archive.entries().map_err(io(path))? {
         let mut entry = entry.map_err(io(path))?;
-        let name = entry.path().map_err(io(path))?.to_string_lossy().into_owned();
-        let Some((key, ext)) = name.rsplit_once('.') else { continue };
+        let name = entry
+            .path()
+            .map_err(io(path))?
+            .to_string_lossy()
+            .into_owned();
+        let Some((key, ext)) = name.rsplit_once('.') else {
+            continue;
+        };
         let mut bytes = Vec::new();
         entry.read_to_end(&mut bytes).map_err(io(path))?;
         let ext = ext.to_ascii_lowercase();
         if ext == "txt" {
-            texts.insert(key.to_string(), String::from_utf8_lossy(&bytes).trim().to_string());
+            texts.insert(
+                key.to_string(),
+                String::from_utf8_lossy(&bytes).trim().to_string(),
+            );
         } else if IMAGE_EXTS.contains(&ext.as_str()) {
             images.push((key.to_string(), bytes));
         }
@@ -279,8 +305,16 @@ fn scan_tar(path: &Path, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
             None => skips.no_caption.push(label),
         }
     }
-    let mut orphans: Vec<_> = texts.keys().filter(|k| !used.contains(*k)).cloned().collect();
+    let mut orphans: Vec<_> = texts
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .cloned()
+        .collect();
     orphans.sort();
-    skips.no_image.extend(orphans.into_iter().map(|k| format!("{}:{k}.txt", path.display())));
+    skips.no_image.extend(
+        orphans
+            .into_iter()
+            .map(|k| format!("{}:{k}.txt", path.display())),
+    );
     Ok(out)
 }

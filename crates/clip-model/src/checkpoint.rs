@@ -217,7 +217,9 @@ pub fn save_hf(
     tensors: &HashMap<String, Tensor>,
     tokenizer: Option<&Path>,
 ) -> Result<()> {
-    replace_dir_atomically(dir, |tmp| write_hf_files(tmp, config, preprocess, tensors, tokenizer))
+    replace_dir_atomically(dir, |tmp| {
+        write_hf_files(tmp, config, preprocess, tensors, tokenizer)
+    })
 }
 
 /// Writes the Hugging Face layout files into an existing directory `tmp` (see [`save_hf`]);

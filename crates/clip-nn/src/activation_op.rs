@@ -40,7 +40,8 @@ impl Activation {
             }
             Activation::GeluTanh => {
                 let t = (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh();
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
+                0.5 * (1.0 + t)
+                    + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
             }
         }
     }
@@ -75,7 +76,9 @@ impl CustomOp1 for ActForward {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = arg.contiguous()?.apply_op2(&grad_res.contiguous()?, ActBackward(self.0))?;
+        let grad = arg
+            .contiguous()?
+            .apply_op2(&grad_res.contiguous()?, ActBackward(self.0))?;
         Ok(Some(grad))
     }
 }
@@ -88,7 +91,13 @@ impl CustomOp2 for ActBackward {
         "fused-activation-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1)?;
         let g = f32_slice(s2, l2)?;
         let mut out = vec![0f32; x.len()];
@@ -126,10 +135,16 @@ mod tests {
     fn matches_candle_reference_ops_and_finite_differences() {
         let xs: Vec<f32> = (0..200).map(|i| (i as f32 - 100.0) * 0.05).collect();
         let x = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap();
-        for act in [Activation::QuickGelu, Activation::Gelu, Activation::GeluTanh] {
+        for act in [
+            Activation::QuickGelu,
+            Activation::Gelu,
+            Activation::GeluTanh,
+        ] {
             let fused: Vec<f32> = apply(act, &x).unwrap().to_vec1().unwrap();
             let reference: Vec<f32> = match act {
-                Activation::QuickGelu => x.div(&((&x * -1.702).unwrap().exp().unwrap() + 1.0).unwrap()).unwrap(),
+                Activation::QuickGelu => x
+                    .div(&((&x * -1.702).unwrap().exp().unwrap() + 1.0).unwrap())
+                    .unwrap(),
                 Activation::Gelu => x.gelu_erf().unwrap(),
                 Activation::GeluTanh => x.gelu().unwrap(),
             }
@@ -140,13 +155,21 @@ mod tests {
             }
             // Gradient of sum(act(x)) is act'(x); compare with central differences.
             let v = Var::from_tensor(&x).unwrap();
-            let g = apply(act, v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = apply(act, v.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let g: Vec<f32> = g.get(&v).unwrap().to_vec1().unwrap();
             for (&xi, &gi) in xs.iter().zip(&g) {
                 let h = 1e-3f64;
                 let f = |t: f64| act.value(t as f32) as f64;
                 let fd = (f(xi as f64 + h) - f(xi as f64 - h)) / (2.0 * h);
-                assert!((gi as f64 - fd).abs() < 2e-3, "{act:?} at {xi}: {gi} vs {fd}");
+                assert!(
+                    (gi as f64 - fd).abs() < 2e-3,
+                    "{act:?} at {xi}: {gi} vs {fd}"
+                );
             }
         }
     }

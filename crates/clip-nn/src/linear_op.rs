@@ -31,12 +31,25 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: us
     // SAFETY: all pointers cover m·k, n·k and m·n elements with the given strides.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            out.as_mut_ptr(), 1, n as isize, bias.is_some(),
-            x.as_ptr(), 1, k as isize,
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            bias.is_some(),
+            x.as_ptr(),
+            1,
+            k as isize,
             // wᵀ[k, n]: element (kk, j) is w[j·k + kk]: column stride k, row stride 1.
-            w.as_ptr(), k as isize, 1,
-            1.0, 1.0, false, false, false,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
             parallelism(),
         );
     }
@@ -59,13 +72,35 @@ impl CustomOp3 for LinearBias {
         "linear-bias"
     }
 
-    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout, sb: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (m, k, n) = dims(lx, lw)?;
-        let out = forward(contiguous(sx, lx, "input")?, contiguous(sw, lw, "weight")?, Some(contiguous(sb, lb, "bias")?), m, k, n);
+        let out = forward(
+            contiguous(sx, lx, "input")?,
+            contiguous(sw, lw, "weight")?,
+            Some(contiguous(sb, lb, "bias")?),
+            m,
+            k,
+            n,
+        );
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dx = dy.matmul(w)?;
         let dw = dy.t()?.matmul(x)?;
@@ -82,13 +117,32 @@ impl CustomOp2 for LinearNoBias {
         "linear"
     }
 
-    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (m, k, n) = dims(lx, lw)?;
-        let out = forward(contiguous(sx, lx, "input")?, contiguous(sw, lw, "weight")?, None, m, k, n);
+        let out = forward(
+            contiguous(sx, lx, "input")?,
+            contiguous(sw, lw, "weight")?,
+            None,
+            m,
+            k,
+            n,
+        );
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         Ok((Some(dy.matmul(w)?), Some(dy.t()?.matmul(x)?)))
     }
@@ -96,7 +150,9 @@ impl CustomOp2 for LinearNoBias {
 
 /// `x [m, k]`, `w [n, k]`, `b [n]` → `[m, n]`; the fused op on CPU f32, candle ops elsewhere.
 pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
+    let cpu_f32 = x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && w.dtype() == candle_core::DType::F32;
     if cpu_f32 && w.is_contiguous() {
         let x = x.contiguous()?;
         return match b {
@@ -124,13 +180,42 @@ mod tests {
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 3, &d).unwrap()).unwrap();
         let target = Tensor::randn(0f32, 1.0, (7, 3), &d).unwrap();
         let fused = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap();
-        let plain = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap().broadcast_add(b.as_tensor()).unwrap();
-        let diff: f32 = (&fused - &plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let plain = x
+            .as_tensor()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let diff: f32 = (&fused - &plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(diff < 1e-5);
-        let g1 = (fused * &target).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (plain * &target).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (fused * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (plain * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for v in [&x, &w, &b] {
-            let d: f32 = (g1.get(v).unwrap() - g2.get(v).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let d: f32 = (g1.get(v).unwrap() - g2.get(v).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             assert!(d < 1e-4, "gradient differs by {d}");
         }
         let nb = linear(x.as_tensor(), w.as_tensor(), None).unwrap();

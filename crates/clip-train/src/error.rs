@@ -56,7 +56,14 @@ pub enum TrainError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, TrainError>;
 
-pub(crate) fn io(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError {
+pub(crate) fn io(
+    action: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.to_path_buf();
-    move |source| TrainError::Io { action, path, source }
+    move |source| TrainError::Io {
+        action,
+        path,
+        source,
+    }
 }

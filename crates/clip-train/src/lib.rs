@@ -13,4 +13,6 @@ pub use loader::{Batch, Loader, Order};
 pub use loss::{clip_loss, l2_normalize, siglip_loss};
 pub use optim::{clip_grad_norm, decays, learning_rate, AdamW, AdamWConfig, ScheduleKind};
 pub use plot::write_plot;
-pub use trainer::{checkpoints, train, LossKind, Observer, RunSetup, StepStats, Summary, TrainConfig, TrainState};
+pub use trainer::{
+    checkpoints, train, LossKind, Observer, RunSetup, StepStats, Summary, TrainConfig, TrainState,
+};

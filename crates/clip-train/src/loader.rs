@@ -42,7 +42,12 @@ pub struct Order {
 impl Order {
     /// The order for `n` samples under `seed`.
     pub fn new(n: usize, seed: u64) -> Self {
-        let mut o = Self { n, seed, epoch: usize::MAX, perm: Vec::new() };
+        let mut o = Self {
+            n,
+            seed,
+            epoch: usize::MAX,
+            perm: Vec::new(),
+        };
         o.load_epoch(0);
         o
     }
@@ -99,22 +104,30 @@ impl Loader {
                     })
                     .collect();
                 let caps: Vec<&str> = views.iter().map(|(_, c)| c.as_str()).collect();
-                let msg = tokenizer.encode_batch(&caps).map_err(|e| e.to_string()).map(|ids| Batch {
-                    step,
-                    pixels: views.iter().flat_map(|(p, _)| p.iter().copied()).collect(),
-                    ids,
-                });
+                let msg = tokenizer
+                    .encode_batch(&caps)
+                    .map_err(|e| e.to_string())
+                    .map(|ids| Batch {
+                        step,
+                        pixels: views.iter().flat_map(|(p, _)| p.iter().copied()).collect(),
+                        ids,
+                    });
                 if tx.send(msg).is_err() {
                     return; // the trainer stopped early
                 }
             }
         });
-        Self { rx, handle: Some(handle) }
+        Self {
+            rx,
+            handle: Some(handle),
+        }
     }
 
     /// Blocks until the next batch is ready.
     pub fn next(&self) -> Result<Batch, String> {
-        self.rx.recv().map_err(|_| "loader thread ended".to_string())?
+        self.rx
+            .recv()
+            .map_err(|_| "loader thread ended".to_string())?
     }
 }
 

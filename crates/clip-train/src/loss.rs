@@ -62,7 +62,12 @@ mod tests {
 ///
 /// With unit-normalised features and logits `L = exp(t)·img·txtᵀ + b`, each pair is a binary
 /// problem: label +1 on the diagonal, −1 elsewhere; `loss = −Σᵢⱼ log σ(yᵢⱼ·Lᵢⱼ) / B`.
-pub fn siglip_loss(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, logit_bias: &Tensor) -> Result<Tensor> {
+pub fn siglip_loss(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    logit_bias: &Tensor,
+) -> Result<Tensor> {
     let img = l2_normalize(img)?;
     let txt = l2_normalize(txt)?;
     let n = img.dim(0)?;
@@ -89,7 +94,10 @@ mod siglip_tests {
         let eye = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
         let t = Tensor::new(2f32.ln(), &Device::Cpu).unwrap();
         let b = Tensor::new(-1f32, &Device::Cpu).unwrap();
-        let loss: f32 = siglip_loss(&eye, &eye, &t, &b).unwrap().to_scalar().unwrap();
+        let loss: f32 = siglip_loss(&eye, &eye, &t, &b)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         let want = 2.0 * (1.0 + (-1f32).exp()).ln();
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
     }

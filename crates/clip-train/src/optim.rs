@@ -66,7 +66,13 @@ impl AdamW {
             .map(|(name, var)| {
                 let n = var.elem_count();
                 let decay = decays(&name, var.rank());
-                Slot { name, var, m: vec![0.0; n], v: vec![0.0; n], decay }
+                Slot {
+                    name,
+                    var,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                    decay,
+                }
             })
             .collect();
         Self { slots, cfg, t: 0 }
@@ -79,7 +85,11 @@ impl AdamW {
 
     /// Names of the parameters that receive weight decay.
     pub fn decayed(&self) -> Vec<&str> {
-        self.slots.iter().filter(|s| s.decay).map(|s| s.name.as_str()).collect()
+        self.slots
+            .iter()
+            .filter(|s| s.decay)
+            .map(|s| s.name.as_str())
+            .collect()
     }
 
     /// One update with learning rate `lr`; a parameter without a gradient is left alone.
@@ -93,7 +103,9 @@ impl AdamW {
         let eps = self.cfg.eps as f32;
         let shrink = (1.0 - lr * self.cfg.weight_decay) as f32;
         for slot in &mut self.slots {
-            let Some(g) = grads.get(&slot.name) else { continue };
+            let Some(g) = grads.get(&slot.name) else {
+                continue;
+            };
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
             let mut p: Vec<f32> = slot.var.as_tensor().flatten_all()?.to_vec1()?;
             let decay = slot.decay;
@@ -112,7 +124,8 @@ impl AdamW {
                     }
                 });
             let shape = slot.var.shape().clone();
-            slot.var.set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
+            slot.var
+                .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
         }
         Ok(())
     }
@@ -122,8 +135,14 @@ impl AdamW {
         let mut out = HashMap::new();
         for s in &self.slots {
             let shape = s.var.shape().clone();
-            out.insert(format!("m.{}", s.name), Tensor::from_vec(s.m.clone(), shape.clone(), &candle_core::Device::Cpu)?);
-            out.insert(format!("v.{}", s.name), Tensor::from_vec(s.v.clone(), shape, &candle_core::Device::Cpu)?);
+            out.insert(
+                format!("m.{}", s.name),
+                Tensor::from_vec(s.m.clone(), shape.clone(), &candle_core::Device::Cpu)?,
+            );
+            out.insert(
+                format!("v.{}", s.name),
+                Tensor::from_vec(s.v.clone(), shape, &candle_core::Device::Cpu)?,
+            );
         }
         Ok(out)
     }
@@ -133,7 +152,9 @@ impl AdamW {
         for s in &mut self.slots {
             for (kind, buf) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let key = format!("{kind}.{}", s.name);
-                let t = state.get(&key).ok_or_else(|| TrainError::State(format!("optimizer state lacks `{key}`")))?;
+                let t = state
+                    .get(&key)
+                    .ok_or_else(|| TrainError::State(format!("optimizer state lacks `{key}`")))?;
                 let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
                 if data.len() != buf.len() {
                     return Err(TrainError::State(format!(
@@ -162,7 +183,13 @@ pub enum ScheduleKind {
 }
 
 /// Linear warmup from 0 to `base_lr` over `warmup` steps, then [`ScheduleKind`].
-pub fn learning_rate(kind: ScheduleKind, base_lr: f64, warmup: usize, total: usize, step: usize) -> f64 {
+pub fn learning_rate(
+    kind: ScheduleKind,
+    base_lr: f64,
+    warmup: usize,
+    total: usize,
+    step: usize,
+) -> f64 {
     if step < warmup {
         return base_lr * (step + 1) as f64 / warmup as f64;
     }
@@ -203,10 +230,22 @@ mod tests {
         // p ← p·(1−lr·wd) − lr·ĝ/(|ĝ|+eps) with bias-corrected moments, so ≈ p·0.99 − 0.1·sign(g).
         let w = Var::new(&[[1.0f32, -2.0]], &Device::Cpu).unwrap();
         let b = Var::new(&[0.3f32], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![("fc.weight".into(), w.clone()), ("fc.bias".into(), b.clone())], AdamWConfig::default());
+        let mut opt = AdamW::new(
+            vec![
+                ("fc.weight".into(), w.clone()),
+                ("fc.bias".into(), b.clone()),
+            ],
+            AdamWConfig::default(),
+        );
         let grads = HashMap::from([
-            ("fc.weight".to_string(), Tensor::new(&[[0.5f32, 0.1]], &Device::Cpu).unwrap()),
-            ("fc.bias".to_string(), Tensor::new(&[-0.2f32], &Device::Cpu).unwrap()),
+            (
+                "fc.weight".to_string(),
+                Tensor::new(&[[0.5f32, 0.1]], &Device::Cpu).unwrap(),
+            ),
+            (
+                "fc.bias".to_string(),
+                Tensor::new(&[-0.2f32], &Device::Cpu).unwrap(),
+            ),
         ]);
         opt.step(&grads, 0.1).unwrap();
         let got: Vec<f32> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
@@ -242,8 +281,14 @@ mod tests {
     #[test]
     fn clipping_bounds_the_global_norm() {
         let mut g = HashMap::from([
-            ("a".to_string(), Tensor::new(&[3.0f32], &Device::Cpu).unwrap()),
-            ("b".to_string(), Tensor::new(&[4.0f32], &Device::Cpu).unwrap()),
+            (
+                "a".to_string(),
+                Tensor::new(&[3.0f32], &Device::Cpu).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                Tensor::new(&[4.0f32], &Device::Cpu).unwrap(),
+            ),
         ]);
         assert!((clip_grad_norm(&mut g, 1.0).unwrap() - 5.0).abs() < 1e-9);
         let a: Vec<f32> = g["a"].to_vec1().unwrap();

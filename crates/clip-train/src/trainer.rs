@@ -100,7 +100,12 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Checks the options before anything starts; errors name the option.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason: &str| Err(TrainError::Config { field, reason: reason.to_string() });
+        let bad = |field, reason: &str| {
+            Err(TrainError::Config {
+                field,
+                reason: reason.to_string(),
+            })
+        };
         if self.steps == 0 {
             return bad("steps", "must be at least 1");
         }
@@ -119,9 +124,17 @@ impl TrainConfig {
             }
         }
         if self.lock_image && self.lock_text {
-            return bad("lock-image/lock-text", "locking both towers leaves only the temperature to train");
+            return bad(
+                "lock-image/lock-text",
+                "locking both towers leaves only the temperature to train",
+            );
         }
-        self.augment.validate().map_err(|reason| TrainError::Config { field: "augment", reason })?;
+        self.augment
+            .validate()
+            .map_err(|reason| TrainError::Config {
+                field: "augment",
+                reason,
+            })?;
         Ok(())
     }
 }
@@ -152,7 +165,11 @@ pub trait Observer {
     /// Called after each logged step.
     fn on_step(&mut self, _stats: &StepStats) {}
     /// Validation metrics for the current model, or `None` when there is no validation data.
-    fn validate(&mut self, _model: &ClipModel, _step: usize) -> Result<Option<BTreeMap<String, f64>>> {
+    fn validate(
+        &mut self,
+        _model: &ClipModel,
+        _step: usize,
+    ) -> Result<Option<BTreeMap<String, f64>>> {
         Ok(None)
     }
     /// Called after a checkpoint is safely on disk.
@@ -224,7 +241,10 @@ pub fn checkpoints(run: &Path) -> Vec<(usize, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path().join(STATE_FILE).is_file().then(|| (step, e.path()))
+            e.path()
+                .join(STATE_FILE)
+                .is_file()
+                .then(|| (step, e.path()))
         })
         .collect();
     v.sort();
@@ -233,10 +253,17 @@ pub fn checkpoints(run: &Path) -> Vec<(usize, PathBuf)> {
 
 /// An inference copy of the current weights (shares storage, tracks no gradients).
 fn snapshot_model(store: &VarStore, cfg: &ClipConfig, device: &Device) -> Result<ClipModel> {
-    let tensors: HashMap<String, Tensor> =
-        store.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
+    let tensors: HashMap<String, Tensor> = store
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().detach()))
+        .collect();
     let map = TensorMap::new(tensors, device.clone());
-    Ok(ClipModel::new(cfg, cfg.text_config.pooling(), Params::new(&map))?)
+    Ok(ClipModel::new(
+        cfg,
+        cfg.text_config.pooling(),
+        Params::new(&map),
+    )?)
 }
 
 struct Ctx<'a> {
@@ -270,7 +297,12 @@ impl Ctx<'_> {
     /// Loss and gradients for one batch; with `accum_steps > 1`, features of the other
     /// chunks come from a gradient-free first pass, so every chunk still sees the whole batch
     /// as negatives (open_clip's feature cache).
-    fn loss_and_grads(&self, pixels: &Tensor, ids: &[Vec<u32>], vars: &[(String, Var)]) -> Result<(f32, HashMap<String, Tensor>)> {
+    fn loss_and_grads(
+        &self,
+        pixels: &Tensor,
+        ids: &[Vec<u32>],
+        vars: &[(String, Var)],
+    ) -> Result<(f32, HashMap<String, Tensor>)> {
         let k = self.setup.train.accum_steps;
         let scale = self.model.logit_scale();
         let mut grads: HashMap<String, Tensor> = HashMap::new();
@@ -310,7 +342,11 @@ impl Ctx<'_> {
             imgs[j] = i;
             txts[j] = t;
             // The temperature (and bias) get their gradient once, from the first chunk.
-            let s = if j == 0 { scale.clone() } else { scale.detach() };
+            let s = if j == 0 {
+                scale.clone()
+            } else {
+                scale.detach()
+            };
             let loss = match (&self.setup.train.loss, &self.logit_bias) {
                 (LossKind::Siglip, Some(bias)) => {
                     let bias = if j == 0 { bias.clone() } else { bias.detach() };
@@ -334,15 +370,33 @@ impl Ctx<'_> {
         if let Some(b) = bias {
             opt_state.insert(LOGIT_BIAS.into(), b);
         }
-        let state = TrainState { step, train: setup.train.clone() };
+        let state = TrainState {
+            step,
+            train: setup.train.clone(),
+        };
         clip_model::replace_dir_atomically(dir, |tmp| {
-            clip_model::write_hf_files(tmp, &setup.model, &setup.preprocess, &tensors, Some(&setup.tokenizer_file))?;
+            clip_model::write_hf_files(
+                tmp,
+                &setup.model,
+                &setup.preprocess,
+                &tensors,
+                Some(&setup.tokenizer_file),
+            )?;
             let p = tmp.join(OPTIMIZER_FILE);
             let meta = HashMap::from([("adam_steps".to_string(), opt.steps_taken().to_string())]);
-            safetensors::serialize_to_file(&opt_state, Some(meta), &p).map_err(|source| clip_model::ModelError::Safetensors { path: p.clone(), source })?;
+            safetensors::serialize_to_file(&opt_state, Some(meta), &p).map_err(|source| {
+                clip_model::ModelError::Safetensors {
+                    path: p.clone(),
+                    source,
+                }
+            })?;
             let p = tmp.join(STATE_FILE);
             let json = serde_json::to_string_pretty(&state).expect("state serialises");
-            std::fs::write(&p, json).map_err(|source| clip_model::ModelError::Io { action: "cannot write", path: p.clone(), source })?;
+            std::fs::write(&p, json).map_err(|source| clip_model::ModelError::Io {
+                action: "cannot write",
+                path: p.clone(),
+                source,
+            })?;
             Ok(())
         })?;
         Ok(())
@@ -359,13 +413,19 @@ fn prune(run: &Path, keep: usize) {
 }
 
 fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io("cannot write", path))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io("cannot write", path))?;
     writeln!(f, "{value}").map_err(io("cannot write", path))
 }
 
 /// Drops metric lines past `step` (a resumed run rewrites them).
 fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -375,21 +435,37 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
                 .is_some_and(|s| s as usize <= step)
         })
         .collect();
-    let body = if kept.is_empty() { String::new() } else { kept.join("\n") + "\n" };
+    let body = if kept.is_empty() {
+        String::new()
+    } else {
+        kept.join("\n") + "\n"
+    };
     std::fs::write(path, body).map_err(io("cannot write", path))
 }
 
 /// Trains until `setup.train.steps`, checkpointing and validating along the way.
-pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn Observer) -> Result<Summary> {
+pub fn train(
+    setup: RunSetup,
+    data: Arc<Dataset>,
+    device: &Device,
+    obs: &mut dyn Observer,
+) -> Result<Summary> {
     let t = setup.train.clone();
     t.validate()?;
     std::fs::create_dir_all(&setup.out).map_err(io("cannot create", &setup.out))?;
     let metrics_path = setup.out.join("metrics.jsonl");
 
     // Resume: weights, optimiser moments and step from the newest complete checkpoint.
-    let resume_from = if setup.resume { checkpoints(&setup.out).pop() } else { None };
+    let resume_from = if setup.resume {
+        checkpoints(&setup.out).pop()
+    } else {
+        None
+    };
     if setup.resume && resume_from.is_none() {
-        return Err(TrainError::State(format!("no checkpoint to resume in {}", setup.out.display())));
+        return Err(TrainError::State(format!(
+            "no checkpoint to resume in {}",
+            setup.out.display()
+        )));
     }
     let mut saved_opt: Option<(HashMap<String, Tensor>, u64)> = None;
     let (store, start) = match &resume_from {
@@ -400,7 +476,11 @@ pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn
             let bytes = std::fs::read(&opt_path).map_err(io("cannot read", &opt_path))?;
             let adam_steps = safetensors::SafeTensors::read_metadata(&bytes)
                 .ok()
-                .and_then(|(_, m)| m.metadata().as_ref().and_then(|m| m.get("adam_steps").cloned()))
+                .and_then(|(_, m)| {
+                    m.metadata()
+                        .as_ref()
+                        .and_then(|m| m.get("adam_steps").cloned())
+                })
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(*step as u64);
             let mut weights = ckpt.weights.into_inner();
@@ -408,14 +488,21 @@ pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn
                 weights.insert(LOGIT_BIAS.into(), b.clone());
             }
             saved_opt = Some((opt, adam_steps));
-            (VarStore::from_tensors(TensorMap::new(weights, device.clone())), *step)
+            (
+                VarStore::from_tensors(TensorMap::new(weights, device.clone())),
+                *step,
+            )
         }
         None => match &setup.init {
             Some(w) => (VarStore::from_tensors(w.clone()), 0),
             None => (VarStore::new(device.clone(), t.seed), 0),
         },
     };
-    let model = ClipModel::new(&setup.model, setup.model.text_config.pooling(), Params::new(&store))?;
+    let model = ClipModel::new(
+        &setup.model,
+        setup.model.text_config.pooling(),
+        Params::new(&store),
+    )?;
     let logit_bias = match t.loss {
         LossKind::Siglip => Some(Params::new(&store).get((), LOGIT_BIAS, Init::Const(-10.0))?),
         LossKind::Clip => None,
@@ -441,13 +528,27 @@ pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn
         .find(|(n, _)| n == "logit_scale")
         .map(|(_, v)| v)
         .expect("the model defines logit_scale");
-    let ctx = Ctx { setup: &setup, store: &store, model: &model, logit_bias };
+    let ctx = Ctx {
+        setup: &setup,
+        store: &store,
+        model: &model,
+        logit_bias,
+    };
 
     let aug = Augmenter::new(t.augment.clone(), setup.preprocess.clone());
-    let loader = Loader::spawn(data, aug, setup.tokenizer.clone(), t.batch_size, t.seed, start..t.steps, t.prefetch);
+    let loader = Loader::spawn(
+        data,
+        aug,
+        setup.tokenizer.clone(),
+        t.batch_size,
+        t.seed,
+        start..t.steps,
+        t.prefetch,
+    );
     let s = setup.preprocess.image_size;
     let run_start = Instant::now();
-    let (mut window_loss, mut window_n, mut window_wait, mut window_time) = (0f64, 0usize, 0f64, 0f64);
+    let (mut window_loss, mut window_n, mut window_wait, mut window_time) =
+        (0f64, 0usize, 0f64, 0f64);
     let (mut total_wait, mut total_time) = (0f64, 0f64);
     let mut last_ckpt: Option<PathBuf> = resume_from.as_ref().map(|(_, d)| d.clone());
     let mut last_val = None;
@@ -459,8 +560,15 @@ pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn
         let pixels = Tensor::from_vec(batch.pixels, (t.batch_size, 3, s, s), device)?;
         let (loss, mut grads) = ctx.loss_and_grads(&pixels, &batch.ids, &vars)?;
         if !loss.is_finite() {
-            let last = last_ckpt.as_ref().map(|p| format!(" at {}", p.display())).unwrap_or_default();
-            return Err(TrainError::NonFiniteLoss { step: step + 1, value: loss, last });
+            let last = last_ckpt
+                .as_ref()
+                .map(|p| format!(" at {}", p.display()))
+                .unwrap_or_default();
+            return Err(TrainError::NonFiniteLoss {
+                step: step + 1,
+                value: loss,
+                last,
+            });
         }
         if let Some(c) = t.grad_clip_norm {
             clip_grad_norm(&mut grads, c)?;
@@ -490,14 +598,20 @@ pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn
                 data_wait: window_wait / window_time,
                 elapsed_s: run_start.elapsed().as_secs_f64(),
             };
-            append_jsonl(&metrics_path, &serde_json::to_value(&stats).expect("stats serialise"))?;
+            append_jsonl(
+                &metrics_path,
+                &serde_json::to_value(&stats).expect("stats serialise"),
+            )?;
             obs.on_step(&stats);
             (window_loss, window_n, window_wait, window_time) = (0.0, 0, 0.0, 0.0);
         }
         if (t.val_every > 0 && done % t.val_every == 0) || done == t.steps {
             let snap = snapshot_model(&store, &setup.model, device)?;
             if let Some(m) = obs.validate(&snap, done)? {
-                append_jsonl(&metrics_path, &serde_json::json!({ "step": done, "val": m }))?;
+                append_jsonl(
+                    &metrics_path,
+                    &serde_json::json!({ "step": done, "val": m }),
+                )?;
                 last_val = Some(m);
             }
         }
@@ -518,7 +632,15 @@ pub fn train(setup: RunSetup, data: Arc<Dataset>, device: &Device, obs: &mut dyn
         final_dir,
         val: last_val,
         steps_run,
-        samples_per_s: if total_time > 0.0 { (steps_run * t.batch_size) as f64 / total_time } else { 0.0 },
-        data_wait: if total_time > 0.0 { total_wait / total_time } else { 0.0 },
+        samples_per_s: if total_time > 0.0 {
+            (steps_run * t.batch_size) as f64 / total_time
+        } else {
+            0.0
+        },
+        data_wait: if total_time > 0.0 {
+            total_wait / total_time
+        } else {
+            0.0
+        },
     })
 }

@@ -44,26 +44,45 @@ fn model_config() -> ClipConfig {
 
 /// 16 pairs: a colour in one of four quadrants, captioned with both.
 fn dataset() -> Arc<Dataset> {
-    let colors = [("red", [220, 30, 30]), ("green", [30, 200, 40]), ("blue", [30, 40, 220]), ("black", [10, 10, 10])];
+    let colors = [
+        ("red", [220, 30, 30]),
+        ("green", [30, 200, 40]),
+        ("blue", [30, 40, 220]),
+        ("black", [10, 10, 10]),
+    ];
     let places = ["top left", "top right", "bottom left", "bottom right"];
     let mut items = Vec::new();
     for (ci, (cname, rgb)) in colors.iter().enumerate() {
         for (pi, place) in places.iter().enumerate() {
             let img = RgbImage::from_fn(16, 16, |x, y| {
                 let q = (y / 8) * 2 + x / 8;
-                if q as usize == pi { image::Rgb(*rgb) } else { image::Rgb([255, 255, 255]) }
+                if q as usize == pi {
+                    image::Rgb(*rgb)
+                } else {
+                    image::Rgb([255, 255, 255])
+                }
             });
-            items.push(Item { name: format!("{ci}-{pi}"), image: img, captions: vec![format!("{cname} {place}")] });
+            items.push(Item {
+                name: format!("{ci}-{pi}"),
+                image: img,
+                captions: vec![format!("{cname} {place}")],
+            });
         }
     }
-    Arc::new(Dataset { items, skipped: Default::default() })
+    Arc::new(Dataset {
+        items,
+        skipped: Default::default(),
+    })
 }
 
 fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
     let cfg = model_config();
     RunSetup {
         out: out.to_path_buf(),
-        preprocess: Preprocess { image_size: 16, ..Preprocess::default() },
+        preprocess: Preprocess {
+            image_size: 16,
+            ..Preprocess::default()
+        },
         model: cfg,
         init: None,
         tokenizer_file: tokenizer_file(),
@@ -89,8 +108,10 @@ impl Observer for Quiet {}
 
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let t = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> =
-        t.into_iter().map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -99,7 +120,12 @@ fn losses(run: &Path) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()?
+                .get("loss")?
+                .as_f64()
+        })
         .collect()
 }
 
@@ -119,7 +145,13 @@ fn loss_falls_on_a_learnable_task() {
 #[test]
 fn same_seed_repeats_to_the_bit_and_resume_matches_an_uninterrupted_run() {
     let a = tempfile::tempdir().unwrap();
-    train(setup(a.path(), 8, false), dataset(), &Device::Cpu, &mut Quiet).unwrap();
+    train(
+        setup(a.path(), 8, false),
+        dataset(),
+        &Device::Cpu,
+        &mut Quiet,
+    )
+    .unwrap();
     // An 8-step run killed right after its step-6 checkpoint, then resumed.
     let c = tempfile::tempdir().unwrap();
     let partial = setup(c.path(), 8, false);
@@ -138,15 +170,42 @@ fn same_seed_repeats_to_the_bit_and_resume_matches_an_uninterrupted_run() {
     assert!(killed.is_err());
     assert!(c.path().join("checkpoint-6").is_dir());
     assert!(!c.path().join("final").exists());
-    train(setup(c.path(), 8, true), dataset(), &Device::Cpu, &mut Quiet).unwrap();
+    train(
+        setup(c.path(), 8, true),
+        dataset(),
+        &Device::Cpu,
+        &mut Quiet,
+    )
+    .unwrap();
     let again = tempfile::tempdir().unwrap();
-    train(setup(again.path(), 8, false), dataset(), &Device::Cpu, &mut Quiet).unwrap();
+    train(
+        setup(again.path(), 8, false),
+        dataset(),
+        &Device::Cpu,
+        &mut Quiet,
+    )
+    .unwrap();
     let wa = weights(&a.path().join("final"));
-    assert_eq!(wa, weights(&again.path().join("final")), "same seed, same bits");
-    assert_eq!(wa, weights(&c.path().join("final")), "resumed run equals uninterrupted run");
-    assert_eq!(losses(a.path()), losses(c.path()), "metrics continue seamlessly");
+    assert_eq!(
+        wa,
+        weights(&again.path().join("final")),
+        "same seed, same bits"
+    );
+    assert_eq!(
+        wa,
+        weights(&c.path().join("final")),
+        "resumed run equals uninterrupted run"
+    );
+    assert_eq!(
+        losses(a.path()),
+        losses(c.path()),
+        "metrics continue seamlessly"
+    );
     // keep_last = 2: checkpoint-3 was pruned once 6 and 8 existed.
-    let kept: Vec<usize> = clip_train::checkpoints(c.path()).into_iter().map(|(s, _)| s).collect();
+    let kept: Vec<usize> = clip_train::checkpoints(c.path())
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     assert_eq!(kept, [6, 8]);
 }
 
@@ -157,7 +216,9 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     s.train.lr = 1e30;
     s.train.warmup = 0;
     s.train.save_every = 1;
-    let err = train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap_err().to_string();
+    let err = train(s, dataset(), &Device::Cpu, &mut Quiet)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("loss is") && err.contains("step"), "{err}");
     let kept = clip_train::checkpoints(dir.path());
     assert!(!kept.is_empty());
@@ -176,6 +237,8 @@ fn siglip_and_feature_cache_accumulation_train() {
     assert!(dir.path().join("final/model.safetensors").exists());
     let mut bad = setup(dir.path(), 4, false);
     bad.train.accum_steps = 3;
-    let err = train(bad, dataset(), &Device::Cpu, &mut Quiet).unwrap_err().to_string();
+    let err = train(bad, dataset(), &Device::Cpu, &mut Quiet)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("accum-steps"), "{err}");
 }

@@ -1,9 +1,10 @@
-//! Approximate search with an HNSW graph (the `hnsw_rs` crate).
+//! Approximate search: cluster lists (see [`crate::ivf`]) or an HNSW graph (the `hnsw_rs`
+//! crate).
 //!
-//! The graph is built in memory from the index's vectors the first time it is needed and kept
-//! with the [`Index`](crate::Index) for later searches. Candidates the graph returns are
-//! re-scored exactly against the stored vectors, so scores and the order of the returned hits
-//! are exact; only recall (which true neighbours are found) is approximate.
+//! The structure is built in memory from the index's vectors the first time it is needed and
+//! kept with the [`Index`](crate::Index) for later searches. Scores are always exact inner
+//! products with the stored vectors, so the order of the returned hits is exact; only recall
+//! (which true neighbours are found) is approximate.
 
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::hnsw::Hnsw;
@@ -13,21 +14,43 @@ use crate::kernel::Rows;
 use crate::topk::{rank_order, Hit};
 use crate::{Result, RetrievalError};
 
-/// HNSW construction and search parameters.
+/// Which approximate structure to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnnMethod {
+    /// Spherical k-means lists, `probes` of them scanned per query. Builds in seconds; best on
+    /// clustered data such as embeddings.
+    #[default]
+    Ivf,
+    /// A hierarchical navigable small-world graph (`hnsw_rs`). Builds in minutes per million
+    /// vectors; sub-linear per query.
+    Hnsw,
+}
+
+/// Approximate-search construction and search parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnnParams {
-    /// Neighbours kept per node on the upper layers (twice this on the bottom layer), 2..=255.
+    /// The structure to build.
+    pub method: AnnMethod,
+    /// IVF: number of lists (0: √N).
+    pub lists: usize,
+    /// IVF: lists scanned per query; the recall/speed knob.
+    pub probes: usize,
+    /// HNSW: neighbours kept per node on the upper layers (twice this on the bottom layer), 2..=255.
     /// More means better recall and more memory.
     pub max_connections: usize,
-    /// Candidate list size while inserting; more means a better graph and a slower build.
+    /// HNSW: candidate list size while inserting; more means a better graph, slower build.
     pub ef_construction: usize,
-    /// Candidate list size while searching (raised to `k` if lower); the recall/speed knob.
+    /// HNSW: candidate list size while searching (raised to `k` if lower); the recall/speed
+    /// knob.
     pub ef_search: usize,
 }
 
 impl Default for AnnParams {
     fn default() -> Self {
         Self {
+            method: AnnMethod::Ivf,
+            lists: 0,
+            probes: 16,
             max_connections: 16,
             ef_construction: 100,
             ef_search: 128,
@@ -43,6 +66,9 @@ impl AnnParams {
                 self.max_connections,
                 "must be in 2..=255",
             ));
+        }
+        if self.probes == 0 {
+            return Err(crate::error::invalid("probes", 0, "must be at least 1"));
         }
         if self.ef_construction == 0 {
             return Err(crate::error::invalid(
@@ -104,17 +130,61 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// A built approximate structure.
+pub(crate) enum AnnGraph {
+    Ivf(crate::ivf::IvfLists, AnnParams),
+    Hnsw(HnswGraph),
+}
+
+impl AnnGraph {
+    pub(crate) fn build(rows: Rows<'_>, dim: usize, params: &AnnParams) -> Result<Self> {
+        params.validate()?;
+        Ok(match params.method {
+            AnnMethod::Ivf => AnnGraph::Ivf(
+                crate::ivf::IvfLists::build(rows, dim, params.lists)?,
+                *params,
+            ),
+            AnnMethod::Hnsw => AnnGraph::Hnsw(HnswGraph::build(rows, dim, params)?),
+        })
+    }
+
+    /// The parameters it was built with (`lists` resolved for IVF).
+    pub(crate) fn params(&self) -> AnnParams {
+        match self {
+            AnnGraph::Ivf(ivf, p) => AnnParams {
+                lists: ivf.lists(),
+                ..*p
+            },
+            AnnGraph::Hnsw(h) => h.params,
+        }
+    }
+
+    /// Approximate top-k per query; `params` supplies the search-time knobs.
+    pub(crate) fn search(
+        &self,
+        rows: Rows<'_>,
+        dim: usize,
+        queries: &[f32],
+        k: usize,
+        params: &AnnParams,
+    ) -> Vec<Vec<Hit>> {
+        match self {
+            AnnGraph::Ivf(ivf, _) => ivf.search(queries, k, params.probes),
+            AnnGraph::Hnsw(h) => h.search(rows, dim, queries, k, params.ef_search),
+        }
+    }
+}
+
 /// A built HNSW graph over an index's rows.
-pub(crate) struct AnnGraph {
+pub(crate) struct HnswGraph {
     hnsw: Hnsw<'static, f32, UnitDot>,
     params: AnnParams,
     len: usize,
 }
 
-impl AnnGraph {
+impl HnswGraph {
     /// Inserts every row, in parallel.
-    pub(crate) fn build(rows: Rows<'_>, dim: usize, params: &AnnParams) -> Result<Self> {
-        params.validate()?;
+    fn build(rows: Rows<'_>, dim: usize, params: &AnnParams) -> Result<Self> {
         let n = rows.len_elems() / dim;
         let hnsw = Hnsw::new(
             params.max_connections,
@@ -153,12 +223,8 @@ impl AnnGraph {
         })
     }
 
-    pub(crate) fn params(&self) -> AnnParams {
-        self.params
-    }
-
     /// Approximate top-k per query, re-scored exactly against `rows`.
-    pub(crate) fn search(
+    fn search(
         &self,
         rows: Rows<'_>,
         dim: usize,

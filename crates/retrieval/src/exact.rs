@@ -48,7 +48,16 @@ pub(crate) fn top_k(base: Rows<'_>, dim: usize, queries: &[f32], k: usize) -> Ve
             .map(|tile| {
                 let mut set = TopKSet::new(tile.len() / dim, k);
                 let mut s = Scratch::new(dim);
-                kernel::scan(isa, base, dim, 0..n, tile, &mut set, &mut s.panel, &mut s.row);
+                kernel::scan(
+                    isa,
+                    base,
+                    dim,
+                    0..n,
+                    tile,
+                    &mut set,
+                    &mut s.panel,
+                    &mut s.row,
+                );
                 set.into_hits()
             })
             .collect();

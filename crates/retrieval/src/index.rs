@@ -22,7 +22,8 @@ enum Storage {
 pub enum SearchMode {
     /// Brute force over every vector: always the true top-k.
     Exact,
-    /// The HNSW graph (built on first use): sub-linear per query, recall below 1.
+    /// The approximate structure of [`SearchOptions::ann`] (built on first use): recall
+    /// below 1, far less work per query.
     Ann,
     /// Approximate for indexes of at least [`SearchOptions::auto_ann_min_rows`] vectors once
     /// the graph pays off: when it is already built (see [`Index::build_ann`]) or the batch has
@@ -261,7 +262,7 @@ impl Index {
         self.check_queries(queries, dim)?;
         if self.uses_ann(opts, queries.len() / dim) {
             let graph = self.ann_graph(&opts.ann)?;
-            Ok(graph.search(self.rows(), dim, queries, k, opts.ann.ef_search))
+            Ok(graph.search(self.rows(), dim, queries, k, &opts.ann))
         } else {
             Ok(exact::top_k(self.rows(), dim, queries, k))
         }
@@ -279,8 +280,9 @@ impl Index {
         }
     }
 
-    /// Builds the HNSW graph now (searches build it on first approximate use otherwise).
-    /// Returns the graph's parameters actually in use (a graph built earlier is kept).
+    /// Builds the approximate structure now (searches build it on first approximate use
+    /// otherwise). Returns the parameters in use: a structure built earlier is kept, whatever
+    /// `params` says.
     pub fn build_ann(&self, params: &AnnParams) -> Result<AnnParams> {
         Ok(self.ann_graph(params)?.params())
     }

@@ -4,7 +4,8 @@
 //!   captions or ids), stored as a directory with a JSON manifest and a safetensors vectors file
 //!   ([`write_index`], [`Index::open`]), searched by inner product.
 //! - Exact search streams over the index in blocks with a cache-blocked kernel and per-query
-//!   bounded top-k selection on all threads; approximate search uses an HNSW graph.
+//!   bounded top-k selection on all threads; approximate search uses cluster lists (IVF) or an
+//!   HNSW graph.
 //! - [`retrieval_metrics`] and [`zero_shot`]: the evaluation math behind `clip eval` and
 //!   validation during training.
 //!
@@ -16,6 +17,7 @@ mod error;
 mod eval;
 mod exact;
 mod index;
+mod ivf;
 mod kernel;
 mod store;
 mod topk;
@@ -24,7 +26,7 @@ mod zeroshot;
 use std::collections::HashMap;
 use std::path::Path;
 
-pub use ann::AnnParams;
+pub use ann::{AnnMethod, AnnParams};
 pub use embeddings::{normalize_rows, normalize_rows_from, EmbeddingsFile};
 pub use error::{Result, RetrievalError};
 pub use eval::{

@@ -74,7 +74,9 @@ impl TextConfig {
         if self.hidden_size == 0 {
             return bad("hidden_size", 0, "must be positive");
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(
                 "num_attention_heads",
                 self.num_attention_heads,

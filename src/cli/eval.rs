@@ -1,0 +1,186 @@
+//! `clip eval`: retrieval metrics in both directions, and zero-shot classification.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clip_data::Dataset;
+use retrieval::{class_embeddings, zero_shot};
+
+use super::common::{self, CsvArgs, DeviceArg};
+use super::valset::ValSet;
+
+/// CLIP's simplest prompt, used when no `--templates` are given.
+const DEFAULT_TEMPLATE: &str = "a photo of {}.";
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Model directory (HF or open_clip layout) or a cached Hub repo id.
+    #[arg(long)]
+    model: String,
+    /// Evaluation data (any `clip train --data` form); repeat to combine.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    #[command(flatten)]
+    csv: CsvArgs,
+    /// `labels.tsv` (columns `filepath`, `label`, paths relative to it): adds zero-shot
+    /// classification among the label names.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Prompt templates with `{}` for the label; embeddings are averaged per class.
+    #[arg(long, num_args = 1..)]
+    templates: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Items per forward pass.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+fn read_labels(path: &Path) -> Result<HashMap<PathBuf, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    let (Some(fc), Some(lc)) = (
+        header.iter().position(|h| *h == "filepath"),
+        header.iter().position(|h| *h == "label"),
+    ) else {
+        bail!(
+            "{} needs tab-separated columns `filepath` and `label` (found: {})",
+            path.display(),
+            header.join(", ")
+        );
+    };
+    let mut out = HashMap::new();
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (Some(f), Some(l)) = (cols.get(fc), cols.get(lc)) else {
+            bail!(
+                "{}:{}: expected {} tab-separated columns",
+                path.display(),
+                i + 2,
+                header.len()
+            );
+        };
+        let p = base.join(f);
+        out.insert(p.canonicalize().unwrap_or(p), l.to_string());
+    }
+    Ok(out)
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let device = a.device.device()?;
+    let m = common::load_model(&a.model, &device)?;
+    let data = Dataset::load(&a.csv.sources(&a.data)?, m.preprocess.image_size)?;
+    if data.skipped.total() > 0 {
+        eprintln!(
+            "skipped {}:\n  {}",
+            data.skipped.total(),
+            data.skipped.summary().replace('\n', "\n  ")
+        );
+    }
+    let val = ValSet::new(&data, &m.preprocess, &m.tokenizer)?;
+    let scored = val.score(&m.model, a.batch_size.max(1))?;
+    let mut report = serde_json::Map::new();
+    for (k, v) in scored.metrics.named() {
+        report.insert(k, v.into());
+    }
+    report.insert("images".into(), val.len().into());
+    report.insert("distinct_captions".into(), val.groups.captions.len().into());
+
+    if let Some(labels_path) = &a.labels {
+        let labels = read_labels(labels_path)?;
+        let mut names: Vec<String> = labels.values().cloned().collect();
+        names.sort();
+        names.dedup();
+        let class_of: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let (mut rows, mut ys) = (Vec::new(), Vec::new());
+        for (i, name) in val.names.iter().enumerate() {
+            let p = PathBuf::from(name);
+            if let Some(l) = labels.get(&p.canonicalize().unwrap_or(p)) {
+                rows.push(i);
+                ys.push(class_of[l.as_str()]);
+            }
+        }
+        if rows.is_empty() {
+            bail!("no image of --data appears in {}", labels_path.display());
+        }
+        let templates = if a.templates.is_empty() {
+            vec![DEFAULT_TEMPLATE.to_string()]
+        } else {
+            a.templates.clone()
+        };
+        if let Some(t) = templates.iter().find(|t| !t.contains("{}")) {
+            bail!("template {t:?} has no {{}} for the label");
+        }
+        let prompts: Vec<String> = names
+            .iter()
+            .flat_map(|n| templates.iter().map(move |t| t.replace("{}", n)))
+            .collect();
+        let text = common::embed_texts(&m, &prompts, a.batch_size.max(1))?;
+        let text: Vec<f32> = text
+            .to_device(&candle_core::Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let classes = class_embeddings(&text, scored.dim, templates.len())?;
+        let d = scored.dim;
+        let images: Vec<f32> = rows
+            .iter()
+            .flat_map(|&i| scored.image_embeds[i * d..(i + 1) * d].iter().copied())
+            .collect();
+        let zs = zero_shot(&images, &classes, d, &ys)?;
+        report.insert("zero_shot_top1".into(), zs.top1.into());
+        report.insert("zero_shot_top5".into(), zs.top5.into());
+        report.insert("zero_shot_images".into(), zs.images.into());
+        let per_class: Vec<serde_json::Value> = zs
+            .per_class
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "class": names[c.class], "images": c.count, "accuracy": c.accuracy,
+                    "most_confused_with": c.most_confused.map(|m| names[m.class].clone()),
+                })
+            })
+            .collect();
+        report.insert("zero_shot_per_class".into(), per_class.into());
+    }
+
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for (k, v) in &report {
+        match v {
+            serde_json::Value::Array(rows) => {
+                println!("{k}:");
+                for r in rows {
+                    println!(
+                        "  {:<28} n={:<5} acc={:<8} confused with {}",
+                        r["class"].as_str().unwrap_or(""),
+                        r["images"],
+                        r["accuracy"]
+                            .as_f64()
+                            .map(|x| format!("{x:.3}"))
+                            .unwrap_or_else(|| "-".into()),
+                        r["most_confused_with"].as_str().unwrap_or("-")
+                    );
+                }
+            }
+            serde_json::Value::Number(n) if n.is_f64() => {
+                println!("{k:<28} {:.4}", n.as_f64().unwrap_or_default())
+            }
+            other => println!("{k:<28} {other}"),
+        }
+    }
+    Ok(())
+}

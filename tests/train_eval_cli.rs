@@ -1,0 +1,209 @@
+//! Black-box tests of `clip train` (fine-tuning the tiny fixture model) and `clip eval`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn clip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clip"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The fixture images, each with a caption file, plus a labels.tsv.
+fn folder_dataset(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut labels = String::from("filepath\tlabel\n");
+    for (i, p) in image_paths().iter().enumerate() {
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        std::fs::copy(p, data.join(&name)).unwrap();
+        let caption = if i % 2 == 0 {
+            format!("picture number {i}")
+        } else {
+            "a shared caption".to_string()
+        };
+        std::fs::write(data.join(&name).with_extension("txt"), caption).unwrap();
+        labels.push_str(&format!(
+            "{name}\t{}\n",
+            if i % 3 == 0 { "cat" } else { "dog" }
+        ));
+    }
+    std::fs::write(data.join("labels.tsv"), labels).unwrap();
+    data
+}
+
+#[test]
+fn fine_tune_writes_a_loadable_hf_model_metrics_and_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = folder_dataset(tmp.path());
+    let run = tmp.path().join("run");
+    let init = fixtures().join("hf_tiny");
+    let out = ok(&clip(&[
+        "train",
+        "--init",
+        init.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--val-data",
+        data.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--log-every",
+        "1",
+        "--save-every",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+        "--examples",
+        "2",
+    ]));
+    assert!(
+        out.contains("image_to_text_R@1") && out.contains("text_to_image_median_rank"),
+        "{out}"
+    );
+    assert!(out.contains("example text→image searches"), "{out}");
+    for f in [
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "checkpoint-4/optimizer.safetensors",
+        "metrics.svg",
+        "run.json",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"loss\"")).count(),
+        4
+    );
+    assert!(metrics.lines().any(|l| l.contains("\"val\"")));
+    // The trained model is a normal model directory.
+    let emb = tmp.path().join("e.safetensors");
+    ok(&clip(&[
+        "embed",
+        "--model",
+        run.join("final").to_str().unwrap(),
+        "--texts",
+        fixtures().join("captions.txt").to_str().unwrap(),
+        "--out",
+        emb.to_str().unwrap(),
+    ]));
+}
+
+#[test]
+fn eval_reports_retrieval_and_zero_shot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = folder_dataset(tmp.path());
+    let model = fixtures().join("hf_tiny");
+    let out = ok(&clip(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--labels",
+        data.join("labels.tsv").to_str().unwrap(),
+        "--templates",
+        "a photo of a {}.",
+        "a {}",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"], 12);
+    // 6 distinct "picture number" captions + 1 shared one.
+    assert_eq!(v["distinct_captions"], 7);
+    assert_eq!(v["zero_shot_images"], 12);
+    let top1 = v["zero_shot_top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1));
+    // Two classes: top-5 always contains the right one.
+    assert_eq!(v["zero_shot_top5"].as_f64().unwrap(), 1.0);
+    for k in [
+        "image_to_text_R@1",
+        "image_to_text_R@10",
+        "text_to_image_mean_rank",
+        "text_to_image_median_rank",
+    ] {
+        assert!(v[k].is_number(), "{k}");
+    }
+    // Every image of 7 captions is within rank 10 image→text.
+    assert_eq!(v["image_to_text_R@10"].as_f64().unwrap(), 1.0);
+}
+
+#[test]
+fn bad_training_inputs_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("lonely.txt"), "no image").unwrap();
+    let init = fixtures().join("hf_tiny");
+    let run = tmp.path().join("run");
+    let o = clip(&[
+        "train",
+        "--init",
+        init.to_str().unwrap(),
+        "--data",
+        empty.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no usable") && err.contains("lonely.txt"),
+        "{err}"
+    );
+    let o = clip(&[
+        "train",
+        "--init",
+        init.to_str().unwrap(),
+        "--data",
+        tmp.path().join("nope.tsv").to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("nope.tsv"), "{err}");
+    let data = folder_dataset(tmp.path());
+    let o = clip(&[
+        "train",
+        "--init",
+        init.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--accum-steps",
+        "3",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("accum-steps"), "{err}");
+    let o = clip(&[
+        "train",
+        "--resume",
+        tmp.path().join("no-run").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("run.json"), "{err}");
+    assert!(!err.contains("panicked"));
+}
