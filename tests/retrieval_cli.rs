@@ -372,19 +372,37 @@ fn embeddings_index_search_equals_brute_force() {
             );
         }
     }
-    // --ann over this small index finds the same first hits.
-    let approx = search_json(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--query-embeddings",
-        s(&q_file),
-        "-k",
-        "1",
-        "--json",
-        "--ann",
-    ]);
-    assert_eq!(approx.len(), nq);
+    // Approximate search over this small index (both structures) finds the true first hit.
+    let first = |res: &[Value]| -> Vec<u64> {
+        res.iter()
+            .map(|r| r["hits"][0]["id"].as_u64().unwrap())
+            .collect()
+    };
+    let exact_first = first(&res);
+    let search = |extra: &[&str]| {
+        let mut args = vec![
+            "search",
+            "--index",
+            s(&idx),
+            "--query-embeddings",
+            s(&q_file),
+            "-k",
+            "1",
+            "--json",
+            "--ann",
+        ];
+        args.extend_from_slice(extra);
+        search_json(&args)
+    };
+    // Probing every list is exhaustive.
+    assert_eq!(first(&search(&["--probes", "1000"])), exact_first);
+    let hnsw = first(&search(&["--ann-method", "hnsw"]));
+    let agree = hnsw
+        .iter()
+        .zip(&exact_first)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(agree >= nq - 1, "{hnsw:?} vs {exact_first:?}");
 }
 
 #[test]

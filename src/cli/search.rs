@@ -37,15 +37,22 @@ pub struct SearchArgs {
     /// "score", "path" | "caption" | "name"}]}`.
     #[arg(long)]
     json: bool,
-    /// Approximate search with an HNSW graph built in this process (worth it for large
-    /// batches over large indexes). Default: exact, unless the batch is big enough to pay
-    /// for the graph (100k queries over ≥ 200k vectors).
+    /// Approximate search, with a structure built in this process (worth it for large
+    /// batches over large indexes). Default: exact, unless the batch is big enough to pay for
+    /// building (10k queries over ≥ 200k vectors).
     #[arg(long, conflicts_with = "exact")]
     ann: bool,
     /// Always search exactly.
     #[arg(long)]
     exact: bool,
-    /// HNSW search breadth (higher: better recall, slower).
+    /// Approximate structure: cluster lists (ivf; builds in seconds) or an HNSW graph (hnsw;
+    /// builds in minutes per million vectors).
+    #[arg(long, value_enum, default_value_t = AnnMethodArg::Ivf)]
+    ann_method: AnnMethodArg,
+    /// IVF: lists scanned per query (higher: better recall, slower).
+    #[arg(long, default_value_t = 16)]
+    probes: usize,
+    /// HNSW: search breadth (higher: better recall, slower).
     #[arg(long, default_value_t = 128)]
     ef: usize,
     /// Skip the checksum pass over the vectors file (length and header are still checked).
@@ -54,6 +61,12 @@ pub struct SearchArgs {
     /// Device for the model.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AnnMethodArg {
+    Ivf,
+    Hnsw,
 }
 
 #[derive(Serialize)]
@@ -94,6 +107,11 @@ pub fn run(a: SearchArgs) -> Result<()> {
             _ => SearchMode::Auto,
         },
         ann: retrieval::AnnParams {
+            method: match a.ann_method {
+                AnnMethodArg::Ivf => retrieval::AnnMethod::Ivf,
+                AnnMethodArg::Hnsw => retrieval::AnnMethod::Hnsw,
+            },
+            probes: a.probes,
             ef_search: a.ef,
             ..defaults.ann
         },

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use retrieval::{
-    exact_search, plan_refresh, write_index, AnnParams, DType, Entries, ImageEntry, Index,
-    IndexSpec, OpenOptions, RetrievalError, SearchMode, SearchOptions,
+    exact_search, plan_refresh, write_index, AnnMethod, AnnParams, DType, Entries, ImageEntry,
+    Index, IndexSpec, OpenOptions, RetrievalError, SearchMode, SearchOptions,
 };
 
 fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
@@ -314,51 +314,72 @@ fn ann_finds_nearly_all_true_neighbours() {
         .map(|i| centres[(i / dim % 40) * dim + i % dim] + 0.6 * noise[i])
         .collect();
     retrieval::normalize_rows(&mut base, dim).unwrap();
-    let idx = Index::from_vectors(spec(n, dim, DType::F32), base.clone()).unwrap();
     let queries = unit_rows(100, dim, 16);
-    let opts = SearchOptions {
-        mode: SearchMode::Ann,
-        ..SearchOptions::default()
-    };
-    assert!(idx.uses_ann(&opts, 1));
-    let auto = SearchOptions {
-        auto_ann_min_rows: 1000,
-        auto_ann_min_queries: 500,
-        ..SearchOptions::default()
-    };
-    assert!(
-        !idx.uses_ann(&SearchOptions::default(), 1),
-        "4000 rows is below the default threshold"
-    );
-    assert!(
-        !idx.uses_ann(&auto, 100),
-        "too few queries to pay for building the graph"
-    );
-    assert!(idx.uses_ann(&auto, 500));
-    let approx = idx.search_with(&queries, dim, 10, &opts).unwrap();
-    let exact = idx
-        .search_with(
-            &queries,
-            dim,
-            10,
-            &SearchOptions {
-                mode: SearchMode::Exact,
-                ..opts
+    for method in [AnnMethod::Ivf, AnnMethod::Hnsw] {
+        let idx = Index::from_vectors(spec(n, dim, DType::F32), base.clone()).unwrap();
+        let opts = SearchOptions {
+            mode: SearchMode::Ann,
+            ann: AnnParams {
+                method,
+                ..AnnParams::default()
             },
-        )
-        .unwrap();
-    assert!(
-        idx.uses_ann(&auto, 1),
-        "a built graph is used even for one query"
-    );
-    let mut found = 0;
-    for (a, e) in approx.iter().zip(&exact) {
-        assert_eq!(a.len(), 10);
-        assert!(a.windows(2).all(|w| w[0].score >= w[1].score));
-        found += a.iter().filter(|h| e.iter().any(|x| x.id == h.id)).count();
+            ..SearchOptions::default()
+        };
+        assert!(idx.uses_ann(&opts, 1));
+        let auto = SearchOptions {
+            auto_ann_min_rows: 1000,
+            auto_ann_min_queries: 500,
+            ..opts
+        };
+        let auto = SearchOptions {
+            mode: SearchMode::Auto,
+            ..auto
+        };
+        assert!(
+            !idx.uses_ann(&SearchOptions::default(), 1),
+            "4000 rows is below the default threshold"
+        );
+        assert!(
+            !idx.uses_ann(&auto, 100),
+            "too few queries to pay for building the structure"
+        );
+        assert!(idx.uses_ann(&auto, 500));
+        let approx = idx.search_with(&queries, dim, 10, &opts).unwrap();
+        let exact = idx
+            .search_with(
+                &queries,
+                dim,
+                10,
+                &SearchOptions {
+                    mode: SearchMode::Exact,
+                    ..opts
+                },
+            )
+            .unwrap();
+        assert!(
+            idx.uses_ann(&auto, 1),
+            "a built structure is used even for one query"
+        );
+        let mut found = 0;
+        for (a, e) in approx.iter().zip(&exact) {
+            assert_eq!(a.len(), 10);
+            assert!(a.windows(2).all(|w| w[0].score >= w[1].score));
+            for h in a {
+                // Scores are exact even when the candidates are approximate.
+                if let Some(x) = e.iter().find(|x| x.id == h.id) {
+                    assert!((x.score - h.score).abs() < 1e-5);
+                    found += 1;
+                }
+            }
+        }
+        let recall = found as f64 / 1000.0;
+        assert!(recall >= 0.95, "{method:?}: recall@10 = {recall}");
+        let built = idx.build_ann(&AnnParams::default()).unwrap();
+        assert_eq!(built.method, method, "the structure built first is kept");
+        if method == AnnMethod::Ivf {
+            assert_eq!(built.lists, 63, "√4000 lists by default");
+        }
     }
-    let recall = found as f64 / 1000.0;
-    assert!(recall >= 0.95, "recall@10 = {recall}");
     let bad = AnnParams {
         max_connections: 1000,
         ..AnnParams::default()
