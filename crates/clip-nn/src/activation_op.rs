@@ -12,6 +12,18 @@ use crate::Activation;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_C: f32 = 0.044_715;
 
+/// erf with Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): branch-free apart from the sign,
+/// so it vectorises, unlike libm's `erff`, which took a tenth of a training step.
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * (-a * a).exp();
+    y.copysign(x)
+}
+
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -20,7 +32,7 @@ impl Activation {
     fn value(self, x: f32) -> f32 {
         match self {
             Activation::QuickGelu => x * sigmoid(1.702 * x),
-            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
             Activation::GeluTanh => {
                 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh())
             }
@@ -34,7 +46,7 @@ impl Activation {
                 s + 1.702 * x * s * (1.0 - s)
             }
             Activation::Gelu => {
-                let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+                let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
                 let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
                 cdf + x * pdf
             }
@@ -130,6 +142,14 @@ pub(crate) fn apply(act: Activation, x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn fast_erf_is_accurate() {
+        for i in -400..=400 {
+            let x = i as f32 * 0.01;
+            assert!((erf(x) - libm::erff(x)).abs() < 1e-6, "erf({x})");
+        }
+    }
 
     #[test]
     fn matches_candle_reference_ops_and_finite_differences() {

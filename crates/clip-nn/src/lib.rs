@@ -9,6 +9,7 @@ mod activation_op;
 mod error;
 mod layers;
 mod linear_op;
+mod norm_op;
 mod ops;
 mod params;
 mod rng;
@@ -17,7 +18,7 @@ mod transformer;
 
 pub use error::{NnError, Result};
 pub use layers::{Activation, Embedding, LayerNorm, Linear};
-pub use ops::{layer_norm, softmax_last_dim};
+pub use ops::{layer_norm, layer_norm_composed, softmax_composed, softmax_last_dim};
 pub use params::{Init, ParamSource, Params, ShapeRecorder, TensorMap, VarStore};
 pub use rng::SplitMix64;
 pub use transformer::{Attention, Encoder, EncoderLayer, EncoderSpec, Mlp};

@@ -17,11 +17,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         let x = x.contiguous()?;
         return Ok(candle_nn::ops::layer_norm(&x, weight, bias, eps as f32)?);
     }
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(normed.broadcast_mul(weight)?.broadcast_add(bias)?)
+    if let Some(y) = crate::norm_op::layer_norm(x, weight, bias, eps) {
+        return Ok(y?);
+    }
+    layer_norm_composed(x, weight, bias, eps)
 }
 
 /// Softmax over the last dimension, numerically stabilised by subtracting the row maximum.
@@ -29,6 +28,23 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !needs_grad(&[x]) && x.dtype() == DType::F32 {
         return Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?);
     }
+    if let Some(y) = crate::norm_op::softmax_last_dim(x) {
+        return Ok(y?);
+    }
+    softmax_composed(x)
+}
+
+/// The composed reference implementations, used off-CPU and to check the fused ops.
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(weight)?.broadcast_add(bias)?)
+}
+
+/// Composed softmax (see [`layer_norm_composed`]).
+pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     // The max is a constant shift: detaching it leaves the gradient unchanged.
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
@@ -82,6 +98,30 @@ mod tests {
         let g = grads.get(&xv).unwrap();
         let gnorm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!(gnorm > 0.0 && gnorm.is_finite());
+    }
+
+    #[test]
+    fn fused_training_ops_match_composed_ops_in_value_and_gradient() {
+        let d = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (5, 3, 7), &d).unwrap()).unwrap();
+        let g =
+            Var::from_tensor(&(Tensor::randn(0f32, 0.3, 7, &d).unwrap() + 1.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 7, &d).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (5, 3, 7), &d).unwrap();
+        let fused = layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let plain = layer_norm_composed(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &g, &b] {
+            assert!(max_diff(gf.get(v).unwrap(), gp.get(v).unwrap()) < 1e-4);
+        }
+        let sf = softmax_last_dim(x.as_tensor()).unwrap();
+        let sp = softmax_composed(x.as_tensor()).unwrap();
+        assert!(max_diff(&sf, &sp) < 1e-6);
+        let gf = (sf * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (sp * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(gf.get(&x).unwrap(), gp.get(&x).unwrap()) < 1e-5);
     }
 
     #[test]
