@@ -120,9 +120,9 @@ pub struct TrainArgs {
     /// Log every N steps.
     #[arg(long, default_value_t = 10)]
     log_every: usize,
-    /// Validate every N steps (0: only at the end).
-    #[arg(long, default_value_t = 0)]
-    val_every: usize,
+    /// Validate every N steps (0: only at the end; default 25 with the bundled sample).
+    #[arg(long)]
+    val_every: Option<usize>,
     /// Continue the run in this directory from its newest checkpoint (other options are
     /// taken from the run).
     #[arg(long)]
@@ -298,7 +298,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         save_every: a.save_every,
         keep_last: a.keep_last,
         log_every: a.log_every,
-        val_every: a.val_every,
+        val_every: a.val_every.unwrap_or(if bundled { 25 } else { 0 }),
         augment: AugmentConfig {
             scale: [a.aug_scale[0], a.aug_scale[1]],
             hflip: a.hflip,
