@@ -65,6 +65,29 @@ fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
     Ok((m, k, n))
 }
 
+/// Shared body of both ops' `cpu_fwd`: checks shapes, runs [`forward`].
+fn linear_storage(
+    sx: &CpuStorage,
+    lx: &Layout,
+    sw: &CpuStorage,
+    lw: &Layout,
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (m, k, n) = dims(lx, lw)?;
+    let b = bias
+        .map(|(sb, lb)| contiguous(sb, lb, "bias"))
+        .transpose()?;
+    let out = forward(
+        contiguous(sx, lx, "input")?,
+        contiguous(sw, lw, "weight")?,
+        b,
+        m,
+        k,
+        n,
+    );
+    Ok((CpuStorage::F32(out), Shape::from((m, n))))
+}
+
 struct LinearBias;
 
 impl CustomOp3 for LinearBias {
@@ -81,16 +104,7 @@ impl CustomOp3 for LinearBias {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k, n) = dims(lx, lw)?;
-        let out = forward(
-            contiguous(sx, lx, "input")?,
-            contiguous(sw, lw, "weight")?,
-            Some(contiguous(sb, lb, "bias")?),
-            m,
-            k,
-            n,
-        );
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+        linear_storage(sx, lx, sw, lw, Some((sb, lb)))
     }
 
     fn bwd(
@@ -124,16 +138,7 @@ impl CustomOp2 for LinearNoBias {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k, n) = dims(lx, lw)?;
-        let out = forward(
-            contiguous(sx, lx, "input")?,
-            contiguous(sw, lw, "weight")?,
-            None,
-            m,
-            k,
-            n,
-        );
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+        linear_storage(sx, lx, sw, lw, None)
     }
 
     fn bwd(
