@@ -6,6 +6,7 @@ mod download;
 mod embed;
 mod eval;
 mod index;
+mod probe;
 mod search;
 mod train;
 mod valset;
@@ -36,6 +37,8 @@ enum Command {
     Index(index::IndexArgs),
     /// Search an index with texts, images or precomputed vectors.
     Search(search::SearchArgs),
+    /// Linear probe with few labels per class on frozen image embeddings (or raw pixels).
+    Probe(probe::ProbeArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(a) => download::run(a),
         Command::Index(a) => index::run(a),
         Command::Search(a) => search::run(a),
+        Command::Probe(a) => probe::run(a),
     }
 }
 

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use clip_data::LabelTable;
 use clip_data::{AugmentConfig, Dataset};
 use clip_model::{Checkpoint, ClipConfig, ClipModel, Preprocess};
-use clip_train::{LossKind, Observer, RunSetup, ScheduleKind, StepStats, TrainConfig};
+use clip_train::{LossKind, Objective, Observer, RunSetup, ScheduleKind, StepStats, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,8 @@ use super::common::{self, DeviceArg};
 use super::valset::{top_images, Scored, ValSet};
 
 /// Model presets compiled into the binary (the files in `models/`).
-const PRESETS: [(&str, &str); 3] = [
+const PRESETS: [(&str, &str); 4] = [
+    ("micro", include_str!("../../models/micro/config.json")),
     ("tiny", include_str!("../../models/tiny/config.json")),
     ("small", include_str!("../../models/small/config.json")),
     (
@@ -30,10 +32,35 @@ fn bundled_data() -> (PathBuf, PathBuf) {
     (root.join("emoji-noto"), root.join("emoji-twemoji"))
 }
 
+/// The bundled image-only sample: handwritten digits, with labels for the probe.
+fn bundled_digits() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/digits/labels.tsv")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+enum ObjectiveArg {
+    /// An image and its caption are the positive pair (CLIP).
+    ImageText,
+    /// Two augmented views of one image are the positive pair (no captions needed).
+    Images,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 enum LossArg {
+    /// CLIP's symmetric softmax (image-text).
     Clip,
+    /// SigLIP's pairwise sigmoid (image-text).
     Siglip,
+    /// SimCLR's NT-Xent over two views (images).
+    NtXent,
+    /// Debiased negatives with prior --tau-plus (either objective).
+    Debiased,
+    /// Debiased plus hard-negative weighting --beta (either objective).
+    HardNegative,
+    /// Spectral contrastive loss (either objective).
+    Spectral,
+    /// NT-Xent without same-class negatives, from --labels (images; experiments only).
+    Oracle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -66,9 +93,35 @@ pub struct TrainArgs {
     /// Freeze the text tower.
     #[arg(long)]
     lock_text: bool,
-    /// Objective.
-    #[arg(long, value_enum, default_value_t = LossArg::Clip)]
-    loss: LossArg,
+    /// What a positive pair is: an image and its caption, or two views of one image.
+    /// `images` without --data trains on the bundled digits.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::ImageText)]
+    #[serde(default = "default_objective")]
+    objective: ObjectiveArg,
+    /// Loss (default: clip for image-text, nt-xent for images).
+    #[arg(long, value_enum)]
+    loss: Option<LossArg>,
+    /// Temperature of the two-view softmax losses.
+    #[arg(long, default_value_t = 0.5)]
+    #[serde(default = "default_temperature")]
+    temperature: f64,
+    /// Class prior τ⁺ of the debiased and hard-negative losses.
+    #[arg(long, default_value_t = 0.1)]
+    #[serde(default = "default_tau_plus")]
+    tau_plus: f64,
+    /// Hard-negative concentration β.
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "default_beta")]
+    beta: f64,
+    /// Norm bound μ of the spectral loss.
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "default_mu")]
+    spectral_mu: f64,
+    /// Class labels (`filepath<TAB>label`, paths relative to the file) for the oracle loss and
+    /// the linear probe printed after an image-only run.
+    #[arg(long)]
+    #[serde(default)]
+    labels: Option<PathBuf>,
     /// Optimiser steps (default 400; 100 with the bundled sample, a few minutes on a laptop).
     #[arg(long)]
     steps: Option<usize>,
@@ -128,24 +181,25 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     resume: Option<PathBuf>,
-    /// Random-resized-crop area range, MIN,MAX.
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [0.7f32, 1.0])]
+    /// Random-resized-crop area range, MIN,MAX (default 0.7,1; 0.3,1 for images).
+    #[arg(long, value_delimiter = ',')]
     aug_scale: Vec<f32>,
-    /// Horizontal-flip probability (off: captions say left and right).
-    #[arg(long, default_value_t = 0.0)]
-    hflip: f32,
-    /// Colour-jitter strength.
-    #[arg(long, default_value_t = 0.0)]
-    color_jitter: f32,
-    /// Greyscale probability.
-    #[arg(long, default_value_t = 0.0)]
-    grayscale: f32,
-    /// Gaussian-blur probability.
-    #[arg(long, default_value_t = 0.0)]
-    blur: f32,
-    /// Maximum rotation in degrees.
-    #[arg(long, default_value_t = 0.0)]
-    rotation: f32,
+    /// Horizontal-flip probability (default off: captions say left and right, digits and
+    /// emoji are not mirror-symmetric).
+    #[arg(long)]
+    hflip: Option<f32>,
+    /// Colour-jitter strength (default 0; 0.4 for images).
+    #[arg(long)]
+    color_jitter: Option<f32>,
+    /// Greyscale probability (default 0; 0.2 for images).
+    #[arg(long)]
+    grayscale: Option<f32>,
+    /// Gaussian-blur probability (default 0; 0.5 for images).
+    #[arg(long)]
+    blur: Option<f32>,
+    /// Maximum rotation in degrees (default 0; 10 for images).
+    #[arg(long)]
+    rotation: Option<f32>,
     /// Example text→image searches printed at the end.
     #[arg(long, default_value_t = 5)]
     examples: usize,
@@ -153,11 +207,26 @@ pub struct TrainArgs {
 
 const RUN_FILE: &str = "run.json";
 
+fn default_objective() -> ObjectiveArg {
+    ObjectiveArg::ImageText
+}
+fn default_temperature() -> f64 {
+    0.5
+}
+fn default_tau_plus() -> f64 {
+    0.1
+}
+fn default_beta() -> f64 {
+    1.0
+}
+fn default_mu() -> f64 {
+    1.0
+}
+
 fn preset(name: &str) -> Result<ClipConfig> {
-    let (_, json) = PRESETS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .with_context(|| format!("unknown --preset {name:?} (choose tiny, small or vit-b-32)"))?;
+    let (_, json) = PRESETS.iter().find(|(n, _)| *n == name).with_context(|| {
+        format!("unknown --preset {name:?} (choose micro, tiny, small or vit-b-32)")
+    })?;
     let cfg: ClipConfig = serde_json::from_str(json)?;
     cfg.validate()?;
     Ok(cfg)
@@ -216,14 +285,34 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             .with_context(|| format!("cannot resume: {} is damaged", path.display()))?;
         a.out = dir.clone();
     }
+    let images_only = a.objective == ObjectiveArg::Images;
     let (bundled_train, bundled_val) = bundled_data();
     let bundled = a.data.is_empty();
-    if bundled {
+    if bundled && images_only {
+        a.data = vec![bundled_digits()];
+        if a.labels.is_none() {
+            a.labels = Some(bundled_digits());
+        }
+        if a.preset == "tiny" {
+            a.preset = "micro".into();
+        }
+    } else if bundled {
         a.data = vec![bundled_train];
         if a.val_data.is_empty() {
             a.val_data = vec![bundled_val];
         }
     }
+    if images_only && !a.val_data.is_empty() {
+        bail!(
+            "--val-data measures image–text retrieval; with --objective images use --labels \
+             for a linear probe (or `clip probe` afterwards)"
+        );
+    }
+    let loss = a.loss.unwrap_or(if images_only {
+        LossArg::NtXent
+    } else {
+        LossArg::Clip
+    });
     // The bundled demo is a short run: smaller batches and a gentler peak rate keep the
     // few-minute schedule from collapsing the embedding in its first steps.
     let steps = a.steps.unwrap_or(if bundled { 100 } else { 400 });
@@ -246,7 +335,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         }
         None => {
             let mut cfg = preset(&a.preset)?;
-            if a.loss == LossArg::Siglip {
+            if loss == LossArg::Siglip {
                 cfg.logit_scale_init_value = 10f64.ln();
             }
             let pre = Preprocess {
@@ -289,32 +378,46 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         grad_clip_norm: a.grad_clip_norm,
         accum_steps: a.accum_steps,
         seed: a.seed,
-        loss: match a.loss {
+        objective: if images_only {
+            Objective::Images
+        } else {
+            Objective::ImageText
+        },
+        loss: match loss {
             LossArg::Clip => LossKind::Clip,
             LossArg::Siglip => LossKind::Siglip,
+            LossArg::NtXent => LossKind::NtXent,
+            LossArg::Debiased => LossKind::Debiased,
+            LossArg::HardNegative => LossKind::HardNegative,
+            LossArg::Spectral => LossKind::Spectral,
+            LossArg::Oracle => LossKind::Oracle,
         },
+        temperature: a.temperature,
+        tau_plus: a.tau_plus,
+        beta: a.beta,
+        spectral_mu: a.spectral_mu,
         lock_image: a.lock_image,
         lock_text: a.lock_text,
         save_every: a.save_every,
         keep_last: a.keep_last,
         log_every: a.log_every,
         val_every: a.val_every.unwrap_or(if bundled { 25 } else { 0 }),
-        augment: AugmentConfig {
-            scale: [a.aug_scale[0], a.aug_scale[1]],
-            hflip: a.hflip,
-            color_jitter: a.color_jitter,
-            grayscale: a.grayscale,
-            blur: a.blur,
-            rotation: a.rotation,
-            ..AugmentConfig::default()
-        },
+        augment: augment_config(&a, images_only)?,
         prefetch: 4,
     };
     train.validate()?;
 
     let load = |paths: &[PathBuf], what: &str| -> Result<Dataset> {
-        let ds = Dataset::load(&a.csv.sources(paths)?, preprocess.image_size)?;
-        eprintln!("{what}: {} image–caption pairs", ds.len());
+        let sources = a.csv.sources(paths)?;
+        let ds = if images_only {
+            let ds = Dataset::load_images(&sources, preprocess.image_size)?;
+            eprintln!("{what}: {} images", ds.len());
+            ds
+        } else {
+            let ds = Dataset::load(&sources, preprocess.image_size)?;
+            eprintln!("{what}: {} image–caption pairs", ds.len());
+            ds
+        };
         if ds.skipped.total() > 0 {
             eprintln!(
                 "  skipped {}:\n  {}",
@@ -325,6 +428,14 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         Ok(ds)
     };
     let data = load(&a.data, "training data")?;
+    let label_table = match &a.labels {
+        Some(p) => Some(LabelTable::read(p, "filepath", "label")?),
+        None => None,
+    };
+    let labels = match &label_table {
+        Some(t) => Some(t.lookup(data.items.iter().map(|i| i.name.as_str()))?),
+        None => None,
+    };
     let val = if a.val_data.is_empty() {
         None
     } else {
@@ -358,8 +469,10 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         tokenizer,
         train,
         resume: resume.is_some(),
+        labels: labels.clone(),
     };
-    let summary = clip_train::train(setup, Arc::new(data), &device, &mut display)?;
+    let data = Arc::new(data);
+    let summary = clip_train::train(setup, data.clone(), &device, &mut display)?;
     display.bar.finish_and_clear();
 
     println!(
@@ -386,7 +499,38 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     if let (Some(val), Some(scored)) = (&display.val, &display.last) {
         print_examples(val, scored, a.examples);
     }
+    if let (true, Some(file)) = (images_only, &a.labels) {
+        print_probe(&summary.final_dir, file, a.seed, a.device)?;
+    }
     Ok(())
+}
+
+/// The augmentations: the user's settings, else CLIP's comparison defaults for image–text
+/// and SimCLR-like stronger ones for image-only runs (where augmentation defines the task).
+fn augment_config(a: &TrainArgs, images_only: bool) -> Result<AugmentConfig> {
+    let pick = |v: Option<f32>, text: f32, images: f32| {
+        v.unwrap_or(if images_only { images } else { text })
+    };
+    let scale = match a.aug_scale.as_slice() {
+        [] => {
+            if images_only {
+                [0.3, 1.0]
+            } else {
+                [0.7, 1.0]
+            }
+        }
+        [lo, hi] => [*lo, *hi],
+        other => bail!("--aug-scale takes MIN,MAX, got {other:?}"),
+    };
+    Ok(AugmentConfig {
+        scale,
+        hflip: a.hflip.unwrap_or(0.0),
+        color_jitter: pick(a.color_jitter, 0.0, 0.4),
+        grayscale: pick(a.grayscale, 0.0, 0.2),
+        blur: pick(a.blur, 0.0, 0.5),
+        rotation: pick(a.rotation, 0.0, 10.0),
+        ..AugmentConfig::default()
+    })
 }
 
 fn print_examples(val: &ValSet, scored: &Scored, n: usize) {
@@ -424,4 +568,42 @@ fn print_examples(val: &ValSet, scored: &Scored, n: usize) {
             println!("    {}. {name} ({score:.3}){hit}", rank + 1);
         }
     }
+}
+
+/// After an image-only run with labels: how linearly separable the frozen embeddings are with
+/// a few labels per class, next to the same probe on raw pixels.
+fn print_probe(model_dir: &Path, labels_file: &Path, seed: u64, device: DeviceArg) -> Result<()> {
+    use linear_probe::{run_probe, Labels, Method, ProbeConfig};
+    let table = LabelTable::read(labels_file, "filepath", "label")?;
+    let (files, names) = super::probe::select_images(&table, &[])?;
+    let labels = Labels::from_names(&names);
+    let smallest = labels.counts().into_iter().min().unwrap_or(0);
+    if labels.n_classes() < 2 || smallest < 2 {
+        return Ok(());
+    }
+    let n = 10.min(smallest - 1);
+    let model = model_dir.display().to_string();
+    println!(
+        "\nlinear probe ({} images, {} classes, ridge on {n} labelled images per class, \
+         accuracy on the rest; `clip probe` for more):",
+        labels.len(),
+        labels.n_classes()
+    );
+    for (what, features) in [
+        (
+            "image embeddings",
+            super::probe::embedding_features(&model, &files, 256, device)?,
+        ),
+        ("raw pixels", super::probe::pixel_features(&files, None)?),
+    ] {
+        let cfg = ProbeConfig {
+            method: Method::Ridge,
+            n_per_class: n,
+            seed,
+            lambda: None,
+        };
+        let r = run_probe(&features.matrix, &labels, &cfg)?;
+        println!("  {what:<17} accuracy {:.4}", r.accuracy);
+    }
+    Ok(())
 }

@@ -119,10 +119,24 @@ impl Dataset {
     /// Missing captions, orphan captions and unreadable images are skipped and counted;
     /// an empty result is an error that says what was skipped.
     pub fn load(sources: &[Source], image_size: usize) -> Result<Self> {
+        Self::load_with(sources, image_size, true)
+    }
+
+    /// Like [`Dataset::load`] but keeps images that have no caption (image-only training);
+    /// their caption list is empty.
+    pub fn load_images(sources: &[Source], image_size: usize) -> Result<Self> {
+        Self::load_with(sources, image_size, false)
+    }
+
+    fn load_with(sources: &[Source], image_size: usize, need_captions: bool) -> Result<Self> {
         let mut skips = ScanSkips::default();
         let mut raw = Vec::new();
         for s in sources {
-            raw.extend(s.scan(&mut skips)?);
+            raw.extend(if need_captions {
+                s.scan(&mut skips)?
+            } else {
+                s.scan_images(&mut skips)?
+            });
         }
         let max_side = (2 * image_size).max(1) as u32;
         let decoded: Vec<std::result::Result<RgbImage, String>> =
@@ -263,6 +277,34 @@ mod tests {
         assert_eq!(tar.items[0].captions, ["shard"]);
         let both = Dataset::load(&[src("m.tsv"), src("s.tar")], 4).unwrap();
         assert_eq!(both.len(), 3);
+    }
+
+    #[test]
+    fn image_only_loading_keeps_uncaptioned_images() {
+        let d = tempfile::tempdir().unwrap();
+        png(&d.path().join("a.png"), 10);
+        std::fs::write(d.path().join("a.txt"), "captioned").unwrap();
+        png(&d.path().join("b.png"), 20);
+        std::fs::write(d.path().join("broken.png"), b"garbage").unwrap();
+        let ds = Dataset::load_images(&[Source::Folder(d.path().to_path_buf())], 4).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.items[1].captions.len(), 0);
+        assert_eq!(ds.skipped.unreadable.len(), 1);
+        // A labels manifest without a caption column is enough for images.
+        std::fs::write(
+            d.path().join("l.tsv"),
+            "filepath\tlabel\na.png\t3\nb.png\t4\n",
+        )
+        .unwrap();
+        let src = Source::from_path(&d.path().join("l.tsv"), &CsvOptions::default()).unwrap();
+        assert_eq!(
+            Dataset::load_images(std::slice::from_ref(&src), 4)
+                .unwrap()
+                .len(),
+            2
+        );
+        let err = Dataset::load(&[src], 4).unwrap_err().to_string();
+        assert!(err.contains("`title`"), "{err}");
     }
 
     #[test]

@@ -5,9 +5,11 @@
 mod augment;
 mod dataset;
 mod error;
+mod labels;
 mod source;
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use dataset::{Dataset, Item, SkipReport};
 pub use error::{DataError, Result};
+pub use labels::LabelTable;
 pub use source::{CsvOptions, RawSample, Source};

@@ -135,11 +135,22 @@ impl Source {
 
     /// Lists the pairs of this source, in a stable order.
     pub fn scan(&self, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
+        self.scan_with(skips, true)
+    }
+
+    /// Lists the images of this source, captions or not (for image-only training: an
+    /// image without a caption is kept with an empty caption list, and a manifest needs
+    /// only its image column).
+    pub fn scan_images(&self, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
+        self.scan_with(skips, false)
+    }
+
+    fn scan_with(&self, skips: &mut ScanSkips, need_captions: bool) -> Result<Vec<RawSample>> {
         match self {
-            Source::Folder(dir) => scan_folder(dir, skips),
-            Source::Csv(path, opts) => scan_csv(path, opts),
-            Source::Jsonl(path) => scan_jsonl(path),
-            Source::Tar(path) => scan_tar(path, skips),
+            Source::Folder(dir) => scan_folder(dir, skips, need_captions),
+            Source::Csv(path, opts) => scan_csv(path, opts, need_captions),
+            Source::Jsonl(path) => scan_jsonl(path, need_captions),
+            Source::Tar(path) => scan_tar(path, skips, need_captions),
         }
     }
 }
@@ -156,7 +167,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn scan_folder(dir: &Path, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
+fn scan_folder(dir: &Path, skips: &mut ScanSkips, need_captions: bool) -> Result<Vec<RawSample>> {
     let mut files = Vec::new();
     walk(dir, &mut files)?;
     files.sort();
@@ -171,9 +182,18 @@ fn scan_folder(dir: &Path, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
                 image: ImageBytes::File(f.clone()),
                 captions: vec![read_caption(&txt)?],
             });
-        } else {
+        } else if need_captions {
             skips.no_caption.push(f.display().to_string());
+        } else {
+            out.push(RawSample {
+                name: f.display().to_string(),
+                image: ImageBytes::File(f.clone()),
+                captions: Vec::new(),
+            });
         }
+    }
+    if !need_captions {
+        return Ok(out);
     }
     for f in files
         .iter()
@@ -186,7 +206,7 @@ fn scan_folder(dir: &Path, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
     Ok(out)
 }
 
-fn scan_csv(path: &Path, opts: &CsvOptions) -> Result<Vec<RawSample>> {
+fn scan_csv(path: &Path, opts: &CsvOptions, need_captions: bool) -> Result<Vec<RawSample>> {
     let base = path.parent().unwrap_or(Path::new("."));
     let file = std::fs::File::open(path).map_err(io(path))?;
     let mut rdr = csv::ReaderBuilder::new()
@@ -209,18 +229,28 @@ fn scan_csv(path: &Path, opts: &CsvOptions) -> Result<Vec<RawSample>> {
                 found: headers.iter().collect::<Vec<_>>().join(", "),
             })
     };
-    let (ic, cc) = (col(&opts.img_key)?, col(&opts.caption_key)?);
+    let ic = col(&opts.img_key)?;
+    let cc = match col(&opts.caption_key) {
+        Ok(c) => Some(c),
+        Err(_) if !need_captions => None,
+        Err(e) => return Err(e),
+    };
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| bad(i + 2, e.to_string()))?;
-        let (Some(img), Some(cap)) = (rec.get(ic), rec.get(cc)) else {
+        let Some(img) = rec.get(ic) else {
             return Err(bad(i + 2, "row is missing a field".into()));
+        };
+        let captions = match cc.map(|c| rec.get(c)) {
+            Some(Some(cap)) => vec![cap.to_string()],
+            Some(None) => return Err(bad(i + 2, "row is missing a field".into())),
+            None => Vec::new(),
         };
         let p = base.join(img);
         out.push(RawSample {
             name: p.display().to_string(),
             image: ImageBytes::File(p),
-            captions: vec![cap.to_string()],
+            captions,
         });
     }
     Ok(out)
@@ -233,7 +263,7 @@ struct JsonlRecord {
     captions: Option<Vec<String>>,
 }
 
-fn scan_jsonl(path: &Path) -> Result<Vec<RawSample>> {
+fn scan_jsonl(path: &Path, need_captions: bool) -> Result<Vec<RawSample>> {
     let base = path.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     let mut out = Vec::new();
@@ -250,6 +280,7 @@ fn scan_jsonl(path: &Path) -> Result<Vec<RawSample>> {
         let captions = match (rec.caption, rec.captions) {
             (_, Some(c)) if !c.is_empty() => c,
             (Some(c), _) => vec![c],
+            _ if !need_captions => Vec::new(),
             _ => return Err(bad("needs `caption` or a non-empty `captions`".into())),
         };
         let p = base.join(&rec.image);
@@ -262,7 +293,7 @@ fn scan_jsonl(path: &Path) -> Result<Vec<RawSample>> {
     Ok(out)
 }
 
-fn scan_tar(path: &Path, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
+fn scan_tar(path: &Path, skips: &mut ScanSkips, need_captions: bool) -> Result<Vec<RawSample>> {
     let file = std::fs::File::open(path).map_err(io(path))?;
     let mut archive = tar::Archive::new(file);
     let mut images: Vec<(String, Vec<u8>)> = Vec::new();
@@ -302,8 +333,16 @@ fn scan_tar(path: &Path, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
                     captions: vec![cap.clone()],
                 });
             }
-            None => skips.no_caption.push(label),
+            None if need_captions => skips.no_caption.push(label),
+            None => out.push(RawSample {
+                name: label,
+                image: ImageBytes::Memory(Arc::new(bytes)),
+                captions: Vec::new(),
+            }),
         }
+    }
+    if !need_captions {
+        return Ok(out);
     }
     let mut orphans: Vec<_> = texts
         .keys()

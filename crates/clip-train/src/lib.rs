@@ -6,13 +6,20 @@ mod loader;
 mod loss;
 mod optim;
 mod plot;
+pub mod spectral_graph;
+mod ssl_loss;
 mod trainer;
 
 pub use error::{Result, TrainError};
-pub use loader::{Batch, Loader, Order};
+pub use loader::{Batch, Loader, LoaderMode, Order};
 pub use loss::{clip_loss, l2_normalize, siglip_loss};
 pub use optim::{clip_grad_norm, decays, learning_rate, AdamW, AdamWConfig, ScheduleKind};
 pub use plot::write_plot;
+pub use ssl_loss::{
+    debiased_clip_loss, debiased_contrastive_loss, hard_negative_loss, nt_xent_loss,
+    oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss, NegativeEstimate,
+};
 pub use trainer::{
-    checkpoints, train, LossKind, Observer, RunSetup, StepStats, Summary, TrainConfig, TrainState,
+    checkpoints, train, LossKind, Objective, Observer, RunSetup, StepStats, Summary, TrainConfig,
+    TrainState,
 };

@@ -18,10 +18,23 @@ use text_encoder::ClipTokenizer;
 pub struct Batch {
     /// The step it belongs to.
     pub step: usize,
-    /// Normalised pixels, `[B, 3, s, s]` flattened.
+    /// Normalised pixels flattened: `[B, 3, s, s]` with captions, `[2B, 3, s, s]` with two
+    /// views (every first view, then every second view in the same order).
     pub pixels: Vec<f32>,
-    /// Token rows.
+    /// Token rows (empty with two views).
     pub ids: Vec<Vec<u32>>,
+    /// Dataset index of each sample.
+    pub items: Vec<usize>,
+}
+
+/// What the loader makes of each sample.
+#[derive(Clone)]
+pub enum LoaderMode {
+    /// One augmented view and one of its captions, tokenised.
+    Captions(Box<ClipTokenizer>),
+    /// Two independently augmented views of the image (the positive pair of image-only
+    /// contrastive learning); captions are not read.
+    TwoViews,
 }
 
 /// Mixes a seed with a counter into an independent stream.
@@ -78,7 +91,7 @@ impl Loader {
     pub fn spawn(
         data: Arc<Dataset>,
         aug: Augmenter,
-        tokenizer: ClipTokenizer,
+        mode: LoaderMode,
         batch: usize,
         seed: u64,
         steps: std::ops::Range<usize>,
@@ -94,24 +107,50 @@ impl Loader {
                         (pos, order.index(pos))
                     })
                     .collect();
-                let views: Vec<(Vec<f32>, String)> = positions
-                    .par_iter()
-                    .map(|&(pos, idx)| {
-                        let item = &data.items[idx];
-                        let mut rng = stream(seed, 2, pos as u64);
-                        let cap = item.captions[rng.below(item.captions.len())].clone();
-                        (aug.train(&item.image, &mut rng), cap)
-                    })
-                    .collect();
-                let caps: Vec<&str> = views.iter().map(|(_, c)| c.as_str()).collect();
-                let msg = tokenizer
-                    .encode_batch(&caps)
-                    .map_err(|e| e.to_string())
-                    .map(|ids| Batch {
-                        step,
-                        pixels: views.iter().flat_map(|(p, _)| p.iter().copied()).collect(),
-                        ids,
-                    });
+                let items: Vec<usize> = positions.iter().map(|&(_, idx)| idx).collect();
+                let msg = match &mode {
+                    LoaderMode::Captions(tokenizer) => {
+                        let views: Vec<(Vec<f32>, String)> = positions
+                            .par_iter()
+                            .map(|&(pos, idx)| {
+                                let item = &data.items[idx];
+                                let mut rng = stream(seed, 2, pos as u64);
+                                let cap = item.captions[rng.below(item.captions.len())].clone();
+                                (aug.train(&item.image, &mut rng), cap)
+                            })
+                            .collect();
+                        let caps: Vec<&str> = views.iter().map(|(_, c)| c.as_str()).collect();
+                        tokenizer
+                            .encode_batch(&caps)
+                            .map_err(|e| e.to_string())
+                            .map(|ids| Batch {
+                                step,
+                                pixels: views.iter().flat_map(|(p, _)| p.iter().copied()).collect(),
+                                ids,
+                                items,
+                            })
+                    }
+                    LoaderMode::TwoViews => {
+                        let pairs: Vec<(Vec<f32>, Vec<f32>)> = positions
+                            .par_iter()
+                            .map(|&(pos, idx)| {
+                                let img = &data.items[idx].image;
+                                let mut rng = stream(seed, 3, pos as u64);
+                                let a = aug.train(img, &mut rng);
+                                (a, aug.train(img, &mut rng))
+                            })
+                            .collect();
+                        let mut pixels: Vec<f32> =
+                            pairs.iter().flat_map(|(a, _)| a.iter().copied()).collect();
+                        pixels.extend(pairs.iter().flat_map(|(_, b)| b.iter().copied()));
+                        Ok(Batch {
+                            step,
+                            pixels,
+                            ids: Vec::new(),
+                            items,
+                        })
+                    }
+                };
                 if tx.send(msg).is_err() {
                     return; // the trainer stopped early
                 }

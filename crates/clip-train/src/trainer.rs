@@ -15,18 +15,47 @@ use text_encoder::ClipTokenizer;
 
 use crate::error::io;
 use crate::loader::Loader;
+use crate::loader::LoaderMode;
 use crate::optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig, ScheduleKind};
+use crate::ssl_loss::{
+    debiased_clip_loss, oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss,
+    NegativeEstimate,
+};
 use crate::{clip_loss, siglip_loss, Result, TrainError};
 
-/// The contrastive objective.
+/// What counts as a positive pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// An image and its caption (CLIP): both towers train.
+    #[default]
+    ImageText,
+    /// Two augmented views of one image (SimCLR-style): only the image tower trains and
+    /// captions are not needed.
+    Images,
+}
+
+/// The contrastive loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
 pub enum LossKind {
-    /// Symmetric in-batch softmax cross-entropy ([`clip_loss`]).
+    /// Symmetric in-batch softmax cross-entropy ([`clip_loss`]); image–text only.
     #[default]
     Clip,
-    /// Pairwise sigmoid loss with a learned bias ([`siglip_loss`]).
+    /// Pairwise sigmoid loss with a learned bias ([`siglip_loss`]); image–text only.
     Siglip,
+    /// NT-Xent over two views ([`crate::nt_xent_loss`]); images only.
+    NtXent,
+    /// Debiased negatives with prior `tau_plus` ([`crate::debiased_contrastive_loss`], or
+    /// [`debiased_clip_loss`] for image–text).
+    Debiased,
+    /// Debiased plus hard-negative reweighting with `beta` ([`crate::hard_negative_loss`]).
+    HardNegative,
+    /// Spectral contrastive loss ([`spectral_contrastive_loss`]).
+    Spectral,
+    /// NT-Xent with same-class negatives removed using true labels
+    /// ([`oracle_contrastive_loss`]); images only, for experiments.
+    Oracle,
 }
 
 /// Everything that shapes the optimisation (saved with every checkpoint).
@@ -52,8 +81,18 @@ pub struct TrainConfig {
     pub accum_steps: usize,
     /// Seed for initialisation, data order and augmentation.
     pub seed: u64,
-    /// Objective.
+    /// What a positive pair is.
+    pub objective: Objective,
+    /// Loss.
     pub loss: LossKind,
+    /// Temperature of the two-view softmax losses (image–text losses learn theirs).
+    pub temperature: f64,
+    /// Class prior τ⁺ of the debiased and hard-negative losses.
+    pub tau_plus: f64,
+    /// Hard-negative concentration β.
+    pub beta: f64,
+    /// Norm bound μ of the spectral loss.
+    pub spectral_mu: f64,
     /// Freeze the image tower.
     pub lock_image: bool,
     /// Freeze the text tower.
@@ -84,7 +123,12 @@ impl Default for TrainConfig {
             grad_clip_norm: None,
             accum_steps: 1,
             seed: 0,
+            objective: Objective::ImageText,
             loss: LossKind::Clip,
+            temperature: 0.5,
+            tau_plus: 0.1,
+            beta: 1.0,
+            spectral_mu: 1.0,
             lock_image: false,
             lock_text: false,
             save_every: 0,
@@ -122,6 +166,47 @@ impl TrainConfig {
             if c.is_nan() || c <= 0.0 {
                 return bad("grad-clip-norm", "must be positive");
             }
+        }
+        use LossKind::*;
+        match (self.objective, self.loss) {
+            (Objective::ImageText, NtXent | Oracle) => {
+                return bad(
+                    "loss",
+                    "nt-xent and oracle compare two views of one image: use --objective images",
+                )
+            }
+            (Objective::Images, Clip | Siglip) => {
+                return bad(
+                    "loss",
+                    "clip and siglip pair images with captions: with --objective images use \
+                     nt-xent, debiased, hard-negative, spectral or oracle",
+                )
+            }
+            (Objective::Images, _) if self.accum_steps != 1 => {
+                return bad(
+                    "accum-steps",
+                    "is only supported with --objective image-text",
+                )
+            }
+            (Objective::Images, _) if self.lock_image => {
+                return bad(
+                    "lock-image",
+                    "--objective images trains only the image tower",
+                )
+            }
+            _ => {}
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("temperature", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.tau_plus) {
+            return bad("tau-plus", "must lie in [0, 1)");
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return bad("beta", "must be a non-negative number");
+        }
+        if !(self.spectral_mu.is_finite() && self.spectral_mu > 0.0) {
+            return bad("spectral-mu", "must be a positive number");
         }
         if self.lock_image && self.lock_text {
             return bad(
@@ -194,6 +279,8 @@ pub struct RunSetup {
     pub train: TrainConfig,
     /// Continue from the newest checkpoint in `out`.
     pub resume: bool,
+    /// Class id per dataset item (needed by [`LossKind::Oracle`] only).
+    pub labels: Option<Vec<usize>>,
 }
 
 /// The end of a run.
@@ -274,11 +361,63 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn estimate(&self) -> NegativeEstimate {
+        let t = &self.setup.train;
+        match t.loss {
+            LossKind::Debiased => NegativeEstimate {
+                tau_plus: t.tau_plus,
+                beta: 0.0,
+            },
+            LossKind::HardNegative => NegativeEstimate {
+                tau_plus: t.tau_plus,
+                beta: t.beta,
+            },
+            _ => NegativeEstimate::BIASED,
+        }
+    }
+
     fn loss(&self, img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        Ok(match (&self.setup.train.loss, &self.logit_bias) {
+        let t = &self.setup.train;
+        Ok(match (t.loss, &self.logit_bias) {
             (LossKind::Siglip, Some(b)) => siglip_loss(img, txt, scale, b)?,
+            (LossKind::Debiased | LossKind::HardNegative, _) => {
+                debiased_clip_loss(img, txt, scale, self.estimate())?
+            }
+            (LossKind::Spectral, _) => spectral_contrastive_loss(img, txt, t.spectral_mu)?,
             _ => clip_loss(img, txt, scale)?,
         })
+    }
+
+    /// The image-only objective: both views through the image tower, one loss over them.
+    fn two_view_loss_and_grads(
+        &self,
+        pixels: &Tensor,
+        items: &[usize],
+        vars: &[(String, Var)],
+    ) -> Result<(f32, HashMap<String, Tensor>)> {
+        let t = &self.setup.train;
+        let b = items.len();
+        let z = self.model.encode_image(pixels)?;
+        let (z1, z2) = (z.narrow(0, 0, b)?, z.narrow(0, b, b)?);
+        let loss = match t.loss {
+            LossKind::Spectral => spectral_contrastive_loss(&z1, &z2, t.spectral_mu)?,
+            LossKind::Oracle => {
+                let labels = self.setup.labels.as_ref().ok_or(TrainError::Config {
+                    field: "labels",
+                    reason: "the oracle loss needs a class label for every image".into(),
+                })?;
+                let ids: Vec<u32> = items.iter().map(|&i| labels[i] as u32).collect();
+                oracle_contrastive_loss(&z1, &z2, t.temperature, &ids)?
+            }
+            _ => two_view_loss(&z1, &z2, t.temperature, self.estimate())?,
+        };
+        let value = loss.to_scalar::<f32>()?;
+        let g = loss.backward()?;
+        let grads = vars
+            .iter()
+            .filter_map(|(n, v)| g.get(v).map(|t| (n.clone(), t.clone())))
+            .collect();
+        Ok((value, grads))
     }
 
     fn features(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
@@ -505,13 +644,35 @@ pub fn train(
     )?;
     let logit_bias = match t.loss {
         LossKind::Siglip => Some(Params::new(&store).get((), LOGIT_BIAS, Init::Const(-10.0))?),
-        LossKind::Clip => None,
+        _ => None,
     };
+    if t.loss == LossKind::Oracle {
+        match &setup.labels {
+            Some(l) if l.len() == data.len() => {}
+            Some(l) => {
+                return Err(TrainError::Config {
+                    field: "labels",
+                    reason: format!("{} labels for {} images", l.len(), data.len()),
+                })
+            }
+            None => {
+                return Err(TrainError::Config {
+                    field: "labels",
+                    reason: "the oracle loss needs a class label for every image".into(),
+                })
+            }
+        }
+    }
+    let images_only = t.objective == Objective::Images;
+    // The temperature trains only where a loss uses it: CLIP-style image–text softmaxes.
+    let learned_scale = !images_only && t.loss != LossKind::Spectral;
     let vars: Vec<(String, Var)> = store
         .named_vars()
         .into_iter()
         .filter(|(n, _)| {
-            let frozen = (t.lock_image && is_image_param(n)) || (t.lock_text && is_text_param(n));
+            let frozen = (t.lock_image && is_image_param(n))
+                || ((t.lock_text || images_only) && is_text_param(n))
+                || (n == "logit_scale" && !learned_scale);
             !frozen
         })
         .collect();
@@ -539,7 +700,11 @@ pub fn train(
     let loader = Loader::spawn(
         data,
         aug,
-        setup.tokenizer.clone(),
+        if images_only {
+            LoaderMode::TwoViews
+        } else {
+            LoaderMode::Captions(Box::new(setup.tokenizer.clone()))
+        },
         t.batch_size,
         t.seed,
         start..t.steps,
@@ -557,8 +722,13 @@ pub fn train(
         let batch = loader.next().map_err(TrainError::Loader)?;
         let wait = t0.elapsed().as_secs_f64();
         debug_assert_eq!(batch.step, step);
-        let pixels = Tensor::from_vec(batch.pixels, (t.batch_size, 3, s, s), device)?;
-        let (loss, mut grads) = ctx.loss_and_grads(&pixels, &batch.ids, &vars)?;
+        let (loss, mut grads) = if images_only {
+            let pixels = Tensor::from_vec(batch.pixels, (2 * t.batch_size, 3, s, s), device)?;
+            ctx.two_view_loss_and_grads(&pixels, &batch.items, &vars)?
+        } else {
+            let pixels = Tensor::from_vec(batch.pixels, (t.batch_size, 3, s, s), device)?;
+            ctx.loss_and_grads(&pixels, &batch.ids, &vars)?
+        };
         if !loss.is_finite() {
             let last = last_ckpt
                 .as_ref()

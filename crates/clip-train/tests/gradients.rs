@@ -68,3 +68,50 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         assert!(norm > 0.0, "{name} gradient is zero");
     }
 }
+
+/// The image-only losses reach every image-tower parameter too.
+#[test]
+fn two_view_losses_reach_every_image_parameter() {
+    let cfg = small_config();
+    let store = VarStore::new(Device::Cpu, 1);
+    let model = ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    let b = 4;
+    let pixels = Tensor::randn(0f32, 1.0, (2 * b, 3, 16, 16), &Device::Cpu).unwrap();
+    let z = model.encode_image(&pixels).unwrap();
+    let (z1, z2) = (z.narrow(0, 0, b).unwrap(), z.narrow(0, b, b).unwrap());
+    let losses = [
+        ("nt-xent", clip_train::nt_xent_loss(&z1, &z2, 0.5)),
+        (
+            "debiased",
+            clip_train::debiased_contrastive_loss(&z1, &z2, 0.5, 0.1),
+        ),
+        (
+            "hard-negative",
+            clip_train::hard_negative_loss(&z1, &z2, 0.5, 0.1, 1.0),
+        ),
+        (
+            "oracle",
+            clip_train::oracle_contrastive_loss(&z1, &z2, 0.5, &[0, 1, 0, 2]),
+        ),
+        (
+            "spectral",
+            clip_train::spectral_contrastive_loss(&z1, &z2, 1.0),
+        ),
+    ];
+    for (what, loss) in losses {
+        let grads = loss.unwrap().backward().unwrap();
+        for (name, var) in store.named_vars() {
+            if !(name.starts_with("vision_model.") || name.starts_with("visual_projection")) {
+                continue;
+            }
+            let g = grads
+                .get(&var)
+                .unwrap_or_else(|| panic!("{what}: {name} has no gradient"));
+            let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(
+                norm.is_finite() && norm > 0.0,
+                "{what}: {name} gradient {norm}"
+            );
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use clip_data::{Dataset, Item};
 use clip_model::{ClipConfig, Preprocess, TextConfig, VisionConfig};
-use clip_train::{train, LossKind, Observer, RunSetup, ScheduleKind, TrainConfig};
+use clip_train::{train, LossKind, Objective, Observer, RunSetup, ScheduleKind, TrainConfig};
 use image::RgbImage;
 
 fn tokenizer_file() -> PathBuf {
@@ -100,6 +100,7 @@ fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
             ..TrainConfig::default()
         },
         resume,
+        labels: None,
     }
 }
 
@@ -241,4 +242,114 @@ fn siglip_and_feature_cache_accumulation_train() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("accum-steps"), "{err}");
+}
+
+fn tensors(dir: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn image_only_objective_learns_and_leaves_the_text_tower_alone() {
+    let runs: Vec<_> = [LossKind::NtXent, LossKind::Spectral]
+        .into_iter()
+        .map(|loss| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = setup(dir.path(), 30, false);
+            s.train.objective = Objective::Images;
+            s.train.loss = loss;
+            s.train.save_every = 0;
+            train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+            dir
+        })
+        .collect();
+    let l = losses(runs[0].path());
+    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < 0.8 * first, "nt-xent {first:.3} → {last:.3}");
+    let l = losses(runs[1].path());
+    assert!(l[l.len() - 1] < l[0] - 0.05, "spectral {l:?}");
+    // Same seed, different losses: the text tower and temperature are untouched (still the
+    // seeded initialisation), the image tower moved differently.
+    let (a, b) = (
+        tensors(&runs[0].path().join("final")),
+        tensors(&runs[1].path().join("final")),
+    );
+    let same = |n: &str| {
+        let d: f32 = (&a[n] - &b[n])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        d == 0.0
+    };
+    for name in a.keys() {
+        if name.starts_with("text_model.")
+            || name.starts_with("text_projection")
+            || name == "logit_scale"
+        {
+            assert!(same(name), "{name} changed");
+        }
+    }
+    assert!(!same("visual_projection.weight"));
+}
+
+#[test]
+fn oracle_needs_labels_and_losses_must_fit_the_objective() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = setup(dir.path(), 3, false);
+    s.train.objective = Objective::Images;
+    s.train.loss = LossKind::Oracle;
+    s.train.save_every = 0;
+    let err = train(s, dataset(), &Device::Cpu, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("labels"), "{err}");
+    let mut s = setup(dir.path(), 3, false);
+    s.train.objective = Objective::Images;
+    s.train.loss = LossKind::Oracle;
+    s.train.save_every = 0;
+    // Colour classes: items are ordered colour by colour, four places each.
+    s.labels = Some((0..16).map(|i| i / 4).collect());
+    train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+    for (objective, loss, field) in [
+        (Objective::Images, LossKind::Clip, "loss"),
+        (Objective::ImageText, LossKind::NtXent, "loss"),
+        (Objective::ImageText, LossKind::Oracle, "loss"),
+    ] {
+        let mut s = setup(dir.path(), 3, false);
+        s.train.objective = objective;
+        s.train.loss = loss;
+        let err = train(s, dataset(), &Device::Cpu, &mut Quiet)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field) && err.contains("objective"), "{err}");
+    }
+    let mut s = setup(dir.path(), 3, false);
+    s.train.tau_plus = 1.0;
+    let err = train(s, dataset(), &Device::Cpu, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tau-plus"), "{err}");
+}
+
+#[test]
+fn debiased_and_spectral_image_text_losses_train() {
+    for loss in [
+        LossKind::Debiased,
+        LossKind::HardNegative,
+        LossKind::Spectral,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = setup(dir.path(), 20, false);
+        s.train.loss = loss;
+        s.train.save_every = 0;
+        s.train.batch_size = 16;
+        train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+        let l = losses(dir.path());
+        assert!(l.iter().all(|v| v.is_finite()), "{loss:?}: {l:?}");
+        assert!(l[l.len() - 1] < l[0], "{loss:?}: {l:?}");
+    }
 }

@@ -1,0 +1,513 @@
+//! Contrastive losses beyond CLIP's: NT-Xent over two augmented views, the debiased and
+//! hard-negative corrections, a label oracle, and the spectral contrastive loss — plus the
+//! cross-modal (image–text) forms of the debiased and spectral losses.
+//!
+//! Every softmax-style loss here is one row-wise formula ([`row_losses`]): for an anchor with
+//! positive logit `s⁺` and candidate negatives `sⱼ` (logits are similarity / temperature),
+//!
+//! ```text
+//! g     = (mean_w(e^{sⱼ}) − τ⁺·e^{s⁺}) / (1 − τ⁺)      mean_w: plain, or weighted by e^{β·sⱼ}
+//! Ng    = max(N·g, N·e^{−1/t})                           N = number of negatives
+//! loss  = −log( e^{s⁺} / (e^{s⁺} + Ng) )
+//! ```
+//!
+//! τ⁺ = 0 and β = 0 give back the plain InfoNCE / NT-Xent loss exactly, which the tests check.
+//! Rows are shifted by their (detached) maximum before `exp`, so nothing overflows.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+use crate::loss::l2_normalize;
+
+/// How the negative term of a softmax contrastive loss is estimated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NegativeEstimate {
+    /// Class prior τ⁺: the probability that a "negative" shares the anchor's class
+    /// (0: the plain biased estimate).
+    pub tau_plus: f64,
+    /// Hard-negative concentration β (0: uniform weights over negatives).
+    pub beta: f64,
+}
+
+impl NegativeEstimate {
+    /// The plain (biased) estimate: every other sample is a negative with equal weight.
+    pub const BIASED: Self = Self {
+        tau_plus: 0.0,
+        beta: 0.0,
+    };
+}
+
+/// Per-row losses for `logits` `[R, C]` with one positive per row (`pos_mask`, 1 at the
+/// positive) and candidate negatives (`neg_mask`, 1 where a column counts as a negative).
+///
+/// `n_neg` is N in the formula (the number of negatives the estimate stands for) and
+/// `inv_t` the inverse temperature, which sets the clamp `N·e^{−1/t}` (the smallest value
+/// `Σ e^{s}` can take for unit vectors).
+fn row_losses(
+    logits: &Tensor,
+    pos_mask: &Tensor,
+    neg_mask: &Tensor,
+    n_neg: f64,
+    inv_t: &Tensor,
+    est: NegativeEstimate,
+) -> Result<Tensor> {
+    let m = logits.max_keepdim(D::Minus1)?.detach(); // [R, 1]
+    let shifted = logits.broadcast_sub(&m)?;
+    let pos_logit = (&shifted * pos_mask)?.sum_keepdim(D::Minus1)?; // s⁺ − m
+    let pos = pos_logit.exp()?;
+    let neg = (shifted.exp()? * neg_mask)?;
+    let mean_neg = if est.beta == 0.0 {
+        let count = neg_mask.sum_keepdim(D::Minus1)?.clamp(1.0, f64::MAX)?;
+        (neg.sum_keepdim(D::Minus1)? / count)?
+    } else {
+        // Importance weights e^{β·s} over the negatives, as a normalised distribution
+        // (shifted by the row maximum for the same reason as above).
+        let w = ((&shifted * est.beta)?.exp()? * neg_mask)?;
+        let z = w.sum_keepdim(D::Minus1)?.clamp(1e-30, f64::MAX)?;
+        ((w * &neg)?.sum_keepdim(D::Minus1)? / z)?
+    };
+    let g = ((mean_neg - (&pos * est.tau_plus)?)? / (1.0 - est.tau_plus))?;
+    let floor = (inv_t.detach().neg()?.broadcast_sub(&m)?.exp()? * n_neg)?;
+    let ng = (g * n_neg)?.broadcast_maximum(&floor)?;
+    (pos + ng)?.log()? - pos_logit
+}
+
+fn view_masks(b: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    // Rows/columns 0..B are view 1, B..2B view 2; row i's positive is i ± B.
+    let n = 2 * b;
+    let mut pos = vec![0f32; n * n];
+    let mut neg = vec![1f32; n * n];
+    for i in 0..n {
+        let p = (i + b) % n;
+        pos[i * n + p] = 1.0;
+        neg[i * n + p] = 0.0;
+        neg[i * n + i] = 0.0;
+    }
+    Ok((
+        Tensor::from_vec(pos, (n, n), device)?,
+        Tensor::from_vec(neg, (n, n), device)?,
+    ))
+}
+
+fn check_views(z1: &Tensor, z2: &Tensor) -> Result<usize> {
+    let (b, d) = z1.dims2()?;
+    if z2.dims2()? != (b, d) {
+        candle_core::bail!(
+            "the two views must have the same shape, got {:?} and {:?}",
+            z1.dims(),
+            z2.dims()
+        );
+    }
+    if b < 2 {
+        candle_core::bail!("a contrastive batch needs at least 2 images, got {b}");
+    }
+    Ok(b)
+}
+
+fn check_temperature(t: f64) -> Result<()> {
+    if !(t.is_finite() && t > 0.0) {
+        candle_core::bail!("temperature must be a positive number, got {t}");
+    }
+    Ok(())
+}
+
+/// Two-view softmax loss with a configurable negative estimate; the common body of
+/// [`nt_xent_loss`], [`debiased_contrastive_loss`] and [`hard_negative_loss`].
+///
+/// `z1[i]` and `z2[i]` are two augmented views of image i (`[B, D]`, normalised here). Each of
+/// the 2B views is an anchor whose positive is its sibling and whose N = 2B − 2 negatives are
+/// all other views. The result is the mean over the 2B anchors.
+pub fn two_view_loss(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+    est: NegativeEstimate,
+) -> Result<Tensor> {
+    let b = check_views(z1, z2)?;
+    check_temperature(temperature)?;
+    if !(0.0..1.0).contains(&est.tau_plus) {
+        candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
+    }
+    if !(est.beta.is_finite() && est.beta >= 0.0) {
+        candle_core::bail!("beta must be a non-negative number, got {}", est.beta);
+    }
+    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
+    let logits = (z.matmul(&z.t()?)? / temperature)?;
+    let (pos, neg) = view_masks(b, z.device())?;
+    let inv_t = Tensor::new(1.0 / temperature as f32, z.device())?.to_dtype(z.dtype())?;
+    let rows = row_losses(
+        &logits,
+        &pos.to_dtype(z.dtype())?,
+        &neg.to_dtype(z.dtype())?,
+        (2 * b - 2) as f64,
+        &inv_t,
+        est,
+    )?;
+    rows.mean_all()
+}
+
+/// NT-Xent (SimCLR's normalised temperature-scaled cross-entropy).
+///
+/// With unit vectors and similarities `sᵢⱼ = zᵢ·zⱼ / t` over the 2B views,
+/// `ℓᵢ = −log( e^{sᵢ,p(i)} / Σ_{k≠i} e^{sᵢₖ} )`, averaged over all 2B anchors; p(i) is the
+/// other view of the same image. SimCLR's default temperature is 0.5.
+pub fn nt_xent_loss(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
+    two_view_loss(z1, z2, temperature, NegativeEstimate::BIASED)
+}
+
+/// Debiased contrastive loss (Chuang et al. 2020).
+///
+/// Some "negatives" share the anchor's class (with probability τ⁺), which biases NT-Xent.
+/// The negative term is re-estimated as
+/// `Ng = N · max( (mean_{j∈neg} e^{sⱼ} − τ⁺·e^{s⁺}) / (1 − τ⁺), e^{−1/t} )`
+/// and `ℓ = −log( e^{s⁺} / (e^{s⁺} + Ng) )`. τ⁺ = 0 is exactly NT-Xent.
+pub fn debiased_contrastive_loss(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+    tau_plus: f64,
+) -> Result<Tensor> {
+    two_view_loss(
+        z1,
+        z2,
+        temperature,
+        NegativeEstimate {
+            tau_plus,
+            beta: 0.0,
+        },
+    )
+}
+
+/// Hard-negative contrastive loss (Robinson et al. 2021) on top of the debiased estimate.
+///
+/// Negatives are reweighted by `e^{β·sⱼ}` (normalised over the row), so similar — hard —
+/// negatives count more: `mean_{j∈neg}` in [`debiased_contrastive_loss`] becomes
+/// `Σⱼ e^{β·sⱼ}·e^{sⱼ} / Σⱼ e^{β·sⱼ}`. β = 0 is the debiased loss.
+pub fn hard_negative_loss(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+    tau_plus: f64,
+    beta: f64,
+) -> Result<Tensor> {
+    two_view_loss(z1, z2, temperature, NegativeEstimate { tau_plus, beta })
+}
+
+/// The "unbiased" oracle: NT-Xent whose negatives are only views of a different class,
+/// known from true labels (for experiments that bound what debiasing can gain).
+///
+/// `Ng = N · mean_{j: yⱼ≠yᵢ} e^{sⱼ}` — the quantity the debiased loss estimates without
+/// labels — with N = 2B − 2 as in NT-Xent. A row with no different-class view contributes
+/// `−log(e^{s⁺} / (e^{s⁺} + N·e^{−1/t}))`, the clamp of the debiased loss.
+pub fn oracle_contrastive_loss(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+    labels: &[u32],
+) -> Result<Tensor> {
+    let b = check_views(z1, z2)?;
+    check_temperature(temperature)?;
+    if labels.len() != b {
+        candle_core::bail!("{} labels for a batch of {b} images", labels.len());
+    }
+    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
+    let logits = (z.matmul(&z.t()?)? / temperature)?;
+    let (pos, _) = view_masks(b, z.device())?;
+    let n = 2 * b;
+    let mut neg = vec![0f32; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            if labels[i % b] != labels[j % b] {
+                neg[i * n + j] = 1.0;
+            }
+        }
+    }
+    let neg = Tensor::from_vec(neg, (n, n), z.device())?.to_dtype(z.dtype())?;
+    let inv_t = Tensor::new(1.0 / temperature as f32, z.device())?.to_dtype(z.dtype())?;
+    row_losses(
+        &logits,
+        &pos.to_dtype(z.dtype())?,
+        &neg,
+        (n - 2) as f64,
+        &inv_t,
+        NegativeEstimate::BIASED,
+    )?
+    .mean_all()
+}
+
+/// Rows longer than √μ are scaled back to norm √μ (the reference implementation's
+/// projection; shorter rows are left alone).
+fn project_to_ball(z: &Tensor, mu: f64) -> Result<Tensor> {
+    let norm = (z.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
+    let factor = (norm.recip()? * mu.sqrt())?.clamp(0.0, 1.0)?;
+    z.broadcast_mul(&factor)
+}
+
+/// Spectral contrastive loss (HaoChen et al. 2021) on B positive pairs `(z1ᵢ, z2ᵢ)`.
+///
+/// `L = ( −2·meanᵢ(z1ᵢ·z2ᵢ) + mean_{i≠j}(z1ᵢ·z2ⱼ)² ) / μ`, after scaling rows longer than
+/// √μ back to norm √μ. The mean over i ≠ j is the full-matrix mean times B/(B−1) with the
+/// diagonal removed, as in the reference implementation. No normalisation and no
+/// temperature: its population minimiser is the top eigenvectors of the normalised
+/// augmentation graph (see [`crate::spectral_graph`]).
+pub fn spectral_contrastive_loss(z1: &Tensor, z2: &Tensor, mu: f64) -> Result<Tensor> {
+    let b = check_views(z1, z2)?;
+    if !(mu.is_finite() && mu > 0.0) {
+        candle_core::bail!("mu must be a positive number, got {mu}");
+    }
+    let z1 = project_to_ball(z1, mu)?;
+    let z2 = project_to_ball(z2, mu)?;
+    let attract = ((&z1 * &z2)?.sum(D::Minus1)?.mean_all()? * -2.0)?;
+    let off = Tensor::ones((b, b), z1.dtype(), z1.device())?.sub(&Tensor::eye(
+        b,
+        z1.dtype(),
+        z1.device(),
+    )?)?;
+    let sq = (z1.matmul(&z2.t()?)?.sqr()? * off)?.sum_all()?;
+    let repel = (sq / (b * (b - 1)) as f64)?;
+    (attract + repel)? / mu
+}
+
+/// CLIP's image–text loss with the debiased (and optionally hard-negative) estimate.
+///
+/// Logits are `exp(t)·img·txtᵀ` as in [`crate::clip_loss`]; each image's positive is its
+/// caption and its N = B − 1 negatives the other captions (and the same for each caption),
+/// with the negative term of [`debiased_contrastive_loss`]. τ⁺ = β = 0 equals `clip_loss`.
+pub fn debiased_clip_loss(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    est: NegativeEstimate,
+) -> Result<Tensor> {
+    let b = check_views(img, txt)?;
+    if !(0.0..1.0).contains(&est.tau_plus) {
+        candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
+    }
+    let img = l2_normalize(img)?;
+    let txt = l2_normalize(txt)?;
+    let inv_t = logit_scale.exp()?;
+    let logits = img.matmul(&txt.t()?)?.broadcast_mul(&inv_t)?;
+    let eye = Tensor::eye(b, DType::F32, img.device())?.to_dtype(img.dtype())?;
+    let off = (1.0 - &eye)?;
+    let n = (b - 1) as f64;
+    let a = row_losses(&logits, &eye, &off, n, &inv_t, est)?.mean_all()?;
+    let c = row_losses(&logits.t()?, &eye, &off, n, &inv_t, est)?.mean_all()?;
+    (a + c)? / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip_loss;
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
+        let mut rng = clip_nn::SplitMix64::new(seed);
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.next_f64() as f32 * 2.0 - 1.0)
+            .collect();
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    fn scalar(t: Tensor) -> f64 {
+        t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// NT-Xent written out with loops in f64, straight from the SimCLR formula.
+    fn nt_xent_reference(z1: &Tensor, z2: &Tensor, t: f64) -> f64 {
+        let rows = |z: &Tensor| -> Vec<Vec<f64>> {
+            z.to_vec2::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                    r.into_iter().map(|x| x as f64 / n).collect()
+                })
+                .collect()
+        };
+        let mut z = rows(z1);
+        let b = z.len();
+        z.extend(rows(z2));
+        let dot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f64>();
+        let mut total = 0.0;
+        for i in 0..2 * b {
+            let p = (i + b) % (2 * b);
+            let denom: f64 = (0..2 * b)
+                .filter(|&k| k != i)
+                .map(|k| (dot(&z[i], &z[k]) / t).exp())
+                .sum();
+            total -= ((dot(&z[i], &z[p]) / t).exp() / denom).ln();
+        }
+        total / (2 * b) as f64
+    }
+
+    #[test]
+    fn nt_xent_matches_the_formula() {
+        let (z1, z2) = (random(5, 7, 1), random(5, 7, 2));
+        for t in [0.1, 0.5, 1.0] {
+            let got = scalar(nt_xent_loss(&z1, &z2, t).unwrap());
+            let want = nt_xent_reference(&z1, &z2, t);
+            assert!((got - want).abs() < 1e-4, "t={t}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn nt_xent_of_identical_orthogonal_views_is_analytic() {
+        // Views equal to the standard basis: s⁺ = 1/t, the 2B−2 negatives have s = 0.
+        let z = Tensor::eye(3, DType::F32, &Device::Cpu).unwrap();
+        let t = 0.5;
+        let got = scalar(nt_xent_loss(&z, &z, t).unwrap());
+        let want = -(1.0 / t) + ((1.0 / t).exp() + 4.0).ln();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn debiased_with_zero_prior_is_nt_xent() {
+        let (z1, z2) = (random(6, 4, 3), random(6, 4, 4));
+        let a = scalar(nt_xent_loss(&z1, &z2, 0.5).unwrap());
+        let b = scalar(debiased_contrastive_loss(&z1, &z2, 0.5, 0.0).unwrap());
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        // A positive prior changes it, and β = 0 hard-negative equals debiased.
+        let d = scalar(debiased_contrastive_loss(&z1, &z2, 0.5, 0.1).unwrap());
+        let h = scalar(hard_negative_loss(&z1, &z2, 0.5, 0.1, 0.0).unwrap());
+        assert!((d - a).abs() > 1e-3 && (d - h).abs() < 1e-6, "{a} {d} {h}");
+    }
+
+    #[test]
+    fn debiased_matches_hand_computed_values_and_clamp() {
+        // z = basis vectors, t = 1: e^{s⁺} = e, every negative e^0 = 1, N = 4.
+        let z = Tensor::eye(3, DType::F32, &Device::Cpu).unwrap();
+        let e = 1f64.exp();
+        let tau = 0.3;
+        let g = (1.0 - tau * e) / (1.0 - tau); // 0.264 < e^{−1} = 0.368: clamped
+        let ng = 4.0 * g.max((-1f64).exp());
+        let want = -(e / (e + ng)).ln();
+        let got = scalar(debiased_contrastive_loss(&z, &z, 1.0, tau).unwrap());
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        assert!(g < (-1f64).exp(), "this case exercises the clamp");
+        // A small prior stays above the clamp.
+        let tau = 0.05;
+        let g = (1.0 - tau * e) / (1.0 - tau);
+        assert!(g > (-1f64).exp());
+        let want = -(e / (e + 4.0 * g)).ln();
+        let got = scalar(debiased_contrastive_loss(&z, &z, 1.0, tau).unwrap());
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn hard_negatives_weight_similar_negatives_more() {
+        // Anchor 0 has one close negative (s = 0.8/t) and far ones; β > 0 raises the loss
+        // towards the close one: the weighted mean is Σ e^{(1+β)s} / Σ e^{βs}.
+        let z1 = Tensor::new(
+            &[[1f32, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let plain = scalar(hard_negative_loss(&z1, &z1, 0.5, 0.0, 0.0).unwrap());
+        let hard = scalar(hard_negative_loss(&z1, &z1, 0.5, 0.0, 1.0).unwrap());
+        assert!(hard > plain + 0.05, "{plain} vs {hard}");
+    }
+
+    #[test]
+    fn oracle_drops_same_class_negatives() {
+        let (z1, z2) = (random(4, 5, 5), random(4, 5, 6));
+        // All classes distinct: every negative is a true negative, so it is NT-Xent.
+        let a = scalar(nt_xent_loss(&z1, &z2, 0.5).unwrap());
+        let o = scalar(oracle_contrastive_loss(&z1, &z2, 0.5, &[0, 1, 2, 3]).unwrap());
+        assert!((a - o).abs() < 1e-6, "{a} vs {o}");
+        // Basis vectors, t = 1, classes {0, 0, 1}: for anchors of class 0 the true
+        // negatives are the two views of image 2 (s = 0), mean e^0 = 1, N = 4;
+        // for image 2 both other images are true negatives, also mean 1.
+        let z = Tensor::eye(3, DType::F32, &Device::Cpu).unwrap();
+        let e = 1f64.exp();
+        let want = -(e / (e + 4.0)).ln();
+        let got = scalar(oracle_contrastive_loss(&z, &z, 1.0, &[0, 0, 1]).unwrap());
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // Now make images 0 and 1 similar: the oracle ignores that similarity, NT-Xent not.
+        let z = Tensor::new(&[[1f32, 0.0], [0.9, 0.1], [0.0, 1.0]], &Device::Cpu).unwrap();
+        let nt = scalar(nt_xent_loss(&z, &z, 0.5).unwrap());
+        let or = scalar(oracle_contrastive_loss(&z, &z, 0.5, &[0, 0, 1]).unwrap());
+        assert!(or < nt, "{or} vs {nt}");
+        assert!(oracle_contrastive_loss(&z, &z, 0.5, &[0, 1]).is_err());
+    }
+
+    #[test]
+    fn spectral_loss_matches_the_formula() {
+        let (z1, z2) = (random(6, 3, 7), random(6, 3, 8));
+        // Entries in [−1, 1] over 3 dims: some rows exceed norm 1 and get projected.
+        let mu = 1.0f64;
+        let proj = |z: &Tensor| -> Vec<Vec<f64>> {
+            z.to_vec2::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                    let f = if n > mu.sqrt() { mu.sqrt() / n } else { 1.0 };
+                    r.into_iter().map(|x| x as f64 * f).collect()
+                })
+                .collect()
+        };
+        let (a, c) = (proj(&z1), proj(&z2));
+        let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
+        let b = a.len();
+        let attract = -2.0 * (0..b).map(|i| dot(&a[i], &c[i])).sum::<f64>() / b as f64;
+        let mut repel = 0.0;
+        for (i, ai) in a.iter().enumerate() {
+            for (j, cj) in c.iter().enumerate() {
+                if i != j {
+                    repel += dot(ai, cj).powi(2);
+                }
+            }
+        }
+        let want = (attract + repel / (b * (b - 1)) as f64) / mu;
+        let got = scalar(spectral_contrastive_loss(&z1, &z2, mu).unwrap());
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // Orthonormal positives that are orthogonal to every negative: −2.
+        let eye = Tensor::eye(4, DType::F32, &Device::Cpu).unwrap();
+        let got = scalar(spectral_contrastive_loss(&eye, &eye, 1.0).unwrap());
+        assert!((got + 2.0).abs() < 1e-6, "{got}");
+        // μ scales: with norm-2 rows and μ = 4 nothing is projected and the loss is
+        // (−2·4 + 0)/4 = −2 again.
+        let two = (eye * 2.0).unwrap();
+        let got = scalar(spectral_contrastive_loss(&two, &two, 4.0).unwrap());
+        assert!((got + 2.0).abs() < 1e-5, "{got}");
+    }
+
+    #[test]
+    fn debiased_clip_with_zero_prior_is_clip_loss() {
+        let (img, txt) = (random(5, 6, 9), random(5, 6, 10));
+        let scale = Tensor::new(2.3f32, &Device::Cpu).unwrap();
+        let want = scalar(clip_loss(&img, &txt, &scale).unwrap());
+        let got = scalar(debiased_clip_loss(&img, &txt, &scale, NegativeEstimate::BIASED).unwrap());
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // Equal logits: ln B for the plain estimate.
+        let ones = Tensor::ones((4, 3), DType::F32, &Device::Cpu).unwrap();
+        let got =
+            scalar(debiased_clip_loss(&ones, &ones, &scale, NegativeEstimate::BIASED).unwrap());
+        assert!((got - 4f64.ln()).abs() < 1e-5, "{got}");
+    }
+
+    #[test]
+    fn large_logits_stay_finite() {
+        let (z1, z2) = (random(8, 4, 11), random(8, 4, 12));
+        for t in [0.02, 0.05] {
+            for f in [
+                nt_xent_loss(&z1, &z2, t),
+                debiased_contrastive_loss(&z1, &z2, t, 0.1),
+                hard_negative_loss(&z1, &z2, t, 0.1, 1.0),
+            ] {
+                let v = scalar(f.unwrap());
+                assert!(v.is_finite() && v >= 0.0, "t={t}: {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let z = random(3, 2, 1);
+        assert!(nt_xent_loss(&z, &random(4, 2, 1), 0.5).is_err());
+        assert!(nt_xent_loss(&z, &z, 0.0).is_err());
+        assert!(debiased_contrastive_loss(&z, &z, 0.5, 1.0).is_err());
+        assert!(hard_negative_loss(&z, &z, 0.5, 0.1, -1.0).is_err());
+        assert!(spectral_contrastive_loss(&z, &z, 0.0).is_err());
+        assert!(nt_xent_loss(&random(1, 2, 1), &random(1, 2, 2), 0.5).is_err());
+    }
+}
