@@ -1,19 +1,11 @@
 //! Black-box tests of image-only training (`clip train --objective images`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn clip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .unwrap()
-}
-
-fn digits() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/digits")
-}
+use common::{clip, digits};
 
 /// A labels file listing the first `per_class` bundled digits of each class.
 fn digit_subset(dir: &Path, per_class: usize) -> PathBuf {
