@@ -353,3 +353,54 @@ fn debiased_and_spectral_image_text_losses_train() {
         assert!(l[l.len() - 1] < l[0], "{loss:?}: {l:?}");
     }
 }
+
+#[test]
+fn image_only_resume_matches_an_uninterrupted_run() {
+    let images = |out: &Path, steps: usize, resume: bool| {
+        let mut s = setup(out, steps, resume);
+        s.train.objective = Objective::Images;
+        s.train.loss = LossKind::HardNegative;
+        s.train.steps = 6;
+        s.train.save_every = steps;
+        s
+    };
+    let whole = tempfile::tempdir().unwrap();
+    train(
+        images(whole.path(), 6, false),
+        dataset(),
+        &Device::Cpu,
+        &mut Quiet,
+    )
+    .unwrap();
+    // Stop after 3 steps (a run whose schedule is still the 6-step one), then resume.
+    let parts = tempfile::tempdir().unwrap();
+    struct StopAt3;
+    impl Observer for StopAt3 {
+        fn on_checkpoint(&mut self, dir: &Path) {
+            if dir.ends_with("checkpoint-3") {
+                panic!("simulated kill");
+            }
+        }
+    }
+    let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = train(
+            images(parts.path(), 3, false),
+            dataset(),
+            &Device::Cpu,
+            &mut StopAt3,
+        );
+    }));
+    assert!(killed.is_err());
+    train(
+        images(parts.path(), 3, true),
+        dataset(),
+        &Device::Cpu,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(
+        weights(&whole.path().join("final")),
+        weights(&parts.path().join("final")),
+        "resumed image-only run equals the uninterrupted one"
+    );
+}
