@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use clip_data::LabelTable;
 use clip_data::{AugmentConfig, Dataset};
 use clip_model::{Checkpoint, ClipConfig, ClipModel, Preprocess};
-use clip_train::{LossKind, Objective, Observer, RunSetup, ScheduleKind, StepStats, TrainConfig};
+use clip_train::{
+    LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats, TrainConfig,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +63,15 @@ enum LossArg {
     Spectral,
     /// NT-Xent without same-class negatives, from --labels (images; experiments only).
     Oracle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+enum PrecisionArg {
+    /// Everything in f32.
+    F32,
+    /// Mixed precision: bf16 forward/backward over f32 master weights (for CUDA; slower on
+    /// CPU, where f32 is the fast path).
+    Bf16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -161,6 +172,10 @@ pub struct TrainArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// Arithmetic: f32, or bf16 mixed precision (f32 weights and optimiser state).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    #[serde(default = "default_precision")]
+    precision: PrecisionArg,
     /// Run directory for checkpoints, metrics and the plot.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
@@ -207,6 +222,9 @@ pub struct TrainArgs {
 
 const RUN_FILE: &str = "run.json";
 
+fn default_precision() -> PrecisionArg {
+    PrecisionArg::F32
+}
 fn default_objective() -> ObjectiveArg {
     ObjectiveArg::ImageText
 }
@@ -396,6 +414,10 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         tau_plus: a.tau_plus,
         beta: a.beta,
         spectral_mu: a.spectral_mu,
+        precision: match a.precision {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        },
         lock_image: a.lock_image,
         lock_text: a.lock_text,
         save_every: a.save_every,

@@ -12,7 +12,13 @@ fn needs_grad(ts: &[&Tensor]) -> bool {
 /// Layer normalisation over the last dimension: `(x − mean) / sqrt(var + eps) · weight + bias`.
 ///
 /// Uses candle's fused kernel for inference and plain differentiable ops when training.
+/// Half-precision inputs are normalised in f32 (as mixed-precision training does: a bf16
+/// mean and variance lose too many digits) and the result cast back.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if is_half(x.dtype()) {
+        let up = |t: &Tensor| t.to_dtype(DType::F32);
+        return Ok(layer_norm(&up(x)?, &up(weight)?, &up(bias)?, eps)?.to_dtype(x.dtype())?);
+    }
     if !needs_grad(&[x, weight, bias]) && x.dtype() == DType::F32 {
         let x = x.contiguous()?;
         return Ok(candle_nn::ops::layer_norm(&x, weight, bias, eps as f32)?);
@@ -23,8 +29,16 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     layer_norm_composed(x, weight, bias, eps)
 }
 
+fn is_half(dt: DType) -> bool {
+    matches!(dt, DType::BF16 | DType::F16)
+}
+
 /// Softmax over the last dimension, numerically stabilised by subtracting the row maximum.
+/// Half-precision inputs are computed in f32 and cast back (see [`layer_norm`]).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if is_half(x.dtype()) {
+        return Ok(softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?);
+    }
     if !needs_grad(&[x]) && x.dtype() == DType::F32 {
         return Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?);
     }

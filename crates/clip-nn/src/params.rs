@@ -99,16 +99,30 @@ fn join(prefix: &str, name: &str) -> String {
 }
 
 /// Read-only parameters from a checkpoint, keyed by their (Hugging Face) names.
+///
+/// Tensors are handed out in f32 whatever their stored type (fp16 checkpoints load as f32),
+/// unless [`TensorMap::with_dtype`] asks for another compute type.
 #[derive(Debug, Clone)]
 pub struct TensorMap {
     tensors: HashMap<String, Tensor>,
     device: Device,
+    dtype: DType,
 }
 
 impl TensorMap {
     /// Wraps already-loaded tensors.
     pub fn new(tensors: HashMap<String, Tensor>, device: Device) -> Self {
-        Self { tensors, device }
+        Self {
+            tensors,
+            device,
+            dtype: DType::F32,
+        }
+    }
+
+    /// Hands tensors out in `dtype` (e.g. bf16 for mixed-precision forward passes).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// The underlying map.
@@ -138,7 +152,7 @@ impl ParamSource for TensorMap {
                 found: t.shape().clone(),
             });
         }
-        Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
 
     fn device(&self) -> &Device {

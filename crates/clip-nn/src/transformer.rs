@@ -63,7 +63,7 @@ impl Attention {
         let v = split(self.v.forward(x)?)?;
         let mut scores = q.matmul(&k.t()?)?; // [b, h, t, t]
         if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
+            scores = scores.broadcast_add(&m.to_dtype(scores.dtype())?)?;
         }
         let probs = ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?; // [b, h, t, d]

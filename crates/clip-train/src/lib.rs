@@ -20,6 +20,6 @@ pub use ssl_loss::{
     oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss, NegativeEstimate,
 };
 pub use trainer::{
-    checkpoints, train, LossKind, Objective, Observer, RunSetup, StepStats, Summary, TrainConfig,
-    TrainState,
+    checkpoints, train, LossKind, Objective, Observer, Precision, RunSetup, StepStats, Summary,
+    TrainConfig, TrainState,
 };

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use clip_data::{AugmentConfig, Augmenter, Dataset};
 use clip_model::{ClipConfig, ClipModel, Preprocess};
 use clip_nn::{Init, Params, TensorMap, VarStore};
@@ -22,6 +22,19 @@ use crate::ssl_loss::{
     NegativeEstimate,
 };
 use crate::{clip_loss, siglip_loss, Result, TrainError};
+
+/// Arithmetic of the forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: f32 master weights and optimiser state; each step runs the towers on
+    /// bf16 copies of the weights (layer norms and softmaxes in f32), gradients flow back to
+    /// the f32 weights through the casts, and the loss is computed in f32. Meant for CUDA.
+    Bf16,
+}
 
 /// What counts as a positive pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -93,6 +106,8 @@ pub struct TrainConfig {
     pub beta: f64,
     /// Norm bound μ of the spectral loss.
     pub spectral_mu: f64,
+    /// f32, or bf16 mixed precision.
+    pub precision: Precision,
     /// Freeze the image tower.
     pub lock_image: bool,
     /// Freeze the text tower.
@@ -129,6 +144,7 @@ impl Default for TrainConfig {
             tau_plus: 0.1,
             beta: 1.0,
             spectral_mu: 1.0,
+            precision: Precision::F32,
             lock_image: false,
             lock_text: false,
             save_every: 0,
@@ -397,7 +413,8 @@ impl Ctx<'_> {
     ) -> Result<(f32, HashMap<String, Tensor>)> {
         let t = &self.setup.train;
         let b = items.len();
-        let z = self.model.encode_image(pixels)?;
+        let m = self.step_model()?;
+        let z = self.encode_image(m.as_ref(), pixels)?;
         let (z1, z2) = (z.narrow(0, 0, b)?, z.narrow(0, b, b)?);
         let loss = match t.loss {
             LossKind::Spectral => spectral_contrastive_loss(&z1, &z2, t.spectral_mu)?,
@@ -420,10 +437,54 @@ impl Ctx<'_> {
         Ok((value, grads))
     }
 
-    fn features(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+    /// The towers for this step: the f32 model, or (bf16 mixed precision) a model over bf16
+    /// casts of the current weights, through which gradients reach the f32 weights.
+    fn step_model(&self) -> Result<Option<ClipModel>> {
+        if self.setup.train.precision == Precision::F32 {
+            return Ok(None);
+        }
+        let device = self.model.device().clone();
+        let tensors = self
+            .store
+            .named_vars()
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().clone()))
+            .collect();
+        // The cast happens in `TensorMap::get`: a differentiable `to_dtype` of each Var.
+        let map = TensorMap::new(tensors, device).with_dtype(DType::BF16);
+        let cfg = &self.setup.model;
+        Ok(Some(ClipModel::new(
+            cfg,
+            cfg.text_config.pooling(),
+            Params::new(&map),
+        )?))
+    }
+
+    fn encode_image(&self, m: Option<&ClipModel>, pixels: &Tensor) -> Result<Tensor> {
+        Ok(match m {
+            Some(m) => m
+                .encode_image(&pixels.to_dtype(DType::BF16)?)?
+                .to_dtype(DType::F32)?,
+            None => self.model.encode_image(pixels)?,
+        })
+    }
+
+    fn encode_text(&self, m: Option<&ClipModel>, ids: &[Vec<u32>]) -> Result<Tensor> {
+        Ok(match m {
+            Some(m) => m.encode_text(ids)?.to_dtype(DType::F32)?,
+            None => self.model.encode_text(ids)?,
+        })
+    }
+
+    fn features(
+        &self,
+        m: Option<&ClipModel>,
+        pixels: &Tensor,
+        ids: &[Vec<u32>],
+    ) -> Result<(Tensor, Tensor)> {
         let t = &self.setup.train;
-        let mut img = self.model.encode_image(pixels)?;
-        let mut txt = self.model.encode_text(ids)?;
+        let mut img = self.encode_image(m, pixels)?;
+        let mut txt = self.encode_text(m, ids)?;
         if t.lock_image {
             img = img.detach();
         }
@@ -444,6 +505,8 @@ impl Ctx<'_> {
     ) -> Result<(f32, HashMap<String, Tensor>)> {
         let k = self.setup.train.accum_steps;
         let scale = self.model.logit_scale();
+        let step_model = self.step_model()?;
+        let model = step_model.as_ref();
         let mut grads: HashMap<String, Tensor> = HashMap::new();
         let mut collect = |g: candle_core::backprop::GradStore| -> Result<()> {
             for (name, var) in vars {
@@ -458,24 +521,32 @@ impl Ctx<'_> {
             Ok(())
         };
         if k == 1 {
-            let (img, txt) = self.features(pixels, ids)?;
+            let (img, txt) = self.features(model, pixels, ids)?;
             let loss = self.loss(&img, &txt, scale)?;
             let value = loss.to_scalar::<f32>()?;
             collect(loss.backward()?)?;
             return Ok((value, grads));
         }
         let b = ids.len();
-        let m = b / k;
+        let n = b / k;
         let mut cached_img = Vec::with_capacity(k);
         let mut cached_txt = Vec::with_capacity(k);
         for j in 0..k {
-            let (i, t) = self.features(&pixels.narrow(0, j * m, m)?, &ids[j * m..(j + 1) * m])?;
+            let (i, t) = self.features(
+                model,
+                &pixels.narrow(0, j * n, n)?,
+                &ids[j * n..(j + 1) * n],
+            )?;
             cached_img.push(i.detach());
             cached_txt.push(t.detach());
         }
         let mut value = 0f32;
         for j in 0..k {
-            let (i, t) = self.features(&pixels.narrow(0, j * m, m)?, &ids[j * m..(j + 1) * m])?;
+            let (i, t) = self.features(
+                model,
+                &pixels.narrow(0, j * n, n)?,
+                &ids[j * n..(j + 1) * n],
+            )?;
             let mut imgs = cached_img.clone();
             let mut txts = cached_txt.clone();
             imgs[j] = i;

@@ -115,3 +115,58 @@ fn two_view_losses_reach_every_image_parameter() {
         }
     }
 }
+
+/// Mixed precision: a model over bf16 casts of the weights still sends a finite, non-zero f32
+/// gradient to every weight.
+#[test]
+fn bf16_casts_pass_gradients_to_every_f32_weight() {
+    use candle_core::DType;
+    let cfg = small_config();
+    let store = VarStore::new(Device::Cpu, 2);
+    ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    let weights: std::collections::HashMap<String, Tensor> = store
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    let map = clip_nn::TensorMap::new(weights, Device::Cpu).with_dtype(DType::BF16);
+    let model = ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&map)).unwrap();
+    let b = 4;
+    let pixels = Tensor::randn(0f32, 1.0, (b, 3, 16, 16), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let ids: Vec<Vec<u32>> = (0..b as u32)
+        .map(|i| {
+            let mut r = vec![62, 5 + i, 20 + 2 * i, 63];
+            r.resize(8, 63);
+            r
+        })
+        .collect();
+    let img = model
+        .encode_image(&pixels)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let txt = model
+        .encode_text(&ids)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let scale = store
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "logit_scale")
+        .unwrap()
+        .1;
+    let loss = clip_train::clip_loss(&img, &txt, scale.as_tensor()).unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in store.named_vars() {
+        let g = grads
+            .get(&var)
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
+        assert_eq!(g.dtype(), DType::F32, "{name}");
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm.is_finite() && norm > 0.0, "{name} gradient {norm}");
+    }
+}
