@@ -71,7 +71,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.seed*.json"))):
     name = re.sub(r"\.seed\d+\.json$", "", os.path.basename(f))
     for r in json.load(open(f))["reports"]:
         runs.setdefault(name, {}).setdefault(r["n_per_class"], []).append(r["accuracy"])
-order = ["pixels", "nt-xent", "debiased-0.05", "debiased-0.1", "debiased-0.2",
+order = ["pixels", "nt-xent", "nt-xent-nocolor", "debiased-0.05", "debiased-0.1", "debiased-0.2",
          "hard-negative", "spectral", "oracle"]
 for dataset in ["digits", "emoji"]:
     names = [f"{dataset}-{o}" for o in order if f"{dataset}-{o}" in runs]
@@ -103,4 +103,7 @@ if [ "$which" = digits ] || [ "$which" = all ]; then
 fi
 if [ "$which" = emoji ] || [ "$which" = all ]; then
     experiments emoji data/emoji-noto data/emoji-noto/labels.tsv data/emoji-twemoji/labels.tsv
+    # Ablation: does the colour augmentation cost the emoji categories their colour cue?
+    run emoji nt-xent-nocolor data/emoji-noto data/emoji-noto/labels.tsv --loss nt-xent \
+        --color-jitter 0 --grayscale 0
 fi
