@@ -166,30 +166,30 @@ fn model_probe_runs_end_to_end_with_a_plot() {
     );
 }
 
+/// Stderr of a `clip probe --pixels` run that must fail.
+fn pixel_probe_error(labels: &str, per_class: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "probe",
+        "--pixels",
+        "--labels",
+        labels,
+        "--train-per-class",
+        per_class,
+    ];
+    args.extend_from_slice(extra);
+    fail(&clip(&args))
+}
+
 #[test]
 fn bad_inputs_are_errors_that_name_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope.tsv");
-    let err = fail(&clip(&[
-        "probe",
-        "--pixels",
-        "--labels",
-        missing.to_str().unwrap(),
-        "--train-per-class",
-        "1",
-    ]));
+    let err = pixel_probe_error(missing.to_str().unwrap(), "1", &[]);
     assert!(err.contains("nope.tsv"), "{err}");
 
     // A label naming a missing image: the labels file, its line and the path.
     let labels = subset_labels(tmp.path(), &[3, 3], &["gone/7777.png\t1"]);
-    let err = fail(&clip(&[
-        "probe",
-        "--pixels",
-        "--labels",
-        &labels,
-        "--train-per-class",
-        "1",
-    ]));
+    let err = pixel_probe_error(&labels, "1", &[]);
     assert!(
         err.contains("labels.tsv:8") && err.contains("7777.png"),
         "{err}"
@@ -197,26 +197,12 @@ fn bad_inputs_are_errors_that_name_the_problem() {
 
     // A class with too few images for N.
     let labels = subset_labels(tmp.path(), &[9, 3], &[]);
-    let err = fail(&clip(&[
-        "probe",
-        "--pixels",
-        "--labels",
-        &labels,
-        "--train-per-class",
-        "2,3",
-    ]));
+    let err = pixel_probe_error(&labels, "2,3", &[]);
     assert!(err.contains("`1` has 3"), "{err}");
 
     // One class only.
     let labels = subset_labels(tmp.path(), &[6], &[]);
-    let err = fail(&clip(&[
-        "probe",
-        "--pixels",
-        "--labels",
-        &labels,
-        "--train-per-class",
-        "2",
-    ]));
+    let err = pixel_probe_error(&labels, "2", &[]);
     assert!(err.contains("at least 2 classes"), "{err}");
 
     // An unreadable image is named.
@@ -224,28 +210,12 @@ fn bad_inputs_are_errors_that_name_the_problem() {
     std::fs::write(&broken, b"\x89PNG but not really").unwrap();
     let line = format!("{}\t1", broken.display());
     let labels = subset_labels(tmp.path(), &[3, 3], &[&line]);
-    let err = fail(&clip(&[
-        "probe",
-        "--pixels",
-        "--labels",
-        &labels,
-        "--train-per-class",
-        "1",
-    ]));
+    let err = pixel_probe_error(&labels, "1", &[]);
     assert!(err.contains("broken.png"), "{err}");
 
     // Unknown method, and a model or --pixels is required.
     let labels = digit_labels();
-    let err = fail(&clip(&[
-        "probe",
-        "--pixels",
-        "--labels",
-        &labels,
-        "--train-per-class",
-        "1",
-        "--method",
-        "svm",
-    ]));
+    let err = pixel_probe_error(&labels, "1", &["--method", "svm"]);
     assert!(err.contains("svm") && err.contains("ridge"), "{err}");
     let err = fail(&clip(&[
         "probe",
