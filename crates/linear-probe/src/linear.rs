@@ -6,6 +6,18 @@ use crate::ProbeError;
 
 /// Errors unless every value of `x` is finite, naming the first offending cell: a NaN would
 /// otherwise silently poison every weight.
+/// New rows for a fitted transform: the fitted number of columns, every value finite.
+pub(crate) fn check_features(x: &Matrix, cols: usize) -> Result<(), ProbeError> {
+    if x.cols != cols {
+        return Err(ProbeError::LengthMismatch {
+            what: "feature columns",
+            expected: cols,
+            got: x.cols,
+        });
+    }
+    check_finite(x)
+}
+
 pub(crate) fn check_finite(x: &Matrix) -> Result<(), ProbeError> {
     match x.data.iter().position(|v| !v.is_finite()) {
         Some(p) => Err(ProbeError::NonFinite {
@@ -104,14 +116,7 @@ impl Standardizer {
 
     /// Applies the fitted transform to any rows with the same features.
     pub fn transform(&self, x: &Matrix) -> Result<Matrix, ProbeError> {
-        if x.cols != self.mean.len() {
-            return Err(ProbeError::LengthMismatch {
-                what: "feature columns",
-                expected: self.mean.len(),
-                got: x.cols,
-            });
-        }
-        check_finite(x)?;
+        check_features(x, self.mean.len())?;
         let mut out = x.clone();
         for r in 0..x.rows {
             let row = &mut out.data[r * x.cols..(r + 1) * x.cols];

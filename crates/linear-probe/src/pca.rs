@@ -2,7 +2,7 @@
 //! trusting a single accuracy number.
 
 use crate::linalg::{symmetric_eigen, Matrix};
-use crate::linear::check_finite;
+use crate::linear::{check_features, check_finite};
 use crate::split::SplitMix64;
 use crate::ProbeError;
 
@@ -37,14 +37,7 @@ impl Pca2 {
 
     /// Coordinates of each row of `x` along the two directions.
     pub fn project(&self, x: &Matrix) -> Result<Vec<[f64; 2]>, ProbeError> {
-        if x.cols != self.mean.len() {
-            return Err(ProbeError::LengthMismatch {
-                what: "feature columns",
-                expected: self.mean.len(),
-                got: x.cols,
-            });
-        }
-        check_finite(x)?;
+        check_features(x, self.mean.len())?;
         Ok((0..x.rows)
             .map(|r| {
                 let mut p = [0.0; 2];

@@ -11,7 +11,7 @@ use hnsw_rs::hnsw::Hnsw;
 use rayon::prelude::*;
 
 use crate::kernel::Rows;
-use crate::topk::{rank_order, Hit};
+use crate::topk::{best_hits, Hit};
 use crate::{Result, RetrievalError};
 
 /// Which approximate structure to build.
@@ -242,7 +242,7 @@ impl HnswGraph {
                 || vec![0f32; dim],
                 |row, q| {
                     let found = self.hnsw.search(q, k, ef.max(k));
-                    let mut c: Vec<(f32, u32)> = found
+                    let c: Vec<(f32, u32)> = found
                         .iter()
                         .map(|nb| {
                             let id = nb.get_origin_id();
@@ -250,15 +250,7 @@ impl HnswGraph {
                             (dot(q, row), id as u32)
                         })
                         .collect();
-                    c.sort_unstable_by(rank_order);
-                    c.dedup_by_key(|x| x.1);
-                    c.truncate(k);
-                    c.into_iter()
-                        .map(|(score, id)| Hit {
-                            id: id as usize,
-                            score,
-                        })
-                        .collect()
+                    best_hits(c, k, true)
                 },
             )
             .collect()

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::exact;
 use crate::kernel::{self, Rows, NR};
-use crate::topk::{rank_order, Hit, TopKSet};
+use crate::topk::{best_hits, Hit, TopKSet};
 use crate::Result;
 
 /// Clusters of an index's rows, with the rows copied in cluster order so each list is one
@@ -191,16 +191,7 @@ impl IvfLists {
         }
         merged
             .into_par_iter()
-            .map(|mut c| {
-                c.sort_unstable_by(rank_order);
-                c.truncate(k);
-                c.into_iter()
-                    .map(|(score, id)| Hit {
-                        id: id as usize,
-                        score,
-                    })
-                    .collect()
-            })
+            .map(|c| best_hits(c, k, false))
             .collect()
     }
 }

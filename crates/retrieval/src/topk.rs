@@ -107,18 +107,25 @@ impl TopKSet {
         let k = self.k;
         self.cand
             .into_iter()
-            .map(|mut c| {
-                c.sort_unstable_by(rank_order);
-                c.truncate(k);
-                c.into_iter()
-                    .map(|(score, id)| Hit {
-                        id: id as usize,
-                        score,
-                    })
-                    .collect()
-            })
+            .map(|c| best_hits(c, k, false))
             .collect()
     }
+}
+
+/// The best `k` of `(score, id)` candidates as hits, best first; with `dedup_ids`, an id
+/// found more than once (approximate searches can return one twice) counts once.
+pub(crate) fn best_hits(mut c: Vec<(f32, u32)>, k: usize, dedup_ids: bool) -> Vec<Hit> {
+    c.sort_unstable_by(rank_order);
+    if dedup_ids {
+        c.dedup_by_key(|x| x.1);
+    }
+    c.truncate(k);
+    c.into_iter()
+        .map(|(score, id)| Hit {
+            id: id as usize,
+            score,
+        })
+        .collect()
 }
 
 #[cfg(test)]
