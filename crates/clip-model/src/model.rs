@@ -61,6 +61,16 @@ impl ClipModel {
         Ok(self.text.forward(ids, &self.device)?)
     }
 
+    /// The image tower (for the taped training path).
+    pub fn vision(&self) -> &VisionTransformer {
+        &self.vision
+    }
+
+    /// The text tower (for the taped training path).
+    pub fn text(&self) -> &TextTransformer {
+        &self.text
+    }
+
     /// The learned log inverse temperature (a scalar tensor).
     pub fn logit_scale(&self) -> &Tensor {
         &self.logit_scale

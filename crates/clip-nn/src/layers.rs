@@ -8,8 +8,8 @@ use crate::{ops, Init, Result};
 /// `y = x·Wᵀ + b` with `W` of shape `[out, in]` (PyTorch's layout, so checkpoints load as is).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
 }
 
 impl Linear {
@@ -55,9 +55,9 @@ impl Module for Linear {
 /// Layer normalisation with gain and bias, differentiable when training.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
 }
 
 impl LayerNorm {

@@ -14,6 +14,7 @@ mod ops;
 mod params;
 mod rng;
 pub mod runtime;
+pub mod taped;
 mod transformer;
 
 pub use error::{NnError, Result};

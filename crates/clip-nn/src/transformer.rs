@@ -25,11 +25,11 @@ pub struct EncoderSpec {
 /// Multi-head self-attention with separate q/k/v projections (`self_attn.{q,k,v,out}_proj`).
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) out: Linear,
+    pub(crate) heads: usize,
     scale: f64,
 }
 
@@ -75,9 +75,9 @@ impl Attention {
 /// Two-layer MLP `fc2(act(fc1(x)))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) act: Activation,
 }
 
 impl Mlp {
@@ -113,10 +113,10 @@ impl Module for Mlp {
 /// One pre-norm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
-    ln1: LayerNorm,
-    attn: Attention,
-    ln2: LayerNorm,
-    mlp: Mlp,
+    pub(crate) ln1: LayerNorm,
+    pub(crate) attn: Attention,
+    pub(crate) ln2: LayerNorm,
+    pub(crate) mlp: Mlp,
 }
 
 impl EncoderLayer {
@@ -140,7 +140,7 @@ impl EncoderLayer {
 /// A stack of [`EncoderLayer`]s under `layers.{i}`.
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    layers: Vec<EncoderLayer>,
+    pub(crate) layers: Vec<EncoderLayer>,
 }
 
 impl Encoder {

@@ -45,6 +45,9 @@ pub enum TrainError {
     /// Tokenizer error.
     #[error(transparent)]
     Text(#[from] text_encoder::TextError),
+    /// Image tower error.
+    #[error(transparent)]
+    Vision(#[from] vision_encoder::VisionError),
     /// Layer error.
     #[error(transparent)]
     Nn(#[from] clip_nn::NnError),

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Tensor, Var};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +51,86 @@ struct Slot {
     m: Vec<f32>,
     v: Vec<f32>,
     decay: bool,
+}
+
+/// The constants of one AdamW update.
+#[derive(Clone, Copy)]
+struct Update {
+    b1: f32,
+    b2: f32,
+    step_size: f32,
+    inv_bc2_sqrt: f32,
+    eps: f32,
+    shrink: f32,
+}
+
+impl Update {
+    fn apply(self, decay: bool, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        let Update {
+            b1,
+            b2,
+            step_size,
+            inv_bc2_sqrt,
+            eps,
+            shrink,
+        } = self;
+        p.par_chunks_mut(8192)
+            .zip(m.par_chunks_mut(8192))
+            .zip(v.par_chunks_mut(8192))
+            .zip(g.par_chunks(8192))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    if decay {
+                        p[i] *= shrink;
+                    }
+                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    p[i] -= step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
+                }
+            });
+    }
+}
+
+/// The update applied to a CPU f32 weight in its own storage.
+struct InPlace<'a> {
+    k: Update,
+    decay: bool,
+    moments: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+}
+
+impl candle_core::InplaceOp2 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sp: &mut CpuStorage,
+        lp: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<()> {
+        let (Some((p0, p1)), Some((g0, g1))) = (lp.contiguous_offsets(), lg.contiguous_offsets())
+        else {
+            candle_core::bail!("adamw: weight and gradient must be contiguous");
+        };
+        let CpuStorage::F32(p) = sp else {
+            candle_core::bail!("adamw: weights must be f32");
+        };
+        let p = &mut p[p0..p1];
+        let g = &sg.as_slice::<f32>()?[g0..g1];
+        let mut guard = self.moments.lock().expect("moments lock");
+        let (m, v) = &mut *guard;
+        if p.len() != g.len() || m.len() != p.len() {
+            candle_core::bail!(
+                "adamw: gradient of {} values for {} weights",
+                g.len(),
+                p.len()
+            );
+        }
+        self.k.apply(self.decay, p, m, v, g);
+        Ok(())
+    }
 }
 
 /// AdamW over a fixed list of named variables.
@@ -102,27 +184,32 @@ impl AdamW {
         let inv_bc2_sqrt = (1.0 / bc2.sqrt()) as f32;
         let eps = self.cfg.eps as f32;
         let shrink = (1.0 - lr * self.cfg.weight_decay) as f32;
+        let k = Update {
+            b1,
+            b2,
+            step_size,
+            inv_bc2_sqrt,
+            eps,
+            shrink,
+        };
         for slot in &mut self.slots {
             let Some(g) = grads.get(&slot.name) else {
                 continue;
             };
+            let t = slot.var.as_tensor();
+            if t.device().is_cpu() && t.dtype() == DType::F32 && g.dtype() == DType::F32 {
+                // In place: no copies of the weights or the gradient.
+                let op = InPlace {
+                    k,
+                    decay: slot.decay,
+                    moments: Mutex::new((&mut slot.m, &mut slot.v)),
+                };
+                t.inplace_op2(&g.contiguous()?, &op)?;
+                continue;
+            }
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
-            let mut p: Vec<f32> = slot.var.as_tensor().flatten_all()?.to_vec1()?;
-            let decay = slot.decay;
-            p.par_chunks_mut(8192)
-                .zip(slot.m.par_chunks_mut(8192))
-                .zip(slot.v.par_chunks_mut(8192))
-                .zip(g.par_chunks(8192))
-                .for_each(|(((p, m), v), g)| {
-                    for i in 0..p.len() {
-                        if decay {
-                            p[i] *= shrink;
-                        }
-                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                        p[i] -= step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
-                    }
-                });
+            let mut p: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            k.apply(slot.decay, &mut p, &mut slot.m, &mut slot.v, &g);
             let shape = slot.var.shape().clone();
             slot.var
                 .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;

@@ -1,17 +1,21 @@
 //! The training loop: batches in, contrastive loss, AdamW, checkpoints, resume.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, TensorId, Var};
 use clip_data::{AugmentConfig, Augmenter, Dataset};
 use clip_model::{ClipConfig, ClipModel, Preprocess};
+use clip_nn::taped::{Grads, Workspace};
 use clip_nn::{Init, Params, TensorMap, VarStore};
 use serde::{Deserialize, Serialize};
 use text_encoder::ClipTokenizer;
+use text_encoder::TextTape;
+use vision_encoder::VisionTape;
 
 use crate::error::io;
 use crate::loader::Loader;
@@ -374,6 +378,16 @@ struct Ctx<'a> {
     store: &'a VarStore,
     model: &'a ClipModel,
     logit_bias: Option<Tensor>,
+    /// Activation buffers of the taped path, reused from step to step.
+    ws: RefCell<Workspace>,
+}
+
+/// Tower features whose gradient reaches the weights through the taped backward once the
+/// loss's backward has run.
+#[derive(Default)]
+struct Pending {
+    image: Option<(Var, VisionTape)>,
+    text: Option<(Var, TextTape)>,
 }
 
 impl Ctx<'_> {
@@ -414,7 +428,12 @@ impl Ctx<'_> {
         let t = &self.setup.train;
         let b = items.len();
         let m = self.step_model()?;
-        let z = self.encode_image(m.as_ref(), pixels)?;
+        let mut pending = Pending::default();
+        let z = if self.taped() {
+            self.image_taped(pixels, Some(&mut pending))?
+        } else {
+            self.encode_image(m.as_ref(), pixels)?
+        };
         let (z1, z2) = (z.narrow(0, 0, b)?, z.narrow(0, b, b)?);
         let loss = match t.loss {
             LossKind::Spectral => spectral_contrastive_loss(&z1, &z2, t.spectral_mu)?,
@@ -429,12 +448,110 @@ impl Ctx<'_> {
             _ => two_view_loss(&z1, &z2, t.temperature, self.estimate())?,
         };
         let value = loss.to_scalar::<f32>()?;
-        let g = loss.backward()?;
-        let grads = vars
-            .iter()
-            .filter_map(|(n, v)| g.get(v).map(|t| (n.clone(), t.clone())))
-            .collect();
+        let mut grads = HashMap::new();
+        self.collect(&loss.backward()?, pending, vars, &mut grads)?;
         Ok((value, grads))
+    }
+
+    /// Whether the towers run on the taped CPU path (`clip_nn::taped`) instead of candle's
+    /// autograd: f32 on the CPU, where it is several times faster.
+    fn taped(&self) -> bool {
+        self.setup.train.precision == Precision::F32
+            && self.model.device().is_cpu()
+            && clip_nn::taped::supported(self.model.logit_scale())
+    }
+
+    /// Image features by the taped path; with `pending`, the tape is kept for the backward
+    /// and the features are a leaf the loss's gradient reaches.
+    fn image_taped(&self, pixels: &Tensor, pending: Option<&mut Pending>) -> Result<Tensor> {
+        let mut ws = self.ws.borrow_mut();
+        let (f, tape) = self.model.vision().forward_taped(pixels, &mut ws)?;
+        match pending {
+            Some(p) => {
+                let v = Var::from_tensor(&f)?;
+                let t = v.as_tensor().clone();
+                p.image = Some((v, tape));
+                Ok(t)
+            }
+            None => {
+                tape.release(&mut ws);
+                Ok(f)
+            }
+        }
+    }
+
+    /// Text features by the taped path, as [`Ctx::image_taped`].
+    fn text_taped(&self, ids: &[Vec<u32>], pending: Option<&mut Pending>) -> Result<Tensor> {
+        let mut ws = self.ws.borrow_mut();
+        let device = self.model.device();
+        let (f, tape) = self.model.text().forward_taped(ids, device, &mut ws)?;
+        match pending {
+            Some(p) => {
+                let v = Var::from_tensor(&f)?;
+                let t = v.as_tensor().clone();
+                p.text = Some((v, tape));
+                Ok(t)
+            }
+            None => {
+                tape.release(&mut ws);
+                Ok(f)
+            }
+        }
+    }
+
+    /// Adds the gradients of one backward pass to `grads`: those candle's autograd found,
+    /// then the towers' taped backward from the gradients of their features.
+    fn collect(
+        &self,
+        g: &candle_core::backprop::GradStore,
+        pending: Pending,
+        vars: &[(String, Var)],
+        grads: &mut HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let mut add = |name: &str, t: Tensor| -> Result<()> {
+            let t = match grads.remove(name) {
+                Some(prev) => (prev + t)?,
+                None => t,
+            };
+            grads.insert(name.to_string(), t);
+            Ok(())
+        };
+        for (name, var) in vars {
+            if let Some(t) = g.get(var) {
+                add(name, t.clone())?;
+            }
+        }
+        let mut ws = self.ws.borrow_mut();
+        let mut taped = Grads::default();
+        if let Some((v, tape)) = pending.image {
+            match g.get(&v) {
+                Some(d) => self
+                    .model
+                    .vision()
+                    .backward_taped(tape, d, &mut ws, &mut taped)?,
+                None => tape.release(&mut ws),
+            }
+        }
+        if let Some((v, tape)) = pending.text {
+            match g.get(&v) {
+                Some(d) => self
+                    .model
+                    .text()
+                    .backward_taped(tape, d, &mut ws, &mut taped)?,
+                None => tape.release(&mut ws),
+            }
+        }
+        let mut by_id: HashMap<TensorId, Tensor> = taped
+            .into_entries()
+            .into_iter()
+            .map(|(p, g)| (p.id(), g))
+            .collect();
+        for (name, var) in vars {
+            if let Some(t) = by_id.remove(&var.as_tensor().id()) {
+                add(name, t)?;
+            }
+        }
+        Ok(())
     }
 
     /// The towers for this step: the f32 model, or (bf16 mixed precision) a model over bf16
@@ -476,13 +593,29 @@ impl Ctx<'_> {
         })
     }
 
+    /// Both towers' features; without `pending` (a gradient-free pass) they are detached.
     fn features(
         &self,
         m: Option<&ClipModel>,
         pixels: &Tensor,
         ids: &[Vec<u32>],
+        pending: Option<&mut Pending>,
     ) -> Result<(Tensor, Tensor)> {
         let t = &self.setup.train;
+        if self.taped() {
+            return Ok(match pending {
+                Some(p) => {
+                    let img = self.image_taped(pixels, (!t.lock_image).then_some(&mut *p))?;
+                    let txt = self.text_taped(ids, (!t.lock_text).then_some(p))?;
+                    (img, txt)
+                }
+                None => (self.image_taped(pixels, None)?, self.text_taped(ids, None)?),
+            });
+        }
+        if pending.is_none() {
+            let img = self.encode_image(m, pixels)?.detach();
+            return Ok((img, self.encode_text(m, ids)?.detach()));
+        }
         let mut img = self.encode_image(m, pixels)?;
         let mut txt = self.encode_text(m, ids)?;
         if t.lock_image {
@@ -508,23 +641,12 @@ impl Ctx<'_> {
         let step_model = self.step_model()?;
         let model = step_model.as_ref();
         let mut grads: HashMap<String, Tensor> = HashMap::new();
-        let mut collect = |g: candle_core::backprop::GradStore| -> Result<()> {
-            for (name, var) in vars {
-                if let Some(t) = g.get(var) {
-                    let t = match grads.remove(name) {
-                        Some(prev) => (prev + t)?,
-                        None => t.clone(),
-                    };
-                    grads.insert(name.clone(), t);
-                }
-            }
-            Ok(())
-        };
         if k == 1 {
-            let (img, txt) = self.features(model, pixels, ids)?;
+            let mut pending = Pending::default();
+            let (img, txt) = self.features(model, pixels, ids, Some(&mut pending))?;
             let loss = self.loss(&img, &txt, scale)?;
             let value = loss.to_scalar::<f32>()?;
-            collect(loss.backward()?)?;
+            self.collect(&loss.backward()?, pending, vars, &mut grads)?;
             return Ok((value, grads));
         }
         let b = ids.len();
@@ -536,16 +658,19 @@ impl Ctx<'_> {
                 model,
                 &pixels.narrow(0, j * n, n)?,
                 &ids[j * n..(j + 1) * n],
+                None,
             )?;
-            cached_img.push(i.detach());
-            cached_txt.push(t.detach());
+            cached_img.push(i);
+            cached_txt.push(t);
         }
         let mut value = 0f32;
         for j in 0..k {
+            let mut pending = Pending::default();
             let (i, t) = self.features(
                 model,
                 &pixels.narrow(0, j * n, n)?,
                 &ids[j * n..(j + 1) * n],
+                Some(&mut pending),
             )?;
             let mut imgs = cached_img.clone();
             let mut txts = cached_txt.clone();
@@ -567,7 +692,7 @@ impl Ctx<'_> {
             if j == 0 {
                 value = loss.to_scalar::<f32>()?;
             }
-            collect(loss.backward()?)?;
+            self.collect(&loss.backward()?, pending, vars, &mut grads)?;
         }
         Ok((value, grads))
     }
@@ -765,6 +890,7 @@ pub fn train(
         store: &store,
         model: &model,
         logit_bias,
+        ws: RefCell::new(Workspace::default()),
     };
 
     let aug = Augmenter::new(t.augment.clone(), setup.preprocess.clone());

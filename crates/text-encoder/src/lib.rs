@@ -7,5 +7,5 @@ mod tokenizer;
 
 pub use config::{Pooling, TextConfig};
 pub use error::{Result, TextError};
-pub use model::TextTransformer;
+pub use model::{TextTape, TextTransformer};
 pub use tokenizer::ClipTokenizer;

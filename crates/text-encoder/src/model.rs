@@ -1,6 +1,7 @@
 //! The causal text encoder, as transformers' `CLIPTextModelWithProjection`.
 
 use candle_core::{Device, Module, Tensor};
+use clip_nn::taped::{EncoderTape, Grads, HostEncoder, HostLinear, HostNorm, HostParam, Workspace};
 use clip_nn::{Embedding, Encoder, LayerNorm, Linear, Params};
 
 use crate::{Pooling, Result, TextConfig, TextError};
@@ -86,10 +87,11 @@ impl TextTransformer {
             .collect()
     }
 
-    /// Token ids (each row of equal length ≤ context) → projected text features
-    /// `[b, projection_dim]` (what transformers' `get_text_features` returns).
-    pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
-        let b = ids.len();
+    /// Checks token rows; returns where each is pooled and how many leading tokens matter.
+    ///
+    /// Attention is causal, so the pooled token only sees positions up to itself: tokens
+    /// after the last pooled position of the batch cannot change any output and are cut.
+    fn prepare(&self, ids: &[Vec<u32>]) -> Result<(Vec<u32>, usize)> {
         let t = ids.first().map_or(0, Vec::len);
         if t == 0 || t > self.context || ids.iter().any(|r| r.len() != t) {
             return Err(candle_core::Error::Msg(format!(
@@ -108,17 +110,26 @@ impl TextTransformer {
                 vocab_size: self.vocab_size,
             });
         }
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let pos = self.pool_positions(ids);
+        let used = pos.iter().map(|&p| p as usize + 1).max().unwrap_or(t);
+        Ok((pos, used))
+    }
+
+    /// Token ids (each row of equal length ≤ context) → projected text features
+    /// `[b, projection_dim]` (what transformers' `get_text_features` returns).
+    pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let b = ids.len();
+        let (pos, t) = self.prepare(ids)?;
+        let flat: Vec<u32> = ids.iter().flat_map(|r| r[..t].to_vec()).collect();
         let ids_t = Tensor::from_vec(flat, (b, t), device)?;
         let x = self.token_embedding.forward(&ids_t)?;
-        let pos = self.position_embedding.table().narrow(0, 0, t)?;
-        let x = x.broadcast_add(&pos)?;
+        let positions = self.position_embedding.table().narrow(0, 0, t)?;
+        let x = x.broadcast_add(&positions)?;
         let mask = causal_mask(t, device)?;
         let x = self.encoder.forward(&x, Some(&mask))?; // [b, t, w]
         let w = x.dim(2)?;
         // Gather the pooled token of every row from the flattened [b·t, w] activations.
-        let rows: Vec<u32> = self
-            .pool_positions(ids)
+        let rows: Vec<u32> = pos
             .into_iter()
             .enumerate()
             .map(|(i, p)| i as u32 * t as u32 + p)
@@ -128,6 +139,122 @@ impl TextTransformer {
         // Layer norm is per token, so normalising after pooling equals normalising before.
         let pooled = self.final_norm.forward(&pooled)?;
         Ok(self.projection.forward(&pooled)?)
+    }
+
+    /// The same features as [`TextTransformer::forward`] (CPU, f32), computed by the taped
+    /// path (`clip_nn::taped`) that [`TextTransformer::backward_taped`] differentiates.
+    pub fn forward_taped(
+        &self,
+        ids: &[Vec<u32>],
+        device: &Device,
+        ws: &mut Workspace,
+    ) -> Result<(Tensor, TextTape)> {
+        let b = ids.len();
+        let (pos, t) = self.prepare(ids)?;
+        let flat: Vec<u32> = ids.iter().flat_map(|r| r[..t].to_vec()).collect();
+        let table = self.token_embedding.table();
+        let w = table.dim(1)?;
+        let rows = Tensor::from_vec(flat.clone(), b * t, device)?;
+        let mut x = table
+            .index_select(&rows, 0)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let position = HostParam::new(self.position_embedding.table())?;
+        for seq in x.chunks_mut(t * w) {
+            seq.iter_mut()
+                .zip(&position.data()[..t * w])
+                .for_each(|(v, p)| *v += p);
+        }
+        let encoder = HostEncoder::new(&self.encoder)?;
+        let at: Vec<usize> = pos.iter().map(|&p| p as usize).collect();
+        let (pooled, enc_tape) = encoder.forward(x, b, t, true, Some(&at), ws);
+        let final_norm = HostNorm::new(&self.final_norm)?;
+        let (mut pooled_norm, mut stats) = (vec![0f32; b * w], vec![0f32; b * 2]);
+        final_norm.forward(&pooled, &mut pooled_norm, &mut stats);
+        let projection = HostLinear::new(&self.projection)?;
+        let e = projection.out_dim();
+        let mut features = vec![0f32; b * e];
+        projection.forward(&pooled_norm, &mut features);
+        let features = Tensor::from_vec(features, (b, e), device)?;
+        Ok((
+            features,
+            TextTape {
+                encoder,
+                enc_tape,
+                position,
+                final_norm,
+                projection,
+                ids: flat,
+                pooled,
+                stats,
+                pooled_norm,
+                batch: b,
+                tokens: t,
+            },
+        ))
+    }
+
+    /// Pushes the gradient of every tower parameter, given the gradient of the features
+    /// [`TextTransformer::forward_taped`] returned.
+    pub fn backward_taped(
+        &self,
+        tape: TextTape,
+        d_features: &Tensor,
+        ws: &mut Workspace,
+        grads: &mut Grads,
+    ) -> Result<()> {
+        let (b, t) = (tape.batch, tape.tokens);
+        let table = self.token_embedding.table();
+        let (vocab, w) = table.dims2()?;
+        let dfeat = d_features.flatten_all()?.to_vec1::<f32>()?;
+        let mut d_norm = vec![0f32; b * w];
+        tape.projection
+            .backward(&dfeat, &tape.pooled_norm, Some((&mut d_norm, false)), grads)?;
+        let mut d_pooled = vec![0f32; b * w];
+        tape.final_norm.backward(
+            &d_norm,
+            &tape.pooled,
+            &tape.stats,
+            &mut d_pooled,
+            false,
+            grads,
+        )?;
+        let dx = tape.encoder.backward(tape.enc_tape, d_pooled, ws, grads)?;
+        let mut d_pos = vec![0f32; tape.position.data().len()];
+        d_pos[..t * w].copy_from_slice(&clip_nn::taped::sum_rows(&dx, t * w));
+        tape.position.push_grad(d_pos, grads)?;
+        // Token rows scatter back into the table, in order (deterministic).
+        let mut d_table = vec![0f32; vocab * w];
+        for (&id, row) in tape.ids.iter().zip(dx.chunks(w)) {
+            let dst = &mut d_table[id as usize * w..(id as usize + 1) * w];
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+        }
+        grads.push(table, d_table)?;
+        ws.give(dx);
+        Ok(())
+    }
+}
+
+/// What [`TextTransformer::backward_taped`] needs from the forward.
+#[derive(Debug)]
+pub struct TextTape {
+    encoder: HostEncoder,
+    enc_tape: EncoderTape,
+    position: HostParam,
+    final_norm: HostNorm,
+    projection: HostLinear,
+    ids: Vec<u32>,
+    pooled: Vec<f32>,
+    stats: Vec<f32>,
+    pooled_norm: Vec<f32>,
+    batch: usize,
+    tokens: usize,
+}
+
+impl TextTape {
+    /// Returns the activations to the workspace when no backward follows.
+    pub fn release(self, ws: &mut Workspace) {
+        self.enc_tape.release(ws);
     }
 }
 

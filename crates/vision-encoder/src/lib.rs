@@ -8,7 +8,7 @@ mod resize;
 
 pub use config::VisionConfig;
 pub use error::{Result, VisionError};
-pub use model::VisionTransformer;
+pub use model::{VisionTape, VisionTransformer};
 pub use preprocess::{
     decode_image, load_image, pixels_to_tensor, preprocess, preprocess_files, Preprocess,
     OPENAI_MEAN, OPENAI_STD,

@@ -1,6 +1,7 @@
 //! The ViT image encoder, as transformers' `CLIPVisionModelWithProjection`.
 
 use candle_core::{Module, Tensor};
+use clip_nn::taped::{EncoderTape, Grads, HostEncoder, HostLinear, HostNorm, HostParam, Workspace};
 use clip_nn::{Encoder, Init, LayerNorm, Linear, Params};
 
 use crate::{Result, VisionConfig};
@@ -11,6 +12,8 @@ use crate::{Result, VisionConfig};
 pub struct VisionTransformer {
     /// `[width, 3·p·p]`: the conv kernel flattened, applied as one matmul over patches.
     patch_weight: Tensor,
+    /// The `[width, 3, p, p]` parameter `patch_weight` is a view of (gradients go here).
+    patch_param: Tensor,
     class_embedding: Tensor,
     position_embedding: Tensor,
     pre_norm: LayerNorm,
@@ -38,6 +41,7 @@ impl VisionTransformer {
             "weight",
             Init::Normal((3.0 * (p * p) as f64).powf(-0.5)),
         )?;
+        let patch_param = patch_weight.clone();
         let patch_weight = patch_weight.reshape((w, cfg.num_channels * p * p))?;
         let position_embedding = emb.pp("position_embedding").get(
             (grid * grid + 1, w),
@@ -47,6 +51,7 @@ impl VisionTransformer {
         let spec = cfg.encoder_spec()?;
         Ok(Self {
             patch_weight,
+            patch_param,
             class_embedding,
             position_embedding,
             pre_norm: LayerNorm::new(w, cfg.layer_norm_eps, &vm.pp("pre_layrnorm"))?,
@@ -65,9 +70,8 @@ impl VisionTransformer {
         })
     }
 
-    /// Normalised pixels `[b, 3, H, W]` → projected image features `[b, projection_dim]`
-    /// (what transformers' `get_image_features` returns: not unit length).
-    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// `[b, c, g·p, g·p]` → `[b·g·g, c·p·p]`: the patches a conv with stride = kernel sees.
+    fn patches(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = pixels.dims4()?;
         let (p, g) = (self.patch, self.grid);
         if h != g * p || w != g * p {
@@ -78,12 +82,20 @@ impl VisionTransformer {
             ))
             .into());
         }
-        // [b, c, g, p, g, p] → [b, g, g, c, p, p] → [b·g·g, c·p·p]: a conv with stride = kernel.
-        let patches = pixels
+        // [b, c, g, p, g, p] → [b, g, g, c, p, p] → [b·g·g, c·p·p].
+        Ok(pixels
             .reshape((b, c, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
-            .reshape((b * g * g, c * p * p))?;
+            .reshape((b * g * g, c * p * p))?)
+    }
+
+    /// Normalised pixels `[b, 3, H, W]` → projected image features `[b, projection_dim]`
+    /// (what transformers' `get_image_features` returns: not unit length).
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let b = pixels.dim(0)?;
+        let g = self.grid;
+        let patches = self.patches(pixels)?;
         let tokens = patches
             .matmul(&self.patch_weight.t()?)?
             .reshape((b, g * g, self.width))?;
@@ -96,5 +108,154 @@ impl VisionTransformer {
         let x = self.encoder.forward(&x, None)?;
         let pooled = self.post_norm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
         Ok(self.projection.forward(&pooled)?)
+    }
+}
+
+/// What [`VisionTransformer::backward_taped`] needs from the forward: host weights and
+/// activations of one batch.
+#[derive(Debug)]
+pub struct VisionTape {
+    encoder: HostEncoder,
+    enc_tape: EncoderTape,
+    patch: HostLinear,
+    class: HostParam,
+    position: HostParam,
+    pre_norm: HostNorm,
+    post_norm: HostNorm,
+    projection: HostLinear,
+    patches: Vec<f32>,
+    embedded: Vec<f32>,
+    pre_stats: Vec<f32>,
+    pooled: Vec<f32>,
+    post_stats: Vec<f32>,
+    pooled_norm: Vec<f32>,
+    batch: usize,
+}
+
+impl VisionTape {
+    /// Returns the activations to the workspace when no backward follows.
+    pub fn release(self, ws: &mut Workspace) {
+        self.enc_tape.release(ws);
+        for buf in [self.patches, self.embedded, self.pre_stats] {
+            ws.give(buf);
+        }
+    }
+}
+
+impl VisionTransformer {
+    /// The same features as [`VisionTransformer::forward`] (CPU, f32), computed by the taped
+    /// path (`clip_nn::taped`) that [`VisionTransformer::backward_taped`] differentiates.
+    pub fn forward_taped(
+        &self,
+        pixels: &Tensor,
+        ws: &mut Workspace,
+    ) -> Result<(Tensor, VisionTape)> {
+        let b = pixels.dim(0)?;
+        let (gg, w) = (self.grid * self.grid, self.width);
+        let t = gg + 1;
+        let patches = self.patches(pixels)?.flatten_all()?.to_vec1::<f32>()?;
+        let patch = HostLinear::from_weight(&self.patch_weight, &self.patch_param)?;
+        let class = HostParam::new(&self.class_embedding)?;
+        let position = HostParam::new(&self.position_embedding)?;
+        let mut tokens = ws.take(b * gg * w);
+        patch.forward(&patches, &mut tokens);
+        let mut embedded = ws.take(b * t * w);
+        let pos = position.data();
+        for (bi, seq) in embedded.chunks_mut(t * w).enumerate() {
+            let (cls_row, rest) = seq.split_at_mut(w);
+            for ((o, c), p) in cls_row.iter_mut().zip(class.data()).zip(&pos[..w]) {
+                *o = c + p;
+            }
+            let toks = &tokens[bi * gg * w..(bi + 1) * gg * w];
+            for ((o, tk), p) in rest.iter_mut().zip(toks).zip(&pos[w..]) {
+                *o = tk + p;
+            }
+        }
+        ws.give(tokens);
+        let pre_norm = HostNorm::new(&self.pre_norm)?;
+        let (mut x0, mut pre_stats) = (ws.take(b * t * w), ws.take(b * t * 2));
+        pre_norm.forward(&embedded, &mut x0, &mut pre_stats);
+        let encoder = HostEncoder::new(&self.encoder)?;
+        // Only the class token (position 0) is pooled.
+        let (pooled, enc_tape) = encoder.forward(x0, b, t, false, Some(&vec![0; b]), ws);
+        let post_norm = HostNorm::new(&self.post_norm)?;
+        let (mut pooled_norm, mut post_stats) = (vec![0f32; b * w], vec![0f32; b * 2]);
+        post_norm.forward(&pooled, &mut pooled_norm, &mut post_stats);
+        let projection = HostLinear::new(&self.projection)?;
+        let e = projection.out_dim();
+        let mut features = vec![0f32; b * e];
+        projection.forward(&pooled_norm, &mut features);
+        let features = Tensor::from_vec(features, (b, e), pixels.device())?;
+        Ok((
+            features,
+            VisionTape {
+                encoder,
+                enc_tape,
+                patch,
+                class,
+                position,
+                pre_norm,
+                post_norm,
+                projection,
+                patches,
+                embedded,
+                pre_stats,
+                pooled,
+                post_stats,
+                pooled_norm,
+                batch: b,
+            },
+        ))
+    }
+
+    /// Pushes the gradient of every tower parameter, given the gradient of the features
+    /// [`VisionTransformer::forward_taped`] returned.
+    pub fn backward_taped(
+        &self,
+        tape: VisionTape,
+        d_features: &Tensor,
+        ws: &mut Workspace,
+        grads: &mut Grads,
+    ) -> Result<()> {
+        let b = tape.batch;
+        let (gg, w) = (self.grid * self.grid, self.width);
+        let t = gg + 1;
+        let dfeat = d_features.flatten_all()?.to_vec1::<f32>()?;
+        let mut d_norm = vec![0f32; b * w];
+        tape.projection
+            .backward(&dfeat, &tape.pooled_norm, Some((&mut d_norm, false)), grads)?;
+        let mut d_pooled = vec![0f32; b * w];
+        tape.post_norm.backward(
+            &d_norm,
+            &tape.pooled,
+            &tape.post_stats,
+            &mut d_pooled,
+            false,
+            grads,
+        )?;
+        let d_x0 = tape.encoder.backward(tape.enc_tape, d_pooled, ws, grads)?;
+        let mut d_emb = ws.take(b * t * w);
+        tape.pre_norm.backward(
+            &d_x0,
+            &tape.embedded,
+            &tape.pre_stats,
+            &mut d_emb,
+            false,
+            grads,
+        )?;
+        ws.give(d_x0);
+        // Class embedding and positions are added to every image: sum over the batch.
+        let d_pos = clip_nn::taped::sum_rows(&d_emb, t * w);
+        tape.class.push_grad(d_pos[..w].to_vec(), grads)?;
+        tape.position.push_grad(d_pos, grads)?;
+        let mut d_tokens = ws.take(b * gg * w);
+        for (dst, seq) in d_tokens.chunks_mut(gg * w).zip(d_emb.chunks(t * w)) {
+            dst.copy_from_slice(&seq[w..]);
+        }
+        tape.patch.backward(&d_tokens, &tape.patches, None, grads)?;
+        for buf in [d_tokens, d_emb, tape.patches, tape.embedded, tape.pre_stats] {
+            ws.give(buf);
+        }
+        Ok(())
     }
 }

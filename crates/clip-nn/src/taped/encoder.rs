@@ -1,0 +1,297 @@
+//! The pre-norm transformer stack, forward with a tape and backward from it.
+
+use super::kernels::AttnShape;
+use super::kernels::{activation_bwd, activation_fwd, add_assign, attention_bwd, attention_fwd};
+use super::{Grads, HostLinear, HostNorm, Workspace};
+use crate::{Activation, Encoder, Result};
+
+/// One block's parameters on the host.
+#[derive(Debug)]
+struct HostLayer {
+    ln1: HostNorm,
+    q: HostLinear,
+    k: HostLinear,
+    v: HostLinear,
+    out: HostLinear,
+    ln2: HostNorm,
+    fc1: HostLinear,
+    fc2: HostLinear,
+    heads: usize,
+    act: Activation,
+}
+
+/// A host copy of an [`Encoder`]'s weights for one training step.
+#[derive(Debug)]
+pub struct HostEncoder {
+    layers: Vec<HostLayer>,
+    width: usize,
+}
+
+/// What one block's backward needs from its forward.
+#[derive(Debug)]
+struct LayerTape {
+    x_in: Vec<f32>,
+    ln1_stats: Vec<f32>,
+    a: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    probs: Vec<f32>,
+    ctx: Vec<f32>,
+    x_mid: Vec<f32>,
+    ln2_stats: Vec<f32>,
+    c: Vec<f32>,
+    h: Vec<f32>,
+    u: Vec<f32>,
+    /// Rows of `a` at the pooled positions (pooled last block only, else empty).
+    a_sel: Vec<f32>,
+}
+
+impl LayerTape {
+    fn release(self, ws: &mut Workspace) {
+        for buf in [
+            self.x_in,
+            self.ln1_stats,
+            self.a,
+            self.q,
+            self.k,
+            self.v,
+            self.probs,
+            self.ctx,
+            self.x_mid,
+            self.ln2_stats,
+            self.c,
+            self.h,
+            self.u,
+            self.a_sel,
+        ] {
+            ws.give(buf);
+        }
+    }
+}
+
+/// Activations of a whole stack, recorded by [`HostEncoder::forward`].
+#[derive(Debug)]
+pub struct EncoderTape {
+    layers: Vec<LayerTape>,
+    batch: usize,
+    tokens: usize,
+    causal: bool,
+    pooled: Option<Vec<usize>>,
+}
+
+impl EncoderTape {
+    /// Hands every buffer back to the workspace (when no backward follows).
+    pub fn release(self, ws: &mut Workspace) {
+        self.layers.into_iter().for_each(|l| l.release(ws));
+    }
+}
+
+impl HostEncoder {
+    /// Copies the weights of every block of `enc`.
+    pub fn new(enc: &Encoder) -> Result<Self> {
+        let layers = enc
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(HostLayer {
+                    ln1: HostNorm::new(&l.ln1)?,
+                    q: HostLinear::new(&l.attn.q)?,
+                    k: HostLinear::new(&l.attn.k)?,
+                    v: HostLinear::new(&l.attn.v)?,
+                    out: HostLinear::new(&l.attn.out)?,
+                    ln2: HostNorm::new(&l.ln2)?,
+                    fc1: HostLinear::new(&l.mlp.fc1)?,
+                    fc2: HostLinear::new(&l.mlp.fc2)?,
+                    heads: l.attn.heads,
+                    act: l.mlp.act,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let width = layers.first().map_or(0, |l| l.q.in_dim);
+        Ok(Self { layers, width })
+    }
+
+    /// `x`: `[batch·tokens, width]` → the stack's output `[batch·tokens, width]`, or with
+    /// `pooled` (one position per sequence) only those rows, `[batch, width]`: the last block
+    /// then computes queries, MLP and output for the pooled tokens only. With `causal`,
+    /// token `i` attends to tokens `≤ i` only. The tape is for [`HostEncoder::backward`].
+    pub fn forward(
+        &self,
+        x: Vec<f32>,
+        batch: usize,
+        tokens: usize,
+        causal: bool,
+        pooled: Option<&[usize]>,
+        ws: &mut Workspace,
+    ) -> (Vec<f32>, EncoderTape) {
+        let m = batch * tokens;
+        let w = self.width;
+        assert_eq!(x.len(), m * w, "encoder input is not [batch·tokens, width]");
+        if let Some(p) = pooled {
+            assert!(p.len() == batch && p.iter().all(|&i| i < tokens));
+        }
+        let mut tape = EncoderTape {
+            layers: Vec::with_capacity(self.layers.len()),
+            batch,
+            tokens,
+            causal,
+            pooled: pooled.map(<[usize]>::to_vec),
+        };
+        let n_layers = self.layers.len();
+        let mut x = x;
+        for (idx, l) in self.layers.iter().enumerate() {
+            let sel = pooled.filter(|_| idx + 1 == n_layers);
+            let shape = AttnShape {
+                b: batch,
+                t: tokens,
+                heads: l.heads,
+                width: w,
+                causal,
+                pooled: sel,
+            };
+            // Rows that go on past attention: all tokens, or the pooled ones.
+            let mq = if sel.is_some() { batch } else { m };
+            let mlp = l.fc1.out_dim();
+            let (mut a, mut ln1_stats) = (ws.take(m * w), ws.take(m * 2));
+            l.ln1.forward(&x, &mut a, &mut ln1_stats);
+            let (mut k, mut v) = (ws.take(m * w), ws.take(m * w));
+            l.k.forward(&a, &mut k);
+            l.v.forward(&a, &mut v);
+            let a_sel = sel.map_or_else(Vec::new, |p| gather_rows(&a, p, tokens, w));
+            let mut q = ws.take(mq * w);
+            l.q.forward(if sel.is_some() { &a_sel } else { &a }, &mut q);
+            let mut probs = ws.take(batch * l.heads * (mq / batch) * tokens);
+            let mut ctx = ws.take(mq * w);
+            attention_fwd(shape, &q, &k, &v, &mut probs, &mut ctx);
+            let mut x_mid = ws.take(mq * w);
+            l.out.forward(&ctx, &mut x_mid);
+            match sel {
+                Some(p) => add_assign(&mut x_mid, &gather_rows(&x, p, tokens, w)),
+                None => add_assign(&mut x_mid, &x),
+            }
+            let (mut c, mut ln2_stats) = (ws.take(mq * w), ws.take(mq * 2));
+            l.ln2.forward(&x_mid, &mut c, &mut ln2_stats);
+            let (mut h, mut u) = (ws.take(mq * mlp), ws.take(mq * mlp));
+            l.fc1.forward(&c, &mut h);
+            activation_fwd(l.act, &h, &mut u);
+            let mut x_out = ws.take(mq * w);
+            l.fc2.forward(&u, &mut x_out);
+            add_assign(&mut x_out, &x_mid);
+            tape.layers.push(LayerTape {
+                x_in: x,
+                ln1_stats,
+                a,
+                q,
+                k,
+                v,
+                probs,
+                ctx,
+                x_mid,
+                ln2_stats,
+                c,
+                h,
+                u,
+                a_sel,
+            });
+            x = x_out;
+        }
+        (x, tape)
+    }
+
+    /// From the gradient of the stack's output (consumed; pooled rows when the forward
+    /// pooled) to the gradient of its input `[batch·tokens, width]`; every block parameter's
+    /// gradient is pushed to `grads`, and the tape is recycled.
+    pub fn backward(
+        &self,
+        tape: EncoderTape,
+        dout: Vec<f32>,
+        ws: &mut Workspace,
+        grads: &mut Grads,
+    ) -> Result<Vec<f32>> {
+        let (batch, tokens) = (tape.batch, tape.tokens);
+        let m = batch * tokens;
+        let w = self.width;
+        let n_layers = self.layers.len();
+        let mut dx = dout;
+        for (idx, (l, t)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
+            let sel = tape.pooled.as_deref().filter(|_| idx + 1 == n_layers);
+            let shape = AttnShape {
+                b: batch,
+                t: tokens,
+                heads: l.heads,
+                width: w,
+                causal: tape.causal,
+                pooled: sel,
+            };
+            let mq = if sel.is_some() { batch } else { m };
+            let mlp = l.fc1.out_dim();
+            // MLP: x_out = x_mid + fc2(act(fc1(ln2(x_mid)))).
+            let mut du = ws.take(mq * mlp);
+            l.fc2.backward(&dx, &t.u, Some((&mut du, false)), grads)?;
+            activation_bwd(l.act, &t.h, &mut du);
+            let mut dc = ws.take(mq * w);
+            l.fc1.backward(&du, &t.c, Some((&mut dc, false)), grads)?;
+            l.ln2
+                .backward(&dc, &t.x_mid, &t.ln2_stats, &mut dx, true, grads)?;
+            // Attention: x_mid = x_in + out(attn(q, k, v)) with q, k, v of ln1(x_in).
+            let mut dctx = ws.take(mq * w);
+            l.out
+                .backward(&dx, &t.ctx, Some((&mut dctx, false)), grads)?;
+            let mut dq = ws.take(mq * w);
+            let (mut dk, mut dv) = (ws.take(m * w), ws.take(m * w));
+            attention_bwd(
+                shape, &t.q, &t.k, &t.v, &t.probs, &dctx, &mut dq, &mut dk, &mut dv,
+            );
+            let mut da = ws.take(m * w);
+            l.k.backward(&dk, &t.a, Some((&mut da, false)), grads)?;
+            l.v.backward(&dv, &t.a, Some((&mut da, true)), grads)?;
+            match sel {
+                Some(p) => {
+                    let mut da_sel = ws.take(batch * w);
+                    l.q.backward(&dq, &t.a_sel, Some((&mut da_sel, false)), grads)?;
+                    scatter_add_rows(&mut da, &da_sel, p, tokens, w);
+                    // The residual path reaches the pooled rows only.
+                    let mut dx_in = ws.take(m * w);
+                    l.ln1
+                        .backward(&da, &t.x_in, &t.ln1_stats, &mut dx_in, false, grads)?;
+                    scatter_add_rows(&mut dx_in, &dx, p, tokens, w);
+                    ws.give(std::mem::replace(&mut dx, dx_in));
+                    ws.give(da_sel);
+                }
+                None => {
+                    l.q.backward(&dq, &t.a, Some((&mut da, true)), grads)?;
+                    l.ln1
+                        .backward(&da, &t.x_in, &t.ln1_stats, &mut dx, true, grads)?;
+                }
+            }
+            for buf in [du, dc, dctx, dq, dk, dv, da] {
+                ws.give(buf);
+            }
+            t.release(ws);
+        }
+        Ok(dx)
+    }
+}
+
+/// Row `pos[b]` of every sequence `b` of a `[batch·tokens, w]` buffer, as `[batch, w]`.
+fn gather_rows(x: &[f32], pos: &[usize], tokens: usize, w: usize) -> Vec<f32> {
+    pos.iter()
+        .enumerate()
+        .flat_map(|(b, &p)| {
+            let r = b * tokens + p;
+            x[r * w..(r + 1) * w].iter().copied()
+        })
+        .collect()
+}
+
+/// Adds row `b` of `rows` (`[batch, w]`) to row `pos[b]` of sequence `b` in `x`.
+fn scatter_add_rows(x: &mut [f32], rows: &[f32], pos: &[usize], tokens: usize, w: usize) {
+    for (b, (&p, row)) in pos.iter().zip(rows.chunks(w)).enumerate() {
+        let r = b * tokens + p;
+        x[r * w..(r + 1) * w]
+            .iter_mut()
+            .zip(row)
+            .for_each(|(d, v)| *d += v);
+    }
+}

@@ -1,0 +1,544 @@
+//! Slice-level CPU kernels for the taped encoder: GEMM, layer norm, activation, attention.
+//!
+//! Every kernel overwrites its whole output (buffers come recycled from a pool with stale
+//! contents) unless it says it accumulates. Reductions over rows use fixed-size chunks
+//! summed in order, so results do not depend on how rayon schedules the work.
+
+use rayon::prelude::*;
+
+use crate::activation_op::exp_fast;
+use crate::Activation;
+
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every user writes a region no other task touches (see the call sites).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer; a method, so that closures capture the whole (Sync) wrapper.
+    fn at(self, off: usize) -> *mut f32 {
+        self.0.wrapping_add(off)
+    }
+}
+
+fn parallelism(parallel: bool) -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        n if parallel && n > 1 => gemm::Parallelism::Rayon(n),
+        _ => gemm::Parallelism::None,
+    }
+}
+
+/// A read-only strided matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// `dst[m, n] = (accumulate ? dst : 0) + alpha·lhs[m, k]·rhs[k, n]`, `dst` row stride `ld`.
+///
+/// # Safety
+/// All views must cover the addressed elements; `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    ld: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    alpha: f32,
+    parallel: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ld as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        parallelism(parallel),
+    );
+}
+
+/// `out[m, n] = x[m, k]·w[n, k]ᵀ (+ b)`: a linear layer's forward.
+pub(crate) fn linear_fwd(out: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, k: usize) {
+    let n = w.len() / k;
+    let m = x.len() / k;
+    assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k);
+    if let Some(b) = b {
+        assert_eq!(b.len(), n);
+        out.par_chunks_mut(n * 64)
+            .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(b)));
+    }
+    // SAFETY: sizes checked above; x and w are rows of k, wᵀ read with strides (1, k).
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            out.as_mut_ptr(),
+            n,
+            b.is_some(),
+            View {
+                ptr: x.as_ptr(),
+                rs: k as isize,
+                cs: 1,
+            },
+            View {
+                ptr: w.as_ptr(),
+                rs: 1,
+                cs: k as isize,
+            },
+            1.0,
+            true,
+        );
+    }
+}
+
+/// A linear layer's backward: `dw = dyᵀ·x` (overwritten), `db = Σ_rows dy` (overwritten),
+/// and `dx (+)= dy·w` when `dx` is given.
+pub(crate) fn linear_bwd(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dx: Option<(&mut [f32], bool)>,
+) {
+    let n = w.len() / k;
+    let m = x.len() / k;
+    assert!(dy.len() == m * n && dw.len() == n * k);
+    // SAFETY: dw [n, k] = dyᵀ [n, m] · x [m, k]; dyᵀ read with strides (1, n).
+    unsafe {
+        gemm_raw(
+            (n, k, m),
+            dw.as_mut_ptr(),
+            k,
+            false,
+            View {
+                ptr: dy.as_ptr(),
+                rs: 1,
+                cs: n as isize,
+            },
+            View {
+                ptr: x.as_ptr(),
+                rs: k as isize,
+                cs: 1,
+            },
+            1.0,
+            true,
+        );
+    }
+    if let Some(db) = db {
+        column_sums(dy, n, db);
+    }
+    if let Some((dx, accumulate)) = dx {
+        assert_eq!(dx.len(), m * k);
+        // SAFETY: dx [m, k] = dy [m, n] · w [n, k].
+        unsafe {
+            gemm_raw(
+                (m, k, n),
+                dx.as_mut_ptr(),
+                k,
+                accumulate,
+                View {
+                    ptr: dy.as_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
+                View {
+                    ptr: w.as_ptr(),
+                    rs: k as isize,
+                    cs: 1,
+                },
+                1.0,
+                true,
+            );
+        }
+    }
+}
+
+/// Rows per parallel task for row-wise kernels of width `d`.
+fn rows_per_task(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
+
+/// Sums of `cols` columns over all rows of `x`, in a fixed order.
+pub(crate) fn column_sums(x: &[f32], cols: usize, out: &mut [f32]) {
+    let parts: Vec<Vec<f32>> = x
+        .par_chunks(rows_per_task(cols) * cols * 4)
+        .map(|c| {
+            let mut acc = vec![0f32; cols];
+            for row in c.chunks(cols) {
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+            acc
+        })
+        .collect();
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for p in parts {
+        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+    }
+}
+
+/// `a += b`, elementwise, in parallel.
+pub(crate) fn add_assign(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(16384)
+        .zip(b.par_chunks(16384))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
+}
+
+/// Layer norm over rows of width `d`; saves each row's mean and 1/std for the backward.
+pub(crate) fn layer_norm_fwd(
+    x: &[f32],
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    stats: &mut [f32],
+) {
+    let d = g.len();
+    let rows = rows_per_task(d);
+    out.par_chunks_mut(rows * d)
+        .zip(x.par_chunks(rows * d))
+        .zip(stats.par_chunks_mut(rows * 2))
+        .for_each(|((o, xs), st)| {
+            for ((orow, xrow), s) in o.chunks_mut(d).zip(xs.chunks(d)).zip(st.chunks_mut(2)) {
+                let mean = xrow.iter().sum::<f32>() / d as f32;
+                let var = xrow.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let rstd = 1.0 / (var + eps).sqrt();
+                for i in 0..d {
+                    orow[i] = (xrow[i] - mean) * rstd * g[i] + b[i];
+                }
+                s[0] = mean;
+                s[1] = rstd;
+            }
+        });
+}
+
+/// Layer norm backward: `dx (+)= rstd·(h − mean(h) − x̂·mean(h·x̂))` with `h = dy·γ`;
+/// `dg = Σ dy·x̂` and `db = Σ dy` are overwritten.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm_bwd(
+    dy: &[f32],
+    x: &[f32],
+    stats: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+    dg: &mut [f32],
+    db: &mut [f32],
+) {
+    let d = g.len();
+    let rows = rows_per_task(d);
+    let parts: Vec<Vec<f32>> = dx
+        .par_chunks_mut(rows * d)
+        .zip(x.par_chunks(rows * d))
+        .zip(dy.par_chunks(rows * d).zip(stats.par_chunks(rows * 2)))
+        .map(|((o, xs), (ds, st))| {
+            let mut acc = vec![0f32; 2 * d];
+            for (((orow, xrow), drow), s) in o
+                .chunks_mut(d)
+                .zip(xs.chunks(d))
+                .zip(ds.chunks(d))
+                .zip(st.chunks(2))
+            {
+                let (mean, rstd) = (s[0], s[1]);
+                let (mut mh, mut mhx) = (0f32, 0f32);
+                for i in 0..d {
+                    let xh = (xrow[i] - mean) * rstd;
+                    let h = drow[i] * g[i];
+                    mh += h;
+                    mhx += h * xh;
+                    acc[i] += drow[i] * xh;
+                    acc[d + i] += drow[i];
+                }
+                mh /= d as f32;
+                mhx /= d as f32;
+                for i in 0..d {
+                    let xh = (xrow[i] - mean) * rstd;
+                    let v = rstd * (drow[i] * g[i] - mh - xh * mhx);
+                    if accumulate {
+                        orow[i] += v;
+                    } else {
+                        orow[i] = v;
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    dg.iter_mut().for_each(|v| *v = 0.0);
+    db.iter_mut().for_each(|v| *v = 0.0);
+    for p in parts {
+        dg.iter_mut().zip(&p[..d]).for_each(|(o, v)| *o += v);
+        db.iter_mut().zip(&p[d..]).for_each(|(o, v)| *o += v);
+    }
+}
+
+/// `out = act(x)`.
+pub(crate) fn activation_fwd(act: Activation, x: &[f32], out: &mut [f32]) {
+    crate::activation_op::map_values(act, x, out);
+}
+
+/// `dx = dy·act'(x)`, in place over `dy`.
+pub(crate) fn activation_bwd(act: Activation, x: &[f32], dy: &mut [f32]) {
+    crate::activation_op::scale_by_derivatives(act, x, dy);
+}
+
+/// Shapes of one multi-head attention call over `[b·t, w]` keys and values.
+///
+/// Queries are either every token (`pooled: None`, `[b·t, w]`) or one token per sequence
+/// (`pooled: Some(positions)`, `[b, w]`): the last block of a tower only needs the token it
+/// pools, and its other queries would be wasted work.
+#[derive(Clone, Copy)]
+pub(crate) struct AttnShape<'a> {
+    pub b: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub width: usize,
+    pub causal: bool,
+    pub pooled: Option<&'a [usize]>,
+}
+
+impl AttnShape<'_> {
+    fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+
+    /// Queries per sequence.
+    fn tq(&self) -> usize {
+        if self.pooled.is_some() {
+            1
+        } else {
+            self.t
+        }
+    }
+
+    /// Offset of head `h` of sequence `bi` in the `[b·t, w]` key/value buffers.
+    fn kv_offset(&self, bi: usize, h: usize) -> usize {
+        bi * self.t * self.width + h * self.head_dim()
+    }
+
+    /// Offset of head `h` of sequence `bi` in the query/context buffers.
+    fn q_offset(&self, bi: usize, h: usize) -> usize {
+        bi * self.tq() * self.width + h * self.head_dim()
+    }
+
+    /// How many keys query `i` of sequence `bi` may attend to.
+    fn visible(&self, bi: usize, i: usize) -> usize {
+        match (self.causal, self.pooled) {
+            (false, _) => self.t,
+            (true, None) => i + 1,
+            (true, Some(pos)) => pos[bi] + 1,
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        (self.head_dim() as f32).powf(-0.5)
+    }
+}
+
+/// `probs = softmax(q·kᵀ/√d + mask)` per sequence and head (`[b, h, tq, t]`, saved), and
+/// `ctx = probs·v` written head by head into the query-shaped `ctx`.
+pub(crate) fn attention_fwd(
+    s: AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &mut [f32],
+    ctx: &mut [f32],
+) {
+    let (t, tq, w, d) = (s.t, s.tq(), s.width, s.head_dim());
+    assert!(probs.len() == s.b * s.heads * tq * t && ctx.len() == s.b * tq * w);
+    assert!(q.len() == ctx.len() && k.len() == s.b * t * w && v.len() == k.len());
+    let out = SharedMut(ctx.as_mut_ptr());
+    probs
+        .par_chunks_mut(tq * t)
+        .enumerate()
+        .for_each(|(task, p)| {
+            let (bi, h) = (task / s.heads, task % s.heads);
+            let (qo, ko) = (s.q_offset(bi, h), s.kv_offset(bi, h));
+            // SAFETY: q/ctx blocks are tq rows of d, k/v blocks t rows of d, all at row
+            // stride w inside their buffers; p is this task's own tq×t slice; ctx block
+            // (bi, h) is written by this task only.
+            unsafe {
+                gemm_raw(
+                    (tq, t, d),
+                    p.as_mut_ptr(),
+                    t,
+                    false,
+                    View {
+                        ptr: q.as_ptr().add(qo),
+                        rs: w as isize,
+                        cs: 1,
+                    },
+                    View {
+                        ptr: k.as_ptr().add(ko),
+                        rs: 1,
+                        cs: w as isize,
+                    },
+                    s.scale(),
+                    false,
+                );
+            }
+            for (i, row) in p.chunks_mut(t).enumerate() {
+                let valid = s.visible(bi, i);
+                let max = row[..valid]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in &mut row[..valid] {
+                    *x = exp_fast(*x - max);
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                row[..valid].iter_mut().for_each(|x| *x *= inv);
+                row[valid..].iter_mut().for_each(|x| *x = 0.0);
+            }
+            // SAFETY: as above.
+            unsafe {
+                gemm_raw(
+                    (tq, d, t),
+                    out.at(qo),
+                    w,
+                    false,
+                    View {
+                        ptr: p.as_ptr(),
+                        rs: t as isize,
+                        cs: 1,
+                    },
+                    View {
+                        ptr: v.as_ptr().add(ko),
+                        rs: w as isize,
+                        cs: 1,
+                    },
+                    1.0,
+                    false,
+                );
+            }
+        });
+}
+
+/// Backward of [`attention_fwd`]: overwrites `dq` (query-shaped), `dk` and `dv` from `dctx`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_bwd(
+    s: AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    dctx: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (t, tq, w, d) = (s.t, s.tq(), s.width, s.head_dim());
+    assert!(probs.len() == s.b * s.heads * tq * t && dctx.len() == s.b * tq * w);
+    assert!(dq.len() == dctx.len() && dk.len() == s.b * t * w && dv.len() == dk.len());
+    let (oq, ok, ov) = (
+        SharedMut(dq.as_mut_ptr()),
+        SharedMut(dk.as_mut_ptr()),
+        SharedMut(dv.as_mut_ptr()),
+    );
+    probs.par_chunks(tq * t).enumerate().for_each(|(task, p)| {
+        let (bi, h) = (task / s.heads, task % s.heads);
+        let (qo, ko) = (s.q_offset(bi, h), s.kv_offset(bi, h));
+        let at = |ptr: *const f32, off: usize| View {
+            ptr: unsafe { ptr.add(off) },
+            rs: w as isize,
+            cs: 1,
+        };
+        let mut ds = vec![0f32; tq * t];
+        // SAFETY: blocks as in the forward; each task writes only its own (bi, h) blocks
+        // of dq, dk and dv, and its local ds.
+        unsafe {
+            // dP = dctx·vᵀ
+            gemm_raw(
+                (tq, t, d),
+                ds.as_mut_ptr(),
+                t,
+                false,
+                at(dctx.as_ptr(), qo),
+                View {
+                    ptr: v.as_ptr().add(ko),
+                    rs: 1,
+                    cs: w as isize,
+                },
+                1.0,
+                false,
+            );
+            // dv = Pᵀ·dctx
+            gemm_raw(
+                (t, d, tq),
+                ov.at(ko),
+                w,
+                false,
+                View {
+                    ptr: p.as_ptr(),
+                    rs: 1,
+                    cs: t as isize,
+                },
+                at(dctx.as_ptr(), qo),
+                1.0,
+                false,
+            );
+        }
+        // dS = P ⊙ (dP − Σ_j dP·P)
+        for (drow, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
+            let dot: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
+            drow.iter_mut()
+                .zip(prow)
+                .for_each(|(g, &pv)| *g = pv * (*g - dot));
+        }
+        // SAFETY: as above.
+        unsafe {
+            // dq = scale·dS·k
+            gemm_raw(
+                (tq, d, t),
+                oq.at(qo),
+                w,
+                false,
+                View {
+                    ptr: ds.as_ptr(),
+                    rs: t as isize,
+                    cs: 1,
+                },
+                at(k.as_ptr(), ko),
+                s.scale(),
+                false,
+            );
+            // dk = scale·dSᵀ·q
+            gemm_raw(
+                (t, d, tq),
+                ok.at(ko),
+                w,
+                false,
+                View {
+                    ptr: ds.as_ptr(),
+                    rs: 1,
+                    cs: t as isize,
+                },
+                at(q.as_ptr(), qo),
+                s.scale(),
+                false,
+            );
+        }
+    });
+}

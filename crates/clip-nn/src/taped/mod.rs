@@ -1,0 +1,220 @@
+//! A hand-written forward and backward pass of the encoders for CPU f32 training.
+//!
+//! candle's autograd spends most of a CPU training step outside the matrix products: every
+//! gradient is accumulated into a fresh zero tensor, every head split is a strided copy, and
+//! every activation is a new allocation whose pages the kernel clears. The taped path runs
+//! the same arithmetic as the candle layers over plain slices: the forward records what the
+//! backward needs (the tape), buffers are recycled across steps through a [`Workspace`], and
+//! the backward writes each parameter's gradient exactly once. Tests check it against candle's
+//! autograd on the same weights.
+
+mod encoder;
+mod kernels;
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+pub use encoder::{EncoderTape, HostEncoder};
+pub(crate) use kernels::{column_sums, layer_norm_bwd, layer_norm_fwd, linear_bwd, linear_fwd};
+
+use crate::{LayerNorm, Linear, Result};
+
+/// Buffers kept between training steps, so that activations reuse warm memory.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    free: HashMap<usize, Vec<Vec<f32>>>,
+}
+
+impl Workspace {
+    /// A buffer of `len` elements with unspecified (initialised) contents.
+    pub fn take(&mut self, len: usize) -> Vec<f32> {
+        self.free
+            .get_mut(&len)
+            .and_then(Vec::pop)
+            .unwrap_or_else(|| vec![0.0; len])
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn give(&mut self, buf: Vec<f32>) {
+        if !buf.is_empty() {
+            self.free.entry(buf.len()).or_default().push(buf);
+        }
+    }
+}
+
+/// Gradients of parameters, keyed by the parameter tensor they belong to.
+#[derive(Debug, Default)]
+pub struct Grads {
+    entries: Vec<(Tensor, Tensor)>,
+}
+
+impl Grads {
+    /// Records `data` (laid out like `param`) as the gradient of `param`.
+    pub fn push(&mut self, param: &Tensor, data: Vec<f32>) -> Result<()> {
+        let g = Tensor::from_vec(data, param.shape(), param.device())?;
+        self.entries.push((param.clone(), g));
+        Ok(())
+    }
+
+    /// `(parameter, gradient)` pairs; match parameters by [`Tensor::id`].
+    pub fn into_entries(self) -> Vec<(Tensor, Tensor)> {
+        self.entries
+    }
+}
+
+/// A parameter's values on the host, with the tensor its gradient belongs to.
+#[derive(Debug)]
+pub struct HostParam {
+    pub(crate) data: Vec<f32>,
+    pub(crate) tensor: Tensor,
+}
+
+impl HostParam {
+    /// Copies `t` (any shape, read row-major).
+    pub fn new(t: &Tensor) -> Result<Self> {
+        Ok(Self {
+            data: t.flatten_all()?.to_vec1::<f32>()?,
+            tensor: t.clone(),
+        })
+    }
+
+    /// The values, row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Pushes `grad` (laid out like the parameter) as its gradient.
+    pub fn push_grad(&self, grad: Vec<f32>, grads: &mut Grads) -> Result<()> {
+        grads.push(&self.tensor, grad)
+    }
+}
+
+/// A linear layer's weight `[out, in]` and optional bias on the host.
+#[derive(Debug)]
+pub struct HostLinear {
+    pub(crate) w: HostParam,
+    pub(crate) b: Option<HostParam>,
+    pub(crate) in_dim: usize,
+}
+
+impl HostLinear {
+    /// Copies the layer's parameters.
+    pub fn new(l: &Linear) -> Result<Self> {
+        Ok(Self {
+            w: HostParam::new(&l.weight)?,
+            b: l.bias.as_ref().map(HostParam::new).transpose()?,
+            in_dim: l.weight.dim(1)?,
+        })
+    }
+
+    /// A bias-free layer whose weight `[out, in]` is `weight`, a reshaped view of `param`
+    /// (gradients are pushed to `param`, in its own shape).
+    pub fn from_weight(weight: &Tensor, param: &Tensor) -> Result<Self> {
+        Ok(Self {
+            w: HostParam {
+                data: weight.flatten_all()?.to_vec1::<f32>()?,
+                tensor: param.clone(),
+            },
+            b: None,
+            in_dim: weight.dim(1)?,
+        })
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.w.data.len() / self.in_dim
+    }
+
+    /// `out = x·Wᵀ + b` over rows of `in_dim`.
+    pub fn forward(&self, x: &[f32], out: &mut [f32]) {
+        linear_fwd(
+            out,
+            x,
+            &self.w.data,
+            self.b.as_ref().map(|b| b.data.as_slice()),
+            self.in_dim,
+        );
+    }
+
+    /// Pushes `dW` (and `db`) for output gradient `dy` and input `x`; writes or adds `dy·W`
+    /// into `dx` when given (the flag says add).
+    pub fn backward(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        dx: Option<(&mut [f32], bool)>,
+        grads: &mut Grads,
+    ) -> Result<()> {
+        let mut dw = vec![0f32; self.w.data.len()];
+        let mut db = self.b.as_ref().map(|b| vec![0f32; b.data.len()]);
+        linear_bwd(
+            dy,
+            x,
+            &self.w.data,
+            self.in_dim,
+            &mut dw,
+            db.as_deref_mut(),
+            dx,
+        );
+        grads.push(&self.w.tensor, dw)?;
+        if let (Some(b), Some(db)) = (&self.b, db) {
+            grads.push(&b.tensor, db)?;
+        }
+        Ok(())
+    }
+}
+
+/// A layer norm's gain and bias on the host.
+#[derive(Debug)]
+pub struct HostNorm {
+    pub(crate) g: HostParam,
+    pub(crate) b: HostParam,
+    pub(crate) eps: f32,
+}
+
+impl HostNorm {
+    /// Copies the norm's parameters.
+    pub fn new(n: &LayerNorm) -> Result<Self> {
+        Ok(Self {
+            g: HostParam::new(&n.weight)?,
+            b: HostParam::new(&n.bias)?,
+            eps: n.eps as f32,
+        })
+    }
+
+    /// Normalises rows of `x` into `out`; `stats` (2 per row) is saved for the backward.
+    pub fn forward(&self, x: &[f32], out: &mut [f32], stats: &mut [f32]) {
+        layer_norm_fwd(x, &self.g.data, &self.b.data, self.eps, out, stats);
+    }
+
+    /// Writes (or, with `accumulate`, adds) the input gradient into `dx` and pushes the
+    /// gain and bias gradients.
+    pub fn backward(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        stats: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+        grads: &mut Grads,
+    ) -> Result<()> {
+        let d = self.g.data.len();
+        let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
+        layer_norm_bwd(dy, x, stats, &self.g.data, dx, accumulate, &mut dg, &mut db);
+        grads.push(&self.g.tensor, dg)?;
+        grads.push(&self.b.tensor, db)
+    }
+}
+
+/// Whether the taped path applies: CPU tensors in f32.
+pub fn supported(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+/// Sums rows of `x` (width `cols`) into a fresh vector, in a fixed order.
+pub fn sum_rows(x: &[f32], cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; cols];
+    column_sums(x, cols, &mut out);
+    out
+}
