@@ -176,11 +176,21 @@ fn bf16_casts_pass_gradients_to_every_f32_weight() {
 /// layers, on random weights (biases and norm gains included) and captions of mixed length.
 #[test]
 fn taped_path_matches_candle_autograd() {
+    check_taped_parity(&small_config());
+    // A one-block image tower (the pooled block is the only one), a text tower without
+    // blocks, and the tanh GELU.
+    let mut cfg = small_config();
+    cfg.vision_config.num_hidden_layers = 1;
+    cfg.text_config.num_hidden_layers = 0;
+    cfg.text_config.hidden_act = "gelu_new".into();
+    check_taped_parity(&cfg);
+}
+
+fn check_taped_parity(cfg: &ClipConfig) {
     use candle_core::Var;
     use clip_nn::taped::{Grads, Workspace};
-    let cfg = small_config();
     let store = VarStore::new(Device::Cpu, 2);
-    let model = ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    let model = ClipModel::new(cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
     for (i, (_, var)) in store.named_vars().into_iter().enumerate() {
         let shape = var.as_tensor().shape().clone();
         let noise = Tensor::randn(0f32, 0.3, shape, &Device::Cpu).unwrap();

@@ -165,7 +165,7 @@ impl TextTransformer {
                 .zip(&position.data()[..t * w])
                 .for_each(|(v, p)| *v += p);
         }
-        let encoder = HostEncoder::new(&self.encoder)?;
+        let encoder = HostEncoder::new(&self.encoder, w)?;
         let at: Vec<usize> = pos.iter().map(|&p| p as usize).collect();
         let (pooled, enc_tape) = encoder.forward(x, b, t, true, Some(&at), ws);
         let final_norm = HostNorm::new(&self.final_norm)?;

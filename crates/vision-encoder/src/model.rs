@@ -175,7 +175,7 @@ impl VisionTransformer {
         let pre_norm = HostNorm::new(&self.pre_norm)?;
         let (mut x0, mut pre_stats) = (ws.take(b * t * w), ws.take(b * t * 2));
         pre_norm.forward(&embedded, &mut x0, &mut pre_stats);
-        let encoder = HostEncoder::new(&self.encoder)?;
+        let encoder = HostEncoder::new(&self.encoder, w)?;
         // Only the class token (position 0) is pooled.
         let (pooled, enc_tape) = encoder.forward(x0, b, t, false, Some(&vec![0; b]), ws);
         let post_norm = HostNorm::new(&self.post_norm)?;

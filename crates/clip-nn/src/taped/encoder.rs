@@ -1,7 +1,7 @@
 //! The pre-norm transformer stack, forward with a tape and backward from it.
 
 use super::kernels::AttnShape;
-use super::kernels::{activation_bwd, activation_fwd, add_assign, attention_bwd, attention_fwd};
+use super::kernels::{activation_bwd, activation_fwd, attention_bwd, attention_fwd};
 use super::{Grads, HostLinear, HostNorm, Workspace};
 use crate::{Activation, Encoder, Result};
 
@@ -88,8 +88,8 @@ impl EncoderTape {
 }
 
 impl HostEncoder {
-    /// Copies the weights of every block of `enc`.
-    pub fn new(enc: &Encoder) -> Result<Self> {
+    /// Copies the weights of every block of `enc`, a stack of the given width.
+    pub fn new(enc: &Encoder, width: usize) -> Result<Self> {
         let layers = enc
             .layers
             .iter()
@@ -108,7 +108,6 @@ impl HostEncoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let width = layers.first().map_or(0, |l| l.q.in_dim);
         Ok(Self { layers, width })
     }
 
@@ -165,10 +164,11 @@ impl HostEncoder {
             let mut ctx = ws.take(mq * w);
             attention_fwd(shape, &q, &k, &v, &mut probs, &mut ctx);
             let mut x_mid = ws.take(mq * w);
-            l.out.forward(&ctx, &mut x_mid);
             match sel {
-                Some(p) => add_assign(&mut x_mid, &gather_rows(&x, p, tokens, w)),
-                None => add_assign(&mut x_mid, &x),
+                Some(p) => l
+                    .out
+                    .forward_residual(&ctx, &gather_rows(&x, p, tokens, w), &mut x_mid),
+                None => l.out.forward_residual(&ctx, &x, &mut x_mid),
             }
             let (mut c, mut ln2_stats) = (ws.take(mq * w), ws.take(mq * 2));
             l.ln2.forward(&x_mid, &mut c, &mut ln2_stats);
@@ -176,8 +176,7 @@ impl HostEncoder {
             l.fc1.forward(&c, &mut h);
             activation_fwd(l.act, &h, &mut u);
             let mut x_out = ws.take(mq * w);
-            l.fc2.forward(&u, &mut x_out);
-            add_assign(&mut x_out, &x_mid);
+            l.fc2.forward_residual(&u, &x_mid, &mut x_out);
             tape.layers.push(LayerTape {
                 x_in: x,
                 ln1_stats,
@@ -195,6 +194,12 @@ impl HostEncoder {
                 a_sel,
             });
             x = x_out;
+        }
+        if let (Some(p), true) = (pooled, self.layers.is_empty()) {
+            // No block to do the pooling: gather the rows here.
+            let rows = gather_rows(&x, p, tokens, w);
+            ws.give(x);
+            return (rows, tape);
         }
         (x, tape)
     }
@@ -214,6 +219,12 @@ impl HostEncoder {
         let w = self.width;
         let n_layers = self.layers.len();
         let mut dx = dout;
+        if let (Some(p), 0) = (tape.pooled.as_deref(), n_layers) {
+            let mut full = ws.take(m * w);
+            full.iter_mut().for_each(|v| *v = 0.0);
+            scatter_add_rows(&mut full, &dx, p, tokens, w);
+            dx = full;
+        }
         for (idx, (l, t)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
             let sel = tape.pooled.as_deref().filter(|_| idx + 1 == n_layers);
             let shape = AttnShape {

@@ -76,23 +76,48 @@ unsafe fn gemm_raw(
     );
 }
 
-/// `out[m, n] = x[m, k]·w[n, k]ᵀ (+ b)`: a linear layer's forward.
-pub(crate) fn linear_fwd(out: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, k: usize) {
+/// `out[m, n] = (residual +) x[m, k]·w[n, k]ᵀ (+ b)`: a linear layer's forward, with the
+/// residual connection that follows it folded into the output's first pass.
+pub(crate) fn linear_fwd(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    k: usize,
+) {
     let n = w.len() / k;
     let m = x.len() / k;
     assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k);
-    if let Some(b) = b {
-        assert_eq!(b.len(), n);
-        out.par_chunks_mut(n * 64)
-            .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(b)));
+    match (b, residual) {
+        (Some(b), None) => {
+            assert_eq!(b.len(), n);
+            out.par_chunks_mut(n * 64)
+                .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(b)));
+        }
+        (b, Some(res)) => {
+            assert_eq!(res.len(), out.len());
+            out.par_chunks_mut(n * 64)
+                .zip(res.par_chunks(n * 64))
+                .for_each(|(c, rs)| match b {
+                    Some(b) => c.chunks_mut(n).zip(rs.chunks(n)).for_each(|(o, r)| {
+                        o.iter_mut()
+                            .zip(r.iter().zip(b))
+                            .for_each(|(o, (r, b))| *o = r + b)
+                    }),
+                    None => c.copy_from_slice(rs),
+                });
+        }
+        (None, None) => {}
     }
+    let accumulate = b.is_some() || residual.is_some();
     // SAFETY: sizes checked above; x and w are rows of k, wᵀ read with strides (1, k).
     unsafe {
         gemm_raw(
             (m, n, k),
             out.as_mut_ptr(),
             n,
-            b.is_some(),
+            accumulate,
             View {
                 ptr: x.as_ptr(),
                 rs: k as isize,
@@ -194,13 +219,6 @@ pub(crate) fn column_sums(x: &[f32], cols: usize, out: &mut [f32]) {
     for p in parts {
         out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
     }
-}
-
-/// `a += b`, elementwise, in parallel.
-pub(crate) fn add_assign(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(16384)
-        .zip(b.par_chunks(16384))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
 }
 
 /// Layer norm over rows of width `d`; saves each row's mean and 1/std for the backward.

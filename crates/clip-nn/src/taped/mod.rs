@@ -133,6 +133,19 @@ impl HostLinear {
             x,
             &self.w.data,
             self.b.as_ref().map(|b| b.data.as_slice()),
+            None,
+            self.in_dim,
+        );
+    }
+
+    /// `out = residual + x·Wᵀ + b`: the layer and the skip connection after it.
+    pub fn forward_residual(&self, x: &[f32], residual: &[f32], out: &mut [f32]) {
+        linear_fwd(
+            out,
+            x,
+            &self.w.data,
+            self.b.as_ref().map(|b| b.data.as_slice()),
+            Some(residual),
             self.in_dim,
         );
     }
