@@ -1,17 +1,16 @@
 //! The pre-norm transformer stack, forward with a tape and backward from it.
 
-use super::kernels::AttnShape;
-use super::kernels::{activation_bwd, activation_fwd, attention_bwd, attention_fwd};
-use super::{Grads, HostLinear, HostNorm, Workspace};
+use super::kernels::{
+    activation_bwd, activation_fwd, attention_bwd, attention_fwd, cols_mut, AttnShape, Cols,
+};
+use super::{Grads, HostLinear, HostNorm, HostQkv, Workspace};
 use crate::{Activation, Encoder, Result};
 
 /// One block's parameters on the host.
 #[derive(Debug)]
 struct HostLayer {
     ln1: HostNorm,
-    q: HostLinear,
-    k: HostLinear,
-    v: HostLinear,
+    qkv: HostQkv,
     out: HostLinear,
     ln2: HostNorm,
     fc1: HostLinear,
@@ -33,9 +32,10 @@ struct LayerTape {
     x_in: Vec<f32>,
     ln1_stats: Vec<f32>,
     a: Vec<f32>,
+    /// `[b·t, 3w]` q|k|v, or in a pooled block `[b·t, 2w]` k|v (with `q` apart).
+    qkv: Vec<f32>,
+    /// The pooled block's queries `[b, w]` (else empty).
     q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
     probs: Vec<f32>,
     ctx: Vec<f32>,
     x_mid: Vec<f32>,
@@ -53,9 +53,8 @@ impl LayerTape {
             self.x_in,
             self.ln1_stats,
             self.a,
+            self.qkv,
             self.q,
-            self.k,
-            self.v,
             self.probs,
             self.ctx,
             self.x_mid,
@@ -96,9 +95,7 @@ impl HostEncoder {
             .map(|l| {
                 Ok(HostLayer {
                     ln1: HostNorm::new(&l.ln1)?,
-                    q: HostLinear::new(&l.attn.q)?,
-                    k: HostLinear::new(&l.attn.k)?,
-                    v: HostLinear::new(&l.attn.v)?,
+                    qkv: HostQkv::new(&l.attn.q, &l.attn.k, &l.attn.v)?,
                     out: HostLinear::new(&l.attn.out)?,
                     ln2: HostNorm::new(&l.ln2)?,
                     fc1: HostLinear::new(&l.mlp.fc1)?,
@@ -154,15 +151,23 @@ impl HostEncoder {
             let mlp = l.fc1.out_dim();
             let (mut a, mut ln1_stats) = (ws.take(m * w), ws.take(m * 2));
             l.ln1.forward(&x, &mut a, &mut ln1_stats);
-            let (mut k, mut v) = (ws.take(m * w), ws.take(m * w));
-            l.k.forward(&a, &mut k);
-            l.v.forward(&a, &mut v);
             let a_sel = sel.map_or_else(Vec::new, |p| gather_rows(&a, p, tokens, w));
-            let mut q = ws.take(mq * w);
-            l.q.forward(if sel.is_some() { &a_sel } else { &a }, &mut q);
+            let (qkv, q) = match sel {
+                None => {
+                    let mut qkv = ws.take(m * 3 * w);
+                    l.qkv.forward(0..3, &a, &mut qkv);
+                    (qkv, Vec::new())
+                }
+                Some(_) => {
+                    let (mut kv, mut q) = (ws.take(m * 2 * w), ws.take(batch * w));
+                    l.qkv.forward(1..3, &a, &mut kv);
+                    l.qkv.forward(0..1, &a_sel, &mut q);
+                    (kv, q)
+                }
+            };
             let mut probs = ws.take(batch * l.heads * (mq / batch) * tokens);
             let mut ctx = ws.take(mq * w);
-            attention_fwd(shape, &q, &k, &v, &mut probs, &mut ctx);
+            attention_fwd(shape, qkv_cols(&qkv, &q, w), &mut probs, &mut ctx);
             let mut x_mid = ws.take(mq * w);
             match sel {
                 Some(p) => l
@@ -181,9 +186,8 @@ impl HostEncoder {
                 x_in: x,
                 ln1_stats,
                 a,
+                qkv,
                 q,
-                k,
-                v,
                 probs,
                 ctx,
                 x_mid,
@@ -249,18 +253,27 @@ impl HostEncoder {
             let mut dctx = ws.take(mq * w);
             l.out
                 .backward(&dx, &t.ctx, Some((&mut dctx, false)), grads)?;
-            let mut dq = ws.take(mq * w);
-            let (mut dk, mut dv) = (ws.take(m * w), ws.take(m * w));
-            attention_bwd(
-                shape, &t.q, &t.k, &t.v, &t.probs, &dctx, &mut dq, &mut dk, &mut dv,
-            );
             let mut da = ws.take(m * w);
-            l.k.backward(&dk, &t.a, Some((&mut da, false)), grads)?;
-            l.v.backward(&dv, &t.a, Some((&mut da, true)), grads)?;
+            let (q, k, v) = qkv_cols(&t.qkv, &t.q, w);
             match sel {
+                None => {
+                    let mut dqkv = ws.take(m * 3 * w);
+                    let d = cols_mut(&mut dqkv, 3 * w, [0, w, 2 * w], w);
+                    attention_bwd(shape, (q, k, v), &t.probs, &dctx, d);
+                    l.qkv.backward(0..3, &dqkv, &t.a, (&mut da, false), grads)?;
+                    l.ln1
+                        .backward(&da, &t.x_in, &t.ln1_stats, &mut dx, true, grads)?;
+                    ws.give(dqkv);
+                }
                 Some(p) => {
+                    let (mut dq, mut dkv) = (ws.take(batch * w), ws.take(m * 2 * w));
+                    let [dqc] = cols_mut(&mut dq, w, [0], w);
+                    let [dkc, dvc] = cols_mut(&mut dkv, 2 * w, [0, w], w);
+                    attention_bwd(shape, (q, k, v), &t.probs, &dctx, [dqc, dkc, dvc]);
+                    l.qkv.backward(1..3, &dkv, &t.a, (&mut da, false), grads)?;
                     let mut da_sel = ws.take(batch * w);
-                    l.q.backward(&dq, &t.a_sel, Some((&mut da_sel, false)), grads)?;
+                    l.qkv
+                        .backward(0..1, &dq, &t.a_sel, (&mut da_sel, false), grads)?;
                     scatter_add_rows(&mut da, &da_sel, p, tokens, w);
                     // The residual path reaches the pooled rows only.
                     let mut dx_in = ws.take(m * w);
@@ -268,20 +281,35 @@ impl HostEncoder {
                         .backward(&da, &t.x_in, &t.ln1_stats, &mut dx_in, false, grads)?;
                     scatter_add_rows(&mut dx_in, &dx, p, tokens, w);
                     ws.give(std::mem::replace(&mut dx, dx_in));
-                    ws.give(da_sel);
-                }
-                None => {
-                    l.q.backward(&dq, &t.a, Some((&mut da, true)), grads)?;
-                    l.ln1
-                        .backward(&da, &t.x_in, &t.ln1_stats, &mut dx, true, grads)?;
+                    for buf in [dq, dkv, da_sel] {
+                        ws.give(buf);
+                    }
                 }
             }
-            for buf in [du, dc, dctx, dq, dk, dv, da] {
+            for buf in [du, dc, dctx, da] {
                 ws.give(buf);
             }
             t.release(ws);
         }
         Ok(dx)
+    }
+}
+
+/// The q, k and v blocks of a tape: all three side by side in `qkv`, or (pooled block) k|v
+/// in `qkv` and the queries apart in `q`.
+fn qkv_cols<'a>(qkv: &'a [f32], q: &'a [f32], w: usize) -> (Cols<'a>, Cols<'a>, Cols<'a>) {
+    if q.is_empty() {
+        (
+            Cols::new(qkv, 3 * w, 0, w),
+            Cols::new(qkv, 3 * w, w, w),
+            Cols::new(qkv, 3 * w, 2 * w, w),
+        )
+    } else {
+        (
+            Cols::new(q, w, 0, w),
+            Cols::new(qkv, 2 * w, 0, w),
+            Cols::new(qkv, 2 * w, w, w),
+        )
     }
 }
 

@@ -319,10 +319,84 @@ pub(crate) fn activation_bwd(act: Activation, x: &[f32], dy: &mut [f32]) {
     crate::activation_op::scale_by_derivatives(act, x, dy);
 }
 
-/// Shapes of one multi-head attention call over `[b·t, w]` keys and values.
+/// A read-only `[rows, width]` block inside a wider row-major buffer: element `(r, c)` at
+/// `data[r·ld + c]` (e.g. the `k` columns of a fused `[rows, 3·width]` q/k/v buffer).
+#[derive(Clone, Copy)]
+pub(crate) struct Cols<'a> {
+    data: &'a [f32],
+    ld: usize,
+}
+
+impl<'a> Cols<'a> {
+    /// Columns `col..col + width` of the `[rows, ld]` buffer `buf`.
+    pub(crate) fn new(buf: &'a [f32], ld: usize, col: usize, width: usize) -> Self {
+        assert!(col + width <= ld && buf.len().is_multiple_of(ld));
+        Self {
+            data: &buf[col..],
+            ld,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.data.len().div_ceil(self.ld)
+    }
+
+    fn view(&self, off: usize) -> View {
+        View {
+            ptr: self.data[off..].as_ptr(),
+            rs: self.ld as isize,
+            cs: 1,
+        }
+    }
+
+    /// The block transposed: element `(c, r)`.
+    fn view_t(&self, off: usize) -> View {
+        View {
+            ptr: self.data[off..].as_ptr(),
+            rs: 1,
+            cs: self.ld as isize,
+        }
+    }
+}
+
+/// Writable column blocks of one buffer (see [`Cols`]); several may share the buffer when
+/// their columns do not overlap.
+#[derive(Clone, Copy)]
+pub(crate) struct ColsMut<'a> {
+    ptr: SharedMut,
+    ld: usize,
+    rows: usize,
+    _buf: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+/// Splits `buf` (`[rows, ld]`) into writable blocks of `width` columns starting at `cols`.
+pub(crate) fn cols_mut<const N: usize>(
+    buf: &mut [f32],
+    ld: usize,
+    cols: [usize; N],
+    width: usize,
+) -> [ColsMut<'_>; N] {
+    assert!(buf.len().is_multiple_of(ld));
+    let mut sorted = cols;
+    sorted.sort_unstable();
+    assert!(sorted.windows(2).all(|p| p[0] + width <= p[1]));
+    assert!(sorted.last().is_none_or(|&c| c + width <= ld));
+    let rows = buf.len() / ld;
+    let base = buf.as_mut_ptr();
+    // The blocks are disjoint column ranges of `buf`, which stays mutably borrowed for as
+    // long as any of them lives.
+    cols.map(|c| ColsMut {
+        ptr: SharedMut(base.wrapping_add(c)),
+        ld,
+        rows,
+        _buf: std::marker::PhantomData,
+    })
+}
+
+/// Shapes of one multi-head attention call over `b` sequences of `t` keys and values.
 ///
-/// Queries are either every token (`pooled: None`, `[b·t, w]`) or one token per sequence
-/// (`pooled: Some(positions)`, `[b, w]`): the last block of a tower only needs the token it
+/// Queries are either every token (`pooled: None`, `b·t` rows) or one token per sequence
+/// (`pooled: Some(positions)`, `b` rows): the last block of a tower only needs the token it
 /// pools, and its other queries would be wasted work.
 #[derive(Clone, Copy)]
 pub(crate) struct AttnShape<'a> {
@@ -348,16 +422,6 @@ impl AttnShape<'_> {
         }
     }
 
-    /// Offset of head `h` of sequence `bi` in the `[b·t, w]` key/value buffers.
-    fn kv_offset(&self, bi: usize, h: usize) -> usize {
-        bi * self.t * self.width + h * self.head_dim()
-    }
-
-    /// Offset of head `h` of sequence `bi` in the query/context buffers.
-    fn q_offset(&self, bi: usize, h: usize) -> usize {
-        bi * self.tq() * self.width + h * self.head_dim()
-    }
-
     /// How many keys query `i` of sequence `bi` may attend to.
     fn visible(&self, bi: usize, i: usize) -> usize {
         match (self.causal, self.pooled) {
@@ -373,44 +437,35 @@ impl AttnShape<'_> {
 }
 
 /// `probs = softmax(q·kᵀ/√d + mask)` per sequence and head (`[b, h, tq, t]`, saved), and
-/// `ctx = probs·v` written head by head into the query-shaped `ctx`.
+/// `ctx = probs·v` written head by head into `ctx` (`[b·tq, w]`).
 pub(crate) fn attention_fwd(
     s: AttnShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v): (Cols, Cols, Cols),
     probs: &mut [f32],
     ctx: &mut [f32],
 ) {
     let (t, tq, w, d) = (s.t, s.tq(), s.width, s.head_dim());
     assert!(probs.len() == s.b * s.heads * tq * t && ctx.len() == s.b * tq * w);
-    assert!(q.len() == ctx.len() && k.len() == s.b * t * w && v.len() == k.len());
+    assert!(q.rows() == s.b * tq && k.rows() == s.b * t && v.rows() == s.b * t);
     let out = SharedMut(ctx.as_mut_ptr());
     probs
         .par_chunks_mut(tq * t)
         .enumerate()
         .for_each(|(task, p)| {
             let (bi, h) = (task / s.heads, task % s.heads);
-            let (qo, ko) = (s.q_offset(bi, h), s.kv_offset(bi, h));
-            // SAFETY: q/ctx blocks are tq rows of d, k/v blocks t rows of d, all at row
-            // stride w inside their buffers; p is this task's own tq×t slice; ctx block
-            // (bi, h) is written by this task only.
+            let (qo, ko) = (bi * tq * q.ld + h * d, bi * t * k.ld + h * d);
+            let vo = bi * t * v.ld + h * d;
+            // SAFETY: the q block is tq rows of d, the k/v blocks t rows of d, all inside
+            // their buffers (`Cols` checked the widths); p is this task's own tq×t slice; the
+            // ctx block (bi, h) is written by this task only.
             unsafe {
                 gemm_raw(
                     (tq, t, d),
                     p.as_mut_ptr(),
                     t,
                     false,
-                    View {
-                        ptr: q.as_ptr().add(qo),
-                        rs: w as isize,
-                        cs: 1,
-                    },
-                    View {
-                        ptr: k.as_ptr().add(ko),
-                        rs: 1,
-                        cs: w as isize,
-                    },
+                    q.view(qo),
+                    k.view_t(ko),
                     s.scale(),
                     false,
                 );
@@ -430,23 +485,20 @@ pub(crate) fn attention_fwd(
                 row[..valid].iter_mut().for_each(|x| *x *= inv);
                 row[valid..].iter_mut().for_each(|x| *x = 0.0);
             }
+            let rows = View {
+                ptr: p.as_ptr(),
+                rs: t as isize,
+                cs: 1,
+            };
             // SAFETY: as above.
             unsafe {
                 gemm_raw(
                     (tq, d, t),
-                    out.at(qo),
+                    out.at(bi * tq * w + h * d),
                     w,
                     false,
-                    View {
-                        ptr: p.as_ptr(),
-                        rs: t as isize,
-                        cs: 1,
-                    },
-                    View {
-                        ptr: v.as_ptr().add(ko),
-                        rs: w as isize,
-                        cs: 1,
-                    },
+                    rows,
+                    v.view(vo),
                     1.0,
                     false,
                 );
@@ -454,38 +506,32 @@ pub(crate) fn attention_fwd(
         });
 }
 
-/// Backward of [`attention_fwd`]: overwrites `dq` (query-shaped), `dk` and `dv` from `dctx`.
+/// Backward of [`attention_fwd`]: overwrites the `dq`, `dk`, `dv` blocks from `dctx`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_bwd(
     s: AttnShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v): (Cols, Cols, Cols),
     probs: &[f32],
     dctx: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
+    [dq, dk, dv]: [ColsMut<'_>; 3],
 ) {
     let (t, tq, w, d) = (s.t, s.tq(), s.width, s.head_dim());
     assert!(probs.len() == s.b * s.heads * tq * t && dctx.len() == s.b * tq * w);
-    assert!(dq.len() == dctx.len() && dk.len() == s.b * t * w && dv.len() == dk.len());
-    let (oq, ok, ov) = (
-        SharedMut(dq.as_mut_ptr()),
-        SharedMut(dk.as_mut_ptr()),
-        SharedMut(dv.as_mut_ptr()),
-    );
+    assert!(q.rows() == s.b * tq && k.rows() == s.b * t && v.rows() == s.b * t);
+    assert!(dq.rows == s.b * tq && dk.rows == s.b * t && dv.rows == s.b * t);
+    let dctx = Cols::new(dctx, w, 0, w);
     probs.par_chunks(tq * t).enumerate().for_each(|(task, p)| {
         let (bi, h) = (task / s.heads, task % s.heads);
-        let (qo, ko) = (s.q_offset(bi, h), s.kv_offset(bi, h));
-        let at = |ptr: *const f32, off: usize| View {
-            ptr: unsafe { ptr.add(off) },
-            rs: w as isize,
-            cs: 1,
-        };
+        let q_at = |ld: usize| bi * tq * ld + h * d;
+        let kv_at = |ld: usize| bi * t * ld + h * d;
         let mut ds = vec![0f32; tq * t];
+        let p_t = View {
+            ptr: p.as_ptr(),
+            rs: 1,
+            cs: t as isize,
+        };
         // SAFETY: blocks as in the forward; each task writes only its own (bi, h) blocks
-        // of dq, dk and dv, and its local ds.
+        // of dq, dk and dv (disjoint columns of their buffers), and its local ds.
         unsafe {
             // dP = dctx·vᵀ
             gemm_raw(
@@ -493,27 +539,19 @@ pub(crate) fn attention_bwd(
                 ds.as_mut_ptr(),
                 t,
                 false,
-                at(dctx.as_ptr(), qo),
-                View {
-                    ptr: v.as_ptr().add(ko),
-                    rs: 1,
-                    cs: w as isize,
-                },
+                dctx.view(q_at(w)),
+                v.view_t(kv_at(v.ld)),
                 1.0,
                 false,
             );
             // dv = Pᵀ·dctx
             gemm_raw(
                 (t, d, tq),
-                ov.at(ko),
-                w,
+                dv.ptr.at(kv_at(dv.ld)),
+                dv.ld,
                 false,
-                View {
-                    ptr: p.as_ptr(),
-                    rs: 1,
-                    cs: t as isize,
-                },
-                at(dctx.as_ptr(), qo),
+                p_t,
+                dctx.view(q_at(w)),
                 1.0,
                 false,
             );
@@ -525,35 +563,37 @@ pub(crate) fn attention_bwd(
                 .zip(prow)
                 .for_each(|(g, &pv)| *g = pv * (*g - dot));
         }
+        let ds_v = View {
+            ptr: ds.as_ptr(),
+            rs: t as isize,
+            cs: 1,
+        };
+        let ds_t = View {
+            ptr: ds.as_ptr(),
+            rs: 1,
+            cs: t as isize,
+        };
         // SAFETY: as above.
         unsafe {
             // dq = scale·dS·k
             gemm_raw(
                 (tq, d, t),
-                oq.at(qo),
-                w,
+                dq.ptr.at(q_at(dq.ld)),
+                dq.ld,
                 false,
-                View {
-                    ptr: ds.as_ptr(),
-                    rs: t as isize,
-                    cs: 1,
-                },
-                at(k.as_ptr(), ko),
+                ds_v,
+                k.view(kv_at(k.ld)),
                 s.scale(),
                 false,
             );
             // dk = scale·dSᵀ·q
             gemm_raw(
                 (t, d, tq),
-                ok.at(ko),
-                w,
+                dk.ptr.at(kv_at(dk.ld)),
+                dk.ld,
                 false,
-                View {
-                    ptr: ds.as_ptr(),
-                    rs: 1,
-                    cs: t as isize,
-                },
-                at(q.as_ptr(), qo),
+                ds_t,
+                q.view(q_at(q.ld)),
                 s.scale(),
                 false,
             );

@@ -1,0 +1,82 @@
+//! Probe: how fast the `gemm` crate multiplies the `tiny` training shapes with each operand
+//! layout, to choose how the taped path stores weights (not a test).
+//! `RAYON_NUM_THREADS=2 cargo bench --bench gemm_layouts`.
+
+use std::time::Instant;
+
+/// `dst[m, n] = lhs[m, k] · rhs[k, n]`, operands given by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    l: (isize, isize),
+    rhs: &[f32],
+    r: (isize, isize),
+    dst: &mut [f32],
+) {
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    // SAFETY: the buffers cover m·k, k·n and m·n elements under the given strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            l.1,
+            l.0,
+            rhs.as_ptr(),
+            r.1,
+            r.0,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+fn main() {
+    let shapes = [
+        ("vision qkv/out, fwd", 8320, 256, 256),
+        ("vision fc1, fwd", 8320, 1024, 256),
+        ("vision fc2, fwd", 8320, 256, 1024),
+        ("vision qkv/out, dW", 256, 256, 8320),
+        ("vision fc1, dW", 1024, 256, 8320),
+        ("vision fc2, dW", 256, 1024, 8320),
+    ];
+    println!("| shape (m, n, k) | lhs | rhs | ms | GFLOP/s |\n|---|---|---|---|---|");
+    for (name, m, n, k) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut c = vec![0f32; m * n];
+        let row = |cols: usize| (cols as isize, 1isize);
+        let col = |rows: usize| (1isize, rows as isize);
+        for (ln, l, rn, r) in [
+            ("row-major", row(k), "row-major", row(n)),
+            ("row-major", row(k), "col-major (Wᵀ view)", col(k)),
+            ("col-major", col(m), "row-major", row(n)),
+            ("col-major", col(m), "col-major", col(k)),
+        ] {
+            run(m, n, k, &a, l, &b, r, &mut c);
+            let reps = 5;
+            let t = Instant::now();
+            for _ in 0..reps {
+                run(m, n, k, &a, l, &b, r, &mut c);
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            let gf = 2.0 * (m * n * k) as f64 / s / 1e9;
+            println!(
+                "| {name} ({m}, {n}, {k}) | {ln} | {rn} | {:.2} | {gf:.0} |",
+                s * 1e3
+            );
+        }
+    }
+}
