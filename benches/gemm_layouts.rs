@@ -15,8 +15,14 @@ fn run(
     rhs: &[f32],
     r: (isize, isize),
     dst: &mut [f32],
+    dst_col_major: bool,
 ) {
     let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    let (dcs, drs) = if dst_col_major {
+        (m as isize, 1)
+    } else {
+        (1, n as isize)
+    };
     // SAFETY: the buffers cover m·k, k·n and m·n elements under the given strides.
     unsafe {
         gemm::gemm(
@@ -24,8 +30,8 @@ fn run(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dcs,
+            drs,
             false,
             lhs.as_ptr(),
             l.1,
@@ -52,7 +58,7 @@ fn main() {
         ("vision fc1, dW", 1024, 256, 8320),
         ("vision fc2, dW", 256, 1024, 8320),
     ];
-    println!("| shape (m, n, k) | lhs | rhs | ms | GFLOP/s |\n|---|---|---|---|---|");
+    println!("| shape (m, n, k) | lhs | rhs | dst | ms | GFLOP/s |\n|---|---|---|---|---|---|");
     for (name, m, n, k) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
@@ -65,18 +71,21 @@ fn main() {
             ("col-major", col(m), "row-major", row(n)),
             ("col-major", col(m), "col-major", col(k)),
         ] {
-            run(m, n, k, &a, l, &b, r, &mut c);
-            let reps = 5;
-            let t = Instant::now();
-            for _ in 0..reps {
-                run(m, n, k, &a, l, &b, r, &mut c);
+            for dcm in [false, true] {
+                run(m, n, k, &a, l, &b, r, &mut c, dcm);
+                let reps = 5;
+                let t = Instant::now();
+                for _ in 0..reps {
+                    run(m, n, k, &a, l, &b, r, &mut c, dcm);
+                }
+                let s = t.elapsed().as_secs_f64() / reps as f64;
+                let gf = 2.0 * (m * n * k) as f64 / s / 1e9;
+                let dn = if dcm { "col-major" } else { "row-major" };
+                println!(
+                    "| {name} ({m}, {n}, {k}) | {ln} | {rn} | {dn} | {:.2} | {gf:.0} |",
+                    s * 1e3
+                );
             }
-            let s = t.elapsed().as_secs_f64() / reps as f64;
-            let gf = 2.0 * (m * n * k) as f64 / s / 1e9;
-            println!(
-                "| {name} ({m}, {n}, {k}) | {ln} | {rn} | {:.2} | {gf:.0} |",
-                s * 1e3
-            );
         }
     }
 }
