@@ -382,6 +382,28 @@ struct Ctx<'a> {
     ws: RefCell<Workspace>,
 }
 
+/// Keeps a tower's tape in `slot` and returns its features as a fresh leaf for the loss, or,
+/// without a slot (no backward follows), recycles the tape and returns the features.
+fn hold<T>(
+    features: Tensor,
+    tape: T,
+    slot: Option<&mut Option<(Var, T)>>,
+    release: impl FnOnce(T),
+) -> Result<Tensor> {
+    match slot {
+        Some(slot) => {
+            let leaf = Var::from_tensor(&features)?;
+            let t = leaf.as_tensor().clone();
+            *slot = Some((leaf, tape));
+            Ok(t)
+        }
+        None => {
+            release(tape);
+            Ok(features)
+        }
+    }
+}
+
 /// Tower features whose gradient reaches the weights through the taped backward once the
 /// loss's backward has run.
 #[derive(Default)]
@@ -466,18 +488,9 @@ impl Ctx<'_> {
     fn image_taped(&self, pixels: &Tensor, pending: Option<&mut Pending>) -> Result<Tensor> {
         let mut ws = self.ws.borrow_mut();
         let (f, tape) = self.model.vision().forward_taped(pixels, &mut ws)?;
-        match pending {
-            Some(p) => {
-                let v = Var::from_tensor(&f)?;
-                let t = v.as_tensor().clone();
-                p.image = Some((v, tape));
-                Ok(t)
-            }
-            None => {
-                tape.release(&mut ws);
-                Ok(f)
-            }
-        }
+        hold(f, tape, pending.map(|p| &mut p.image), |t| {
+            t.release(&mut ws)
+        })
     }
 
     /// Text features by the taped path, as [`Ctx::image_taped`].
@@ -485,18 +498,9 @@ impl Ctx<'_> {
         let mut ws = self.ws.borrow_mut();
         let device = self.model.device();
         let (f, tape) = self.model.text().forward_taped(ids, device, &mut ws)?;
-        match pending {
-            Some(p) => {
-                let v = Var::from_tensor(&f)?;
-                let t = v.as_tensor().clone();
-                p.text = Some((v, tape));
-                Ok(t)
-            }
-            None => {
-                tape.release(&mut ws);
-                Ok(f)
-            }
-        }
+        hold(f, tape, pending.map(|p| &mut p.text), |t| {
+            t.release(&mut ws)
+        })
     }
 
     /// Adds the gradients of one backward pass to `grads`: those candle's autograd found,

@@ -36,6 +36,20 @@ fn small_config() -> ClipConfig {
     }
 }
 
+/// Distinct captions of 3 to 6 tokens: begin (62), words, end-of-text (63), then padding
+/// with end-of-text to the context of 8.
+fn captions(b: usize) -> Vec<Vec<u32>> {
+    (0..b as u32)
+        .map(|i| {
+            let mut r = vec![62, 5 + i, 20 + 2 * i];
+            r.extend(std::iter::repeat_n(7 + i, (i % 4) as usize));
+            r.push(63);
+            r.resize(8, 63);
+            r
+        })
+        .collect()
+}
+
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient() {
     let cfg = small_config();
@@ -43,16 +57,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
     let model = ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
     let b = 4;
     let pixels = Tensor::randn(0f32, 1.0, (b, 3, 16, 16), &Device::Cpu).unwrap();
-    // Distinct captions of different lengths, end-of-text (63) then padding with it.
-    let ids: Vec<Vec<u32>> = (0..b as u32)
-        .map(|i| {
-            let mut r = vec![62, 5 + i, 20 + 2 * i];
-            r.extend(std::iter::repeat_n(7 + i, i as usize));
-            r.push(63);
-            r.resize(8, 63);
-            r
-        })
-        .collect();
+    let ids = captions(b);
     let img = model.encode_image(&pixels).unwrap();
     let txt = model.encode_text(&ids).unwrap();
     let loss = clip_train::clip_loss(&img, &txt, model.logit_scale()).unwrap();
@@ -204,15 +209,7 @@ fn check_taped_parity(cfg: &ClipConfig) {
     let b = 5;
     let pixels = Tensor::randn(0f32, 1.0, (b, 3, 16, 16), &Device::Cpu).unwrap();
     // Pooled positions 3..=6 of 8: the last columns are padding the taped path cuts.
-    let ids: Vec<Vec<u32>> = (0..b as u32)
-        .map(|i| {
-            let mut r = vec![62, 5 + i, 20 + 2 * i];
-            r.extend(std::iter::repeat_n(7 + i, (i % 4) as usize));
-            r.push(63);
-            r.resize(8, 63);
-            r
-        })
-        .collect();
+    let ids = captions(b);
     let img = model.encode_image(&pixels).unwrap();
     let txt = model.encode_text(&ids).unwrap();
     let loss = clip_train::clip_loss(&img, &txt, model.logit_scale()).unwrap();
