@@ -15,44 +15,11 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
     }
 }
 
-fn parallelism() -> gemm::Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
-    }
-}
-
-/// `x [m, k] · wᵀ` with `w [n, k]`, plus an optional bias `[n]` broadcast over rows.
+/// `x [m, k] · wᵀ` with `w [n, k]`, plus an optional bias `[n]` broadcast over rows (the
+/// taped path's kernel, into a fresh buffer).
 fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = match bias {
-        Some(b) => b.repeat(m),
-        None => vec![0f32; m * n],
-    };
-    // SAFETY: all pointers cover m·k, n·k and m·n elements with the given strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            bias.is_some(),
-            x.as_ptr(),
-            1,
-            k as isize,
-            // wᵀ[k, n]: element (kk, j) is w[j·k + kk]: column stride k, row stride 1.
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
-    }
+    let mut out = vec![0f32; m * n];
+    crate::taped::linear_fwd(&mut out, x, w, bias, None, k);
     out
 }
 
