@@ -49,6 +49,54 @@ fn run(
     }
 }
 
+/// The same product with `k` split in two halves, one single-threaded GEMM per rayon task
+/// into its own buffer, then summed: no synchronisation inside the kernel.
+#[allow(clippy::too_many_arguments)]
+fn run_split_k(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    l: (isize, isize),
+    rhs: &[f32],
+    r: (isize, isize),
+    dst: &mut [f32],
+    tmp: &mut [f32],
+    dst_col_major: bool,
+) {
+    let (dcs, drs) = if dst_col_major {
+        (m as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    let half = k / 2;
+    let part = |dst: &mut [f32], k0: usize, kn: usize| unsafe {
+        gemm::gemm(
+            m,
+            n,
+            kn,
+            dst.as_mut_ptr(),
+            dcs,
+            drs,
+            false,
+            lhs.as_ptr().offset(k0 as isize * l.1),
+            l.1,
+            l.0,
+            rhs.as_ptr().offset(k0 as isize * r.0),
+            r.1,
+            r.0,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+    rayon::join(|| part(dst, 0, half), || part(tmp, half, k - half));
+    dst.iter_mut().zip(tmp.iter()).for_each(|(d, t)| *d += t);
+}
+
 fn main() {
     let shapes = [
         ("vision qkv/out, fwd", 8320, 256, 256),
@@ -85,6 +133,31 @@ fn main() {
                     "| {name} ({m}, {n}, {k}) | {ln} | {rn} | {dn} | {:.2} | {gf:.0} |",
                     s * 1e3
                 );
+            }
+        }
+        if name.contains("dW") {
+            let mut tmp = vec![0f32; m * n];
+            for (ln, l, rn, r) in [
+                ("row-major", row(k), "row-major", row(n)),
+                ("row-major", row(k), "col-major", col(k)),
+                ("col-major", col(m), "row-major", row(n)),
+                ("col-major", col(m), "col-major", col(k)),
+            ] {
+                for dcm in [false, true] {
+                    run_split_k(m, n, k, &a, l, &b, r, &mut c, &mut tmp, dcm);
+                    let reps = 5;
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        run_split_k(m, n, k, &a, l, &b, r, &mut c, &mut tmp, dcm);
+                    }
+                    let s = t.elapsed().as_secs_f64() / reps as f64;
+                    let gf = 2.0 * (m * n * k) as f64 / s / 1e9;
+                    let dn = if dcm { "col-major" } else { "row-major" };
+                    println!(
+                        "| {name} ({m}, {n}, {k}) split-k | {ln} | {rn} | {dn} | {:.2} | {gf:.0} |",
+                        s * 1e3
+                    );
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Time one training step of the `tiny` preset (batch from argv, default 128) by phase:
 //! forward, backward, optimiser, for candle's autograd through the layers and for the taped
-//! path `clip train` uses on CPU. `cargo bench --bench train_step -- [BATCH] [STEPS]`.
+//! path `clip train` uses on CPU. `cargo bench --bench train_step -- [BATCH] [STEPS] [taped]`
+//! (`taped`: time only the taped path).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -30,7 +31,11 @@ fn main() {
         .collect();
     println!("| path | forward (ms) | backward (ms) | optimizer (ms) | total (ms) | samples/s |");
     println!("|---|---|---|---|---|---|");
+    let only_taped = args.get(3).is_some_and(|a| a == "taped");
     for taped in [false, true] {
+        if only_taped && !taped {
+            continue;
+        }
         let mut ws = clip_nn::taped::Workspace::default();
         let (mut f, mut bw, mut o) = (0.0, 0.0, 0.0);
         for step in 0..steps + 1 {

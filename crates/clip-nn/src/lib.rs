@@ -14,6 +14,7 @@ mod ops;
 mod params;
 mod rng;
 pub mod runtime;
+mod simd;
 pub mod taped;
 mod transformer;
 

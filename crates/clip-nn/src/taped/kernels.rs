@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 use crate::activation_op::exp_fast;
+use crate::simd::{self, multiversion};
 use crate::Activation;
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
@@ -23,10 +24,15 @@ impl SharedMut {
     }
 }
 
-fn parallelism(parallel: bool) -> gemm::Parallelism {
-    match candle_core::utils::get_num_threads() {
-        n if parallel && n > 1 => gemm::Parallelism::Rayon(n),
-        _ => gemm::Parallelism::None,
+/// Threads a kernel may use (candle's setting, which follows `RAYON_NUM_THREADS`).
+fn threads() -> usize {
+    candle_core::utils::get_num_threads().max(1)
+}
+
+fn parallelism(threads: usize) -> gemm::Parallelism {
+    match threads {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
     }
 }
 
@@ -38,7 +44,8 @@ struct View {
     cs: isize,
 }
 
-/// `dst[m, n] = (accumulate ? dst : 0) + alpha·lhs[m, k]·rhs[k, n]`, `dst` row stride `ld`.
+/// `dst[m, n] = (accumulate ? dst : 0) + alpha·lhs[m, k]·rhs[k, n]`, `dst` row stride `ld`,
+/// on up to `threads` threads.
 ///
 /// # Safety
 /// All views must cover the addressed elements; `dst` must not alias the inputs.
@@ -51,7 +58,7 @@ unsafe fn gemm_raw(
     lhs: View,
     rhs: View,
     alpha: f32,
-    parallel: bool,
+    threads: usize,
 ) {
     gemm::gemm(
         m,
@@ -72,7 +79,7 @@ unsafe fn gemm_raw(
         false,
         false,
         false,
-        parallelism(parallel),
+        parallelism(threads),
     );
 }
 
@@ -129,13 +136,19 @@ pub(crate) fn linear_fwd(
                 cs: k as isize,
             },
             1.0,
-            true,
+            threads(),
         );
     }
 }
 
 /// A linear layer's backward: `dw = dyᵀ·x` (overwritten), `db = Σ_rows dy` (overwritten),
 /// and `dx (+)= dy·w` when `dx` is given.
+///
+/// The two products have the same cost and share nothing, so each runs on half the threads
+/// at once: on these thin shapes (a short output, thousands of rows to sum over) the GEMM
+/// kernel splitting one product across all threads syncs per block and runs 25–35 % slower.
+/// Without `dx`, the rows are split in two halves summed separately instead. Either way the
+/// arithmetic does not depend on the thread count, so runs repeat to the bit.
 pub(crate) fn linear_bwd(
     dy: &[f32],
     x: &[f32],
@@ -148,53 +161,92 @@ pub(crate) fn linear_bwd(
     let n = w.len() / k;
     let m = x.len() / k;
     assert!(dy.len() == m * n && dw.len() == n * k);
-    // SAFETY: dw [n, k] = dyᵀ [n, m] · x [m, k]; dyᵀ read with strides (1, n).
+    let all = threads();
+    let half = all.div_ceil(2);
+    let weight_grad = |dw: &mut [f32], db: Option<&mut [f32]>, threads: usize| {
+        dw_rows(dy, x, n, k, 0..m, dw, false, threads);
+        if let Some(db) = db {
+            column_sums(dy, n, db);
+        }
+    };
+    match dx {
+        Some((dx, accumulate)) => {
+            assert_eq!(dx.len(), m * k);
+            rayon::join(
+                || weight_grad(dw, db, half),
+                // SAFETY: dx [m, k] = dy [m, n] · w [n, k].
+                || unsafe {
+                    gemm_raw(
+                        (m, k, n),
+                        dx.as_mut_ptr(),
+                        k,
+                        accumulate,
+                        View {
+                            ptr: dy.as_ptr(),
+                            rs: n as isize,
+                            cs: 1,
+                        },
+                        View {
+                            ptr: w.as_ptr(),
+                            rs: k as isize,
+                            cs: 1,
+                        },
+                        1.0,
+                        half,
+                    )
+                },
+            );
+        }
+        None if m >= 512 => {
+            let mid = m / 2;
+            let mut upper = vec![0f32; dw.len()];
+            rayon::join(
+                || dw_rows(dy, x, n, k, 0..mid, dw, false, half),
+                || dw_rows(dy, x, n, k, mid..m, &mut upper, false, half),
+            );
+            dw.iter_mut().zip(&upper).for_each(|(a, b)| *a += b);
+            if let Some(db) = db {
+                column_sums(dy, n, db);
+            }
+        }
+        None => weight_grad(dw, db, all),
+    }
+}
+
+/// `dw (+)= dy[rows]ᵀ·x[rows]` for a block of rows of `dy` (`[m, n]`) and `x` (`[m, k]`).
+#[allow(clippy::too_many_arguments)]
+fn dw_rows(
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    k: usize,
+    rows: std::ops::Range<usize>,
+    dw: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(rows.end * n <= dy.len() && rows.end * k <= x.len() && dw.len() == n * k);
+    // SAFETY: dw [n, k] = dyᵀ [n, rows] · x [rows, k]; dyᵀ read with strides (1, n), both
+    // blocks inside their buffers (checked above).
     unsafe {
         gemm_raw(
-            (n, k, m),
+            (n, k, rows.len()),
             dw.as_mut_ptr(),
             k,
-            false,
+            accumulate,
             View {
-                ptr: dy.as_ptr(),
+                ptr: dy[rows.start * n..].as_ptr(),
                 rs: 1,
                 cs: n as isize,
             },
             View {
-                ptr: x.as_ptr(),
+                ptr: x[rows.start * k..].as_ptr(),
                 rs: k as isize,
                 cs: 1,
             },
             1.0,
-            true,
+            threads,
         );
-    }
-    if let Some(db) = db {
-        column_sums(dy, n, db);
-    }
-    if let Some((dx, accumulate)) = dx {
-        assert_eq!(dx.len(), m * k);
-        // SAFETY: dx [m, k] = dy [m, n] · w [n, k].
-        unsafe {
-            gemm_raw(
-                (m, k, n),
-                dx.as_mut_ptr(),
-                k,
-                accumulate,
-                View {
-                    ptr: dy.as_ptr(),
-                    rs: n as isize,
-                    cs: 1,
-                },
-                View {
-                    ptr: w.as_ptr(),
-                    rs: k as isize,
-                    cs: 1,
-                },
-                1.0,
-                true,
-            );
-        }
     }
 }
 
@@ -209,15 +261,22 @@ pub(crate) fn column_sums(x: &[f32], cols: usize, out: &mut [f32]) {
         .par_chunks(rows_per_task(cols) * cols * 4)
         .map(|c| {
             let mut acc = vec![0f32; cols];
-            for row in c.chunks(cols) {
-                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-            }
+            add_rows(c, &mut acc);
             acc
         })
         .collect();
     out.iter_mut().for_each(|o| *o = 0.0);
     for p in parts {
         out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+    }
+}
+
+multiversion! {
+    /// `acc += Σ rows` for the rows (of `acc.len()`) in `x`.
+    fn add_rows(x: &[f32], acc: &mut [f32]) {
+        for row in x.chunks_exact(acc.len()) {
+            acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        }
     }
 }
 
@@ -235,18 +294,24 @@ pub(crate) fn layer_norm_fwd(
     out.par_chunks_mut(rows * d)
         .zip(x.par_chunks(rows * d))
         .zip(stats.par_chunks_mut(rows * 2))
-        .for_each(|((o, xs), st)| {
-            for ((orow, xrow), s) in o.chunks_mut(d).zip(xs.chunks(d)).zip(st.chunks_mut(2)) {
-                let mean = xrow.iter().sum::<f32>() / d as f32;
-                let var = xrow.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                let rstd = 1.0 / (var + eps).sqrt();
-                for i in 0..d {
-                    orow[i] = (xrow[i] - mean) * rstd * g[i] + b[i];
-                }
-                s[0] = mean;
-                s[1] = rstd;
+        .for_each(|((o, xs), st)| layer_norm_rows(xs, g, b, eps, o, st));
+}
+
+multiversion! {
+    /// [`layer_norm_fwd`] over one block of rows.
+    fn layer_norm_rows(xs: &[f32], g: &[f32], b: &[f32], eps: f32, o: &mut [f32], st: &mut [f32]) {
+        let d = g.len();
+        for ((orow, xrow), s) in o.chunks_mut(d).zip(xs.chunks(d)).zip(st.chunks_mut(2)) {
+            let mean = simd::sum_map(xrow, |v| v) / d as f32;
+            let var = simd::sum_map(xrow, |v| (v - mean) * (v - mean)) / d as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for (((o, &x), &g), &b) in orow.iter_mut().zip(xrow).zip(g).zip(b) {
+                *o = (x - mean) * rstd * g + b;
             }
-        });
+            s[0] = mean;
+            s[1] = rstd;
+        }
+    }
 }
 
 /// Layer norm backward: `dx (+)= rstd·(h − mean(h) − x̂·mean(h·x̂))` with `h = dy·γ`;
@@ -270,34 +335,9 @@ pub(crate) fn layer_norm_bwd(
         .zip(dy.par_chunks(rows * d).zip(stats.par_chunks(rows * 2)))
         .map(|((o, xs), (ds, st))| {
             let mut acc = vec![0f32; 2 * d];
-            for (((orow, xrow), drow), s) in o
-                .chunks_mut(d)
-                .zip(xs.chunks(d))
-                .zip(ds.chunks(d))
-                .zip(st.chunks(2))
-            {
-                let (mean, rstd) = (s[0], s[1]);
-                let (mut mh, mut mhx) = (0f32, 0f32);
-                for i in 0..d {
-                    let xh = (xrow[i] - mean) * rstd;
-                    let h = drow[i] * g[i];
-                    mh += h;
-                    mhx += h * xh;
-                    acc[i] += drow[i] * xh;
-                    acc[d + i] += drow[i];
-                }
-                mh /= d as f32;
-                mhx /= d as f32;
-                for i in 0..d {
-                    let xh = (xrow[i] - mean) * rstd;
-                    let v = rstd * (drow[i] * g[i] - mh - xh * mhx);
-                    if accumulate {
-                        orow[i] += v;
-                    } else {
-                        orow[i] = v;
-                    }
-                }
-            }
+            // x̂ of one row, reused by both passes over it.
+            let mut xh = vec![0f32; d];
+            layer_norm_bwd_rows(xs, ds, st, g, o, accumulate, &mut acc, &mut xh);
             acc
         })
         .collect();
@@ -306,6 +346,41 @@ pub(crate) fn layer_norm_bwd(
     for p in parts {
         dg.iter_mut().zip(&p[..d]).for_each(|(o, v)| *o += v);
         db.iter_mut().zip(&p[d..]).for_each(|(o, v)| *o += v);
+    }
+}
+
+multiversion! {
+    /// [`layer_norm_bwd`] over one block of rows; `acc` collects `[Σ dy·x̂, Σ dy]`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_bwd_rows(
+        xs: &[f32],
+        ds: &[f32],
+        st: &[f32],
+        g: &[f32],
+        o: &mut [f32],
+        accumulate: bool,
+        acc: &mut [f32],
+        xh: &mut [f32],
+    ) {
+        let d = g.len();
+        let (dg, db) = acc.split_at_mut(d);
+        for (((orow, xrow), drow), s) in o
+            .chunks_mut(d)
+            .zip(xs.chunks(d))
+            .zip(ds.chunks(d))
+            .zip(st.chunks(2))
+        {
+            let (mean, rstd) = (s[0], s[1]);
+            xh.iter_mut().zip(xrow).for_each(|(h, &x)| *h = (x - mean) * rstd);
+            dg.iter_mut().zip(drow).zip(&*xh).for_each(|((a, &dy), &h)| *a += dy * h);
+            db.iter_mut().zip(drow).for_each(|(a, &dy)| *a += dy);
+            let mh = simd::sum_zip(drow, g, |dy, g| dy * g) / d as f32;
+            let mhx = simd::dot3(drow, g, xh) / d as f32;
+            for (((o, &dy), &g), &h) in orow.iter_mut().zip(drow).zip(g).zip(&*xh) {
+                let v = rstd * (dy * g - mh - h * mhx);
+                *o = if accumulate { *o + v } else { v };
+            }
+        }
     }
 }
 
@@ -467,23 +542,11 @@ pub(crate) fn attention_fwd(
                     q.view(qo),
                     k.view_t(ko),
                     s.scale(),
-                    false,
+                    1,
                 );
             }
             for (i, row) in p.chunks_mut(t).enumerate() {
-                let valid = s.visible(bi, i);
-                let max = row[..valid]
-                    .iter()
-                    .copied()
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for x in &mut row[..valid] {
-                    *x = exp_fast(*x - max);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row[..valid].iter_mut().for_each(|x| *x *= inv);
-                row[valid..].iter_mut().for_each(|x| *x = 0.0);
+                softmax_row(row, s.visible(bi, i));
             }
             let rows = View {
                 ptr: p.as_ptr(),
@@ -500,10 +563,33 @@ pub(crate) fn attention_fwd(
                     rows,
                     v.view(vo),
                     1.0,
-                    false,
+                    1,
                 );
             }
         });
+}
+
+multiversion! {
+    /// `row[..valid] = softmax(row[..valid])`, the masked rest zeroed.
+    fn softmax_row(row: &mut [f32], valid: usize) {
+        let max = simd::max(&row[..valid]);
+        row[..valid].iter_mut().for_each(|x| *x = exp_fast(*x - max));
+        let inv = 1.0 / simd::sum_map(&row[..valid], |x| x);
+        row[..valid].iter_mut().for_each(|x| *x *= inv);
+        row[valid..].iter_mut().for_each(|x| *x = 0.0);
+    }
+}
+
+multiversion! {
+    /// Softmax backward row by row (rows of `t`), in place: `dP ← P ⊙ (dP − Σ_j dP·P)`.
+    fn softmax_grad(ds: &mut [f32], p: &[f32], t: usize) {
+        for (drow, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
+            let dot = simd::sum_zip(drow, prow, |a, b| a * b);
+            drow.iter_mut()
+                .zip(prow)
+                .for_each(|(g, &pv)| *g = pv * (*g - dot));
+        }
+    }
 }
 
 /// Backward of [`attention_fwd`]: overwrites the `dq`, `dk`, `dv` blocks from `dctx`.
@@ -542,7 +628,7 @@ pub(crate) fn attention_bwd(
                 dctx.view(q_at(w)),
                 v.view_t(kv_at(v.ld)),
                 1.0,
-                false,
+                1,
             );
             // dv = Pᵀ·dctx
             gemm_raw(
@@ -553,16 +639,10 @@ pub(crate) fn attention_bwd(
                 p_t,
                 dctx.view(q_at(w)),
                 1.0,
-                false,
+                1,
             );
         }
-        // dS = P ⊙ (dP − Σ_j dP·P)
-        for (drow, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
-            let dot: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
-            drow.iter_mut()
-                .zip(prow)
-                .for_each(|(g, &pv)| *g = pv * (*g - dot));
-        }
+        softmax_grad(&mut ds, p, t);
         let ds_v = View {
             ptr: ds.as_ptr(),
             rs: t as isize,
@@ -584,7 +664,7 @@ pub(crate) fn attention_bwd(
                 ds_v,
                 k.view(kv_at(k.ld)),
                 s.scale(),
-                false,
+                1,
             );
             // dk = scale·dSᵀ·q
             gemm_raw(
@@ -595,7 +675,7 @@ pub(crate) fn attention_bwd(
                 ds_t,
                 q.view(q_at(q.ld)),
                 s.scale(),
-                false,
+                1,
             );
         }
     });
