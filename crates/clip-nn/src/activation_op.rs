@@ -22,13 +22,18 @@ pub(crate) fn exp_fast(x: f32) -> f32 {
     // Round to nearest with the 1.5·2²³ trick (exact in f32, no libm call).
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2_E + MAGIC) - MAGIC;
+    let shifted = x * LOG2_E + MAGIC;
+    let k = shifted - MAGIC;
+    // The integer k sits in the low mantissa bits of `shifted`: read it with integer ops,
+    // which vectorise, where `k as i32` (a saturating conversion) compiles to one scalar
+    // instruction per element and made GELU 5× slower.
+    let ki = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((k as i32 + 127) << 23) as u32) * p
+    f32::from_bits(((ki + 127) << 23) as u32) * p
 }
 
 /// `1 − erf(|x|)` as Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7) given `e^{−x²}`.
