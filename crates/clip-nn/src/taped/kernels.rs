@@ -145,8 +145,8 @@ pub(crate) fn linear_fwd(
 /// and `dx (+)= dy·w` when `dx` is given.
 ///
 /// The two products have the same cost and share nothing, so each runs on half the threads
-/// at once: on these thin shapes (a short output, thousands of rows to sum over) the GEMM
-/// kernel splitting one product across all threads syncs per block and runs 25–35 % slower.
+/// at once: on these thin shapes the GEMM kernel splitting one product across all threads
+/// syncs per block, and the backward ran ≈ 8 % slower that way (`benches/train_step.rs`).
 /// Without `dx`, the rows are split in two halves summed separately instead. Either way the
 /// arithmetic does not depend on the thread count, so runs repeat to the bit.
 pub(crate) fn linear_bwd(
@@ -164,7 +164,7 @@ pub(crate) fn linear_bwd(
     let all = threads();
     let half = all.div_ceil(2);
     let weight_grad = |dw: &mut [f32], db: Option<&mut [f32]>, threads: usize| {
-        dw_rows(dy, x, n, k, 0..m, dw, false, threads);
+        dw_rows(dy, x, n, k, 0..m, dw, threads);
         if let Some(db) = db {
             column_sums(dy, n, db);
         }
@@ -201,8 +201,8 @@ pub(crate) fn linear_bwd(
             let mid = m / 2;
             let mut upper = vec![0f32; dw.len()];
             rayon::join(
-                || dw_rows(dy, x, n, k, 0..mid, dw, false, half),
-                || dw_rows(dy, x, n, k, mid..m, &mut upper, false, half),
+                || dw_rows(dy, x, n, k, 0..mid, dw, half),
+                || dw_rows(dy, x, n, k, mid..m, &mut upper, half),
             );
             dw.iter_mut().zip(&upper).for_each(|(a, b)| *a += b);
             if let Some(db) = db {
@@ -213,8 +213,7 @@ pub(crate) fn linear_bwd(
     }
 }
 
-/// `dw (+)= dy[rows]ᵀ·x[rows]` for a block of rows of `dy` (`[m, n]`) and `x` (`[m, k]`).
-#[allow(clippy::too_many_arguments)]
+/// `dw = dy[rows]ᵀ·x[rows]` for a block of rows of `dy` (`[m, n]`) and `x` (`[m, k]`).
 fn dw_rows(
     dy: &[f32],
     x: &[f32],
@@ -222,7 +221,6 @@ fn dw_rows(
     k: usize,
     rows: std::ops::Range<usize>,
     dw: &mut [f32],
-    accumulate: bool,
     threads: usize,
 ) {
     assert!(rows.end * n <= dy.len() && rows.end * k <= x.len() && dw.len() == n * k);
@@ -233,7 +231,7 @@ fn dw_rows(
             (n, k, rows.len()),
             dw.as_mut_ptr(),
             k,
-            accumulate,
+            false,
             View {
                 ptr: dy[rows.start * n..].as_ptr(),
                 rs: 1,
