@@ -11,7 +11,7 @@
 mod encoder;
 mod kernels;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
@@ -21,23 +21,38 @@ pub(crate) use kernels::{column_sums, layer_norm_bwd, layer_norm_fwd, linear_bwd
 use crate::{LayerNorm, Linear, Result};
 
 /// Buffers kept between training steps, so that activations reuse warm memory.
+///
+/// Buffers are matched by capacity, not exact length: the text tower's sizes change with
+/// each batch's longest caption, and exact matching kept a new set of buffers (fresh pages
+/// to fault in) for every length seen.
 #[derive(Debug, Default)]
 pub struct Workspace {
-    free: HashMap<usize, Vec<Vec<f32>>>,
+    /// Free buffers by capacity, each at its full length (contents unspecified).
+    free: BTreeMap<usize, Vec<Vec<f32>>>,
 }
 
 impl Workspace {
-    /// A buffer of `len` elements with unspecified (initialised) contents.
+    /// A buffer of `len` elements with unspecified (initialised) contents: the smallest free
+    /// one that holds `len` without wasting more than half of itself, or a new one.
     pub fn take(&mut self, len: usize) -> Vec<f32> {
-        self.free
-            .get_mut(&len)
-            .and_then(Vec::pop)
-            .unwrap_or_else(|| vec![0.0; len])
+        let fit = self
+            .free
+            .range_mut(len..=len.saturating_mul(2))
+            .find_map(|(_, bufs)| bufs.pop());
+        match fit {
+            Some(mut buf) => {
+                buf.truncate(len);
+                buf
+            }
+            None => vec![0.0; len],
+        }
     }
 
     /// Returns a buffer for reuse.
-    pub fn give(&mut self, buf: Vec<f32>) {
-        if !buf.is_empty() {
+    pub fn give(&mut self, mut buf: Vec<f32>) {
+        if buf.capacity() > 0 {
+            // Restore the full length (zeroing only a tail cut off by `take`).
+            buf.resize(buf.capacity(), 0.0);
             self.free.entry(buf.len()).or_default().push(buf);
         }
     }
@@ -304,4 +319,31 @@ pub fn sum_rows(x: &[f32], cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; cols];
     column_sums(x, cols, &mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Workspace;
+
+    #[test]
+    fn workspace_reuses_buffers_that_fit_and_only_those() {
+        let mut ws = Workspace::default();
+        let a = ws.take(1000);
+        let ptr = a.as_ptr();
+        ws.give(a);
+        // A shorter request within 2× reuses the same memory, at the requested length.
+        let b = ws.take(700);
+        assert_eq!((b.len(), b.as_ptr()), (700, ptr));
+        ws.give(b);
+        // Given back, it is whole again: a request for the full size gets it too.
+        let c = ws.take(1000);
+        assert_eq!((c.len(), c.as_ptr()), (1000, ptr));
+        ws.give(c);
+        // Too small a request (would waste over half) or too large: a new buffer.
+        let d = ws.take(400);
+        assert_ne!(d.as_ptr(), ptr);
+        let e = ws.take(1001);
+        assert_ne!(e.as_ptr(), ptr);
+        assert_eq!((d.len(), e.len()), (400, 1001));
+    }
 }
