@@ -1,7 +1,9 @@
 //! The causal text encoder, as transformers' `CLIPTextModelWithProjection`.
 
 use candle_core::{Device, Module, Tensor};
-use clip_nn::taped::{EncoderTape, Grads, HostEncoder, HostLinear, HostNorm, HostParam, Workspace};
+use clip_nn::taped::{
+    EncoderTape, Grads, HostEncoder, HostLinear, HostNorm, HostParam, Seqs, Workspace,
+};
 use clip_nn::{Embedding, Encoder, LayerNorm, Linear, Params};
 
 use crate::{Pooling, Result, TextConfig, TextError};
@@ -150,24 +152,33 @@ impl TextTransformer {
         ws: &mut Workspace,
     ) -> Result<(Tensor, TextTape)> {
         let b = ids.len();
-        let (pos, t) = self.prepare(ids)?;
-        let flat: Vec<u32> = ids.iter().flat_map(|r| r[..t].to_vec()).collect();
+        let (pos, _) = self.prepare(ids)?;
+        // Each caption only up to its pooled token: attention is causal, so the rest cannot
+        // reach it, and the sequences are packed without that padding.
+        let seqs = Seqs::ragged(pos.iter().map(|&p| p as usize + 1).collect());
+        let flat: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r[..seqs.len(i)].iter().copied())
+            .collect();
         let table = self.token_embedding.table();
         let w = table.dim(1)?;
-        let rows = Tensor::from_vec(flat.clone(), b * t, device)?;
+        let rows = Tensor::from_vec(flat.clone(), flat.len(), device)?;
         let mut x = table
             .index_select(&rows, 0)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let position = HostParam::new(self.position_embedding.table())?;
-        for seq in x.chunks_mut(t * w) {
-            seq.iter_mut()
-                .zip(&position.data()[..t * w])
+        for i in 0..b {
+            let (start, len) = (seqs.start(i), seqs.len(i));
+            x[start * w..(start + len) * w]
+                .iter_mut()
+                .zip(&position.data()[..len * w])
                 .for_each(|(v, p)| *v += p);
         }
         let encoder = HostEncoder::new(&self.encoder, w)?;
         let at: Vec<usize> = pos.iter().map(|&p| p as usize).collect();
-        let (pooled, enc_tape) = encoder.forward(x, b, t, true, Some(&at), ws);
+        let (pooled, enc_tape) = encoder.forward(x, &seqs, true, Some(&at), ws);
         let final_norm = HostNorm::new(&self.final_norm)?;
         let (mut pooled_norm, mut stats) = (vec![0f32; b * w], vec![0f32; b * 2]);
         final_norm.forward(&pooled, &mut pooled_norm, &mut stats);
@@ -188,8 +199,7 @@ impl TextTransformer {
                 pooled,
                 stats,
                 pooled_norm,
-                batch: b,
-                tokens: t,
+                seqs,
             },
         ))
     }
@@ -203,7 +213,7 @@ impl TextTransformer {
         ws: &mut Workspace,
         grads: &mut Grads,
     ) -> Result<()> {
-        let (b, t) = (tape.batch, tape.tokens);
+        let b = tape.seqs.batch();
         let table = self.token_embedding.table();
         let (vocab, w) = table.dims2()?;
         let dfeat = d_features.flatten_all()?.to_vec1::<f32>()?;
@@ -220,8 +230,16 @@ impl TextTransformer {
             grads,
         )?;
         let dx = tape.encoder.backward(tape.enc_tape, d_pooled, ws, grads)?;
+        // Every sequence adds its rows to the positions they were at, in order
+        // (deterministic).
         let mut d_pos = vec![0f32; tape.position.data().len()];
-        d_pos[..t * w].copy_from_slice(&clip_nn::taped::sum_rows(&dx, t * w));
+        for i in 0..b {
+            let (start, len) = (tape.seqs.start(i), tape.seqs.len(i));
+            d_pos[..len * w]
+                .iter_mut()
+                .zip(&dx[start * w..(start + len) * w])
+                .for_each(|(d, v)| *d += v);
+        }
         tape.position.push_grad(d_pos, grads)?;
         // Token rows scatter back into the table, in order (deterministic).
         let mut d_table = vec![0f32; vocab * w];
@@ -247,8 +265,7 @@ pub struct TextTape {
     pooled: Vec<f32>,
     stats: Vec<f32>,
     pooled_norm: Vec<f32>,
-    batch: usize,
-    tokens: usize,
+    seqs: Seqs,
 }
 
 impl TextTape {

@@ -1,7 +1,9 @@
 //! The ViT image encoder, as transformers' `CLIPVisionModelWithProjection`.
 
 use candle_core::{Module, Tensor};
-use clip_nn::taped::{EncoderTape, Grads, HostEncoder, HostLinear, HostNorm, HostParam, Workspace};
+use clip_nn::taped::{
+    EncoderTape, Grads, HostEncoder, HostLinear, HostNorm, HostParam, Seqs, Workspace,
+};
 use clip_nn::{Encoder, Init, LayerNorm, Linear, Params};
 
 use crate::{Result, VisionConfig};
@@ -177,7 +179,8 @@ impl VisionTransformer {
         pre_norm.forward(&embedded, &mut x0, &mut pre_stats);
         let encoder = HostEncoder::new(&self.encoder, w)?;
         // Only the class token (position 0) is pooled.
-        let (pooled, enc_tape) = encoder.forward(x0, b, t, false, Some(&vec![0; b]), ws);
+        let (pooled, enc_tape) =
+            encoder.forward(x0, &Seqs::uniform(b, t), false, Some(&vec![0; b]), ws);
         let post_norm = HostNorm::new(&self.post_norm)?;
         let (mut pooled_norm, mut post_stats) = (vec![0f32; b * w], vec![0f32; b * 2]);
         post_norm.forward(&pooled, &mut pooled_norm, &mut post_stats);

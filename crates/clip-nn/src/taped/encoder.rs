@@ -1,7 +1,7 @@
 //! The pre-norm transformer stack, forward with a tape and backward from it.
 
 use super::kernels::{
-    activation_bwd, activation_fwd, attention_bwd, attention_fwd, cols_mut, AttnShape, Cols,
+    activation_bwd, activation_fwd, attention_bwd, attention_fwd, cols_mut, AttnShape, Cols, Seqs,
 };
 use super::{Grads, HostLinear, HostNorm, HostQkv, Workspace};
 use crate::{Activation, Encoder, Result};
@@ -73,8 +73,7 @@ impl LayerTape {
 #[derive(Debug)]
 pub struct EncoderTape {
     layers: Vec<LayerTape>,
-    batch: usize,
-    tokens: usize,
+    seqs: Seqs,
     causal: bool,
     pooled: Option<Vec<usize>>,
 }
@@ -108,29 +107,28 @@ impl HostEncoder {
         Ok(Self { layers, width })
     }
 
-    /// `x`: `[batch·tokens, width]` → the stack's output `[batch·tokens, width]`, or with
-    /// `pooled` (one position per sequence) only those rows, `[batch, width]`: the last block
-    /// then computes queries, MLP and output for the pooled tokens only. With `causal`,
-    /// token `i` attends to tokens `≤ i` only. The tape is for [`HostEncoder::backward`].
+    /// `x`: the sequences `seqs`, `[rows, width]` → the stack's output `[rows, width]`, or
+    /// with `pooled` (one position per sequence) only those rows, `[batch, width]`: the last
+    /// block then computes queries, MLP and output for the pooled tokens only. With `causal`,
+    /// token `i` attends to tokens `≤ i` of its sequence only. The tape is for
+    /// [`HostEncoder::backward`].
     pub fn forward(
         &self,
         x: Vec<f32>,
-        batch: usize,
-        tokens: usize,
+        seqs: &Seqs,
         causal: bool,
         pooled: Option<&[usize]>,
         ws: &mut Workspace,
     ) -> (Vec<f32>, EncoderTape) {
-        let m = batch * tokens;
+        let (m, batch) = (seqs.rows(), seqs.batch());
         let w = self.width;
-        assert_eq!(x.len(), m * w, "encoder input is not [batch·tokens, width]");
+        assert_eq!(x.len(), m * w, "encoder input is not [rows, width]");
         if let Some(p) = pooled {
-            assert!(p.len() == batch && p.iter().all(|&i| i < tokens));
+            assert!(p.len() == batch && p.iter().enumerate().all(|(b, &i)| i < seqs.len(b)));
         }
         let mut tape = EncoderTape {
             layers: Vec::with_capacity(self.layers.len()),
-            batch,
-            tokens,
+            seqs: seqs.clone(),
             causal,
             pooled: pooled.map(<[usize]>::to_vec),
         };
@@ -139,8 +137,7 @@ impl HostEncoder {
         for (idx, l) in self.layers.iter().enumerate() {
             let sel = pooled.filter(|_| idx + 1 == n_layers);
             let shape = AttnShape {
-                b: batch,
-                t: tokens,
+                seqs,
                 heads: l.heads,
                 width: w,
                 causal,
@@ -151,7 +148,7 @@ impl HostEncoder {
             let mlp = l.fc1.out_dim();
             let (mut a, mut ln1_stats) = (ws.take(m * w), ws.take(m * 2));
             l.ln1.forward(&x, &mut a, &mut ln1_stats);
-            let a_sel = sel.map_or_else(Vec::new, |p| gather_rows(&a, p, tokens, w));
+            let a_sel = sel.map_or_else(Vec::new, |p| gather_rows(&a, p, seqs, w));
             let (qkv, q) = match sel {
                 None => {
                     let mut qkv = ws.take(m * 3 * w);
@@ -165,14 +162,14 @@ impl HostEncoder {
                     (kv, q)
                 }
             };
-            let mut probs = ws.take(batch * l.heads * (mq / batch) * tokens);
+            let mut probs = ws.take(shape.probs_len());
             let mut ctx = ws.take(mq * w);
             attention_fwd(shape, qkv_cols(&qkv, &q, w), &mut probs, &mut ctx);
             let mut x_mid = ws.take(mq * w);
             match sel {
                 Some(p) => l
                     .out
-                    .forward_residual(&ctx, &gather_rows(&x, p, tokens, w), &mut x_mid),
+                    .forward_residual(&ctx, &gather_rows(&x, p, seqs, w), &mut x_mid),
                 None => l.out.forward_residual(&ctx, &x, &mut x_mid),
             }
             let (mut c, mut ln2_stats) = (ws.take(mq * w), ws.take(mq * 2));
@@ -201,7 +198,7 @@ impl HostEncoder {
         }
         if let (Some(p), true) = (pooled, self.layers.is_empty()) {
             // No block to do the pooling: gather the rows here.
-            let rows = gather_rows(&x, p, tokens, w);
+            let rows = gather_rows(&x, p, seqs, w);
             ws.give(x);
             return (rows, tape);
         }
@@ -209,7 +206,7 @@ impl HostEncoder {
     }
 
     /// From the gradient of the stack's output (consumed; pooled rows when the forward
-    /// pooled) to the gradient of its input `[batch·tokens, width]`; every block parameter's
+    /// pooled) to the gradient of its input `[rows, width]`; every block parameter's
     /// gradient is pushed to `grads`, and the tape is recycled.
     pub fn backward(
         &self,
@@ -218,22 +215,21 @@ impl HostEncoder {
         ws: &mut Workspace,
         grads: &mut Grads,
     ) -> Result<Vec<f32>> {
-        let (batch, tokens) = (tape.batch, tape.tokens);
-        let m = batch * tokens;
+        let seqs = &tape.seqs;
+        let (m, batch) = (seqs.rows(), seqs.batch());
         let w = self.width;
         let n_layers = self.layers.len();
         let mut dx = dout;
         if let (Some(p), 0) = (tape.pooled.as_deref(), n_layers) {
             let mut full = ws.take(m * w);
             full.iter_mut().for_each(|v| *v = 0.0);
-            scatter_add_rows(&mut full, &dx, p, tokens, w);
+            scatter_add_rows(&mut full, &dx, p, seqs, w);
             dx = full;
         }
         for (idx, (l, t)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
             let sel = tape.pooled.as_deref().filter(|_| idx + 1 == n_layers);
             let shape = AttnShape {
-                b: batch,
-                t: tokens,
+                seqs,
                 heads: l.heads,
                 width: w,
                 causal: tape.causal,
@@ -274,12 +270,12 @@ impl HostEncoder {
                     let mut da_sel = ws.take(batch * w);
                     l.qkv
                         .backward(0..1, &dq, &t.a_sel, (&mut da_sel, false), grads)?;
-                    scatter_add_rows(&mut da, &da_sel, p, tokens, w);
+                    scatter_add_rows(&mut da, &da_sel, p, seqs, w);
                     // The residual path reaches the pooled rows only.
                     let mut dx_in = ws.take(m * w);
                     l.ln1
                         .backward(&da, &t.x_in, &t.ln1_stats, &mut dx_in, false, grads)?;
-                    scatter_add_rows(&mut dx_in, &dx, p, tokens, w);
+                    scatter_add_rows(&mut dx_in, &dx, p, seqs, w);
                     ws.give(std::mem::replace(&mut dx, dx_in));
                     for buf in [dq, dkv, da_sel] {
                         ws.give(buf);
@@ -313,21 +309,21 @@ fn qkv_cols<'a>(qkv: &'a [f32], q: &'a [f32], w: usize) -> (Cols<'a>, Cols<'a>, 
     }
 }
 
-/// Row `pos[b]` of every sequence `b` of a `[batch·tokens, w]` buffer, as `[batch, w]`.
-fn gather_rows(x: &[f32], pos: &[usize], tokens: usize, w: usize) -> Vec<f32> {
+/// Row `pos[b]` of every sequence `b` of a `[rows, w]` buffer, as `[batch, w]`.
+fn gather_rows(x: &[f32], pos: &[usize], seqs: &Seqs, w: usize) -> Vec<f32> {
     pos.iter()
         .enumerate()
         .flat_map(|(b, &p)| {
-            let r = b * tokens + p;
+            let r = seqs.start(b) + p;
             x[r * w..(r + 1) * w].iter().copied()
         })
         .collect()
 }
 
 /// Adds row `b` of `rows` (`[batch, w]`) to row `pos[b]` of sequence `b` in `x`.
-fn scatter_add_rows(x: &mut [f32], rows: &[f32], pos: &[usize], tokens: usize, w: usize) {
+fn scatter_add_rows(x: &mut [f32], rows: &[f32], pos: &[usize], seqs: &Seqs, w: usize) {
     for (b, (&p, row)) in pos.iter().zip(rows.chunks(w)).enumerate() {
-        let r = b * tokens + p;
+        let r = seqs.start(b) + p;
         x[r * w..(r + 1) * w]
             .iter_mut()
             .zip(row)

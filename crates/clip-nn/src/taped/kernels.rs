@@ -466,15 +466,72 @@ pub(crate) fn cols_mut<const N: usize>(
     })
 }
 
-/// Shapes of one multi-head attention call over `b` sequences of `t` keys and values.
+/// Where the sequences of a batch lie in a `[rows, width]` activation buffer: sequence `i`
+/// is rows `start(i)..start(i) + len(i)`, one after another.
 ///
-/// Queries are either every token (`pooled: None`, `b·t` rows) or one token per sequence
-/// (`pooled: Some(positions)`, `b` rows): the last block of a tower only needs the token it
-/// pools, and its other queries would be wasted work.
+/// An image tower's sequences all have the same length; a text tower's end at each
+/// caption's end-of-text token (attention is causal, so the padding after it cannot reach
+/// the pooled token), which skips the padding's share of every product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seqs {
+    starts: Vec<usize>,
+    lens: Vec<usize>,
+}
+
+impl Seqs {
+    /// `batch` sequences of `len` rows each.
+    pub fn uniform(batch: usize, len: usize) -> Self {
+        Self::ragged(vec![len; batch])
+    }
+
+    /// Sequences of the given lengths, packed in order.
+    pub fn ragged(lens: Vec<usize>) -> Self {
+        let starts = lens
+            .iter()
+            .scan(0, |acc, &l| {
+                let s = *acc;
+                *acc += l;
+                Some(s)
+            })
+            .collect();
+        Self { starts, lens }
+    }
+
+    /// Number of sequences.
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Total rows.
+    pub fn rows(&self) -> usize {
+        self.lens.iter().sum()
+    }
+
+    /// First row of sequence `i`.
+    pub fn start(&self, i: usize) -> usize {
+        self.starts[i]
+    }
+
+    /// Rows of sequence `i`.
+    pub fn len(&self, i: usize) -> usize {
+        self.lens[i]
+    }
+
+    /// Whether there are no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+}
+
+/// Shapes of one multi-head attention call over the sequences `seqs` (keys and values:
+/// every row).
+///
+/// Queries are either every row (`pooled: None`) or one row per sequence (`pooled:
+/// Some(positions)`, `batch` rows): the last block of a tower only needs the token it pools,
+/// and its other queries would be wasted work.
 #[derive(Clone, Copy)]
 pub(crate) struct AttnShape<'a> {
-    pub b: usize,
-    pub t: usize,
+    pub seqs: &'a Seqs,
     pub heads: usize,
     pub width: usize,
     pub causal: bool,
@@ -486,19 +543,40 @@ impl AttnShape<'_> {
         self.width / self.heads
     }
 
-    /// Queries per sequence.
-    fn tq(&self) -> usize {
+    /// Queries of sequence `bi`.
+    fn tq(&self, bi: usize) -> usize {
         if self.pooled.is_some() {
             1
         } else {
-            self.t
+            self.seqs.len(bi)
         }
+    }
+
+    /// First query row of sequence `bi`.
+    fn q_start(&self, bi: usize) -> usize {
+        if self.pooled.is_some() {
+            bi
+        } else {
+            self.seqs.start(bi)
+        }
+    }
+
+    /// Query rows in all.
+    fn q_rows(&self) -> usize {
+        (0..self.seqs.batch()).map(|bi| self.tq(bi)).sum()
+    }
+
+    /// Length of the probabilities buffer: `tq × len` per sequence and head.
+    pub(crate) fn probs_len(&self) -> usize {
+        (0..self.seqs.batch())
+            .map(|bi| self.heads * self.tq(bi) * self.seqs.len(bi))
+            .sum()
     }
 
     /// How many keys query `i` of sequence `bi` may attend to.
     fn visible(&self, bi: usize, i: usize) -> usize {
         match (self.causal, self.pooled) {
-            (false, _) => self.t,
+            (false, _) => self.seqs.len(bi),
             (true, None) => i + 1,
             (true, Some(pos)) => pos[bi] + 1,
         }
@@ -507,30 +585,54 @@ impl AttnShape<'_> {
     fn scale(&self) -> f32 {
         (self.head_dim() as f32).powf(-0.5)
     }
+
+    /// `(sequence, head)` of every task, in the order of the probabilities buffer, with the
+    /// length of its `tq × len` block.
+    fn tasks(&self) -> Vec<(usize, usize, usize)> {
+        (0..self.seqs.batch())
+            .flat_map(|bi| {
+                let n = self.tq(bi) * self.seqs.len(bi);
+                (0..self.heads).map(move |h| (bi, h, n))
+            })
+            .collect()
+    }
 }
 
-/// `probs = softmax(q·kᵀ/√d + mask)` per sequence and head (`[b, h, tq, t]`, saved), and
-/// `ctx = probs·v` written head by head into `ctx` (`[b·tq, w]`).
+/// Splits `buf` into consecutive blocks of the given lengths.
+fn split_blocks<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    let mut out = Vec::new();
+    for n in lens {
+        let (head, rest) = std::mem::take(&mut buf).split_at_mut(n);
+        out.push(head);
+        buf = rest;
+    }
+    out
+}
+
+/// `probs = softmax(q·kᵀ/√d + mask)` per sequence and head (blocks of `tq × len`, saved),
+/// and `ctx = probs·v` written head by head into `ctx` (`[query rows, w]`).
 pub(crate) fn attention_fwd(
     s: AttnShape,
     (q, k, v): (Cols, Cols, Cols),
     probs: &mut [f32],
     ctx: &mut [f32],
 ) {
-    let (t, tq, w, d) = (s.t, s.tq(), s.width, s.head_dim());
-    assert!(probs.len() == s.b * s.heads * tq * t && ctx.len() == s.b * tq * w);
-    assert!(q.rows() == s.b * tq && k.rows() == s.b * t && v.rows() == s.b * t);
+    let (w, d) = (s.width, s.head_dim());
+    let rows = s.seqs.rows();
+    assert!(probs.len() == s.probs_len() && ctx.len() == s.q_rows() * w);
+    assert!(q.rows() == s.q_rows() && k.rows() == rows && v.rows() == rows);
     let out = SharedMut(ctx.as_mut_ptr());
-    probs
-        .par_chunks_mut(tq * t)
-        .enumerate()
-        .for_each(|(task, p)| {
-            let (bi, h) = (task / s.heads, task % s.heads);
-            let (qo, ko) = (bi * tq * q.ld + h * d, bi * t * k.ld + h * d);
-            let vo = bi * t * v.ld + h * d;
+    let tasks = s.tasks();
+    split_blocks(probs, tasks.iter().map(|t| t.2))
+        .into_par_iter()
+        .zip(tasks.par_iter())
+        .for_each(|(p, &(bi, h, _))| {
+            let (t, tq) = (s.seqs.len(bi), s.tq(bi));
+            let (q0, kv0) = (s.q_start(bi), s.seqs.start(bi));
+            let (qo, ko, vo) = (q0 * q.ld + h * d, kv0 * k.ld + h * d, kv0 * v.ld + h * d);
             // SAFETY: the q block is tq rows of d, the k/v blocks t rows of d, all inside
-            // their buffers (`Cols` checked the widths); p is this task's own tq×t slice; the
-            // ctx block (bi, h) is written by this task only.
+            // their buffers (`Cols` checked the widths, the asserts the rows); p is this
+            // task's own tq×t block; the ctx block (bi, h) is written by this task only.
             unsafe {
                 gemm_raw(
                     (tq, t, d),
@@ -555,7 +657,7 @@ pub(crate) fn attention_fwd(
             unsafe {
                 gemm_raw(
                     (tq, d, t),
-                    out.at(bi * tq * w + h * d),
+                    out.at(q0 * w + h * d),
                     w,
                     false,
                     rows,
@@ -599,82 +701,96 @@ pub(crate) fn attention_bwd(
     dctx: &[f32],
     [dq, dk, dv]: [ColsMut<'_>; 3],
 ) {
-    let (t, tq, w, d) = (s.t, s.tq(), s.width, s.head_dim());
-    assert!(probs.len() == s.b * s.heads * tq * t && dctx.len() == s.b * tq * w);
-    assert!(q.rows() == s.b * tq && k.rows() == s.b * t && v.rows() == s.b * t);
-    assert!(dq.rows == s.b * tq && dk.rows == s.b * t && dv.rows == s.b * t);
+    let (w, d) = (s.width, s.head_dim());
+    let (rows, q_rows) = (s.seqs.rows(), s.q_rows());
+    assert!(probs.len() == s.probs_len() && dctx.len() == q_rows * w);
+    assert!(q.rows() == q_rows && k.rows() == rows && v.rows() == rows);
+    assert!(dq.rows == q_rows && dk.rows == rows && dv.rows == rows);
     let dctx = Cols::new(dctx, w, 0, w);
-    probs.par_chunks(tq * t).enumerate().for_each(|(task, p)| {
-        let (bi, h) = (task / s.heads, task % s.heads);
-        let q_at = |ld: usize| bi * tq * ld + h * d;
-        let kv_at = |ld: usize| bi * t * ld + h * d;
-        let mut ds = vec![0f32; tq * t];
-        let p_t = View {
-            ptr: p.as_ptr(),
-            rs: 1,
-            cs: t as isize,
-        };
-        // SAFETY: blocks as in the forward; each task writes only its own (bi, h) blocks
-        // of dq, dk and dv (disjoint columns of their buffers), and its local ds.
-        unsafe {
-            // dP = dctx·vᵀ
-            gemm_raw(
-                (tq, t, d),
-                ds.as_mut_ptr(),
-                t,
-                false,
-                dctx.view(q_at(w)),
-                v.view_t(kv_at(v.ld)),
-                1.0,
-                1,
-            );
-            // dv = Pᵀ·dctx
-            gemm_raw(
-                (t, d, tq),
-                dv.ptr.at(kv_at(dv.ld)),
-                dv.ld,
-                false,
-                p_t,
-                dctx.view(q_at(w)),
-                1.0,
-                1,
-            );
-        }
-        softmax_grad(&mut ds, p, t);
-        let ds_v = View {
-            ptr: ds.as_ptr(),
-            rs: t as isize,
-            cs: 1,
-        };
-        let ds_t = View {
-            ptr: ds.as_ptr(),
-            rs: 1,
-            cs: t as isize,
-        };
-        // SAFETY: as above.
-        unsafe {
-            // dq = scale·dS·k
-            gemm_raw(
-                (tq, d, t),
-                dq.ptr.at(q_at(dq.ld)),
-                dq.ld,
-                false,
-                ds_v,
-                k.view(kv_at(k.ld)),
-                s.scale(),
-                1,
-            );
-            // dk = scale·dSᵀ·q
-            gemm_raw(
-                (t, d, tq),
-                dk.ptr.at(kv_at(dk.ld)),
-                dk.ld,
-                false,
-                ds_t,
-                q.view(q_at(q.ld)),
-                s.scale(),
-                1,
-            );
-        }
-    });
+    let tasks = s.tasks();
+    let offsets: Vec<usize> = tasks
+        .iter()
+        .scan(0, |acc, t| {
+            let o = *acc;
+            *acc += t.2;
+            Some(o)
+        })
+        .collect();
+    tasks
+        .par_iter()
+        .zip(&offsets)
+        .for_each(|(&(bi, h, n), &off)| {
+            let p = &probs[off..off + n];
+            let (t, tq) = (s.seqs.len(bi), s.tq(bi));
+            let q_at = |ld: usize| s.q_start(bi) * ld + h * d;
+            let kv_at = |ld: usize| s.seqs.start(bi) * ld + h * d;
+            let mut ds = vec![0f32; tq * t];
+            let p_t = View {
+                ptr: p.as_ptr(),
+                rs: 1,
+                cs: t as isize,
+            };
+            // SAFETY: blocks as in the forward; each task writes only its own (bi, h) blocks
+            // of dq, dk and dv (disjoint columns of their buffers), and its local ds.
+            unsafe {
+                // dP = dctx·vᵀ
+                gemm_raw(
+                    (tq, t, d),
+                    ds.as_mut_ptr(),
+                    t,
+                    false,
+                    dctx.view(q_at(w)),
+                    v.view_t(kv_at(v.ld)),
+                    1.0,
+                    1,
+                );
+                // dv = Pᵀ·dctx
+                gemm_raw(
+                    (t, d, tq),
+                    dv.ptr.at(kv_at(dv.ld)),
+                    dv.ld,
+                    false,
+                    p_t,
+                    dctx.view(q_at(w)),
+                    1.0,
+                    1,
+                );
+            }
+            softmax_grad(&mut ds, p, t);
+            let ds_v = View {
+                ptr: ds.as_ptr(),
+                rs: t as isize,
+                cs: 1,
+            };
+            let ds_t = View {
+                ptr: ds.as_ptr(),
+                rs: 1,
+                cs: t as isize,
+            };
+            // SAFETY: as above.
+            unsafe {
+                // dq = scale·dS·k
+                gemm_raw(
+                    (tq, d, t),
+                    dq.ptr.at(q_at(dq.ld)),
+                    dq.ld,
+                    false,
+                    ds_v,
+                    k.view(kv_at(k.ld)),
+                    s.scale(),
+                    1,
+                );
+                // dk = scale·dSᵀ·q
+                gemm_raw(
+                    (t, d, tq),
+                    dk.ptr.at(kv_at(dk.ld)),
+                    dk.ld,
+                    false,
+                    ds_t,
+                    q.view(q_at(q.ld)),
+                    s.scale(),
+                    1,
+                );
+            }
+        });
 }

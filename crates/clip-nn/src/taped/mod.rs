@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 
 pub use encoder::{EncoderTape, HostEncoder};
+pub use kernels::Seqs;
 pub(crate) use kernels::{column_sums, layer_norm_bwd, layer_norm_fwd, linear_bwd, linear_fwd};
 
 use crate::{LayerNorm, Linear, Result};
