@@ -16,8 +16,8 @@ fn run(
     r: (isize, isize),
     dst: &mut [f32],
     dst_col_major: bool,
+    par: gemm::Parallelism,
 ) {
-    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
     let (dcs, drs) = if dst_col_major {
         (m as isize, 1)
     } else {
@@ -64,36 +64,16 @@ fn run_split_k(
     tmp: &mut [f32],
     dst_col_major: bool,
 ) {
-    let (dcs, drs) = if dst_col_major {
-        (m as isize, 1)
-    } else {
-        (1, n as isize)
-    };
     let half = k / 2;
-    let part = |dst: &mut [f32], k0: usize, kn: usize| unsafe {
-        gemm::gemm(
-            m,
-            n,
-            kn,
-            dst.as_mut_ptr(),
-            dcs,
-            drs,
-            false,
-            lhs.as_ptr().offset(k0 as isize * l.1),
-            l.1,
-            l.0,
-            rhs.as_ptr().offset(k0 as isize * r.0),
-            r.1,
-            r.0,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    };
-    rayon::join(|| part(dst, 0, half), || part(tmp, half, k - half));
+    let (l1, r1) = (
+        &lhs[(half as isize * l.1) as usize..],
+        &rhs[(half as isize * r.0) as usize..],
+    );
+    let none = gemm::Parallelism::None;
+    rayon::join(
+        || run(m, n, half, lhs, l, rhs, r, dst, dst_col_major, none),
+        || run(m, n, k - half, l1, l, r1, r, tmp, dst_col_major, none),
+    );
     dst.iter_mut().zip(tmp.iter()).for_each(|(d, t)| *d += t);
 }
 
@@ -106,6 +86,7 @@ fn main() {
         ("vision fc1, dW", 1024, 256, 8320),
         ("vision fc2, dW", 256, 1024, 8320),
     ];
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
     println!("| shape (m, n, k) | lhs | rhs | dst | ms | GFLOP/s |\n|---|---|---|---|---|---|");
     for (name, m, n, k) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
@@ -120,11 +101,11 @@ fn main() {
             ("col-major", col(m), "col-major", col(k)),
         ] {
             for dcm in [false, true] {
-                run(m, n, k, &a, l, &b, r, &mut c, dcm);
+                run(m, n, k, &a, l, &b, r, &mut c, dcm, par);
                 let reps = 5;
                 let t = Instant::now();
                 for _ in 0..reps {
-                    run(m, n, k, &a, l, &b, r, &mut c, dcm);
+                    run(m, n, k, &a, l, &b, r, &mut c, dcm, par);
                 }
                 let s = t.elapsed().as_secs_f64() / reps as f64;
                 let gf = 2.0 * (m * n * k) as f64 / s / 1e9;

@@ -486,14 +486,7 @@ impl Seqs {
 
     /// Sequences of the given lengths, packed in order.
     pub fn ragged(lens: Vec<usize>) -> Self {
-        let starts = lens
-            .iter()
-            .scan(0, |acc, &l| {
-                let s = *acc;
-                *acc += l;
-                Some(s)
-            })
-            .collect();
+        let starts = offsets(lens.iter().copied());
         Self { starts, lens }
     }
 
@@ -596,6 +589,16 @@ impl AttnShape<'_> {
             })
             .collect()
     }
+}
+
+/// Where each of consecutive blocks of the given lengths starts.
+fn offsets(lens: impl Iterator<Item = usize>) -> Vec<usize> {
+    lens.scan(0, |next, len| {
+        let start = *next;
+        *next += len;
+        Some(start)
+    })
+    .collect()
 }
 
 /// Splits `buf` into consecutive blocks of the given lengths.
@@ -708,17 +711,10 @@ pub(crate) fn attention_bwd(
     assert!(dq.rows == q_rows && dk.rows == rows && dv.rows == rows);
     let dctx = Cols::new(dctx, w, 0, w);
     let tasks = s.tasks();
-    let offsets: Vec<usize> = tasks
-        .iter()
-        .scan(0, |acc, t| {
-            let o = *acc;
-            *acc += t.2;
-            Some(o)
-        })
-        .collect();
+    let starts = offsets(tasks.iter().map(|t| t.2));
     tasks
         .par_iter()
-        .zip(&offsets)
+        .zip(&starts)
         .for_each(|(&(bi, h, n), &off)| {
             let p = &probs[off..off + n];
             let (t, tq) = (s.seqs.len(bi), s.tq(bi));
