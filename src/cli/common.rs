@@ -217,7 +217,8 @@ pub struct CsvArgs {
 }
 
 impl CsvArgs {
-    /// Data sources for `paths` (folder, .csv/.tsv, .jsonl or .tar each).
+    /// Data sources for `paths`: each a folder, .csv/.tsv, .jsonl or .tar, a folder of
+    /// shards, or a brace pattern or glob of them.
     pub fn sources(&self, paths: &[PathBuf]) -> Result<Vec<clip_data::Source>> {
         let mut opts = clip_data::CsvOptions {
             img_key: self.csv_img_key.clone(),
@@ -230,16 +231,27 @@ impl CsvArgs {
             }
             opts.separator = c as u8;
         }
-        paths
-            .iter()
-            .map(|p| {
-                let mut s = clip_data::Source::from_path(p, &opts)?;
+        let mut out = Vec::new();
+        for p in paths {
+            for mut s in clip_data::Source::expand(p, &opts)? {
                 // An explicit separator wins over the one implied by the extension.
                 if let (clip_data::Source::Csv(_, o), Some(_)) = (&mut s, self.csv_separator) {
                     o.separator = opts.separator;
                 }
-                Ok(s)
-            })
-            .collect()
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Prints what was skipped, by kind with examples, to stderr.
+pub fn report_skips(skips: &[clip_data::Skip]) {
+    if !skips.is_empty() {
+        eprintln!(
+            "skipped {}:\n  {}",
+            skips.len(),
+            clip_data::summarize_skips(skips).replace('\n', "\n  ")
+        );
     }
 }

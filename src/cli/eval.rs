@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clip_data::Dataset;
+use clip_data::SampleSet;
 use retrieval::{class_embeddings, zero_shot};
 
 use super::common::{self, CsvArgs, DeviceArg};
@@ -77,22 +77,21 @@ fn read_labels(path: &Path) -> Result<HashMap<PathBuf, String>> {
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.device()?;
     let m = common::load_model(&a.model, &device)?;
-    let data = Dataset::load(&a.csv.sources(&a.data)?, m.preprocess.image_size)?;
-    if data.skipped.total() > 0 {
-        eprintln!(
-            "skipped {}:\n  {}",
-            data.skipped.total(),
-            data.skipped.summary().replace('\n', "\n  ")
-        );
-    }
-    let val = ValSet::new(&data, &m.preprocess, &m.tokenizer)?;
+    let data = SampleSet::scan(&a.csv.sources(&a.data)?)?;
+    let listed = data.scan_skips().to_vec();
+    // Streams: only a batch of decoded images is held at a time.
+    let mut val = ValSet::new(data, &m.preprocess, &m.tokenizer, 0);
     let scored = val.score(&m.model, a.batch_size.max(1))?;
+    common::report_skips(&[listed, scored.skipped.clone()].concat());
     let mut report = serde_json::Map::new();
     for (k, v) in scored.metrics.named() {
         report.insert(k, v.into());
     }
-    report.insert("images".into(), val.len().into());
-    report.insert("distinct_captions".into(), val.groups.captions.len().into());
+    report.insert("images".into(), scored.names.len().into());
+    report.insert(
+        "distinct_captions".into(),
+        scored.groups.captions.len().into(),
+    );
 
     if let Some(labels_path) = &a.labels {
         let labels = read_labels(labels_path)?;
@@ -105,7 +104,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .map(|(i, n)| (n.as_str(), i))
             .collect();
         let (mut rows, mut ys) = (Vec::new(), Vec::new());
-        for (i, name) in val.names.iter().enumerate() {
+        for (i, name) in scored.names.iter().enumerate() {
             let p = PathBuf::from(name);
             if let Some(l) = labels.get(&p.canonicalize().unwrap_or(p)) {
                 rows.push(i);

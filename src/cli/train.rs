@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clip_data::LabelTable;
-use clip_data::{AugmentConfig, Dataset};
+use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
 use clip_model::{Checkpoint, ClipConfig, ClipModel, Preprocess};
 use clip_train::{
     LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats, TrainConfig,
@@ -82,8 +81,10 @@ enum ScheduleArg {
 
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct TrainArgs {
-    /// Training data: a folder (image + same-stem .txt), a .csv/.tsv manifest, a .jsonl file
-    /// or a webdataset .tar shard; repeat to combine. Default: the bundled Noto emoji.
+    /// Training data: a folder (image + same-stem .txt), a .csv/.tsv manifest, a .jsonl file,
+    /// a webdataset .tar shard or a folder of them (img2dataset's output), or a brace pattern
+    /// or glob ('shards/{00000..00999}.tar', 'shards/*.tar'); repeat to combine. Nothing is
+    /// decoded up front. Default: the bundled Noto emoji.
     #[arg(long)]
     data: Vec<PathBuf>,
     /// Validation data (same forms). Default with the bundled data: the Twemoji style.
@@ -218,6 +219,30 @@ pub struct TrainArgs {
     /// Example text→image searches printed at the end.
     #[arg(long, default_value_t = 5)]
     examples: usize,
+    /// Keep decoded images in memory between epochs: auto (while they fit --cache-mem, then
+    /// stream), on (all of them), off (decode every time).
+    #[arg(long, value_enum, default_value_t = CacheMode::Auto)]
+    #[serde(default)]
+    cache: CacheMode,
+    /// Memory budget of the decoded-image cache with --cache auto, e.g. 4G or 512M
+    /// (default: a quarter of physical memory).
+    #[arg(long, value_parser = clip_data::parse_bytes)]
+    #[serde(default)]
+    cache_mem: Option<u64>,
+    /// Samples per epoch (open_clip's name): fewer than the data holds draws a fresh subset
+    /// each epoch, more repeats samples. Default: every sample once.
+    #[arg(long)]
+    #[serde(default)]
+    train_num_samples: Option<usize>,
+    /// Shuffle-buffer size for webdataset shards (shards are shuffled per epoch and read
+    /// in order; samples are drawn at random from a window this big).
+    #[arg(long, default_value_t = OrderConfig::default().shuffle_buffer)]
+    #[serde(default = "default_shuffle_buffer")]
+    shuffle_buffer: usize,
+}
+
+fn default_shuffle_buffer() -> usize {
+    OrderConfig::default().shuffle_buffer
 }
 
 const RUN_FILE: &str = "run.json";
@@ -259,8 +284,13 @@ struct Display {
 impl Observer for Display {
     fn on_step(&mut self, s: &StepStats) {
         self.bar.set_position(s.step as u64);
+        let skipped = if s.skipped > 0 {
+            format!(" skipped {}", s.skipped)
+        } else {
+            String::new()
+        };
         self.bar.set_message(format!(
-            "loss {:.4} lr {:.2e} scale {:.1} {:.0} samples/s data-wait {:.0}%",
+            "loss {:.4} lr {:.2e} scale {:.1} {:.0} samples/s data-wait {:.0}%{skipped}",
             s.loss,
             s.lr,
             s.logit_scale,
@@ -271,7 +301,7 @@ impl Observer for Display {
             return;
         }
         eprintln!(
-            "step {}/{} loss {:.4} lr {:.2e} scale {:.1} {:.0} samples/s",
+            "step {}/{} loss {:.4} lr {:.2e} scale {:.1} {:.0} samples/s{skipped}",
             s.step, s.total, s.loss, s.lr, s.logit_scale, s.samples_per_s
         );
     }
@@ -281,7 +311,7 @@ impl Observer for Display {
         model: &ClipModel,
         _step: usize,
     ) -> clip_train::Result<Option<BTreeMap<String, f64>>> {
-        let Some(val) = &self.val else {
+        let Some(val) = &mut self.val else {
             return Ok(None);
         };
         let scored = val
@@ -426,46 +456,61 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         val_every: a.val_every.unwrap_or(if bundled { 25 } else { 0 }),
         augment: augment_config(&a, images_only)?,
         prefetch: 4,
+        order: OrderConfig {
+            epoch_samples: a.train_num_samples,
+            shuffle_buffer: a.shuffle_buffer,
+        },
+        cache: CacheConfig {
+            mode: a.cache,
+            mem_bytes: a.cache_mem,
+        },
     };
     train.validate()?;
 
-    let load = |paths: &[PathBuf], what: &str| -> Result<Dataset> {
+    // Lists samples only (file names, manifest rows, tar headers): images are decoded by
+    // the loader while the model trains.
+    let scan = |paths: &[PathBuf], what: &str| -> Result<SampleSet> {
         let sources = a.csv.sources(paths)?;
-        let ds = if images_only {
-            let ds = Dataset::load_images(&sources, preprocess.image_size)?;
-            eprintln!("{what}: {} images", ds.len());
-            ds
+        let t0 = std::time::Instant::now();
+        let set = if images_only {
+            SampleSet::scan_images(&sources)?
         } else {
-            let ds = Dataset::load(&sources, preprocess.image_size)?;
-            eprintln!("{what}: {} image–caption pairs", ds.len());
-            ds
+            SampleSet::scan(&sources)?
         };
-        if ds.skipped.total() > 0 {
-            eprintln!(
-                "  skipped {}:\n  {}",
-                ds.skipped.total(),
-                ds.skipped.summary().replace('\n', "\n  ")
-            );
+        eprintln!(
+            "{what}: {} {} (listed from {} source{} in {:.1} s)",
+            set.len(),
+            if images_only {
+                "images"
+            } else {
+                "image–caption pairs"
+            },
+            sources.len(),
+            if sources.len() == 1 { "" } else { "s" },
+            t0.elapsed().as_secs_f64()
+        );
+        common::report_skips(set.scan_skips());
+        Ok(set)
+    };
+    let data = scan(&a.data, "training data")?;
+    let labels = match &a.labels {
+        Some(p) => {
+            let table = LabelTable::read(p, "filepath", "label")?;
+            Some(table.lookup((0..data.len()).map(|i| data.name(i)))?)
         }
-        Ok(ds)
-    };
-    let data = load(&a.data, "training data")?;
-    let label_table = match &a.labels {
-        Some(p) => Some(LabelTable::read(p, "filepath", "label")?),
-        None => None,
-    };
-    let labels = match &label_table {
-        Some(t) => Some(t.lookup(data.items.iter().map(|i| i.name.as_str()))?),
         None => None,
     };
     let val = if a.val_data.is_empty() {
         None
     } else {
+        // Validation pixels stay in memory between validations while they fit the cache
+        // budget (the bundled Twemoji set: 47 MB).
         Some(ValSet::new(
-            &load(&a.val_data, "validation data")?,
+            scan(&a.val_data, "validation data")?,
             &preprocess,
             &tokenizer,
-        )?)
+            train.cache.budget(),
+        ))
     };
     if resume.is_none() {
         let p = a.out.join(RUN_FILE);
@@ -503,6 +548,13 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         summary.samples_per_s,
         100.0 * summary.data_wait
     );
+    if summary.skipped > 0 {
+        println!(
+            "skipped {} samples (each with its reason in {})",
+            summary.skipped,
+            a.out.join("skipped.tsv").display()
+        );
+    }
     println!("model: {}", summary.final_dir.display());
     println!(
         "metrics: {}  plot: {}",
@@ -512,14 +564,14 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     if let Some(m) = &summary.val {
         println!(
             "\nvalidation ({} images):",
-            display.val.as_ref().map_or(0, ValSet::len)
+            display.last.as_ref().map_or(0, |s| s.names.len())
         );
         for (k, v) in m {
             println!("  {k:<28} {v:.4}");
         }
     }
-    if let (Some(val), Some(scored)) = (&display.val, &display.last) {
-        print_examples(val, scored, a.examples);
+    if let Some(scored) = &display.last {
+        print_examples(scored, a.examples);
     }
     if let (true, Some(file)) = (images_only, &a.labels) {
         print_probe(&summary.final_dir, file, a.seed, a.device)?;
@@ -555,7 +607,7 @@ fn augment_config(a: &TrainArgs, images_only: bool) -> Result<AugmentConfig> {
     })
 }
 
-fn print_examples(val: &ValSet, scored: &Scored, n: usize) {
+fn print_examples(scored: &Scored, n: usize) {
     if n == 0 {
         return;
     }
@@ -570,20 +622,20 @@ fn print_examples(val: &ValSet, scored: &Scored, n: usize) {
     ];
     let mut picks: Vec<usize> = wanted
         .iter()
-        .filter_map(|w| val.groups.captions.iter().position(|c| c == w))
+        .filter_map(|w| scored.groups.captions.iter().position(|c| c == w))
         .collect();
-    picks.extend(0..val.groups.captions.len());
+    picks.extend(0..scored.groups.captions.len());
     picks.dedup();
     println!("\nexample text→image searches (validation images):");
     for &c in picks.iter().take(n) {
-        println!("  \"{}\"", val.groups.captions[c]);
+        println!("  \"{}\"", scored.groups.captions[c]);
         for (rank, (i, score)) in top_images(scored, c, 3).into_iter().enumerate() {
-            let hit = if val.groups.image_caption[i] == c {
+            let hit = if scored.groups.image_caption[i] == c {
                 "  ✓"
             } else {
                 ""
             };
-            let name = Path::new(&val.names[i])
+            let name = Path::new(&scored.names[i])
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();

@@ -39,6 +39,14 @@ pub enum DataError {
         /// The path given.
         path: PathBuf,
     },
+    /// A `--data` pattern that is malformed or matches nothing.
+    #[error("--data {pattern}: {reason}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// After skipping bad samples nothing is left.
     #[error("no usable image–caption pairs in {sources}{detail}")]
     Empty {

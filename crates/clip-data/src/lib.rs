@@ -1,15 +1,23 @@
 //! Image–caption data for training and evaluation: where pairs come from (folders, CSV/TSV
-//! manifests, JSONL, webdataset tar shards), how images are decoded and augmented, and the
-//! background loader that keeps batches ready ahead of the model.
+//! manifests, JSONL, webdataset tar shards, brace patterns and globs of them), the order a
+//! run reads them in, how they are decoded and augmented, and a budgeted cache of decoded
+//! samples. Nothing is decoded up front: a [`SampleSet`] lists samples and loads one at a
+//! time, so memory does not grow with the dataset.
 
 mod augment;
-mod dataset;
+mod cache;
 mod error;
+mod expand;
 mod labels;
+mod order;
+mod samples;
 mod source;
 
 pub use augment::{AugmentConfig, Augmenter};
-pub use dataset::{Dataset, Item, SkipReport};
+pub use cache::{parse_bytes, physical_memory, CacheConfig, CacheMode, DecodedCache};
 pub use error::{DataError, Result};
+pub use expand::{expand_braces, expand_data_arg};
 pub use labels::LabelTable;
-pub use source::{CsvOptions, RawSample, Source};
+pub use order::{stream, Order, OrderConfig};
+pub use samples::{summarize_skips, Item, Sample, SampleSet, Skip, SkipReason};
+pub use source::{CsvOptions, Source};

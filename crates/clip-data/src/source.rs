@@ -1,14 +1,15 @@
 //! Where image–caption pairs come from.
 
-use std::collections::HashMap;
-use std::io::Read;
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::error::io;
-use crate::{DataError, Result};
+use crate::{DataError, Result, Skip, SkipReason};
 
 /// Column and separator settings for CSV/TSV manifests (open_clip's `--csv-*` options).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,52 +46,12 @@ pub enum Source {
     Tar(PathBuf),
 }
 
-/// Image bytes not yet decoded, or where to read them.
-#[derive(Debug, Clone)]
-pub enum ImageBytes {
-    /// A file on disk.
-    File(PathBuf),
-    /// Bytes already in memory (from a tar shard).
-    Memory(Arc<Vec<u8>>),
-}
-
-/// A pair as listed by its source, before decoding.
-#[derive(Debug, Clone)]
-pub struct RawSample {
-    /// A readable name (path, or `shard.tar:key`).
-    pub name: String,
-    /// The image.
-    pub image: ImageBytes,
-    /// One or more captions (one is sampled per step when several).
-    pub captions: Vec<String>,
-}
-
-/// What a scan could not pair up.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScanSkips {
-    /// Images with no caption.
-    pub no_caption: Vec<String>,
-    /// Captions with no image.
-    pub no_image: Vec<String>,
-}
-
 const IMAGE_EXTS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 
 fn is_image(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-fn read_caption(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    String::from_utf8(bytes)
-        .map(|s| s.trim().to_string())
-        .map_err(|_| DataError::BadRecord {
-            path: path.to_path_buf(),
-            line: 1,
-            message: "caption is not valid UTF-8".into(),
-        })
 }
 
 impl Source {
@@ -133,32 +94,104 @@ impl Source {
         }
     }
 
-    /// Lists the pairs of this source, in a stable order.
-    pub fn scan(&self, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
-        self.scan_with(skips, true)
+    /// The sources a `--data` argument names: brace patterns and globs expand
+    /// ([`crate::expand_data_arg`]), and a folder whose top level holds `.tar` files and no
+    /// images is a folder of shards (img2dataset's output as it is).
+    pub fn expand(arg: &Path, csv: &CsvOptions) -> Result<Vec<Self>> {
+        let mut out = Vec::new();
+        for path in crate::expand_data_arg(arg)? {
+            if path.is_dir() {
+                if let Some(shards) = shard_folder(&path)? {
+                    out.extend(shards.into_iter().map(Source::Tar));
+                    continue;
+                }
+            }
+            out.push(Source::from_path(&path, csv)?);
+        }
+        Ok(out)
     }
 
-    /// Lists the images of this source, captions or not (for image-only training: an
-    /// image without a caption is kept with an empty caption list, and a manifest needs
-    /// only its image column).
-    pub fn scan_images(&self, skips: &mut ScanSkips) -> Result<Vec<RawSample>> {
-        self.scan_with(skips, false)
-    }
-
-    fn scan_with(&self, skips: &mut ScanSkips, need_captions: bool) -> Result<Vec<RawSample>> {
+    /// Lists this source's samples without decoding anything: file paths, manifest rows, or
+    /// tar member offsets read from the headers alone. `need_captions` drops images that
+    /// have no caption (listed in `skips`); without it captions are not required.
+    pub(crate) fn scan(&self, out: &mut Listing, need_captions: bool) -> Result<()> {
         match self {
-            Source::Folder(dir) => scan_folder(dir, skips, need_captions),
-            Source::Csv(path, opts) => scan_csv(path, opts, need_captions),
-            Source::Jsonl(path) => scan_jsonl(path, need_captions),
-            Source::Tar(path) => scan_tar(path, skips, need_captions),
+            Source::Folder(dir) => scan_folder(dir, out, need_captions),
+            Source::Csv(path, opts) => scan_csv(path, opts, out, need_captions),
+            Source::Jsonl(path) => scan_jsonl(path, out, need_captions),
+            Source::Tar(path) => scan_tar(path, out, need_captions),
         }
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The `.tar` files at the top of `dir`, sorted, when it holds shards and no images.
+fn shard_folder(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    let mut tars = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
-        if path.is_dir() {
+        if is_image(&path) {
+            return Ok(None);
+        }
+        if path.is_file()
+            && path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("tar"))
+        {
+            tars.push(path);
+        }
+    }
+    tars.sort();
+    Ok((!tars.is_empty()).then_some(tars))
+}
+
+/// Where a sample's image is.
+#[derive(Debug, Clone)]
+pub(crate) enum ImageRef {
+    /// A file on disk.
+    File(PathBuf),
+    /// A member of tar shard number `shard`: `len` bytes at `offset`.
+    Member { shard: u32, offset: u64, len: u64 },
+    /// Already decoded (samples built in memory).
+    Decoded(Arc<RgbImage>),
+}
+
+/// Where a sample's captions are; read when the sample is loaded, so a bad caption is a
+/// skipped sample, not a failed start.
+#[derive(Debug, Clone)]
+pub(crate) enum CaptionRef {
+    /// No caption (image-only data).
+    None,
+    /// Captions given in a manifest or in memory.
+    Inline(Vec<String>),
+    /// A `.txt` file beside the image.
+    File(PathBuf),
+    /// A tar member, as [`ImageRef::Member`].
+    Member { shard: u32, offset: u64, len: u64 },
+}
+
+/// One listed sample.
+#[derive(Debug, Clone)]
+pub(crate) struct SampleRef {
+    pub name: String,
+    pub image: ImageRef,
+    pub caption: CaptionRef,
+}
+
+/// What scanning produced: samples, the shards they point into, the sample range of each
+/// shard, and what could not be paired.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub samples: Vec<SampleRef>,
+    pub shards: Vec<PathBuf>,
+    pub shard_ranges: Vec<std::ops::Range<usize>>,
+    pub skips: Vec<Skip>,
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        if entry.file_type().map_err(io(&path))?.is_dir() {
             walk(&path, out)?;
         } else {
             out.push(path);
@@ -167,52 +200,48 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn scan_folder(dir: &Path, skips: &mut ScanSkips, need_captions: bool) -> Result<Vec<RawSample>> {
+fn scan_folder(dir: &Path, out: &mut Listing, need_captions: bool) -> Result<()> {
     let mut files = Vec::new();
     walk(dir, &mut files)?;
     files.sort();
-    let mut out = Vec::new();
-    let mut paired_txt = std::collections::HashSet::new();
+    let names: HashSet<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let mut paired_txt = HashSet::new();
     for f in files.iter().filter(|f| is_image(f)) {
         let txt = f.with_extension("txt");
-        if txt.is_file() {
+        let caption = if names.contains(txt.as_path()) {
             paired_txt.insert(txt.clone());
-            out.push(RawSample {
-                name: f.display().to_string(),
-                image: ImageBytes::File(f.clone()),
-                captions: vec![read_caption(&txt)?],
-            });
+            CaptionRef::File(txt)
         } else if need_captions {
-            skips.no_caption.push(f.display().to_string());
+            out.skips
+                .push(Skip::new(f.display(), SkipReason::NoCaption));
+            continue;
         } else {
-            out.push(RawSample {
-                name: f.display().to_string(),
-                image: ImageBytes::File(f.clone()),
-                captions: Vec::new(),
-            });
+            CaptionRef::None
+        };
+        out.samples.push(SampleRef {
+            name: f.display().to_string(),
+            image: ImageRef::File(f.clone()),
+            caption,
+        });
+    }
+    if need_captions {
+        for f in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "txt") && !paired_txt.contains(*f))
+        {
+            out.skips.push(Skip::new(f.display(), SkipReason::NoImage));
         }
     }
-    if !need_captions {
-        return Ok(out);
-    }
-    for f in files
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "txt"))
-    {
-        if !paired_txt.contains(f) {
-            skips.no_image.push(f.display().to_string());
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
-fn scan_csv(path: &Path, opts: &CsvOptions, need_captions: bool) -> Result<Vec<RawSample>> {
+fn scan_csv(path: &Path, opts: &CsvOptions, out: &mut Listing, need_captions: bool) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
     let file = std::fs::File::open(path).map_err(io(path))?;
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(opts.separator)
         .quoting(opts.separator != b'\t')
-        .from_reader(file);
+        .from_reader(std::io::BufReader::new(file));
     let bad = |line: usize, message: String| DataError::BadRecord {
         path: path.to_path_buf(),
         line,
@@ -235,25 +264,24 @@ fn scan_csv(path: &Path, opts: &CsvOptions, need_captions: bool) -> Result<Vec<R
         Err(_) if !need_captions => None,
         Err(e) => return Err(e),
     };
-    let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| bad(i + 2, e.to_string()))?;
         let Some(img) = rec.get(ic) else {
             return Err(bad(i + 2, "row is missing a field".into()));
         };
-        let captions = match cc.map(|c| rec.get(c)) {
-            Some(Some(cap)) => vec![cap.to_string()],
+        let caption = match cc.map(|c| rec.get(c)) {
+            Some(Some(cap)) => CaptionRef::Inline(vec![cap.to_string()]),
             Some(None) => return Err(bad(i + 2, "row is missing a field".into())),
-            None => Vec::new(),
+            None => CaptionRef::None,
         };
         let p = base.join(img);
-        out.push(RawSample {
+        out.samples.push(SampleRef {
             name: p.display().to_string(),
-            image: ImageBytes::File(p),
-            captions,
+            image: ImageRef::File(p),
+            caption,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -263,11 +291,11 @@ struct JsonlRecord {
     captions: Option<Vec<String>>,
 }
 
-fn scan_jsonl(path: &Path, need_captions: bool) -> Result<Vec<RawSample>> {
+fn scan_jsonl(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io(path))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -276,84 +304,105 @@ fn scan_jsonl(path: &Path, need_captions: bool) -> Result<Vec<RawSample>> {
             line: i + 1,
             message,
         };
-        let rec: JsonlRecord = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        let captions = match (rec.caption, rec.captions) {
-            (_, Some(c)) if !c.is_empty() => c,
-            (Some(c), _) => vec![c],
-            _ if !need_captions => Vec::new(),
+        let rec: JsonlRecord = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let caption = match (rec.caption, rec.captions) {
+            (_, Some(c)) if !c.is_empty() => CaptionRef::Inline(c),
+            (Some(c), _) => CaptionRef::Inline(vec![c]),
+            _ if !need_captions => CaptionRef::None,
             _ => return Err(bad("needs `caption` or a non-empty `captions`".into())),
         };
         let p = base.join(&rec.image);
-        out.push(RawSample {
+        out.samples.push(SampleRef {
             name: p.display().to_string(),
-            image: ImageBytes::File(p),
-            captions,
+            image: ImageRef::File(p),
+            caption,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
-fn scan_tar(path: &Path, skips: &mut ScanSkips, need_captions: bool) -> Result<Vec<RawSample>> {
+/// Splits a member name into webdataset's key (everything before the first dot of the
+/// file name) and extension.
+fn split_key(name: &str) -> Option<(&str, &str)> {
+    let start = name.rfind('/').map_or(0, |i| i + 1);
+    let dot = name[start..].find('.')? + start;
+    Some((&name[..dot], &name[dot + 1..]))
+}
+
+/// Indexes a shard from its headers alone (the reader seeks over member data). A shard cut
+/// off mid-member keeps the members that lie wholly inside the file and reports the cut.
+fn scan_tar(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()> {
     let file = std::fs::File::open(path).map_err(io(path))?;
+    let file_len = file.metadata().map_err(io(path))?.len();
+    let shard = out.shards.len() as u32;
     let mut archive = tar::Archive::new(file);
-    let mut images: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut texts: HashMap<String, String> = HashMap::new();
-    for entry in archive.entries().map_err(io(path))? {
-        let mut entry = entry.map_err(io(path))?;
-        let name = entry
-            .path()
-            .map_err(io(path))?
-            .to_string_lossy()
-            .into_owned();
-        let Some((key, ext)) = name.rsplit_once('.') else {
+    let mut images: Vec<(String, u64, u64)> = Vec::new();
+    let mut texts: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut cut: Option<String> = None;
+    let entries = archive.entries_with_seek().map_err(io(path))?;
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                cut = Some(format!("shard is cut off or damaged: {e}"));
+                break;
+            }
+        };
+        let (offset, len) = (entry.raw_file_position(), entry.size());
+        let name = match entry.path() {
+            Ok(p) => p.to_string_lossy().into_owned(),
+            Err(_) => continue,
+        };
+        if offset + len > file_len {
+            cut = Some(format!("shard is cut off in the middle of member {name}"));
+            break;
+        }
+        let Some((key, ext)) = split_key(&name) else {
             continue;
         };
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).map_err(io(path))?;
         let ext = ext.to_ascii_lowercase();
         if ext == "txt" {
-            texts.insert(
-                key.to_string(),
-                String::from_utf8_lossy(&bytes).trim().to_string(),
-            );
+            texts.insert(key.to_string(), (offset, len));
         } else if IMAGE_EXTS.contains(&ext.as_str()) {
-            images.push((key.to_string(), bytes));
+            images.push((key.to_string(), offset, len));
         }
     }
-    let mut out = Vec::new();
-    let mut used = std::collections::HashSet::new();
-    for (key, bytes) in images {
-        let label = format!("{}:{key}", path.display());
-        match texts.get(&key) {
-            Some(cap) => {
-                used.insert(key.clone());
-                out.push(RawSample {
-                    name: label,
-                    image: ImageBytes::Memory(Arc::new(bytes)),
-                    captions: vec![cap.clone()],
-                });
+    if let Some(why) = cut {
+        out.skips
+            .push(Skip::new(path.display(), SkipReason::Shard(why)));
+    }
+    let start = out.samples.len();
+    let mut used = HashSet::new();
+    for (key, offset, len) in images {
+        let name = format!("{}:{key}", path.display());
+        let caption = match texts.get(&key) {
+            Some(&(offset, len)) => {
+                used.insert(key);
+                CaptionRef::Member { shard, offset, len }
             }
-            None if need_captions => skips.no_caption.push(label),
-            None => out.push(RawSample {
-                name: label,
-                image: ImageBytes::Memory(Arc::new(bytes)),
-                captions: Vec::new(),
-            }),
+            None if need_captions => {
+                out.skips.push(Skip::new(name, SkipReason::NoCaption));
+                continue;
+            }
+            None => CaptionRef::None,
+        };
+        out.samples.push(SampleRef {
+            name,
+            image: ImageRef::Member { shard, offset, len },
+            caption,
+        });
+    }
+    if need_captions {
+        let mut orphans: Vec<&String> = texts.keys().filter(|k| !used.contains(*k)).collect();
+        orphans.sort();
+        for k in orphans {
+            out.skips.push(Skip::new(
+                format!("{}:{k}.txt", path.display()),
+                SkipReason::NoImage,
+            ));
         }
     }
-    if !need_captions {
-        return Ok(out);
-    }
-    let mut orphans: Vec<_> = texts
-        .keys()
-        .filter(|k| !used.contains(*k))
-        .cloned()
-        .collect();
-    orphans.sort();
-    skips.no_image.extend(
-        orphans
-            .into_iter()
-            .map(|k| format!("{}:{k}.txt", path.display())),
-    );
-    Ok(out)
+    out.shards.push(path.to_path_buf());
+    out.shard_ranges.push(start..out.samples.len());
+    Ok(())
 }

@@ -11,7 +11,7 @@ mod ssl_loss;
 mod trainer;
 
 pub use error::{Result, TrainError};
-pub use loader::{Batch, Loader, LoaderMode, Order};
+pub use loader::{Batch, Loader, LoaderMode, LoaderSpec};
 pub use loss::{clip_loss, l2_normalize, siglip_loss};
 pub use optim::{clip_grad_norm, decays, learning_rate, AdamW, AdamWConfig, ScheduleKind};
 pub use plot::write_plot;

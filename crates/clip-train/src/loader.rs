@@ -1,15 +1,20 @@
-//! A background thread that assembles batches ahead of the model.
+//! A background thread that loads, decodes and augments batches ahead of the model.
 //!
-//! The order of samples and every random choice are pure functions of the seed and a
-//! sample's global position, so a resumed run sees exactly the batches an uninterrupted one
-//! would, whatever the thread timing.
+//! Samples are read from their files or shards only when a batch needs them (or from the
+//! decoded-sample cache). The order of samples and every random choice are pure functions of
+//! the seed and a sample's global position, and a bad sample is replaced by the next
+//! positions, so a batch depends only on where the run is: a resumed run sees exactly the
+//! batches an uninterrupted one would, whatever the thread timing.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use clip_data::{Augmenter, Dataset};
-use clip_nn::SplitMix64;
+use clip_data::{
+    stream, summarize_skips, Augmenter, DecodedCache, Order, OrderConfig, Sample, SampleSet, Skip,
+    SkipReason,
+};
 use rayon::prelude::*;
 use text_encoder::ClipTokenizer;
 
@@ -23,8 +28,12 @@ pub struct Batch {
     pub pixels: Vec<f32>,
     /// Token rows (empty with two views).
     pub ids: Vec<Vec<u32>>,
-    /// Dataset index of each sample.
+    /// Sample index of each row.
     pub items: Vec<usize>,
+    /// The position the next batch starts at (saved with checkpoints, for resume).
+    pub next_position: usize,
+    /// Samples skipped while filling this batch, first time seen.
+    pub skipped: Vec<Skip>,
 }
 
 /// What the loader makes of each sample.
@@ -37,46 +46,56 @@ pub enum LoaderMode {
     TwoViews,
 }
 
-/// Mixes a seed with a counter into an independent stream.
-pub fn stream(seed: u64, salt: u64, counter: u64) -> SplitMix64 {
-    let mut s = SplitMix64::new(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mix = s.next_u64() ^ counter.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    SplitMix64::new(mix)
+/// Everything that fixes the batches of a run.
+pub struct LoaderSpec {
+    /// The samples.
+    pub data: Arc<SampleSet>,
+    /// Decoded samples kept between epochs.
+    pub cache: Arc<DecodedCache>,
+    /// Augmentation and normalisation.
+    pub aug: Augmenter,
+    /// Captions or two views.
+    pub mode: LoaderMode,
+    /// Samples per batch.
+    pub batch: usize,
+    /// Seed of the order and the augmentations.
+    pub seed: u64,
+    /// Epoch length and shuffle buffer.
+    pub order: OrderConfig,
+    /// Images are downscaled to this shortest side when decoded.
+    pub max_short_side: u32,
 }
 
-/// Dataset index of the sample at global position `pos` (epoch-wise shuffles).
-pub struct Order {
-    n: usize,
-    seed: u64,
-    epoch: usize,
-    perm: Vec<usize>,
+/// Loads samples through the cache and remembers the bad ones, so each is reported once
+/// and not read again.
+struct Fetcher {
+    data: Arc<SampleSet>,
+    cache: Arc<DecodedCache>,
+    bad: Mutex<HashMap<usize, SkipReason>>,
+    max_short_side: u32,
 }
 
-impl Order {
-    /// The order for `n` samples under `seed`.
-    pub fn new(n: usize, seed: u64) -> Self {
-        let mut o = Self {
-            n,
-            seed,
-            epoch: usize::MAX,
-            perm: Vec::new(),
-        };
-        o.load_epoch(0);
-        o
-    }
-
-    fn load_epoch(&mut self, e: usize) {
-        if self.epoch != e {
-            self.perm = (0..self.n).collect();
-            stream(self.seed, 1, e as u64).shuffle(&mut self.perm);
-            self.epoch = e;
+impl Fetcher {
+    /// The sample, or why it is skipped and whether this is the first time.
+    fn fetch(&self, i: usize) -> Result<Arc<Sample>, (SkipReason, bool)> {
+        if let Some(s) = self.cache.get(i) {
+            return Ok(s);
         }
-    }
-
-    /// Dataset index at global position `pos`.
-    pub fn index(&mut self, pos: usize) -> usize {
-        self.load_epoch(pos / self.n);
-        self.perm[pos % self.n]
+        if let Some(r) = self.bad.lock().expect("bad-sample lock").get(&i) {
+            return Err((r.clone(), false));
+        }
+        match self.data.load(i, self.max_short_side) {
+            Ok(s) => Ok(self.cache.insert(i, s)),
+            Err(r) => {
+                let first = self
+                    .bad
+                    .lock()
+                    .expect("bad-sample lock")
+                    .insert(i, r.clone())
+                    .is_none();
+                Err((r, first))
+            }
+        }
     }
 }
 
@@ -87,72 +106,34 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts producing batches for steps `start..end`, `prefetch` ahead.
+    /// Starts producing batches for steps `steps`, the first one starting at sample position
+    /// `start_position`, `prefetch` batches ahead.
     pub fn spawn(
-        data: Arc<Dataset>,
-        aug: Augmenter,
-        mode: LoaderMode,
-        batch: usize,
-        seed: u64,
+        spec: LoaderSpec,
         steps: std::ops::Range<usize>,
+        start_position: usize,
         prefetch: usize,
     ) -> Self {
         let (tx, rx) = sync_channel(prefetch.max(1));
         let handle = std::thread::spawn(move || {
-            let mut order = Order::new(data.len(), seed);
+            let mut order = Order::new(
+                spec.data.len(),
+                spec.data.shard_ranges(),
+                spec.seed,
+                spec.order.clone(),
+            );
+            let fetcher = Fetcher {
+                data: Arc::clone(&spec.data),
+                cache: Arc::clone(&spec.cache),
+                bad: Mutex::new(HashMap::new()),
+                max_short_side: spec.max_short_side,
+            };
+            let mut position = start_position;
             for step in steps {
-                let positions: Vec<(usize, usize)> = (0..batch)
-                    .map(|j| {
-                        let pos = step * batch + j;
-                        (pos, order.index(pos))
-                    })
-                    .collect();
-                let items: Vec<usize> = positions.iter().map(|&(_, idx)| idx).collect();
-                let msg = match &mode {
-                    LoaderMode::Captions(tokenizer) => {
-                        let views: Vec<(Vec<f32>, String)> = positions
-                            .par_iter()
-                            .map(|&(pos, idx)| {
-                                let item = &data.items[idx];
-                                let mut rng = stream(seed, 2, pos as u64);
-                                let cap = item.captions[rng.below(item.captions.len())].clone();
-                                (aug.train(&item.image, &mut rng), cap)
-                            })
-                            .collect();
-                        let caps: Vec<&str> = views.iter().map(|(_, c)| c.as_str()).collect();
-                        tokenizer
-                            .encode_batch(&caps)
-                            .map_err(|e| e.to_string())
-                            .map(|ids| Batch {
-                                step,
-                                pixels: views.iter().flat_map(|(p, _)| p.iter().copied()).collect(),
-                                ids,
-                                items,
-                            })
-                    }
-                    LoaderMode::TwoViews => {
-                        let pairs: Vec<(Vec<f32>, Vec<f32>)> = positions
-                            .par_iter()
-                            .map(|&(pos, idx)| {
-                                let img = &data.items[idx].image;
-                                let mut rng = stream(seed, 3, pos as u64);
-                                let a = aug.train(img, &mut rng);
-                                (a, aug.train(img, &mut rng))
-                            })
-                            .collect();
-                        let mut pixels: Vec<f32> =
-                            pairs.iter().flat_map(|(a, _)| a.iter().copied()).collect();
-                        pixels.extend(pairs.iter().flat_map(|(_, b)| b.iter().copied()));
-                        Ok(Batch {
-                            step,
-                            pixels,
-                            ids: Vec::new(),
-                            items,
-                        })
-                    }
-                };
-                if tx.send(msg).is_err() {
-                    return; // the trainer stopped early
+                let msg = next_batch(&spec, &fetcher, &mut order, step, &mut position);
+                let failed = msg.is_err();
+                if tx.send(msg).is_err() || failed {
+                    return; // the trainer stopped early, or the data is unusable
                 }
             }
         });
@@ -170,6 +151,101 @@ impl Loader {
     }
 }
 
+/// Fills one batch from `position` on: loads the next positions in parallel, keeps the good
+/// samples in position order and draws further positions for the bad ones.
+fn next_batch(
+    spec: &LoaderSpec,
+    fetcher: &Fetcher,
+    order: &mut Order,
+    step: usize,
+    position: &mut usize,
+) -> Result<Batch, String> {
+    let b = spec.batch;
+    let mut good: Vec<(usize, usize, Arc<Sample>)> = Vec::with_capacity(b);
+    let mut skipped = Vec::new();
+    let mut bad_run = 0usize;
+    let mut run_reasons: Vec<Skip> = Vec::new();
+    let limit = order.epoch_len().max(spec.data.len());
+    while good.len() < b {
+        let want: Vec<(usize, usize)> = (0..b - good.len())
+            .map(|j| (*position + j, order.index(*position + j)))
+            .collect();
+        *position += want.len();
+        let loaded: Vec<_> = want
+            .par_iter()
+            .map(|&(pos, idx)| (pos, idx, fetcher.fetch(idx)))
+            .collect();
+        for (pos, idx, r) in loaded {
+            match r {
+                Ok(s) => {
+                    good.push((pos, idx, s));
+                    bad_run = 0;
+                }
+                Err((reason, first)) => {
+                    let skip = Skip::new(spec.data.name(idx), reason);
+                    if run_reasons.len() < 3 {
+                        run_reasons.push(skip.clone());
+                    }
+                    if first {
+                        skipped.push(skip);
+                    }
+                    bad_run += 1;
+                }
+            }
+        }
+        if bad_run >= limit {
+            return Err(format!(
+                "no usable sample in {limit} consecutive samples of the data ({})",
+                summarize_skips(&run_reasons).replace('\n', "; ")
+            ));
+        }
+    }
+    let items: Vec<usize> = good.iter().map(|&(_, idx, _)| idx).collect();
+    let aug = &spec.aug;
+    match &spec.mode {
+        LoaderMode::Captions(tokenizer) => {
+            let views: Vec<(Vec<f32>, &str)> = good
+                .par_iter()
+                .map(|(pos, _, s)| {
+                    let mut rng = stream(spec.seed, 2, *pos as u64);
+                    let cap = s.captions[rng.below(s.captions.len())].as_str();
+                    (aug.train(&s.image, &mut rng), cap)
+                })
+                .collect();
+            let caps: Vec<&str> = views.iter().map(|(_, c)| *c).collect();
+            let ids = tokenizer.encode_batch(&caps).map_err(|e| e.to_string())?;
+            Ok(Batch {
+                step,
+                pixels: views.iter().flat_map(|(p, _)| p.iter().copied()).collect(),
+                ids,
+                items,
+                next_position: *position,
+                skipped,
+            })
+        }
+        LoaderMode::TwoViews => {
+            let pairs: Vec<(Vec<f32>, Vec<f32>)> = good
+                .par_iter()
+                .map(|(pos, _, s)| {
+                    let mut rng = stream(spec.seed, 3, *pos as u64);
+                    let a = aug.train(&s.image, &mut rng);
+                    (a, aug.train(&s.image, &mut rng))
+                })
+                .collect();
+            let mut pixels: Vec<f32> = pairs.iter().flat_map(|(a, _)| a.iter().copied()).collect();
+            pixels.extend(pairs.iter().flat_map(|(_, b)| b.iter().copied()));
+            Ok(Batch {
+                step,
+                pixels,
+                ids: Vec::new(),
+                items,
+                next_position: *position,
+                skipped,
+            })
+        }
+    }
+}
+
 impl Drop for Loader {
     fn drop(&mut self) {
         // Unblock the producer (its send fails once the receiver is gone), then join it.
@@ -179,25 +255,5 @@ impl Drop for Loader {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_is_a_permutation_per_epoch_and_repeatable() {
-        let mut a = Order::new(10, 3);
-        let mut b = Order::new(10, 3);
-        let first: Vec<usize> = (0..10).map(|p| a.index(p)).collect();
-        let mut sorted = first.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
-        let second: Vec<usize> = (10..20).map(|p| a.index(p)).collect();
-        assert_ne!(first, second, "epochs reshuffle");
-        // Random access (as on resume) gives the same answer.
-        assert_eq!(b.index(13), second[3]);
-        assert_eq!(b.index(2), first[2]);
     }
 }

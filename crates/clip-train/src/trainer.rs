@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, TensorId, Var};
-use clip_data::{AugmentConfig, Augmenter, Dataset};
+use clip_data::{
+    AugmentConfig, Augmenter, CacheConfig, DecodedCache, OrderConfig, SampleSet, Skip,
+};
 use clip_model::{ClipConfig, ClipModel, Preprocess};
 use clip_nn::taped::{Grads, Workspace};
 use clip_nn::{Init, Params, TensorMap, VarStore};
@@ -18,8 +20,7 @@ use text_encoder::TextTape;
 use vision_encoder::VisionTape;
 
 use crate::error::io;
-use crate::loader::Loader;
-use crate::loader::LoaderMode;
+use crate::loader::{Loader, LoaderMode, LoaderSpec};
 use crate::optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig, ScheduleKind};
 use crate::ssl_loss::{
     debiased_clip_loss, oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss,
@@ -128,6 +129,10 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
     /// Batches prepared ahead of the model.
     pub prefetch: usize,
+    /// Epoch length and the shards' shuffle buffer.
+    pub order: OrderConfig,
+    /// Which decoded samples stay in memory between epochs.
+    pub cache: CacheConfig,
 }
 
 impl Default for TrainConfig {
@@ -157,6 +162,8 @@ impl Default for TrainConfig {
             val_every: 0,
             augment: AugmentConfig::default(),
             prefetch: 4,
+            order: OrderConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -263,6 +270,8 @@ pub struct StepStats {
     pub data_wait: f64,
     /// Seconds since the run (or resume) started.
     pub elapsed_s: f64,
+    /// Distinct samples skipped so far (unpaired, unreadable, bad captions).
+    pub skipped: usize,
 }
 
 /// Hooks for progress display and validation.
@@ -299,7 +308,7 @@ pub struct RunSetup {
     pub train: TrainConfig,
     /// Continue from the newest checkpoint in `out`.
     pub resume: bool,
-    /// Class id per dataset item (needed by [`LossKind::Oracle`] only).
+    /// Class id per sample (needed by [`LossKind::Oracle`] only).
     pub labels: Option<Vec<usize>>,
 }
 
@@ -316,6 +325,8 @@ pub struct Summary {
     pub samples_per_s: f64,
     /// Mean fraction of step time spent waiting for data.
     pub data_wait: f64,
+    /// Distinct samples skipped over the whole run (listed in `RUN/skipped.tsv`).
+    pub skipped: usize,
 }
 
 /// Saved beside the weights in each checkpoint.
@@ -325,6 +336,10 @@ pub struct TrainState {
     pub step: usize,
     /// The configuration of the run.
     pub train: TrainConfig,
+    /// Sample position the next step starts reading at (bad samples shift it past
+    /// `step × batch`); absent in checkpoints of earlier versions.
+    #[serde(default)]
+    pub data_position: Option<usize>,
 }
 
 const STATE_FILE: &str = "train_state.json";
@@ -701,7 +716,7 @@ impl Ctx<'_> {
         Ok((value, grads))
     }
 
-    fn save(&self, dir: &Path, step: usize, opt: &AdamW) -> Result<()> {
+    fn save(&self, dir: &Path, step: usize, data_position: usize, opt: &AdamW) -> Result<()> {
         let setup = self.setup;
         let mut tensors = self.store.tensors();
         let bias = tensors.remove(LOGIT_BIAS);
@@ -712,6 +727,7 @@ impl Ctx<'_> {
         let state = TrainState {
             step,
             train: setup.train.clone(),
+            data_position: Some(data_position),
         };
         clip_model::replace_dir_atomically(dir, |tmp| {
             clip_model::write_hf_files(
@@ -785,7 +801,7 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
 /// Trains until `setup.train.steps`, checkpointing and validating along the way.
 pub fn train(
     setup: RunSetup,
-    data: Arc<Dataset>,
+    data: Arc<SampleSet>,
     device: &Device,
     obs: &mut dyn Observer,
 ) -> Result<Summary> {
@@ -807,9 +823,11 @@ pub fn train(
         )));
     }
     let mut saved_opt: Option<(HashMap<String, Tensor>, u64)> = None;
+    let mut start_position = None;
     let (store, start) = match &resume_from {
         Some((step, dir)) => {
             let ckpt = clip_model::Checkpoint::load(dir, device)?;
+            start_position = read_state(dir)?.data_position;
             let opt_path = dir.join(OPTIMIZER_FILE);
             let opt = clip_model::read_safetensors(&opt_path, device)?;
             let bytes = std::fs::read(&opt_path).map_err(io("cannot read", &opt_path))?;
@@ -897,20 +915,23 @@ pub fn train(
         ws: RefCell::new(Workspace::default()),
     };
 
-    let aug = Augmenter::new(t.augment.clone(), setup.preprocess.clone());
-    let loader = Loader::spawn(
-        data,
-        aug,
-        if images_only {
+    let mut skips = SkipLog::open(&setup.out.join(SKIPPED_FILE), start, data.scan_skips())?;
+    let spec = LoaderSpec {
+        cache: Arc::new(DecodedCache::new(&t.cache)),
+        aug: Augmenter::new(t.augment.clone(), setup.preprocess.clone()),
+        mode: if images_only {
             LoaderMode::TwoViews
         } else {
             LoaderMode::Captions(Box::new(setup.tokenizer.clone()))
         },
-        t.batch_size,
-        t.seed,
-        start..t.steps,
-        t.prefetch,
-    );
+        batch: t.batch_size,
+        seed: t.seed,
+        order: t.order.clone(),
+        max_short_side: (2 * setup.preprocess.image_size).max(1) as u32,
+        data,
+    };
+    let mut position = start_position.unwrap_or(start * t.batch_size);
+    let loader = Loader::spawn(spec, start..t.steps, position, t.prefetch);
     let s = setup.preprocess.image_size;
     let run_start = Instant::now();
     let (mut window_loss, mut window_n, mut window_wait, mut window_time) =
@@ -923,6 +944,8 @@ pub fn train(
         let batch = loader.next().map_err(TrainError::Loader)?;
         let wait = t0.elapsed().as_secs_f64();
         debug_assert_eq!(batch.step, step);
+        position = batch.next_position;
+        skips.record(step + 1, &batch.skipped)?;
         let (loss, mut grads) = if images_only {
             let pixels = Tensor::from_vec(batch.pixels, (2 * t.batch_size, 3, s, s), device)?;
             ctx.two_view_loss_and_grads(&pixels, &batch.items, &vars)?
@@ -968,6 +991,7 @@ pub fn train(
                 samples_per_s: (window_n * t.batch_size) as f64 / window_time,
                 data_wait: window_wait / window_time,
                 elapsed_s: run_start.elapsed().as_secs_f64(),
+                skipped: skips.count(),
             };
             append_jsonl(
                 &metrics_path,
@@ -988,7 +1012,7 @@ pub fn train(
         }
         if (t.save_every > 0 && done % t.save_every == 0) || done == t.steps {
             let dir = setup.out.join(format!("checkpoint-{done}"));
-            ctx.save(&dir, done, &opt)?;
+            ctx.save(&dir, done, position, &opt)?;
             obs.on_checkpoint(&dir);
             last_ckpt = Some(dir);
             prune(&setup.out, t.keep_last);
@@ -996,7 +1020,7 @@ pub fn train(
     }
     drop(loader);
     let final_dir = setup.out.join("final");
-    ctx.save(&final_dir, t.steps, &opt)?;
+    ctx.save(&final_dir, t.steps, position, &opt)?;
     let _ = crate::plot::write_plot(&metrics_path, &setup.out.join("metrics.svg"));
     let steps_run = t.steps - start;
     Ok(Summary {
@@ -1013,5 +1037,76 @@ pub fn train(
         } else {
             0.0
         },
+        skipped: skips.count(),
     })
+}
+
+const SKIPPED_FILE: &str = "skipped.tsv";
+
+fn read_state(dir: &Path) -> Result<TrainState> {
+    let p = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&p).map_err(io("cannot read", &p))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::State(format!("{} is damaged: {e}", p.display())))
+}
+
+/// `RUN/skipped.tsv`: every sample left out, once, with the step that met it and why.
+struct SkipLog {
+    path: PathBuf,
+    seen: std::collections::HashSet<String>,
+}
+
+impl SkipLog {
+    const HEADER: &'static str = "step\tsample\treason";
+
+    /// Starts the log: a fresh run lists what scanning skipped (step 0); a resumed one keeps
+    /// the rows up to its step and drops later ones, which the run will meet again.
+    fn open(path: &Path, start: usize, scan: &[Skip]) -> Result<Self> {
+        let mut log = Self {
+            path: path.to_path_buf(),
+            seen: Default::default(),
+        };
+        let mut body = format!("{}\n", Self::HEADER);
+        if start > 0 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let mut f = line.splitn(3, '\t');
+                let (Some(step), Some(name)) = (f.next(), f.next()) else {
+                    continue;
+                };
+                if step.parse::<usize>().is_ok_and(|s| s <= start) && log.seen.insert(name.into()) {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+            }
+        }
+        std::fs::write(path, body).map_err(io("cannot write", path))?;
+        log.record(0, scan)?;
+        Ok(log)
+    }
+
+    /// Appends the skips not listed yet.
+    fn record(&mut self, step: usize, skips: &[Skip]) -> Result<()> {
+        let mut rows = String::new();
+        for s in skips {
+            if self.seen.insert(s.name.clone()) {
+                let reason = s.reason.to_string().replace(['\t', '\n'], " ");
+                rows.push_str(&format!("{step}\t{}\t{reason}\n", s.name));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io("cannot write", &self.path))?;
+        f.write_all(rows.as_bytes())
+            .map_err(io("cannot write", &self.path))
+    }
+
+    /// Distinct samples listed.
+    fn count(&self) -> usize {
+        self.seen.len()
+    }
 }

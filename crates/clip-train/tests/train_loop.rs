@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
-use clip_data::{Dataset, Item};
+use clip_data::{Item, SampleSet};
 use clip_model::{ClipConfig, Preprocess, TextConfig, VisionConfig};
 use clip_train::{
     train, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, TrainConfig,
@@ -45,7 +45,7 @@ fn model_config() -> ClipConfig {
 }
 
 /// 16 pairs: a colour in one of four quadrants, captioned with both.
-fn dataset() -> Arc<Dataset> {
+fn dataset() -> Arc<SampleSet> {
     let colors = [
         ("red", [220, 30, 30]),
         ("green", [30, 200, 40]),
@@ -71,10 +71,7 @@ fn dataset() -> Arc<Dataset> {
             });
         }
     }
-    Arc::new(Dataset {
-        items,
-        skipped: Default::default(),
-    })
+    Arc::new(SampleSet::from_items(items))
 }
 
 fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {

@@ -1,0 +1,93 @@
+//! The training data pipeline alone, no model: list the samples, then read, decode,
+//! augment and tokenize them into batches exactly as `clip train` does, on the rayon pool
+//! (`RAYON_NUM_THREADS` threads). Prints samples/s, the listing time, the time to the first
+//! batch and the peak RSS, to hold beside `../shared/bench/openclip_loader.py` on the same
+//! shards (`scripts/bench_loader.sh` runs both).
+//!
+//! usage: cargo bench --bench loader -- 'SHARDS_{000..009}.tar' IMAGE_SIZE BATCH [BATCHES] [CACHE]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clip_data::{
+    AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
+};
+use clip_model::Preprocess;
+use clip_train::{Loader, LoaderMode, LoaderSpec};
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let [pattern, size, batch, rest @ ..] = args.as_slice() else {
+        eprintln!(
+            "usage: loader 'SHARDS_{{000..009}}.tar' IMAGE_SIZE BATCH [BATCHES] [auto|on|off]"
+        );
+        std::process::exit(2);
+    };
+    let size: usize = size.parse().expect("IMAGE_SIZE is a number");
+    let batch: usize = batch.parse().expect("BATCH is a number");
+    let t0 = Instant::now();
+    let sources = Source::expand(&PathBuf::from(pattern), &Default::default()).expect("data");
+    let data = Arc::new(SampleSet::scan(&sources).expect("samples"));
+    let listed = t0.elapsed().as_secs_f64();
+    let steps: usize = rest
+        .first()
+        .map(|s| s.parse().expect("BATCHES is a number"))
+        .unwrap_or(data.len() / batch);
+    let mode = match rest.get(1).map(String::as_str) {
+        Some("on") => CacheMode::On,
+        Some("auto") => CacheMode::Auto,
+        _ => CacheMode::Off,
+    };
+    let tok_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tokenizer.json");
+    let tokenizer = clip_model::ClipTokenizer::from_file(&tok_file, 77).expect("tokenizer");
+    let spec = LoaderSpec {
+        data: Arc::clone(&data),
+        cache: Arc::new(DecodedCache::new(&CacheConfig {
+            mode,
+            mem_bytes: None,
+        })),
+        aug: Augmenter::new(
+            AugmentConfig::default(),
+            Preprocess {
+                image_size: size,
+                ..Preprocess::default()
+            },
+        ),
+        mode: LoaderMode::Captions(Box::new(tokenizer)),
+        batch,
+        seed: 0,
+        order: OrderConfig::default(),
+        max_short_side: 2 * size as u32,
+    };
+    let loader = Loader::spawn(spec, 0..steps, 0, 4);
+    let mut first = None;
+    let mut n = 0;
+    for _ in 0..steps {
+        let b = loader.next().expect("batch");
+        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+        n += b.items.len();
+    }
+    let total = t0.elapsed().as_secs_f64();
+    // Over the whole time, listing included, as the open_clip side counts its start-up.
+    let rate = n as f64 / total;
+    println!(
+        "{rate:.1} samples/s over {n} samples in {total:.1} s (listing {} samples {listed:.2} s, first batch {:.1} s), peak RSS {:.0} MB",
+        data.len(),
+        first.unwrap_or(f64::NAN),
+        peak_rss_mb()
+    );
+}

@@ -1,0 +1,148 @@
+//! `--data` patterns as webdataset and open_clip write them: brace ranges and lists
+//! (`shards/{00000..00999}.tar`, `{train,extra}.tsv`) and shell globs (`shards/*.tar`).
+
+use std::path::{Path, PathBuf};
+
+use crate::{DataError, Result};
+
+/// Expands brace groups left to right: `{a..b}` is a numeric range (zero-padded to the width
+/// of the wider bound when either bound has a leading zero, as webdataset does) and `{x,y}`
+/// a list. Text without braces comes back as it is.
+pub fn expand_braces(pattern: &str) -> std::result::Result<Vec<String>, String> {
+    let Some(open) = pattern.find('{') else {
+        if pattern.contains('}') {
+            return Err(format!("{pattern:?} has a `}}` without a `{{`"));
+        }
+        return Ok(vec![pattern.to_string()]);
+    };
+    let close = pattern[open..]
+        .find('}')
+        .map(|c| open + c)
+        .ok_or_else(|| format!("{pattern:?} has a `{{` without a `}}`"))?;
+    let (head, body, tail) = (
+        &pattern[..open],
+        &pattern[open + 1..close],
+        &pattern[close + 1..],
+    );
+    let choices: Vec<String> = match body.split_once("..") {
+        Some((lo, hi)) => {
+            let parse = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| format!("{pattern:?}: `{s}` in `{{{body}}}` is not a number"))
+            };
+            let (a, b) = (parse(lo)?, parse(hi)?);
+            if a > b {
+                return Err(format!(
+                    "{pattern:?}: the range `{{{body}}}` runs backwards"
+                ));
+            }
+            let padded = lo.starts_with('0') || hi.starts_with('0');
+            let width = if padded { lo.len().max(hi.len()) } else { 0 };
+            (a..=b).map(|i| format!("{i:0width$}")).collect()
+        }
+        None if body.contains(',') => body.split(',').map(str::to_string).collect(),
+        None => {
+            return Err(format!(
+                "{pattern:?}: `{{{body}}}` is neither a range nor a list"
+            ))
+        }
+    };
+    // The first group varies slowest, and a list keeps its own order.
+    let tails = expand_braces(tail)?;
+    let mut out = Vec::with_capacity(choices.len() * tails.len());
+    for c in &choices {
+        for t in &tails {
+            out.push(format!("{head}{c}{t}"));
+        }
+    }
+    Ok(out)
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// The paths a `--data` argument names: an existing path as it is, else its brace expansion,
+/// each part globbed where it has `*`, `?` or `[`. A pattern that matches nothing is an error
+/// naming it, so a typo never trains on less data than asked for.
+pub fn expand_data_arg(arg: &Path) -> Result<Vec<PathBuf>> {
+    if arg.exists() {
+        return Ok(vec![arg.to_path_buf()]);
+    }
+    let text = arg.to_string_lossy();
+    let bad = |reason: String| DataError::Pattern {
+        pattern: text.to_string(),
+        reason,
+    };
+    let mut out = Vec::new();
+    for part in expand_braces(&text).map_err(bad)? {
+        if has_glob(&part) {
+            let matches = glob::glob(&part).map_err(|e| bad(e.to_string()))?;
+            let mut found: Vec<PathBuf> = matches
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if found.is_empty() {
+                return Err(bad(format!("`{part}` matches no file")));
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            let p = PathBuf::from(&part);
+            if !p.exists() {
+                return Err(DataError::Io {
+                    path: p,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no such file or folder (from the pattern {text})"),
+                    ),
+                });
+            }
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn braces_expand_ranges_with_padding_and_lists_in_order() {
+        assert_eq!(
+            expand_braces("s/{000..002}.tar").unwrap(),
+            ["s/000.tar", "s/001.tar", "s/002.tar"]
+        );
+        assert_eq!(expand_braces("{8..10}").unwrap(), ["8", "9", "10"]);
+        assert_eq!(expand_braces("{b,a}.tsv").unwrap(), ["b.tsv", "a.tsv"]);
+        assert_eq!(
+            expand_braces("{a,b}/{0..1}").unwrap(),
+            ["a/0", "a/1", "b/0", "b/1"]
+        );
+        assert_eq!(expand_braces("plain.tar").unwrap(), ["plain.tar"]);
+        for bad in ["{1..x}", "{3..1}", "{a", "a}", "{a}"] {
+            assert!(expand_braces(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn data_args_glob_and_name_what_is_missing() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["a-000.tar", "a-001.tar", "b.tar"] {
+            std::fs::write(d.path().join(n), b"").unwrap();
+        }
+        let root = d.path().display();
+        let got = expand_data_arg(Path::new(&format!("{root}/a-*.tar"))).unwrap();
+        assert_eq!(got.len(), 2);
+        let got = expand_data_arg(Path::new(&format!("{root}/a-{{000..001}}.tar"))).unwrap();
+        assert_eq!(got[1], d.path().join("a-001.tar"));
+        let err = expand_data_arg(Path::new(&format!("{root}/a-{{000..002}}.tar")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a-002.tar"), "{err}");
+        let err = expand_data_arg(Path::new(&format!("{root}/z*.tar")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("matches no file"), "{err}");
+    }
+}

@@ -1,0 +1,598 @@
+//! The listed samples of one or more sources, loaded one at a time: nothing is decoded until
+//! a batch asks for it, so memory does not grow with the dataset.
+
+use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::RgbImage;
+
+use crate::source::{CaptionRef, ImageRef, Listing, SampleRef};
+use crate::{DataError, Result, Source};
+
+/// Why a sample was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// An image with no caption beside it.
+    NoCaption,
+    /// A caption with no image.
+    NoImage,
+    /// The image could not be read or decoded.
+    Image(String),
+    /// The caption could not be read, is not UTF-8, or is empty.
+    Caption(String),
+    /// A shard is cut off or damaged; what precedes the damage is still used.
+    Shard(String),
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::NoCaption => write!(f, "image without a caption"),
+            SkipReason::NoImage => write!(f, "caption without an image"),
+            SkipReason::Image(why) => write!(f, "unreadable image: {why}"),
+            SkipReason::Caption(why) => write!(f, "bad caption: {why}"),
+            SkipReason::Shard(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// A sample (or shard) left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// Path, `shard.tar:key`, or the shard.
+    pub name: String,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+impl Skip {
+    /// A skip of `name` for `reason`.
+    pub fn new(name: impl fmt::Display, reason: SkipReason) -> Self {
+        Self {
+            name: name.to_string(),
+            reason,
+        }
+    }
+}
+
+impl SkipReason {
+    /// The kind of skip, as a plural heading ("unreadable images").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SkipReason::NoCaption => "images without a caption",
+            SkipReason::NoImage => "captions without an image",
+            SkipReason::Image(_) => "unreadable images",
+            SkipReason::Caption(_) => "bad captions",
+            SkipReason::Shard(_) => "damaged shards",
+        }
+    }
+}
+
+/// One line per kind of skip, naming up to three examples.
+pub fn summarize_skips(skips: &[Skip]) -> String {
+    let mut kinds: Vec<&'static str> = skips.iter().map(|s| s.reason.kind()).collect();
+    let mut seen = std::collections::HashSet::new();
+    kinds.retain(|k| seen.insert(*k));
+    let mut lines = Vec::new();
+    for kind in kinds {
+        let of_kind: Vec<&Skip> = skips.iter().filter(|s| s.reason.kind() == kind).collect();
+        let few: Vec<String> = of_kind
+            .iter()
+            .take(3)
+            .map(|s| match &s.reason {
+                SkipReason::NoCaption | SkipReason::NoImage => s.name.clone(),
+                r => format!("{}: {r}", s.name),
+            })
+            .collect();
+        lines.push(format!(
+            "{} {kind} (e.g. {})",
+            of_kind.len(),
+            few.join("; ")
+        ));
+    }
+    lines.join("\n")
+}
+
+/// A loaded sample: the decoded image (downscaled, see [`SampleSet::load`]) and its captions.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// RGB, alpha composited on white.
+    pub image: Arc<RgbImage>,
+    /// Its captions; empty for image-only data.
+    pub captions: Vec<String>,
+}
+
+impl Sample {
+    /// Bytes this sample holds (for the cache's budget).
+    pub fn bytes(&self) -> usize {
+        let (w, h) = self.image.dimensions();
+        3 * w as usize * h as usize + self.captions.iter().map(|c| c.len() + 24).sum::<usize>() + 64
+    }
+}
+
+/// An image–caption pair given in memory (tests, and library users with their own images).
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// A readable name.
+    pub name: String,
+    /// The image.
+    pub image: RgbImage,
+    /// Its captions.
+    pub captions: Vec<String>,
+}
+
+/// The samples of one or more sources, listed but not loaded.
+#[derive(Debug, Clone, Default)]
+pub struct SampleSet {
+    samples: Vec<SampleRef>,
+    shards: Vec<PathBuf>,
+    shard_ranges: Vec<Range<usize>>,
+    skips: Vec<Skip>,
+    need_captions: bool,
+}
+
+impl SampleSet {
+    /// Lists image–caption pairs: file names, manifest rows and tar headers only. Images
+    /// without captions and captions without images are skipped and listed in
+    /// [`SampleSet::scan_skips`]; nothing left is an error that says what was skipped.
+    pub fn scan(sources: &[Source]) -> Result<Self> {
+        Self::scan_with(sources, true)
+    }
+
+    /// Like [`SampleSet::scan`] but keeps images without captions (image-only training).
+    pub fn scan_images(sources: &[Source]) -> Result<Self> {
+        Self::scan_with(sources, false)
+    }
+
+    fn scan_with(sources: &[Source], need_captions: bool) -> Result<Self> {
+        let mut listing = Listing::default();
+        for s in sources {
+            s.scan(&mut listing, need_captions)?;
+        }
+        let set = Self {
+            samples: listing.samples,
+            shards: listing.shards,
+            shard_ranges: listing.shard_ranges,
+            skips: listing.skips,
+            need_captions,
+        };
+        if set.samples.is_empty() {
+            return Err(set.empty_error(sources, &set.skips));
+        }
+        Ok(set)
+    }
+
+    /// The error for data with no usable sample, naming the sources and what was skipped.
+    pub fn empty_error(&self, sources: &[Source], skipped: &[Skip]) -> DataError {
+        let names: Vec<String> = sources
+            .iter()
+            .map(|s| s.path().display().to_string())
+            .collect();
+        let detail = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (skipped: {})",
+                summarize_skips(skipped).replace('\n', "; ")
+            )
+        };
+        DataError::Empty {
+            sources: names.join(", "),
+            detail,
+        }
+    }
+
+    /// Samples given in memory, in order.
+    pub fn from_items(items: Vec<Item>) -> Self {
+        let need_captions = items.iter().all(|i| !i.captions.is_empty());
+        let samples = items
+            .into_iter()
+            .map(|i| SampleRef {
+                name: i.name,
+                image: ImageRef::Decoded(Arc::new(i.image)),
+                caption: if i.captions.is_empty() {
+                    CaptionRef::None
+                } else {
+                    CaptionRef::Inline(i.captions)
+                },
+            })
+            .collect();
+        Self {
+            samples,
+            need_captions,
+            ..Self::default()
+        }
+    }
+
+    /// Number of listed samples.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// True when nothing is listed.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The readable name of sample `i` (path or `shard.tar:key`).
+    pub fn name(&self, i: usize) -> &str {
+        &self.samples[i].name
+    }
+
+    /// What scanning left out (unpaired files, damaged shards).
+    pub fn scan_skips(&self) -> &[Skip] {
+        &self.skips
+    }
+
+    /// The sample range of each tar shard, in listing order; empty when no source is a
+    /// shard (every sample is then a file that can be read in any order).
+    pub fn shard_ranges(&self) -> &[Range<usize>] {
+        &self.shard_ranges
+    }
+
+    /// Whether captions are required (image–caption data) or ignored (image-only data).
+    pub fn needs_captions(&self) -> bool {
+        self.need_captions
+    }
+
+    /// Reads, decodes and downscales sample `i` so its shortest side is at most
+    /// `max_short_side` (augmentation never needs more); reads its captions when the set
+    /// needs them. An error is the reason to skip it.
+    pub fn load(&self, i: usize, max_short_side: u32) -> std::result::Result<Sample, SkipReason> {
+        let s = &self.samples[i];
+        let captions = if self.need_captions {
+            self.captions(&s.caption).map_err(SkipReason::Caption)?
+        } else {
+            Vec::new()
+        };
+        let image = match &s.image {
+            ImageRef::Decoded(img) => Arc::clone(img),
+            ImageRef::File(p) => Arc::new(downscale(
+                vision_encoder::load_image(p).map_err(|e| SkipReason::Image(error_chain(&e)))?,
+                max_short_side,
+            )),
+            ImageRef::Member { shard, offset, len } => {
+                let bytes = self
+                    .read_member(*shard, *offset, *len)
+                    .map_err(SkipReason::Image)?;
+                let img = vision_encoder::decode_image(&bytes, Path::new(&s.name))
+                    .map_err(|e| SkipReason::Image(error_chain(&e)))?;
+                Arc::new(downscale(img, max_short_side))
+            }
+        };
+        let (w, h) = image.dimensions();
+        if w == 0 || h == 0 {
+            return Err(SkipReason::Image("image is empty".into()));
+        }
+        Ok(Sample { image, captions })
+    }
+
+    fn captions(&self, c: &CaptionRef) -> std::result::Result<Vec<String>, String> {
+        let one = |bytes: Vec<u8>| -> std::result::Result<Vec<String>, String> {
+            let text = String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())?;
+            Ok(vec![text.trim().to_string()])
+        };
+        let caps = match c {
+            CaptionRef::None => return Err("no caption".into()),
+            CaptionRef::Inline(v) => v.iter().map(|c| c.trim().to_string()).collect(),
+            CaptionRef::File(p) => {
+                one(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?)?
+            }
+            CaptionRef::Member { shard, offset, len } => {
+                one(self.read_member(*shard, *offset, *len)?)?
+            }
+        };
+        let caps: Vec<String> = caps.into_iter().filter(|c| !c.is_empty()).collect();
+        if caps.is_empty() {
+            return Err("empty caption".into());
+        }
+        Ok(caps)
+    }
+
+    fn read_member(
+        &self,
+        shard: u32,
+        offset: u64,
+        len: u64,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let path = &self.shards[shard as usize];
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = std::fs::File::open(path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        };
+        read().map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    msg
+}
+
+/// Bicubic downscale to a shortest side of `max_short_side`; smaller images stay as they are.
+fn downscale(img: RgbImage, max_short_side: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w.min(h) <= max_short_side {
+        return img;
+    }
+    let m = max_short_side as u64;
+    let (nw, nh) = if w <= h {
+        (max_short_side, (h as u64 * m / w as u64) as u32)
+    } else {
+        ((w as u64 * m / h as u64) as u32, max_short_side)
+    };
+    vision_encoder::resize_bicubic(&img, nw, nh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CsvOptions;
+    use std::io::Write;
+
+    fn png(path: &Path, shade: u8) {
+        RgbImage::from_pixel(8, 6, image::Rgb([shade, 0, 0]))
+            .save(path)
+            .unwrap();
+    }
+
+    fn load_all(set: &SampleSet) -> (Vec<Sample>, Vec<(String, SkipReason)>) {
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        for i in 0..set.len() {
+            match set.load(i, 8) {
+                Ok(s) => ok.push(s),
+                Err(r) => bad.push((set.name(i).to_string(), r)),
+            }
+        }
+        (ok, bad)
+    }
+
+    #[test]
+    fn folder_pairs_skips_and_counts() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        png(&d.path().join("a.png"), 10);
+        std::fs::write(d.path().join("a.txt"), "red square\n").unwrap();
+        png(&sub.join("b.png"), 20);
+        std::fs::write(sub.join("b.txt"), "nested").unwrap();
+        png(&d.path().join("lonely.png"), 30);
+        std::fs::write(d.path().join("orphan.txt"), "no image").unwrap();
+        std::fs::write(d.path().join("broken.png"), b"garbage").unwrap();
+        std::fs::write(d.path().join("broken.txt"), "broken").unwrap();
+        png(&d.path().join("latin1.png"), 40);
+        std::fs::write(d.path().join("latin1.txt"), b"caf\xe9").unwrap();
+        png(&d.path().join("empty.png"), 50);
+        std::fs::write(d.path().join("empty.txt"), " \n").unwrap();
+        let set = SampleSet::scan(&[Source::Folder(d.path().to_path_buf())]).unwrap();
+        // Listing reads no caption and decodes nothing: the bad ones are found on loading.
+        assert_eq!(set.len(), 5);
+        let kinds: Vec<&SkipReason> = set.scan_skips().iter().map(|s| &s.reason).collect();
+        assert_eq!(kinds, [&SkipReason::NoCaption, &SkipReason::NoImage]);
+        let (ok, bad) = load_all(&set);
+        let caps: Vec<&str> = ok.iter().map(|s| s.captions[0].as_str()).collect();
+        assert_eq!(caps, ["red square", "nested"]);
+        let why: Vec<String> = bad.iter().map(|(n, r)| format!("{n}: {r}")).collect();
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why[0].contains("broken.png") && why[0].contains("unreadable image"));
+        assert!(why[1].contains("empty.png") && why[1].contains("empty caption"));
+        assert!(why[2].contains("latin1.png") && why[2].contains("UTF-8"));
+        assert_eq!(ok[0].image.dimensions(), (8, 6));
+    }
+
+    #[test]
+    fn csv_jsonl_and_tar_sources() {
+        let d = tempfile::tempdir().unwrap();
+        png(&d.path().join("x.png"), 1);
+        png(&d.path().join("y.png"), 2);
+        std::fs::write(
+            d.path().join("m.tsv"),
+            "filepath\ttitle\nx.png\ta cat\ny.png\ta dog\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("m.csv"),
+            "img,text\nx.png,\"a cat, sitting\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("m.jsonl"),
+            "{\"image\": \"x.png\", \"caption\": \"c1\"}\n{\"image\": \"y.png\", \"captions\": [\"c2\", \"c3\"]}\n",
+        )
+        .unwrap();
+        let mut builder = tar::Builder::new(std::fs::File::create(d.path().join("s.tar")).unwrap());
+        builder
+            .append_path_with_name(d.path().join("x.png"), "k1.png")
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_cksum();
+        builder
+            .append_data(&mut h, "k1.txt", &b"shard"[..])
+            .unwrap();
+        builder.into_inner().unwrap().flush().unwrap();
+        let opts = CsvOptions::default();
+        let src = |n: &str| Source::from_path(&d.path().join(n), &opts).unwrap();
+        let first = |set: &SampleSet, i: usize| set.load(i, 8).unwrap().captions;
+        let tsv = SampleSet::scan(&[src("m.tsv")]).unwrap();
+        assert_eq!(first(&tsv, 1), ["a dog"]);
+        let csv = Source::Csv(
+            d.path().join("m.csv"),
+            CsvOptions {
+                separator: b',',
+                img_key: "img".into(),
+                caption_key: "text".into(),
+            },
+        );
+        assert_eq!(
+            first(&SampleSet::scan(&[csv]).unwrap(), 0),
+            ["a cat, sitting"]
+        );
+        let js = SampleSet::scan(&[src("m.jsonl")]).unwrap();
+        assert_eq!(first(&js, 1), ["c2", "c3"]);
+        let tar = SampleSet::scan(&[src("s.tar")]).unwrap();
+        assert_eq!(first(&tar, 0), ["shard"]);
+        assert_eq!(tar.load(0, 8).unwrap().image.dimensions(), (8, 6));
+        let both = SampleSet::scan(&[src("m.tsv"), src("s.tar")]).unwrap();
+        assert_eq!(both.len(), 3);
+        assert_eq!(both.shard_ranges().len(), 1);
+        assert_eq!(both.shard_ranges()[0], 2..3);
+    }
+
+    #[test]
+    fn image_only_listing_keeps_uncaptioned_images() {
+        let d = tempfile::tempdir().unwrap();
+        png(&d.path().join("a.png"), 10);
+        std::fs::write(d.path().join("a.txt"), "captioned").unwrap();
+        png(&d.path().join("b.png"), 20);
+        std::fs::write(d.path().join("broken.png"), b"garbage").unwrap();
+        let set = SampleSet::scan_images(&[Source::Folder(d.path().to_path_buf())]).unwrap();
+        let (ok, bad) = load_all(&set);
+        assert_eq!(ok.len(), 2);
+        assert!(ok[1].captions.is_empty());
+        assert_eq!(bad.len(), 1);
+        std::fs::write(
+            d.path().join("l.tsv"),
+            "filepath\tlabel\na.png\t3\nb.png\t4\n",
+        )
+        .unwrap();
+        let src = Source::from_path(&d.path().join("l.tsv"), &CsvOptions::default()).unwrap();
+        assert_eq!(
+            SampleSet::scan_images(std::slice::from_ref(&src))
+                .unwrap()
+                .len(),
+            2
+        );
+        let err = SampleSet::scan(&[src]).unwrap_err().to_string();
+        assert!(err.contains("`title`"), "{err}");
+    }
+
+    #[test]
+    fn bad_manifests_and_empty_data_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("m.tsv"), "path\tcaption\nx.png\thi\n").unwrap();
+        let err =
+            SampleSet::scan(&[
+                Source::from_path(&d.path().join("m.tsv"), &CsvOptions::default()).unwrap(),
+            ])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.tsv") && err.contains("`filepath`") && err.contains("path, caption"),
+            "{err}"
+        );
+        std::fs::write(d.path().join("m.jsonl"), "{\"image\": \"x.png\"}\n").unwrap();
+        let err = SampleSet::scan(&[Source::Jsonl(d.path().join("m.jsonl"))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m.jsonl:1"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::write(empty.path().join("a.txt"), "caption only").unwrap();
+        let err = SampleSet::scan(&[Source::Folder(empty.path().to_path_buf())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no usable") && err.contains("captions without an image"),
+            "{err}"
+        );
+        let err = Source::from_path(&d.path().join("missing"), &CsvOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    /// A shard with `n` PNG + caption members, optionally cut `cut` bytes short.
+    fn shard(path: &Path, n: usize, extra: &[(&str, &[u8])]) {
+        let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+        let mut png_bytes = Vec::new();
+        RgbImage::from_pixel(8, 6, image::Rgb([9, 9, 9]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut png_bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        for k in 0..n {
+            add(&format!("{k:05}.png"), &png_bytes);
+            add(&format!("{k:05}.txt"), format!("caption {k}").as_bytes());
+            add(&format!("{k:05}.json"), b"{}");
+        }
+        for (name, data) in extra {
+            add(name, data);
+        }
+        b.into_inner().unwrap().flush().unwrap();
+    }
+
+    #[test]
+    fn damaged_shards_keep_what_precedes_the_damage() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.tar");
+        shard(
+            &p,
+            3,
+            &[
+                ("00003.png", b"not a png"),
+                ("00003.txt", b"corrupt"),
+                ("00004.png", b"x"),
+            ],
+        );
+        let set = SampleSet::scan(&[Source::Tar(p.clone())]).unwrap();
+        assert_eq!(set.len(), 4);
+        assert_eq!(set.scan_skips().len(), 1, "{:?}", set.scan_skips());
+        assert_eq!(set.scan_skips()[0].reason, SkipReason::NoCaption);
+        let (ok, bad) = load_all(&set);
+        assert_eq!(ok.len(), 3);
+        assert!(matches!(bad[0].1, SkipReason::Image(_)), "{bad:?}");
+        // Cut the shard in the middle of its second image.
+        let bytes = std::fs::read(&p).unwrap();
+        let cut = d.path().join("cut.tar");
+        std::fs::write(&cut, &bytes[..512 * 7 + 10]).unwrap();
+        let set = SampleSet::scan(&[Source::Tar(cut)]).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(
+            matches!(&set.scan_skips()[0].reason, SkipReason::Shard(w) if w.contains("cut off")),
+            "{:?}",
+            set.scan_skips()
+        );
+        assert_eq!(load_all(&set).0.len(), 1);
+    }
+
+    #[test]
+    fn shard_folders_and_patterns_expand() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            shard(&d.path().join(format!("{i:05}.tar")), 2, &[]);
+        }
+        std::fs::write(d.path().join("00000_stats.json"), b"{}").unwrap();
+        let opts = CsvOptions::default();
+        let folder = Source::expand(d.path(), &opts).unwrap();
+        assert_eq!(folder.len(), 3);
+        assert!(matches!(&folder[2], Source::Tar(p) if p.ends_with("00002.tar")));
+        let braces = format!("{}/{{00000..00001}}.tar", d.path().display());
+        assert_eq!(Source::expand(Path::new(&braces), &opts).unwrap().len(), 2);
+        let set = SampleSet::scan(&folder).unwrap();
+        assert_eq!(set.len(), 6);
+        assert_eq!(set.shard_ranges(), [0..2, 2..4, 4..6]);
+        assert_eq!(
+            set.name(3),
+            format!("{}:00001", d.path().join("00001.tar").display())
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! The streaming data path end to end: batches from webdataset shards are the same whether
+//! decoded images are cached or not, a run killed in the middle of a shard resumes onto
+//! exactly the samples it would have seen, bad samples are skipped, counted and listed while
+//! the run goes on, and the cache's memory stays within its budget whatever the data size.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use clip_data::{
+    AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
+};
+use clip_model::{ClipConfig, Preprocess, TextConfig, VisionConfig};
+use clip_train::{train, Loader, LoaderMode, LoaderSpec, Observer, RunSetup, TrainConfig};
+use image::RgbImage;
+
+fn tokenizer_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tokenizer.json")
+}
+
+fn tokenizer() -> clip_model::ClipTokenizer {
+    clip_model::ClipTokenizer::from_file(&tokenizer_file(), 8).unwrap()
+}
+
+fn jpeg(seed: u32) -> Vec<u8> {
+    let img = RgbImage::from_fn(24, 20, |x, y| {
+        image::Rgb([
+            (x * 10 + seed * 37) as u8,
+            (y * 12 + seed * 11) as u8,
+            (seed * 53) as u8,
+        ])
+    });
+    let mut out = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut out),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    out
+}
+
+/// Members of one webdataset sample, img2dataset style.
+enum Member<'a> {
+    Good(u32),
+    CorruptImage,
+    Caption(&'a [u8]),
+    NoCaption,
+}
+
+/// A shard `name` with samples `keys`, each as `kind` says.
+fn shard(path: &Path, samples: &[(u32, Member)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut add = |name: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    for (key, m) in samples {
+        let k = format!("{key:09}");
+        match m {
+            Member::Good(seed) => {
+                add(format!("{k}.jpg"), &jpeg(*seed));
+                add(
+                    format!("{k}.txt"),
+                    format!("sample number {key}").as_bytes(),
+                );
+            }
+            Member::CorruptImage => {
+                let mut bytes = jpeg(*key);
+                bytes.truncate(bytes.len() / 3);
+                add(format!("{k}.jpg"), &bytes);
+                add(format!("{k}.txt"), b"a corrupt jpeg");
+            }
+            Member::Caption(text) => {
+                add(format!("{k}.jpg"), &jpeg(*key));
+                add(format!("{k}.txt"), text);
+            }
+            Member::NoCaption => add(format!("{k}.jpg"), &jpeg(*key)),
+        }
+        add(
+            format!("{k}.json"),
+            format!("{{\"key\": \"{k}\"}}").as_bytes(),
+        );
+    }
+    b.into_inner().unwrap().flush().unwrap();
+}
+
+/// `n_shards` shards of `per` good samples each under `dir`.
+fn good_shards(dir: &Path, n_shards: u32, per: u32) -> Vec<Source> {
+    (0..n_shards)
+        .map(|s| {
+            let p = dir.join(format!("{s:05}.tar"));
+            let samples: Vec<(u32, Member)> = (0..per)
+                .map(|i| (s * per + i, Member::Good(s * per + i)))
+                .collect();
+            shard(&p, &samples);
+            Source::Tar(p)
+        })
+        .collect()
+}
+
+fn spec(data: Arc<SampleSet>, cache: CacheConfig, batch: usize) -> LoaderSpec {
+    LoaderSpec {
+        data,
+        cache: Arc::new(DecodedCache::new(&cache)),
+        aug: Augmenter::new(
+            AugmentConfig::default(),
+            Preprocess {
+                image_size: 16,
+                ..Preprocess::default()
+            },
+        ),
+        mode: LoaderMode::Captions(Box::new(tokenizer())),
+        batch,
+        seed: 5,
+        order: OrderConfig {
+            shuffle_buffer: 7,
+            ..OrderConfig::default()
+        },
+        max_short_side: 32,
+    }
+}
+
+type Seen = Vec<(Vec<f32>, Vec<Vec<u32>>, Vec<usize>, usize)>;
+
+fn batches(spec: LoaderSpec, steps: std::ops::Range<usize>, start: usize) -> Seen {
+    let loader = Loader::spawn(spec, steps.clone(), start, 2);
+    steps
+        .map(|_| {
+            let b = loader.next().unwrap();
+            (b.pixels, b.ids, b.items, b.next_position)
+        })
+        .collect()
+}
+
+#[test]
+fn streaming_and_cached_batches_are_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let data = Arc::new(SampleSet::scan(&good_shards(d.path(), 3, 10)).unwrap());
+    let off = CacheConfig {
+        mode: CacheMode::Off,
+        mem_bytes: None,
+    };
+    let on = CacheConfig {
+        mode: CacheMode::On,
+        mem_bytes: None,
+    };
+    // 12 steps of 8 = 3.2 epochs: the cached run serves epochs 2–4 from memory.
+    let streamed = batches(spec(Arc::clone(&data), off.clone(), 8), 0..12, 0);
+    let cached_spec = spec(Arc::clone(&data), on, 8);
+    let cache = Arc::clone(&cached_spec.cache);
+    let cached = batches(cached_spec, 0..12, 0);
+    assert_eq!(cache.len(), 30, "every sample decoded once and kept");
+    assert_eq!(streamed.len(), cached.len());
+    for (s, c) in streamed.iter().zip(&cached) {
+        assert_eq!(s.0.len(), 8 * 3 * 16 * 16);
+        assert!(s.0.iter().all(|x| x.is_finite()));
+        assert_eq!(s.0, c.0, "bit-identical pixels");
+        assert_eq!(s.1, c.1, "same token ids");
+        assert_eq!(s.2, c.2, "same samples");
+    }
+    // Starting at step 7's position gives step 7's batch (what resume relies on).
+    let resumed = batches(spec(data, off, 8), 7..9, streamed[6].3);
+    assert_eq!(resumed[0].0, streamed[7].0);
+    assert_eq!(resumed[1].2, streamed[8].2);
+}
+
+#[test]
+fn the_cache_stays_within_its_budget_for_ten_times_the_data() {
+    let d = tempfile::tempdir().unwrap();
+    let small = Arc::new(SampleSet::scan(&good_shards(&d.path().join(""), 2, 10)).unwrap());
+    let big_dir = d.path().join("big");
+    std::fs::create_dir(&big_dir).unwrap();
+    let big = Arc::new(SampleSet::scan(&good_shards(&big_dir, 20, 10)).unwrap());
+    let one = small.load(0, 32).unwrap().bytes() as u64;
+    let budget = 12 * one;
+    let held = |data: Arc<SampleSet>, mode| {
+        let s = spec(
+            data,
+            CacheConfig {
+                mode,
+                mem_bytes: Some(budget),
+            },
+            10,
+        );
+        let cache = Arc::clone(&s.cache);
+        let n = 2 * s.data.len() / 10;
+        batches(s, 0..n, 0);
+        (cache.bytes(), cache.len())
+    };
+    let (small_bytes, _) = held(Arc::clone(&small), CacheMode::Auto);
+    let (big_bytes, big_len) = held(Arc::clone(&big), CacheMode::Auto);
+    assert!(
+        small_bytes <= budget && big_bytes <= budget,
+        "{small_bytes} {big_bytes}"
+    );
+    assert!(
+        big_len >= 10,
+        "the cache is used up to its budget ({big_len})"
+    );
+    assert_eq!(held(big, CacheMode::Off), (0, 0), "off keeps nothing");
+}
+
+fn model_config() -> ClipConfig {
+    ClipConfig {
+        projection_dim: 16,
+        logit_scale_init_value: 2.6592,
+        text_config: TextConfig {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_attention_heads: 2,
+            num_hidden_layers: 1,
+            max_position_embeddings: 8,
+            hidden_act: "gelu".into(),
+            pad_token_id: 49407,
+            ..TextConfig::default()
+        },
+        vision_config: VisionConfig {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_attention_heads: 2,
+            num_hidden_layers: 1,
+            image_size: 16,
+            patch_size: 8,
+            hidden_act: "gelu".into(),
+            ..VisionConfig::default()
+        },
+    }
+}
+
+fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
+    RunSetup {
+        out: out.to_path_buf(),
+        preprocess: Preprocess {
+            image_size: 16,
+            ..Preprocess::default()
+        },
+        model: model_config(),
+        init: None,
+        tokenizer_file: tokenizer_file(),
+        tokenizer: tokenizer(),
+        train: TrainConfig {
+            steps,
+            batch_size: 6,
+            lr: 3e-3,
+            warmup: 2,
+            seed: 3,
+            save_every: 4,
+            keep_last: 2,
+            log_every: 1,
+            order: OrderConfig {
+                shuffle_buffer: 5,
+                ..OrderConfig::default()
+            },
+            cache: CacheConfig {
+                mode: CacheMode::Off,
+                mem_bytes: None,
+            },
+            ..TrainConfig::default()
+        },
+        resume,
+        labels: None,
+    }
+}
+
+/// Two shards with every kind of bad sample among good ones, and a third cut off mid-member.
+fn bad_data(dir: &Path) -> Vec<Source> {
+    let a = dir.join("00000.tar");
+    shard(
+        &a,
+        &[
+            (0, Member::Good(0)),
+            (1, Member::Good(1)),
+            (2, Member::CorruptImage),
+            (3, Member::Good(3)),
+            (4, Member::Caption(b"caf\xe9 au lait")),
+            (5, Member::Good(5)),
+            (6, Member::Caption(b"   ")),
+            (7, Member::Good(7)),
+        ],
+    );
+    let b = dir.join("00001.tar");
+    shard(
+        &b,
+        &[
+            (8, Member::Good(8)),
+            (9, Member::NoCaption),
+            (10, Member::Good(10)),
+            (11, Member::Good(11)),
+            (12, Member::Good(12)),
+            (13, Member::Good(13)),
+        ],
+    );
+    let c = dir.join("00002.tar");
+    shard(
+        &c,
+        &[
+            (14, Member::Good(14)),
+            (15, Member::Good(15)),
+            (16, Member::Good(16)),
+        ],
+    );
+    let bytes = std::fs::read(&c).unwrap();
+    std::fs::write(&c, &bytes[..bytes.len() - 1024 - 700]).unwrap();
+    vec![Source::Tar(a), Source::Tar(b), Source::Tar(c)]
+}
+
+struct Quiet;
+impl Observer for Quiet {}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn bad_samples_are_skipped_counted_and_listed_and_resume_is_exact() {
+    let d = tempfile::tempdir().unwrap();
+    let data = Arc::new(SampleSet::scan(&bad_data(d.path())).unwrap());
+    let whole = tempfile::tempdir().unwrap();
+    let summary = train(
+        setup(whole.path(), 10, false),
+        Arc::clone(&data),
+        &Device::Cpu,
+        &mut Quiet,
+    )
+    .unwrap();
+    let listed = std::fs::read_to_string(whole.path().join("skipped.tsv")).unwrap();
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    let has = |name: &str, why: &str| {
+        rows.iter()
+            .any(|r| r.contains(name) && r.to_lowercase().contains(why))
+    };
+    assert!(has("00000.tar:000000002", "unreadable image"), "{listed}");
+    assert!(has("00000.tar:000000004", "utf-8"), "{listed}");
+    assert!(has("00000.tar:000000006", "empty caption"), "{listed}");
+    assert!(has("00001.tar:000000009", "without a caption"), "{listed}");
+    assert!(has("00002.tar", "cut off"), "{listed}");
+    assert_eq!(
+        rows.len(),
+        5,
+        "each listed once, over several epochs: {listed}"
+    );
+    assert_eq!(summary.skipped, 5);
+    assert!(whole.path().join("final/model.safetensors").is_file());
+
+    // Killed after the step-4 checkpoint (inside the second shard's samples), then resumed.
+    let parts = tempfile::tempdir().unwrap();
+    struct StopAt4;
+    impl Observer for StopAt4 {
+        fn on_checkpoint(&mut self, dir: &Path) {
+            if dir.ends_with("checkpoint-4") {
+                panic!("simulated kill");
+            }
+        }
+    }
+    let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = train(
+            setup(parts.path(), 10, false),
+            Arc::clone(&data),
+            &Device::Cpu,
+            &mut StopAt4,
+        );
+    }));
+    assert!(killed.is_err());
+    let resumed = train(
+        setup(parts.path(), 10, true),
+        data,
+        &Device::Cpu,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(
+        weights(&whole.path().join("final")),
+        weights(&parts.path().join("final")),
+        "the resumed run equals the uninterrupted one"
+    );
+    assert_eq!(
+        std::fs::read_to_string(parts.path().join("skipped.tsv")).unwrap(),
+        listed,
+        "and lists the same skips"
+    );
+    assert_eq!(resumed.skipped, 5);
+}
+
+#[test]
+fn data_with_no_usable_sample_is_an_error_that_says_why() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bad.tar");
+    shard(
+        &p,
+        &[
+            (0, Member::CorruptImage),
+            (1, Member::CorruptImage),
+            (2, Member::Caption(b"\xff\xfe")),
+        ],
+    );
+    let data = Arc::new(SampleSet::scan(&[Source::Tar(p)]).unwrap());
+    let out = tempfile::tempdir().unwrap();
+    let err = train(setup(out.path(), 3, false), data, &Device::Cpu, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no usable sample") && err.contains("unreadable image"),
+        "{err}"
+    );
+}
