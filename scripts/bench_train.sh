@@ -4,6 +4,7 @@
 # Peak resident memory of each process comes from /usr/bin/time -v.
 #
 # usage: scripts/bench_train.sh [STEPS] [BATCH] [ROUNDS]
+#   CLIP_BIN=path/to/clip measures another build (e.g. the previous commit's) in the same way.
 # needs: /tmp/peers (see ../shared/bench/README.md), ../shared/datasets/emoji
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +13,12 @@ BENCH=${BENCH_DIR:-../shared/bench}; DATA=${DATA_DIR:-../shared/datasets/emoji}
 WORK=${WORK_DIR:-/tmp/clip-bench-train}
 export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
-cargo build --release -q
+CLIP=${CLIP_BIN:-./target/release/clip}
+[ -n "${CLIP_BIN:-}" ] || cargo build --release -q
 mkdir -p "$WORK"
 printf '| round | clip train (samples/s) | open_clip (samples/s) | ratio | clip peak RSS (MiB) | open_clip peak RSS (MiB) |\n|---|---|---|---|---|---|\n'
 for r in $(seq 1 "$ROUNDS"); do
-  /usr/bin/time -v ./target/release/clip train --data "$DATA/google" --preset tiny --steps "$STEPS" \
+  /usr/bin/time -v "$CLIP" train --data "$DATA/google" --preset tiny --steps "$STEPS" \
       --batch-size "$BATCH" --warmup 2 --log-every "$STEPS" --out "$WORK/run" >/dev/null 2>"$WORK/ours.time"
   # Measured as the peer measures itself: all steps, the first included, over the time of the
   # training loop (`elapsed_s` of the last step counts from just before the first batch).

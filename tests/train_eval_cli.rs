@@ -189,3 +189,125 @@ fn bad_training_inputs_are_named() {
     assert!(!o.status.success() && err.contains("run.json"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+/// Appends a tar member.
+fn member(b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, name, data).unwrap();
+}
+
+#[test]
+fn shard_patterns_stream_and_bad_samples_are_skipped_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    let images = image_paths();
+    // Two img2dataset-style shards of the fixture images; the second has a corrupt image in
+    // its middle, a Latin-1 caption and an image without a caption.
+    for s in 0..2 {
+        let mut b =
+            tar::Builder::new(std::fs::File::create(shards.join(format!("{s:05}.tar"))).unwrap());
+        for (i, p) in images.iter().enumerate().skip(s * 6).take(6) {
+            let key = format!("{i:09}");
+            let ext = p.extension().unwrap().to_string_lossy().to_string();
+            let mut bytes = std::fs::read(p).unwrap();
+            if s == 1 && i == 8 {
+                bytes.truncate(40);
+            }
+            member(&mut b, &format!("{key}.{ext}"), &bytes);
+            match (s, i) {
+                (1, 9) => member(&mut b, &format!("{key}.txt"), b"caf\xe9 cr\xe8me"),
+                (1, 10) => {}
+                _ => member(
+                    &mut b,
+                    &format!("{key}.txt"),
+                    format!("picture {i}").as_bytes(),
+                ),
+            }
+            member(&mut b, &format!("{key}.json"), b"{\"status\": \"success\"}");
+        }
+        b.finish().unwrap();
+    }
+    // And a folder whose one Latin-1 caption used to stop the whole run.
+    let folder = folder_dataset(tmp.path());
+    std::fs::write(
+        folder
+            .join(image_paths()[0].file_name().unwrap())
+            .with_extension("txt"),
+        b"na\xefve",
+    )
+    .unwrap();
+    let init = fixtures().join("hf_tiny");
+    let run = tmp.path().join("run");
+    let braces = format!("{}/{{00000..00001}}.tar", shards.display());
+    let out = ok(&clip(&[
+        "train",
+        "--init",
+        init.to_str().unwrap(),
+        "--data",
+        &braces,
+        "--data",
+        folder.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--out",
+        run.to_str().unwrap(),
+        "--cache",
+        "off",
+    ]));
+    assert!(out.contains("skipped 4 samples"), "{out}");
+    let listed = std::fs::read_to_string(run.join("skipped.tsv")).unwrap();
+    assert!(listed.starts_with("step\tsample\treason\n"), "{listed}");
+    for (name, why) in [
+        ("00001.tar:000000008", "unreadable image"),
+        ("00001.tar:000000009", "not valid UTF-8"),
+        ("00001.tar:000000010", "without a caption"),
+        ("data/", "not valid UTF-8"),
+    ] {
+        assert!(
+            listed.lines().any(|l| l.contains(name) && l.contains(why)),
+            "{name}: {why} not in\n{listed}"
+        );
+    }
+    // A glob and a folder of shards name the same data; a pattern matching nothing is named.
+    let glob = format!("{}/*.tar", shards.display());
+    for data in [glob.as_str(), shards.to_str().unwrap()] {
+        let o = clip(&[
+            "train",
+            "--init",
+            init.to_str().unwrap(),
+            "--data",
+            data,
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            tmp.path().join("run2").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() && err.contains("training data: 11 image–caption pairs"),
+            "{err}"
+        );
+    }
+    let missing = format!("{}/{{00000..00002}}.tar", shards.display());
+    let o = clip(&[
+        "train",
+        "--init",
+        init.to_str().unwrap(),
+        "--data",
+        &missing,
+        "--steps",
+        "1",
+        "--out",
+        tmp.path().join("run3").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("00002.tar"), "{err}");
+}

@@ -12,6 +12,7 @@ mod labels;
 mod order;
 mod samples;
 mod source;
+pub mod synth;
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use cache::{parse_bytes, physical_memory, CacheConfig, CacheMode, DecodedCache};

@@ -807,6 +807,12 @@ pub fn train(
 ) -> Result<Summary> {
     let t = setup.train.clone();
     t.validate()?;
+    if data.is_empty() {
+        return Err(TrainError::Config {
+            field: "data",
+            reason: "there are no samples to train on".into(),
+        });
+    }
     std::fs::create_dir_all(&setup.out).map_err(io("cannot create", &setup.out))?;
     let metrics_path = setup.out.join("metrics.jsonl");
 

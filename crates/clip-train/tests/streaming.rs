@@ -3,21 +3,21 @@
 //! exactly the samples it would have seen, bad samples are skipped, counted and listed while
 //! the run goes on, and the cache's memory stays within its budget whatever the data size.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+
+use common::*;
 
 use candle_core::Device;
 use clip_data::{
     AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
 };
-use clip_model::{ClipConfig, Preprocess, TextConfig, VisionConfig};
+use clip_model::Preprocess;
 use clip_train::{train, Loader, LoaderMode, LoaderSpec, Observer, RunSetup, TrainConfig};
 use image::RgbImage;
-
-fn tokenizer_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tokenizer.json")
-}
 
 fn tokenizer() -> clip_model::ClipTokenizer {
     clip_model::ClipTokenizer::from_file(&tokenizer_file(), 8).unwrap()
@@ -204,33 +204,6 @@ fn the_cache_stays_within_its_budget_for_ten_times_the_data() {
     assert_eq!(held(big, CacheMode::Off), (0, 0), "off keeps nothing");
 }
 
-fn model_config() -> ClipConfig {
-    ClipConfig {
-        projection_dim: 16,
-        logit_scale_init_value: 2.6592,
-        text_config: TextConfig {
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_attention_heads: 2,
-            num_hidden_layers: 1,
-            max_position_embeddings: 8,
-            hidden_act: "gelu".into(),
-            pad_token_id: 49407,
-            ..TextConfig::default()
-        },
-        vision_config: VisionConfig {
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_attention_heads: 2,
-            num_hidden_layers: 1,
-            image_size: 16,
-            patch_size: 8,
-            hidden_act: "gelu".into(),
-            ..VisionConfig::default()
-        },
-    }
-}
-
 fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
     RunSetup {
         out: out.to_path_buf(),
@@ -306,19 +279,6 @@ fn bad_data(dir: &Path) -> Vec<Source> {
     let bytes = std::fs::read(&c).unwrap();
     std::fs::write(&c, &bytes[..bytes.len() - 1024 - 700]).unwrap();
     vec![Source::Tar(a), Source::Tar(b), Source::Tar(c)]
-}
-
-struct Quiet;
-impl Observer for Quiet {}
-
-fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let t = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = t
-        .into_iter()
-        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 #[test]

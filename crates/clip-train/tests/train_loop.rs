@@ -2,47 +2,20 @@
 //! bit under a seed, a resumed run equals an uninterrupted one, and failures keep the last
 //! good checkpoint.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
+
+use common::*;
 
 use candle_core::Device;
 use clip_data::{Item, SampleSet};
-use clip_model::{ClipConfig, Preprocess, TextConfig, VisionConfig};
+use clip_model::Preprocess;
 use clip_train::{
     train, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, TrainConfig,
 };
 use image::RgbImage;
-
-fn tokenizer_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tokenizer.json")
-}
-
-fn model_config() -> ClipConfig {
-    ClipConfig {
-        projection_dim: 16,
-        logit_scale_init_value: 2.6592,
-        text_config: TextConfig {
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_attention_heads: 2,
-            num_hidden_layers: 1,
-            max_position_embeddings: 8,
-            hidden_act: "gelu".into(),
-            pad_token_id: 49407,
-            ..TextConfig::default()
-        },
-        vision_config: VisionConfig {
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_attention_heads: 2,
-            num_hidden_layers: 1,
-            image_size: 16,
-            patch_size: 8,
-            hidden_act: "gelu".into(),
-            ..VisionConfig::default()
-        },
-    }
-}
 
 /// 16 pairs: a colour in one of four quadrants, captioned with both.
 fn dataset() -> Arc<SampleSet> {
@@ -101,19 +74,6 @@ fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
         resume,
         labels: None,
     }
-}
-
-struct Quiet;
-impl Observer for Quiet {}
-
-fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let t = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = t
-        .into_iter()
-        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 fn losses(run: &Path) -> Vec<f64> {
