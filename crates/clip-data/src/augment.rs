@@ -124,19 +124,10 @@ impl Augmenter {
         let (sin, cos) = angle.sin_cos();
         let (mx, my) = (cx + cw / 2.0, cy + ch / 2.0);
         let mut rgb = vec![0f32; 3 * s * s];
-        for v in 0..s {
-            for u in 0..s {
-                let uu = if flip { s - 1 - u } else { u };
-                // Offset from the crop centre in source pixels, then rotated about it.
-                let dx = ((uu as f32 + 0.5) / s as f32 - 0.5) * cw;
-                let dy = ((v as f32 + 0.5) / s as f32 - 0.5) * ch;
-                let sx = mx + cos * dx - sin * dy - 0.5;
-                let sy = my + sin * dx + cos * dy - 0.5;
-                let px = bilinear(img, sx, sy);
-                for c in 0..3 {
-                    rgb[c * s * s + v * s + u] = px[c] / 255.0;
-                }
-            }
+        if angle == 0.0 {
+            resample_axis_aligned(img, &mut rgb, s, flip, (mx, my), (cw, ch));
+        } else {
+            resample_rotated(img, &mut rgb, s, flip, (mx, my), (cw, ch), (sin, cos));
         }
         if self.cfg.color_jitter > 0.0 {
             let j = self.cfg.color_jitter;
@@ -162,6 +153,107 @@ impl Augmenter {
             }
         }
         rgb
+    }
+}
+
+/// Offset of output pixel `i` (of `s`) from the crop centre, in source pixels.
+fn offset(i: usize, s: usize, extent: f32) -> f32 {
+    ((i as f32 + 0.5) / s as f32 - 0.5) * extent
+}
+
+/// Resamples the crop centred at `m` of size `size`, rotated by the angle of `(sin, cos)`
+/// about its centre, into `rgb` (CHW, `[0, 1]`).
+fn resample_rotated(
+    img: &RgbImage,
+    rgb: &mut [f32],
+    s: usize,
+    flip: bool,
+    (mx, my): (f32, f32),
+    (cw, ch): (f32, f32),
+    (sin, cos): (f32, f32),
+) {
+    for v in 0..s {
+        for u in 0..s {
+            let uu = if flip { s - 1 - u } else { u };
+            let dx = offset(uu, s, cw);
+            let dy = offset(v, s, ch);
+            let sx = mx + cos * dx - sin * dy - 0.5;
+            let sy = my + sin * dx + cos * dy - 0.5;
+            let px = bilinear(img, sx, sy);
+            for c in 0..3 {
+                rgb[c * s * s + v * s + u] = px[c] / 255.0;
+            }
+        }
+    }
+}
+
+/// Where one output coordinate samples the source along one axis: the two neighbouring
+/// source indices (clamped), whether each is usable (inside, or just outside the edge),
+/// and the interpolation weight.
+#[derive(Clone, Copy)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    ok0: bool,
+    ok1: bool,
+    f: f32,
+}
+
+impl Tap {
+    fn new(pos: f32, len: u32) -> Self {
+        let p0 = pos.floor();
+        let i = p0 as i64;
+        let clamp = |k: i64| k.clamp(0, len as i64 - 1);
+        let (c0, c1) = (clamp(i), clamp(i + 1));
+        Self {
+            i0: c0 as usize,
+            i1: c1 as usize,
+            ok0: (i - c0).abs() <= 1,
+            ok1: (i + 1 - c1).abs() <= 1,
+            f: pos - p0,
+        }
+    }
+}
+
+/// [`resample_rotated`] without rotation: the source position of a pixel is separable, so
+/// the taps of each column and row are computed once. Same arithmetic, same bits.
+fn resample_axis_aligned(
+    img: &RgbImage,
+    rgb: &mut [f32],
+    s: usize,
+    flip: bool,
+    (mx, my): (f32, f32),
+    (cw, ch): (f32, f32),
+) {
+    let (w, h) = img.dimensions();
+    let cols: Vec<Tap> = (0..s)
+        .map(|u| {
+            let uu = if flip { s - 1 - u } else { u };
+            Tap::new(mx + offset(uu, s, cw) - 0.5, w)
+        })
+        .collect();
+    let raw = img.as_raw();
+    let stride = 3 * w as usize;
+    let white = [255f32; 3];
+    for v in 0..s {
+        let row = Tap::new(my + offset(v, s, ch) - 0.5, h);
+        let (r0, r1) = (&raw[row.i0 * stride..], &raw[row.i1 * stride..]);
+        let px = |r: &[u8], ok: bool, x: usize, okx: bool| -> [f32; 3] {
+            if ok && okx {
+                [r[3 * x] as f32, r[3 * x + 1] as f32, r[3 * x + 2] as f32]
+            } else {
+                white
+            }
+        };
+        for (u, t) in cols.iter().enumerate() {
+            let (a, b) = (px(r0, row.ok0, t.i0, t.ok0), px(r0, row.ok0, t.i1, t.ok1));
+            let (c, d) = (px(r1, row.ok1, t.i0, t.ok0), px(r1, row.ok1, t.i1, t.ok1));
+            for k in 0..3 {
+                let top = a[k] + (b[k] - a[k]) * t.f;
+                let bot = c[k] + (d[k] - c[k]) * t.f;
+                rgb[k * s * s + v * s + u] = (top + (bot - top) * row.f) / 255.0;
+            }
+        }
     }
 }
 
@@ -305,6 +397,33 @@ mod tests {
             assert!(
                 (grey[i] - grey[64 + i]).abs() < 1e-6 && (grey[i] - grey[128 + i]).abs() < 1e-6
             );
+        }
+    }
+
+    #[test]
+    fn axis_aligned_resampling_equals_the_general_one_bit_for_bit() {
+        let img = RgbImage::from_fn(37, 23, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x * y) % 251) as u8])
+        });
+        let s = 16;
+        let mut rng = SplitMix64::new(3);
+        for case in 0..50 {
+            let flip = case % 2 == 0;
+            // Crops inside, across the edges, and wholly outside (white).
+            let m = (
+                rng.next_f64() as f32 * 60.0 - 10.0,
+                rng.next_f64() as f32 * 40.0 - 8.0,
+            );
+            let size = (
+                1.0 + rng.next_f64() as f32 * 50.0,
+                1.0 + rng.next_f64() as f32 * 30.0,
+            );
+            let mut fast = vec![0f32; 3 * s * s];
+            let mut general = vec![0f32; 3 * s * s];
+            resample_axis_aligned(&img, &mut fast, s, flip, m, size);
+            resample_rotated(&img, &mut general, s, flip, m, size, 0f32.sin_cos());
+            assert!(fast.iter().all(|x| x.is_finite()));
+            assert_eq!(fast, general, "case {case}: {m:?} {size:?}");
         }
     }
 
