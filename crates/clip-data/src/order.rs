@@ -133,11 +133,6 @@ impl Order {
         self.epoch = e;
     }
 
-    /// The epoch a position falls in.
-    pub fn epoch_of(&self, pos: usize) -> usize {
-        pos / self.epoch_len()
-    }
-
     /// Sample index at global position `pos`.
     pub fn index(&mut self, pos: usize) -> usize {
         let len = self.epoch_len();

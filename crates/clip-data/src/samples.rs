@@ -160,29 +160,9 @@ impl SampleSet {
             need_captions,
         };
         if set.samples.is_empty() {
-            return Err(set.empty_error(sources, &set.skips));
+            return Err(empty_error(sources, &set.skips));
         }
         Ok(set)
-    }
-
-    /// The error for data with no usable sample, naming the sources and what was skipped.
-    pub fn empty_error(&self, sources: &[Source], skipped: &[Skip]) -> DataError {
-        let names: Vec<String> = sources
-            .iter()
-            .map(|s| s.path().display().to_string())
-            .collect();
-        let detail = if skipped.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (skipped: {})",
-                summarize_skips(skipped).replace('\n', "; ")
-            )
-        };
-        DataError::Empty {
-            sources: names.join(", "),
-            detail,
-        }
     }
 
     /// Samples given in memory, in order.
@@ -231,11 +211,6 @@ impl SampleSet {
     /// shard (every sample is then a file that can be read in any order).
     pub fn shard_ranges(&self) -> &[Range<usize>] {
         &self.shard_ranges
-    }
-
-    /// Whether captions are required (image–caption data) or ignored (image-only data).
-    pub fn needs_captions(&self) -> bool {
-        self.need_captions
     }
 
     /// Reads, decodes and downscales sample `i` so its shortest side is at most
@@ -307,6 +282,26 @@ impl SampleSet {
             Ok(buf)
         };
         read().map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+/// The error for data with no usable sample, naming the sources and what was skipped.
+fn empty_error(sources: &[Source], skipped: &[Skip]) -> DataError {
+    let names: Vec<String> = sources
+        .iter()
+        .map(|s| s.path().display().to_string())
+        .collect();
+    let detail = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (skipped: {})",
+            summarize_skips(skipped).replace('\n', "; ")
+        )
+    };
+    DataError::Empty {
+        sources: names.join(", "),
+        detail,
     }
 }
 
