@@ -16,7 +16,7 @@ use clip_data::{
     AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
 };
 use clip_model::Preprocess;
-use clip_train::{train, Loader, LoaderMode, LoaderSpec, Observer, RunSetup, TrainConfig};
+use clip_train::{train, Loader, LoaderMode, LoaderSpec, RunSetup, TrainConfig};
 use image::RgbImage;
 
 fn tokenizer() -> clip_model::ClipTokenizer {
@@ -314,23 +314,14 @@ fn bad_samples_are_skipped_counted_and_listed_and_resume_is_exact() {
 
     // Killed after the step-4 checkpoint (inside the second shard's samples), then resumed.
     let parts = tempfile::tempdir().unwrap();
-    struct StopAt4;
-    impl Observer for StopAt4 {
-        fn on_checkpoint(&mut self, dir: &Path) {
-            if dir.ends_with("checkpoint-4") {
-                panic!("simulated kill");
-            }
-        }
-    }
-    let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    assert!(killed(|| {
         let _ = train(
             setup(parts.path(), 10, false),
             Arc::clone(&data),
             &Device::Cpu,
-            &mut StopAt4,
+            &mut KillAfterCheckpoint(4),
         );
     }));
-    assert!(killed.is_err());
     let resumed = train(
         setup(parts.path(), 10, true),
         data,

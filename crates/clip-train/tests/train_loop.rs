@@ -12,9 +12,7 @@ use common::*;
 use candle_core::Device;
 use clip_data::{Item, SampleSet};
 use clip_model::Preprocess;
-use clip_train::{
-    train, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, TrainConfig,
-};
+use clip_train::{train, LossKind, Objective, Precision, RunSetup, ScheduleKind, TrainConfig};
 use image::RgbImage;
 
 /// 16 pairs: a colour in one of four quadrants, captioned with both.
@@ -116,18 +114,14 @@ fn same_seed_repeats_to_the_bit_and_resume_matches_an_uninterrupted_run() {
     let c = tempfile::tempdir().unwrap();
     let partial = setup(c.path(), 8, false);
     let stop_at = 6;
-    struct StopAfter(usize);
-    impl Observer for StopAfter {
-        fn on_checkpoint(&mut self, dir: &Path) {
-            if dir.ends_with(format!("checkpoint-{}", self.0)) {
-                panic!("simulated kill");
-            }
-        }
-    }
-    let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = train(partial, dataset(), &Device::Cpu, &mut StopAfter(stop_at));
+    assert!(killed(|| {
+        let _ = train(
+            partial,
+            dataset(),
+            &Device::Cpu,
+            &mut KillAfterCheckpoint(stop_at),
+        );
     }));
-    assert!(killed.is_err());
     assert!(c.path().join("checkpoint-6").is_dir());
     assert!(!c.path().join("final").exists());
     train(
@@ -333,23 +327,14 @@ fn image_only_resume_matches_an_uninterrupted_run() {
     .unwrap();
     // Stop after 3 steps (a run whose schedule is still the 6-step one), then resume.
     let parts = tempfile::tempdir().unwrap();
-    struct StopAt3;
-    impl Observer for StopAt3 {
-        fn on_checkpoint(&mut self, dir: &Path) {
-            if dir.ends_with("checkpoint-3") {
-                panic!("simulated kill");
-            }
-        }
-    }
-    let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    assert!(killed(|| {
         let _ = train(
             images(parts.path(), 3, false),
             dataset(),
             &Device::Cpu,
-            &mut StopAt3,
+            &mut KillAfterCheckpoint(3),
         );
     }));
-    assert!(killed.is_err());
     train(
         images(parts.path(), 3, true),
         dataset(),

@@ -53,3 +53,18 @@ pub fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
+
+/// An observer that panics once checkpoint `step` is on disk: a kill -9 right after it.
+pub struct KillAfterCheckpoint(pub usize);
+impl Observer for KillAfterCheckpoint {
+    fn on_checkpoint(&mut self, dir: &Path) {
+        if dir.ends_with(format!("checkpoint-{}", self.0)) {
+            panic!("simulated kill");
+        }
+    }
+}
+
+/// Runs a training that [`KillAfterCheckpoint`] stops, and says whether it was stopped.
+pub fn killed(run: impl FnOnce()) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err()
+}
