@@ -22,15 +22,15 @@ cargo build --release --quiet --bench loader
 LOADER=$(ls -t target/release/deps/loader-* | grep -v '\.d$' | head -1)
 CLIP=target/release/clip
 
-make() { # make DIR COUNT FORMAT
+generate() { # generate DIR COUNT FORMAT
   [ -e "$1/.done" ] && return
   rm -rf "$1"
   target/release/examples/make_photos --out "$1" --count "$2" --format "$3" --per-shard 1000
   touch "$1/.done"
 }
-make "$DATA/folder-6k" 6000 folder
-make "$DATA/folder-60k" 60000 folder
-make "$DATA/shards-60k" 60000 shards
+generate "$DATA/folder-6k" 6000 folder
+generate "$DATA/folder-60k" 60000 folder
+generate "$DATA/shards-60k" 60000 shards
 SH6K="$DATA/shards-60k/{00000..00005}.tar"
 SH60K="$DATA/shards-60k/{00000..00059}.tar"
 
