@@ -134,3 +134,216 @@ fn image_only_mistakes_are_named() {
     // Nothing was trained by any of these.
     assert!(!run.join("final").exists());
 }
+
+/// Trains a few image-only steps on `labels` into `run` with `extra` options.
+fn train_images(labels: &Path, run: &Path, extra: &[&str]) -> Output {
+    let l = labels.to_str().unwrap();
+    let mut args = vec![
+        "train",
+        "--objective",
+        "images",
+        "--preset",
+        "micro",
+        "--data",
+        l,
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    clip(&args)
+}
+
+/// `clip embed`'s `image_embeds` for the labelled images with `extra` options.
+fn embed_images(model: &Path, labels: &Path, out: &Path, extra: &[&str]) -> Vec<Vec<f32>> {
+    let images: Vec<String> = std::fs::read_to_string(labels)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    let mut args = vec!["embed", "--model", model.to_str().unwrap()];
+    args.push("--images");
+    args.extend(images.iter().map(String::as_str));
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let res = clip(&args);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let t = candle_core::safetensors::load(out, &candle_core::Device::Cpu).unwrap();
+    let e = &t["image_embeds"];
+    assert_eq!(e.dim(0).unwrap(), images.len());
+    let rows: Vec<Vec<f32>> = e.to_vec2().unwrap();
+    assert!(rows.iter().flatten().all(|v| v.is_finite()));
+    rows
+}
+
+fn probe_json(model: &Path, labels: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "probe",
+        "--model",
+        model.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--train-per-class",
+        "2",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = clip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An image-only model's pooled features are the tower's output before the projection: the
+/// embeddings are exactly those features times the saved projection, and they differ from
+/// them. `clip probe` and `clip embed` read the pooled features by default and say so.
+#[test]
+fn the_probe_reads_an_image_only_model_before_its_projection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let labels = digit_subset(tmp.path(), 3);
+    let run = tmp.path().join("run");
+    let out = train_images(&labels, &run, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let model = run.join("final");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["image_only"], true);
+
+    let pooled = embed_images(&model, &labels, &tmp.path().join("p.safetensors"), &[]);
+    let embeds = embed_images(
+        &model,
+        &labels,
+        &tmp.path().join("e.safetensors"),
+        &["--features", "embeds"],
+    );
+    // micro: width 128 and projection_dim 128, so both have 128 columns.
+    assert_eq!((pooled[0].len(), embeds[0].len()), (128, 128));
+    let weights =
+        candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let w: Vec<Vec<f32>> = weights["visual_projection.weight"].to_vec2().unwrap();
+    for (p, e) in pooled.iter().zip(&embeds) {
+        let projected: Vec<f32> = w
+            .iter()
+            .map(|row| row.iter().zip(p).map(|(a, b)| a * b).sum())
+            .collect();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let diff =
+            |a: &[f32], b: &[f32]| norm(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>());
+        assert!(diff(&projected, e) <= 1e-5 * norm(e), "embeds ≠ pooled·Wᵀ");
+        assert!(
+            diff(p, e) > 0.1 * norm(e),
+            "pooled features equal the embeddings"
+        );
+    }
+
+    let default = probe_json(&model, &labels, &[]);
+    assert!(
+        default["features"].as_str().unwrap().contains("pooled"),
+        "{default}"
+    );
+    let explicit = probe_json(&model, &labels, &["--features", "embeds"]);
+    assert!(
+        explicit["features"]
+            .as_str()
+            .unwrap()
+            .ends_with("image embeddings"),
+        "{explicit}"
+    );
+    // Different features, so different probe accuracies or penalties are expected; the
+    // point is that both ran on 128 columns from different places.
+    assert_eq!(default["feature_dim"], 128);
+    assert_eq!(explicit["feature_dim"], 128);
+}
+
+/// `--projection mlp` saves its head with the model (outside transformers' names), `--resume`
+/// and `clip probe` find it again, and an image–text run refuses it.
+#[test]
+fn an_mlp_head_saves_resumes_and_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let labels = digit_subset(tmp.path(), 3);
+    let run = tmp.path().join("run");
+    let head = [
+        "--projection",
+        "mlp",
+        "--projection-layers",
+        "3",
+        "--projection-hidden",
+        "48",
+        "--projection-dim",
+        "24",
+        "--save-every",
+        "1",
+    ];
+    let out = train_images(&labels, &run, &head);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let model = run.join("final");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["projection_dim"], 24);
+    assert_eq!(
+        config["vision_config"]["projection_head"],
+        serde_json::json!({"layers": 3, "hidden_size": 48})
+    );
+    let weights =
+        candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(!weights.contains_key("visual_projection.weight"));
+    for (name, shape) in [
+        ("visual_projection_head.0.linear.weight", vec![48, 128]),
+        ("visual_projection_head.1.norm.weight", vec![48]),
+        ("visual_projection_head.2.weight", vec![24, 48]),
+        ("text_projection.weight", vec![24, 128]),
+    ] {
+        assert_eq!(weights[name].dims(), shape.as_slice(), "{name}");
+    }
+
+    // Resume from the first checkpoint: the head comes back from run.json and the weights.
+    let _ = std::fs::remove_dir_all(run.join("checkpoint-2"));
+    std::fs::remove_dir_all(&model).unwrap();
+    let out = clip(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resumed =
+        candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(resumed.len(), weights.len());
+    for (name, t) in &weights {
+        let (a, b) = (
+            t.flatten_all().unwrap(),
+            resumed[name].flatten_all().unwrap(),
+        );
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec1().unwrap(), b.to_vec1().unwrap());
+        assert!(a == b, "{name} differs after --resume");
+    }
+
+    // The probe reloads it: pooled (128 columns) by default, 24 with --features embeds.
+    assert_eq!(probe_json(&model, &labels, &[])["feature_dim"], 128);
+    let embeds = probe_json(&model, &labels, &["--features", "embeds"]);
+    assert_eq!(embeds["feature_dim"], 24);
+    let e = embed_images(
+        &model,
+        &labels,
+        &tmp.path().join("e.safetensors"),
+        &["--features", "embeds"],
+    );
+    assert_eq!(e[0].len(), 24);
+
+    // An image–text model keeps transformers' layout.
+    let out = clip(&[
+        "train",
+        "--projection",
+        "mlp",
+        "--steps",
+        "1",
+        "--out",
+        tmp.path().join("it").to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--objective images"),
+        "{}",
+        stderr(&out)
+    );
+}

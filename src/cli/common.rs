@@ -44,6 +44,39 @@ impl DeviceArg {
     }
 }
 
+/// Which features `clip probe` and `clip embed` read from a tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FeaturesArg {
+    /// The tower's output before the projection head (transformers' `pooler_output`): where
+    /// SSL benchmarks read an image-only model.
+    Pooled,
+    /// The projected embeddings in the shared image–text space.
+    Embeds,
+}
+
+impl FeaturesArg {
+    /// The user's choice, else pooled for image-only models and embeddings otherwise.
+    pub fn resolve(choice: Option<Self>, model: &ClipModel) -> Self {
+        choice.unwrap_or(if model.config().image_only {
+            Self::Pooled
+        } else {
+            Self::Embeds
+        })
+    }
+
+    /// For messages: what the features are and why they were chosen.
+    pub fn describe(self, choice: Option<Self>) -> &'static str {
+        match (self, choice) {
+            (Self::Pooled, None) => {
+                "pooled features before the projection head (the default for an image-only \
+                 model; --features embeds for the embeddings)"
+            }
+            (Self::Pooled, Some(_)) => "pooled features before the projection head",
+            (Self::Embeds, _) => "embeddings",
+        }
+    }
+}
+
 /// A model ready for inference, with what it needs around it.
 pub struct LoadedModel {
     pub model: ClipModel,
@@ -149,31 +182,63 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// Embeds image files in batches; an unreadable file is an error naming it.
-pub fn embed_images(m: &LoadedModel, files: &[PathBuf], batch: usize) -> Result<Tensor> {
+/// Image features (embeddings or pooled) of files, in batches; an unreadable file is an
+/// error naming it.
+pub fn image_features(
+    m: &LoadedModel,
+    files: &[PathBuf],
+    batch: usize,
+    which: FeaturesArg,
+) -> Result<Tensor> {
     let pb = progress(files.len(), "images");
     let mut parts = Vec::new();
     for chunk in files.chunks(batch.max(1)) {
         let pixels = vision_encoder::preprocess_files(chunk, &m.preprocess, m.model.device())?;
-        parts.push(m.model.encode_image(&pixels)?);
+        parts.push(match which {
+            FeaturesArg::Embeds => m.model.encode_image(&pixels)?,
+            FeaturesArg::Pooled => m.model.pooled_image(&pixels)?,
+        });
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    concat_rows(parts, m.model.config().projection_dim, m.model.device())
+    let cfg = m.model.config();
+    let dim = match which {
+        FeaturesArg::Embeds => cfg.projection_dim,
+        FeaturesArg::Pooled => cfg.vision_config.hidden_size,
+    };
+    concat_rows(parts, dim, m.model.device())
 }
 
 /// Embeds captions in batches.
 pub fn embed_texts(m: &LoadedModel, captions: &[String], batch: usize) -> Result<Tensor> {
+    text_features(m, captions, batch, FeaturesArg::Embeds)
+}
+
+/// Caption features (embeddings or pooled), in batches.
+pub fn text_features(
+    m: &LoadedModel,
+    captions: &[String],
+    batch: usize,
+    which: FeaturesArg,
+) -> Result<Tensor> {
     let pb = progress(captions.len(), "captions");
     let mut parts = Vec::new();
     for chunk in captions.chunks(batch.max(1)) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let ids = m.tokenizer.encode_batch(&refs)?;
-        parts.push(m.model.encode_text(&ids)?);
+        parts.push(match which {
+            FeaturesArg::Embeds => m.model.encode_text(&ids)?,
+            FeaturesArg::Pooled => m.model.pooled_text(&ids)?,
+        });
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    concat_rows(parts, m.model.config().projection_dim, m.model.device())
+    let cfg = m.model.config();
+    let dim = match which {
+        FeaturesArg::Embeds => cfg.projection_dim,
+        FeaturesArg::Pooled => cfg.text_config.hidden_size,
+    };
+    concat_rows(parts, dim, m.model.device())
 }
 
 fn concat_rows(parts: Vec<Tensor>, dim: usize, device: &Device) -> Result<Tensor> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 
-use super::common::{self, DeviceArg};
+use super::common::{self, DeviceArg, FeaturesArg};
 
 #[derive(Debug, clap::Args)]
 pub struct EmbedArgs {
@@ -28,6 +28,10 @@ pub struct EmbedArgs {
     /// Items per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// What to write: the embeddings, or each tower's pooled output before its projection
+    /// (default: pooled for a model trained with --objective images, else embeds).
+    #[arg(long, value_enum)]
+    features: Option<FeaturesArg>,
     /// Device to run on.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
@@ -48,8 +52,9 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     };
     let device = a.device.device()?;
     let m = common::load_model(&a.model, &device)?;
-    let mut images = common::embed_images(&m, &files, a.batch_size)?;
-    let mut texts = common::embed_texts(&m, &captions, a.batch_size)?;
+    let which = FeaturesArg::resolve(a.features, &m.model);
+    let mut images = common::image_features(&m, &files, a.batch_size, which)?;
+    let mut texts = common::text_features(&m, &captions, a.batch_size, which)?;
     if a.normalize {
         images = normalize_rows(&images)?;
         texts = normalize_rows(&texts)?;
@@ -63,18 +68,38 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         ("image_files".to_string(), serde_json::to_string(&names)?),
         ("model".to_string(), m.checkpoint_dir.display().to_string()),
         ("normalized".to_string(), a.normalize.to_string()),
+        (
+            "features".to_string(),
+            match which {
+                FeaturesArg::Pooled => "pooled",
+                FeaturesArg::Embeds => "embeds",
+            }
+            .to_string(),
+        ),
     ]);
     common::write_atomically(&a.out, |tmp| {
         safetensors::serialize_to_file(&tensors, Some(metadata), tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))
     })?;
-    eprintln!(
-        "wrote {} image and {} text embeddings (dim {}) to {}",
-        files.len(),
-        captions.len(),
-        m.model.config().projection_dim,
-        a.out.display()
-    );
+    if which == FeaturesArg::Pooled {
+        eprintln!("features: {}", which.describe(a.features));
+        eprintln!(
+            "wrote {} image and {} text pooled features (dim {} and {}) to {}",
+            files.len(),
+            captions.len(),
+            images.dim(1)?,
+            texts.dim(1)?,
+            a.out.display()
+        );
+    } else {
+        eprintln!(
+            "wrote {} image and {} text embeddings (dim {}) to {}",
+            files.len(),
+            captions.len(),
+            m.model.config().projection_dim,
+            a.out.display()
+        );
+    }
     Ok(())
 }
 

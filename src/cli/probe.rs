@@ -9,7 +9,7 @@ use clip_data::LabelTable;
 use linear_probe::{few_label_split, Labels, Matrix, Method, Pca2, ProbeConfig, ProbeReport};
 use rayon::prelude::*;
 
-use super::common::{self, DeviceArg};
+use super::common::{self, DeviceArg, FeaturesArg};
 
 /// Side of the square that raw pixels are resized to when the images differ in size.
 const DEFAULT_PIXEL_SIZE: u32 = 32;
@@ -50,6 +50,11 @@ pub struct ProbeArgs {
     /// Labels-file column with the class names.
     #[arg(long, default_value = "label")]
     label_key: String,
+    /// What the probe reads from the image tower: its pooled output before the projection
+    /// head, or the projected embeddings (default: pooled for a model trained with
+    /// --objective images, as SSL benchmarks do; embeds for image–text models).
+    #[arg(long, value_enum, conflicts_with = "pixels")]
+    features: Option<FeaturesArg>,
     /// Labelled training images per class; repeat or give a list (`5,10,50`) to probe each.
     #[arg(long, required = true, value_delimiter = ',')]
     train_per_class: Vec<usize>,
@@ -125,7 +130,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     }
 
     let features = match &a.model {
-        Some(model) => embedding_features(model, &files, a.batch_size, a.device)?,
+        Some(model) => embedding_features(model, &files, a.batch_size, a.device, a.features)?,
         None => pixel_features(&files, a.pixel_size)?,
     };
 
@@ -243,16 +248,20 @@ pub(super) fn select_images(
     Ok((files, names))
 }
 
+/// Frozen image features of `files` from `model`: `choice`, or the model's default
+/// ([`FeaturesArg::resolve`]).
 pub(super) fn embedding_features(
     model: &str,
     files: &[PathBuf],
     batch: usize,
     device: DeviceArg,
+    choice: Option<FeaturesArg>,
 ) -> Result<Features> {
     let device = device.device()?;
     let m = common::load_model(model, &device)?;
-    let emb = common::embed_images(&m, files, batch)?;
-    let dim = m.model.config().projection_dim;
+    let which = FeaturesArg::resolve(choice, &m.model);
+    let emb = common::image_features(&m, files, batch, which)?;
+    let dim = emb.dim(1)?;
     let values: Vec<f32> = emb
         .to_device(&candle_core::Device::Cpu)?
         .flatten_all()?
@@ -274,10 +283,17 @@ pub(super) fn embedding_features(
         (Some(n), _) => n,
         _ => model.to_string(),
     };
+    let (description, short) = match which {
+        FeaturesArg::Embeds => ("image embeddings".to_string(), "embeddings"),
+        FeaturesArg::Pooled => (
+            which.describe(choice).replace("features", "image features"),
+            "pooled",
+        ),
+    };
     Ok(Features {
         matrix,
-        description: format!("{} image embeddings", m.checkpoint_dir.display()),
-        short: format!("{} embeddings", ascii(&name)),
+        description: format!("{} {description}", m.checkpoint_dir.display()),
+        short: format!("{} {short}", ascii(&name)),
     })
 }
 

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
-use clip_model::{Checkpoint, ClipConfig, ClipModel, Preprocess};
+use clip_model::{Checkpoint, ClipConfig, ClipModel, Preprocess, ProjectionHead};
 use clip_train::{
     LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats, TrainConfig,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::common::{self, DeviceArg};
+use super::common::{self, DeviceArg, FeaturesArg};
 use super::valset::{top_images, Scored, ValSet};
 
 /// Model presets compiled into the binary (the files in `models/`).
@@ -62,6 +62,15 @@ enum LossArg {
     Spectral,
     /// NT-Xent without same-class negatives, from --labels (images; experiments only).
     Oracle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+enum ProjectionArg {
+    /// One bias-free linear layer (transformers' `visual_projection`).
+    Linear,
+    /// An MLP head (linear → layer norm → activation, ×(--projection-layers − 1), then
+    /// linear), as SimCLR; `clip probe` reads the features before it. Images only.
+    Mlp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -129,6 +138,23 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0)]
     #[serde(default = "default_mu")]
     spectral_mu: f64,
+    /// Head between the image tower's pooled features and the loss (default: linear, or the
+    /// --init checkpoint's).
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    projection: Option<ProjectionArg>,
+    /// Linear layers of --projection mlp (2 or more).
+    #[arg(long, default_value_t = DEFAULT_HEAD_LAYERS)]
+    #[serde(default = "default_head_layers")]
+    projection_layers: usize,
+    /// Hidden width of --projection mlp (default: the image tower's width).
+    #[arg(long)]
+    #[serde(default)]
+    projection_hidden: Option<usize>,
+    /// Embedding dimension the loss sees (default: the preset's projection_dim).
+    #[arg(long)]
+    #[serde(default)]
+    projection_dim: Option<usize>,
     /// Class labels (`filepath<TAB>label`, paths relative to the file) for the oracle loss and
     /// the linear probe printed after an image-only run.
     #[arg(long)]
@@ -246,6 +272,12 @@ fn default_shuffle_buffer() -> usize {
 }
 
 const RUN_FILE: &str = "run.json";
+
+const DEFAULT_HEAD_LAYERS: usize = 2;
+
+fn default_head_layers() -> usize {
+    DEFAULT_HEAD_LAYERS
+}
 
 fn default_precision() -> PrecisionArg {
     PrecisionArg::F32
@@ -386,6 +418,11 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             if loss == LossArg::Siglip {
                 cfg.logit_scale_init_value = 10f64.ln();
             }
+            if let Some(d) = a.projection_dim {
+                cfg.projection_dim = d;
+            }
+            cfg.vision_config.projection_head = projection_head(&a, &cfg, images_only)?;
+            cfg.validate()?;
             let pre = Preprocess {
                 image_size: cfg.vision_config.image_size,
                 ..Preprocess::default()
@@ -393,6 +430,11 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             (cfg, pre, None, None)
         }
     };
+    if a.init.is_some() {
+        check_init_head(&a, &model_cfg)?;
+    }
+    let mut model_cfg = model_cfg;
+    model_cfg.image_only = images_only;
     let context = model_cfg.text_config.max_position_embeddings;
     // The tokenizer copied into every checkpoint so each one is complete on its own.
     std::fs::create_dir_all(&a.out)
@@ -579,6 +621,56 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The MLP head `--projection mlp` asks for (image-only runs only: an image–text model keeps
+/// transformers' layout).
+fn projection_head(
+    a: &TrainArgs,
+    cfg: &ClipConfig,
+    images_only: bool,
+) -> Result<Option<ProjectionHead>> {
+    if a.projection != Some(ProjectionArg::Mlp) {
+        return Ok(None);
+    }
+    if !images_only {
+        bail!(
+            "--projection mlp is for --objective images (an image–text model keeps \
+             transformers' linear projection)"
+        );
+    }
+    if a.projection_layers < 2 {
+        bail!(
+            "--projection-layers must be at least 2, got {}",
+            a.projection_layers
+        );
+    }
+    Ok(Some(ProjectionHead {
+        layers: a.projection_layers,
+        hidden_size: a.projection_hidden.unwrap_or(cfg.vision_config.hidden_size),
+    }))
+}
+
+/// `--init` keeps the checkpoint's head and embedding size; asking for another is an error
+/// rather than a silent mismatch.
+fn check_init_head(a: &TrainArgs, cfg: &ClipConfig) -> Result<()> {
+    if let Some(d) = a.projection_dim.filter(|&d| d != cfg.projection_dim) {
+        bail!(
+            "--projection-dim {d} differs from the --init checkpoint's projection_dim {}",
+            cfg.projection_dim
+        );
+    }
+    let has_mlp = cfg.vision_config.projection_head.is_some();
+    if a.projection
+        .is_some_and(|p| (p == ProjectionArg::Mlp) != has_mlp)
+    {
+        bail!(
+            "--projection {} differs from the --init checkpoint's head ({})",
+            if has_mlp { "linear" } else { "mlp" },
+            if has_mlp { "mlp" } else { "linear" }
+        );
+    }
+    Ok(())
+}
+
 /// The augmentations: the user's settings, else CLIP's comparison defaults for image–text
 /// and SimCLR-like stronger ones for image-only runs (where augmentation defines the task).
 fn augment_config(a: &TrainArgs, images_only: bool) -> Result<AugmentConfig> {
@@ -663,11 +755,10 @@ fn print_probe(model_dir: &Path, labels_file: &Path, seed: u64, device: DeviceAr
         labels.len(),
         labels.n_classes()
     );
+    let read = |which| super::probe::embedding_features(&model, &files, 256, device, Some(which));
     for (what, features) in [
-        (
-            "image embeddings",
-            super::probe::embedding_features(&model, &files, 256, device)?,
-        ),
+        ("pooled features", read(FeaturesArg::Pooled)?),
+        ("image embeddings", read(FeaturesArg::Embeds)?),
         ("raw pixels", super::probe::pixel_features(&files, None)?),
     ] {
         let cfg = ProbeConfig {

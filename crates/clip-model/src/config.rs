@@ -21,6 +21,11 @@ pub struct ClipConfig {
     pub text_config: TextConfig,
     /// Vision tower.
     pub vision_config: VisionConfig,
+    /// Trained on images alone (two augmented views, no captions; not a transformers field):
+    /// the text tower is untrained, and `clip probe` / `clip embed` read the pooled features
+    /// before the projection head by default.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub image_only: bool,
 }
 
 impl Default for ClipConfig {
@@ -30,6 +35,7 @@ impl Default for ClipConfig {
             logit_scale_init_value: 2.6592,
             text_config: TextConfig::default(),
             vision_config: VisionConfig::default(),
+            image_only: false,
         }
     }
 }
@@ -112,4 +118,28 @@ pub fn load_preprocess_config(dir: &Path, image_size: usize) -> Result<Preproces
         }
     }
     Ok(pre)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_text_configs_keep_transformers_keys_and_image_only_ones_round_trip() {
+        let plain = ClipConfig::default().to_hf_json();
+        assert!(plain.get("image_only").is_none(), "{plain}");
+        assert!(plain["vision_config"].get("projection_head").is_none());
+        let mut cfg = ClipConfig {
+            image_only: true,
+            ..ClipConfig::default()
+        };
+        cfg.vision_config.projection_head = Some(vision_encoder::ProjectionHead {
+            layers: 3,
+            hidden_size: 256,
+        });
+        let json = cfg.to_hf_json();
+        assert_eq!(json["image_only"], true);
+        let back: ClipConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, cfg);
+    }
 }

@@ -15,4 +15,4 @@ pub use fsutil::replace_dir_atomically;
 pub use model::ClipModel;
 
 pub use text_encoder::{ClipTokenizer, Pooling, TextConfig};
-pub use vision_encoder::{Preprocess, VisionConfig};
+pub use vision_encoder::{Preprocess, ProjectionHead, VisionConfig};

@@ -61,6 +61,17 @@ impl ClipModel {
         Ok(self.text.forward(ids, &self.device)?)
     }
 
+    /// Normalised pixels → the image tower's output before the projection
+    /// `[b, vision hidden_size]` (what a linear probe of an image-only model reads).
+    pub fn pooled_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.vision.pooled(pixels)?)
+    }
+
+    /// Token rows → the text tower's output before the projection `[b, text hidden_size]`.
+    pub fn pooled_text(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        Ok(self.text.pooled(ids, &self.device)?)
+    }
+
     /// The image tower (for the taped training path).
     pub fn vision(&self) -> &VisionTransformer {
         &self.vision

@@ -135,6 +135,7 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
         num_channels: 3,
         hidden_act: act.into(),
         layer_norm_eps: 1e-5,
+        projection_head: None,
     };
     let text_config = TextConfig {
         vocab_size: c.usize(txt, "vocab_size", "text_cfg", 49408)?,
@@ -154,6 +155,7 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
         logit_scale_init_value: 2.6592,
         text_config,
         vision_config,
+        image_only: false,
     };
     config.validate()?;
     let mut pre = Preprocess {

@@ -36,6 +36,11 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// Weight, then bias when there is one.
+    pub fn params(&self) -> Vec<&Tensor> {
+        std::iter::once(&self.weight).chain(&self.bias).collect()
+    }
 }
 
 impl Module for Linear {
@@ -68,6 +73,11 @@ impl LayerNorm {
             bias: p.get(dim, "bias", Init::Zeros)?,
             eps,
         })
+    }
+
+    /// Gain, then bias.
+    pub fn params(&self) -> Vec<&Tensor> {
+        vec![&self.weight, &self.bias]
     }
 }
 

@@ -33,6 +33,7 @@ fn small_config() -> ClipConfig {
             hidden_act: "quick_gelu".into(),
             ..VisionConfig::default()
         },
+        image_only: false,
     }
 }
 
@@ -52,7 +53,13 @@ fn captions(b: usize) -> Vec<Vec<u32>> {
 
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient() {
-    let cfg = small_config();
+    for cfg in [small_config(), mlp_head_config()] {
+        every_parameter_gets_a_gradient(&cfg);
+    }
+}
+
+fn every_parameter_gets_a_gradient(cfg: &ClipConfig) {
+    let cfg = cfg.clone();
     let store = VarStore::new(Device::Cpu, 0);
     let model = ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
     let b = 4;
@@ -189,6 +196,18 @@ fn taped_path_matches_candle_autograd() {
     cfg.text_config.num_hidden_layers = 0;
     cfg.text_config.hidden_act = "gelu_new".into();
     check_taped_parity(&cfg);
+    // The MLP projection head of image-only training (run by candle's autograd inside the
+    // taped path).
+    check_taped_parity(&mlp_head_config());
+}
+
+fn mlp_head_config() -> ClipConfig {
+    let mut cfg = small_config();
+    cfg.vision_config.projection_head = Some(clip_model::ProjectionHead {
+        layers: 3,
+        hidden_size: 12,
+    });
+    cfg
 }
 
 fn check_taped_parity(cfg: &ClipConfig) {

@@ -120,6 +120,12 @@ impl TextTransformer {
     /// Token ids (each row of equal length ≤ context) → projected text features
     /// `[b, projection_dim]` (what transformers' `get_text_features` returns).
     pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        Ok(self.projection.forward(&self.pooled(ids, device)?)?)
+    }
+
+    /// Token ids → the normalised pooled token `[b, hidden_size]` before the projection
+    /// (transformers' `pooler_output`).
+    pub fn pooled(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
         let b = ids.len();
         let (pos, t) = self.prepare(ids)?;
         let flat: Vec<u32> = ids.iter().flat_map(|r| r[..t].to_vec()).collect();
@@ -139,8 +145,7 @@ impl TextTransformer {
         let rows = Tensor::from_vec(rows, b, device)?;
         let pooled = x.reshape((b * t, w))?.index_select(&rows, 0)?;
         // Layer norm is per token, so normalising after pooling equals normalising before.
-        let pooled = self.final_norm.forward(&pooled)?;
-        Ok(self.projection.forward(&pooled)?)
+        Ok(self.final_norm.forward(&pooled)?)
     }
 
     /// The same features as [`TextTransformer::forward`] (CPU, f32), computed by the taped

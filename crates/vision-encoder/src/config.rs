@@ -27,6 +27,21 @@ pub struct VisionConfig {
     pub hidden_act: String,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
+    /// An MLP between the pooled token and the embedding, for image-only training (not a
+    /// transformers field; absent: transformers' bias-free linear `visual_projection`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projection_head: Option<ProjectionHead>,
+}
+
+/// The MLP projection head of SimCLR-style image-only training: `layers − 1` blocks of
+/// linear → layer norm → activation, then a bias-free linear into the embedding. The probe
+/// reads the pooled features before it (`--features pooled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionHead {
+    /// Linear layers, at least 2 (one would be the plain projection).
+    pub layers: usize,
+    /// Width of the hidden layers.
+    pub hidden_size: usize,
 }
 
 impl Default for VisionConfig {
@@ -41,6 +56,7 @@ impl Default for VisionConfig {
             num_channels: 3,
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
+            projection_head: None,
         }
     }
 }
@@ -81,6 +97,18 @@ impl VisionConfig {
             return bad("intermediate_size", 0, "must be positive");
         }
         self.activation()?;
+        if let Some(h) = &self.projection_head {
+            if h.layers < 2 {
+                return bad(
+                    "projection_head.layers",
+                    h.layers,
+                    "an MLP head needs at least 2 linear layers",
+                );
+            }
+            if h.hidden_size == 0 {
+                return bad("projection_head.hidden_size", 0, "must be positive");
+            }
+        }
         Ok(())
     }
 
@@ -108,5 +136,35 @@ impl VisionConfig {
             activation: self.activation()?,
             eps: self.layer_norm_eps,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_projection_head_needs_two_layers_and_a_width() {
+        let with = |layers, hidden_size| VisionConfig {
+            projection_head: Some(ProjectionHead {
+                layers,
+                hidden_size,
+            }),
+            ..VisionConfig::default()
+        };
+        assert!(with(2, 16).validate().is_ok());
+        let err = with(1, 16).validate().unwrap_err().to_string();
+        assert!(err.contains("projection_head.layers"), "{err}");
+        let err = with(3, 0).validate().unwrap_err().to_string();
+        assert!(err.contains("projection_head.hidden_size"), "{err}");
+    }
+
+    #[test]
+    fn a_linear_model_config_has_no_head_key() {
+        // transformers' layout stays exactly as it was for image–text models.
+        let v = serde_json::to_value(VisionConfig::default()).unwrap();
+        assert!(v.get("projection_head").is_none(), "{v}");
+        let back: VisionConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back, VisionConfig::default());
     }
 }

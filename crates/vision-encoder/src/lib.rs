@@ -6,7 +6,7 @@ mod model;
 mod preprocess;
 mod resize;
 
-pub use config::VisionConfig;
+pub use config::{ProjectionHead, VisionConfig};
 pub use error::{Result, VisionError};
 pub use model::{VisionTape, VisionTransformer};
 pub use preprocess::{

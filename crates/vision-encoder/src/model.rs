@@ -1,12 +1,92 @@
 //! The ViT image encoder, as transformers' `CLIPVisionModelWithProjection`.
 
-use candle_core::{Module, Tensor};
+use candle_core::{Module, Tensor, Var};
 use clip_nn::taped::{
     EncoderTape, Grads, HostEncoder, HostLinear, HostNorm, HostParam, Seqs, Workspace,
 };
-use clip_nn::{Encoder, Init, LayerNorm, Linear, Params};
+use clip_nn::{Activation, Encoder, Init, LayerNorm, Linear, Params};
 
-use crate::{Result, VisionConfig};
+use crate::{ProjectionHead, Result, VisionConfig};
+
+/// What maps the pooled class token into the embedding space.
+#[derive(Debug, Clone)]
+enum Projection {
+    /// transformers' bias-free `visual_projection`.
+    Linear(Linear),
+    /// The MLP head of image-only training ([`ProjectionHead`]): hidden blocks of linear →
+    /// layer norm → activation under `visual_projection_head.{i}`, then a bias-free linear.
+    Mlp {
+        hidden: Vec<(Linear, LayerNorm)>,
+        out: Linear,
+        act: Activation,
+    },
+}
+
+impl Projection {
+    fn new(
+        cfg: &VisionConfig,
+        projection_dim: usize,
+        root: &Params,
+        head: Option<ProjectionHead>,
+    ) -> Result<Self> {
+        let w = cfg.hidden_size;
+        let Some(head) = head else {
+            let std = (w as f64).powf(-0.5);
+            let p = root.pp("visual_projection");
+            return Ok(Self::Linear(Linear::new(
+                w,
+                projection_dim,
+                false,
+                std,
+                &p,
+            )?));
+        };
+        let p = root.pp("visual_projection_head");
+        let layer = |i: usize| p.pp(i);
+        let mut hidden = Vec::with_capacity(head.layers - 1);
+        let mut in_dim = w;
+        for i in 0..head.layers - 1 {
+            let l = layer(i);
+            let std = (in_dim as f64).powf(-0.5);
+            let linear = Linear::new(in_dim, head.hidden_size, true, std, &l.pp("linear"))?;
+            let norm = LayerNorm::new(head.hidden_size, cfg.layer_norm_eps, &l.pp("norm"))?;
+            hidden.push((linear, norm));
+            in_dim = head.hidden_size;
+        }
+        let std = (in_dim as f64).powf(-0.5);
+        let out = Linear::new(in_dim, projection_dim, false, std, &layer(head.layers - 1))?;
+        Ok(Self::Mlp {
+            hidden,
+            out,
+            act: cfg.activation()?,
+        })
+    }
+
+    fn forward(&self, pooled: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Linear(l) => l.forward(pooled),
+            Self::Mlp { hidden, out, act } => {
+                let mut x = pooled.clone();
+                for (linear, norm) in hidden {
+                    x = act.forward(&norm.forward(&linear.forward(&x)?)?)?;
+                }
+                out.forward(&x)
+            }
+        }
+    }
+
+    /// The head's parameters (for the gradients of the taped path).
+    fn params(&self) -> Vec<&Tensor> {
+        match self {
+            Self::Linear(l) => l.params(),
+            Self::Mlp { hidden, out, .. } => hidden
+                .iter()
+                .flat_map(|(l, n)| l.params().into_iter().chain(n.params()))
+                .chain(out.params())
+                .collect(),
+        }
+    }
+}
 
 /// Patch embedding, class token, learned positions, pre-norm transformer, pooled class token
 /// and a bias-free projection into the shared embedding space.
@@ -21,14 +101,15 @@ pub struct VisionTransformer {
     pre_norm: LayerNorm,
     encoder: Encoder,
     post_norm: LayerNorm,
-    projection: Linear,
+    projection: Projection,
     patch: usize,
     grid: usize,
     width: usize,
 }
 
 impl VisionTransformer {
-    /// Builds the tower from parameters named `vision_model.*` and `visual_projection.weight`.
+    /// Builds the tower from parameters named `vision_model.*` and `visual_projection.weight`
+    /// (or `visual_projection_head.*` with an MLP head).
     pub fn new(cfg: &VisionConfig, projection_dim: usize, root: Params) -> Result<Self> {
         cfg.validate()?;
         let w = cfg.hidden_size;
@@ -59,13 +140,7 @@ impl VisionTransformer {
             pre_norm: LayerNorm::new(w, cfg.layer_norm_eps, &vm.pp("pre_layrnorm"))?,
             encoder: Encoder::new(&spec, &vm.pp("encoder"))?,
             post_norm: LayerNorm::new(w, cfg.layer_norm_eps, &vm.pp("post_layernorm"))?,
-            projection: Linear::new(
-                w,
-                projection_dim,
-                false,
-                scale,
-                &root.pp("visual_projection"),
-            )?,
+            projection: Projection::new(cfg, projection_dim, &root, cfg.projection_head)?,
             patch: p,
             grid,
             width: w,
@@ -95,6 +170,13 @@ impl VisionTransformer {
     /// Normalised pixels `[b, 3, H, W]` → projected image features `[b, projection_dim]`
     /// (what transformers' `get_image_features` returns: not unit length).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.projection.forward(&self.pooled(pixels)?)?)
+    }
+
+    /// Normalised pixels `[b, 3, H, W]` → the normalised class token `[b, hidden_size]`
+    /// before the projection (transformers' `pooler_output`): what a linear probe of an
+    /// image-only model reads.
+    pub fn pooled(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;
         let g = self.grid;
         let patches = self.patches(pixels)?;
@@ -108,8 +190,7 @@ impl VisionTransformer {
         let x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.position_embedding)?;
         let x = self.pre_norm.forward(&x)?;
         let x = self.encoder.forward(&x, None)?;
-        let pooled = self.post_norm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
-        Ok(self.projection.forward(&pooled)?)
+        Ok(self.post_norm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?)
     }
 }
 
@@ -124,7 +205,7 @@ pub struct VisionTape {
     position: HostParam,
     pre_norm: HostNorm,
     post_norm: HostNorm,
-    projection: HostLinear,
+    head: HeadTape,
     patches: Vec<f32>,
     embedded: Vec<f32>,
     pre_stats: Vec<f32>,
@@ -132,6 +213,15 @@ pub struct VisionTape {
     post_stats: Vec<f32>,
     pooled_norm: Vec<f32>,
     batch: usize,
+}
+
+/// The projection on the taped path: the linear one by its host kernel; an MLP head through
+/// candle's autograd from a leaf over the pooled features, differentiated from the features'
+/// gradient in [`VisionTransformer::backward_taped`].
+#[derive(Debug)]
+enum HeadTape {
+    Linear(HostLinear),
+    Mlp { input: Var, output: Tensor },
 }
 
 impl VisionTape {
@@ -184,11 +274,21 @@ impl VisionTransformer {
         let post_norm = HostNorm::new(&self.post_norm)?;
         let (mut pooled_norm, mut post_stats) = (vec![0f32; b * w], vec![0f32; b * 2]);
         post_norm.forward(&pooled, &mut pooled_norm, &mut post_stats);
-        let projection = HostLinear::new(&self.projection)?;
-        let e = projection.out_dim();
-        let mut features = vec![0f32; b * e];
-        projection.forward(&pooled_norm, &mut features);
-        let features = Tensor::from_vec(features, (b, e), pixels.device())?;
+        let (features, head) = match &self.projection {
+            Projection::Linear(l) => {
+                let projection = HostLinear::new(l)?;
+                let e = projection.out_dim();
+                let mut features = vec![0f32; b * e];
+                projection.forward(&pooled_norm, &mut features);
+                let features = Tensor::from_vec(features, (b, e), pixels.device())?;
+                (features, HeadTape::Linear(projection))
+            }
+            mlp => {
+                let input = Var::from_slice(&pooled_norm, (b, w), pixels.device())?;
+                let output = mlp.forward(input.as_tensor())?;
+                (output.detach(), HeadTape::Mlp { input, output })
+            }
+        };
         Ok((
             features,
             VisionTape {
@@ -199,7 +299,7 @@ impl VisionTransformer {
                 position,
                 pre_norm,
                 post_norm,
-                projection,
+                head,
                 patches,
                 embedded,
                 pre_stats,
@@ -223,10 +323,30 @@ impl VisionTransformer {
         let b = tape.batch;
         let (gg, w) = (self.grid * self.grid, self.width);
         let t = gg + 1;
-        let dfeat = d_features.flatten_all()?.to_vec1::<f32>()?;
         let mut d_norm = vec![0f32; b * w];
-        tape.projection
-            .backward(&dfeat, &tape.pooled_norm, Some((&mut d_norm, false)), grads)?;
+        match tape.head {
+            HeadTape::Linear(projection) => {
+                let dfeat = d_features.flatten_all()?.to_vec1::<f32>()?;
+                projection.backward(
+                    &dfeat,
+                    &tape.pooled_norm,
+                    Some((&mut d_norm, false)),
+                    grads,
+                )?;
+            }
+            HeadTape::Mlp { input, output } => {
+                // Σ output ⊙ d_features has d_features as its gradient at the output.
+                let g = (output * d_features.detach())?.sum_all()?.backward()?;
+                for p in self.projection.params() {
+                    if let Some(d) = g.get(p) {
+                        grads.push(p, d.flatten_all()?.to_vec1::<f32>()?)?;
+                    }
+                }
+                if let Some(d) = g.get(input.as_tensor()) {
+                    d_norm = d.flatten_all()?.to_vec1::<f32>()?;
+                }
+            }
+        }
         let mut d_pooled = vec![0f32; b * w];
         tape.post_norm.backward(
             &d_norm,

@@ -36,6 +36,7 @@ pub fn model_config() -> ClipConfig {
             hidden_act: "gelu".into(),
             ..VisionConfig::default()
         },
+        image_only: false,
     }
 }
 
