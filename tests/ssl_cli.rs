@@ -35,25 +35,7 @@ fn image_only_training_ends_with_a_linear_probe() {
     let labels = digit_subset(tmp.path(), 6);
     let run = tmp.path().join("run");
     let l = labels.to_str().unwrap();
-    let out = clip(&[
-        "train",
-        "--objective",
-        "images",
-        "--preset",
-        "micro",
-        "--data",
-        l,
-        "--labels",
-        l,
-        "--loss",
-        "debiased",
-        "--steps",
-        "3",
-        "--batch-size",
-        "16",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let out = train_images(&labels, &run, &["--labels", l, "--loss", "debiased"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -63,6 +45,7 @@ fn image_only_training_ends_with_a_linear_probe() {
     );
     assert!(
         stdout.contains("linear probe (60 images, 10 classes")
+            && stdout.contains("pooled features")
             && stdout.contains("image embeddings")
             && stdout.contains("raw pixels"),
         "{stdout}"
@@ -157,6 +140,10 @@ fn train_images(labels: &Path, run: &Path, extra: &[&str]) -> Output {
     clip(&args)
 }
 
+fn read_config(model: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap()
+}
+
 /// `clip embed`'s `image_embeds` for the labelled images with `extra` options.
 fn embed_images(model: &Path, labels: &Path, out: &Path, extra: &[&str]) -> Vec<Vec<f32>> {
     let images: Vec<String> = std::fs::read_to_string(labels)
@@ -208,9 +195,7 @@ fn the_probe_reads_an_image_only_model_before_its_projection() {
     let out = train_images(&labels, &run, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let model = run.join("final");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["image_only"], true);
+    assert_eq!(read_config(&model)["image_only"], true);
 
     let pooled = embed_images(&model, &labels, &tmp.path().join("p.safetensors"), &[]);
     let embeds = embed_images(
@@ -281,8 +266,7 @@ fn an_mlp_head_saves_resumes_and_reloads() {
     let out = train_images(&labels, &run, &head);
     assert!(out.status.success(), "{}", stderr(&out));
     let model = run.join("final");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let config = read_config(&model);
     assert_eq!(config["projection_dim"], 24);
     assert_eq!(
         config["vision_config"]["projection_head"],
