@@ -6,14 +6,14 @@ use clip_nn::taped::{
 };
 use clip_nn::{Activation, Encoder, Init, LayerNorm, Linear, Params};
 
-use crate::{ProjectionHead, Result, VisionConfig};
+use crate::{Result, VisionConfig};
 
 /// What maps the pooled class token into the embedding space.
 #[derive(Debug, Clone)]
 enum Projection {
     /// transformers' bias-free `visual_projection`.
     Linear(Linear),
-    /// The MLP head of image-only training ([`ProjectionHead`]): hidden blocks of linear →
+    /// The MLP head of image-only training ([`crate::ProjectionHead`]): hidden blocks of linear →
     /// layer norm → activation under `visual_projection_head.{i}`, then a bias-free linear.
     Mlp {
         hidden: Vec<(Linear, LayerNorm)>,
@@ -23,14 +23,9 @@ enum Projection {
 }
 
 impl Projection {
-    fn new(
-        cfg: &VisionConfig,
-        projection_dim: usize,
-        root: &Params,
-        head: Option<ProjectionHead>,
-    ) -> Result<Self> {
+    fn new(cfg: &VisionConfig, projection_dim: usize, root: &Params) -> Result<Self> {
         let w = cfg.hidden_size;
-        let Some(head) = head else {
+        let Some(head) = cfg.projection_head else {
             let std = (w as f64).powf(-0.5);
             let p = root.pp("visual_projection");
             return Ok(Self::Linear(Linear::new(
@@ -42,11 +37,10 @@ impl Projection {
             )?));
         };
         let p = root.pp("visual_projection_head");
-        let layer = |i: usize| p.pp(i);
         let mut hidden = Vec::with_capacity(head.layers - 1);
         let mut in_dim = w;
         for i in 0..head.layers - 1 {
-            let l = layer(i);
+            let l = p.pp(i);
             let std = (in_dim as f64).powf(-0.5);
             let linear = Linear::new(in_dim, head.hidden_size, true, std, &l.pp("linear"))?;
             let norm = LayerNorm::new(head.hidden_size, cfg.layer_norm_eps, &l.pp("norm"))?;
@@ -54,7 +48,7 @@ impl Projection {
             in_dim = head.hidden_size;
         }
         let std = (in_dim as f64).powf(-0.5);
-        let out = Linear::new(in_dim, projection_dim, false, std, &layer(head.layers - 1))?;
+        let out = Linear::new(in_dim, projection_dim, false, std, &p.pp(head.layers - 1))?;
         Ok(Self::Mlp {
             hidden,
             out,
@@ -140,7 +134,7 @@ impl VisionTransformer {
             pre_norm: LayerNorm::new(w, cfg.layer_norm_eps, &vm.pp("pre_layrnorm"))?,
             encoder: Encoder::new(&spec, &vm.pp("encoder"))?,
             post_norm: LayerNorm::new(w, cfg.layer_norm_eps, &vm.pp("post_layernorm"))?,
-            projection: Projection::new(cfg, projection_dim, &root, cfg.projection_head)?,
+            projection: Projection::new(cfg, projection_dim, &root)?,
             patch: p,
             grid,
             width: w,
