@@ -8,11 +8,14 @@
 //! probe on raw pixels gives the baseline an embedding has to beat. [`Pca2`] and
 //! [`write_scatter_png`] draw the features for a look at the clusters.
 
+mod classifier;
 mod font;
+mod lbfgs;
 pub mod linalg;
-mod linear;
+mod logistic;
 mod pca;
 mod plot;
+mod ridge;
 mod split;
 
 use std::fmt;
@@ -21,13 +24,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use classifier::{LinearClassifier, Standardizer};
 pub use linalg::{cholesky_solve, symmetric_eigen, LinalgError, Matrix, SymmetricEigen};
-pub use linear::{
-    fit_logistic, fit_ridge, LinearClassifier, LogisticFit, LogisticOptions, RidgeSolver,
-    Standardizer,
-};
+pub use logistic::{fit_logistic, LogisticFit, LogisticOptions};
 pub use pca::Pca2;
 pub use plot::{class_color, render_scatter, write_scatter_png, PALETTE};
+pub use ridge::{fit_ridge, select_ridge_lambda, RidgeSolver, RIDGE_LAMBDA_GRID};
 pub use split::{few_label_split, Labels, Split};
 
 /// Why a probe, a fit or a plot failed.
@@ -121,7 +123,7 @@ impl Method {
     /// labels per class; pass an explicit value to tune for other data.
     pub fn default_lambda(self) -> f64 {
         match self {
-            Method::Ridge => 1.0,
+            Method::Ridge => ridge::DEFAULT_RIDGE_LAMBDA,
             Method::Logistic => LogisticOptions::default().lambda,
         }
     }
@@ -214,74 +216,6 @@ pub struct ProbeReport {
     pub converged: Option<bool>,
 }
 
-/// Rows of `x`, in the order given.
-fn select_rows(x: &Matrix, rows: &[usize]) -> Matrix {
-    let mut data = Vec::with_capacity(rows.len() * x.cols);
-    for &r in rows {
-        data.extend_from_slice(x.row(r));
-    }
-    Matrix {
-        rows: rows.len(),
-        cols: x.cols,
-        data,
-    }
-}
-
-/// Ridge penalties tried by [`select_ridge_lambda`] (per-example scale, standardised features).
-pub const RIDGE_LAMBDA_GRID: [f64; 6] = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0];
-
-/// Picks the ridge penalty by stratified k-fold cross-validation on the labelled rows only
-/// (k = 5, or the smallest class size if lower; the test rows are never seen).
-///
-/// No single penalty suits every feature kind: raw pixels with 5 labels per class need a
-/// strong one, learned embeddings lose 5–10 points of accuracy under it. The penalty with
-/// the highest cross-validated accuracy wins; ties go to the stronger penalty. With fewer than
-/// two labelled examples in some class there is nothing to validate on and
-/// [`Method::default_lambda`] is used.
-pub fn select_ridge_lambda(x: &Matrix, y: &[usize], n_classes: usize) -> Result<f64, ProbeError> {
-    let mut counts = vec![0usize; n_classes];
-    let fold_of: Vec<usize> = y
-        .iter()
-        .map(|&c| {
-            counts[c] += 1;
-            counts[c] - 1
-        })
-        .collect();
-    let folds = counts
-        .iter()
-        .copied()
-        .filter(|&c| c > 0)
-        .min()
-        .unwrap_or(0)
-        .min(5);
-    if folds < 2 {
-        return Ok(Method::Ridge.default_lambda());
-    }
-    let mut best = (f64::NEG_INFINITY, Method::Ridge.default_lambda());
-    for &lambda in RIDGE_LAMBDA_GRID.iter().rev() {
-        let mut correct = 0usize;
-        for f in 0..folds {
-            let (held, kept): (Vec<usize>, Vec<usize>) =
-                (0..y.len()).partition(|&i| fold_of[i] % folds == f);
-            let y_kept: Vec<usize> = kept.iter().map(|&i| y[i]).collect();
-            let fit = fit_ridge(
-                &select_rows(x, &kept),
-                &y_kept,
-                n_classes,
-                lambda,
-                RidgeSolver::Auto,
-            )?;
-            let pred = fit.predict(&select_rows(x, &held))?;
-            correct += held.iter().zip(pred).filter(|(&i, p)| y[i] == *p).count();
-        }
-        let acc = correct as f64 / y.len() as f64;
-        if acc > best.0 {
-            best = (acc, lambda);
-        }
-    }
-    Ok(best.1)
-}
-
 /// Runs one probe: split, standardise on the training rows, fit, and score the rest.
 ///
 /// `features` has one row per example of `labels`. Every feature must be finite, training
@@ -308,10 +242,10 @@ pub fn run_probe(
     if k < 2 {
         return Err(ProbeError::TooFewClasses(k));
     }
-    linear::check_finite(features)?;
+    classifier::check_finite(features)?;
     let split = few_label_split(labels, cfg.n_per_class, cfg.seed)?;
     let ids = labels.ids();
-    let x_train = select_rows(features, &split.train);
+    let x_train = features.select_rows(&split.train);
     let y_train: Vec<usize> = split.train.iter().map(|&i| ids[i]).collect();
     let scaler = Standardizer::fit(&x_train)?;
     let x_train = scaler.transform(&x_train)?;
@@ -339,7 +273,7 @@ pub fn run_probe(
     let mut test_count = vec![0usize; k];
     let mut correct = vec![0usize; k];
     for chunk in split.test.chunks(1024) {
-        let x = scaler.transform(&select_rows(features, chunk))?;
+        let x = scaler.transform(&features.select_rows(chunk))?;
         for (&i, p) in chunk.iter().zip(classifier.predict(&x)?) {
             test_count[ids[i]] += 1;
             if p == ids[i] {
@@ -376,67 +310,19 @@ pub fn run_probe(
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn ridge_penalty_is_chosen_by_cross_validation() {
-        // Two classes told apart by feature 0 only, 40 noise features, few rows: a tiny
-        // penalty fits the noise, and cross-validation must prefer a stronger one.
-        let mut rng = 0x1234_5678_u64;
-        let mut noise = || {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((rng >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        };
-        let (n, d) = (20, 41);
-        let y: Vec<usize> = (0..n).map(|i| i % 2).collect();
-        let mut data = Vec::new();
-        for &c in &y {
-            data.push(if c == 0 { -0.3 } else { 0.3 } + 0.2 * noise());
-            data.extend((1..d).map(|_| noise()));
-        }
-        let x = Matrix::from_vec(n, d, data).unwrap();
-        let chosen = select_ridge_lambda(&x, &y, 2).unwrap();
-        assert!(RIDGE_LAMBDA_GRID.contains(&chosen));
-        assert!(chosen >= 0.1, "chose {chosen}");
-        // A perfectly separable, noise-free problem: every penalty is perfect, the tie goes
-        // to the strongest.
-        let x = Matrix::from_vec(n, 1, y.iter().map(|&c| c as f64 - 0.5).collect()).unwrap();
-        assert_eq!(select_ridge_lambda(&x, &y, 2).unwrap(), 100.0);
-        // One example in a class: nothing to validate on, the default is used.
-        assert_eq!(
-            select_ridge_lambda(
-                &x.clone(),
-                &[0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-                2
-            )
-            .unwrap(),
-            Method::Ridge.default_lambda()
-        );
-    }
     use super::*;
+    use crate::linalg::tests::pseudo_random;
 
     /// Two noisy clusters per class in 8 dimensions, three classes.
     fn toy(per_class: usize) -> (Matrix, Labels) {
-        let mut rng = split::SplitMix64::new(42);
-        let mut rows = Vec::new();
-        let mut names = Vec::new();
-        for i in 0..3 * per_class {
-            let c = i % 3;
-            names.push(["cat", "dog", "eel"][c]);
-            rows.push(
-                (0..8)
-                    .map(|j| {
-                        let noise = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
-                        (if j == c { 3.0 } else { 0.0 }) + noise
-                    })
-                    .collect::<Vec<f64>>(),
-            );
+        let n = 3 * per_class;
+        let mut x = Matrix::from_vec(n, 8, pseudo_random(n * 8, 42)).unwrap();
+        x.data.iter_mut().for_each(|v| *v *= 0.5);
+        let names: Vec<&str> = (0..n).map(|i| ["cat", "dog", "eel"][i % 3]).collect();
+        for i in 0..n {
+            x.set(i, i % 3, x.get(i, i % 3) + 3.0);
         }
-        (
-            Matrix::from_rows(&rows).unwrap(),
-            Labels::from_names(&names),
-        )
+        (x, Labels::from_names(&names))
     }
 
     #[test]
@@ -461,6 +347,16 @@ mod tests {
             assert_eq!(back, r);
             // Same seed, same report.
             assert_eq!(run_probe(&x, &labels, &cfg).unwrap(), r);
+            // Labels that ignore the clusters: near chance (1/3), far from perfect.
+            let names: Vec<&str> = (0..60)
+                .map(|i| ["cat", "dog", "eel"][(i * 7 / 3) % 3])
+                .collect();
+            let r = run_probe(&x, &Labels::from_names(&names), &cfg).unwrap();
+            assert!(
+                r.accuracy < 0.6,
+                "{method}: {} on shuffled labels",
+                r.accuracy
+            );
         }
     }
 

@@ -1,12 +1,14 @@
 //! Two-dimensional PCA, to look at how separable the classes are before (or instead of)
 //! trusting a single accuracy number.
 
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::SplitMix64;
+
+use crate::classifier::{check_features, check_finite};
 use crate::linalg::{symmetric_eigen, Matrix};
-use crate::linear::{check_features, check_finite};
-use crate::split::SplitMix64;
 use crate::ProbeError;
 
-/// Up to this many features the covariance is decomposed directly with Jacobi; above it a
+/// Up to this many features the covariance is decomposed directly; above it a
 /// block power iteration finds the top directions without forming a `d × d` matrix (raw
 /// pixels easily have 12288 features).
 const DIRECT_MAX_FEATURES: usize = 256;
@@ -67,19 +69,9 @@ fn fit_with(x: &Matrix, method: Method) -> Result<Pca2, ProbeError> {
     }
     check_finite(x)?;
     let (n, d) = (x.rows, x.cols);
-    let mut mean = vec![0.0; d];
-    for r in 0..n {
-        for (m, v) in mean.iter_mut().zip(x.row(r)) {
-            *m += v;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mean = x.column_means();
     let mut xc = x.clone();
-    for r in 0..n {
-        for (v, m) in xc.data[r * d..(r + 1) * d].iter_mut().zip(&mean) {
-            *v -= m;
-        }
-    }
+    xc.add_to_rows(&mean, -1.0);
     let (mut vectors, variances) = match method {
         Method::Covariance => {
             let mut cov = xc.gram();
@@ -113,41 +105,10 @@ fn fit_with(x: &Matrix, method: Method) -> Result<Pca2, ProbeError> {
     })
 }
 
-/// Orthonormalises the columns of `v` (`d × b`) in place by modified Gram–Schmidt. A column
-/// that collapses (rank-deficient data) is replaced by the first unit vector not yet spanned,
-/// so the block always stays orthonormal.
-fn orthonormalise(v: &mut Matrix) {
-    let (d, b) = (v.rows, v.cols);
-    let mut next_unit = 0;
-    for j in 0..b {
-        loop {
-            for i in 0..j {
-                let dot: f64 = (0..d).map(|r| v.get(r, i) * v.get(r, j)).sum();
-                for r in 0..d {
-                    let val = v.get(r, j) - dot * v.get(r, i);
-                    v.set(r, j, val);
-                }
-            }
-            let norm = (0..d).map(|r| v.get(r, j).powi(2)).sum::<f64>().sqrt();
-            if norm > 1e-10 {
-                for r in 0..d {
-                    v.set(r, j, v.get(r, j) / norm);
-                }
-                break;
-            }
-            if next_unit >= d {
-                // More columns than dimensions: nothing left to span.
-                for r in 0..d {
-                    v.set(r, j, 0.0);
-                }
-                break;
-            }
-            for r in 0..d {
-                v.set(r, j, if r == next_unit { 1.0 } else { 0.0 });
-            }
-            next_unit += 1;
-        }
-    }
+/// An orthonormal basis of the column space of `m` (`d × b`, `b ≤ d`): the thin `Q` of a
+/// Householder QR, orthonormal even when the columns are dependent (rank-deficient data).
+fn orthonormal_columns(m: &Matrix) -> Matrix {
+    Matrix::from_faer(m.as_faer().qr().compute_thin_Q().as_ref())
 }
 
 /// Block power iteration with Rayleigh–Ritz on a few extra vectors, from a fixed
@@ -157,15 +118,9 @@ fn subspace_top2(xc: &Matrix) -> Result<([Vec<f64>; 2], [f64; 2]), ProbeError> {
     const MAX_ITER: usize = 300;
     let (n, d) = (xc.rows, xc.cols);
     let b = BLOCK.min(d);
-    let mut rng = SplitMix64::new(0x5ca7_7e12);
-    let mut v = Matrix::from_vec(
-        d,
-        b,
-        (0..d * b)
-            .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5)
-            .collect(),
-    )?;
-    orthonormalise(&mut v);
+    let mut rng = SplitMix64::seed_from_u64(0x5ca7_7e12);
+    let start: Vec<f64> = (0..d * b).map(|_| rng.random::<f64>() - 0.5).collect();
+    let mut v = orthonormal_columns(&Matrix::from_vec(d, b, start)?);
     let mut previous = [f64::NAN; 2];
     let mut z = xc.matmul(&v)?;
     let mut iterations = 0;
@@ -183,8 +138,7 @@ fn subspace_top2(xc: &Matrix) -> Result<([Vec<f64>; 2], [f64; 2]), ProbeError> {
             break e;
         }
         // V ← orth(Xᵀ X V): one multiplication by the (unformed) covariance.
-        v = transpose_times(xc, &z);
-        orthonormalise(&mut v);
+        v = orthonormal_columns(&xc.transpose_matmul(&z)?);
         z = xc.matmul(&v)?;
     };
     // Rayleigh–Ritz: rotate the block onto the eigenvectors of its projected covariance.
@@ -200,32 +154,11 @@ fn subspace_top2(xc: &Matrix) -> Result<([Vec<f64>; 2], [f64; 2]), ProbeError> {
     Ok(([col(0), col(1)], [var(0), var(1)]))
 }
 
-/// `xᵀ · z` without materialising the transpose.
-fn transpose_times(x: &Matrix, z: &Matrix) -> Matrix {
-    let mut out = Matrix::zeros(x.cols, z.cols);
-    for r in 0..x.rows {
-        let zr = z.row(r);
-        for (i, a) in x.row(r).iter().enumerate() {
-            if *a != 0.0 {
-                for (o, zv) in out.data[i * z.cols..(i + 1) * z.cols].iter_mut().zip(zr) {
-                    *o += a * zv;
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-        let mut rng = SplitMix64::new(seed);
-        (0..n)
-            .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
-            .collect()
-    }
+    use crate::linalg::tests::pseudo_random;
 
     #[test]
     fn points_on_a_line_give_that_line() {

@@ -183,8 +183,9 @@ pub fn render_scatter(
     Ok(img)
 }
 
-/// Renders like [`render_scatter`] and writes the PNG to `path` via a temporary sibling file
-/// and a rename, so an interrupted run never leaves a half-written image behind.
+/// Renders like [`render_scatter`] and writes the PNG to `path` through a temporary file in
+/// the same folder, renamed over `path` once complete, so an interrupted run never leaves a
+/// half-written image behind (the temporary file removes itself on any error).
 pub fn write_scatter_png(
     path: &Path,
     points: &[[f64; 2]],
@@ -201,30 +202,18 @@ pub fn write_scatter_png(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plot.png".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = (|| {
-        let file = std::fs::File::create(&tmp).map_err(io_err)?;
-        let mut w = std::io::BufWriter::new(file);
-        img.write_to(&mut w, image::ImageFormat::Png)
-            .map_err(|source| ProbeError::Image {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        w.flush().map_err(io_err)?;
-        w.into_inner()
-            .map_err(|e| io_err(e.into_error()))?
-            .sync_all()
-            .map_err(io_err)?;
-        std::fs::rename(&tmp, path).map_err(io_err)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
+    let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+    img.write_to(&mut w, image::ImageFormat::Png)
+        .map_err(|source| ProbeError::Image {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    w.flush().map_err(io_err)?;
+    drop(w);
+    tmp.as_file().sync_all().map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(())
 }
 
 fn shorten(name: &str) -> String {

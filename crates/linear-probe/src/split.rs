@@ -7,6 +7,9 @@
 
 use std::collections::HashMap;
 
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::SplitMix64;
+
 use crate::ProbeError;
 
 /// Class ids per example and the class names they index.
@@ -110,37 +113,6 @@ pub struct Split {
     pub test: Vec<usize>,
 }
 
-/// SplitMix64 (Steele, Lea and Flood 2014): a tiny, well-mixed generator. A split only needs
-/// repeatability and uniformity, not cryptographic strength, and a local generator keeps the
-/// result independent of any dependency's version.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`), without modulo bias (Lemire's multiply-and-reject).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = u128::from(self.next_u64()) * u128::from(n);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
-    }
-}
-
 /// Draws exactly `n_per_class` training examples from every class, uniformly at random and
 /// repeatably for `seed`; all other examples are the test set.
 ///
@@ -176,12 +148,12 @@ pub fn few_label_split(
             n_per_class,
         });
     }
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = SplitMix64::seed_from_u64(seed);
     let mut is_train = vec![false; labels.len()];
     for mut m in members {
         // Partial Fisher–Yates: the first `n_per_class` slots become a uniform sample.
         for k in 0..n_per_class {
-            let j = k + rng.below((m.len() - k) as u64) as usize;
+            let j = rng.random_range(k..m.len());
             m.swap(k, j);
             is_train[m[k]] = true;
         }
