@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clip_train::spectral_graph::{
+use spectral_graph::{
     fit_free_embeddings, guarantee_report, load_digits, regression_bound, AugmentationGraph,
     DigitGraphConfig, Digits, GuaranteeReport,
 };

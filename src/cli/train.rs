@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
 use clip_model::{Checkpoint, ClipConfig, ClipModel, Preprocess, ProjectionHead};
 use clip_train::{
-    LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats, TrainConfig,
+    AdamWConfig, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats,
+    TrainConfig,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -39,32 +40,6 @@ fn bundled_digits() -> PathBuf {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-enum ObjectiveArg {
-    /// An image and its caption are the positive pair (CLIP).
-    ImageText,
-    /// Two augmented views of one image are the positive pair (no captions needed).
-    Images,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-enum LossArg {
-    /// CLIP's symmetric softmax (image-text).
-    Clip,
-    /// SigLIP's pairwise sigmoid (image-text).
-    Siglip,
-    /// SimCLR's NT-Xent over two views (images).
-    NtXent,
-    /// Debiased negatives with prior --tau-plus (either objective).
-    Debiased,
-    /// Debiased plus hard-negative weighting --beta (either objective).
-    HardNegative,
-    /// Spectral contrastive loss (either objective).
-    Spectral,
-    /// NT-Xent without same-class negatives, from --labels (images; experiments only).
-    Oracle,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 enum ProjectionArg {
     /// One bias-free linear layer (transformers' `visual_projection`).
     Linear,
@@ -73,22 +48,10 @@ enum ProjectionArg {
     Mlp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-enum PrecisionArg {
-    /// Everything in f32.
-    F32,
-    /// Mixed precision: bf16 forward/backward over f32 master weights (for CUDA; slower on
-    /// CPU, where f32 is the fast path).
-    Bf16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-enum ScheduleArg {
-    Cosine,
-    Constant,
-}
-
+/// The options of `clip train`, also saved as `RUN/run.json` for `--resume`. A field missing
+/// from an older run.json takes its command-line default.
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainArgs {
     /// Training data: a folder (image + same-stem .txt), a .csv/.tsv manifest, a .jsonl file,
     /// a webdataset .tar shard or a folder of them (img2dataset's output), or a brace pattern
@@ -116,49 +79,41 @@ pub struct TrainArgs {
     lock_text: bool,
     /// What a positive pair is: an image and its caption, or two views of one image.
     /// `images` without --data trains on the bundled digits.
-    #[arg(long, value_enum, default_value_t = ObjectiveArg::ImageText)]
-    #[serde(default = "default_objective")]
-    objective: ObjectiveArg,
+    #[arg(long, value_enum, default_value_t = TrainConfig::default().objective)]
+    #[serde(with = "variant_name")]
+    objective: Objective,
     /// Loss (default: clip for image-text, nt-xent for images).
     #[arg(long, value_enum)]
-    loss: Option<LossArg>,
+    #[serde(with = "variant_name::option")]
+    loss: Option<LossKind>,
     /// Temperature of the two-view softmax losses.
-    #[arg(long, default_value_t = 0.5)]
-    #[serde(default = "default_temperature")]
+    #[arg(long, default_value_t = TrainConfig::default().temperature)]
     temperature: f64,
     /// Class prior τ⁺ of the debiased and hard-negative losses.
-    #[arg(long, default_value_t = 0.1)]
-    #[serde(default = "default_tau_plus")]
+    #[arg(long, default_value_t = TrainConfig::default().tau_plus)]
     tau_plus: f64,
     /// Hard-negative concentration β.
-    #[arg(long, default_value_t = 1.0)]
-    #[serde(default = "default_beta")]
+    #[arg(long, default_value_t = TrainConfig::default().beta)]
     beta: f64,
     /// Norm bound μ of the spectral loss.
-    #[arg(long, default_value_t = 1.0)]
-    #[serde(default = "default_mu")]
+    #[arg(long, default_value_t = TrainConfig::default().spectral_mu)]
     spectral_mu: f64,
     /// Head between the image tower's pooled features and the loss (default: linear, or the
     /// --init checkpoint's).
     #[arg(long, value_enum)]
-    #[serde(default)]
     projection: Option<ProjectionArg>,
     /// Linear layers of --projection mlp (2 or more).
-    #[arg(long, default_value_t = DEFAULT_HEAD_LAYERS)]
-    #[serde(default = "default_head_layers")]
+    #[arg(long, default_value_t = 2)]
     projection_layers: usize,
     /// Hidden width of --projection mlp (default: the image tower's width).
     #[arg(long)]
-    #[serde(default)]
     projection_hidden: Option<usize>,
     /// Embedding dimension the loss sees (default: the preset's projection_dim).
     #[arg(long)]
-    #[serde(default)]
     projection_dim: Option<usize>,
     /// Class labels (`filepath<TAB>label`, paths relative to the file) for the oracle loss and
     /// the linear probe printed after an image-only run.
     #[arg(long)]
-    #[serde(default)]
     labels: Option<PathBuf>,
     /// Optimiser steps (default 400; 100 with the bundled sample, a few minutes on a laptop).
     #[arg(long)]
@@ -173,47 +128,48 @@ pub struct TrainArgs {
     #[arg(long)]
     warmup: Option<usize>,
     /// Schedule after warmup.
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
-    schedule: ScheduleArg,
+    #[arg(long, value_enum, default_value_t = TrainConfig::default().schedule)]
+    #[serde(with = "variant_name")]
+    schedule: ScheduleKind,
     /// Decoupled weight decay (not applied to biases, gains, embeddings or the temperature).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = AdamWConfig::default().weight_decay)]
     wd: f64,
     /// AdamW β1.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = AdamWConfig::default().beta1)]
     beta1: f64,
     /// AdamW β2.
-    #[arg(long, default_value_t = 0.98)]
+    #[arg(long, default_value_t = AdamWConfig::default().beta2)]
     beta2: f64,
     /// AdamW ε.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = AdamWConfig::default().eps)]
     eps: f64,
     /// Clip the global gradient norm.
     #[arg(long)]
     grad_clip_norm: Option<f64>,
     /// Forward passes per step; the whole batch stays the negatives.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::default().accum_steps)]
     accum_steps: usize,
     /// Seed: a CPU run with the same seed repeats to the bit.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     /// Arithmetic: f32, or bf16 mixed precision (f32 weights and optimiser state).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-    #[serde(default = "default_precision")]
-    precision: PrecisionArg,
+    #[arg(long, value_enum, default_value_t = TrainConfig::default().precision)]
+    #[serde(with = "variant_name")]
+    precision: Precision,
     /// Run directory for checkpoints, metrics and the plot.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
     /// Checkpoint every N steps (0: only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().save_every)]
     save_every: usize,
     /// Keep the newest K checkpoints.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = TrainConfig::default().keep_last)]
     keep_last: usize,
     /// Log every N steps.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = TrainConfig::default().log_every)]
     log_every: usize,
     /// Validate every N steps (0: only at the end; default 25 with the bundled sample).
     #[arg(long)]
@@ -247,56 +203,83 @@ pub struct TrainArgs {
     examples: usize,
     /// Keep decoded images in memory between epochs: auto (while they fit --cache-mem, then
     /// stream), on (all of them), off (decode every time).
-    #[arg(long, value_enum, default_value_t = CacheMode::Auto)]
-    #[serde(default)]
+    #[arg(long, value_enum, default_value_t = CacheMode::default())]
     cache: CacheMode,
     /// Memory budget of the decoded-image cache with --cache auto, e.g. 4G or 512M
     /// (default: a quarter of physical memory).
     #[arg(long, value_parser = clip_data::parse_bytes)]
-    #[serde(default)]
     cache_mem: Option<u64>,
     /// Samples per epoch (open_clip's name): fewer than the data holds draws a fresh subset
     /// each epoch, more repeats samples. Default: every sample once.
     #[arg(long)]
-    #[serde(default)]
     train_num_samples: Option<usize>,
     /// Shuffle-buffer size for webdataset shards (shards are shuffled per epoch and read
     /// in order; samples are drawn at random from a window this big).
     #[arg(long, default_value_t = OrderConfig::default().shuffle_buffer)]
-    #[serde(default = "default_shuffle_buffer")]
     shuffle_buffer: usize,
 }
 
-fn default_shuffle_buffer() -> usize {
-    OrderConfig::default().shuffle_buffer
+impl Default for TrainArgs {
+    /// The command line's defaults, so run.json and the flags share them.
+    fn default() -> Self {
+        use clap::{Args, FromArgMatches};
+        let cmd = Self::augment_args(clap::Command::new("train"));
+        Self::from_arg_matches(&cmd.get_matches_from(["train"])).expect("the defaults parse")
+    }
+}
+
+/// run.json spells the option enums by their Rust variant names ("ImageText", "NtXent"), as
+/// it did when the command line had enums of its own.
+mod variant_name {
+    use std::fmt::Debug;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Debug, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:?}"))
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: Debug + clap::ValueEnum,
+        D: Deserializer<'de>,
+    {
+        parse(&String::deserialize(d)?)
+    }
+
+    fn parse<T: Debug + clap::ValueEnum, E: Error>(name: &str) -> Result<T, E> {
+        let found = T::value_variants()
+            .iter()
+            .find(|v| format!("{v:?}") == name);
+        found
+            .cloned()
+            .ok_or_else(|| E::custom(format!("unknown value {name:?}")))
+    }
+
+    /// The same for an optional value (`null` when absent).
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<T: Debug, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => s.serialize_some(&format!("{v:?}")),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+        where
+            T: Debug + clap::ValueEnum,
+            D: Deserializer<'de>,
+        {
+            Option::<String>::deserialize(d)?
+                .map(|name| parse(&name))
+                .transpose()
+        }
+    }
 }
 
 const RUN_FILE: &str = "run.json";
-
-const DEFAULT_HEAD_LAYERS: usize = 2;
-
-fn default_head_layers() -> usize {
-    DEFAULT_HEAD_LAYERS
-}
-
-fn default_precision() -> PrecisionArg {
-    PrecisionArg::F32
-}
-fn default_objective() -> ObjectiveArg {
-    ObjectiveArg::ImageText
-}
-fn default_temperature() -> f64 {
-    0.5
-}
-fn default_tau_plus() -> f64 {
-    0.1
-}
-fn default_beta() -> f64 {
-    1.0
-}
-fn default_mu() -> f64 {
-    1.0
-}
 
 fn preset(name: &str) -> Result<ClipConfig> {
     let (_, json) = PRESETS.iter().find(|(n, _)| *n == name).with_context(|| {
@@ -365,7 +348,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             .with_context(|| format!("cannot resume: {} is damaged", path.display()))?;
         a.out = dir.clone();
     }
-    let images_only = a.objective == ObjectiveArg::Images;
+    let images_only = a.objective == Objective::Images;
     let (bundled_train, bundled_val) = bundled_data();
     let bundled = a.data.is_empty();
     if bundled && images_only {
@@ -389,15 +372,20 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         );
     }
     let loss = a.loss.unwrap_or(if images_only {
-        LossArg::NtXent
+        LossKind::NtXent
     } else {
-        LossArg::Clip
+        LossKind::Clip
     });
     // The bundled demo is a short run: smaller batches and a gentler peak rate keep the
     // few-minute schedule from collapsing the embedding in its first steps.
-    let steps = a.steps.unwrap_or(if bundled { 100 } else { 400 });
-    let batch_size = a.batch_size.unwrap_or(if bundled { 64 } else { 128 });
-    let lr = a.lr.unwrap_or(if bundled { 5e-4 } else { 1e-3 });
+    let defaults = TrainConfig::default();
+    let steps = a
+        .steps
+        .unwrap_or(if bundled { 100 } else { defaults.steps });
+    let batch_size = a
+        .batch_size
+        .unwrap_or(if bundled { 64 } else { defaults.batch_size });
+    let lr = a.lr.unwrap_or(if bundled { 5e-4 } else { defaults.lr });
     let device = a.device.device()?;
 
     // Model: a preset from scratch, or a checkpoint to fine-tune.
@@ -415,7 +403,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         }
         None => {
             let mut cfg = preset(&a.preset)?;
-            if loss == LossArg::Siglip {
+            if loss == LossKind::Siglip {
                 cfg.logit_scale_init_value = 10f64.ln();
             }
             if let Some(d) = a.projection_dim {
@@ -455,11 +443,8 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         batch_size,
         lr,
         warmup: a.warmup.unwrap_or(steps / 10),
-        schedule: match a.schedule {
-            ScheduleArg::Cosine => ScheduleKind::Cosine,
-            ScheduleArg::Constant => ScheduleKind::Constant,
-        },
-        optimizer: clip_train::AdamWConfig {
+        schedule: a.schedule,
+        optimizer: AdamWConfig {
             beta1: a.beta1,
             beta2: a.beta2,
             eps: a.eps,
@@ -468,28 +453,13 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         grad_clip_norm: a.grad_clip_norm,
         accum_steps: a.accum_steps,
         seed: a.seed,
-        objective: if images_only {
-            Objective::Images
-        } else {
-            Objective::ImageText
-        },
-        loss: match loss {
-            LossArg::Clip => LossKind::Clip,
-            LossArg::Siglip => LossKind::Siglip,
-            LossArg::NtXent => LossKind::NtXent,
-            LossArg::Debiased => LossKind::Debiased,
-            LossArg::HardNegative => LossKind::HardNegative,
-            LossArg::Spectral => LossKind::Spectral,
-            LossArg::Oracle => LossKind::Oracle,
-        },
+        objective: a.objective,
+        loss,
         temperature: a.temperature,
         tau_plus: a.tau_plus,
         beta: a.beta,
         spectral_mu: a.spectral_mu,
-        precision: match a.precision {
-            PrecisionArg::F32 => Precision::F32,
-            PrecisionArg::Bf16 => Precision::Bf16,
-        },
+        precision: a.precision,
         lock_image: a.lock_image,
         lock_text: a.lock_text,
         save_every: a.save_every,
@@ -497,7 +467,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         log_every: a.log_every,
         val_every: a.val_every.unwrap_or(if bundled { 25 } else { 0 }),
         augment: augment_config(&a, images_only)?,
-        prefetch: 4,
+        prefetch: defaults.prefetch,
         order: OrderConfig {
             epoch_samples: a.train_num_samples,
             shuffle_buffer: a.shuffle_buffer,

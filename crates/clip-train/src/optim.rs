@@ -260,6 +260,7 @@ impl AdamW {
 
 /// How the learning rate evolves after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     /// Cosine decay to zero at the last step.

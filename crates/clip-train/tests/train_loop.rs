@@ -12,7 +12,9 @@ use common::*;
 use candle_core::Device;
 use clip_data::{Item, SampleSet};
 use clip_model::Preprocess;
-use clip_train::{train, LossKind, Objective, Precision, RunSetup, ScheduleKind, TrainConfig};
+use clip_train::{
+    train, AdamWConfig, LossKind, Objective, Precision, RunSetup, ScheduleKind, TrainConfig,
+};
 use image::RgbImage;
 
 /// 16 pairs: a colour in one of four quadrants, captioned with both.
@@ -195,6 +197,56 @@ fn siglip_and_feature_cache_accumulation_train() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("accum-steps"), "{err}");
+}
+
+/// A feature cache over K chunks takes the step of the whole batch (open_clip's
+/// `--accum-freq`). AdamW's first step is `lr·g/(|g| + ε)`: with ε = 1 rather than 1e-6 it
+/// follows the gradient's size, not only its sign, so the weights compare the gradients.
+#[test]
+fn accumulated_chunks_take_the_step_of_the_whole_batch() {
+    let dist = |a: &[f32], b: &[f32]| -> f64 {
+        assert_eq!(a.len(), b.len());
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2));
+        d.sum::<f64>().sqrt()
+    };
+    for loss in [LossKind::Clip, LossKind::Siglip] {
+        // Every weight after one step, in name order.
+        let step = |accum_steps, lr| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = setup(dir.path(), 1, false);
+            s.train = TrainConfig {
+                loss,
+                accum_steps,
+                lr,
+                warmup: 0,
+                optimizer: AdamWConfig {
+                    eps: 1.0,
+                    weight_decay: 0.0,
+                    ..AdamWConfig::default()
+                },
+                ..s.train
+            };
+            train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+            let w = weights(&dir.path().join("final"));
+            w.into_iter().flat_map(|(_, v)| v).collect::<Vec<f32>>()
+        };
+        // A rate too small to move any weight gives the initial ones.
+        let (start, whole) = (step(1, 1e-30), step(1, 1.0));
+        assert!(whole.iter().all(|x| x.is_finite()));
+        let scale = dist(&whole, &vec![0.0; whole.len()]);
+        // The step is large enough that a wrong gradient would show above the tolerance.
+        assert!(
+            dist(&whole, &start) > 1e-2 * scale,
+            "{loss:?}: the step barely moved"
+        );
+        for k in [2, 4] {
+            let diff = dist(&step(k, 1.0), &whole);
+            assert!(diff <= 1e-5 * scale, "{loss:?}, K = {k}: {diff} vs {scale}");
+        }
+    }
 }
 
 fn tensors(dir: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {

@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use linear_probe::linalg::{cholesky_solve, symmetric_eigen, LinalgError, Matrix, SymmetricEigen};
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rand_xoshiro::SplitMix64;
 use serde::Serialize;
 
 /// Why a spectral computation was refused or failed.
@@ -72,36 +75,14 @@ fn invalid<T>(what: &'static str, reason: impl Into<String>) -> SpectralResult<T
     })
 }
 
-/// A small deterministic generator (SplitMix64), so that graphs and initialisations are
-/// reproducible from a seed without depending on a random-number crate's stream stability.
-#[derive(Debug, Clone)]
-struct SplitMix(u64);
+/// The workspace's one seeded generator: graphs and initialisations repeat from a seed.
+fn seeded(seed: u64) -> SplitMix64 {
+    SplitMix64::seed_from_u64(seed)
+}
 
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller; one of the pair is discarded for simplicity).
-    fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform(); // (0, 1], so the log is finite
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-
-    /// Uniform integer in `[-m, m]`.
-    fn offset(&mut self, m: usize) -> isize {
-        (self.next_u64() % (2 * m as u64 + 1)) as isize - m as isize
-    }
+/// A standard normal draw.
+fn normal(rng: &mut SplitMix64) -> f64 {
+    rng.sample(StandardNormal)
 }
 
 /// The 8×8 digits data set: pixels scaled from 0–16 to `[0, 1]`, one image per row.
@@ -222,10 +203,12 @@ impl Default for DigitGraphConfig {
 }
 
 /// Applies one random augmentation (shift, gain, noise) to an 8×8 image in `[0, 1]`.
-fn augment(image: &[f64], cfg: &DigitGraphConfig, rng: &mut SplitMix) -> Vec<f64> {
+fn augment(image: &[f64], cfg: &DigitGraphConfig, rng: &mut SplitMix64) -> Vec<f64> {
     let s = DIGIT_SIDE as isize;
-    let (dx, dy) = (rng.offset(cfg.max_shift), rng.offset(cfg.max_shift));
-    let gain = 1.0 + cfg.gain_jitter * (2.0 * rng.uniform() - 1.0);
+    let m = cfg.max_shift as i64;
+    let mut offset = || rng.random_range(-m..=m) as isize;
+    let (dx, dy) = (offset(), offset());
+    let gain = 1.0 + cfg.gain_jitter * (2.0 * rng.random::<f64>() - 1.0);
     let mut out = vec![0.0; image.len()];
     for r in 0..s {
         for c in 0..s {
@@ -235,7 +218,7 @@ fn augment(image: &[f64], cfg: &DigitGraphConfig, rng: &mut SplitMix) -> Vec<f64
             } else {
                 0.0
             };
-            let v = gain * src + cfg.noise_std * rng.normal();
+            let v = gain * src + cfg.noise_std * normal(rng);
             out[(r * s + c) as usize] = v.clamp(0.0, 1.0);
         }
     }
@@ -437,7 +420,7 @@ impl AugmentationGraph {
                 format!("{} is not positive", cfg.sigma_scale),
             );
         }
-        let mut rng = SplitMix(cfg.seed);
+        let mut rng = seeded(cfg.seed);
         let (mut origins, mut views, mut labels, mut own) = (vec![], vec![], vec![], vec![]);
         for (ci, &class) in cfg.classes.iter().enumerate() {
             let chosen: Vec<&Vec<f64>> = digits
@@ -712,8 +695,8 @@ pub fn fit_free_embeddings(
     let device = Device::Cpu;
     let pairs = graph.pair_weights_tensor(&device)?;
     let nodes = graph.node_weights_tensor(&device)?;
-    let mut rng = SplitMix(seed);
-    let mut params: Vec<f64> = (0..n * k).map(|_| 0.1 * rng.normal()).collect();
+    let mut rng = seeded(seed);
+    let mut params: Vec<f64> = (0..n * k).map(|_| 0.1 * normal(&mut rng)).collect();
     let var = Var::from_tensor(&Tensor::from_vec(params.clone(), (n, k), &device)?)?;
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-12f64);
     let (mut m, mut v) = (vec![0.0; n * k], vec![0.0; n * k]);
@@ -894,20 +877,20 @@ mod tests {
     }
 
     fn random_points(count: usize, dim: usize, seed: u64) -> Vec<Vec<f64>> {
-        let mut rng = SplitMix(seed);
+        let mut rng = seeded(seed);
         (0..count)
-            .map(|_| (0..dim).map(|_| rng.normal()).collect())
+            .map(|_| (0..dim).map(|_| normal(&mut rng)).collect())
             .collect()
     }
 
     fn random_graph(origins: usize, views_each: usize, seed: u64) -> AugmentationGraph {
         let o = random_points(origins, 3, seed);
-        let mut rng = SplitMix(seed ^ 0xABCD);
+        let mut rng = seeded(seed ^ 0xABCD);
         let mut views = vec![];
         let mut labels = vec![];
         for (i, x) in o.iter().enumerate() {
             for _ in 0..views_each {
-                views.push(x.iter().map(|v| v + 0.3 * rng.normal()).collect());
+                views.push(x.iter().map(|v| v + 0.3 * normal(&mut rng)).collect());
                 labels.push(if i % 2 == 0 { 1 } else { -1 });
             }
         }
@@ -960,9 +943,13 @@ mod tests {
     fn loss_is_the_matrix_approximation_error_shifted() {
         let g = random_graph(4, 3, 5);
         let a = g.normalized_adjacency();
-        let mut rng = SplitMix(11);
-        let f =
-            Matrix::from_vec(g.len(), 3, (0..g.len() * 3).map(|_| rng.normal()).collect()).unwrap();
+        let mut rng = seeded(11);
+        let f = Matrix::from_vec(
+            g.len(),
+            3,
+            (0..g.len() * 3).map(|_| normal(&mut rng)).collect(),
+        )
+        .unwrap();
         let want = approximation_error(&g, &f).unwrap() - a.frobenius_sq();
         let f64_loss = population_loss(&g, &f).unwrap();
         assert!(
@@ -1007,8 +994,8 @@ mod tests {
     fn candle_gradient_matches_finite_differences() {
         let g = random_graph(3, 2, 21);
         let (n, k) = (g.len(), 2);
-        let mut rng = SplitMix(3);
-        let f = Matrix::from_vec(n, k, (0..n * k).map(|_| rng.normal()).collect()).unwrap();
+        let mut rng = seeded(3);
+        let f = Matrix::from_vec(n, k, (0..n * k).map(|_| normal(&mut rng)).collect()).unwrap();
         let dev = Device::Cpu;
         let var = Var::from_tensor(&tensor(&f)).unwrap();
         let loss = spectral_population_loss(
@@ -1058,7 +1045,7 @@ mod tests {
             ..DigitGraphConfig::default()
         };
         let image: Vec<f64> = (0..64).map(|i| (i % 17) as f64 / 16.0).collect();
-        let (mut r1, mut r2) = (SplitMix(4), SplitMix(4));
+        let (mut r1, mut r2) = (seeded(4), seeded(4));
         for _ in 0..20 {
             let a = augment(&image, &cfg, &mut r1);
             assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));

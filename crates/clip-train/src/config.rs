@@ -1,0 +1,281 @@
+//! What shapes a run: the objective, the loss, the arithmetic and every optimisation setting,
+//! checked before anything starts.
+
+use clip_data::{AugmentConfig, CacheConfig, OrderConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{AdamWConfig, ScheduleKind};
+use crate::{Result, TrainError};
+
+/// Arithmetic of the forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    #[cfg_attr(feature = "clap", value(help = "Everything in f32"))]
+    F32,
+    /// Mixed precision: f32 master weights and optimiser state; each step runs the towers on
+    /// bf16 copies of the weights (layer norms and softmaxes in f32), gradients flow back to
+    /// the f32 weights through the casts, and the loss is computed in f32. Meant for CUDA.
+    #[cfg_attr(
+        feature = "clap",
+        value(
+            help = "Mixed precision: bf16 forward/backward over f32 master weights (for CUDA; slower on CPU, where f32 is the fast path)"
+        )
+    )]
+    Bf16,
+}
+
+/// What counts as a positive pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// An image and its caption (CLIP): both towers train.
+    #[default]
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "An image and its caption are the positive pair (CLIP)")
+    )]
+    ImageText,
+    /// Two augmented views of one image (SimCLR-style): only the image tower trains and
+    /// captions are not needed.
+    #[cfg_attr(
+        feature = "clap",
+        value(
+            help = "Two augmented views of one image are the positive pair (no captions needed)"
+        )
+    )]
+    Images,
+}
+
+/// The contrastive loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    /// Symmetric in-batch softmax cross-entropy ([`clip_loss`](crate::clip_loss)); image–text only.
+    #[default]
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "CLIP's symmetric softmax (image-text)")
+    )]
+    Clip,
+    /// Pairwise sigmoid loss with a learned bias ([`siglip_loss`](crate::siglip_loss)); image–text only.
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "SigLIP's pairwise sigmoid (image-text)")
+    )]
+    Siglip,
+    /// NT-Xent over two views ([`crate::nt_xent_loss`]); images only.
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "SimCLR's NT-Xent over two views (images)")
+    )]
+    NtXent,
+    /// Debiased negatives with prior `tau_plus` ([`crate::debiased_contrastive_loss`], or
+    /// [`debiased_clip_loss`](crate::debiased_clip_loss) for image–text).
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Debiased negatives with prior --tau-plus (either objective)")
+    )]
+    Debiased,
+    /// Debiased plus hard-negative reweighting with `beta` ([`crate::hard_negative_loss`]).
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Debiased plus hard-negative weighting --beta (either objective)")
+    )]
+    HardNegative,
+    /// Spectral contrastive loss ([`spectral_contrastive_loss`](crate::spectral_contrastive_loss)).
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Spectral contrastive loss (either objective)")
+    )]
+    Spectral,
+    /// NT-Xent with same-class negatives removed using true labels
+    /// ([`oracle_contrastive_loss`](crate::oracle_contrastive_loss)); images only, for experiments.
+    #[cfg_attr(
+        feature = "clap",
+        value(
+            help = "NT-Xent without same-class negatives, from --labels (images; experiments only)"
+        )
+    )]
+    Oracle,
+}
+
+/// Everything that shapes the optimisation (saved with every checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Pairs per step (all of them are each other's negatives).
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warmup steps.
+    pub warmup: usize,
+    /// Schedule after warmup.
+    pub schedule: ScheduleKind,
+    /// AdamW settings.
+    pub optimizer: AdamWConfig,
+    /// Clip the global gradient norm to this value.
+    pub grad_clip_norm: Option<f64>,
+    /// Split each batch into this many forward passes while keeping the whole batch as
+    /// negatives (a feature cache, as open_clip's `--accum-freq`).
+    pub accum_steps: usize,
+    /// Seed for initialisation, data order and augmentation.
+    pub seed: u64,
+    /// What a positive pair is.
+    pub objective: Objective,
+    /// Loss.
+    pub loss: LossKind,
+    /// Temperature of the two-view softmax losses (image–text losses learn theirs).
+    pub temperature: f64,
+    /// Class prior τ⁺ of the debiased and hard-negative losses.
+    pub tau_plus: f64,
+    /// Hard-negative concentration β.
+    pub beta: f64,
+    /// Norm bound μ of the spectral loss.
+    pub spectral_mu: f64,
+    /// f32, or bf16 mixed precision.
+    pub precision: Precision,
+    /// Freeze the image tower.
+    pub lock_image: bool,
+    /// Freeze the text tower.
+    pub lock_text: bool,
+    /// Checkpoint every N steps (0: only at the end).
+    pub save_every: usize,
+    /// Keep this many `checkpoint-*` folders (the newest).
+    pub keep_last: usize,
+    /// Log every N steps.
+    pub log_every: usize,
+    /// Validate every N steps (0: only at the end).
+    pub val_every: usize,
+    /// Augmentation.
+    pub augment: AugmentConfig,
+    /// Batches prepared ahead of the model.
+    pub prefetch: usize,
+    /// Epoch length and the shards' shuffle buffer.
+    pub order: OrderConfig,
+    /// Which decoded samples stay in memory between epochs.
+    pub cache: CacheConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 400,
+            batch_size: 128,
+            lr: 1e-3,
+            warmup: 40,
+            schedule: ScheduleKind::Cosine,
+            optimizer: AdamWConfig::default(),
+            grad_clip_norm: None,
+            accum_steps: 1,
+            seed: 0,
+            objective: Objective::ImageText,
+            loss: LossKind::Clip,
+            temperature: 0.5,
+            tau_plus: 0.1,
+            beta: 1.0,
+            spectral_mu: 1.0,
+            precision: Precision::F32,
+            lock_image: false,
+            lock_text: false,
+            save_every: 0,
+            keep_last: 3,
+            log_every: 10,
+            val_every: 0,
+            augment: AugmentConfig::default(),
+            prefetch: 4,
+            order: OrderConfig::default(),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the options before anything starts; errors name the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason: &str| {
+            Err(TrainError::Config {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1");
+        }
+        if self.batch_size < 2 {
+            return bad("batch-size", "a contrastive batch needs at least 2 pairs");
+        }
+        if self.accum_steps == 0 || !self.batch_size.is_multiple_of(self.accum_steps) {
+            return bad("accum-steps", "must divide the batch size");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if let Some(c) = self.grad_clip_norm {
+            if c.is_nan() || c <= 0.0 {
+                return bad("grad-clip-norm", "must be positive");
+            }
+        }
+        use LossKind::*;
+        match (self.objective, self.loss) {
+            (Objective::ImageText, NtXent | Oracle) => {
+                return bad(
+                    "loss",
+                    "nt-xent and oracle compare two views of one image: use --objective images",
+                )
+            }
+            (Objective::Images, Clip | Siglip) => {
+                return bad(
+                    "loss",
+                    "clip and siglip pair images with captions: with --objective images use \
+                     nt-xent, debiased, hard-negative, spectral or oracle",
+                )
+            }
+            (Objective::Images, _) if self.accum_steps != 1 => {
+                return bad(
+                    "accum-steps",
+                    "is only supported with --objective image-text",
+                )
+            }
+            (Objective::Images, _) if self.lock_image => {
+                return bad(
+                    "lock-image",
+                    "--objective images trains only the image tower",
+                )
+            }
+            _ => {}
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("temperature", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.tau_plus) {
+            return bad("tau-plus", "must lie in [0, 1)");
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return bad("beta", "must be a non-negative number");
+        }
+        if !(self.spectral_mu.is_finite() && self.spectral_mu > 0.0) {
+            return bad("spectral-mu", "must be a positive number");
+        }
+        if self.lock_image && self.lock_text {
+            return bad(
+                "lock-image/lock-text",
+                "locking both towers leaves only the temperature to train",
+            );
+        }
+        self.augment
+            .validate()
+            .map_err(|reason| TrainError::Config {
+                field: "augment",
+                reason,
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,452 @@
+//! One optimisation step: the towers' features (taped CPU path or candle's autograd), the
+//! loss, its gradients (over accumulation chunks with a feature cache), clipping, AdamW and
+//! the temperature clamp.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, TensorId, Var};
+use clip_model::ClipModel;
+use clip_nn::taped::{Grads, Workspace};
+use clip_nn::{Init, Params, TensorMap, VarStore};
+use text_encoder::TextTape;
+use vision_encoder::VisionTape;
+
+use crate::loader::Batch;
+use crate::optim::{clip_grad_norm, AdamW};
+use crate::run_dir::LOGIT_BIAS;
+use crate::ssl_loss::{
+    debiased_clip_loss, oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss,
+    NegativeEstimate,
+};
+use crate::{clip_loss, siglip_loss, LossKind, Objective, Precision, Result, RunSetup, TrainError};
+
+fn is_image_param(name: &str) -> bool {
+    name.starts_with("vision_model.") || name.starts_with("visual_projection")
+}
+
+fn is_text_param(name: &str) -> bool {
+    name.starts_with("text_model.") || name.starts_with("text_projection")
+}
+
+/// The model under training, its trainable parameters and their optimiser.
+pub(crate) struct Stepper<'a> {
+    setup: &'a RunSetup,
+    store: &'a VarStore,
+    model: ClipModel,
+    logit_bias: Option<Tensor>,
+    /// The parameters AdamW updates (frozen towers and an unused temperature left out).
+    vars: Vec<(String, Var)>,
+    opt: AdamW,
+    scale: Var,
+    /// Activation buffers of the taped path, reused from step to step.
+    ws: RefCell<Workspace>,
+}
+
+/// Keeps a tower's tape in `slot` and returns its features as a fresh leaf for the loss, or,
+/// without a slot (no backward follows), recycles the tape and returns the features.
+fn hold<T>(
+    features: Tensor,
+    tape: T,
+    slot: Option<&mut Option<(Var, T)>>,
+    release: impl FnOnce(T),
+) -> Result<Tensor> {
+    match slot {
+        Some(slot) => {
+            let leaf = Var::from_tensor(&features)?;
+            let t = leaf.as_tensor().clone();
+            *slot = Some((leaf, tape));
+            Ok(t)
+        }
+        None => {
+            release(tape);
+            Ok(features)
+        }
+    }
+}
+
+/// Tower features whose gradient reaches the weights through the taped backward once the
+/// loss's backward has run.
+#[derive(Default)]
+struct Pending {
+    image: Option<(Var, VisionTape)>,
+    text: Option<(Var, TextTape)>,
+}
+
+impl<'a> Stepper<'a> {
+    /// The model over `store`'s weights and AdamW over the parameters that train, with the
+    /// moments of a resumed run.
+    pub(crate) fn new(
+        setup: &'a RunSetup,
+        store: &'a VarStore,
+        saved_opt: Option<&(HashMap<String, Tensor>, u64)>,
+    ) -> Result<Self> {
+        let t = &setup.train;
+        let model = ClipModel::new(
+            &setup.model,
+            setup.model.text_config.pooling(),
+            Params::new(store),
+        )?;
+        let logit_bias = match t.loss {
+            LossKind::Siglip => Some(Params::new(store).get((), LOGIT_BIAS, Init::Const(-10.0))?),
+            _ => None,
+        };
+        let images_only = t.objective == Objective::Images;
+        // The temperature trains only where a loss uses it: CLIP-style image–text softmaxes.
+        let learned_scale = !images_only && t.loss != LossKind::Spectral;
+        let all = store.named_vars();
+        let scale = all
+            .iter()
+            .find(|(n, _)| n == "logit_scale")
+            .map(|(_, v)| v.clone())
+            .expect("the model defines logit_scale");
+        let vars: Vec<(String, Var)> = all
+            .into_iter()
+            .filter(|(n, _)| {
+                let frozen = (t.lock_image && is_image_param(n))
+                    || ((t.lock_text || images_only) && is_text_param(n))
+                    || (n == "logit_scale" && !learned_scale);
+                !frozen
+            })
+            .collect();
+        let mut opt = AdamW::new(vars.clone(), t.optimizer.clone());
+        if let Some((state, steps)) = saved_opt {
+            opt.load_state(state, *steps)?;
+        }
+        Ok(Self {
+            setup,
+            store,
+            model,
+            logit_bias,
+            vars,
+            opt,
+            scale,
+            ws: RefCell::new(Workspace::default()),
+        })
+    }
+
+    /// The optimiser (its moments go into every checkpoint).
+    pub(crate) fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    /// exp(logit_scale), the inverse temperature.
+    pub(crate) fn logit_scale(&self) -> Result<f64> {
+        Ok(self.scale.as_tensor().to_scalar::<f32>()?.exp() as f64)
+    }
+
+    /// The loss of one batch and the gradients of the trainable parameters.
+    pub(crate) fn gradients(
+        &self,
+        batch: Batch,
+        device: &Device,
+    ) -> Result<(f32, HashMap<String, Tensor>)> {
+        let t = &self.setup.train;
+        let s = self.setup.preprocess.image_size;
+        if t.objective == Objective::Images {
+            let pixels = Tensor::from_vec(batch.pixels, (2 * t.batch_size, 3, s, s), device)?;
+            self.two_view_loss_and_grads(&pixels, &batch.items)
+        } else {
+            let pixels = Tensor::from_vec(batch.pixels, (t.batch_size, 3, s, s), device)?;
+            self.loss_and_grads(&pixels, &batch.ids)
+        }
+    }
+
+    /// Clips the gradients (if asked), takes the AdamW step at rate `lr` and clamps the
+    /// temperature.
+    pub(crate) fn update(&mut self, mut grads: HashMap<String, Tensor>, lr: f64) -> Result<()> {
+        if let Some(c) = self.setup.train.grad_clip_norm {
+            clip_grad_norm(&mut grads, c)?;
+        }
+        self.opt.step(&grads, lr)?;
+        // CLIP clamps the temperature so exp(t) stays within [1, 100].
+        let clamped = self.scale.as_tensor().clamp(0f32, 100f32.ln())?;
+        self.scale.set(&clamped)?;
+        Ok(())
+    }
+
+    fn estimate(&self) -> NegativeEstimate {
+        let t = &self.setup.train;
+        match t.loss {
+            LossKind::Debiased => NegativeEstimate {
+                tau_plus: t.tau_plus,
+                beta: 0.0,
+            },
+            LossKind::HardNegative => NegativeEstimate {
+                tau_plus: t.tau_plus,
+                beta: t.beta,
+            },
+            _ => NegativeEstimate::BIASED,
+        }
+    }
+
+    fn loss(&self, img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        let t = &self.setup.train;
+        Ok(match (t.loss, &self.logit_bias) {
+            (LossKind::Siglip, Some(b)) => siglip_loss(img, txt, scale, b)?,
+            (LossKind::Debiased | LossKind::HardNegative, _) => {
+                debiased_clip_loss(img, txt, scale, self.estimate())?
+            }
+            (LossKind::Spectral, _) => spectral_contrastive_loss(img, txt, t.spectral_mu)?,
+            _ => clip_loss(img, txt, scale)?,
+        })
+    }
+
+    /// The image-only objective: both views through the image tower, one loss over them.
+    fn two_view_loss_and_grads(
+        &self,
+        pixels: &Tensor,
+        items: &[usize],
+    ) -> Result<(f32, HashMap<String, Tensor>)> {
+        let t = &self.setup.train;
+        let b = items.len();
+        let m = self.step_model()?;
+        let mut pending = Pending::default();
+        let z = if self.taped() {
+            self.image_taped(pixels, Some(&mut pending))?
+        } else {
+            self.encode_image(m.as_ref(), pixels)?
+        };
+        let (z1, z2) = (z.narrow(0, 0, b)?, z.narrow(0, b, b)?);
+        let loss = match t.loss {
+            LossKind::Spectral => spectral_contrastive_loss(&z1, &z2, t.spectral_mu)?,
+            LossKind::Oracle => {
+                let labels = self.setup.labels.as_ref().ok_or(TrainError::Config {
+                    field: "labels",
+                    reason: "the oracle loss needs a class label for every image".into(),
+                })?;
+                let ids: Vec<u32> = items.iter().map(|&i| labels[i] as u32).collect();
+                oracle_contrastive_loss(&z1, &z2, t.temperature, &ids)?
+            }
+            _ => two_view_loss(&z1, &z2, t.temperature, self.estimate())?,
+        };
+        let value = loss.to_scalar::<f32>()?;
+        let mut grads = HashMap::new();
+        self.collect(&loss.backward()?, pending, &mut grads)?;
+        Ok((value, grads))
+    }
+
+    /// Whether the towers run on the taped CPU path (`clip_nn::taped`) instead of candle's
+    /// autograd: f32 on the CPU, where it is several times faster.
+    fn taped(&self) -> bool {
+        self.setup.train.precision == Precision::F32
+            && self.model.device().is_cpu()
+            && clip_nn::taped::supported(self.model.logit_scale())
+    }
+
+    /// Image features by the taped path; with `pending`, the tape is kept for the backward
+    /// and the features are a leaf the loss's gradient reaches.
+    fn image_taped(&self, pixels: &Tensor, pending: Option<&mut Pending>) -> Result<Tensor> {
+        let mut ws = self.ws.borrow_mut();
+        let (f, tape) = self.model.vision().forward_taped(pixels, &mut ws)?;
+        hold(f, tape, pending.map(|p| &mut p.image), |t| {
+            t.release(&mut ws)
+        })
+    }
+
+    /// Text features by the taped path, as [`Stepper::image_taped`].
+    fn text_taped(&self, ids: &[Vec<u32>], pending: Option<&mut Pending>) -> Result<Tensor> {
+        let mut ws = self.ws.borrow_mut();
+        let device = self.model.device();
+        let (f, tape) = self.model.text().forward_taped(ids, device, &mut ws)?;
+        hold(f, tape, pending.map(|p| &mut p.text), |t| {
+            t.release(&mut ws)
+        })
+    }
+
+    /// Adds the gradients of one backward pass to `grads`: those candle's autograd found,
+    /// then the towers' taped backward from the gradients of their features.
+    fn collect(
+        &self,
+        g: &candle_core::backprop::GradStore,
+        pending: Pending,
+        grads: &mut HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let mut add = |name: &str, t: Tensor| -> Result<()> {
+            let t = match grads.remove(name) {
+                Some(prev) => (prev + t)?,
+                None => t,
+            };
+            grads.insert(name.to_string(), t);
+            Ok(())
+        };
+        for (name, var) in &self.vars {
+            if let Some(t) = g.get(var) {
+                add(name, t.clone())?;
+            }
+        }
+        let mut ws = self.ws.borrow_mut();
+        let mut taped = Grads::default();
+        if let Some((v, tape)) = pending.image {
+            match g.get(&v) {
+                Some(d) => self
+                    .model
+                    .vision()
+                    .backward_taped(tape, d, &mut ws, &mut taped)?,
+                None => tape.release(&mut ws),
+            }
+        }
+        if let Some((v, tape)) = pending.text {
+            match g.get(&v) {
+                Some(d) => self
+                    .model
+                    .text()
+                    .backward_taped(tape, d, &mut ws, &mut taped)?,
+                None => tape.release(&mut ws),
+            }
+        }
+        let mut by_id: HashMap<TensorId, Tensor> = taped
+            .into_entries()
+            .into_iter()
+            .map(|(p, g)| (p.id(), g))
+            .collect();
+        for (name, var) in &self.vars {
+            if let Some(t) = by_id.remove(&var.as_tensor().id()) {
+                add(name, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The towers for this step: the f32 model, or (bf16 mixed precision) a model over bf16
+    /// casts of the current weights, through which gradients reach the f32 weights.
+    fn step_model(&self) -> Result<Option<ClipModel>> {
+        if self.setup.train.precision == Precision::F32 {
+            return Ok(None);
+        }
+        let device = self.model.device().clone();
+        let tensors = self
+            .store
+            .named_vars()
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().clone()))
+            .collect();
+        // The cast happens in `TensorMap::get`: a differentiable `to_dtype` of each Var.
+        let map = TensorMap::new(tensors, device).with_dtype(DType::BF16);
+        let cfg = &self.setup.model;
+        Ok(Some(ClipModel::new(
+            cfg,
+            cfg.text_config.pooling(),
+            Params::new(&map),
+        )?))
+    }
+
+    fn encode_image(&self, m: Option<&ClipModel>, pixels: &Tensor) -> Result<Tensor> {
+        Ok(match m {
+            Some(m) => m
+                .encode_image(&pixels.to_dtype(DType::BF16)?)?
+                .to_dtype(DType::F32)?,
+            None => self.model.encode_image(pixels)?,
+        })
+    }
+
+    fn encode_text(&self, m: Option<&ClipModel>, ids: &[Vec<u32>]) -> Result<Tensor> {
+        Ok(match m {
+            Some(m) => m.encode_text(ids)?.to_dtype(DType::F32)?,
+            None => self.model.encode_text(ids)?,
+        })
+    }
+
+    /// Both towers' features; without `pending` (a gradient-free pass) they are detached.
+    fn features(
+        &self,
+        m: Option<&ClipModel>,
+        pixels: &Tensor,
+        ids: &[Vec<u32>],
+        pending: Option<&mut Pending>,
+    ) -> Result<(Tensor, Tensor)> {
+        let t = &self.setup.train;
+        if self.taped() {
+            return Ok(match pending {
+                Some(p) => {
+                    let img = self.image_taped(pixels, (!t.lock_image).then_some(&mut *p))?;
+                    let txt = self.text_taped(ids, (!t.lock_text).then_some(p))?;
+                    (img, txt)
+                }
+                None => (self.image_taped(pixels, None)?, self.text_taped(ids, None)?),
+            });
+        }
+        if pending.is_none() {
+            let img = self.encode_image(m, pixels)?.detach();
+            return Ok((img, self.encode_text(m, ids)?.detach()));
+        }
+        let mut img = self.encode_image(m, pixels)?;
+        let mut txt = self.encode_text(m, ids)?;
+        if t.lock_image {
+            img = img.detach();
+        }
+        if t.lock_text {
+            txt = txt.detach();
+        }
+        Ok((img, txt))
+    }
+
+    /// Loss and gradients for one batch; with `accum_steps > 1`, features of the other
+    /// chunks come from a gradient-free first pass, so every chunk still sees the whole batch
+    /// as negatives (open_clip's feature cache).
+    fn loss_and_grads(
+        &self,
+        pixels: &Tensor,
+        ids: &[Vec<u32>],
+    ) -> Result<(f32, HashMap<String, Tensor>)> {
+        let k = self.setup.train.accum_steps;
+        let scale = self.model.logit_scale();
+        let step_model = self.step_model()?;
+        let model = step_model.as_ref();
+        let mut grads: HashMap<String, Tensor> = HashMap::new();
+        if k == 1 {
+            let mut pending = Pending::default();
+            let (img, txt) = self.features(model, pixels, ids, Some(&mut pending))?;
+            let loss = self.loss(&img, &txt, scale)?;
+            let value = loss.to_scalar::<f32>()?;
+            self.collect(&loss.backward()?, pending, &mut grads)?;
+            return Ok((value, grads));
+        }
+        let b = ids.len();
+        let n = b / k;
+        let mut cached_img = Vec::with_capacity(k);
+        let mut cached_txt = Vec::with_capacity(k);
+        for j in 0..k {
+            let (i, t) = self.features(
+                model,
+                &pixels.narrow(0, j * n, n)?,
+                &ids[j * n..(j + 1) * n],
+                None,
+            )?;
+            cached_img.push(i);
+            cached_txt.push(t);
+        }
+        let mut value = 0f32;
+        for j in 0..k {
+            let mut pending = Pending::default();
+            let (i, t) = self.features(
+                model,
+                &pixels.narrow(0, j * n, n)?,
+                &ids[j * n..(j + 1) * n],
+                Some(&mut pending),
+            )?;
+            let mut imgs = cached_img.clone();
+            let mut txts = cached_txt.clone();
+            imgs[j] = i;
+            txts[j] = t;
+            // The temperature (and bias) get their gradient once, from the first chunk.
+            let s = if j == 0 {
+                scale.clone()
+            } else {
+                scale.detach()
+            };
+            let loss = match (&self.setup.train.loss, &self.logit_bias) {
+                (LossKind::Siglip, Some(bias)) => {
+                    let bias = if j == 0 { bias.clone() } else { bias.detach() };
+                    siglip_loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &s, &bias)?
+                }
+                _ => self.loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &s)?,
+            };
+            if j == 0 {
+                value = loss.to_scalar::<f32>()?;
+            }
+            self.collect(&loss.backward()?, pending, &mut grads)?;
+        }
+        Ok((value, grads))
+    }
+}
