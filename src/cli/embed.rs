@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 
+use clip::Clip;
+
 use super::common::{self, DeviceArg, FeaturesArg};
 
 #[derive(Debug, clap::Args)]
@@ -45,16 +47,18 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     // Read every input before the (slow) model load so that mistakes surface at once.
-    let files = common::collect_images(&a.images)?;
+    let files = clip::files::collect_images(&a.images)?;
     let captions = match &a.texts {
-        Some(p) => common::read_captions(p)?,
+        Some(p) => clip::files::read_captions(p)?,
         None => Vec::new(),
     };
     let device = a.device.device()?;
-    let m = common::load_model(&a.model, &device)?;
-    let which = FeaturesArg::resolve(a.features, &m.model);
-    let mut images = common::image_features(&m, &files, a.batch_size, which)?;
-    let mut texts = common::text_features(&m, &captions, a.batch_size, which)?;
+    let m = Clip::open(&a.model, &device)?;
+    let which = FeaturesArg::resolve(a.features, m.model());
+    let bar = common::Bar::default();
+    let mut images = m.image_features(&files, a.batch_size, which, &bar)?;
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let mut texts = m.text_features(&refs, a.batch_size, which, &bar)?;
     if a.normalize {
         images = normalize_rows(&images)?;
         texts = normalize_rows(&texts)?;
@@ -66,16 +70,9 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     let metadata = HashMap::from([
         ("image_files".to_string(), serde_json::to_string(&names)?),
-        ("model".to_string(), m.checkpoint_dir.display().to_string()),
+        ("model".to_string(), m.dir().display().to_string()),
         ("normalized".to_string(), a.normalize.to_string()),
-        (
-            "features".to_string(),
-            match which {
-                FeaturesArg::Pooled => "pooled",
-                FeaturesArg::Embeds => "embeds",
-            }
-            .to_string(),
-        ),
+        ("features".to_string(), which.name().to_string()),
     ]);
     common::write_atomically(&a.out, |tmp| {
         safetensors::serialize_to_file(&tensors, Some(metadata), tmp)
@@ -96,7 +93,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             "wrote {} image and {} text embeddings (dim {}) to {}",
             files.len(),
             captions.len(),
-            m.model.config().projection_dim,
+            m.dim(),
             a.out.display()
         );
     }

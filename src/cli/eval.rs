@@ -8,7 +8,8 @@ use clip_data::SampleSet;
 use retrieval::{class_embeddings, zero_shot};
 
 use super::common::{self, CsvArgs, DeviceArg};
-use super::valset::ValSet;
+use clip::validation::ValSet;
+use clip::Clip;
 
 /// CLIP's simplest prompt, used when no `--templates` are given.
 const DEFAULT_TEMPLATE: &str = "a photo of {}.";
@@ -76,12 +77,12 @@ fn read_labels(path: &Path) -> Result<HashMap<PathBuf, String>> {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.device()?;
-    let m = common::load_model(&a.model, &device)?;
+    let m = Clip::open(&a.model, &device)?;
     let data = SampleSet::scan(&a.csv.sources(&a.data)?)?;
     let listed = data.scan_skips().to_vec();
     // Streams: only a batch of decoded images is held at a time.
-    let mut val = ValSet::new(data, &m.preprocess, &m.tokenizer, 0);
-    let scored = val.score(&m.model, a.batch_size.max(1))?;
+    let mut val = ValSet::new(data, m.preprocess(), m.tokenizer(), 0);
+    let scored = val.score(m.model(), a.batch_size.max(1))?;
     common::report_skips(&[listed, scored.skipped.clone()].concat());
     let mut report = serde_json::Map::new();
     for (k, v) in scored.metrics.named() {
@@ -126,7 +127,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .iter()
             .flat_map(|n| templates.iter().map(move |t| t.replace("{}", n)))
             .collect();
-        let text = common::embed_texts(&m, &prompts, a.batch_size.max(1))?;
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let text = m.text_features(
+            &refs,
+            a.batch_size.max(1),
+            clip::Features::Embeds,
+            &common::Bar::default(),
+        )?;
         let text: Vec<f32> = text
             .to_device(&candle_core::Device::Cpu)?
             .flatten_all()?

@@ -9,7 +9,8 @@ mod index;
 mod probe;
 mod search;
 mod train;
-mod valset;
+/// Kept under its old name for the commands that score validation sets.
+use clip::validation as valset;
 
 use clap::{Parser, Subcommand};
 

@@ -211,7 +211,7 @@ pub(super) fn select_images(
     let files = if data.is_empty() {
         order
     } else {
-        let listed = common::collect_images(data)?;
+        let listed = clip::files::collect_images(data)?;
         let mut seen = std::collections::HashSet::new();
         let mut files = Vec::new();
         let mut unlabelled = 0usize;
@@ -258,9 +258,9 @@ pub(super) fn embedding_features(
     choice: Option<FeaturesArg>,
 ) -> Result<Features> {
     let device = device.device()?;
-    let m = common::load_model(model, &device)?;
-    let which = FeaturesArg::resolve(choice, &m.model);
-    let emb = common::image_features(&m, files, batch, which)?;
+    let m = clip::Clip::open(model, &device)?;
+    let which = FeaturesArg::resolve(choice, m.model());
+    let emb = m.image_features(files, batch, which, &common::Bar::default())?;
     let dim = emb.dim(1)?;
     let values: Vec<f32> = emb
         .to_device(&candle_core::Device::Cpu)?
@@ -273,10 +273,7 @@ pub(super) fn embedding_features(
     )?;
     // A run's `final/` or `checkpoint-N/` is named after its run directory too.
     let part = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    let name = match (
-        part(&m.checkpoint_dir),
-        m.checkpoint_dir.parent().and_then(part),
-    ) {
+    let name = match (part(&m.dir()), m.dir().parent().and_then(part)) {
         (Some(n), Some(run)) if n == "final" || n.starts_with("checkpoint-") => {
             format!("{run}/{n}")
         }
@@ -292,7 +289,7 @@ pub(super) fn embedding_features(
     };
     Ok(Features {
         matrix,
-        description: format!("{} {description}", m.checkpoint_dir.display()),
+        description: format!("{} {description}", m.dir().display()),
         short: format!("{} {short}", ascii(&name)),
     })
 }

@@ -203,23 +203,24 @@ fn read_queries(
         ),
     };
     let device = a.device.device()?;
-    let m = common::load_model(&spec, &device)
+    let m = clip::Clip::open(&spec, &device)
         .with_context(|| format!("cannot load the model for the queries ({spec})"))?;
     let (rows, labels) = if !a.image.is_empty() {
-        let pixels = vision_encoder::preprocess_files(&a.image, &m.preprocess, m.model.device())?;
+        let bar = common::Bar::default();
+        let e = m.image_features(&a.image, a.image.len().max(1), clip::Features::Embeds, &bar)?;
         let labels = a
             .image
             .iter()
             .map(|p| p.display().to_string().into())
             .collect();
-        (unit_rows(&m.model.encode_image(&pixels)?)?, labels)
+        (unit_rows(&e)?, labels)
     } else {
         let refs: Vec<&str> = a.text.iter().map(String::as_str).collect();
-        let ids = m.tokenizer.encode_batch(&refs)?;
+        let e = m.text_features(&refs, refs.len().max(1), clip::Features::Embeds, &())?;
         let labels = a.text.iter().map(|t| t.clone().into()).collect();
-        (unit_rows(&m.model.encode_text(&ids)?)?, labels)
+        (unit_rows(&e)?, labels)
     };
-    let dim = m.model.config().projection_dim;
+    let dim = m.dim();
     Ok((
         rows.concat(),
         labels,

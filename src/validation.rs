@@ -2,12 +2,13 @@
 //! decoded a batch at a time; a set small enough for its budget keeps its prepared pixels
 //! after the first scoring (training validates many times), a larger one streams each time.
 
-use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use clip_data::{SampleSet, Skip};
 use clip_model::{ClipModel, ClipTokenizer, Preprocess};
 use rayon::prelude::*;
 use retrieval::{group_captions, retrieval_metrics, CaptionGroups, RetrievalMetrics};
+
+use crate::{Error, Result};
 
 /// Validation samples and how to prepare them.
 pub struct ValSet {
@@ -29,9 +30,13 @@ struct Prepared {
 
 /// Embeddings and metrics from one scoring.
 pub struct Scored {
+    /// Recall@k and ranks, image→text and text→image.
     pub metrics: RetrievalMetrics,
+    /// Image embeddings `[images, dim]`, row-major.
     pub image_embeds: Vec<f32>,
+    /// Embeddings of the distinct captions `[captions, dim]`.
     pub text_embeds: Vec<f32>,
+    /// Embedding dimension.
     pub dim: usize,
     /// Names of the images scored, in row order.
     pub names: Vec<String>,
@@ -111,10 +116,10 @@ impl ValSet {
                     img.push(model.encode_image(&px)?);
                 }
                 if p.names.is_empty() {
-                    bail!(
+                    return Err(Error::Input(format!(
                         "no usable validation image ({})",
                         clip_data::summarize_skips(&p.skipped).replace('\n', "; ")
-                    );
+                    )));
                 }
                 p
             }

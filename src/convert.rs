@@ -1,0 +1,40 @@
+//! Any supported checkpoint layout in, the Hugging Face layout out.
+
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::Device;
+use clip_model::Checkpoint;
+
+use crate::error::io_at;
+use crate::{resolve_model_dir, Error, Result, BUNDLED_TOKENIZER};
+
+/// Writes the model `spec` (a folder in either layout, or a cached Hub id) to `out` in the
+/// Hugging Face layout, replacing `out` atomically. A source without a tokenizer gets the
+/// bundled one, so the result is complete on its own.
+pub fn convert_to_hf(spec: &str, out: &Path) -> Result<()> {
+    let dir = resolve_model_dir(spec)?;
+    let ckpt = Checkpoint::load(&dir, &Device::Cpu).map_err(|source| Error::Load {
+        dir: dir.clone(),
+        source,
+    })?;
+    let bundled;
+    let tokenizer = match &ckpt.tokenizer {
+        Some(p) => p.as_path(),
+        None => {
+            let tmp = std::env::temp_dir();
+            let mut f = tempfile::NamedTempFile::new().map_err(io_at(&tmp))?;
+            f.write_all(BUNDLED_TOKENIZER).map_err(io_at(&tmp))?;
+            bundled = f;
+            bundled.path()
+        }
+    };
+    clip_model::save_hf(
+        out,
+        &ckpt.config,
+        &ckpt.preprocess,
+        ckpt.weights.tensors(),
+        Some(tokenizer),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Finding the images and captions a command or program was pointed at.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use retrieval::ImageEntry;
+
+use crate::error::io_at;
+use crate::{Error, Result};
+
+/// Whether `p` has an image extension the decoder reads (png, jpg, jpeg, webp).
+pub fn is_image_file(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "png" | "jpg" | "jpeg" | "webp"
+        )
+    })
+}
+
+/// Expands files and folders into image files; a folder's images (not its subfolders') come
+/// in sorted name order.
+pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(io_at(input))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_image_file(p))
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else if input.is_file() {
+            out.push(input.clone());
+        } else {
+            return Err(Error::Input(format!(
+                "no such image file or folder: {}",
+                input.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one caption per line; an empty line is an empty caption. Invalid UTF-8 is an error
+/// naming the file and line.
+pub fn read_captions(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(io_at(path))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::Input(format!(
+            "{} is not valid UTF-8 (line {line}, byte {at})",
+            path.display()
+        ))
+    })?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// Files that could not be used, with the reason.
+pub type Skipped = Vec<(PathBuf, String)>;
+
+/// Image files under `root`, recursively, in sorted relative-path order, with size and mtime
+/// (what an index refresh compares). Directory links are not followed, so a link cycle cannot
+/// loop forever; files whose name is not UTF-8 (the manifest is JSON) are skipped.
+pub fn scan_images(root: &Path) -> Result<(Vec<ImageEntry>, Skipped)> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(io_at(&dir))?
+            .filter_map(|e| e.ok())
+        {
+            let path = entry.path();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(path);
+            } else if is_image_file(&path) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    let mut entries = Vec::with_capacity(found.len());
+    let mut skipped = Vec::new();
+    for path in found {
+        let rel = path
+            .strip_prefix(root)
+            .expect("walked from root")
+            .to_path_buf();
+        if rel.to_str().is_none() {
+            skipped.push((rel, "file name is not valid UTF-8".to_string()));
+            continue;
+        }
+        match std::fs::metadata(&path) {
+            Ok(md) if md.is_file() => {
+                let mtime_ns = md
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos() as i64);
+                entries.push(ImageEntry {
+                    path: rel,
+                    size: md.len(),
+                    mtime_ns,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => skipped.push((rel, e.to_string())),
+        }
+    }
+    Ok((entries, skipped))
+}
+
+/// `e` and its causes, joined with `: ` (for a skipped file's one-line reason).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,343 @@
+//! Building search indexes: image folders (refreshed in place), caption lists and
+//! precomputed vectors. Opening and searching is [`retrieval::Index`], re-exported as
+//! [`crate::Index`].
+
+use std::borrow::Borrow;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use retrieval::{DType, EmbeddingsFile, Entries, Index, IndexSpec};
+
+use crate::files::{error_chain, scan_images, Skipped};
+use crate::{Clip, Embeddings, Error, Features, Progress, Result};
+
+/// How vectors are stored and how many items go through the model at once.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    /// f32, or f16 (half the size; scores change by ~1e-3).
+    pub dtype: DType,
+    /// Items per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            batch_size: crate::DEFAULT_BATCH,
+        }
+    }
+}
+
+/// What a build did.
+#[derive(Debug, Default)]
+pub struct BuildReport {
+    /// Rows in the index now.
+    pub count: usize,
+    /// Floats per row.
+    pub dim: usize,
+    /// Rows embedded in this build.
+    pub embedded: usize,
+    /// Rows copied from the previous index (unchanged files).
+    pub reused: usize,
+    /// Entries dropped because their files are gone.
+    pub removed: usize,
+    /// True when nothing changed and the index was left as it was.
+    pub up_to_date: bool,
+    /// Files that could not be used, with why.
+    pub skipped: Skipped,
+    /// Things the caller should know (e.g. an unusable old index that was rebuilt).
+    pub warnings: Vec<String>,
+}
+
+/// The model as recorded in a manifest: an absolute folder (so that searches work from any
+/// working directory) or the Hub id as given.
+pub fn model_id(spec: &str) -> String {
+    let p = Path::new(spec);
+    if p.is_dir() {
+        if let Ok(abs) = p.canonicalize() {
+            return abs.display().to_string();
+        }
+    }
+    spec.to_string()
+}
+
+/// Builds or refreshes the index at `out` over the images under `folder` (recursively).
+/// Re-running on the same folder embeds only new or changed files (by size and modification
+/// time) and drops deleted ones; unreadable files are skipped and listed. `load` is called
+/// only when something needs embedding (a refresh with nothing new loads no model); `model`
+/// is what the manifest records for queries.
+///
+/// ```no_run
+/// # fn main() -> clip::Result<()> {
+/// use clip::{index, Clip, Index};
+/// let report = index::build_images(
+///     "photos/".as_ref(),
+///     "photos.index".as_ref(),
+///     "runs/emoji/final",
+///     || Clip::from_dir("runs/emoji/final"),
+///     &index::BuildOptions::default(),
+///     &(),
+/// )?;
+/// let index = Index::open("photos.index".as_ref())?;
+/// # Ok(()) }
+/// ```
+pub fn build_images<C: Borrow<Clip>>(
+    folder: &Path,
+    out: &Path,
+    model: &str,
+    load: impl FnOnce() -> Result<C>,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport> {
+    check_batch(opts)?;
+    retrieval::check_destination(out)?;
+    if !folder.is_dir() {
+        return Err(Error::Input(format!(
+            "--images {} is not a folder",
+            folder.display()
+        )));
+    }
+    let root = folder.canonicalize().map_err(crate::error::io_at(folder))?;
+    let (entries, mut skipped) = scan_images(&root)?;
+    if entries.is_empty() && skipped.is_empty() {
+        return Err(Error::Input(format!(
+            "no png/jpg/jpeg/webp files under {}",
+            folder.display()
+        )));
+    }
+    let model = model_id(model);
+    let mut report = BuildReport::default();
+    let old = open_previous(out, &mut report.warnings);
+    let plan = retrieval::plan_refresh(old.as_ref(), &model, &root, &entries);
+    let unchanged = |rows: usize| {
+        old.as_ref()
+            .is_some_and(|o| o.len() == rows && o.manifest().dtype == opts.dtype)
+    };
+    if plan.to_embed() == 0 && plan.removed == 0 && unchanged(entries.len()) {
+        report.count = entries.len();
+        report.dim = old.as_ref().map_or(0, Index::dim);
+        report.up_to_date = true;
+        report.skipped = skipped;
+        return Ok(report);
+    }
+
+    // Embed what is new or changed; vectors of unchanged files are copied from the old index.
+    let todo: Vec<usize> = (0..entries.len())
+        .filter(|&i| plan.reuse[i].is_none())
+        .collect();
+    let mut fresh: Vec<Option<Vec<f32>>> = vec![None; entries.len()];
+    let reusing = plan.reuse.iter().any(Option::is_some);
+    let mut dim = old.as_ref().map(Index::dim).filter(|_| reusing);
+    if !todo.is_empty() {
+        let loaded = load()?;
+        let clip: &Clip = loaded.borrow();
+        let d = clip.dim();
+        if let Some(old) = dim.filter(|&old| old != d) {
+            return Err(Error::Input(format!(
+                "the index {} has dimension {old} but model {model} makes vectors of dimension \
+                 {d}; remove the index or choose another --out",
+                out.display()
+            )));
+        }
+        dim = Some(d);
+        progress.start(todo.len(), "images");
+        for chunk in todo.chunks(opts.batch_size) {
+            let loaded: Vec<_> = chunk
+                .par_iter()
+                .map(|&i| {
+                    vision_encoder::load_image(&root.join(&entries[i].path))
+                        .map(|img| vision_encoder::preprocess(&img, clip.preprocess()))
+                        .map_err(|e| error_chain(&e))
+                })
+                .collect();
+            let (mut rows, mut pixels) = (Vec::new(), Vec::new());
+            for (&i, px) in chunk.iter().zip(loaded) {
+                match px {
+                    Ok(p) => {
+                        rows.push(i);
+                        pixels.push(p);
+                    }
+                    Err(e) => skipped.push((entries[i].path.clone(), e)),
+                }
+            }
+            if !pixels.is_empty() {
+                let e = clip.encode_pixels(pixels, Features::Embeds)?;
+                let e = Embeddings::from_tensor(&e)?.normalized()?;
+                for (i, v) in rows.into_iter().zip(e.rows()) {
+                    fresh[i] = Some(v.to_vec());
+                }
+            }
+            progress.advance(chunk.len());
+        }
+        progress.finish();
+    }
+    let Some(dim) = dim else {
+        return Err(Error::Input(format!(
+            "none of the {} images under {} could be read",
+            skipped.len(),
+            folder.display()
+        )));
+    };
+
+    // Rows in folder order: reused or freshly embedded; unreadable files are left out.
+    enum Src {
+        Old(usize),
+        New(Vec<f32>),
+    }
+    let (mut files, mut rows) = (Vec::new(), Vec::new());
+    for (i, e) in entries.into_iter().enumerate() {
+        let src = match (plan.reuse[i], fresh[i].take()) {
+            (Some(r), _) => Src::Old(r),
+            (None, Some(v)) => Src::New(v),
+            (None, None) => continue,
+        };
+        files.push(e);
+        rows.push(src);
+    }
+    report.reused = rows.iter().filter(|r| matches!(r, Src::Old(_))).count();
+    report.embedded = rows.len() - report.reused;
+    report.removed = plan.removed;
+    report.count = rows.len();
+    report.dim = dim;
+    report.skipped = skipped;
+    if report.embedded == 0 && plan.removed == 0 && unchanged(rows.len()) {
+        // Only files that still cannot be read were retried: nothing to rewrite.
+        report.up_to_date = true;
+        return Ok(report);
+    }
+    let spec = IndexSpec {
+        model,
+        dimension: dim,
+        count: rows.len(),
+        dtype: opts.dtype,
+        entries: Entries::Images { root, files },
+    };
+    retrieval::write_index(out, &spec, |range, buf| {
+        for (k, r) in range.enumerate() {
+            let dst = &mut buf[k * dim..(k + 1) * dim];
+            match &rows[r] {
+                Src::Old(row) => dst.copy_from_slice(
+                    &old.as_ref()
+                        .expect("reuse implies an old index")
+                        .vector(*row),
+                ),
+                Src::New(v) => dst.copy_from_slice(v),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(report)
+}
+
+/// Builds the index at `out` over `captions` (for image→text search), embedded by `clip`
+/// and recorded as `model`.
+pub fn build_captions(
+    captions: Vec<String>,
+    out: &Path,
+    clip: &Clip,
+    model: &str,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport> {
+    check_batch(opts)?;
+    retrieval::check_destination(out)?;
+    if captions.is_empty() {
+        return Err(Error::Input("no captions to index".to_string()));
+    }
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let t = clip.text_features(&refs, opts.batch_size, Features::Embeds, progress)?;
+    let vectors = Embeddings::from_tensor(&t)?.normalized()?;
+    let dim = vectors.dim();
+    let spec = IndexSpec {
+        model: model_id(model),
+        dimension: dim,
+        count: captions.len(),
+        dtype: opts.dtype,
+        entries: Entries::Captions { captions },
+    };
+    retrieval::write_index(out, &spec, |range, buf| {
+        let v = &vectors.as_slice()[range.start * dim..range.end * dim];
+        buf[..v.len()].copy_from_slice(v);
+        Ok(())
+    })?;
+    Ok(BuildReport {
+        count: spec.count,
+        dim,
+        embedded: spec.count,
+        ..BuildReport::default()
+    })
+}
+
+/// Builds the index at `out` from the `[N, D]` tensor `key` of a safetensors file (rows are
+/// normalised; an `ids` JSON list in its metadata names them). `model` (default: the file's
+/// `model` metadata) is recorded for queries.
+pub fn build_vectors(
+    file: &Path,
+    key: &str,
+    out: &Path,
+    model: Option<&str>,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport> {
+    retrieval::check_destination(out)?;
+    let src = EmbeddingsFile::open(file, key)?;
+    let model = match model {
+        Some(m) => model_id(m),
+        None => src.metadata("model").unwrap_or_default().to_string(),
+    };
+    let dim = src.dim();
+    let spec = IndexSpec {
+        model,
+        dimension: dim,
+        count: src.rows(),
+        dtype: opts.dtype,
+        entries: Entries::Ids {
+            ids: src.ids().map(<[String]>::to_vec).unwrap_or_default(),
+        },
+    };
+    progress.start(src.rows(), "vectors");
+    retrieval::write_index(out, &spec, |range, buf| {
+        let (first, n) = (range.start, range.len());
+        src.read_rows(range, buf);
+        retrieval::normalize_rows_from(buf, dim, first)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        progress.advance(n);
+        Ok(())
+    })?;
+    progress.finish();
+    Ok(BuildReport {
+        count: spec.count,
+        dim,
+        ..BuildReport::default()
+    })
+}
+
+fn check_batch(opts: &BuildOptions) -> Result<()> {
+    if opts.batch_size == 0 {
+        return Err(Error::Input("--batch-size must be at least 1".to_string()));
+    }
+    Ok(())
+}
+
+/// The existing index at `dir`, if any and readable; a damaged one is rebuilt from scratch.
+fn open_previous(dir: &Path, warnings: &mut Vec<String>) -> Option<Index> {
+    if !dir.join(retrieval::MANIFEST_FILE).exists() {
+        return None;
+    }
+    Index::open(dir)
+        .map_err(|e| {
+            warnings.push(format!(
+                "re-embedding everything: the existing index is unusable: {e}"
+            ))
+        })
+        .ok()
+}
+
+/// The images a search hit, as paths on disk (image indexes only).
+pub fn hit_path(index: &Index, id: usize) -> Option<PathBuf> {
+    match index.entries() {
+        Entries::Images { root, files } => files.get(id).map(|f| root.join(&f.path)),
+        _ => None,
+    }
+}

@@ -1,0 +1,266 @@
+//! [`Clip`]: a loaded model with its preprocessing and tokenizer, embedding images and texts.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use clip_model::{Checkpoint, ClipModel, ClipTokenizer, Preprocess};
+
+use crate::{assets, hub, Embeddings, Error, Result};
+
+/// Which features a tower gives: its embeddings in the shared space, or its pooled output
+/// before the projection (transformers' `pooler_output`: where a probe of an image-only
+/// model reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Features {
+    /// The tower's output before the projection head.
+    Pooled,
+    /// The projected embeddings in the shared image–text space.
+    Embeds,
+}
+
+impl Features {
+    /// `choice`, else pooled for a model trained on images alone and embeddings otherwise.
+    pub fn resolve(choice: Option<Self>, model: &ClipModel) -> Self {
+        choice.unwrap_or(if model.config().image_only {
+            Self::Pooled
+        } else {
+            Self::Embeds
+        })
+    }
+
+    /// For messages: what the features are and why they were chosen.
+    pub fn describe(self, choice: Option<Self>) -> &'static str {
+        match (self, choice) {
+            (Self::Pooled, None) => {
+                "pooled features before the projection head (the default for an image-only \
+                 model; --features embeds for the embeddings)"
+            }
+            (Self::Pooled, Some(_)) => "pooled features before the projection head",
+            (Self::Embeds, _) => "embeddings",
+        }
+    }
+
+    /// The name written into files (`pooled` or `embeds`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pooled => "pooled",
+            Self::Embeds => "embeds",
+        }
+    }
+}
+
+/// Told how far a long job has got, e.g. to draw a progress bar. `()` ignores it all.
+pub trait Progress {
+    /// A job over `total` items named `what` begins.
+    fn start(&self, _total: usize, _what: &str) {}
+    /// `n` more items are done.
+    fn advance(&self, _n: usize) {}
+    /// The job is over.
+    fn finish(&self) {}
+}
+
+impl Progress for () {}
+
+/// Items per forward pass unless told otherwise.
+pub const DEFAULT_BATCH: usize = 32;
+
+/// A CLIP model ready for inference: both towers, the image preprocessing and the tokenizer
+/// its checkpoint asks for (the bundled CLIP tokenizer when the folder has none).
+///
+/// ```
+/// # fn main() -> clip::Result<()> {
+/// let clip = clip::Clip::from_dir("tests/fixtures/hf_tiny")?;
+/// let images = clip.embed_images(&["tests/fixtures/images/img00.png"])?;
+/// let texts = clip.embed_texts(&["a red circle", "a blue square"])?;
+/// assert_eq!((images.len(), texts.len()), (1, 2));
+/// // Unit rows: cosine similarity is the dot product.
+/// let sims: Vec<f32> = texts.rows().map(|t| clip::dot(t, images.row(0))).collect();
+/// assert!(sims.iter().all(|s| s.abs() <= 1.0 + 1e-5));
+/// # Ok(()) }
+/// ```
+pub struct Clip {
+    model: ClipModel,
+    preprocess: Preprocess,
+    tokenizer: ClipTokenizer,
+    dir: PathBuf,
+}
+
+impl Clip {
+    /// Loads the model in `dir` (Hugging Face or open_clip layout) on the CPU.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_dir(dir.as_ref(), &Device::Cpu)
+    }
+
+    /// Loads `repo_id` (e.g. `openai/clip-vit-base-patch32`) from the Hugging Face cache,
+    /// downloading it first when it is not there, on the CPU.
+    pub fn from_hub(repo_id: &str) -> Result<Self> {
+        let dir = match hub::cached(repo_id, "main") {
+            Some(dir) => dir,
+            None => hub::download(repo_id, "main", false)?,
+        };
+        Self::load_dir(&dir, &Device::Cpu)
+    }
+
+    /// What `--model` means on the command line: a model folder, or a Hub id already in the
+    /// cache (nothing is downloaded), loaded on `device`.
+    pub fn open(spec: &str, device: &Device) -> Result<Self> {
+        Self::load_dir(&resolve_model_dir(spec)?, device)
+    }
+
+    fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let ckpt = Checkpoint::load(dir, device).map_err(|source| Error::Load {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let tokenizer = match &ckpt.tokenizer {
+            Some(_) => ckpt.tokenizer(None)?,
+            None => assets::bundled_tokenizer(ckpt.config.text_config.max_position_embeddings)?,
+        };
+        let preprocess = ckpt.preprocess.clone();
+        Ok(Self {
+            model: ckpt.into_model()?,
+            preprocess,
+            tokenizer,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The two towers and the temperature.
+    pub fn model(&self) -> &ClipModel {
+        &self.model
+    }
+
+    /// How images are resized, cropped and normalised for this model.
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+
+    /// The tokenizer captions go through.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+
+    /// The folder the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.model.config().projection_dim
+    }
+
+    /// Unit-length embeddings of image files (PNG, JPEG, WebP), in order. A file that cannot
+    /// be read or decoded is an error naming it.
+    pub fn embed_images<P: AsRef<Path>>(&self, paths: &[P]) -> Result<Embeddings> {
+        let paths: Vec<PathBuf> = paths.iter().map(|p| p.as_ref().to_path_buf()).collect();
+        let t = self.image_features(&paths, DEFAULT_BATCH, Features::Embeds, &())?;
+        Embeddings::from_tensor(&t)?.normalized()
+    }
+
+    /// Unit-length embeddings of images already in memory.
+    pub fn embed_decoded(&self, images: &[image::RgbImage]) -> Result<Embeddings> {
+        let mut parts = Vec::new();
+        for chunk in images.chunks(DEFAULT_BATCH) {
+            let px = chunk
+                .iter()
+                .map(|img| vision_encoder::preprocess(img, &self.preprocess))
+                .collect();
+            parts.push(self.encode_pixels(px, Features::Embeds)?);
+        }
+        let t = concat_rows(parts, self.dim(), self.model.device())?;
+        Embeddings::from_tensor(&t)?.normalized()
+    }
+
+    /// Unit-length embeddings of captions, in order.
+    pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings> {
+        let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let t = self.text_features(&texts, DEFAULT_BATCH, Features::Embeds, &())?;
+        Embeddings::from_tensor(&t)?.normalized()
+    }
+
+    /// Image features `[n, dim]` of files, `batch` at a time, as the model returns them
+    /// (not normalised: transformers' `get_image_features`, or the pooled output).
+    pub fn image_features(
+        &self,
+        files: &[PathBuf],
+        batch: usize,
+        which: Features,
+        progress: &dyn Progress,
+    ) -> Result<Tensor> {
+        progress.start(files.len(), "images");
+        let mut parts = Vec::new();
+        for chunk in files.chunks(batch.max(1)) {
+            let pixels =
+                vision_encoder::preprocess_files(chunk, &self.preprocess, self.model.device())?;
+            parts.push(self.features_of_pixels(&pixels, which)?);
+            progress.advance(chunk.len());
+        }
+        progress.finish();
+        concat_rows(parts, self.feature_dim(which, true), self.model.device())
+    }
+
+    /// Caption features `[n, dim]`, `batch` at a time (see [`Clip::image_features`]).
+    pub fn text_features(
+        &self,
+        texts: &[&str],
+        batch: usize,
+        which: Features,
+        progress: &dyn Progress,
+    ) -> Result<Tensor> {
+        progress.start(texts.len(), "captions");
+        let mut parts = Vec::new();
+        for chunk in texts.chunks(batch.max(1)) {
+            let ids = self.tokenizer.encode_batch(chunk)?;
+            parts.push(match which {
+                Features::Embeds => self.model.encode_text(&ids)?,
+                Features::Pooled => self.model.pooled_text(&ids)?,
+            });
+            progress.advance(chunk.len());
+        }
+        progress.finish();
+        concat_rows(parts, self.feature_dim(which, false), self.model.device())
+    }
+
+    /// Features of preprocessed images (each `3·s·s` values, see [`Clip::preprocess`]).
+    pub fn encode_pixels(&self, pixels: Vec<Vec<f32>>, which: Features) -> Result<Tensor> {
+        let t = vision_encoder::pixels_to_tensor(
+            pixels,
+            self.preprocess.image_size,
+            self.model.device(),
+        )?;
+        self.features_of_pixels(&t, which)
+    }
+
+    fn features_of_pixels(&self, pixels: &Tensor, which: Features) -> Result<Tensor> {
+        Ok(match which {
+            Features::Embeds => self.model.encode_image(pixels)?,
+            Features::Pooled => self.model.pooled_image(pixels)?,
+        })
+    }
+
+    fn feature_dim(&self, which: Features, image: bool) -> usize {
+        let cfg = self.model.config();
+        match (which, image) {
+            (Features::Embeds, _) => cfg.projection_dim,
+            (Features::Pooled, true) => cfg.vision_config.hidden_size,
+            (Features::Pooled, false) => cfg.text_config.hidden_size,
+        }
+    }
+}
+
+/// `spec` as a model folder, or as a Hub repo id already in the local cache.
+pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(spec);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    hub::cached(spec, "main").ok_or_else(|| Error::ModelNotFound(spec.to_string()))
+}
+
+fn concat_rows(parts: Vec<Tensor>, dim: usize, device: &Device) -> Result<Tensor> {
+    if parts.is_empty() {
+        return Ok(Tensor::zeros((0, dim), DType::F32, device)?);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
