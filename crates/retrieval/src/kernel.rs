@@ -610,27 +610,10 @@ mod tests {
                 let mut panel = vec![0f32; NR * dim];
                 let mut row = vec![0f32; dim];
                 // Two calls over split ranges, as the parallel driver does.
-                let mid = n / 2;
-                scan(
-                    isa,
-                    Rows::F32(&base),
-                    dim,
-                    0..mid,
-                    &queries,
-                    &mut sink,
-                    &mut panel,
-                    &mut row,
-                );
-                scan(
-                    isa,
-                    Rows::F32(&base),
-                    dim,
-                    mid..n,
-                    &queries,
-                    &mut sink,
-                    &mut panel,
-                    &mut row,
-                );
+                for part in [0..n / 2, n / 2..n] {
+                    let (p, r) = (&mut panel, &mut row);
+                    scan(isa, Rows::F32(&base), dim, part, &queries, &mut sink, p, r);
+                }
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() < 1e-5,
