@@ -23,7 +23,10 @@ fn run(
     } else {
         (1, n as isize)
     };
-    // SAFETY: the buffers cover m·k, k·n and m·n elements under the given strides.
+    // Every layout here is dense: each operand's largest offset is at most its element count.
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
+    // SAFETY: the assert above: the buffers cover m·k, k·n and m·n elements, and the dense
+    // strides never reach past them.
     unsafe {
         gemm::gemm(
             m,

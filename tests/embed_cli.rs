@@ -3,34 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use candle_core::Device;
+use common::clip_env as clip;
 use common::*;
-
-fn clip(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn fail(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure");
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
 
 #[test]
 fn embed_matches_transformers_and_records_file_names() {

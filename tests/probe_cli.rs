@@ -150,8 +150,12 @@ fn model_probe_runs_end_to_end_with_a_plot() {
         (r["train"].as_u64(), r["test"].as_u64()),
         (Some(12), Some(24))
     );
-    let acc = r["accuracy"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&acc));
+    // A count of the 24 test images: a wrong denominator or a count past 24 fails.
+    let right = r["accuracy"].as_f64().unwrap() * 24.0;
+    assert!(
+        (right - right.round()).abs() < 1e-9 && (0.0..=24.0).contains(&right),
+        "{right}/24"
+    );
 
     let img = image::open(&plot).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (800, 600));

@@ -1,48 +1,36 @@
 //! Black-box tests of `clip index` and `clip search` with the tiny fixture model.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{clip, fixtures};
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn model() -> PathBuf {
     fixtures().join("hf_tiny")
 }
 
-fn clip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(args)
-        .output()
-        .expect("run clip")
-}
-
 /// Runs clip, asserting success; returns stdout and stderr.
 fn ok(args: &[&str]) -> (String, String) {
     let o = clip(args);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
+    (
+        common::ok(&o),
         String::from_utf8_lossy(&o.stderr).into_owned(),
-    );
-    assert!(o.status.success(), "clip {args:?} failed:\n{err}");
-    (out, err)
+    )
 }
 
 /// Runs clip, asserting a clean failure (exit 1, no panic); returns stderr.
 fn fails(args: &[&str]) -> String {
     let o = clip(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         o.status.code(),
         Some(1),
         "clip {args:?} should fail cleanly:\n{err}"
     );
-    assert!(!err.contains("panicked"), "{err}");
-    err
+    common::fail(&o)
 }
 
 fn s(p: &Path) -> &str {

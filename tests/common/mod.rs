@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
@@ -42,46 +42,71 @@ pub fn ids(t: &Tensor) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Largest per-row relative L2 error ‖a−b‖/‖b‖.
+/// Both tensors as rows of f32, after checking they have the same shape and are all finite:
+/// a NaN or a truncated result must fail a comparison, not slip through `f32::max` or `zip`.
+fn comparable(a: &Tensor, b: &Tensor) -> (Vec<f32>, Vec<f32>, usize) {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let (x, y) = (flat(a), flat(b));
+    let bad = x.iter().chain(&y).position(|v| !v.is_finite());
+    assert!(bad.is_none(), "non-finite value at flat index {bad:?}");
+    let cols = a.dims().last().copied().unwrap_or(1).max(1);
+    (x, y, cols)
+}
+
+/// Largest per-row relative L2 error ‖a−b‖/‖b‖ (rows: the last dimension).
 pub fn max_rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-    let a: Vec<Vec<f32>> = a.to_vec2().unwrap();
-    let b: Vec<Vec<f32>> = b.to_vec2().unwrap();
-    assert_eq!(a.len(), b.len(), "row counts differ");
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| {
-            let num: f32 = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).powi(2))
-                .sum::<f32>()
-                .sqrt();
-            let den: f32 = y.iter().map(|q| q * q).sum::<f32>().sqrt();
-            num / den
+    let (x, y, cols) = comparable(a, b);
+    x.chunks(cols)
+        .zip(y.chunks(cols))
+        .map(|(p, q)| {
+            let num: f32 = p.iter().zip(q).map(|(u, v)| (u - v).powi(2)).sum();
+            let den: f32 = q.iter().map(|v| v * v).sum();
+            (num / den).sqrt()
         })
         .fold(0.0, f32::max)
 }
 
+/// Largest elementwise |a−b|.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    let (x, y, _) = comparable(a, b);
+    x.iter()
+        .zip(&y)
+        .map(|(u, v)| (u - v).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn comparisons_fail_on_nan_and_on_truncated_input() {
+    let t = |v: &[f32], shape: (usize, usize)| Tensor::from_slice(v, shape, &Device::Cpu).unwrap();
+    let good = t(&[3.0, 4.0, 1.0, 0.0], (2, 2));
+    let near = t(&[3.0, 4.5, 1.0, 0.0], (2, 2));
+    assert!(
+        (max_rel_l2(&near, &good) - 0.1).abs() < 1e-6,
+        "‖(0, 0.5)‖ / ‖(3, 4)‖"
+    );
+    assert_eq!(max_abs_diff(&near, &good), 0.5);
+    let nan = t(&[f32::NAN; 4], (2, 2));
+    let short = t(&[3.0, 4.0], (1, 2));
+    for f in [max_rel_l2, max_abs_diff] {
+        for bad in [&nan, &short] {
+            let caught =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(bad, &good))).is_err();
+            assert!(caught, "{bad} passed a comparison with {good}");
+        }
+    }
 }
 
 /// Runs the `clip` binary on two threads.
 pub fn clip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .unwrap()
+    clip_env(args, &[])
+}
+
+/// Runs the `clip` binary on two threads with extra environment variables.
+pub fn clip_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
+    cmd.args(args).env("RAYON_NUM_THREADS", "2");
+    cmd.envs(env.iter().copied()).output().unwrap()
 }
 
 /// Stdout of a run that must succeed (its stderr on failure).

@@ -13,7 +13,7 @@
 //!
 //! JPEGs are written by [`encode_jpeg`] with 4:2:0 chroma subsampling, as cameras do.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -1301,8 +1301,8 @@ pub fn write_folder(dir: &Path, range: Range<u64>, cfg: &SynthConfig) -> io::Res
 /// `width`, `height`, `status` ("success") and `url` (null); the stats hold `count`,
 /// `successes`, `failed_to_download` and `failed_to_resize`. Tar members are ustar, mode 0444,
 /// owned by `bigdata:bigdata` (webdataset's defaults) with a fixed mtime, so shards are
-/// byte-for-byte reproducible. Each shard is written to `NAME.tar.tmp` and renamed when
-/// complete. Shards are written in parallel (rayon), and the samples of a shard are rendered
+/// byte-for-byte reproducible. Each shard is written to a temporary `.NAME.tar.<random>.tmp`
+/// (deleted on error) and renamed when complete. Shards are written in parallel (rayon), and the samples of a shard are rendered
 /// in parallel too; returns the shard paths in order.
 pub fn write_shards(
     dir: &Path,
@@ -1335,9 +1335,15 @@ fn write_shard(
 ) -> io::Result<PathBuf> {
     let name = format!("{shard:05}");
     let path = dir.join(format!("{name}.tar"));
-    let tmp = dir.join(format!("{name}.tar.tmp"));
-    let file = File::create(&tmp).map_err(at(&tmp))?;
-    let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
+    let prefix = format!(".{name}.tar.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // Readable like a file from `File::create` (tempfile defaults to owner-only).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut file = builder.tempfile_in(dir).map_err(at(dir))?;
+    let tmp = file.path().to_path_buf();
+    let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file.as_file_mut()));
     let mut append = |name: String, data: &[u8]| -> io::Result<()> {
         let mut header = tar::Header::new_ustar();
         header.set_size(data.len() as u64);
@@ -1377,7 +1383,7 @@ fn write_shard(
     let mut out = tar.into_inner().map_err(at(&tmp))?;
     out.flush().map_err(at(&tmp))?;
     drop(out);
-    fs::rename(&tmp, &path).map_err(at(&path))?;
+    file.persist(&path).map_err(|e| at(&path)(e.error))?;
     let n = range.end - range.start;
     let stats = serde_json::json!({
         "count": n,
@@ -1587,7 +1593,7 @@ mod tests {
         assert_eq!(names, ["00000.tar", "00001.tar", "00002.tar"]);
         let mut index = 0u64;
         for (s, path) in paths.iter().enumerate() {
-            let mut archive = tar::Archive::new(File::open(path).unwrap());
+            let mut archive = tar::Archive::new(fs::File::open(path).unwrap());
             let mut members = Vec::new();
             for entry in archive.entries().unwrap() {
                 let mut entry = entry.unwrap();
@@ -1630,7 +1636,19 @@ mod tests {
             assert_eq!(stats["successes"], n);
         }
         assert_eq!(index, 7);
-        assert!(!dir.path().join("00000.tar.tmp").exists());
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let want = [
+            "00000.tar",
+            "00000_stats.json",
+            "00001.tar",
+            "00001_stats.json",
+        ];
+        assert_eq!(left[..4], want, "no temporary file left");
+        assert_eq!(left[4..], ["00002.tar", "00002_stats.json"]);
         // Reproducible to the byte.
         let again = tempfile::tempdir().unwrap();
         write_shards(again.path(), 7, 3, &cfg).unwrap();

@@ -200,9 +200,22 @@ fn hf_weight_files(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
         weight_map: HashMap<String, String>,
     }
     let idx: Index = read_json(&index)?;
+    let bad = |reason: String| ModelError::ShardIndex {
+        path: index.clone(),
+        reason,
+    };
     let mut files: Vec<PathBuf> = idx.weight_map.values().map(|f| dir.join(f)).collect();
     files.sort();
     files.dedup();
+    if files.is_empty() {
+        return Err(bad("its weight_map lists no shard".into()));
+    }
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(bad(format!(
+            "its weight_map names {}, which does not exist",
+            missing.display()
+        )));
+    }
     Ok(Some(files))
 }
 
@@ -271,4 +284,39 @@ pub fn write_hf_files(
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON serialises");
     std::fs::write(path, text + "\n").map_err(io_err("cannot write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sharded directory whose index holds `weight_map`, next to a valid `config.json`.
+    fn load_with_index(weight_map: serde_json::Value) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ClipConfig::default().to_hf_json();
+        std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+        let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+        let path = dir.path().join("model.safetensors.index.json");
+        std::fs::write(&path, index.to_string()).unwrap();
+        let err = Checkpoint::load(dir.path(), &Device::Cpu).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::ShardIndex { path: p, .. } if *p == path),
+            "{err}"
+        );
+        err.to_string()
+    }
+
+    #[test]
+    fn empty_weight_map_is_an_error_naming_the_index() {
+        let err = load_with_index(serde_json::json!({}));
+        assert!(err.contains("lists no shard"), "{err}");
+    }
+
+    #[test]
+    fn missing_shard_is_an_error_naming_it() {
+        let err = load_with_index(
+            serde_json::json!({ "logit_scale": "model-00001-of-00002.safetensors" }),
+        );
+        assert!(err.contains("model-00001-of-00002.safetensors"), "{err}");
+    }
 }

@@ -33,6 +33,14 @@ pub enum ModelError {
         #[source]
         source: safetensors::SafeTensorError,
     },
+    /// `model.safetensors.index.json` lists no shard, or a shard that is not there.
+    #[error("{path}: {reason}")]
+    ShardIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A directory holds neither known checkpoint layout.
     #[error("{path} is not a model directory: expected config.json + model.safetensors (Hugging Face) or open_clip_config.json + open_clip_model.safetensors (open_clip)")]
     UnknownLayout {

@@ -1,6 +1,6 @@
 //! Writing directories so that a crash never leaves a half-written one in place.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::io_err;
 use crate::Result;
@@ -9,6 +9,8 @@ use crate::Result;
 ///
 /// A kill at any instant leaves either the old `dest` or the new one, never a mixture: the
 /// new content is complete before the rename, and an old `dest` is moved aside only after.
+/// Both the new content and the old copy live in `tempfile` directories next to `dest`, so
+/// either is removed on every error path.
 pub fn replace_dir_atomically(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dest
         .parent()
@@ -19,29 +21,39 @@ pub fn replace_dir_atomically(dest: &Path, fill: impl FnOnce(&Path) -> Result<()
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = unique_sibling(parent, &format!(".{name}.tmp"));
-    std::fs::create_dir(&tmp).map_err(io_err("cannot create directory", &tmp))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if dest.exists() {
-        let old = unique_sibling(parent, &format!(".{name}.old"));
-        std::fs::rename(dest, &old).map_err(io_err("cannot move aside", dest))?;
-        std::fs::rename(&tmp, dest).map_err(io_err("cannot rename into place", dest))?;
-        let _ = std::fs::remove_dir_all(&old);
+    let tmp = sibling_dir(parent, &format!(".{name}.tmp-"))?;
+    fill(tmp.path())?;
+    // Moved aside into a temporary directory that is deleted when this function returns.
+    let aside = if dest.exists() {
+        let aside = sibling_dir(parent, &format!(".{name}.old-"))?;
+        std::fs::rename(dest, aside.path().join(&name))
+            .map_err(io_err("cannot move aside", dest))?;
+        Some(aside)
     } else {
-        std::fs::rename(&tmp, dest).map_err(io_err("cannot rename into place", dest))?;
+        None
+    };
+    if let Err(e) = std::fs::rename(tmp.path(), dest) {
+        if let Some(aside) = &aside {
+            // Put the old copy back rather than delete it with `aside`.
+            let _ = std::fs::rename(aside.path().join(&name), dest);
+        }
+        return Err(io_err("cannot rename into place", dest)(e));
     }
+    // The rename emptied `tmp`'s path; forget it rather than delete whatever is there now.
+    let _ = tmp.keep();
+    drop(aside);
     Ok(())
 }
 
-fn unique_sibling(parent: &Path, stem: &str) -> PathBuf {
-    let pid = std::process::id();
-    (0u32..)
-        .map(|i| parent.join(format!("{stem}-{pid}-{i}")))
-        .find(|p| !p.exists())
-        .expect("some name is free")
+/// A new directory in `parent` named `prefix` + random characters, with the permissions a
+/// plain `create_dir` would give (`tempfile` defaults to owner-only).
+fn sibling_dir(parent: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    #[cfg(unix)]
+    b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777));
+    b.tempdir_in(parent)
+        .map_err(io_err("cannot create directory in", parent))
 }
 
 #[cfg(test)]
@@ -74,5 +86,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "new");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            1,
+            "old copy removed"
+        );
+        #[cfg(unix)]
+        {
+            // Same mode as a directory made the ordinary way, not tempfile's owner-only 0700.
+            use std::os::unix::fs::PermissionsExt;
+            let plain = root.path().join("plain");
+            std::fs::create_dir(&plain).unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode(&dest), mode(&plain));
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! while those parameters silently never learn. This pins that every parameter gets a
 //! gradient through the whole model and the contrastive loss.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use clip_model::{ClipConfig, ClipModel, TextConfig, VisionConfig};
 use clip_nn::{Params, VarStore};
@@ -243,19 +245,7 @@ fn check_taped_parity(cfg: &ClipConfig) {
             .forward_taped(&ids, &Device::Cpu, &mut ws)
             .unwrap();
         let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            let diff: f32 = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert!(
-                diff <= 1e-4 * scale.max(1e-3),
-                "round {round}: {what}: max diff {diff} (scale {scale})"
-            );
+            common::assert_close(a, b, 1e-4, &format!("round {round}: {what}"))
         };
         close(&img_t, &img, "image features");
         close(&txt_t, &txt, "text features");

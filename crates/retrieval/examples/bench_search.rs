@@ -183,7 +183,7 @@ fn limits(file: &str) -> Result<(), Box<dyn std::error::Error>> {
 fn sum_lanes(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: feature detected.
+        // SAFETY: the CPU was just seen to support AVX2, all `sum_lanes_avx2` enables.
         return unsafe { sum_lanes_avx2(x) };
     }
     sum_lanes_portable(x)
@@ -191,7 +191,7 @@ fn sum_lanes(x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sum_lanes_avx2(x: &[f32]) -> f32 {
+fn sum_lanes_avx2(x: &[f32]) -> f32 {
     sum_lanes_portable(x)
 }
 
@@ -210,7 +210,7 @@ fn sum_lanes_portable(x: &[f32]) -> f32 {
 fn fma_loop(acc: &mut [[f32; 16]; 16], a: f32, b: f32, iters: u64) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: feature detected.
+        // SAFETY: the CPU was just seen to support AVX-512F, all `fma_loop_avx512` enables.
         return unsafe { fma_loop_avx512(acc, a, b, iters) };
     }
     for _ in 0..iters {
@@ -224,17 +224,19 @@ fn fma_loop(acc: &mut [[f32; 16]; 16], a: f32, b: f32, iters: u64) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn fma_loop_avx512(acc: &mut [[f32; 16]; 16], a: f32, b: f32, iters: u64) {
+fn fma_loop_avx512(acc: &mut [[f32; 16]; 16], a: f32, b: f32, iters: u64) {
     use std::arch::x86_64::*;
-    let mut r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(acc[i].as_ptr()));
+    // SAFETY: each row of `acc` is 16 readable floats.
+    let mut r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(acc[i].as_ptr()) });
     let (va, vb) = (_mm512_set1_ps(a), _mm512_set1_ps(b));
     for _ in 0..iters {
         for x in r.iter_mut() {
             *x = _mm512_fmadd_ps(*x, va, vb);
         }
     }
-    for (i, x) in r.iter().enumerate() {
-        _mm512_storeu_ps(acc[i].as_mut_ptr(), *x);
+    for (row, x) in acc.iter_mut().zip(&r) {
+        // SAFETY: each row of `acc` is 16 writable floats.
+        unsafe { _mm512_storeu_ps(row.as_mut_ptr(), *x) };
     }
 }
 

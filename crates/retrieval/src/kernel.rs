@@ -9,7 +9,9 @@
 //!
 //! Three builds of the same loop nest are dispatched at run time: AVX-512 intrinsics, the
 //! portable code compiled with AVX2+FMA enabled (auto-vectorised), and the portable code for any
-//! other CPU.
+//! other CPU. [`Isa`] is the one place the crate picks among builds: a value exists only for an
+//! instruction set this CPU was seen to support, which is what makes calling the
+//! `#[target_feature]` builds sound. The plain dot product ([`dot`]) dispatches through it too.
 
 use half::f16;
 
@@ -99,29 +101,59 @@ impl Sink for MatrixSink<'_> {
     }
 }
 
-/// Which instruction set the kernel runs with.
+/// An instruction set the kernels run with, one this CPU supports: only [`supported`] makes
+/// one (the field is private to this module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
+pub(crate) struct Isa(Level);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Portable,
+    /// AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
-    Portable,
+    /// AVX-512F, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
-/// The best kernel this CPU supports.
-pub(crate) fn detect() -> Isa {
+/// Every instruction set this CPU supports, best last.
+pub(crate) fn supported() -> Vec<Isa> {
+    #[allow(unused_mut)]
+    let mut v = vec![Isa(Level::Portable)];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Isa::Avx2Fma;
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") {
+            v.push(Isa(Level::Avx2Fma));
+            if has!("avx512f") {
+                v.push(Isa(Level::Avx512));
+            }
         }
     }
-    Isa::Portable
+    v
+}
+
+/// The best instruction set this CPU supports, detected once.
+pub(crate) fn detect() -> Isa {
+    static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| *supported().last().expect("portable is always supported"))
+}
+
+/// `a · b` (over the shorter length) with the best build for this CPU.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    match detect().0 {
+        Level::Portable => dot_lanes(a, b),
+        // SAFETY: an `Isa` above `Portable` exists only if `supported` detected AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma | Level::Avx512 => unsafe { dot_avx2(a, b) },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
 }
 
 /// Scores `queries` (`[nq, dim]`, row-major f32) against index rows `rows_start..rows_end` of
@@ -138,19 +170,20 @@ pub(crate) fn scan<S: Sink>(
     panel: &mut [f32],
     row_buf: &mut [f32],
 ) {
-    match isa {
-        // SAFETY: `detect` saw these features on this CPU.
+    match isa.0 {
+        // SAFETY: an `Isa` of this level exists only if `supported` detected its features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { scan_avx512(base, dim, rows, queries, sink, panel, row_buf) },
+        Level::Avx512 => unsafe { scan_avx512(base, dim, rows, queries, sink, panel, row_buf) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { scan_avx2(base, dim, rows, queries, sink, panel, row_buf) },
-        Isa::Portable => scan_with::<Portable, S>(base, dim, rows, queries, sink, panel, row_buf),
+        Level::Avx2Fma => unsafe { scan_avx2(base, dim, rows, queries, sink, panel, row_buf) },
+        Level::Portable => scan_with::<Portable, S>(base, dim, rows, queries, sink, panel, row_buf),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn scan_avx512<S: Sink>(
+fn scan_avx512<S: Sink>(
     base: Rows<'_>,
     dim: usize,
     rows: std::ops::Range<usize>,
@@ -164,7 +197,7 @@ unsafe fn scan_avx512<S: Sink>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scan_avx2<S: Sink>(
+fn scan_avx2<S: Sink>(
     base: Rows<'_>,
     dim: usize,
     rows: std::ops::Range<usize>,
@@ -209,7 +242,7 @@ trait Micro {
 
 /// A dot product in 16 independent lanes, which the compiler vectorises.
 #[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca
@@ -391,8 +424,8 @@ mod avx512 {
             out: &mut [[f32; NR]; MR_MAX],
         ) -> usize {
             assert!(panel.len() >= NR * dim && q.len() >= rows_left.min(MR_MAX) * dim);
-            // SAFETY: only reached from `scan_avx512`, compiled for and dispatched on AVX-512F;
-            // the assert bounds every load below.
+            // SAFETY: only reached from `scan_avx512`, which runs only where `supported` saw
+            // AVX-512F; the assert is `kernel`'s bounds requirement.
             unsafe {
                 match rows_left {
                     1 => kernel::<1>(q.as_ptr(), panel.as_ptr(), dim, out),
@@ -418,7 +451,7 @@ mod avx512 {
             out: &mut [[f32; NR]; MR_MAX],
         ) {
             assert!(q.len() >= nq * dim && rows.len() >= valid * dim && valid <= NR);
-            // SAFETY: as in `block`; the assert bounds the loads.
+            // SAFETY: AVX-512F as in `block`; the assert is `direct`'s bounds requirement.
             unsafe {
                 match nq {
                     1 => direct::<1>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
@@ -433,6 +466,11 @@ mod avx512 {
     /// NQ queries against `valid` unpacked rows, four rows at a time so that 4·NQ independent
     /// accumulator chains hide the FMA latency; a masked load covers a dimension that is not a
     /// multiple of 16.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX-512F; `q` points to `NQ·dim` readable floats and `rows` to
+    /// `valid·dim`, with `valid ≤ NR`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn direct<const NQ: usize>(
@@ -451,10 +489,13 @@ mod avx512 {
             let step = |c: usize, mask: __mmask16, acc: &mut [[__m512; 4]; NQ]| {
                 let mut x = [_mm512_setzero_ps(); 4];
                 for (i, xi) in x.iter_mut().enumerate().take(nr) {
-                    *xi = _mm512_maskz_loadu_ps(mask, rows.add((j + i) * dim + c * 16));
+                    // SAFETY: row j + i < valid, lanes c·16.. up to `dim` (the mask stops the
+                    // last chunk at `dim`): inside `rows` by the caller's contract.
+                    *xi = unsafe { _mm512_maskz_loadu_ps(mask, rows.add((j + i) * dim + c * 16)) };
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let qv = _mm512_maskz_loadu_ps(mask, q.add(r * dim + c * 16));
+                    // SAFETY: query r < NQ, lanes as above: inside `q` by the caller's contract.
+                    let qv = unsafe { _mm512_maskz_loadu_ps(mask, q.add(r * dim + c * 16)) };
                     for i in 0..4 {
                         acc_r[i] = _mm512_fmadd_ps(qv, x[i], acc_r[i]);
                     }
@@ -477,6 +518,11 @@ mod avx512 {
 
     /// MR query rows × 32 index rows: 2·MR zmm accumulators, one broadcast per query row and
     /// two panel loads per step of the reduction.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX-512F; `q` points to `MR·dim` readable floats and `panel` to
+    /// `NR·dim`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel<const MR: usize>(
@@ -488,17 +534,27 @@ mod avx512 {
         let mut lo = [_mm512_setzero_ps(); MR];
         let mut hi = [_mm512_setzero_ps(); MR];
         for d in 0..dim {
-            let x0 = _mm512_loadu_ps(panel.add(d * NR));
-            let x1 = _mm512_loadu_ps(panel.add(d * NR + 16));
+            // SAFETY: panel row d < dim holds NR = 32 floats, inside `panel` by the contract.
+            let (x0, x1) = unsafe {
+                (
+                    _mm512_loadu_ps(panel.add(d * NR)),
+                    _mm512_loadu_ps(panel.add(d * NR + 16)),
+                )
+            };
             for r in 0..MR {
-                let a = _mm512_set1_ps(*q.add(r * dim + d));
+                // SAFETY: element d < dim of query r < MR, inside `q` by the contract.
+                let a = _mm512_set1_ps(unsafe { *q.add(r * dim + d) });
                 lo[r] = _mm512_fmadd_ps(a, x0, lo[r]);
                 hi[r] = _mm512_fmadd_ps(a, x1, hi[r]);
             }
         }
         for r in 0..MR {
-            _mm512_storeu_ps(out[r].as_mut_ptr(), lo[r]);
-            _mm512_storeu_ps(out[r].as_mut_ptr().add(16), hi[r]);
+            let (lo_half, hi_half) = out[r].split_at_mut(16);
+            // SAFETY: each half of a 32-float row is 16 writable floats.
+            unsafe {
+                _mm512_storeu_ps(lo_half.as_mut_ptr(), lo[r]);
+                _mm512_storeu_ps(hi_half.as_mut_ptr(), hi[r]);
+            }
         }
     }
 }
@@ -529,22 +585,6 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
-    fn all_isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(Isa::Avx2Fma);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
-            }
-        }
-        v
-    }
-
     #[test]
     fn every_kernel_matches_the_reference_on_ragged_shapes() {
         let mut seed = 7;
@@ -560,7 +600,7 @@ mod tests {
             let base: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
             let queries: Vec<f32> = (0..nq * dim).map(|_| lcg(&mut seed)).collect();
             let want = reference(&base, &queries, dim);
-            for isa in all_isas() {
+            for isa in supported() {
                 let mut out = vec![f32::NAN; nq * n];
                 let mut sink = MatrixSink {
                     out: &mut out,
@@ -570,27 +610,10 @@ mod tests {
                 let mut panel = vec![0f32; NR * dim];
                 let mut row = vec![0f32; dim];
                 // Two calls over split ranges, as the parallel driver does.
-                let mid = n / 2;
-                scan(
-                    isa,
-                    Rows::F32(&base),
-                    dim,
-                    0..mid,
-                    &queries,
-                    &mut sink,
-                    &mut panel,
-                    &mut row,
-                );
-                scan(
-                    isa,
-                    Rows::F32(&base),
-                    dim,
-                    mid..n,
-                    &queries,
-                    &mut sink,
-                    &mut panel,
-                    &mut row,
-                );
+                for part in [0..n / 2, n / 2..n] {
+                    let (p, r) = (&mut panel, &mut row);
+                    scan(isa, Rows::F32(&base), dim, part, &queries, &mut sink, p, r);
+                }
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() < 1e-5,

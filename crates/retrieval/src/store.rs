@@ -189,19 +189,9 @@ pub fn write_index(
     let gen = next_generation(dir)?;
     let vectors_file = format!("vectors-{gen}.safetensors");
     let final_vectors = dir.join(&vectors_file);
-    let tmp_vectors = dir.join(format!(".{vectors_file}.{}.tmp", std::process::id()));
-    let written = write_vectors(&tmp_vectors, spec, &mut fill);
-    let (bytes, crc) = match written {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp_vectors);
-            return Err(e);
-        }
-    };
-    if let Err(e) = std::fs::rename(&tmp_vectors, &final_vectors) {
-        let _ = std::fs::remove_file(&tmp_vectors);
-        return Err(io_err("cannot rename into place", &final_vectors)(e));
-    }
+    let (bytes, crc) = write_atomically(&final_vectors, |file, tmp| {
+        write_vectors(file, tmp, spec, &mut fill)
+    })?;
     let manifest = Manifest {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
@@ -216,22 +206,15 @@ pub fn write_index(
         entries: spec.entries.clone(),
     };
     let manifest_path = dir.join(MANIFEST_FILE);
-    let tmp_manifest = dir.join(format!(".{MANIFEST_FILE}.{}.tmp", std::process::id()));
-    let res = (|| {
+    let res = write_atomically(&manifest_path, |f, tmp| {
         let json = serde_json::to_vec_pretty(&manifest).map_err(|source| RetrievalError::Json {
             path: manifest_path.clone(),
             source,
         })?;
-        let mut f = File::create(&tmp_manifest).map_err(io_err("cannot create", &tmp_manifest))?;
-        f.write_all(&json)
-            .map_err(io_err("cannot write", &tmp_manifest))?;
-        f.sync_all().map_err(io_err("cannot sync", &tmp_manifest))?;
-        std::fs::rename(&tmp_manifest, &manifest_path)
-            .map_err(io_err("cannot rename into place", &manifest_path))
-    })();
+        f.write_all(&json).map_err(io_err("cannot write", tmp))
+    });
     if let Err(e) = res {
         // The new vectors file is unreferenced; the old manifest still points at the old one.
-        let _ = std::fs::remove_file(&tmp_manifest);
         let _ = std::fs::remove_file(&final_vectors);
         return Err(e);
     }
@@ -321,9 +304,43 @@ fn vectors_generation(name: &str) -> Option<u64> {
 }
 
 fn is_own_file(name: &str) -> bool {
-    name == MANIFEST_FILE
-        || vectors_generation(name).is_some()
-        || (name.starts_with('.') && name.ends_with(".tmp"))
+    name == MANIFEST_FILE || vectors_generation(name).is_some() || is_temp_file(name)
+}
+
+/// A leftover of an interrupted [`write_atomically`]: `.NAME.<random>.tmp`.
+fn is_temp_file(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// The temporary sibling [`write_atomically`] writes `final_name` through; a kill leaves it
+/// behind under a name [`is_temp_file`] recognises. Readable like a file made with
+/// `File::create` (`tempfile` defaults to owner-only).
+fn temp_file_in(dir: &Path, final_name: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    let prefix = format!(".{final_name}.");
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    b.tempfile_in(dir)
+}
+
+/// Writes `path` whole or not at all: `write(file, temp_path)` fills a temporary sibling,
+/// which is synced and renamed over `path` only if it succeeds, and deleted otherwise.
+fn write_atomically<T>(
+    path: &Path,
+    write: impl FnOnce(&mut File, &Path) -> Result<T>,
+) -> Result<T> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut tmp = temp_file_in(dir, &name).map_err(io_err("cannot create a file in", dir))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let out = write(tmp.as_file_mut(), &tmp_path)?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err("cannot sync", &tmp_path))?;
+    tmp.persist(path)
+        .map_err(|e| io_err("cannot rename into place", path)(e.error))?;
+    Ok(out)
 }
 
 fn next_generation(dir: &Path) -> Result<u64> {
@@ -337,8 +354,7 @@ fn next_generation(dir: &Path) -> Result<u64> {
 /// Deletes earlier generations and leftovers of interrupted writes.
 fn remove_stale_files(dir: &Path, keep: &str) {
     for name in list_dir(dir).unwrap_or_default() {
-        let stale = (vectors_generation(&name).is_some() && name != keep)
-            || (name.starts_with('.') && name.ends_with(".tmp"));
+        let stale = (vectors_generation(&name).is_some() && name != keep) || is_temp_file(&name);
         if stale {
             let _ = std::fs::remove_file(dir.join(&name));
         }
@@ -373,6 +389,7 @@ impl<W: Write> Write for CrcWriter<W> {
 
 /// Writes the vectors as a one-tensor safetensors file; returns its length and CRC-32.
 fn write_vectors(
+    file: &mut File,
     path: &Path,
     spec: &IndexSpec,
     fill: &mut impl FnMut(std::ops::Range<usize>, &mut [f32]) -> std::result::Result<(), FillError>,
@@ -391,7 +408,6 @@ fn write_vectors(
     // safetensors pads the header with spaces so that the data is 8-byte aligned.
     header.resize(header.len().next_multiple_of(8), b' ');
 
-    let file = File::create(path).map_err(io_err("cannot create", path))?;
     let mut w = CrcWriter {
         inner: BufWriter::with_capacity(1 << 20, file),
         crc: crc32fast::Hasher::new(),
@@ -426,11 +442,9 @@ fn write_vectors(
     }
     w.flush().map_err(io_err("cannot write", path))?;
     let (bytes, crc) = (w.bytes, w.crc.finalize());
-    let file = w
-        .inner
+    w.inner
         .into_inner()
         .map_err(|e| io_err("cannot write", path)(e.into_error()))?;
-    file.sync_all().map_err(io_err("cannot sync", path))?;
     Ok((bytes, crc))
 }
 
@@ -570,11 +584,11 @@ pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result
             m.vectors_bytes
         )));
     }
-    // SAFETY: index writers never modify a vectors file after its rename into place (a new
-    // build writes a new file), so the mapping is not changed underneath us by this crate.
     let mut mo = memmap2::MmapOptions::new();
     #[cfg(target_os = "linux")]
     mo.populate();
+    // SAFETY: index writers never modify a vectors file after its rename into place (a new
+    // build writes a new file), so the mapping is not changed underneath us by this crate.
     let map = unsafe { mo.map(&file) }.map_err(io_err("cannot memory-map", &path))?;
     if opts.verify_checksum {
         let crc = parallel_crc32(&map);
@@ -650,5 +664,14 @@ mod tests {
         assert!(is_own_file(".vectors-3.safetensors.77.tmp"));
         assert!(!is_own_file("vectors-x.safetensors"));
         assert!(!is_own_file("photo.jpg"));
+        // What a write killed before its rename leaves behind.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, left) = temp_file_in(dir.path(), "vectors-3.safetensors")
+            .unwrap()
+            .keep()
+            .unwrap();
+        let left = left.file_name().unwrap().to_str().unwrap();
+        assert!(is_own_file(left) && is_temp_file(left), "{left}");
+        assert!(!is_temp_file("vectors-3.safetensors") && !is_temp_file("manifest.json"));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use clip_model::{ClipConfig, TextConfig, VisionConfig};
 use clip_train::Observer;
 
@@ -68,4 +68,43 @@ impl Observer for KillAfterCheckpoint {
 /// Runs a training that [`KillAfterCheckpoint`] stops, and says whether it was stopped.
 pub fn killed(run: impl FnOnce()) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err()
+}
+
+/// Asserts `a ≈ b` within `rel` of `b`'s largest magnitude (at least 1e-3), after checking
+/// shapes and finiteness: a NaN or misshapen result fails instead of vanishing in a `max`.
+pub fn assert_close(a: &Tensor, b: &Tensor, rel: f32, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
+    let flat = |t: &Tensor| -> Vec<f32> {
+        let t = t.flatten_all().unwrap().to_dtype(DType::F32).unwrap();
+        t.to_vec1().unwrap()
+    };
+    let (x, y) = (flat(a), flat(b));
+    let bad = x.iter().chain(&y).position(|v| !v.is_finite());
+    assert!(
+        bad.is_none(),
+        "{what}: non-finite value at flat index {bad:?}"
+    );
+    let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = x
+        .iter()
+        .zip(&y)
+        .fold(0f32, |m, (u, v)| m.max((u - v).abs()));
+    assert!(
+        diff <= rel * scale.max(1e-3),
+        "{what}: max diff {diff} (scale {scale})"
+    );
+}
+
+#[test]
+fn assert_close_fails_on_nan_misshapen_and_distant_input() {
+    let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+    let good = t(&[1.0, -2.0]);
+    assert_close(&t(&[1.0, -2.0001]), &good, 1e-4, "within 5e-5 of scale 2");
+    for bad in [t(&[f32::NAN, -2.0]), t(&[1.0]), t(&[1.0, -2.001])] {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert_close(&bad, &good, 1e-4, "x")
+        }))
+        .is_err();
+        assert!(caught, "{bad} passed as close to {good}");
+    }
 }
