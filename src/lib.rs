@@ -8,9 +8,9 @@
 //! - [`Index`]: vectors on disk with what each row stands for, built by [`index`]
 //!   (image folders refresh in place), opened with [`Index::open`] and searched with
 //!   [`Index::search`] or [`Clip::search_texts`].
-//! - [`train`] with a [`TrainConfig`]: training or fine-tuning, with progress reported to
-//!   an [`Observer`]; [`preset`] gives the bundled model sizes, [`validation::ValSet`]
-//!   scores retrieval on held-out pairs.
+//! - [`train`] with a [`TrainConfig`]: training or fine-tuning ([`training::Start`] from a
+//!   [`preset`] or a checkpoint), with progress reported to an [`Observer`];
+//!   [`validation::ValSet`] scores retrieval on held-out pairs.
 //!
 //! Search a folder of photos by text:
 //!
@@ -47,6 +47,7 @@ pub mod files;
 pub mod hub;
 pub mod index;
 mod model;
+pub mod training;
 pub mod validation;
 
 pub use assets::{bundled_tokenizer, preset, BUNDLED_TOKENIZER, PRESETS};
@@ -57,7 +58,8 @@ pub use model::{resolve_model_dir, Clip, Features, Progress, DEFAULT_BATCH};
 
 pub use candle_core::Device;
 pub use clip_model::{ClipConfig, ClipModel};
-pub use clip_train::{train, Observer, TrainConfig};
+pub use clip_data::{SampleSet, Source};
+pub use clip_train::{train, Observer, RunSetup, Summary, TrainConfig};
 pub use retrieval::{Hit, Index};
 
 impl Clip {

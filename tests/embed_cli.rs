@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::path::Path;
 
 use candle_core::Device;
 use common::clip_env as clip;

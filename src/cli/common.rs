@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use clip::{resolve_model_dir, Features as FeaturesArg, BUNDLED_TOKENIZER};
+pub use clip::Features as FeaturesArg;
 
 /// Which device to run on.
 #[derive(

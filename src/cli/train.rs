@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
-use clip_model::{Checkpoint, ClipConfig, ClipModel, Preprocess, ProjectionHead};
+use clip::training::Start;
+use clip_model::{ClipConfig, ClipModel, ProjectionHead};
 use clip_train::{
     AdamWConfig, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats,
     TrainConfig,
@@ -18,15 +19,6 @@ use super::common::{self, DeviceArg, FeaturesArg};
 use super::valset::{top_images, Scored, ValSet};
 
 /// Model presets compiled into the binary (the files in `models/`).
-const PRESETS: [(&str, &str); 4] = [
-    ("micro", include_str!("../../models/micro/config.json")),
-    ("tiny", include_str!("../../models/tiny/config.json")),
-    ("small", include_str!("../../models/small/config.json")),
-    (
-        "vit-b-32",
-        include_str!("../../models/vit-b-32/config.json"),
-    ),
-];
 
 /// The bundled sample: Noto emoji to train on, Twemoji (a style never seen) to validate on.
 fn bundled_data() -> (PathBuf, PathBuf) {
@@ -281,15 +273,6 @@ mod variant_name {
 
 const RUN_FILE: &str = "run.json";
 
-fn preset(name: &str) -> Result<ClipConfig> {
-    let (_, json) = PRESETS.iter().find(|(n, _)| *n == name).with_context(|| {
-        format!("unknown --preset {name:?} (choose micro, tiny, small or vit-b-32)")
-    })?;
-    let cfg: ClipConfig = serde_json::from_str(json)?;
-    cfg.validate()?;
-    Ok(cfg)
-}
-
 struct Display {
     bar: ProgressBar,
     val: Option<ValSet>,
@@ -389,20 +372,15 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     let device = a.device.device()?;
 
     // Model: a preset from scratch, or a checkpoint to fine-tune.
-    let (model_cfg, preprocess, init, tok_path) = match &a.init {
+    let mut start = match &a.init {
         Some(spec) => {
-            let dir = common::resolve_model_dir(spec)?;
-            let ckpt = Checkpoint::load(&dir, &device)
-                .with_context(|| format!("cannot load --init {}", dir.display()))?;
-            (
-                ckpt.config.clone(),
-                ckpt.preprocess.clone(),
-                Some(ckpt.weights.clone()),
-                ckpt.tokenizer.clone(),
-            )
+            let start = Start::checkpoint(spec, &device)
+                .with_context(|| format!("cannot load --init {spec}"))?;
+            check_init_head(&a, &start.config)?;
+            start
         }
         None => {
-            let mut cfg = preset(&a.preset)?;
+            let mut cfg = clip::preset(&a.preset).context("--preset")?;
             if loss == LossKind::Siglip {
                 cfg.logit_scale_init_value = 10f64.ln();
             }
@@ -411,32 +389,10 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             }
             cfg.vision_config.projection_head = projection_head(&a, &cfg, images_only)?;
             cfg.validate()?;
-            let pre = Preprocess {
-                image_size: cfg.vision_config.image_size,
-                ..Preprocess::default()
-            };
-            (cfg, pre, None, None)
+            Start::fresh(cfg)
         }
     };
-    if a.init.is_some() {
-        check_init_head(&a, &model_cfg)?;
-    }
-    let mut model_cfg = model_cfg;
-    model_cfg.image_only = images_only;
-    let context = model_cfg.text_config.max_position_embeddings;
-    // The tokenizer copied into every checkpoint so each one is complete on its own.
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let tokenizer_file = match tok_path {
-        Some(p) => p,
-        None => {
-            let p = a.out.join("tokenizer.json");
-            std::fs::write(&p, common::BUNDLED_TOKENIZER)
-                .with_context(|| format!("cannot write {}", p.display()))?;
-            p
-        }
-    };
-    let tokenizer = clip_model::ClipTokenizer::from_file(&tokenizer_file, context)?;
+    start.config.image_only = images_only;
 
     let train = TrainConfig {
         steps,
@@ -478,6 +434,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         },
     };
     train.validate()?;
+    let setup = start.into_setup(&a.out, train)?;
 
     // Lists samples only (file names, manifest rows, tar headers): images are decoded by
     // the loader while the model trains.
@@ -519,9 +476,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         // budget (the bundled Twemoji set: 47 MB).
         Some(ValSet::new(
             scan(&a.val_data, "validation data")?,
-            &preprocess,
-            &tokenizer,
-            train.cache.budget(),
+            &setup.preprocess,
+            &setup.tokenizer,
+            setup.train.cache.budget(),
         ))
     };
     if resume.is_none() {
@@ -540,15 +497,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         last: None,
     };
     let setup = RunSetup {
-        out: a.out.clone(),
-        model: model_cfg,
-        preprocess,
-        init,
-        tokenizer_file,
-        tokenizer,
-        train,
         resume: resume.is_some(),
         labels: labels.clone(),
+        ..setup
     };
     let data = Arc::new(data);
     let summary = clip_train::train(setup, data.clone(), &device, &mut display)?;

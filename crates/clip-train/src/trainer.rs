@@ -58,6 +58,9 @@ pub trait Observer {
     fn on_checkpoint(&mut self, _dir: &Path) {}
 }
 
+/// Reports nothing and validates nothing.
+impl Observer for () {}
+
 /// What a run starts from and where it writes.
 pub struct RunSetup {
     /// The run directory.
