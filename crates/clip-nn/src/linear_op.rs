@@ -1,11 +1,13 @@
-//! `y = x·Wᵀ + b` as one CPU op with a hand-written backward.
+//! `y = x·Wᵀ + b` as one CPU op whose forward and backward are the taped path's kernels.
 //!
 //! Composed from candle ops, a linear layer's backward pays for a strided transpose of the
 //! weight gradient and a single-threaded column sum for the bias on every step; here the
 //! bias is fused into the GEMM (`dst = b + x·Wᵀ`), `dW = dyᵀ·x` lands directly in `[out, in]`
-//! layout, and `db = 1ᵀ·dy` is a GEMM too, so all three run on the multithreaded kernel.
+//! layout, and the two GEMMs of the backward run side by side (`taped::linear_bwd`).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use crate::taped::{linear_bwd, linear_fwd};
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -13,14 +15,6 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("linear op needs a contiguous {what}"),
     }
-}
-
-/// `x [m, k] · wᵀ` with `w [n, k]`, plus an optional bias `[n]` broadcast over rows (the
-/// taped path's kernel, into a fresh buffer).
-fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    crate::taped::linear_fwd(&mut out, x, w, bias, None, k);
-    out
 }
 
 fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
@@ -32,7 +26,7 @@ fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
     Ok((m, k, n))
 }
 
-/// Shared body of both ops' `cpu_fwd`: checks shapes, runs [`forward`].
+/// Shared body of both ops' `cpu_fwd`: checks shapes, runs the taped kernel `linear_fwd`.
 fn linear_storage(
     sx: &CpuStorage,
     lx: &Layout,
@@ -44,15 +38,62 @@ fn linear_storage(
     let b = bias
         .map(|(sb, lb)| contiguous(sb, lb, "bias"))
         .transpose()?;
-    let out = forward(
-        contiguous(sx, lx, "input")?,
-        contiguous(sw, lw, "weight")?,
-        b,
-        m,
-        k,
-        n,
-    );
+    let (x, w) = (contiguous(sx, lx, "input")?, contiguous(sw, lw, "weight")?);
+    let mut out = vec![0f32; m * n];
+    linear_fwd(&mut out, x, w, b, None, k);
     Ok((CpuStorage::F32(out), Shape::from((m, n))))
+}
+
+/// The backward of both ops: `(dx, dw, db)` from the taped kernel `linear_bwd`, `db` only
+/// `with_bias`.
+fn linear_grads(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    with_bias: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let ((m, k), n) = (x.dims2()?, w.dim(0)?);
+    let all = dy
+        .contiguous()?
+        .apply_op3_no_bwd(x, w, &LinearGrad { with_bias })?;
+    let dx = all.narrow(0, 0, m * k)?.reshape((m, k))?;
+    let dw = all.narrow(0, m * k, n * k)?.reshape((n, k))?;
+    let db = with_bias
+        .then(|| all.narrow(0, (m + n) * k, n))
+        .transpose()?;
+    Ok((dx, dw, db))
+}
+
+/// `(dy, x, w)` → `dx`, `dw` (and `db`) flattened one after another.
+struct LinearGrad {
+    with_bias: bool,
+}
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sd: &CpuStorage,
+        ld: &Layout,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k, n) = dims(lx, lw)?;
+        let dy = contiguous(sd, ld, "output gradient")?;
+        let (x, w) = (contiguous(sx, lx, "input")?, contiguous(sw, lw, "weight")?);
+        let len = (m + n) * k + if self.with_bias { n } else { 0 };
+        let mut out = vec![0f32; len];
+        let (dx, rest) = out.split_at_mut(m * k);
+        let (dw, db) = rest.split_at_mut(n * k);
+        let db = self.with_bias.then_some(db);
+        linear_bwd(dy, x, w, k, dw, db, Some((dx, false)));
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
 }
 
 struct LinearBias;
@@ -82,12 +123,8 @@ impl CustomOp3 for LinearBias {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = dy.matmul(w)?;
-        let dw = dy.t()?.matmul(x)?;
-        let ones = Tensor::ones((1, dy.dim(0)?), dy.dtype(), dy.device())?;
-        let db = ones.matmul(&dy)?.squeeze(0)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let (dx, dw, db) = linear_grads(x, w, dy, true)?;
+        Ok((Some(dx), Some(dw), db))
     }
 }
 
@@ -115,8 +152,8 @@ impl CustomOp2 for LinearNoBias {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        Ok((Some(dy.matmul(w)?), Some(dy.t()?.matmul(x)?)))
+        let (dx, dw, _) = linear_grads(x, w, dy, false)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -136,62 +173,5 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
     match b {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
-
-    #[test]
-    fn fused_linear_matches_candle_ops_forward_and_backward() {
-        let d = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 5), &d).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5), &d).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 3, &d).unwrap()).unwrap();
-        let target = Tensor::randn(0f32, 1.0, (7, 3), &d).unwrap();
-        let fused = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap();
-        let plain = x
-            .as_tensor()
-            .matmul(&w.as_tensor().t().unwrap())
-            .unwrap()
-            .broadcast_add(b.as_tensor())
-            .unwrap();
-        let diff: f32 = (&fused - &plain)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-5);
-        let g1 = (fused * &target)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (plain * &target)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for v in [&x, &w, &b] {
-            let d: f32 = (g1.get(v).unwrap() - g2.get(v).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert!(d < 1e-4, "gradient differs by {d}");
-        }
-        let nb = linear(x.as_tensor(), w.as_tensor(), None).unwrap();
-        let g3 = nb.sum_all().unwrap().backward().unwrap();
-        assert!(g3.get(&w).is_some() && g3.get(&x).is_some());
     }
 }

@@ -1,11 +1,15 @@
-//! Layer norm and softmax as fused, multithreaded CPU ops with analytic backward passes.
+//! Layer norm and softmax as candle ops on CPU f32, with a backward pass.
 //!
 //! candle 0.11's own fused kernels have no backward, and composing them from elementwise ops
-//! costs about ten passes over memory per call in training. These ops make one pass forward
-//! and one or two backward, row-parallel.
+//! costs about ten passes over memory per call in training. These ops run the taped path's
+//! kernels ([`crate::taped`]), so candle's autograd and the taped executor share one formula
+//! for each: one row-parallel pass forward, one backward.
+
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+
+use crate::taped::{layer_norm_bwd, layer_norm_fwd, softmax_grad_rows, softmax_rows};
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -15,20 +19,10 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// Rows per parallel task: enough work to amortise scheduling.
-fn rows_per_task(width: usize) -> usize {
-    (16384 / width.max(1)).max(1)
-}
-
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
+/// Layer norm of `x` with gain and bias; keeps each row's mean and 1/std for the backward.
 struct LayerNormOp {
     eps: f32,
+    stats: OnceLock<Vec<f32>>,
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -46,19 +40,12 @@ impl CustomOp3 for LayerNormOp {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g, b) = (slice(sx, lx)?, slice(sg, lg)?, slice(sb, lb)?);
-        let d = g.len();
         let mut out = vec![0f32; x.len()];
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(o, xs)| {
-                for (orow, xrow) in o.chunks_mut(d).zip(xs.chunks(d)) {
-                    let (mean, rstd) = row_stats(xrow, self.eps);
-                    for i in 0..d {
-                        orow[i] = (xrow[i] - mean) * rstd * g[i] + b[i];
-                    }
-                }
-            });
+        let mut stats = vec![0f32; x.len() / g.len().max(1) * 2];
+        layer_norm_fwd(x, g, b, self.eps, &mut out, &mut stats);
+        if self.stats.set(stats).is_err() {
+            candle_core::bail!("fused layer norm evaluated twice");
+        }
         Ok((CpuStorage::F32(out), lx.shape().clone()))
     }
 
@@ -70,21 +57,25 @@ impl CustomOp3 for LayerNormOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = x.apply_op3_no_bwd(g, &dy, &LayerNormGradInput { eps: self.eps })?;
-        let dgb = x.apply_op2_no_bwd(&dy, &LayerNormGradParams { eps: self.eps })?; // [2, d]
-        Ok((Some(dx), Some(dgb.get(0)?), Some(dgb.get(1)?)))
+        let Some(stats) = self.stats.get() else {
+            candle_core::bail!("fused layer norm: backward before forward");
+        };
+        let rows = x.elem_count() / g.elem_count().max(1);
+        let all = x.apply_op3_no_bwd(g, &dy.contiguous()?, &LayerNormGrad { stats })?;
+        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        Ok((Some(dx), Some(all.get(rows)?), Some(all.get(rows + 1)?)))
     }
 }
 
-/// `dx = rstd·(h − mean(h) − x̂·mean(h·x̂))` with `h = dy·γ`, per row.
-struct LayerNormGradInput {
-    eps: f32,
+/// The layer norm's gradients from `(x, gain, dy)`, stacked as `[rows + 2, d]`: `dx`, then
+/// the gain's and the bias's.
+struct LayerNormGrad<'a> {
+    stats: &'a [f32],
 }
 
-impl CustomOp3 for LayerNormGradInput {
+impl CustomOp3 for LayerNormGrad<'_> {
     fn name(&self) -> &'static str {
-        "fused-layer-norm-grad-input"
+        "fused-layer-norm-grad"
     }
 
     fn cpu_fwd(
@@ -98,73 +89,12 @@ impl CustomOp3 for LayerNormGradInput {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g, dy) = (slice(sx, lx)?, slice(sg, lg)?, slice(sd, ld)?);
         let d = g.len();
-        let mut out = vec![0f32; x.len()];
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-            .for_each(|(o, (xs, ds))| {
-                for ((orow, xrow), drow) in o.chunks_mut(d).zip(xs.chunks(d)).zip(ds.chunks(d)) {
-                    let (mean, rstd) = row_stats(xrow, self.eps);
-                    let (mut mh, mut mhx) = (0f32, 0f32);
-                    for i in 0..d {
-                        let h = drow[i] * g[i];
-                        mh += h;
-                        mhx += h * (xrow[i] - mean) * rstd;
-                    }
-                    mh /= d as f32;
-                    mhx /= d as f32;
-                    for i in 0..d {
-                        let xh = (xrow[i] - mean) * rstd;
-                        orow[i] = rstd * (drow[i] * g[i] - mh - xh * mhx);
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), lx.shape().clone()))
-    }
-}
-
-/// Column sums `[Σ dy·x̂, Σ dy]` over all rows, as a `[2, d]` tensor.
-struct LayerNormGradParams {
-    eps: f32,
-}
-
-impl CustomOp2 for LayerNormGradParams {
-    fn name(&self) -> &'static str {
-        "fused-layer-norm-grad-params"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sx: &CpuStorage,
-        lx: &Layout,
-        sd: &CpuStorage,
-        ld: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, dy) = (slice(sx, lx)?, slice(sd, ld)?);
-        let d = *lx.shape().dims().last().unwrap_or(&1);
-        let chunk = rows_per_task(d) * d;
-        let sums = x
-            .par_chunks(chunk)
-            .zip(dy.par_chunks(chunk))
-            .map(|(xs, ds)| {
-                let mut acc = vec![0f32; 2 * d];
-                for (xrow, drow) in xs.chunks(d).zip(ds.chunks(d)) {
-                    let (mean, rstd) = row_stats(xrow, self.eps);
-                    for i in 0..d {
-                        acc[i] += drow[i] * (xrow[i] - mean) * rstd;
-                        acc[d + i] += drow[i];
-                    }
-                }
-                acc
-            })
-            .reduce(
-                || vec![0f32; 2 * d],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
-        Ok((CpuStorage::F32(sums), Shape::from((2, d))))
+        let rows = x.len() / d.max(1);
+        let mut out = vec![0f32; (rows + 2) * d];
+        let (dx, dgb) = out.split_at_mut(rows * d);
+        let (dg, db) = dgb.split_at_mut(d);
+        layer_norm_bwd(dy, x, self.stats, g, dx, false, dg, db);
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
     }
 }
 
@@ -176,23 +106,8 @@ impl CustomOp1 for SoftmaxOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let d = *l.shape().dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(o, xs)| {
-                for (orow, xrow) in o.chunks_mut(d).zip(xs.chunks(d)) {
-                    let max = xrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (o, &v) in orow.iter_mut().zip(xrow) {
-                        *o = (v - max).exp();
-                        sum += *o;
-                    }
-                    orow.iter_mut().for_each(|o| *o /= sum);
-                }
-            });
+        let mut out = slice(s, l)?.to_vec();
+        softmax_rows(&mut out, *l.shape().dims().last().unwrap_or(&1));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -201,7 +116,7 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
-/// `dx = y·(dy − Σ dy·y)` per row.
+/// `dx = y·(dy − Σ dy·y)` per row, from `(y, dy)`.
 struct SoftmaxGrad;
 
 impl CustomOp2 for SoftmaxGrad {
@@ -216,20 +131,9 @@ impl CustomOp2 for SoftmaxGrad {
         sd: &CpuStorage,
         ld: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (y, dy) = (slice(sy, ly)?, slice(sd, ld)?);
-        let d = *ly.shape().dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; y.len()];
-        let chunk = rows_per_task(d) * d;
-        out.par_chunks_mut(chunk)
-            .zip(y.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-            .for_each(|(o, (ys, ds))| {
-                for ((orow, yrow), drow) in o.chunks_mut(d).zip(ys.chunks(d)).zip(ds.chunks(d)) {
-                    let dot: f32 = yrow.iter().zip(drow).map(|(a, b)| a * b).sum();
-                    for i in 0..d {
-                        orow[i] = yrow[i] * (drow[i] - dot);
-                    }
-                }
-            });
+        let y = slice(sy, ly)?;
+        let mut out = slice(sd, ld)?.to_vec();
+        softmax_grad_rows(&mut out, y, *ly.shape().dims().last().unwrap_or(&1));
         Ok((CpuStorage::F32(out), ly.shape().clone()))
     }
 }
@@ -243,7 +147,11 @@ fn cpu_f32(ts: &[&Tensor]) -> bool {
 pub(crate) fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Option<Result<Tensor>> {
     cpu_f32(&[x, g, b]).then(|| {
         let (x, g, b) = (x.contiguous()?, g.contiguous()?, b.contiguous()?);
-        x.apply_op3(&g, &b, LayerNormOp { eps: eps as f32 })
+        let op = LayerNormOp {
+            eps: eps as f32,
+            stats: OnceLock::new(),
+        };
+        x.apply_op3(&g, &b, op)
     })
 }
 

@@ -1,47 +1,12 @@
-//! Run-time selection of the widest vector instructions for hot row loops, and reductions
-//! written so that the compiler can vectorise them.
+//! Reductions written so that the compiler can vectorise them.
 //!
-//! The workspace builds for baseline x86-64 (SSE2) so that the binary runs anywhere;
-//! `multiversion!` compiles a loop body again for AVX-512 and for AVX2+FMA and picks one per
-//! call. Floating-point sums only vectorise when the code itself keeps independent partial
-//! sums, which the `LANES`-wide helpers below do (in a fixed order, so results repeat).
-
-/// Defines a function whose body is compiled for AVX-512, AVX2+FMA and the baseline, the
-/// best one the CPU supports chosen at each call (the feature checks are cached loads).
-macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$m])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                {
-                    // SAFETY: the features this variant is compiled for were detected.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-pub(crate) use multiversion;
+//! The workspace builds for baseline x86-64 (SSE2) so that the binary runs anywhere; a hot
+//! row loop carries `#[multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma",
+//! "x86_64+avx2+fma"))]` (the `multiversion` crate), which compiles it again for AVX-512 and
+//! for AVX2+FMA and picks the best the CPU has at run time. Floating-point sums only
+//! vectorise when the code itself keeps independent partial sums, which the `LANES`-wide
+//! helpers below do (in a fixed order, so results repeat); they are `inline(always)`, so each
+//! dispatched loop compiles them for its own instruction set.
 
 /// Independent partial sums per reduction: one AVX-512 register of f32.
 const LANES: usize = 16;
@@ -139,10 +104,9 @@ pub(crate) fn max(a: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    multiversion! {
-        fn dispatched_dot(a: &[f32], b: &[f32]) -> f32 {
-            sum_zip(a, b, |x, y| x * y)
-        }
+    #[multiversion::multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+    fn dispatched_dot(a: &[f32], b: &[f32]) -> f32 {
+        sum_zip(a, b, |x, y| x * y)
     }
 
     #[test]

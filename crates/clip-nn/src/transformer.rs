@@ -1,4 +1,12 @@
 //! Pre-norm transformer blocks in the Hugging Face CLIP layout.
+//!
+//! These structs are the one model definition: candle runs them through [`Module`] (any
+//! device and dtype) and the CPU f32 training path copies them into
+//! [`crate::taped::HostEncoder`], which destructures every field. A new attention variant
+//! (a RoPE table, another scale) is a field here, handled in `Attention::forward` and in
+//! `AttnShape` plus `attention_fwd`/`attention_bwd` in `taped/kernels.rs`; a new activation
+//! is a variant of [`Activation`] (`layers.rs`) with its `value` and `derivative` in
+//! `activation_op.rs`. The compiler points at every place that must follow.
 
 use candle_core::{Module, Tensor};
 
@@ -30,7 +38,8 @@ pub struct Attention {
     pub(crate) v: Linear,
     pub(crate) out: Linear,
     pub(crate) heads: usize,
-    scale: f64,
+    /// The factor on `q·kᵀ`, `1/√head_dim`.
+    pub(crate) scale: f64,
 }
 
 impl Attention {

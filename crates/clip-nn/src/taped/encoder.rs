@@ -4,7 +4,7 @@ use super::kernels::{
     activation_bwd, activation_fwd, attention_bwd, attention_fwd, cols_mut, AttnShape, Cols, Seqs,
 };
 use super::{Grads, HostLinear, HostNorm, HostQkv, Workspace};
-use crate::{Activation, Encoder, Result};
+use crate::{Activation, Attention, Encoder, EncoderLayer, Mlp, Result};
 
 /// One block's parameters on the host.
 #[derive(Debug)]
@@ -16,6 +16,8 @@ struct HostLayer {
     fc1: HostLinear,
     fc2: HostLinear,
     heads: usize,
+    /// The factor on `q·kᵀ`, from the layer.
+    scale: f32,
     act: Activation,
 }
 
@@ -88,19 +90,36 @@ impl EncoderTape {
 impl HostEncoder {
     /// Copies the weights of every block of `enc`, a stack of the given width.
     pub fn new(enc: &Encoder, width: usize) -> Result<Self> {
-        let layers = enc
-            .layers
+        // No `..` in these patterns: a new field must be handled here to compile.
+        let Encoder { layers } = enc;
+        let layers = layers
             .iter()
-            .map(|l| {
+            .map(|layer| {
+                let EncoderLayer {
+                    ln1,
+                    attn,
+                    ln2,
+                    mlp,
+                } = layer;
+                let Attention {
+                    q,
+                    k,
+                    v,
+                    out,
+                    heads,
+                    scale,
+                } = attn;
+                let Mlp { fc1, fc2, act } = mlp;
                 Ok(HostLayer {
-                    ln1: HostNorm::new(&l.ln1)?,
-                    qkv: HostQkv::new(&l.attn.q, &l.attn.k, &l.attn.v)?,
-                    out: HostLinear::new(&l.attn.out)?,
-                    ln2: HostNorm::new(&l.ln2)?,
-                    fc1: HostLinear::new(&l.mlp.fc1)?,
-                    fc2: HostLinear::new(&l.mlp.fc2)?,
-                    heads: l.attn.heads,
-                    act: l.mlp.act,
+                    ln1: HostNorm::new(ln1)?,
+                    qkv: HostQkv::new(q, k, v)?,
+                    out: HostLinear::new(out)?,
+                    ln2: HostNorm::new(ln2)?,
+                    fc1: HostLinear::new(fc1)?,
+                    fc2: HostLinear::new(fc2)?,
+                    heads: *heads,
+                    scale: *scale as f32,
+                    act: *act,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -139,6 +158,7 @@ impl HostEncoder {
             let shape = AttnShape {
                 seqs,
                 heads: l.heads,
+                scale: l.scale,
                 width: w,
                 causal,
                 pooled: sel,
@@ -231,6 +251,7 @@ impl HostEncoder {
             let shape = AttnShape {
                 seqs,
                 heads: l.heads,
+                scale: l.scale,
                 width: w,
                 causal: tape.causal,
                 pooled: sel,

@@ -7,7 +7,9 @@
 use rayon::prelude::*;
 
 use crate::activation_op::exp_fast;
-use crate::simd::{self, multiversion};
+use multiversion::multiversion;
+
+use crate::simd;
 use crate::Activation;
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
@@ -15,6 +17,7 @@ use crate::Activation;
 struct SharedMut(*mut f32);
 // SAFETY: every user writes a region no other task touches (see the call sites).
 unsafe impl Send for SharedMut {}
+// SAFETY: as for `Send`: shared only among tasks that write disjoint regions.
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
@@ -60,27 +63,31 @@ unsafe fn gemm_raw(
     alpha: f32,
     threads: usize,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        ld as isize,
-        accumulate,
-        lhs.ptr,
-        lhs.cs,
-        lhs.rs,
-        rhs.ptr,
-        rhs.cs,
-        rhs.rs,
-        1.0,
-        alpha,
-        false,
-        false,
-        false,
-        parallelism(threads),
-    );
+    // SAFETY: the caller guarantees the views cover every addressed element and that `dst`
+    // aliases no input; the strides and sizes are passed through unchanged.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ld as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism(threads),
+        );
+    }
 }
 
 /// `out[m, n] = (residual +) x[m, k]·w[n, k]ᵀ (+ b)`: a linear layer's forward, with the
@@ -269,12 +276,11 @@ pub(crate) fn column_sums(x: &[f32], cols: usize, out: &mut [f32]) {
     }
 }
 
-multiversion! {
-    /// `acc += Σ rows` for the rows (of `acc.len()`) in `x`.
-    fn add_rows(x: &[f32], acc: &mut [f32]) {
-        for row in x.chunks_exact(acc.len()) {
-            acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-        }
+/// `acc += Σ rows` for the rows (of `acc.len()`) in `x`.
+#[multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn add_rows(x: &[f32], acc: &mut [f32]) {
+    for row in x.chunks_exact(acc.len()) {
+        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
     }
 }
 
@@ -295,20 +301,19 @@ pub(crate) fn layer_norm_fwd(
         .for_each(|((o, xs), st)| layer_norm_rows(xs, g, b, eps, o, st));
 }
 
-multiversion! {
-    /// [`layer_norm_fwd`] over one block of rows.
-    fn layer_norm_rows(xs: &[f32], g: &[f32], b: &[f32], eps: f32, o: &mut [f32], st: &mut [f32]) {
-        let d = g.len();
-        for ((orow, xrow), s) in o.chunks_mut(d).zip(xs.chunks(d)).zip(st.chunks_mut(2)) {
-            let mean = simd::sum_map(xrow, |v| v) / d as f32;
-            let var = simd::sum_map(xrow, |v| (v - mean) * (v - mean)) / d as f32;
-            let rstd = 1.0 / (var + eps).sqrt();
-            for (((o, &x), &g), &b) in orow.iter_mut().zip(xrow).zip(g).zip(b) {
-                *o = (x - mean) * rstd * g + b;
-            }
-            s[0] = mean;
-            s[1] = rstd;
+/// [`layer_norm_fwd`] over one block of rows.
+#[multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn layer_norm_rows(xs: &[f32], g: &[f32], b: &[f32], eps: f32, o: &mut [f32], st: &mut [f32]) {
+    let d = g.len();
+    for ((orow, xrow), s) in o.chunks_mut(d).zip(xs.chunks(d)).zip(st.chunks_mut(2)) {
+        let mean = simd::sum_map(xrow, |v| v) / d as f32;
+        let var = simd::sum_map(xrow, |v| (v - mean) * (v - mean)) / d as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (((o, &x), &g), &b) in orow.iter_mut().zip(xrow).zip(g).zip(b) {
+            *o = (x - mean) * rstd * g + b;
         }
+        s[0] = mean;
+        s[1] = rstd;
     }
 }
 
@@ -347,37 +352,41 @@ pub(crate) fn layer_norm_bwd(
     }
 }
 
-multiversion! {
-    /// [`layer_norm_bwd`] over one block of rows; `acc` collects `[Σ dy·x̂, Σ dy]`.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_norm_bwd_rows(
-        xs: &[f32],
-        ds: &[f32],
-        st: &[f32],
-        g: &[f32],
-        o: &mut [f32],
-        accumulate: bool,
-        acc: &mut [f32],
-        xh: &mut [f32],
-    ) {
-        let d = g.len();
-        let (dg, db) = acc.split_at_mut(d);
-        for (((orow, xrow), drow), s) in o
-            .chunks_mut(d)
-            .zip(xs.chunks(d))
-            .zip(ds.chunks(d))
-            .zip(st.chunks(2))
-        {
-            let (mean, rstd) = (s[0], s[1]);
-            xh.iter_mut().zip(xrow).for_each(|(h, &x)| *h = (x - mean) * rstd);
-            dg.iter_mut().zip(drow).zip(&*xh).for_each(|((a, &dy), &h)| *a += dy * h);
-            db.iter_mut().zip(drow).for_each(|(a, &dy)| *a += dy);
-            let mh = simd::sum_zip(drow, g, |dy, g| dy * g) / d as f32;
-            let mhx = simd::dot3(drow, g, xh) / d as f32;
-            for (((o, &dy), &g), &h) in orow.iter_mut().zip(drow).zip(g).zip(&*xh) {
-                let v = rstd * (dy * g - mh - h * mhx);
-                *o = if accumulate { *o + v } else { v };
-            }
+/// [`layer_norm_bwd`] over one block of rows; `acc` collects `[Σ dy·x̂, Σ dy]`.
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn layer_norm_bwd_rows(
+    xs: &[f32],
+    ds: &[f32],
+    st: &[f32],
+    g: &[f32],
+    o: &mut [f32],
+    accumulate: bool,
+    acc: &mut [f32],
+    xh: &mut [f32],
+) {
+    let d = g.len();
+    let (dg, db) = acc.split_at_mut(d);
+    for (((orow, xrow), drow), s) in o
+        .chunks_mut(d)
+        .zip(xs.chunks(d))
+        .zip(ds.chunks(d))
+        .zip(st.chunks(2))
+    {
+        let (mean, rstd) = (s[0], s[1]);
+        xh.iter_mut()
+            .zip(xrow)
+            .for_each(|(h, &x)| *h = (x - mean) * rstd);
+        dg.iter_mut()
+            .zip(drow)
+            .zip(&*xh)
+            .for_each(|((a, &dy), &h)| *a += dy * h);
+        db.iter_mut().zip(drow).for_each(|(a, &dy)| *a += dy);
+        let mh = simd::sum_zip(drow, g, |dy, g| dy * g) / d as f32;
+        let mhx = simd::dot3(drow, g, xh) / d as f32;
+        for (((o, &dy), &g), &h) in orow.iter_mut().zip(drow).zip(g).zip(&*xh) {
+            let v = rstd * (dy * g - mh - h * mhx);
+            *o = if accumulate { *o + v } else { v };
         }
     }
 }
@@ -526,6 +535,8 @@ impl Seqs {
 pub(crate) struct AttnShape<'a> {
     pub seqs: &'a Seqs,
     pub heads: usize,
+    /// The factor on `q·kᵀ` (the layer's, usually `1/√head_dim`).
+    pub scale: f32,
     pub width: usize,
     pub causal: bool,
     pub pooled: Option<&'a [usize]>,
@@ -573,10 +584,6 @@ impl AttnShape<'_> {
             (true, None) => i + 1,
             (true, Some(pos)) => pos[bi] + 1,
         }
-    }
-
-    fn scale(&self) -> f32 {
-        (self.head_dim() as f32).powf(-0.5)
     }
 
     /// `(sequence, head)` of every task, in the order of the probabilities buffer, with the
@@ -644,7 +651,7 @@ pub(crate) fn attention_fwd(
                     false,
                     q.view(qo),
                     k.view_t(ko),
-                    s.scale(),
+                    s.scale,
                     1,
                 );
             }
@@ -672,26 +679,40 @@ pub(crate) fn attention_fwd(
         });
 }
 
-multiversion! {
-    /// `row[..valid] = softmax(row[..valid])`, the masked rest zeroed.
-    fn softmax_row(row: &mut [f32], valid: usize) {
-        let max = simd::max(&row[..valid]);
-        row[..valid].iter_mut().for_each(|x| *x = exp_fast(*x - max));
-        let inv = 1.0 / simd::sum_map(&row[..valid], |x| x);
-        row[..valid].iter_mut().for_each(|x| *x *= inv);
-        row[valid..].iter_mut().for_each(|x| *x = 0.0);
-    }
+/// Softmax of every row (of width `d`) of `x`, in place, rows in parallel.
+pub(crate) fn softmax_rows(x: &mut [f32], d: usize) {
+    x.par_chunks_mut(rows_per_task(d) * d)
+        .for_each(|c| c.chunks_mut(d).for_each(|row| softmax_row(row, d)));
 }
 
-multiversion! {
-    /// Softmax backward row by row (rows of `t`), in place: `dP ← P ⊙ (dP − Σ_j dP·P)`.
-    fn softmax_grad(ds: &mut [f32], p: &[f32], t: usize) {
-        for (drow, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
-            let dot = simd::sum_zip(drow, prow, |a, b| a * b);
-            drow.iter_mut()
-                .zip(prow)
-                .for_each(|(g, &pv)| *g = pv * (*g - dot));
-        }
+/// [`softmax_grad`] over rows of width `d`, rows in parallel.
+pub(crate) fn softmax_grad_rows(ds: &mut [f32], p: &[f32], d: usize) {
+    assert_eq!(ds.len(), p.len());
+    ds.par_chunks_mut(rows_per_task(d) * d)
+        .zip(p.par_chunks(rows_per_task(d) * d))
+        .for_each(|(ds, p)| softmax_grad(ds, p, d));
+}
+
+/// `row[..valid] = softmax(row[..valid])`, the masked rest zeroed.
+#[multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn softmax_row(row: &mut [f32], valid: usize) {
+    let max = simd::max(&row[..valid]);
+    row[..valid]
+        .iter_mut()
+        .for_each(|x| *x = exp_fast(*x - max));
+    let inv = 1.0 / simd::sum_map(&row[..valid], |x| x);
+    row[..valid].iter_mut().for_each(|x| *x *= inv);
+    row[valid..].iter_mut().for_each(|x| *x = 0.0);
+}
+
+/// Softmax backward row by row (rows of `t`), in place: `dP ← P ⊙ (dP − Σ_j dP·P)`.
+#[multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn softmax_grad(ds: &mut [f32], p: &[f32], t: usize) {
+    for (drow, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
+        let dot = simd::sum_zip(drow, prow, |a, b| a * b);
+        drow.iter_mut()
+            .zip(prow)
+            .for_each(|(g, &pv)| *g = pv * (*g - dot));
     }
 }
 
@@ -773,7 +794,7 @@ pub(crate) fn attention_bwd(
                     false,
                     ds_v,
                     k.view(kv_at(k.ld)),
-                    s.scale(),
+                    s.scale,
                     1,
                 );
                 // dk = scale·dSᵀ·q
@@ -784,7 +805,7 @@ pub(crate) fn attention_bwd(
                     false,
                     ds_t,
                     q.view(q_at(q.ld)),
-                    s.scale(),
+                    s.scale,
                     1,
                 );
             }
