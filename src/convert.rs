@@ -14,9 +14,9 @@ use crate::{resolve_model_dir, Error, Result, BUNDLED_TOKENIZER};
 /// bundled one, so the result is complete on its own.
 pub fn convert_to_hf(spec: &str, out: &Path) -> Result<()> {
     let dir = resolve_model_dir(spec)?;
-    let ckpt = Checkpoint::load(&dir, &Device::Cpu).map_err(|source| Error::Load {
+    let ckpt = Checkpoint::load(&dir, &Device::Cpu).map_err(|e| Error::Load {
         dir: dir.clone(),
-        source,
+        source: Box::new(e),
     })?;
     let bundled;
     let tokenizer = match &ckpt.tokenizer {

@@ -14,7 +14,7 @@ pub enum Error {
         /// The model folder.
         dir: PathBuf,
         /// What is wrong with it.
-        source: clip_model::ModelError,
+        source: Box<clip_model::ModelError>,
     },
     /// A preset name that is not bundled.
     #[error("unknown preset {0:?} (choose {known})", known = crate::assets::PRESETS.map(|(n, _)| n).join(", "))]

@@ -108,9 +108,9 @@ impl Clip {
     }
 
     fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let ckpt = Checkpoint::load(dir, device).map_err(|source| Error::Load {
+        let ckpt = Checkpoint::load(dir, device).map_err(|e| Error::Load {
             dir: dir.to_path_buf(),
-            source,
+            source: Box::new(e),
         })?;
         let tokenizer = match &ckpt.tokenizer {
             Some(_) => ckpt.tokenizer(None)?,

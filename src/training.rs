@@ -58,9 +58,9 @@ impl Start {
     /// layout, or a cached Hub id), to fine-tune.
     pub fn checkpoint(spec: &str, device: &Device) -> Result<Self> {
         let dir = resolve_model_dir(spec)?;
-        let ckpt = Checkpoint::load(&dir, device).map_err(|source| Error::Load {
+        let ckpt = Checkpoint::load(&dir, device).map_err(|e| Error::Load {
             dir: dir.clone(),
-            source,
+            source: Box::new(e),
         })?;
         Ok(Self {
             config: ckpt.config.clone(),

@@ -2,7 +2,6 @@
 
 mod common;
 
-
 use candle_core::Device;
 use common::clip_env as clip;
 use common::*;

@@ -273,7 +273,7 @@ pub(super) fn embedding_features(
     )?;
     // A run's `final/` or `checkpoint-N/` is named after its run directory too.
     let part = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    let name = match (part(&m.dir()), m.dir().parent().and_then(part)) {
+    let name = match (part(m.dir()), m.dir().parent().and_then(part)) {
         (Some(n), Some(run)) if n == "final" || n.starts_with("checkpoint-") => {
             format!("{run}/{n}")
         }

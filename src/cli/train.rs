@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
 use clip::training::Start;
+use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
 use clip_model::{ClipConfig, ClipModel, ProjectionHead};
 use clip_train::{
     AdamWConfig, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats,
@@ -17,8 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{self, DeviceArg, FeaturesArg};
 use super::valset::{top_images, Scored, ValSet};
-
-/// Model presets compiled into the binary (the files in `models/`).
 
 /// The bundled sample: Noto emoji to train on, Twemoji (a style never seen) to validate on.
 fn bundled_data() -> (PathBuf, PathBuf) {

@@ -1,7 +1,8 @@
 //! Training-time augmentation, fused into one resampling pass straight to model input.
 
-use clip_nn::SplitMix64;
 use image::RgbImage;
+use rand::Rng;
+use rand_xoshiro::SplitMix64;
 use serde::{Deserialize, Serialize};
 use vision_encoder::Preprocess;
 
@@ -119,7 +120,7 @@ impl Augmenter {
         let s = self.pre.image_size;
         let (w, h) = img.dimensions();
         let (cx, cy, cw, ch) = self.crop_box(w as f32, h as f32, rng);
-        let flip = rng.next_f64() < self.cfg.hflip as f64;
+        let flip = rng.random::<f64>() < self.cfg.hflip as f64;
         let angle = uniform(rng, -self.cfg.rotation, self.cfg.rotation).to_radians();
         let (sin, cos) = angle.sin_cos();
         let (mx, my) = (cx + cw / 2.0, cy + ch / 2.0);
@@ -139,10 +140,10 @@ impl Augmenter {
                 uniform(rng, 1.0 - j, 1.0 + j),
             );
         }
-        if rng.next_f64() < self.cfg.grayscale as f64 {
+        if rng.random::<f64>() < self.cfg.grayscale as f64 {
             saturate(&mut rgb, s * s, 0.0);
         }
-        if rng.next_f64() < self.cfg.blur as f64 {
+        if rng.random::<f64>() < self.cfg.blur as f64 {
             for c in 0..3 {
                 blur3(&mut rgb[c * s * s..(c + 1) * s * s], s);
             }
@@ -258,7 +259,7 @@ fn resample_axis_aligned(
 }
 
 fn uniform(rng: &mut SplitMix64, lo: f32, hi: f32) -> f32 {
-    lo + (hi - lo) * rng.next_f64() as f32
+    lo + (hi - lo) * rng.random::<f64>() as f32
 }
 
 /// Bilinear sample; outside the image is white, like the emoji and product-shot backgrounds
@@ -342,6 +343,7 @@ fn blur3(ch: &mut [f32], s: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     fn pre(size: usize) -> Preprocess {
         Preprocess {
@@ -359,7 +361,7 @@ mod tests {
             ratio: [1.0, 1.0],
             ..Default::default()
         };
-        let out = Augmenter::new(cfg, pre(8)).train(&img, &mut SplitMix64::new(1));
+        let out = Augmenter::new(cfg, pre(8)).train(&img, &mut SplitMix64::seed_from_u64(1));
         for y in 0..8 {
             for x in 0..8 {
                 assert!((out[y * 8 + x] - (x * 30) as f32 / 255.0).abs() < 1e-5);
@@ -383,7 +385,7 @@ mod tests {
             },
             pre(8),
         )
-        .train(&img, &mut SplitMix64::new(1));
+        .train(&img, &mut SplitMix64::seed_from_u64(1));
         assert!((flipped[0] - 210.0 / 255.0).abs() < 1e-5 && flipped[7].abs() < 1e-5);
         let grey = Augmenter::new(
             AugmentConfig {
@@ -392,7 +394,7 @@ mod tests {
             },
             pre(8),
         )
-        .train(&img, &mut SplitMix64::new(1));
+        .train(&img, &mut SplitMix64::seed_from_u64(1));
         for i in 0..64 {
             assert!(
                 (grey[i] - grey[64 + i]).abs() < 1e-6 && (grey[i] - grey[128 + i]).abs() < 1e-6
@@ -406,17 +408,17 @@ mod tests {
             image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x * y) % 251) as u8])
         });
         let s = 16;
-        let mut rng = SplitMix64::new(3);
+        let mut rng = SplitMix64::seed_from_u64(3);
         for case in 0..50 {
             let flip = case % 2 == 0;
             // Crops inside, across the edges, and wholly outside (white).
             let m = (
-                rng.next_f64() as f32 * 60.0 - 10.0,
-                rng.next_f64() as f32 * 40.0 - 8.0,
+                rng.random::<f64>() as f32 * 60.0 - 10.0,
+                rng.random::<f64>() as f32 * 40.0 - 8.0,
             );
             let size = (
-                1.0 + rng.next_f64() as f32 * 50.0,
-                1.0 + rng.next_f64() as f32 * 30.0,
+                1.0 + rng.random::<f64>() as f32 * 50.0,
+                1.0 + rng.random::<f64>() as f32 * 30.0,
             );
             let mut fast = vec![0f32; 3 * s * s];
             let mut general = vec![0f32; 3 * s * s];
@@ -430,15 +432,15 @@ mod tests {
     #[test]
     fn crops_respect_the_scale_range_and_same_seed_repeats() {
         let aug = Augmenter::new(AugmentConfig::default(), pre(16));
-        let mut rng = SplitMix64::new(5);
+        let mut rng = SplitMix64::seed_from_u64(5);
         for _ in 0..200 {
             let (_, _, w, h) = aug.crop_box(64.0, 48.0, &mut rng);
             let frac = w * h / (64.0 * 48.0);
             assert!((0.69..=1.001).contains(&frac), "{frac}");
         }
         let img = RgbImage::from_fn(20, 20, |x, y| image::Rgb([(x * 9) as u8, (y * 9) as u8, 0]));
-        let a = aug.train(&img, &mut SplitMix64::new(9));
-        let b = aug.train(&img, &mut SplitMix64::new(9));
+        let a = aug.train(&img, &mut SplitMix64::seed_from_u64(9));
+        let b = aug.train(&img, &mut SplitMix64::seed_from_u64(9));
         assert_eq!(a, b);
         assert!(AugmentConfig {
             scale: [0.0, 1.0],

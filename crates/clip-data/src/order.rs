@@ -3,14 +3,16 @@
 
 use std::ops::Range;
 
-use clip_nn::SplitMix64;
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_xoshiro::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 /// Mixes a seed with a counter into an independent stream (`salt` keeps uses apart).
 pub fn stream(seed: u64, salt: u64, counter: u64) -> SplitMix64 {
-    let mut s = SplitMix64::new(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut s = SplitMix64::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mix = s.next_u64() ^ counter.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    SplitMix64::new(mix)
+    SplitMix64::seed_from_u64(mix)
 }
 
 /// How samples are ordered.
@@ -88,12 +90,12 @@ impl Order {
         match &self.groups {
             None => {
                 let mut p: Vec<u32> = (0..self.n as u32).collect();
-                stream(self.seed, 1, key).shuffle(&mut p);
+                p.shuffle(&mut stream(self.seed, 1, key));
                 p
             }
             Some(groups) => {
                 let mut g: Vec<&Range<usize>> = groups.iter().collect();
-                stream(self.seed, 4, key).shuffle(&mut g);
+                g.shuffle(&mut stream(self.seed, 4, key));
                 let mut rng = stream(self.seed, 5, key);
                 let size = self.cfg.shuffle_buffer.max(1);
                 let mut buf: Vec<u32> = Vec::with_capacity(size);
@@ -103,12 +105,12 @@ impl Order {
                         buf.push(i as u32);
                         continue;
                     }
-                    let j = rng.below(size);
+                    let j = rng.random_range(0..size);
                     out.push(buf[j]);
                     buf[j] = i as u32;
                 }
                 while !buf.is_empty() {
-                    let j = rng.below(buf.len());
+                    let j = rng.random_range(0..buf.len());
                     out.push(buf.swap_remove(j));
                 }
                 out
@@ -164,7 +166,7 @@ mod tests {
         assert_eq!(b.index(2), e0[2]);
         // The file order is the per-epoch Fisher–Yates of earlier versions, unchanged.
         let mut p: Vec<usize> = (0..10).collect();
-        stream(3, 1, 0).shuffle(&mut p);
+        p.shuffle(&mut stream(3, 1, 0));
         assert_eq!(e0, p);
     }
 

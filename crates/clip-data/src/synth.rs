@@ -19,8 +19,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use clip_nn::SplitMix64;
 use image::RgbImage;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_xoshiro::SplitMix64;
 use rayon::prelude::*;
 
 /// Settings of the generator.
@@ -144,11 +145,11 @@ struct Scene {
 }
 
 fn uni(rng: &mut SplitMix64, lo: f32, hi: f32) -> f32 {
-    lo + (hi - lo) * rng.next_f64() as f32
+    lo + (hi - lo) * rng.random::<f64>() as f32
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
-    items[rng.below(items.len())]
+    items[rng.random_range(0..items.len())]
 }
 
 fn jitter(rng: &mut SplitMix64, c: [f32; 3], amount: f32) -> [f32; 3] {
@@ -158,7 +159,8 @@ fn jitter(rng: &mut SplitMix64, c: [f32; 3], amount: f32) -> [f32; 3] {
 
 impl Scene {
     fn new(index: u64, cfg: &SynthConfig) -> Self {
-        let mut rng = SplitMix64::new(cfg.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            SplitMix64::seed_from_u64(cfg.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let (w, h) = (cfg.width.max(1) as f32, cfg.height.max(1) as f32);
         let time = pick(
             &mut rng,
@@ -218,9 +220,9 @@ impl Scene {
         let clouds = if time == Time::Night {
             0.0
         } else {
-            rng.next_f64().powi(2) as f32
+            rng.random::<f64>().powi(2) as f32
         };
-        let hills = if rng.next_f64() < 0.45 {
+        let hills = if rng.random::<f64>() < 0.45 {
             h * uni(&mut rng, 0.03, 0.12)
         } else {
             0.0
@@ -262,7 +264,7 @@ impl Scene {
 
     /// Objects left to right (the order the caption names them in).
     fn place_objects(&self, rng: &mut SplitMix64) -> Vec<Object> {
-        let n = [1, 1, 2, 2, 3][rng.below(5)];
+        let n = [1, 1, 2, 2, 3][rng.random_range(0..5)];
         let shapes: &[Shape] = if self.ground == Ground::Water {
             &[Shape::Ball, Shape::Box, Shape::Ring]
         } else {
@@ -282,11 +284,11 @@ impl Scene {
         let mut out: Vec<Object> = Vec::with_capacity(n);
         for i in 0..n {
             let (shape, colour) = match out.last() {
-                Some(prev) if rng.next_f64() < 0.3 => (prev.shape, prev.colour),
+                Some(prev) if rng.random::<f64>() < 0.3 => (prev.shape, prev.colour),
                 _ => {
-                    let mut c = rng.below(COLOURS.len());
+                    let mut c = rng.random_range(0..COLOURS.len());
                     while clash(COLOURS[c].0) {
-                        c = rng.below(COLOURS.len());
+                        c = rng.random_range(0..COLOURS.len());
                     }
                     (pick(rng, shapes), c)
                 }
@@ -303,7 +305,7 @@ impl Scene {
             let size = (self.h * uni(rng, 0.2, 0.38) * (0.45 + 0.55 * depth))
                 .min(base - 1.0)
                 .max(1.0);
-            let dir = if rng.next_f64() < 0.5 { -1.0 } else { 1.0 };
+            let dir = if rng.random::<f64>() < 0.5 { -1.0 } else { 1.0 };
             out.push(Object {
                 shape,
                 colour,
@@ -403,7 +405,7 @@ impl Scene {
         );
         // "there is a ball and two boxes", "there are two balls and a box".
         let plural = groups[0].2 > 1;
-        let template = rng.below(6);
+        let template = rng.random_range(0..6);
         let mut caption = match template {
             0 | 1 => format!("{prefix}{objects} {ground} {time}"),
             2 => format!("{time}, {objects} {ground}"),
@@ -414,7 +416,7 @@ impl Scene {
             }
             _ => format!("{objects} {ground} {time}"),
         };
-        if self.hills > 0.0 && template != 3 && rng.next_f64() < 0.6 {
+        if self.hills > 0.0 && template != 3 && rng.random::<f64>() < 0.6 {
             caption += pick(
                 rng,
                 &[
@@ -464,10 +466,12 @@ struct Tables {
 fn tables() -> &'static Tables {
     static TABLES: OnceLock<Tables> = OnceLock::new();
     TABLES.get_or_init(|| {
-        let mut rng = SplitMix64::new(0x5EED_7AB1_E5C0_FFEE);
+        let mut rng = SplitMix64::seed_from_u64(0x5EED_7AB1_E5C0_FFEE);
         let boxed = |v: Vec<f32>| -> Box<[f32; NT * NT]> { v.try_into().expect("table size") };
-        let lattice = boxed((0..NT * NT).map(|_| rng.next_f64() as f32).collect());
-        let knots: Vec<f32> = (0..NT * NT / 8).map(|_| rng.next_f64() as f32).collect();
+        let lattice = boxed((0..NT * NT).map(|_| rng.random::<f64>() as f32).collect());
+        let knots: Vec<f32> = (0..NT * NT / 8)
+            .map(|_| rng.random::<f64>() as f32)
+            .collect();
         let mut blades = vec![0f32; NT * NT];
         for (y, row) in blades.chunks_exact_mut(NT).enumerate() {
             let (k, f) = (y / 8, (y % 8) as f32 / 8.0);
@@ -479,7 +483,7 @@ fn tables() -> &'static Tables {
             }
         }
         let grain: Vec<f32> = (0..GRAIN_LEN)
-            .map(|_| (rng.next_f64() + rng.next_f64() - 1.0) as f32)
+            .map(|_| (rng.random::<f64>() + rng.random::<f64>() - 1.0) as f32)
             .collect();
         Tables {
             lattice,
@@ -612,7 +616,7 @@ thread_local! {
 
 /// The image and caption of sample `index`: a pure function of (index, cfg).
 ///
-/// The scene is drawn from `SplitMix64::new(cfg.seed ^ index · 0x9E37_79B9_7F4A_7C15)`, so
+/// The scene is drawn from `SplitMix64::seed_from_u64(cfg.seed ^ index · 0x9E37_79B9_7F4A_7C15)`, so
 /// samples can be rendered in any order and on any thread. Pixels are bit-identical for the
 /// same build on the same platform (a different libm may round a few pixels differently).
 /// Takes about 4 ms at 640×480 on one core of the 2-core development VM.
@@ -752,19 +756,19 @@ fn paint_hills_row(s: &Scene, row: &mut [[f32; 3]], y: usize, ridge: &[f32], t: 
 }
 
 fn paint_stars(s: &Scene, canvas: &mut Canvas) {
-    let mut rng = SplitMix64::new(u64::from(s.grain_seed) ^ 0x57A5);
+    let mut rng = SplitMix64::seed_from_u64(u64::from(s.grain_seed) ^ 0x57A5);
     let rows = (s.horizon.max(0.0) as usize).min(canvas.h);
     let count = canvas.w * rows / 700;
     let [mx, my, mr] = s.sun;
     for _ in 0..count {
-        let x = rng.below(canvas.w.max(1));
-        let y = rng.below(rows.max(1));
+        let x = rng.random_range(0..canvas.w.max(1));
+        let y = rng.random_range(0..rows.max(1));
         let (fx, fy) = (x as f32 - mx, y as f32 - my);
         if fx * fx + fy * fy < (mr * 3.0).powi(2) {
             continue;
         }
         let fade = 1.0 - y as f32 / s.horizon;
-        let b = (40.0 + 180.0 * rng.next_f64().powi(3) as f32) * fade;
+        let b = (40.0 + 180.0 * rng.random::<f64>().powi(3) as f32) * fade;
         let p = &mut canvas.px[y * canvas.w + x];
         *p = p.map(|v| v + b);
         if b > 120.0 && x + 1 < canvas.w && y + 1 < rows {
@@ -1554,9 +1558,11 @@ mod tests {
 
     #[test]
     fn jpeg_handles_extremes() {
-        let mut rng = SplitMix64::new(1);
+        let mut rng = SplitMix64::seed_from_u64(1);
         // Grey noise: 4:2:0 keeps luma at full resolution, so at q100 it survives.
-        let noise = RgbImage::from_fn(40, 24, |_, _| image::Rgb([rng.below(256) as u8; 3]));
+        let noise = RgbImage::from_fn(40, 24, |_, _| {
+            image::Rgb([rng.random_range(0..256) as u8; 3])
+        });
         let flat = |v: u8| RgbImage::from_pixel(33, 17, image::Rgb([v, v, v]));
         for (img, q, min_psnr) in [
             (noise.clone(), 100, 30.0),

@@ -5,7 +5,11 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
-use crate::{NnError, Result, SplitMix64};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use rand_xoshiro::SplitMix64;
+
+use crate::{NnError, Result};
 
 /// How a fresh parameter is initialised when no checkpoint provides it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -175,7 +179,7 @@ impl VarStore {
     pub fn new(device: Device, seed: u64) -> Self {
         Self {
             vars: Mutex::new(Vec::new()),
-            rng: Mutex::new(SplitMix64::new(seed)),
+            rng: Mutex::new(SplitMix64::seed_from_u64(seed)),
             init_from: None,
             device,
         }
@@ -186,7 +190,7 @@ impl VarStore {
         let device = init_from.device.clone();
         Self {
             vars: Mutex::new(Vec::new()),
-            rng: Mutex::new(SplitMix64::new(0)),
+            rng: Mutex::new(SplitMix64::seed_from_u64(0)),
             init_from: Some(init_from),
             device,
         }
@@ -227,7 +231,9 @@ impl VarStore {
             Init::Const(c) => (Tensor::ones(shape, DType::F32, &self.device)? * c)?,
             Init::Normal(std) => {
                 let mut rng = self.rng.lock().expect("rng poisoned");
-                let data: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
+                let data: Vec<f32> = (0..n)
+                    .map(|_| (Distribution::<f64>::sample(&StandardNormal, &mut *rng) * std) as f32)
+                    .collect();
                 Tensor::from_vec(data, shape, &self.device)?
             }
         };

@@ -6,6 +6,7 @@
 //! positions, so a batch depends only on where the run is: a resumed run sees exactly the
 //! batches an uninterrupted one would, whatever the thread timing.
 
+use rand::Rng;
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
@@ -208,7 +209,7 @@ fn next_batch(
                 .par_iter()
                 .map(|(pos, _, s)| {
                     let mut rng = stream(spec.seed, 2, *pos as u64);
-                    let cap = s.captions[rng.below(s.captions.len())].as_str();
+                    let cap = s.captions[rng.random_range(0..s.captions.len())].as_str();
                     (aug.train(&s.image, &mut rng), cap)
                 })
                 .collect();

@@ -300,9 +300,10 @@ mod tests {
     use crate::clip_loss;
 
     fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
-        let mut rng = clip_nn::SplitMix64::new(seed);
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_xoshiro::SplitMix64::seed_from_u64(seed);
         let v: Vec<f32> = (0..rows * cols)
-            .map(|_| rng.next_f64() as f32 * 2.0 - 1.0)
+            .map(|_| rng.random::<f64>() as f32 * 2.0 - 1.0)
             .collect();
         Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
     }
