@@ -4,20 +4,17 @@ use std::io::Write;
 use std::path::Path;
 
 use candle_core::Device;
-use clip_model::Checkpoint;
 
 use crate::error::io_at;
-use crate::{resolve_model_dir, Error, Result, BUNDLED_TOKENIZER};
+use crate::model::load_checkpoint;
+use crate::{resolve_model_dir, Result, BUNDLED_TOKENIZER};
 
 /// Writes the model `spec` (a folder in either layout, or a cached Hub id) to `out` in the
 /// Hugging Face layout, replacing `out` atomically. A source without a tokenizer gets the
 /// bundled one, so the result is complete on its own.
 pub fn convert_to_hf(spec: &str, out: &Path) -> Result<()> {
     let dir = resolve_model_dir(spec)?;
-    let ckpt = Checkpoint::load(&dir, &Device::Cpu).map_err(|e| Error::Load {
-        dir: dir.clone(),
-        source: Box::new(e),
-    })?;
+    let ckpt = load_checkpoint(&dir, &Device::Cpu)?;
     let bundled;
     let tokenizer = match &ckpt.tokenizer {
         Some(p) => p.as_path(),

@@ -112,15 +112,3 @@ pub fn scan_images(root: &Path) -> Result<(Vec<ImageEntry>, Skipped)> {
     }
     Ok((entries, skipped))
 }
-
-/// `e` and its causes, joined with `: ` (for a skipped file's one-line reason).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use retrieval::{DType, EmbeddingsFile, Entries, Index, IndexSpec};
 
-use crate::files::{error_chain, scan_images, Skipped};
+use clip_data::error_chain;
+
+use crate::files::{scan_images, Skipped};
 use crate::{Clip, Embeddings, Error, Features, Progress, Result};
 
 /// How vectors are stored and how many items go through the model at once.

@@ -108,10 +108,7 @@ impl Clip {
     }
 
     fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let ckpt = Checkpoint::load(dir, device).map_err(|e| Error::Load {
-            dir: dir.to_path_buf(),
-            source: Box::new(e),
-        })?;
+        let ckpt = load_checkpoint(dir, device)?;
         let tokenizer = match &ckpt.tokenizer {
             Some(_) => ckpt.tokenizer(None)?,
             None => assets::bundled_tokenizer(ckpt.config.text_config.max_position_embeddings)?,
@@ -256,6 +253,14 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
         return Ok(p);
     }
     hub::cached(spec, "main").ok_or_else(|| Error::ModelNotFound(spec.to_string()))
+}
+
+/// The checkpoint in `dir`, or an error naming the folder.
+pub(crate) fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint> {
+    Checkpoint::load(dir, device).map_err(|e| Error::Load {
+        dir: dir.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 fn concat_rows(parts: Vec<Tensor>, dim: usize, device: &Device) -> Result<Tensor> {

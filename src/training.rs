@@ -18,12 +18,13 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use clip_model::{Checkpoint, ClipConfig, ClipTokenizer, Preprocess};
+use clip_model::{ClipConfig, ClipTokenizer, Preprocess};
 use clip_nn::TensorMap;
 use clip_train::{RunSetup, TrainConfig};
 
 use crate::error::io_at;
-use crate::{resolve_model_dir, Error, Result, BUNDLED_TOKENIZER};
+use crate::model::load_checkpoint;
+use crate::{resolve_model_dir, Result, BUNDLED_TOKENIZER};
 
 /// The model a run begins from.
 #[derive(Debug)]
@@ -58,10 +59,7 @@ impl Start {
     /// layout, or a cached Hub id), to fine-tune.
     pub fn checkpoint(spec: &str, device: &Device) -> Result<Self> {
         let dir = resolve_model_dir(spec)?;
-        let ckpt = Checkpoint::load(&dir, device).map_err(|e| Error::Load {
-            dir: dir.clone(),
-            source: Box::new(e),
-        })?;
+        let ckpt = load_checkpoint(&dir, device)?;
         Ok(Self {
             config: ckpt.config.clone(),
             preprocess: ckpt.preprocess.clone(),

@@ -20,5 +20,5 @@ pub use error::{DataError, Result};
 pub use expand::{expand_braces, expand_data_arg};
 pub use labels::LabelTable;
 pub use order::{stream, Order, OrderConfig};
-pub use samples::{summarize_skips, Item, Sample, SampleSet, Skip, SkipReason};
+pub use samples::{error_chain, summarize_skips, Item, Sample, SampleSet, Skip, SkipReason};
 pub use source::{CsvOptions, Source};

@@ -305,7 +305,8 @@ fn empty_error(sources: &[Source], skipped: &[Skip]) -> DataError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its causes joined with `: `, as one line (a skipped file's reason).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
