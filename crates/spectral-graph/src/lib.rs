@@ -485,14 +485,10 @@ impl AugmentationGraph {
     /// `uᵀ(I − Ā)u`, computed from `Ā` directly; it equals `2α` (see
     /// [`AugmentationGraph::cut_alpha`]) because `yᵀ(D − W)y = Σ_ab w_ab (1 − y_a y_b)`.
     pub fn laplacian_form(&self) -> f64 {
-        let u = self.label_vector();
-        let a = self.normalized_adjacency();
-        let n = self.len();
-        let mut quad = 0.0;
-        for i in 0..n {
-            quad += u[i] * u[i] - u[i] * a.row(i).iter().zip(&u).map(|(x, y)| x * y).sum::<f64>();
-        }
-        quad
+        let (u, a) = (self.label_vector(), self.normalized_adjacency());
+        (0..self.len())
+            .map(|i| u[i] * u[i] - u[i] * a.row(i).iter().zip(&u).map(|(x, y)| x * y).sum::<f64>())
+            .sum()
     }
 
     /// Edge weights as an `n × n` f64 tensor, for [`spectral_population_loss`].
