@@ -75,11 +75,7 @@ fn fit_logistic_with(
     opts: &LogisticOptions,
     dual: bool,
 ) -> Result<LogisticFit, ProbeError> {
-    let basis = if dual {
-        Some(RowSpaceBasis::of(x)?)
-    } else {
-        None
-    };
+    let basis = dual.then(|| RowSpaceBasis::of(x)).transpose()?;
     let problem = Logistic {
         x: basis.as_ref().map_or(x, |b| &b.z),
         y,

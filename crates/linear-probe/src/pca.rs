@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::SplitMix64;
 
-use crate::classifier::{check_features, check_finite};
+use crate::classifier::{argmax, check_features, check_finite};
 use crate::linalg::{symmetric_eigen, Matrix};
 use crate::ProbeError;
 
@@ -90,11 +90,7 @@ fn fit_with(x: &Matrix, method: Method) -> Result<Pca2, ProbeError> {
         Method::Subspace => subspace_top2(&xc)?,
     };
     for v in &mut vectors {
-        let lead = v
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, a)| if a.abs() > v[b].abs() { i } else { b });
-        if v[lead] < 0.0 {
+        if v[argmax(&v.iter().map(|a| a.abs()).collect::<Vec<_>>())] < 0.0 {
             v.iter_mut().for_each(|a| *a = -*a);
         }
     }

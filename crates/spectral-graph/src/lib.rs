@@ -108,52 +108,32 @@ pub fn load_digits(path: &Path) -> SpectralResult<Digits> {
 
 /// Parses the text of `digits.csv`; see [`load_digits`].
 pub fn parse_digits(text: &str) -> SpectralResult<Digits> {
-    let pixels = DIGIT_SIDE * DIGIT_SIDE;
+    let columns = DIGIT_SIDE * DIGIT_SIDE + 1;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let Some(header) = lines.next() else {
-        return invalid("digits file", "it is empty");
-    };
-    if header.split(',').count() != pixels + 1 {
+    let header = lines.next().map_or(0, |h| h.split(',').count());
+    if header != columns {
         return invalid(
             "digits file",
-            format!(
-                "header has {} columns, want {}",
-                header.split(',').count(),
-                pixels + 1
-            ),
+            format!("header has {header} columns, want {columns}"),
         );
     }
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for (i, line) in lines.enumerate() {
         let values: Vec<&str> = line.split(',').map(str::trim).collect();
-        if values.len() != pixels + 1 {
-            return invalid(
-                "digits file",
-                format!(
-                    "row {} has {} columns, want {}",
-                    i + 1,
-                    values.len(),
-                    pixels + 1
-                ),
-            );
+        let row = |reason: String| invalid("digits file", format!("row {}: {reason}", i + 1));
+        let Some((label, pixels)) = values.split_last().filter(|_| values.len() == columns) else {
+            return row(format!("{} columns, want {columns}", values.len()));
+        };
+        // NaN fails the range check too.
+        let pixel = |v: &&str| v.parse::<f64>().ok().filter(|p| (0.0..=16.0).contains(p));
+        match pixels.iter().find(|v| pixel(v).is_none()) {
+            Some(v) => return row(format!("bad pixel {v:?}")),
+            None => images.push(pixels.iter().filter_map(pixel).map(|p| p / 16.0).collect()),
         }
-        let mut image = Vec::with_capacity(pixels);
-        for v in &values[..pixels] {
-            match v.parse::<f64>() {
-                Ok(p) if p.is_finite() && (0.0..=16.0).contains(&p) => image.push(p / 16.0),
-                _ => return invalid("digits file", format!("row {}: bad pixel {v:?}", i + 1)),
-            }
-        }
-        match values[pixels].parse::<u8>() {
+        match label.parse::<u8>() {
             Ok(l) if l <= 9 => labels.push(l),
-            _ => {
-                return invalid(
-                    "digits file",
-                    format!("row {}: bad label {:?}", i + 1, values[pixels]),
-                )
-            }
+            _ => return row(format!("bad label {label:?}")),
         }
-        images.push(image);
     }
     if images.is_empty() {
         return invalid("digits file", "it has a header but no rows");
@@ -470,13 +450,10 @@ impl AugmentationGraph {
 
     /// `Ā = D^{-1/2} W D^{-1/2}`: its top eigenvalue is 1 with eigenvector `√w`.
     pub fn normalized_adjacency(&self) -> Matrix {
-        let n = self.len();
         let s: Vec<f64> = self.node_weights.iter().map(|w| 1.0 / w.sqrt()).collect();
         let mut a = self.weights.clone();
-        for i in 0..n {
-            for j in 0..n {
-                a.data[i * n + j] *= s[i] * s[j];
-            }
+        for (row, si) in a.data.chunks_exact_mut(self.len()).zip(&s) {
+            row.iter_mut().zip(&s).for_each(|(v, sj)| *v *= si * sj);
         }
         a
     }
@@ -490,15 +467,10 @@ impl AugmentationGraph {
     /// clusters (both orders counted, as the pair is ordered).
     pub fn cut_alpha(&self) -> f64 {
         let n = self.len();
-        let mut alpha = 0.0;
-        for a in 0..n {
-            for b in 0..n {
-                if self.labels[a] != self.labels[b] {
-                    alpha += self.weights.get(a, b);
-                }
-            }
-        }
-        alpha
+        (0..n * n)
+            .filter(|&i| self.labels[i / n] != self.labels[i % n])
+            .map(|i| self.weights.data[i])
+            .sum()
     }
 
     /// `u = D^{1/2} y`; a unit vector because the node weights sum to one.
@@ -513,14 +485,10 @@ impl AugmentationGraph {
     /// `uᵀ(I − Ā)u`, computed from `Ā` directly; it equals `2α` (see
     /// [`AugmentationGraph::cut_alpha`]) because `yᵀ(D − W)y = Σ_ab w_ab (1 − y_a y_b)`.
     pub fn laplacian_form(&self) -> f64 {
-        let u = self.label_vector();
-        let a = self.normalized_adjacency();
-        let n = self.len();
-        let mut quad = 0.0;
-        for i in 0..n {
-            quad += u[i] * u[i] - u[i] * a.row(i).iter().zip(&u).map(|(x, y)| x * y).sum::<f64>();
-        }
-        quad
+        let (u, a) = (self.label_vector(), self.normalized_adjacency());
+        (0..self.len())
+            .map(|i| u[i] * u[i] - u[i] * a.row(i).iter().zip(&u).map(|(x, y)| x * y).sum::<f64>())
+            .sum()
     }
 
     /// Edge weights as an `n × n` f64 tensor, for [`spectral_population_loss`].
@@ -624,11 +592,8 @@ pub fn population_loss(graph: &AugmentationGraph, f: &Matrix) -> SpectralResult<
 pub fn normalized_embedding(graph: &AugmentationGraph, f: &Matrix) -> SpectralResult<Matrix> {
     graph.check_embedding(f)?;
     let mut out = f.clone();
-    for (a, w) in graph.node_weights.iter().enumerate() {
-        let s = w.sqrt();
-        for c in 0..f.cols {
-            out.data[a * f.cols + c] *= s;
-        }
+    for (row, w) in out.data.chunks_exact_mut(f.cols).zip(&graph.node_weights) {
+        row.iter_mut().for_each(|v| *v *= w.sqrt());
     }
     Ok(out)
 }
@@ -640,8 +605,7 @@ pub fn spectral_embedding(
     eigen: &SymmetricEigen,
     k: usize,
 ) -> SpectralResult<Matrix> {
-    graph.check_k(k)?;
-    check_eigen(graph, eigen)?;
+    check_eigen(graph, eigen, k)?;
     if let Some(i) = (0..k).find(|&i| eigen.values[i] <= 0.0) {
         return invalid(
             "k",
@@ -659,7 +623,9 @@ pub fn spectral_embedding(
     Ok(f)
 }
 
-fn check_eigen(graph: &AugmentationGraph, eigen: &SymmetricEigen) -> SpectralResult<()> {
+/// A spectrum of `graph` and an embedding dimension `k` it can be compared at.
+fn check_eigen(graph: &AugmentationGraph, eigen: &SymmetricEigen, k: usize) -> SpectralResult<()> {
+    graph.check_k(k)?;
     let n = graph.len();
     if eigen.values.len() != n || eigen.vectors.rows != n || eigen.vectors.cols != n {
         return invalid(
@@ -732,12 +698,7 @@ pub fn fit_free_embeddings(
 pub fn approximation_error(graph: &AugmentationGraph, f: &Matrix) -> SpectralResult<f64> {
     let big_f = normalized_embedding(graph, f)?;
     let approx = big_f.matmul(&big_f.transpose())?;
-    let a = graph.normalized_adjacency();
-    Ok(a.data
-        .iter()
-        .zip(&approx.data)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum())
+    Ok(sq_dist(&graph.normalized_adjacency().data, &approx.data))
 }
 
 /// The Eckart–Young optimum `Σ_{i>k} λᵢ²` of `‖Ā − FFᵀ‖²_F` over rank-`k` `F`. It is the
@@ -757,7 +718,7 @@ pub fn eckart_young_gap(
     eigen: &SymmetricEigen,
     f: &Matrix,
 ) -> SpectralResult<f64> {
-    check_eigen(graph, eigen)?;
+    check_eigen(graph, eigen, f.cols)?;
     Ok(approximation_error(graph, f)? - eckart_young_optimum(eigen, f.cols)?)
 }
 
@@ -769,12 +730,7 @@ pub fn regression_residual(graph: &AugmentationGraph, f: &Matrix) -> SpectralRes
     let u = graph.label_vector();
     let u = Matrix::from_vec(u.len(), 1, u)?;
     let coef = cholesky_solve(&big_f.gram(), &big_f.transpose().matmul(&u)?)?;
-    let fit = big_f.matmul(&coef)?;
-    Ok(u.data
-        .iter()
-        .zip(&fit.data)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum())
+    Ok(sq_dist(&u.data, &big_f.matmul(&coef)?.data))
 }
 
 /// `Σ_{i>k} βᵢ²` with `βᵢ = uᵀvᵢ`: the part of `u = D^{1/2}y` outside the top-`k`
@@ -784,8 +740,7 @@ pub fn beta_tail(
     eigen: &SymmetricEigen,
     k: usize,
 ) -> SpectralResult<f64> {
-    graph.check_k(k)?;
-    check_eigen(graph, eigen)?;
+    check_eigen(graph, eigen, k)?;
     let u = graph.label_vector();
     let n = graph.len();
     Ok((k..n)
@@ -803,8 +758,7 @@ pub fn regression_bound(
     eigen: &SymmetricEigen,
     k: usize,
 ) -> SpectralResult<f64> {
-    graph.check_k(k)?;
-    check_eigen(graph, eigen)?;
+    check_eigen(graph, eigen, k)?;
     let gap = 1.0 - eigen.values[k];
     Ok(if gap > 0.0 {
         2.0 * graph.cut_alpha() / gap
@@ -843,8 +797,7 @@ pub fn guarantee_report(
     f: &Matrix,
 ) -> SpectralResult<GuaranteeReport> {
     let k = f.cols;
-    graph.check_k(k)?;
-    check_eigen(graph, eigen)?;
+    check_eigen(graph, eigen, k)?;
     Ok(GuaranteeReport {
         k,
         lambda_k: eigen.values[k - 1],
