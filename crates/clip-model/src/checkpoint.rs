@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
 use candle_core::{Device, Tensor};
-use clip_nn::{NnError, Params, TensorMap};
+use clip_nn::{Params, TensorMap};
 use text_encoder::Pooling;
 use vision_encoder::Preprocess;
 
@@ -127,22 +127,7 @@ impl Checkpoint {
             source,
         };
         for (key, shape) in &expected {
-            match have.get(key) {
-                None => {
-                    return Err(wrap(NnError::MissingTensor {
-                        key: key.clone(),
-                        expected: shape.clone(),
-                    }))
-                }
-                Some(t) if t.shape() != shape => {
-                    return Err(wrap(NnError::ShapeMismatch {
-                        key: key.clone(),
-                        expected: shape.clone(),
-                        found: t.shape().clone(),
-                    }))
-                }
-                _ => {}
-            }
+            self.weights.checked(key, shape).map_err(wrap)?;
         }
         let known: HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
         let mut extra: Vec<&String> = have

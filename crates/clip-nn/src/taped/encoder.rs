@@ -186,19 +186,16 @@ impl HostEncoder {
             let mut ctx = ws.take(mq * w);
             attention_fwd(shape, qkv_cols(&qkv, &q, w), &mut probs, &mut ctx);
             let mut x_mid = ws.take(mq * w);
-            match sel {
-                Some(p) => l
-                    .out
-                    .forward_residual(&ctx, &gather_rows(&x, p, seqs, w), &mut x_mid),
-                None => l.out.forward_residual(&ctx, &x, &mut x_mid),
-            }
+            let x_sel = sel.map(|p| gather_rows(&x, p, seqs, w));
+            l.out
+                .forward(&ctx, Some(x_sel.as_deref().unwrap_or(&x)), &mut x_mid);
             let (mut c, mut ln2_stats) = (ws.take(mq * w), ws.take(mq * 2));
             l.ln2.forward(&x_mid, &mut c, &mut ln2_stats);
             let (mut h, mut u) = (ws.take(mq * mlp), ws.take(mq * mlp));
-            l.fc1.forward(&c, &mut h);
+            l.fc1.forward(&c, None, &mut h);
             activation_fwd(l.act, &h, &mut u);
             let mut x_out = ws.take(mq * w);
-            l.fc2.forward_residual(&u, &x_mid, &mut x_out);
+            l.fc2.forward(&u, Some(&x_mid), &mut x_out);
             tape.layers.push(LayerTape {
                 x_in: x,
                 ln1_stats,
