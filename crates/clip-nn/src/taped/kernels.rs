@@ -554,7 +554,7 @@ impl AttnShape<'_> {
     }
 
     /// Query rows in all.
-    fn q_rows(&self) -> usize {
+    pub(crate) fn q_rows(&self) -> usize {
         (0..self.seqs.batch()).map(|bi| self.tq(bi)).sum()
     }
 

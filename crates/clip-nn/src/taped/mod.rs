@@ -139,8 +139,8 @@ impl HostLinear {
     pub fn from_weight(weight: &Tensor, param: &Tensor) -> Result<Self> {
         Ok(Self {
             w: HostParam {
-                data: weight.flatten_all()?.to_vec1::<f32>()?,
                 tensor: param.clone(),
+                ..HostParam::new(weight)?
             },
             b: None,
             in_dim: weight.dim(1)?,
