@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
 use candle_core::{Device, Tensor};
-use clip_nn::{NnError, Params, TensorMap};
+use clip_nn::{Params, TensorMap};
 use text_encoder::Pooling;
 use vision_encoder::Preprocess;
 
@@ -77,11 +77,8 @@ impl Checkpoint {
     /// Detects the layout of `dir` and reads it; tensors are checked against the config.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(ModelError::Io {
-                action: "cannot open model directory",
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-            });
+            let source = std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory");
+            return Err(io_err("cannot open model directory", dir)(source));
         }
         let ckpt = if dir.join("config.json").exists() && hf_weight_files(dir)?.is_some() {
             Self::load_hf(dir, device)?
@@ -127,22 +124,7 @@ impl Checkpoint {
             source,
         };
         for (key, shape) in &expected {
-            match have.get(key) {
-                None => {
-                    return Err(wrap(NnError::MissingTensor {
-                        key: key.clone(),
-                        expected: shape.clone(),
-                    }))
-                }
-                Some(t) if t.shape() != shape => {
-                    return Err(wrap(NnError::ShapeMismatch {
-                        key: key.clone(),
-                        expected: shape.clone(),
-                        found: t.shape().clone(),
-                    }))
-                }
-                _ => {}
-            }
+            self.weights.checked(key, shape).map_err(wrap)?;
         }
         let known: HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
         let mut extra: Vec<&String> = have
@@ -166,18 +148,11 @@ impl Checkpoint {
 
     /// Loads `tokenizer.json` from the directory, or from `fallback` when it has none.
     pub fn tokenizer(&self, fallback: Option<&Path>) -> Result<text_encoder::ClipTokenizer> {
-        let path = self
-            .tokenizer
-            .as_deref()
-            .or(fallback)
-            .ok_or_else(|| ModelError::Io {
-                action: "no tokenizer.json in",
-                path: self.dir.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "pass a tokenizer explicitly",
-                ),
-            })?;
+        let path = self.tokenizer.as_deref().or(fallback).ok_or_else(|| {
+            let source =
+                std::io::Error::new(std::io::ErrorKind::NotFound, "pass a tokenizer explicitly");
+            io_err("no tokenizer.json in", &self.dir)(source)
+        })?;
         Ok(text_encoder::ClipTokenizer::from_file(
             path,
             self.config.text_config.max_position_embeddings,

@@ -53,12 +53,8 @@ impl ClipConfig {
         self.text_config.validate()?;
         self.vision_config.validate()?;
         if self.projection_dim == 0 {
-            return Err(text_encoder::TextError::Config {
-                field: "projection_dim",
-                value: "0".into(),
-                reason: "must be positive",
-            }
-            .into());
+            let bad = clip_nn::BadConfig::new("projection_dim", 0, "must be positive");
+            return Err(text_encoder::TextError::Config(bad).into());
         }
         Ok(())
     }

@@ -21,9 +21,14 @@ impl ClipModel {
     /// Builds the model from `params` (a checkpoint, a trainable store or a recorder).
     pub fn new(cfg: &ClipConfig, pooling: Pooling, params: Params) -> Result<Self> {
         cfg.validate()?;
-        let vision = VisionTransformer::new(&cfg.vision_config, cfg.projection_dim, params)?;
-        let text =
-            TextTransformer::with_pooling(&cfg.text_config, cfg.projection_dim, pooling, params)?;
+        let vision =
+            VisionTransformer::new(&cfg.vision_config, cfg.projection_dim, params.clone())?;
+        let text = TextTransformer::with_pooling(
+            &cfg.text_config,
+            cfg.projection_dim,
+            pooling,
+            params.clone(),
+        )?;
         let logit_scale = params.get((), "logit_scale", Init::Const(cfg.logit_scale_init_value))?;
         Ok(Self {
             vision,

@@ -184,72 +184,86 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
     Ok((config, pre))
 }
 
-/// Maps the name of one block-internal tensor (after `resblocks.{i}.`).
-fn block_name(rest: &str) -> Option<&'static str> {
-    Some(match rest {
-        "ln_1.weight" => "layer_norm1.weight",
-        "ln_1.bias" => "layer_norm1.bias",
-        "ln_2.weight" => "layer_norm2.weight",
-        "ln_2.bias" => "layer_norm2.bias",
-        "attn.out_proj.weight" => "self_attn.out_proj.weight",
-        "attn.out_proj.bias" => "self_attn.out_proj.bias",
-        "mlp.c_fc.weight" => "mlp.fc1.weight",
-        "mlp.c_fc.bias" => "mlp.fc1.bias",
-        "mlp.c_proj.weight" => "mlp.fc2.weight",
-        "mlp.c_proj.bias" => "mlp.fc2.bias",
-        _ => return None,
-    })
+/// open_clip names outside the blocks (`visual.` for the image tower) and their Hugging Face
+/// names.
+const DIRECT: &[(&str, &str)] = &[
+    (
+        "visual.conv1.weight",
+        "vision_model.embeddings.patch_embedding.weight",
+    ),
+    (
+        "visual.class_embedding",
+        "vision_model.embeddings.class_embedding",
+    ),
+    (
+        "visual.positional_embedding",
+        "vision_model.embeddings.position_embedding.weight",
+    ),
+    ("visual.ln_pre.weight", "vision_model.pre_layrnorm.weight"),
+    ("visual.ln_pre.bias", "vision_model.pre_layrnorm.bias"),
+    (
+        "visual.ln_post.weight",
+        "vision_model.post_layernorm.weight",
+    ),
+    ("visual.ln_post.bias", "vision_model.post_layernorm.bias"),
+    (
+        "token_embedding.weight",
+        "text_model.embeddings.token_embedding.weight",
+    ),
+    (
+        "positional_embedding",
+        "text_model.embeddings.position_embedding.weight",
+    ),
+    ("ln_final.weight", "text_model.final_layer_norm.weight"),
+    ("ln_final.bias", "text_model.final_layer_norm.bias"),
+    ("logit_scale", "logit_scale"),
+];
+
+/// The `x @ W` projections, which become PyTorch-Linear `[out, in]` weights (transposed).
+const TRANSPOSED: &[(&str, &str)] = &[
+    ("visual.proj", "visual_projection.weight"),
+    ("text_projection", "text_projection.weight"),
+];
+
+/// Block-internal tensors (after `resblocks.{i}.`); q/k/v are split apart separately.
+const BLOCK: &[(&str, &str)] = &[
+    ("ln_1.weight", "layer_norm1.weight"),
+    ("ln_1.bias", "layer_norm1.bias"),
+    ("ln_2.weight", "layer_norm2.weight"),
+    ("ln_2.bias", "layer_norm2.bias"),
+    ("attn.out_proj.weight", "self_attn.out_proj.weight"),
+    ("attn.out_proj.bias", "self_attn.out_proj.bias"),
+    ("mlp.c_fc.weight", "mlp.fc1.weight"),
+    ("mlp.c_fc.bias", "mlp.fc1.bias"),
+    ("mlp.c_proj.weight", "mlp.fc2.weight"),
+    ("mlp.c_proj.bias", "mlp.fc2.bias"),
+];
+
+/// The Hugging Face name `table` gives `key`.
+fn lookup(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
+    table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
 /// Converts open_clip tensors to Hugging Face names and layouts.
 fn convert(src: HashMap<String, Tensor>, weights_path: &Path) -> Result<HashMap<String, Tensor>> {
+    let unexpected = |key| ModelError::UnexpectedTensor {
+        key,
+        path: weights_path.to_path_buf(),
+    };
     let mut out = HashMap::new();
     for (key, t) in src {
+        if let Some(name) = lookup(DIRECT, &key) {
+            out.insert(name.to_string(), t);
+            continue;
+        }
+        if let Some(name) = lookup(TRANSPOSED, &key) {
+            out.insert(name.to_string(), t.t()?.contiguous()?);
+            continue;
+        }
         let (tower, rest) = match key.strip_prefix("visual.") {
             Some(r) => ("vision_model", r),
             None => ("text_model", key.as_str()),
         };
-        let direct = match (tower, rest) {
-            ("vision_model", "conv1.weight") => {
-                Some("vision_model.embeddings.patch_embedding.weight".to_string())
-            }
-            ("vision_model", "class_embedding") => {
-                Some("vision_model.embeddings.class_embedding".into())
-            }
-            ("vision_model", "positional_embedding") => {
-                Some("vision_model.embeddings.position_embedding.weight".into())
-            }
-            ("vision_model", "ln_pre.weight") => Some("vision_model.pre_layrnorm.weight".into()),
-            ("vision_model", "ln_pre.bias") => Some("vision_model.pre_layrnorm.bias".into()),
-            ("vision_model", "ln_post.weight") => Some("vision_model.post_layernorm.weight".into()),
-            ("vision_model", "ln_post.bias") => Some("vision_model.post_layernorm.bias".into()),
-            ("text_model", "token_embedding.weight") => {
-                Some("text_model.embeddings.token_embedding.weight".into())
-            }
-            ("text_model", "positional_embedding") => {
-                Some("text_model.embeddings.position_embedding.weight".into())
-            }
-            ("text_model", "ln_final.weight") => Some("text_model.final_layer_norm.weight".into()),
-            ("text_model", "ln_final.bias") => Some("text_model.final_layer_norm.bias".into()),
-            ("text_model", "logit_scale") => Some("logit_scale".into()),
-            _ => None,
-        };
-        if let Some(name) = direct {
-            out.insert(name, t);
-            continue;
-        }
-        // `x @ W` projections become PyTorch-Linear `[out, in]` weights.
-        match (tower, rest) {
-            ("vision_model", "proj") => {
-                out.insert("visual_projection.weight".into(), t.t()?.contiguous()?);
-                continue;
-            }
-            ("text_model", "text_projection") => {
-                out.insert("text_projection.weight".into(), t.t()?.contiguous()?);
-                continue;
-            }
-            _ => {}
-        }
         let block = rest
             .strip_prefix("transformer.resblocks.")
             .and_then(|r| r.split_once('.'))
@@ -258,10 +272,7 @@ fn convert(src: HashMap<String, Tensor>, weights_path: &Path) -> Result<HashMap<
             if rest.ends_with("attn_mask") {
                 continue;
             }
-            return Err(ModelError::UnexpectedTensor {
-                key,
-                path: weights_path.to_path_buf(),
-            });
+            return Err(unexpected(key));
         };
         let prefix = format!("{tower}.encoder.layers.{i}.");
         if let Some(kind) = inner.strip_prefix("attn.in_proj_") {
@@ -273,13 +284,10 @@ fn convert(src: HashMap<String, Tensor>, weights_path: &Path) -> Result<HashMap<
                     t.narrow(0, j * w, w)?.contiguous()?,
                 );
             }
-        } else if let Some(name) = block_name(inner) {
+        } else if let Some(name) = lookup(BLOCK, inner) {
             out.insert(format!("{prefix}{name}"), t);
         } else {
-            return Err(ModelError::UnexpectedTensor {
-                key,
-                path: weights_path.to_path_buf(),
-            });
+            return Err(unexpected(key));
         }
     }
     Ok(out)

@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use crate::ops::contiguous_f32;
 use crate::Activation;
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -155,14 +156,6 @@ pub(crate) fn scale_by_derivatives(act: Activation, x: &[f32], dy: &mut [f32]) {
         .for_each(|(d, i)| derivatives_chunk(act, i, d));
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("activation op needs a contiguous input"),
-    }
-}
-
 /// Forward op: `y = act(x)`.
 struct ActForward(Activation);
 
@@ -172,7 +165,7 @@ impl CustomOp1 for ActForward {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
+        let x = contiguous_f32(s, l)?;
         let mut out = vec![0f32; x.len()];
         map_values(self.0, x, &mut out);
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -201,8 +194,8 @@ impl CustomOp2 for ActBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1)?;
-        let g = f32_slice(s2, l2)?;
+        let x = contiguous_f32(s1, l1)?;
+        let g = contiguous_f32(s2, l2)?;
         let mut out = g.to_vec();
         scale_by_derivatives(self.0, x, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -211,7 +204,7 @@ impl CustomOp2 for ActBackward {
 
 /// Applies `act` with the fused op on CPU f32 tensors, and with candle's ops elsewhere.
 pub(crate) fn apply(act: Activation, x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if crate::taped::supported(x) {
         return x.contiguous()?.apply_op1(ActForward(act));
     }
     match act {

@@ -30,5 +30,29 @@ pub enum NnError {
     Candle(#[from] candle_core::Error),
 }
 
+/// A configuration value out of range, found before any tensor exists; each tower's error
+/// wraps it with the config's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} = {value}: {reason}")]
+pub struct BadConfig {
+    /// The offending field, named as in `config.json`.
+    pub field: &'static str,
+    /// Its value.
+    pub value: String,
+    /// Why it is rejected.
+    pub reason: &'static str,
+}
+
+impl BadConfig {
+    /// `field` holding `value` is rejected for `reason`.
+    pub fn new(field: &'static str, value: impl ToString, reason: &'static str) -> Self {
+        Self {
+            field,
+            value: value.to_string(),
+            reason,
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, NnError>;

@@ -2,8 +2,7 @@
 
 use candle_core::{Module, Tensor};
 
-use crate::params::ScopedParams;
-use crate::{ops, Init, Result};
+use crate::{ops, BadConfig, Init, Params, Result};
 
 /// `y = x·Wᵀ + b` with `W` of shape `[out, in]` (PyTorch's layout, so checkpoints load as is).
 #[derive(Debug, Clone)]
@@ -16,13 +15,7 @@ impl Linear {
     /// Loads `weight` (and `bias` when `bias` is true) under `p`.
     ///
     /// Fresh weights are drawn with standard deviation `std`.
-    pub fn new(
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-        std: f64,
-        p: &ScopedParams,
-    ) -> Result<Self> {
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, std: f64, p: &Params) -> Result<Self> {
         let weight = p.get((out_dim, in_dim), "weight", Init::Normal(std))?;
         let bias = if bias {
             Some(p.get(out_dim, "bias", Init::Zeros)?)
@@ -67,7 +60,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     /// Loads `weight` and `bias` of size `dim` under `p`.
-    pub fn new(dim: usize, eps: f64, p: &ScopedParams) -> Result<Self> {
+    pub fn new(dim: usize, eps: f64, p: &Params) -> Result<Self> {
         Ok(Self {
             weight: p.get(dim, "weight", Init::Ones)?,
             bias: p.get(dim, "bias", Init::Zeros)?,
@@ -98,7 +91,7 @@ pub struct Embedding {
 
 impl Embedding {
     /// Loads `weight` of shape `[n, dim]` under `p`.
-    pub fn new(n: usize, dim: usize, std: f64, p: &ScopedParams) -> Result<Self> {
+    pub fn new(n: usize, dim: usize, std: f64, p: &Params) -> Result<Self> {
         Ok(Self {
             table: p.get((n, dim), "weight", Init::Normal(std))?,
         })
@@ -142,6 +135,13 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Self::GeluTanh),
             _ => None,
         }
+    }
+
+    /// As [`Activation::from_hf_name`], rejecting an unknown name as a config error.
+    pub fn from_hidden_act(name: &str) -> std::result::Result<Self, BadConfig> {
+        Self::from_hf_name(name).ok_or_else(|| {
+            BadConfig::new("hidden_act", name, "expected quick_gelu, gelu or gelu_new")
+        })
     }
 
     /// The Hugging Face `hidden_act` name.

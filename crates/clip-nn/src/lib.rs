@@ -17,7 +17,7 @@ mod simd;
 pub mod taped;
 mod transformer;
 
-pub use error::{NnError, Result};
+pub use error::{BadConfig, NnError, Result};
 pub use layers::{Activation, Embedding, LayerNorm, Linear};
 pub use ops::{layer_norm, layer_norm_composed, softmax_composed, softmax_last_dim};
 pub use params::{Init, ParamSource, Params, ShapeRecorder, TensorMap, VarStore};

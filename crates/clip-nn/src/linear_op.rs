@@ -7,15 +7,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::taped::{linear_bwd, linear_fwd};
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("linear op needs a contiguous {what}"),
-    }
-}
+use crate::ops::contiguous_f32;
+use crate::taped::{linear_bwd, linear_fwd, supported};
 
 fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
     let (m, k) = lx.shape().dims2()?;
@@ -35,10 +28,8 @@ fn linear_storage(
     bias: Option<(&CpuStorage, &Layout)>,
 ) -> Result<(CpuStorage, Shape)> {
     let (m, k, n) = dims(lx, lw)?;
-    let b = bias
-        .map(|(sb, lb)| contiguous(sb, lb, "bias"))
-        .transpose()?;
-    let (x, w) = (contiguous(sx, lx, "input")?, contiguous(sw, lw, "weight")?);
+    let b = bias.map(|(sb, lb)| contiguous_f32(sb, lb)).transpose()?;
+    let (x, w) = (contiguous_f32(sx, lx)?, contiguous_f32(sw, lw)?);
     let mut out = vec![0f32; m * n];
     linear_fwd(&mut out, x, w, b, None, k);
     Ok((CpuStorage::F32(out), Shape::from((m, n))))
@@ -84,8 +75,8 @@ impl CustomOp3 for LinearGrad {
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (m, k, n) = dims(lx, lw)?;
-        let dy = contiguous(sd, ld, "output gradient")?;
-        let (x, w) = (contiguous(sx, lx, "input")?, contiguous(sw, lw, "weight")?);
+        let dy = contiguous_f32(sd, ld)?;
+        let (x, w) = (contiguous_f32(sx, lx)?, contiguous_f32(sw, lw)?);
         let len = (m + n) * k + if self.with_bias { n } else { 0 };
         let mut out = vec![0f32; len];
         let (dx, rest) = out.split_at_mut(m * k);
@@ -159,10 +150,7 @@ impl CustomOp2 for LinearNoBias {
 
 /// `x [m, k]`, `w [n, k]`, `b [n]` → `[m, n]`; the fused op on CPU f32, candle ops elsewhere.
 pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let cpu_f32 = x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && w.dtype() == candle_core::DType::F32;
-    if cpu_f32 && w.is_contiguous() {
+    if supported(x) && supported(w) && w.is_contiguous() {
         let x = x.contiguous()?;
         return match b {
             Some(b) => x.apply_op3(w, &b.contiguous()?, LinearBias),

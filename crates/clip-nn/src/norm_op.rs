@@ -9,15 +9,8 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::taped::{layer_norm_bwd, layer_norm_fwd, softmax_grad_rows, softmax_rows};
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused norm op needs contiguous input"),
-    }
-}
+use crate::ops::contiguous_f32;
+use crate::taped::{layer_norm_bwd, layer_norm_fwd, softmax_grad_rows, softmax_rows, supported};
 
 /// Layer norm of `x` with gain and bias; keeps each row's mean and 1/std for the backward.
 struct LayerNormOp {
@@ -39,7 +32,11 @@ impl CustomOp3 for LayerNormOp {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, g, b) = (slice(sx, lx)?, slice(sg, lg)?, slice(sb, lb)?);
+        let (x, g, b) = (
+            contiguous_f32(sx, lx)?,
+            contiguous_f32(sg, lg)?,
+            contiguous_f32(sb, lb)?,
+        );
         let mut out = vec![0f32; x.len()];
         let mut stats = vec![0f32; x.len() / g.len().max(1) * 2];
         layer_norm_fwd(x, g, b, self.eps, &mut out, &mut stats);
@@ -87,7 +84,11 @@ impl CustomOp3 for LayerNormGrad<'_> {
         sd: &CpuStorage,
         ld: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, g, dy) = (slice(sx, lx)?, slice(sg, lg)?, slice(sd, ld)?);
+        let (x, g, dy) = (
+            contiguous_f32(sx, lx)?,
+            contiguous_f32(sg, lg)?,
+            contiguous_f32(sd, ld)?,
+        );
         let d = g.len();
         let rows = x.len() / d.max(1);
         let mut out = vec![0f32; (rows + 2) * d];
@@ -106,7 +107,7 @@ impl CustomOp1 for SoftmaxOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut out = slice(s, l)?.to_vec();
+        let mut out = contiguous_f32(s, l)?.to_vec();
         softmax_rows(&mut out, *l.shape().dims().last().unwrap_or(&1));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -131,21 +132,16 @@ impl CustomOp2 for SoftmaxGrad {
         sd: &CpuStorage,
         ld: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let y = slice(sy, ly)?;
-        let mut out = slice(sd, ld)?.to_vec();
+        let y = contiguous_f32(sy, ly)?;
+        let mut out = contiguous_f32(sd, ld)?.to_vec();
         softmax_grad_rows(&mut out, y, *ly.shape().dims().last().unwrap_or(&1));
         Ok((CpuStorage::F32(out), ly.shape().clone()))
     }
 }
 
-fn cpu_f32(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
-}
-
 /// Fused layer norm when all tensors are CPU f32; `None` tells the caller to compose ops.
 pub(crate) fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Option<Result<Tensor>> {
-    cpu_f32(&[x, g, b]).then(|| {
+    [x, g, b].into_iter().all(supported).then(|| {
         let (x, g, b) = (x.contiguous()?, g.contiguous()?, b.contiguous()?);
         let op = LayerNormOp {
             eps: eps as f32,
@@ -157,5 +153,5 @@ pub(crate) fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Option
 
 /// Fused softmax over the last dimension when the input is CPU f32.
 pub(crate) fn softmax_last_dim(x: &Tensor) -> Option<Result<Tensor>> {
-    cpu_f32(&[x]).then(|| x.contiguous()?.apply_op1(SoftmaxOp))
+    supported(x).then(|| x.contiguous()?.apply_op1(SoftmaxOp))
 }

@@ -33,14 +33,8 @@ pub trait ParamSource: Sync {
 }
 
 /// A prefix-scoped view of a [`ParamSource`]; `pp("encoder")` extends the key path.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Params<'a> {
-    source: &'a dyn ParamSource,
-    prefix: &'a str,
-}
-
-/// Owned variant used by [`Params::pp`], since prefixes are built at runtime.
-pub struct ScopedParams<'a> {
     source: &'a dyn ParamSource,
     prefix: String,
 }
@@ -48,41 +42,15 @@ pub struct ScopedParams<'a> {
 impl<'a> Params<'a> {
     /// The root view of `source`.
     pub fn new(source: &'a dyn ParamSource) -> Self {
-        Self { source, prefix: "" }
-    }
-
-    /// A view whose keys are prefixed with `name.`.
-    pub fn pp(&self, name: impl std::fmt::Display) -> ScopedParams<'a> {
-        ScopedParams {
-            source: self.source,
-            prefix: join(self.prefix, &name.to_string()),
-        }
-    }
-
-    /// Fetches `prefix.name` with the given shape.
-    pub fn get(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
-        self.source
-            .get(&join(self.prefix, name), &shape.into(), init)
-    }
-
-    /// The device parameters live on.
-    pub fn device(&self) -> &Device {
-        self.source.device()
-    }
-}
-
-impl<'a> ScopedParams<'a> {
-    /// Borrow as a [`Params`] view.
-    pub fn view(&self) -> Params<'_> {
-        Params {
-            source: self.source,
-            prefix: &self.prefix,
+        Self {
+            source,
+            prefix: String::new(),
         }
     }
 
     /// A view whose keys are further prefixed with `name.`.
-    pub fn pp(&self, name: impl std::fmt::Display) -> ScopedParams<'a> {
-        ScopedParams {
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        Self {
             source: self.source,
             prefix: join(&self.prefix, &name.to_string()),
         }
@@ -90,7 +58,13 @@ impl<'a> ScopedParams<'a> {
 
     /// Fetches `prefix.name` with the given shape.
     pub fn get(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
-        self.view().get(shape, name, init)
+        self.source
+            .get(&join(&self.prefix, name), &shape.into(), init)
+    }
+
+    /// The device parameters live on.
+    pub fn device(&self) -> &Device {
+        self.source.device()
     }
 }
 
@@ -138,10 +112,9 @@ impl TensorMap {
     pub fn into_inner(self) -> HashMap<String, Tensor> {
         self.tensors
     }
-}
 
-impl ParamSource for TensorMap {
-    fn get(&self, name: &str, shape: &Shape, _init: Init) -> Result<Tensor> {
+    /// The stored tensor `name` as it is, checked to be there with `shape`.
+    pub fn checked(&self, name: &str, shape: &Shape) -> Result<&Tensor> {
         let t = self
             .tensors
             .get(name)
@@ -156,6 +129,13 @@ impl ParamSource for TensorMap {
                 found: t.shape().clone(),
             });
         }
+        Ok(t)
+    }
+}
+
+impl ParamSource for TensorMap {
+    fn get(&self, name: &str, shape: &Shape, _init: Init) -> Result<Tensor> {
+        let t = self.checked(name, shape)?;
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
 

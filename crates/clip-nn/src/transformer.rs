@@ -10,8 +10,7 @@
 
 use candle_core::{Module, Tensor};
 
-use crate::params::ScopedParams;
-use crate::{ops, Activation, LayerNorm, Linear, Result};
+use crate::{ops, Activation, BadConfig, LayerNorm, Linear, Params, Result};
 
 /// Sizes shared by every block of one tower.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +29,39 @@ pub struct EncoderSpec {
     pub eps: f64,
 }
 
+impl EncoderSpec {
+    /// The sizes from a tower's Hugging Face config fields (`hidden_size`,
+    /// `intermediate_size`, `num_attention_heads`, `num_hidden_layers`, `hidden_act`,
+    /// `layer_norm_eps`), checked: both towers name and validate them alike.
+    pub fn from_hf(
+        (width, mlp_dim, heads, layers): (usize, usize, usize, usize),
+        hidden_act: &str,
+        eps: f64,
+    ) -> std::result::Result<Self, BadConfig> {
+        if width == 0 {
+            return Err(BadConfig::new("hidden_size", 0, "must be positive"));
+        }
+        if heads == 0 || !width.is_multiple_of(heads) {
+            return Err(BadConfig::new(
+                "num_attention_heads",
+                heads,
+                "must divide hidden_size",
+            ));
+        }
+        if mlp_dim == 0 {
+            return Err(BadConfig::new("intermediate_size", 0, "must be positive"));
+        }
+        Ok(Self {
+            width,
+            heads,
+            mlp_dim,
+            layers,
+            activation: Activation::from_hidden_act(hidden_act)?,
+            eps,
+        })
+    }
+}
+
 /// Multi-head self-attention with separate q/k/v projections (`self_attn.{q,k,v,out}_proj`).
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -44,7 +76,7 @@ pub struct Attention {
 
 impl Attention {
     /// Loads the four projections under `p`.
-    pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
+    pub fn new(spec: &EncoderSpec, p: &Params) -> Result<Self> {
         let w = spec.width;
         let in_std = (w as f64).powf(-0.5);
         let out_std = in_std * ((2 * spec.layers) as f64).powf(-0.5);
@@ -91,7 +123,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `fc1` and `fc2` under `p`.
-    pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
+    pub fn new(spec: &EncoderSpec, p: &Params) -> Result<Self> {
         let w = spec.width as f64;
         Ok(Self {
             fc1: Linear::new(
@@ -130,7 +162,7 @@ pub struct EncoderLayer {
 
 impl EncoderLayer {
     /// Loads `layer_norm1`, `self_attn`, `layer_norm2`, `mlp` under `p`.
-    pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
+    pub fn new(spec: &EncoderSpec, p: &Params) -> Result<Self> {
         Ok(Self {
             ln1: LayerNorm::new(spec.width, spec.eps, &p.pp("layer_norm1"))?,
             attn: Attention::new(spec, &p.pp("self_attn"))?,
@@ -154,7 +186,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// Loads `spec.layers` blocks under `p.layers.{i}`.
-    pub fn new(spec: &EncoderSpec, p: &ScopedParams) -> Result<Self> {
+    pub fn new(spec: &EncoderSpec, p: &Params) -> Result<Self> {
         let lp = p.pp("layers");
         let layers = (0..spec.layers)
             .map(|i| EncoderLayer::new(spec, &lp.pp(i)))

@@ -47,6 +47,13 @@ fn dataset() -> Arc<SampleSet> {
     Arc::new(SampleSet::from_items(items))
 }
 
+/// The message of a run over [`dataset`] that must fail.
+fn train_error(s: RunSetup) -> String {
+    train(s, dataset(), &Device::Cpu, &mut Quiet)
+        .unwrap_err()
+        .to_string()
+}
+
 fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
     let cfg = model_config();
     RunSetup {
@@ -172,9 +179,7 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     s.train.lr = 1e30;
     s.train.warmup = 0;
     s.train.save_every = 1;
-    let err = train(s, dataset(), &Device::Cpu, &mut Quiet)
-        .unwrap_err()
-        .to_string();
+    let err = train_error(s);
     assert!(err.contains("loss is") && err.contains("step"), "{err}");
     let kept = clip_train::checkpoints(dir.path());
     assert!(!kept.is_empty());
@@ -193,9 +198,7 @@ fn siglip_and_feature_cache_accumulation_train() {
     assert!(dir.path().join("final/model.safetensors").exists());
     let mut bad = setup(dir.path(), 4, false);
     bad.train.accum_steps = 3;
-    let err = train(bad, dataset(), &Device::Cpu, &mut Quiet)
-        .unwrap_err()
-        .to_string();
+    let err = train_error(bad);
     assert!(err.contains("accum-steps"), "{err}");
 }
 
@@ -308,9 +311,7 @@ fn oracle_needs_labels_and_losses_must_fit_the_objective() {
     s.train.objective = Objective::Images;
     s.train.loss = LossKind::Oracle;
     s.train.save_every = 0;
-    let err = train(s, dataset(), &Device::Cpu, &mut Quiet)
-        .unwrap_err()
-        .to_string();
+    let err = train_error(s);
     assert!(err.contains("labels"), "{err}");
     let mut s = setup(dir.path(), 3, false);
     s.train.objective = Objective::Images;
@@ -327,16 +328,12 @@ fn oracle_needs_labels_and_losses_must_fit_the_objective() {
         let mut s = setup(dir.path(), 3, false);
         s.train.objective = objective;
         s.train.loss = loss;
-        let err = train(s, dataset(), &Device::Cpu, &mut Quiet)
-            .unwrap_err()
-            .to_string();
+        let err = train_error(s);
         assert!(err.contains(field) && err.contains("objective"), "{err}");
     }
     let mut s = setup(dir.path(), 3, false);
     s.train.tau_plus = 1.0;
-    let err = train(s, dataset(), &Device::Cpu, &mut Quiet)
-        .unwrap_err()
-        .to_string();
+    let err = train_error(s);
     assert!(err.contains("tau-plus"), "{err}");
 }
 

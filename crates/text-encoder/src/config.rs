@@ -1,9 +1,9 @@
 //! Text tower configuration, in the field names of Hugging Face's `CLIPTextConfig`.
 
-use clip_nn::{Activation, EncoderSpec};
+use clip_nn::{BadConfig, EncoderSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, TextError};
+use crate::Result;
 
 /// Sizes of the text transformer; defaults are those of transformers' `CLIPTextConfig`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,25 +64,8 @@ pub enum Pooling {
 impl TextConfig {
     /// Checks that the sizes fit together, before any tensor exists.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, value: usize, reason| {
-            Err(TextError::Config {
-                field,
-                value: value.to_string(),
-                reason,
-            })
-        };
-        if self.hidden_size == 0 {
-            return bad("hidden_size", 0, "must be positive");
-        }
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
-            return bad(
-                "num_attention_heads",
-                self.num_attention_heads,
-                "must divide hidden_size",
-            );
-        }
+        self.encoder_spec()?;
+        let bad = |field, value: usize, reason| Err(BadConfig::new(field, value, reason).into());
         if self.max_position_embeddings < 2 {
             return bad(
                 "max_position_embeddings",
@@ -93,17 +76,7 @@ impl TextConfig {
         if self.vocab_size == 0 {
             return bad("vocab_size", 0, "must be positive");
         }
-        self.activation()?;
         Ok(())
-    }
-
-    /// The parsed activation.
-    pub fn activation(&self) -> Result<Activation> {
-        Activation::from_hf_name(&self.hidden_act).ok_or_else(|| TextError::Config {
-            field: "hidden_act",
-            value: self.hidden_act.clone(),
-            reason: "expected quick_gelu, gelu or gelu_new",
-        })
     }
 
     /// The pooling rule transformers applies for this config.
@@ -115,15 +88,18 @@ impl TextConfig {
         }
     }
 
-    /// Block sizes for the shared encoder.
+    /// Block sizes for the shared encoder (checked as [`EncoderSpec::from_hf`] does).
     pub fn encoder_spec(&self) -> Result<EncoderSpec> {
-        Ok(EncoderSpec {
-            width: self.hidden_size,
-            heads: self.num_attention_heads,
-            mlp_dim: self.intermediate_size,
-            layers: self.num_hidden_layers,
-            activation: self.activation()?,
-            eps: self.layer_norm_eps,
-        })
+        let sizes = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_attention_heads,
+            self.num_hidden_layers,
+        );
+        Ok(EncoderSpec::from_hf(
+            sizes,
+            &self.hidden_act,
+            self.layer_norm_eps,
+        )?)
     }
 }

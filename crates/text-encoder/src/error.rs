@@ -5,15 +5,8 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum TextError {
     /// A configuration value is out of range or inconsistent.
-    #[error("invalid text config: {field} = {value}: {reason}")]
-    Config {
-        /// The offending field, named as in `config.json`.
-        field: &'static str,
-        /// Its value.
-        value: String,
-        /// Why it is rejected.
-        reason: &'static str,
-    },
+    #[error("invalid text config: {0}")]
+    Config(#[from] clip_nn::BadConfig),
     /// The tokenizer file could not be loaded.
     #[error("cannot load tokenizer {path}: {message}")]
     TokenizerLoad {

@@ -190,7 +190,7 @@ impl TextTransformer {
         let projection = HostLinear::new(&self.projection)?;
         let e = projection.out_dim();
         let mut features = vec![0f32; b * e];
-        projection.forward(&pooled_norm, &mut features);
+        projection.forward(&pooled_norm, None, &mut features);
         let features = Tensor::from_vec(features, (b, e), device)?;
         Ok((
             features,

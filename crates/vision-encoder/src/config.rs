@@ -1,9 +1,9 @@
 //! Vision tower configuration, in the field names of Hugging Face's `CLIPVisionConfig`.
 
-use clip_nn::{Activation, EncoderSpec};
+use clip_nn::{BadConfig, EncoderSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, VisionError};
+use crate::Result;
 
 /// Sizes of the ViT; defaults are those of transformers' `CLIPVisionConfig` (ViT-B/32).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,25 +64,8 @@ impl Default for VisionConfig {
 impl VisionConfig {
     /// Checks that the sizes fit together, before any tensor exists.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, value: usize, reason| {
-            Err(VisionError::Config {
-                field,
-                value: value.to_string(),
-                reason,
-            })
-        };
-        if self.hidden_size == 0 {
-            return bad("hidden_size", 0, "must be positive");
-        }
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
-            return bad(
-                "num_attention_heads",
-                self.num_attention_heads,
-                "must divide hidden_size",
-            );
-        }
+        self.encoder_spec()?;
+        let bad = |field, value: usize, reason| Err(BadConfig::new(field, value, reason).into());
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return bad("patch_size", self.patch_size, "must divide image_size");
         }
@@ -93,10 +76,6 @@ impl VisionConfig {
                 "only RGB (3) is supported",
             );
         }
-        if self.intermediate_size == 0 {
-            return bad("intermediate_size", 0, "must be positive");
-        }
-        self.activation()?;
         if let Some(h) = &self.projection_head {
             if h.layers < 2 {
                 return bad(
@@ -112,30 +91,24 @@ impl VisionConfig {
         Ok(())
     }
 
-    /// The parsed activation.
-    pub fn activation(&self) -> Result<Activation> {
-        Activation::from_hf_name(&self.hidden_act).ok_or_else(|| VisionError::Config {
-            field: "hidden_act",
-            value: self.hidden_act.clone(),
-            reason: "expected quick_gelu, gelu or gelu_new",
-        })
-    }
-
     /// Patches per side.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
 
-    /// Block sizes for the shared encoder.
+    /// Block sizes for the shared encoder (checked as [`EncoderSpec::from_hf`] does).
     pub fn encoder_spec(&self) -> Result<EncoderSpec> {
-        Ok(EncoderSpec {
-            width: self.hidden_size,
-            heads: self.num_attention_heads,
-            mlp_dim: self.intermediate_size,
-            layers: self.num_hidden_layers,
-            activation: self.activation()?,
-            eps: self.layer_norm_eps,
-        })
+        let sizes = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_attention_heads,
+            self.num_hidden_layers,
+        );
+        Ok(EncoderSpec::from_hf(
+            sizes,
+            &self.hidden_act,
+            self.layer_norm_eps,
+        )?)
     }
 }
 

@@ -5,15 +5,8 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum VisionError {
     /// A configuration value is out of range or inconsistent.
-    #[error("invalid vision config: {field} = {value}: {reason}")]
-    Config {
-        /// The offending field, named as in `config.json`.
-        field: &'static str,
-        /// Its value.
-        value: String,
-        /// Why it is rejected.
-        reason: &'static str,
-    },
+    #[error("invalid vision config: {0}")]
+    Config(#[from] clip_nn::BadConfig),
     /// An image file could not be read.
     #[error("cannot read image {path}")]
     Io {

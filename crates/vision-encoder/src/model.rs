@@ -52,7 +52,7 @@ impl Projection {
         Ok(Self::Mlp {
             hidden,
             out,
-            act: cfg.activation()?,
+            act: cfg.encoder_spec()?.activation,
         })
     }
 
@@ -244,7 +244,7 @@ impl VisionTransformer {
         let class = HostParam::new(&self.class_embedding)?;
         let position = HostParam::new(&self.position_embedding)?;
         let mut tokens = ws.take(b * gg * w);
-        patch.forward(&patches, &mut tokens);
+        patch.forward(&patches, None, &mut tokens);
         let mut embedded = ws.take(b * t * w);
         let pos = position.data();
         for (bi, seq) in embedded.chunks_mut(t * w).enumerate() {
@@ -273,7 +273,7 @@ impl VisionTransformer {
                 let projection = HostLinear::new(l)?;
                 let e = projection.out_dim();
                 let mut features = vec![0f32; b * e];
-                projection.forward(&pooled_norm, &mut features);
+                projection.forward(&pooled_norm, None, &mut features);
                 let features = Tensor::from_vec(features, (b, e), pixels.device())?;
                 (features, HeadTape::Linear(projection))
             }

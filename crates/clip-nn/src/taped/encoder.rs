@@ -21,6 +21,28 @@ struct HostLayer {
     act: Activation,
 }
 
+impl HostLayer {
+    /// The block's attention over `seqs` (pooled at `sel` in the last block), the rows that
+    /// go on past attention (all tokens, or the pooled ones) and the MLP width.
+    fn shapes<'a>(
+        &self,
+        seqs: &'a Seqs,
+        width: usize,
+        causal: bool,
+        sel: Option<&'a [usize]>,
+    ) -> (AttnShape<'a>, usize, usize) {
+        let shape = AttnShape {
+            seqs,
+            heads: self.heads,
+            scale: self.scale,
+            width,
+            causal,
+            pooled: sel,
+        };
+        (shape, shape.q_rows(), self.fc1.out_dim())
+    }
+}
+
 /// A host copy of an [`Encoder`]'s weights for one training step.
 #[derive(Debug)]
 pub struct HostEncoder {
@@ -155,17 +177,7 @@ impl HostEncoder {
         let mut x = x;
         for (idx, l) in self.layers.iter().enumerate() {
             let sel = pooled.filter(|_| idx + 1 == n_layers);
-            let shape = AttnShape {
-                seqs,
-                heads: l.heads,
-                scale: l.scale,
-                width: w,
-                causal,
-                pooled: sel,
-            };
-            // Rows that go on past attention: all tokens, or the pooled ones.
-            let mq = if sel.is_some() { batch } else { m };
-            let mlp = l.fc1.out_dim();
+            let (shape, mq, mlp) = l.shapes(seqs, w, causal, sel);
             let (mut a, mut ln1_stats) = (ws.take(m * w), ws.take(m * 2));
             l.ln1.forward(&x, &mut a, &mut ln1_stats);
             let a_sel = sel.map_or_else(Vec::new, |p| gather_rows(&a, p, seqs, w));
@@ -186,19 +198,16 @@ impl HostEncoder {
             let mut ctx = ws.take(mq * w);
             attention_fwd(shape, qkv_cols(&qkv, &q, w), &mut probs, &mut ctx);
             let mut x_mid = ws.take(mq * w);
-            match sel {
-                Some(p) => l
-                    .out
-                    .forward_residual(&ctx, &gather_rows(&x, p, seqs, w), &mut x_mid),
-                None => l.out.forward_residual(&ctx, &x, &mut x_mid),
-            }
+            let x_sel = sel.map(|p| gather_rows(&x, p, seqs, w));
+            l.out
+                .forward(&ctx, Some(x_sel.as_deref().unwrap_or(&x)), &mut x_mid);
             let (mut c, mut ln2_stats) = (ws.take(mq * w), ws.take(mq * 2));
             l.ln2.forward(&x_mid, &mut c, &mut ln2_stats);
             let (mut h, mut u) = (ws.take(mq * mlp), ws.take(mq * mlp));
-            l.fc1.forward(&c, &mut h);
+            l.fc1.forward(&c, None, &mut h);
             activation_fwd(l.act, &h, &mut u);
             let mut x_out = ws.take(mq * w);
-            l.fc2.forward_residual(&u, &x_mid, &mut x_out);
+            l.fc2.forward(&u, Some(&x_mid), &mut x_out);
             tape.layers.push(LayerTape {
                 x_in: x,
                 ln1_stats,
@@ -248,16 +257,7 @@ impl HostEncoder {
         }
         for (idx, (l, t)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
             let sel = tape.pooled.as_deref().filter(|_| idx + 1 == n_layers);
-            let shape = AttnShape {
-                seqs,
-                heads: l.heads,
-                scale: l.scale,
-                width: w,
-                causal: tape.causal,
-                pooled: sel,
-            };
-            let mq = if sel.is_some() { batch } else { m };
-            let mlp = l.fc1.out_dim();
+            let (shape, mq, mlp) = l.shapes(seqs, w, tape.causal, sel);
             // MLP: x_out = x_mid + fc2(act(fc1(ln2(x_mid)))).
             let mut du = ws.take(mq * mlp);
             l.fc2.backward(&dx, &t.u, Some((&mut du, false)), grads)?;

@@ -47,6 +47,26 @@ struct View {
     cs: isize,
 }
 
+impl View {
+    /// Row-major with row stride `ld`: element `(i, j)` at `ptr + i·ld + j`.
+    fn rows(ptr: *const f32, ld: usize) -> Self {
+        Self {
+            ptr,
+            rs: ld as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of [`View::rows`]: element `(i, j)` at `ptr + j·ld + i`.
+    fn cols(ptr: *const f32, ld: usize) -> Self {
+        Self {
+            ptr,
+            rs: 1,
+            cs: ld as isize,
+        }
+    }
+}
+
 /// `dst[m, n] = (accumulate ? dst : 0) + alpha·lhs[m, k]·rhs[k, n]`, `dst` row stride `ld`,
 /// on up to `threads` threads.
 ///
@@ -132,16 +152,8 @@ pub(crate) fn linear_fwd(
             out.as_mut_ptr(),
             n,
             accumulate,
-            View {
-                ptr: x.as_ptr(),
-                rs: k as isize,
-                cs: 1,
-            },
-            View {
-                ptr: w.as_ptr(),
-                rs: 1,
-                cs: k as isize,
-            },
+            View::rows(x.as_ptr(), k),
+            View::cols(w.as_ptr(), k),
             1.0,
             threads(),
         );
@@ -188,16 +200,8 @@ pub(crate) fn linear_bwd(
                         dx.as_mut_ptr(),
                         k,
                         accumulate,
-                        View {
-                            ptr: dy.as_ptr(),
-                            rs: n as isize,
-                            cs: 1,
-                        },
-                        View {
-                            ptr: w.as_ptr(),
-                            rs: k as isize,
-                            cs: 1,
-                        },
+                        View::rows(dy.as_ptr(), n),
+                        View::rows(w.as_ptr(), k),
                         1.0,
                         half,
                     )
@@ -239,16 +243,8 @@ fn dw_rows(
             dw.as_mut_ptr(),
             k,
             false,
-            View {
-                ptr: dy[rows.start * n..].as_ptr(),
-                rs: 1,
-                cs: n as isize,
-            },
-            View {
-                ptr: x[rows.start * k..].as_ptr(),
-                rs: k as isize,
-                cs: 1,
-            },
+            View::cols(dy[rows.start * n..].as_ptr(), n),
+            View::rows(x[rows.start * k..].as_ptr(), k),
             1.0,
             threads,
         );
@@ -424,20 +420,12 @@ impl<'a> Cols<'a> {
     }
 
     fn view(&self, off: usize) -> View {
-        View {
-            ptr: self.data[off..].as_ptr(),
-            rs: self.ld as isize,
-            cs: 1,
-        }
+        View::rows(self.data[off..].as_ptr(), self.ld)
     }
 
     /// The block transposed: element `(c, r)`.
     fn view_t(&self, off: usize) -> View {
-        View {
-            ptr: self.data[off..].as_ptr(),
-            rs: 1,
-            cs: self.ld as isize,
-        }
+        View::cols(self.data[off..].as_ptr(), self.ld)
     }
 }
 
@@ -566,7 +554,7 @@ impl AttnShape<'_> {
     }
 
     /// Query rows in all.
-    fn q_rows(&self) -> usize {
+    pub(crate) fn q_rows(&self) -> usize {
         (0..self.seqs.batch()).map(|bi| self.tq(bi)).sum()
     }
 
@@ -658,11 +646,7 @@ pub(crate) fn attention_fwd(
             for (i, row) in p.chunks_mut(t).enumerate() {
                 softmax_row(row, s.visible(bi, i));
             }
-            let rows = View {
-                ptr: p.as_ptr(),
-                rs: t as isize,
-                cs: 1,
-            };
+            let rows = View::rows(p.as_ptr(), t);
             // SAFETY: as above.
             unsafe {
                 gemm_raw(
@@ -742,11 +726,7 @@ pub(crate) fn attention_bwd(
             let q_at = |ld: usize| s.q_start(bi) * ld + h * d;
             let kv_at = |ld: usize| s.seqs.start(bi) * ld + h * d;
             let mut ds = vec![0f32; tq * t];
-            let p_t = View {
-                ptr: p.as_ptr(),
-                rs: 1,
-                cs: t as isize,
-            };
+            let p_t = View::cols(p.as_ptr(), t);
             // SAFETY: blocks as in the forward; each task writes only its own (bi, h) blocks
             // of dq, dk and dv (disjoint columns of their buffers), and its local ds.
             unsafe {
@@ -774,16 +754,8 @@ pub(crate) fn attention_bwd(
                 );
             }
             softmax_grad(&mut ds, p, t);
-            let ds_v = View {
-                ptr: ds.as_ptr(),
-                rs: t as isize,
-                cs: 1,
-            };
-            let ds_t = View {
-                ptr: ds.as_ptr(),
-                rs: 1,
-                cs: t as isize,
-            };
+            let ds_v = View::rows(ds.as_ptr(), t);
+            let ds_t = View::cols(ds.as_ptr(), t);
             // SAFETY: as above.
             unsafe {
                 // dq = scale·dS·k

@@ -139,8 +139,8 @@ impl HostLinear {
     pub fn from_weight(weight: &Tensor, param: &Tensor) -> Result<Self> {
         Ok(Self {
             w: HostParam {
-                data: weight.flatten_all()?.to_vec1::<f32>()?,
                 tensor: param.clone(),
+                ..HostParam::new(weight)?
             },
             b: None,
             in_dim: weight.dim(1)?,
@@ -152,28 +152,11 @@ impl HostLinear {
         self.w.data.len() / self.in_dim
     }
 
-    /// `out = x·Wᵀ + b` over rows of `in_dim`.
-    pub fn forward(&self, x: &[f32], out: &mut [f32]) {
-        linear_fwd(
-            out,
-            x,
-            &self.w.data,
-            self.b.as_ref().map(|b| b.data.as_slice()),
-            None,
-            self.in_dim,
-        );
-    }
-
-    /// `out = residual + x·Wᵀ + b`: the layer and the skip connection after it.
-    pub fn forward_residual(&self, x: &[f32], residual: &[f32], out: &mut [f32]) {
-        linear_fwd(
-            out,
-            x,
-            &self.w.data,
-            self.b.as_ref().map(|b| b.data.as_slice()),
-            Some(residual),
-            self.in_dim,
-        );
+    /// `out = (residual +) x·Wᵀ + b` over rows of `in_dim`: the layer, and the skip
+    /// connection after it when there is one.
+    pub fn forward(&self, x: &[f32], residual: Option<&[f32]>, out: &mut [f32]) {
+        let b = self.b.as_ref().map(|b| b.data.as_slice());
+        linear_fwd(out, x, &self.w.data, b, residual, self.in_dim);
     }
 
     /// Pushes `dW` (and `db`) for output gradient `dy` and input `x`; writes or adds `dy·W`
