@@ -702,16 +702,14 @@ fn paint_sky_row(s: &Scene, row: &mut [Rgb], y: usize, t: &Tables, buf: &mut [f3
     };
     let dy = yc - sun_y;
     let dy2 = dy * dy;
+    // Whether this row crosses the disc itself.
+    let disc = dy.abs() < sun_r + 1.0;
     for (x, p) in row.iter_mut().enumerate() {
         let dx = x as f32 + 0.5 - sun_x;
         let q = (dx * dx + dy2) * inv_r2;
         let halo = 1.0 / (1.0 + q);
         *p = base + s.sun_rgb * (glow * (halo * halo + 0.3 / (1.0 + q * 0.04)));
-    }
-    // The disc, on the rows it crosses.
-    if dy.abs() < sun_r + 1.0 {
-        for (x, p) in row.iter_mut().enumerate() {
-            let dx = x as f32 + 0.5 - sun_x;
+        if disc {
             p.blend(s.sun_rgb, coverage(sun_r - (dx * dx + dy2).sqrt()));
         }
     }
@@ -1132,12 +1130,9 @@ fn finish(s: &Scene, canvas: &Canvas) -> RgbImage {
 pub fn encode_jpeg(img: &RgbImage, quality: u8) -> io::Result<Vec<u8>> {
     let (w, h) = img.dimensions();
     let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
-    let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
+    let (Ok(w16 @ 1..), Ok(h16 @ 1..)) = (u16::try_from(w), u16::try_from(h)) else {
         return Err(invalid(format!("cannot encode a {w}×{h} image as JPEG")));
     };
-    if w == 0 || h == 0 {
-        return Err(invalid(format!("cannot encode a {w}×{h} image as JPEG")));
-    }
     let mut out = Vec::with_capacity((w * h / 4) as usize + 1024);
     let mut enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
     enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
