@@ -289,23 +289,18 @@ fn jitter(rgb: &mut [f32], n: usize, brightness: f32, contrast: f32, saturation:
     saturate(rgb, n, saturation);
 }
 
-/// Separable [1, 2, 1]/4 blur with clamped borders.
+/// Separable [1, 2, 1]/4 blur with clamped borders: a pass along x, then one along y.
 fn blur3(ch: &mut [f32], s: usize) {
-    let src = ch.to_vec();
-    let at = |x: isize, y: isize, buf: &[f32]| {
-        buf[y.clamp(0, s as isize - 1) as usize * s + x.clamp(0, s as isize - 1) as usize]
-    };
-    let mut tmp = vec![0f32; s * s];
-    for y in 0..s as isize {
-        for x in 0..s as isize {
-            tmp[y as usize * s + x as usize] =
-                (at(x - 1, y, &src) + 2.0 * at(x, y, &src) + at(x + 1, y, &src)) / 4.0;
-        }
-    }
-    for y in 0..s as isize {
-        for x in 0..s as isize {
-            ch[y as usize * s + x as usize] =
-                (at(x, y - 1, &tmp) + 2.0 * at(x, y, &tmp) + at(x, y + 1, &tmp)) / 4.0;
+    let last = s as isize - 1;
+    for (dx, dy) in [(1, 0), (0, 1)] {
+        let src = ch.to_vec();
+        let at =
+            |x: isize, y: isize| src[y.clamp(0, last) as usize * s + x.clamp(0, last) as usize];
+        for y in 0..s as isize {
+            for x in 0..s as isize {
+                ch[y as usize * s + x as usize] =
+                    (at(x - dx, y - dy) + 2.0 * at(x, y) + at(x + dx, y + dy)) / 4.0;
+            }
         }
     }
 }
