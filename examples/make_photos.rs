@@ -119,12 +119,10 @@ fn main() -> anyhow::Result<()> {
                 let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
                 bytes += size_of(&p.with_file_name(format!("{name}_stats.json")))?;
             }
-            let shown = match (paths.first(), paths.last()) {
-                (Some(a), Some(b)) if paths.len() > 1 => {
-                    format!(" ({} … {})", a.display(), b.display())
-                }
-                (Some(a), _) => format!(" ({})", a.display()),
-                _ => String::new(),
+            let shown = match paths.as_slice() {
+                [] => String::new(),
+                [a] => format!(" ({})", a.display()),
+                [a, .., b] => format!(" ({} … {})", a.display(), b.display()),
             };
             (
                 format!(

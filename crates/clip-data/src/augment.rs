@@ -162,6 +162,20 @@ fn offset(i: usize, s: usize, extent: f32) -> f32 {
     ((i as f32 + 0.5) / s as f32 - 0.5) * extent
 }
 
+/// Fills `rgb` (CHW, `[0, 1]`, `s×s`) with bilinear samples of `img`; `taps(u, v)` says
+/// where output pixel (u, v) reads along x and y.
+fn resample(img: &RgbImage, rgb: &mut [f32], s: usize, taps: impl Fn(usize, usize) -> (Tap, Tap)) {
+    for v in 0..s {
+        for u in 0..s {
+            let (tx, ty) = taps(u, v);
+            let px = bilinear(img, &tx, &ty);
+            for c in 0..3 {
+                rgb[c * s * s + v * s + u] = px[c] / 255.0;
+            }
+        }
+    }
+}
+
 /// Resamples the crop centred at `m` of size `size`, rotated by the angle of `(sin, cos)`
 /// about its centre, into `rgb` (CHW, `[0, 1]`).
 fn resample_rotated(
@@ -173,19 +187,14 @@ fn resample_rotated(
     (cw, ch): (f32, f32),
     (sin, cos): (f32, f32),
 ) {
-    for v in 0..s {
-        for u in 0..s {
-            let uu = if flip { s - 1 - u } else { u };
-            let dx = offset(uu, s, cw);
-            let dy = offset(v, s, ch);
-            let sx = mx + cos * dx - sin * dy - 0.5;
-            let sy = my + sin * dx + cos * dy - 0.5;
-            let px = bilinear(img, sx, sy);
-            for c in 0..3 {
-                rgb[c * s * s + v * s + u] = px[c] / 255.0;
-            }
-        }
-    }
+    let (w, h) = img.dimensions();
+    resample(img, rgb, s, |u, v| {
+        let uu = if flip { s - 1 - u } else { u };
+        let (dx, dy) = (offset(uu, s, cw), offset(v, s, ch));
+        let sx = mx + cos * dx - sin * dy - 0.5;
+        let sy = my + sin * dx + cos * dy - 0.5;
+        (Tap::new(sx, w), Tap::new(sy, h))
+    });
 }
 
 /// Where one output coordinate samples the source along one axis: the two neighbouring
@@ -227,76 +236,37 @@ fn resample_axis_aligned(
     (cw, ch): (f32, f32),
 ) {
     let (w, h) = img.dimensions();
-    let cols: Vec<Tap> = (0..s)
-        .map(|u| {
-            let uu = if flip { s - 1 - u } else { u };
-            Tap::new(mx + offset(uu, s, cw) - 0.5, w)
-        })
-        .collect();
-    let raw = img.as_raw();
-    let stride = 3 * w as usize;
-    let white = [255f32; 3];
-    for v in 0..s {
-        let row = Tap::new(my + offset(v, s, ch) - 0.5, h);
-        let (r0, r1) = (&raw[row.i0 * stride..], &raw[row.i1 * stride..]);
-        let px = |r: &[u8], ok: bool, x: usize, okx: bool| -> [f32; 3] {
-            if ok && okx {
-                [r[3 * x] as f32, r[3 * x + 1] as f32, r[3 * x + 2] as f32]
-            } else {
-                white
-            }
-        };
-        for (u, t) in cols.iter().enumerate() {
-            let (a, b) = (px(r0, row.ok0, t.i0, t.ok0), px(r0, row.ok0, t.i1, t.ok1));
-            let (c, d) = (px(r1, row.ok1, t.i0, t.ok0), px(r1, row.ok1, t.i1, t.ok1));
-            for k in 0..3 {
-                let top = a[k] + (b[k] - a[k]) * t.f;
-                let bot = c[k] + (d[k] - c[k]) * t.f;
-                rgb[k * s * s + v * s + u] = (top + (bot - top) * row.f) / 255.0;
-            }
-        }
-    }
+    let taps = |n: usize, flip: bool, m: f32, extent: f32, len: u32| -> Vec<Tap> {
+        let at = |i: usize| if flip { n - 1 - i } else { i };
+        (0..n)
+            .map(|i| Tap::new(m + offset(at(i), n, extent) - 0.5, len))
+            .collect()
+    };
+    let (cols, rows) = (taps(s, flip, mx, cw, w), taps(s, false, my, ch, h));
+    resample(img, rgb, s, |u, v| (cols[u], rows[v]));
 }
 
 fn uniform(rng: &mut SplitMix64, lo: f32, hi: f32) -> f32 {
     lo + (hi - lo) * rng.random::<f64>() as f32
 }
 
-/// Bilinear sample; outside the image is white, like the emoji and product-shot backgrounds
-/// CLIP data usually has.
-fn bilinear(img: &RgbImage, x: f32, y: f32) -> [f32; 3] {
-    let (w, h) = img.dimensions();
-    let x0 = x.floor();
-    let y0 = y.floor();
-    let (fx, fy) = (x - x0, y - y0);
-    let get = |xi: i64, yi: i64| -> [f32; 3] {
-        if xi < 0 || yi < 0 || xi >= w as i64 || yi >= h as i64 {
-            // Edge pixels clamp when just outside (sub-pixel), otherwise white.
-            let cx = xi.clamp(0, w as i64 - 1);
-            let cy = yi.clamp(0, h as i64 - 1);
-            if (xi - cx).abs() <= 1 && (yi - cy).abs() <= 1 {
-                let p = img.get_pixel(cx as u32, cy as u32);
-                return [p[0] as f32, p[1] as f32, p[2] as f32];
-            }
-            return [255.0; 3];
+/// Bilinear sample between taps `x` and `y`; outside the image is white, like the emoji and
+/// product-shot backgrounds CLIP data usually has (edge pixels clamp when just outside).
+fn bilinear(img: &RgbImage, x: &Tap, y: &Tap) -> [f32; 3] {
+    let get = |xi: usize, okx: bool, yi: usize, oky: bool| -> [f32; 3] {
+        if okx && oky {
+            img.get_pixel(xi as u32, yi as u32).0.map(f32::from)
+        } else {
+            [255.0; 3]
         }
-        let p = img.get_pixel(xi as u32, yi as u32);
-        [p[0] as f32, p[1] as f32, p[2] as f32]
     };
-    let (xi, yi) = (x0 as i64, y0 as i64);
-    let (a, b, c, d) = (
-        get(xi, yi),
-        get(xi + 1, yi),
-        get(xi, yi + 1),
-        get(xi + 1, yi + 1),
-    );
-    let mut out = [0f32; 3];
-    for k in 0..3 {
-        let top = a[k] + (b[k] - a[k]) * fx;
-        let bot = c[k] + (d[k] - c[k]) * fx;
-        out[k] = top + (bot - top) * fy;
-    }
-    out
+    let (a, b) = (get(x.i0, x.ok0, y.i0, y.ok0), get(x.i1, x.ok1, y.i0, y.ok0));
+    let (c, d) = (get(x.i0, x.ok0, y.i1, y.ok1), get(x.i1, x.ok1, y.i1, y.ok1));
+    std::array::from_fn(|k| {
+        let top = a[k] + (b[k] - a[k]) * x.f;
+        let bot = c[k] + (d[k] - c[k]) * x.f;
+        top + (bot - top) * y.f
+    })
 }
 
 fn saturate(rgb: &mut [f32], n: usize, factor: f32) {
@@ -319,23 +289,18 @@ fn jitter(rgb: &mut [f32], n: usize, brightness: f32, contrast: f32, saturation:
     saturate(rgb, n, saturation);
 }
 
-/// Separable [1, 2, 1]/4 blur with clamped borders.
+/// Separable [1, 2, 1]/4 blur with clamped borders: a pass along x, then one along y.
 fn blur3(ch: &mut [f32], s: usize) {
-    let src = ch.to_vec();
-    let at = |x: isize, y: isize, buf: &[f32]| {
-        buf[y.clamp(0, s as isize - 1) as usize * s + x.clamp(0, s as isize - 1) as usize]
-    };
-    let mut tmp = vec![0f32; s * s];
-    for y in 0..s as isize {
-        for x in 0..s as isize {
-            tmp[y as usize * s + x as usize] =
-                (at(x - 1, y, &src) + 2.0 * at(x, y, &src) + at(x + 1, y, &src)) / 4.0;
-        }
-    }
-    for y in 0..s as isize {
-        for x in 0..s as isize {
-            ch[y as usize * s + x as usize] =
-                (at(x, y - 1, &tmp) + 2.0 * at(x, y, &tmp) + at(x, y + 1, &tmp)) / 4.0;
+    let last = s as isize - 1;
+    for (dx, dy) in [(1, 0), (0, 1)] {
+        let src = ch.to_vec();
+        let at =
+            |x: isize, y: isize| src[y.clamp(0, last) as usize * s + x.clamp(0, last) as usize];
+        for y in 0..s as isize {
+            for x in 0..s as isize {
+                ch[y as usize * s + x as usize] =
+                    (at(x - dx, y - dy) + 2.0 * at(x, y) + at(x + dx, y + dy)) / 4.0;
+            }
         }
     }
 }

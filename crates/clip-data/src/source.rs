@@ -187,6 +187,17 @@ pub(crate) struct Listing {
     pub skips: Vec<Skip>,
 }
 
+impl Listing {
+    /// Lists an image file, named by its path.
+    fn push_file(&mut self, image: PathBuf, caption: CaptionRef) {
+        self.samples.push(SampleRef {
+            name: image.display().to_string(),
+            image: ImageRef::File(image),
+            caption,
+        });
+    }
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
@@ -218,11 +229,7 @@ fn scan_folder(dir: &Path, out: &mut Listing, need_captions: bool) -> Result<()>
         } else {
             CaptionRef::None
         };
-        out.samples.push(SampleRef {
-            name: f.display().to_string(),
-            image: ImageRef::File(f.clone()),
-            caption,
-        });
+        out.push_file(f.clone(), caption);
     }
     if need_captions {
         for f in files
@@ -274,12 +281,7 @@ fn scan_csv(path: &Path, opts: &CsvOptions, out: &mut Listing, need_captions: bo
             Some(None) => return Err(bad(i + 2, "row is missing a field".into())),
             None => CaptionRef::None,
         };
-        let p = base.join(img);
-        out.samples.push(SampleRef {
-            name: p.display().to_string(),
-            image: ImageRef::File(p),
-            caption,
-        });
+        out.push_file(base.join(img), caption);
     }
     Ok(())
 }
@@ -311,12 +313,7 @@ fn scan_jsonl(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()>
             _ if !need_captions => CaptionRef::None,
             _ => return Err(bad("needs `caption` or a non-empty `captions`".into())),
         };
-        let p = base.join(&rec.image);
-        out.samples.push(SampleRef {
-            name: p.display().to_string(),
-            image: ImageRef::File(p),
-            caption,
-        });
+        out.push_file(base.join(&rec.image), caption);
     }
     Ok(())
 }

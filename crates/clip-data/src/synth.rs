@@ -87,18 +87,18 @@ enum Shape {
 }
 
 /// Named colours objects are painted in (sRGB, 0–255).
-const COLOURS: [(&str, [f32; 3]); 11] = [
-    ("red", [200.0, 30.0, 30.0]),
-    ("orange", [240.0, 130.0, 20.0]),
-    ("yellow", [240.0, 210.0, 40.0]),
-    ("green", [40.0, 150.0, 50.0]),
-    ("blue", [30.0, 70.0, 200.0]),
-    ("purple", [120.0, 50.0, 160.0]),
-    ("pink", [240.0, 130.0, 180.0]),
-    ("brown", [110.0, 70.0, 35.0]),
-    ("black", [25.0, 25.0, 25.0]),
-    ("white", [235.0, 235.0, 235.0]),
-    ("grey", [128.0, 128.0, 128.0]),
+const COLOURS: [(&str, Rgb); 11] = [
+    ("red", Rgb([200.0, 30.0, 30.0])),
+    ("orange", Rgb([240.0, 130.0, 20.0])),
+    ("yellow", Rgb([240.0, 210.0, 40.0])),
+    ("green", Rgb([40.0, 150.0, 50.0])),
+    ("blue", Rgb([30.0, 70.0, 200.0])),
+    ("purple", Rgb([120.0, 50.0, 160.0])),
+    ("pink", Rgb([240.0, 130.0, 180.0])),
+    ("brown", Rgb([110.0, 70.0, 35.0])),
+    ("black", Rgb([25.0, 25.0, 25.0])),
+    ("white", Rgb([235.0, 235.0, 235.0])),
+    ("grey", Rgb([128.0, 128.0, 128.0])),
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,13 +123,13 @@ struct Scene {
     time: Time,
     ground: Ground,
     horizon: f32,
-    sky_top: [f32; 3],
-    sky_low: [f32; 3],
+    sky_top: Rgb,
+    sky_low: Rgb,
     /// Tint multiplying the ground and objects.
-    light: [f32; 3],
+    light: Rgb,
     /// Sun (or moon at night): centre and radius in pixels, and colour.
     sun: [f32; 3],
-    sun_rgb: [f32; 3],
+    sun_rgb: Rgb,
     clouds: f32,
     /// Height of distant hills on the horizon, pixels (0: none).
     hills: f32,
@@ -152,9 +152,9 @@ fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
     items[rng.random_range(0..items.len())]
 }
 
-fn jitter(rng: &mut SplitMix64, c: [f32; 3], amount: f32) -> [f32; 3] {
+fn jitter(rng: &mut SplitMix64, c: [f32; 3], amount: f32) -> Rgb {
     let common = uni(rng, -amount, amount);
-    c.map(|v| (v + common + uni(rng, -amount, amount) * 0.5).clamp(0.0, 255.0))
+    Rgb(c.map(|v| (v + common + uni(rng, -amount, amount) * 0.5).clamp(0.0, 255.0)))
 }
 
 impl Scene {
@@ -237,9 +237,9 @@ impl Scene {
             horizon,
             sky_top,
             sky_low,
-            light,
+            light: Rgb(light),
             sun: [sun_x, sun_y, sun_r],
-            sun_rgb,
+            sun_rgb: Rgb(sun_rgb),
             clouds,
             hills,
             offsets,
@@ -357,36 +357,25 @@ impl Scene {
             [a, b, c] => format!("{a}, {b} and {c}"),
             _ => unreachable!("one to three objects"),
         };
-        let ground = match self.ground {
-            Ground::Grass => pick(rng, &["on the grass", "on a grassy field", "in a meadow"]),
-            Ground::Sand => pick(rng, &["on the sand", "on a sandy beach", "on the beach"]),
-            Ground::Snow => pick(rng, &["on the snow", "on a snowy field", "in the snow"]),
-            Ground::Water => pick(
-                rng,
-                &["floating on the water", "on a lake", "floating on the sea"],
-            ),
-            Ground::Road => pick(
-                rng,
-                &["on the road", "on an empty road", "in the middle of a road"],
-            ),
+        let ground: &[&str] = match self.ground {
+            Ground::Grass => &["on the grass", "on a grassy field", "in a meadow"],
+            Ground::Sand => &["on the sand", "on a sandy beach", "on the beach"],
+            Ground::Snow => &["on the snow", "on a snowy field", "in the snow"],
+            Ground::Water => &["floating on the water", "on a lake", "floating on the sea"],
+            Ground::Road => &["on the road", "on an empty road", "in the middle of a road"],
         };
-        let time = match self.time {
-            Time::Dawn => pick(rng, &["at dawn", "at sunrise", "in the early morning"]),
-            Time::Noon => pick(
-                rng,
-                &[
-                    "at noon",
-                    "on a sunny day",
-                    "under a blue sky",
-                    "in bright daylight",
-                ],
-            ),
-            Time::Dusk => pick(rng, &["at dusk", "at sunset", "in the evening light"]),
-            Time::Night => pick(
-                rng,
-                &["at night", "under a night sky", "on a moonlit night"],
-            ),
+        let time: &[&str] = match self.time {
+            Time::Dawn => &["at dawn", "at sunrise", "in the early morning"],
+            Time::Noon => &[
+                "at noon",
+                "on a sunny day",
+                "under a blue sky",
+                "in bright daylight",
+            ],
+            Time::Dusk => &["at dusk", "at sunset", "in the evening light"],
+            Time::Night => &["at night", "under a night sky", "on a moonlit night"],
         };
+        let (ground, time) = (pick(rng, ground), pick(rng, time));
         let sky = match self.time {
             Time::Dawn | Time::Dusk => "with the sun low in the sky",
             Time::Noon => "with the sun high in the sky",
@@ -430,10 +419,10 @@ impl Scene {
     }
 
     /// Sky colour at row `y` (also used for reflections in water).
-    fn sky_at(&self, y: f32) -> [f32; 3] {
+    fn sky_at(&self, y: f32) -> Rgb {
         let t = (y / self.horizon).clamp(0.0, 1.0);
         let t = t * t * (3.0 - 2.0 * t) * 0.6 + t * 0.4;
-        lerp3(self.sky_top, self.sky_low, t)
+        self.sky_top.lerp(self.sky_low, t)
     }
 }
 
@@ -448,6 +437,53 @@ fn article(word: &str) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Rendering
 // ---------------------------------------------------------------------------------------------
+
+/// A colour (0–255 per channel) or a light tint (around 1), with per-channel arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Rgb([f32; 3]);
+
+impl Rgb {
+    #[inline(always)]
+    fn map(self, f: impl Fn(f32) -> f32) -> Rgb {
+        Rgb(self.0.map(f))
+    }
+
+    /// `self` moved toward `to` by `t` (0: `self`, 1: `to`).
+    #[inline(always)]
+    fn lerp(self, to: Rgb, t: f32) -> Rgb {
+        self + (to - self) * t
+    }
+
+    /// Paints `c` over this pixel with coverage `a`; nothing where `a` is 0.
+    #[inline(always)]
+    fn blend(&mut self, c: Rgb, a: f32) {
+        if a > 0.0 {
+            *self = self.lerp(c, a);
+        }
+    }
+}
+
+/// Per-channel `+`, `-` and `*` of two [`Rgb`]s.
+macro_rules! rgb_ops {
+    ($($trait:ident $f:ident $op:tt),*) => {$(
+        impl std::ops::$trait for Rgb {
+            type Output = Rgb;
+            #[inline(always)]
+            fn $f(self, o: Rgb) -> Rgb {
+                Rgb(std::array::from_fn(|i| self.0[i] $op o.0[i]))
+            }
+        }
+    )*};
+}
+rgb_ops!(Add add +, Sub sub -, Mul mul *);
+
+impl std::ops::Mul<f32> for Rgb {
+    type Output = Rgb;
+    #[inline(always)]
+    fn mul(self, s: f32) -> Rgb {
+        self.map(|v| v * s)
+    }
+}
 
 const NT: usize = 256;
 /// Length of the grain table (white noise shared by all samples).
@@ -541,33 +577,15 @@ fn grain_offset(y: usize, chunk: usize, seed: u32) -> usize {
 }
 
 #[inline(always)]
-fn lerp3(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
-    [
-        a[0] + (b[0] - a[0]) * t,
-        a[1] + (b[1] - a[1]) * t,
-        a[2] + (b[2] - a[2]) * t,
-    ]
-}
-
-#[inline(always)]
-fn mul3(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
-    [a[0] * b[0], a[1] * b[1], a[2] * b[2]]
-}
-
-#[inline(always)]
-fn scale3(a: [f32; 3], s: f32) -> [f32; 3] {
-    [a[0] * s, a[1] * s, a[2] * s]
-}
-
-#[inline(always)]
-fn add3(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
-    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
-}
-
-#[inline(always)]
 fn smoothstep(lo: f32, hi: f32, v: f32) -> f32 {
     let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
     t * t * (3.0 - 2.0 * t)
+}
+
+/// Anti-aliased coverage of a pixel whose centre lies `d` pixels inside an edge.
+#[inline(always)]
+fn coverage(d: f32) -> f32 {
+    (d + 0.5).clamp(0.0, 1.0)
 }
 
 /// `out[x] = f(x + 0.5)`, evaluated every `step` pixels and linearly interpolated between:
@@ -589,29 +607,28 @@ fn coarse_row(out: &mut [f32], step: usize, f: impl Fn(f32) -> f32) {
 struct Canvas {
     w: usize,
     h: usize,
-    px: Vec<[f32; 3]>,
+    px: Vec<Rgb>,
 }
 
 impl Canvas {
-    /// Blends `c` over pixel (x, y) with coverage `a`.
-    #[inline(always)]
-    fn blend(&mut self, x: usize, y: usize, c: [f32; 3], a: f32) {
-        let p = &mut self.px[y * self.w + x];
-        *p = lerp3(*p, c, a);
-    }
-
-    /// Pixel bounds [x0, x1) × [y0, y1) of a float box, clipped to the canvas.
-    fn clip(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> (usize, usize, usize, usize) {
+    /// Calls `f(pixel, x, y)`, with (x, y) the pixel's centre, over the float box
+    /// [x0, x1) × [y0, y1) grown by a pixel for anti-aliased edges and clipped to the canvas.
+    fn each(&mut self, [x0, y0, x1, y1]: [f32; 4], mut f: impl FnMut(&mut Rgb, f32, f32)) {
         let cx = |v: f32| (v.max(0.0) as usize).min(self.w);
         let cy = |v: f32| (v.max(0.0) as usize).min(self.h);
-        (cx(x0), cy(y0), cx(x1.ceil()), cy(y1.ceil()))
+        let (x0, x1) = (cx(x0 - 1.0), cx((x1 + 1.0).ceil()));
+        for y in cy(y0 - 1.0)..cy((y1 + 1.0).ceil()) {
+            for x in x0..x1 {
+                f(&mut self.px[y * self.w + x], x as f32 + 0.5, y as f32 + 0.5);
+            }
+        }
     }
 }
 
 thread_local! {
     /// Each thread's canvas, kept between samples: every pixel is repainted, and a fresh
     /// 3.7 MB buffer per sample would cost a zero-fill.
-    static CANVAS: std::cell::RefCell<Vec<[f32; 3]>> = const { std::cell::RefCell::new(Vec::new()) };
+    static CANVAS: std::cell::RefCell<Vec<Rgb>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The image and caption of sample `index`: a pure function of (index, cfg).
@@ -625,7 +642,7 @@ pub fn render(index: u64, cfg: &SynthConfig) -> (RgbImage, String) {
     let (w, h) = (cfg.width as usize, cfg.height as usize);
     let px = CANVAS.with_borrow_mut(std::mem::take);
     let mut canvas = Canvas { w, h, px };
-    canvas.px.resize(w * h, [0.0; 3]);
+    canvas.px.resize(w * h, Rgb::default());
     paint_background(&scene, &mut canvas);
     for o in &scene.objects {
         paint_shadow(&scene, o, &mut canvas);
@@ -673,7 +690,7 @@ fn paint_background(s: &Scene, canvas: &mut Canvas) {
     }
 }
 
-fn paint_sky_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: &mut [f32]) {
+fn paint_sky_row(s: &Scene, row: &mut [Rgb], y: usize, t: &Tables, buf: &mut [f32]) {
     let yc = y as f32 + 0.5;
     let base = s.sky_at(yc);
     let [sun_x, sun_y, sun_r] = s.sun;
@@ -685,38 +702,26 @@ fn paint_sky_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: &mu
     };
     let dy = yc - sun_y;
     let dy2 = dy * dy;
-    let sun = s.sun_rgb;
+    // Whether this row crosses the disc itself.
+    let disc = dy.abs() < sun_r + 1.0;
     for (x, p) in row.iter_mut().enumerate() {
         let dx = x as f32 + 0.5 - sun_x;
         let q = (dx * dx + dy2) * inv_r2;
         let halo = 1.0 / (1.0 + q);
-        let g = glow * (halo * halo + 0.3 / (1.0 + q * 0.04));
-        *p = [
-            base[0] + sun[0] * g,
-            base[1] + sun[1] * g,
-            base[2] + sun[2] * g,
-        ];
-    }
-    if dy.abs() < sun_r + 1.0 {
-        let half = (sun_r + 1.0).powi(2) - dy2;
-        let half = half.max(0.0).sqrt();
-        let x0 = (sun_x - half).max(0.0) as usize;
-        let x1 = ((sun_x + half).ceil().max(0.0) as usize).min(row.len());
-        for (x, p) in row.iter_mut().enumerate().take(x1).skip(x0) {
-            let dx = x as f32 + 0.5 - sun_x;
-            let a = (sun_r - (dx * dx + dy2).sqrt() + 0.5).clamp(0.0, 1.0);
-            *p = lerp3(*p, sun, a);
+        *p = base + s.sun_rgb * (glow * (halo * halo + 0.3 / (1.0 + q * 0.04)));
+        if disc {
+            p.blend(s.sun_rgb, coverage(sun_r - (dx * dx + dy2).sqrt()));
         }
     }
     let fade = smoothstep(0.0, 0.25 * s.horizon, s.horizon - yc) * s.clouds;
     if fade <= 0.0 {
         return;
     }
-    let cloud_rgb = match s.time {
+    let cloud_rgb = Rgb(match s.time {
         Time::Dawn => [250.0, 205.0, 190.0],
         Time::Dusk => [235.0, 150.0, 120.0],
         _ => [245.0, 246.0, 250.0],
-    };
+    });
     let o = s.offsets;
     let k = 6.0 / s.h;
     coarse_row(buf, 8, |xc| {
@@ -727,31 +732,28 @@ fn paint_sky_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: &mu
     let inv = 1.0 / (0.23 + 0.1 * s.clouds);
     for (p, &n) in row.iter_mut().zip(buf.iter()) {
         let c = ((n - lo) * inv).clamp(0.0, 1.0);
-        let cover = c * c * (3.0 - 2.0 * c) * fade * 0.9;
-        if cover > 0.0 {
-            *p = lerp3(*p, scale3(cloud_rgb, 0.8 + 0.25 * n), cover);
-        }
+        p.blend(
+            cloud_rgb * (0.8 + 0.25 * n),
+            c * c * (3.0 - 2.0 * c) * fade * 0.9,
+        );
     }
 }
 
 /// Distant hills over the sky, hazed toward the sky's colour at the horizon.
-fn paint_hills_row(s: &Scene, row: &mut [[f32; 3]], y: usize, ridge: &[f32], t: &Tables) {
+fn paint_hills_row(s: &Scene, row: &mut [Rgb], y: usize, ridge: &[f32], t: &Tables) {
     let yc = y as f32 + 0.5;
-    let base = match s.ground {
+    let base = Rgb(match s.ground {
         Ground::Snow => [185.0, 190.0, 205.0],
         Ground::Sand => [165.0, 130.0, 95.0],
         _ => [55.0, 72.0, 66.0],
-    };
+    });
     // Lower slopes are further hazed; the light tints them like the ground.
     let depth = ((s.horizon - yc) / s.hills.max(1.0)).clamp(0.0, 1.0);
-    let c = lerp3(mul3(base, s.light), s.sky_low, 0.4 - 0.25 * depth);
+    let c = (base * s.light).lerp(s.sky_low, 0.4 - 0.25 * depth);
     let goff = grain_offset(y, 1, s.grain_seed);
     for (x, (p, &r)) in row.iter_mut().zip(ridge).enumerate() {
-        let a = (yc - r + 0.5).clamp(0.0, 1.0);
-        if a > 0.0 {
-            let g = 1.0 + 0.05 * t.grain[(goff + x) & (GRAIN_LEN - 1)];
-            *p = lerp3(*p, scale3(c, g), a);
-        }
+        let g = 1.0 + 0.05 * t.grain[(goff + x) & (GRAIN_LEN - 1)];
+        p.blend(c * g, coverage(yc - r));
     }
 }
 
@@ -780,7 +782,9 @@ fn paint_stars(s: &Scene, canvas: &mut Canvas) {
     }
 }
 
-fn paint_ground_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: &mut [f32]) {
+/// One row of ground. Every ground is `(base + slope·n)·(m0 + mn·n + mb·blade + mg·grain)`
+/// plus haze toward the horizon, where `n` is the ground's own smooth noise along the row.
+fn paint_ground_row(s: &Scene, row: &mut [Rgb], y: usize, t: &Tables, buf: &mut [f32]) {
     let yc = y as f32 + 0.5;
     let depth = ((yc - s.horizon) / (s.h - s.horizon)).clamp(1e-3, 1.0);
     let z = 1.0 / (depth + 0.03);
@@ -788,8 +792,8 @@ fn paint_ground_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: 
     // Haze toward the horizon: colour × keep + hz.
     let f = 0.85 * (-depth * 9.0).exp();
     let keep = 1.0 - f;
-    let hz = scale3(s.sky_low, f);
-    let lk = scale3(s.light, keep);
+    let hz = s.sky_low * f;
+    let lk = s.light * keep;
     let o = s.offsets;
     let zx = z * 2.0 / s.h;
     let half_w = s.w * 0.5;
@@ -798,7 +802,8 @@ fn paint_ground_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: 
     let grain = &t.grain;
     let goff = grain_offset(y, 0, s.grain_seed);
     let g_at = |x: usize| grain[(goff + x) & (GRAIN_LEN - 1)];
-    match s.ground {
+    let zero = Rgb::default();
+    let (base, slope, [m0, mn, mb, mg]) = match s.ground {
         Ground::Grass | Ground::Road => {
             let (dark, bright) = if s.ground == Ground::Road {
                 ([80.0, 90.0, 50.0], [140.0, 130.0, 75.0])
@@ -808,23 +813,9 @@ fn paint_ground_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: 
             coarse_row(buf, step, |xc| {
                 vnoise(lattice, (xc - half_w) * zx * 1.5 + o[0], z * 1.5 + o[1])
             });
-            let d = mul3(dark, lk);
-            let df = mul3(add3(bright, scale3(dark, -1.0)), lk);
-            let (m0, m1, m2) = (0.8 - 0.2 * amp, 0.45 * amp, 0.16 * amp);
-            let brow = ((y + o[3] as usize) & 255) * NT;
-            let bx = o[2] as usize;
-            for (x, (p, &n)) in row.iter_mut().zip(buf.iter()).enumerate() {
-                let bl = t.blades[(brow + ((x + bx) & 255)) & 0xFFFF];
-                let m = m0 + m1 * bl + m2 * g_at(x);
-                *p = [
-                    (d[0] + df[0] * n) * m + hz[0],
-                    (d[1] + df[1] * n) * m + hz[1],
-                    (d[2] + df[2] * n) * m + hz[2],
-                ];
-            }
-            if s.ground == Ground::Road {
-                paint_road(s, row, depth, z, buf, &g_at, (lk, hz));
-            }
+            let slope = (Rgb(bright) - Rgb(dark)) * lk;
+            let m = [0.8 - 0.2 * amp, 0.0, 0.45 * amp, 0.16 * amp];
+            (Rgb(dark) * lk, slope, m)
         }
         Ground::Sand => {
             coarse_row(buf, step, |xc| {
@@ -834,12 +825,8 @@ fn paint_ground_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: 
                 let ripple = 1.0 - (2.0 * r - 1.0).abs();
                 0.9 + amp * (0.12 * ripple - 0.06) + 0.08 * (n - 0.5)
             });
-            let c = mul3([212.0, 186.0, 135.0], lk);
-            let ga = 0.07 * amp;
-            for (x, (p, &k)) in row.iter_mut().zip(buf.iter()).enumerate() {
-                let k = k + ga * g_at(x);
-                *p = [c[0] * k + hz[0], c[1] * k + hz[1], c[2] * k + hz[2]];
-            }
+            let m = [0.0, 1.0, 0.0, 0.07 * amp];
+            (Rgb([212.0, 186.0, 135.0]) * lk, zero, m)
         }
         Ground::Snow => {
             coarse_row(buf, step, |xc| {
@@ -847,20 +834,15 @@ fn paint_ground_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: 
             });
             // Snow keeps the sky's blue in its shadows, even in warm light.
             let lk = match s.time {
-                Time::Dawn | Time::Dusk => scale3(lerp3(s.light, [0.8, 0.85, 1.0], 0.5), keep),
+                Time::Dawn | Time::Dusk => s.light.lerp(Rgb([0.8, 0.85, 1.0]), 0.5) * keep,
                 _ => lk,
             };
-            let d = mul3([182.0, 195.0, 225.0], lk);
-            let df = mul3([66.0, 55.0, 28.0], lk);
-            let ga = 0.045 * amp;
-            for (x, (p, &n)) in row.iter_mut().zip(buf.iter()).enumerate() {
-                let m = 1.0 + ga * g_at(x);
-                *p = [
-                    (d[0] + df[0] * n) * m + hz[0],
-                    (d[1] + df[1] * n) * m + hz[1],
-                    (d[2] + df[2] * n) * m + hz[2],
-                ];
-            }
+            let m = [1.0, 0.0, 0.0, 0.045 * amp];
+            (
+                Rgb([182.0, 195.0, 225.0]) * lk,
+                Rgb([66.0, 55.0, 28.0]) * lk,
+                m,
+            )
         }
         Ground::Water => {
             coarse_row(buf, step, |xc| {
@@ -868,64 +850,61 @@ fn paint_ground_row(s: &Scene, row: &mut [[f32; 3]], y: usize, t: &Tables, buf: 
             });
             let reflect = s.sky_at(s.horizon - (yc - s.horizon) * 1.5);
             let fresnel = 0.3 + 0.6 * (1.0 - depth) * (1.0 - depth);
-            let deep = mul3([20.0, 55.0, 85.0], s.light);
-            let c = scale3(lerp3(deep, reflect, fresnel), keep);
-            let (m0, m1, m2) = (0.8, 0.4 * (0.4 + amp), 0.04 * amp);
-            for (x, (p, &n)) in row.iter_mut().zip(buf.iter()).enumerate() {
-                let m = m0 + m1 * n + m2 * g_at(x);
-                *p = [c[0] * m + hz[0], c[1] * m + hz[1], c[2] * m + hz[2]];
-            }
+            let deep = Rgb([20.0, 55.0, 85.0]) * s.light;
+            let m = [0.8, 0.4 * (0.4 + amp), 0.0, 0.04 * amp];
+            (deep.lerp(reflect, fresnel) * keep, zero, m)
+        }
+    };
+    let brow = ((y + o[3] as usize) & 255) * NT;
+    let bx = o[2] as usize;
+    for (x, (p, &n)) in row.iter_mut().zip(buf.iter()).enumerate() {
+        let bl = t.blades[(brow + ((x + bx) & 255)) & 0xFFFF];
+        *p = (base + slope * n) * (m0 + mn * n + mb * bl + mg * g_at(x)) + hz;
+    }
+    match s.ground {
+        Ground::Road => paint_road(s, row, depth, z, buf, &g_at, (lk, hz)),
+        Ground::Water => {
+            // The sun's glitter on the waves below it.
             let glitter_w = s.sun[2] * (1.0 + 6.0 * depth);
-            let x0 = (s.sun[0] - glitter_w).max(0.0) as usize;
-            let x1 = ((s.sun[0] + glitter_w).ceil().max(0.0) as usize).min(row.len());
-            let span = row.iter_mut().zip(buf.iter()).enumerate();
-            for (x, (p, &n)) in span.take(x1).skip(x0) {
+            for (x, (p, &n)) in row.iter_mut().zip(buf.iter()).enumerate() {
                 if n > 0.6 {
                     let dx = (x as f32 + 0.5 - s.sun[0]).abs();
                     let k = ((1.0 - dx / glitter_w) * (n - 0.6) * 2.5).clamp(0.0, 1.0);
-                    *p = lerp3(*p, s.sun_rgb, k * 0.8);
+                    p.blend(s.sun_rgb, k * 0.8);
                 }
             }
         }
+        _ => {}
     }
 }
 
 /// The asphalt, its dashed centre line and its edge lines, over a row of verge.
 fn paint_road(
     s: &Scene,
-    row: &mut [[f32; 3]],
+    row: &mut [Rgb],
     depth: f32,
     z: f32,
     n: &[f32],
     g_at: &impl Fn(usize) -> f32,
-    (lk, hz): ([f32; 3], [f32; 3]),
+    (lk, hz): (Rgb, Rgb),
 ) {
     let amp = depth.sqrt();
     let (rc, hw) = s.road_at(depth);
     let line_w = 0.4 + depth * s.w * 0.005;
     let dash = ((z * 0.9 + s.offsets[4]) % 1.0) < 0.45;
-    let asphalt = mul3([88.0, 88.0, 93.0], lk);
-    let yellow = add3(mul3([225.0, 195.0, 70.0], lk), hz);
-    let white = add3(mul3([225.0, 225.0, 225.0], lk), hz);
+    let asphalt = Rgb([88.0, 88.0, 93.0]) * lk;
+    let yellow = Rgb([225.0, 195.0, 70.0]) * lk + hz;
+    let white = Rgb([225.0, 225.0, 225.0]) * lk + hz;
     let x0 = (rc - hw - 1.0).max(0.0) as usize;
     let x1 = ((rc + hw + 1.0).ceil().max(0.0) as usize).min(row.len());
     for (x, (p, &n)) in row.iter_mut().zip(n).enumerate().take(x1).skip(x0) {
         let dx = (x as f32 + 0.5 - rc).abs();
-        let inside = (hw - dx + 0.5).clamp(0.0, 1.0);
-        if inside <= 0.0 {
-            continue;
-        }
-        let m = 0.9 + 0.2 * n + 0.1 * amp * g_at(x);
-        let mut c = add3(scale3(asphalt, m), hz);
+        let mut c = asphalt * (0.9 + 0.2 * n + 0.1 * amp * g_at(x)) + hz;
         if dash {
-            c = lerp3(c, yellow, (line_w - dx + 0.5).clamp(0.0, 1.0));
+            c = c.lerp(yellow, coverage(line_w - dx));
         }
-        c = lerp3(
-            c,
-            white,
-            (line_w - (dx - hw * 0.9).abs() + 0.5).clamp(0.0, 1.0),
-        );
-        *p = lerp3(*p, c, inside);
+        c = c.lerp(white, coverage(line_w - (dx - hw * 0.9).abs()));
+        p.blend(c, coverage(hw - dx));
     }
 }
 
@@ -941,112 +920,73 @@ fn paint_shadow(s: &Scene, o: &Object, canvas: &mut Canvas) {
     let ry = o.size * 0.12 + 1.0;
     let cx = o.cx - (s.sun[0] - o.cx) / s.w * o.size * 0.8;
     let cy = o.base;
-    let (x0, y0, x1, y1) = canvas.clip(cx - rx, cy - ry, cx + rx, cy + ry);
-    for y in y0..y1 {
-        let dy = (y as f32 + 0.5 - cy) / ry;
-        for x in x0..x1 {
-            let dx = (x as f32 + 0.5 - cx) / rx;
-            let k = (1.0 - dx * dx - dy * dy).max(0.0);
-            if k > 0.0 {
-                let p = &mut canvas.px[y * canvas.w + x];
-                *p = scale3(*p, 1.0 - strength * k.sqrt());
-            }
+    canvas.each([cx - rx, cy - ry, cx + rx, cy + ry], |p, x, y| {
+        let (dx, dy) = ((x - cx) / rx, (y - cy) / ry);
+        let k = (1.0 - dx * dx - dy * dy).max(0.0);
+        if k > 0.0 {
+            *p = *p * (1.0 - strength * k.sqrt());
         }
-    }
+    });
 }
 
 fn paint_object(s: &Scene, o: &Object, canvas: &mut Canvas) {
-    let colour = mul3(COLOURS[o.colour].1, s.light);
+    let colour = COLOURS[o.colour].1 * s.light;
     match o.shape {
         Shape::Ball => paint_ball(s, o, colour, canvas),
         Shape::Box => paint_box(o, colour, canvas),
         Shape::Tent => paint_tent(o, colour, canvas),
-        Shape::Flag => paint_flag(o, colour, mul3([95.0, 70.0, 48.0], s.light), canvas),
+        Shape::Flag => paint_flag(o, colour, Rgb([95.0, 70.0, 48.0]) * s.light, canvas),
         Shape::Ring => paint_ring(o, colour, canvas),
     }
 }
 
-fn paint_ball(s: &Scene, o: &Object, colour: [f32; 3], canvas: &mut Canvas) {
+fn paint_ball(s: &Scene, o: &Object, colour: Rgb, canvas: &mut Canvas) {
     let r = o.size * 0.5;
     let (cx, cy) = (o.cx, o.base - r);
     let lx = if s.sun[0] < o.cx { -0.5 } else { 0.5 };
     let l: [f32; 3] = [lx, -0.55, 0.65];
     let ln = 1.0 / (l[0] * l[0] + l[1] * l[1] + l[2] * l[2]).sqrt();
-    let l = scale3(l, ln);
-    let spec_rgb = scale3(s.light, 255.0);
-    let (x0, y0, x1, y1) = canvas.clip(cx - r - 1.0, cy - r - 1.0, cx + r + 1.0, cy + r + 1.0);
-    for y in y0..y1 {
-        let ny = (y as f32 + 0.5 - cy) / r;
-        for x in x0..x1 {
-            let nx = (x as f32 + 0.5 - cx) / r;
-            let d2 = nx * nx + ny * ny;
-            let a = ((1.0 - d2.sqrt()) * r + 0.5).clamp(0.0, 1.0);
-            if a <= 0.0 {
-                continue;
-            }
-            let nz = (1.0 - d2).max(0.0).sqrt();
-            let lambert = (nx * l[0] + ny * l[1] + nz * l[2]).max(0.0);
-            let spec = lambert.powi(24) * 0.35;
-            let c = lerp3(scale3(colour, 0.35 + 0.75 * lambert), spec_rgb, spec);
-            canvas.blend(x, y, c, a);
-        }
-    }
+    let l = l.map(|v| v * ln);
+    let spec_rgb = s.light * 255.0;
+    canvas.each([cx - r, cy - r, cx + r, cy + r], |p, x, y| {
+        let (nx, ny) = ((x - cx) / r, (y - cy) / r);
+        let d2 = nx * nx + ny * ny;
+        let nz = (1.0 - d2).max(0.0).sqrt();
+        let lambert = (nx * l[0] + ny * l[1] + nz * l[2]).max(0.0);
+        let c = (colour * (0.35 + 0.75 * lambert)).lerp(spec_rgb, lambert.powi(24) * 0.35);
+        p.blend(c, coverage((1.0 - d2.sqrt()) * r));
+    });
 }
 
-fn paint_box(o: &Object, colour: [f32; 3], canvas: &mut Canvas) {
+fn paint_box(o: &Object, colour: Rgb, canvas: &mut Canvas) {
     let side = o.size * 0.8;
     let (fx0, fx1) = (o.cx - side * 0.5, o.cx + side * 0.5);
     let (fy0, fy1) = (o.base - side, o.base);
     let d = side * 0.28 * o.dir;
     let dy = side * 0.28 * 0.6;
-    let (bx0, bx1) = (fx0.min(fx0 + d), fx1.max(fx1 + d));
-    let (x0, y0, x1, y1) = canvas.clip(bx0 - 1.0, fy0 - dy - 1.0, bx1 + 1.0, fy1 + 1.0);
-    let top = scale3(colour, 1.18).map(|v| v.min(255.0));
-    let sidec = scale3(colour, 0.68);
-    for y in y0..y1 {
-        let yc = y as f32 + 0.5;
-        for x in x0..x1 {
-            let xc = x as f32 + 0.5;
-            // Front face.
-            let front = (xc - fx0).min(fx1 - xc).min(yc - fy0).min(fy1 - yc) + 0.5;
-            // Top face: the front's top edge slid back by (d, −dy).
-            let tt = ((fy0 - yc) / dy).clamp(0.0, 1.0);
-            let topc = (xc - (fx0 + tt * d))
-                .min(fx1 + tt * d - xc)
-                .min(yc - (fy0 - dy))
-                .min(fy0 - yc + 0.5)
-                + 0.5;
-            // Side face: beside the front on the `dir` side.
-            let (sx0, sx1) = if d > 0.0 {
-                (fx1, fx1 + d)
-            } else {
-                (fx0 + d, fx0)
-            };
-            let ts = if d > 0.0 {
-                (xc - fx1) / d
-            } else {
-                (xc - fx0) / d
-            };
-            let ts = ts.clamp(0.0, 1.0);
-            let sidecov = (xc - sx0)
-                .min(sx1 - xc)
-                .min(yc - (fy0 - ts * dy))
-                .min(fy1 - ts * dy - yc)
-                + 0.5;
-            let af = front.clamp(0.0, 1.0);
-            let at = topc.clamp(0.0, 1.0);
-            let as_ = sidecov.clamp(0.0, 1.0);
-            if at > 0.0 {
-                canvas.blend(x, y, top, at);
-            }
-            if as_ > 0.0 {
-                canvas.blend(x, y, sidec, as_);
-            }
-            if af > 0.0 {
-                canvas.blend(x, y, colour, af);
-            }
-        }
-    }
+    // The side face leans back from the front's edge on the `dir` side.
+    let ex = if d > 0.0 { fx1 } else { fx0 };
+    let (sx0, sx1) = (ex.min(ex + d), ex.max(ex + d));
+    let top = (colour * 1.18).map(|v| v.min(255.0));
+    let side_c = colour * 0.68;
+    let bbox = [fx0.min(fx0 + d), fy0 - dy, fx1.max(fx1 + d), fy1];
+    canvas.each(bbox, |p, xc, yc| {
+        // Top face: the front's top edge slid back by (d, −dy).
+        let tt = ((fy0 - yc) / dy).clamp(0.0, 1.0);
+        let top_d = (xc - (fx0 + tt * d))
+            .min(fx1 + tt * d - xc)
+            .min(yc - (fy0 - dy))
+            .min(fy0 - yc + 0.5);
+        p.blend(top, coverage(top_d));
+        let ts = ((xc - ex) / d).clamp(0.0, 1.0);
+        let side_d = (xc - sx0)
+            .min(sx1 - xc)
+            .min(yc - (fy0 - ts * dy))
+            .min(fy1 - ts * dy - yc);
+        p.blend(side_c, coverage(side_d));
+        let front_d = (xc - fx0).min(fx1 - xc).min(yc - fy0).min(fy1 - yc);
+        p.blend(colour, coverage(front_d));
+    });
 }
 
 /// Signed distance (pixels) from `p` to the line through `a`→`b`, positive on the left.
@@ -1060,21 +1000,13 @@ fn edge(a: [f32; 2], b: [f32; 2], p: [f32; 2]) -> f32 {
 /// Coverage of triangle `t` (either winding) at `p`, anti-aliased over one pixel.
 #[inline(always)]
 fn triangle(t: [[f32; 2]; 3], p: [f32; 2]) -> f32 {
-    let e = [
-        edge(t[0], t[1], p),
-        edge(t[1], t[2], p),
-        edge(t[2], t[0], p),
-    ];
-    let flip = edge(t[0], t[1], t[2]) < 0.0;
-    let m = if flip {
-        (-e[0]).min(-e[1]).min(-e[2])
-    } else {
-        e[0].min(e[1]).min(e[2])
-    };
-    (m + 0.5).clamp(0.0, 1.0)
+    // Positive inside for either winding (a degenerate triangle covers nothing anyway).
+    let sign = edge(t[0], t[1], t[2]).signum();
+    let inside = [(0, 1), (1, 2), (2, 0)].map(|(i, j)| sign * edge(t[i], t[j], p));
+    coverage(inside.into_iter().fold(f32::INFINITY, f32::min))
 }
 
-fn paint_tent(o: &Object, colour: [f32; 3], canvas: &mut Canvas) {
+fn paint_tent(o: &Object, colour: Rgb, canvas: &mut Canvas) {
     let (tw, th) = (o.size, o.size * 0.75);
     let apex = [o.cx + o.dir * tw * 0.08, o.base - th];
     let left = [o.cx - tw * 0.5, o.base];
@@ -1090,32 +1022,14 @@ fn paint_tent(o: &Object, colour: [f32; 3], canvas: &mut Canvas) {
     } else {
         (0.72, 1.0)
     };
-    let (cl, cr, cd) = (
-        scale3(colour, lit),
-        scale3(colour, shaded),
-        scale3(colour, 0.25),
-    );
-    let (x0, y0, x1, y1) = canvas.clip(left[0] - 1.0, apex[1] - 1.0, right[0] + 1.0, o.base + 1.0);
-    for y in y0..y1 {
-        for x in x0..x1 {
-            let p = [x as f32 + 0.5, y as f32 + 0.5];
-            let a = triangle([apex, left, mid], p);
-            if a > 0.0 {
-                canvas.blend(x, y, cl, a);
-            }
-            let a = triangle([apex, mid, right], p);
-            if a > 0.0 {
-                canvas.blend(x, y, cr, a);
-            }
-            let a = triangle(door, p);
-            if a > 0.0 {
-                canvas.blend(x, y, cd, a);
-            }
-        }
-    }
+    canvas.each([left[0], apex[1], right[0], o.base], |p, x, y| {
+        p.blend(colour * lit, triangle([apex, left, mid], [x, y]));
+        p.blend(colour * shaded, triangle([apex, mid, right], [x, y]));
+        p.blend(colour * 0.25, triangle(door, [x, y]));
+    });
 }
 
-fn paint_flag(o: &Object, colour: [f32; 3], pole: [f32; 3], canvas: &mut Canvas) {
+fn paint_flag(o: &Object, colour: Rgb, pole: Rgb, canvas: &mut Canvas) {
     let pw = (o.size * 0.035).max(1.0);
     let px = o.cx - o.dir * o.size * 0.3;
     let (top, bottom) = (o.base - o.size, o.base);
@@ -1126,15 +1040,15 @@ fn paint_flag(o: &Object, colour: [f32; 3], pole: [f32; 3], canvas: &mut Canvas)
     } else {
         px - pw * 0.5 - cw
     };
-    let (x0, y0, x1, y1) = canvas.clip(
-        px.min(cloth_x0) - pw - 1.0,
-        top - amp - 1.0,
-        px.max(cloth_x0 + cw) + pw + 1.0,
-        bottom + 1.0,
-    );
-    for x in x0..x1 {
-        let xc = x as f32 + 0.5;
-        let pole_a = (pw * 0.5 - (xc - px).abs() + 0.5).clamp(0.0, 1.0);
+    let bbox = [
+        px.min(cloth_x0) - pw,
+        top - amp,
+        px.max(cloth_x0 + cw) + pw,
+        bottom,
+    ];
+    canvas.each(bbox, |p, xc, yc| {
+        let pole_a = coverage(pw * 0.5 - (xc - px).abs());
+        p.blend(pole, pole_a * coverage(yc - top) * coverage(bottom - yc));
         // Distance along the cloth from the pole, 0..1.
         let u = if o.dir > 0.0 {
             (xc - cloth_x0) / cw
@@ -1142,64 +1056,41 @@ fn paint_flag(o: &Object, colour: [f32; 3], pole: [f32; 3], canvas: &mut Canvas)
             (cloth_x0 + cw - xc) / cw
         };
         let phase = u * 4.7;
-        let wave = amp * phase.sin() * u;
-        let shade = 1.0 + 0.15 * phase.cos();
-        let cloth_c = scale3(colour, shade).map(|v| v.min(255.0));
-        let ct = top + o.size * 0.03 + wave;
-        let cloth_h = (u * cw + 0.5).min((1.0 - u) * cw + 0.5).clamp(0.0, 1.0);
-        for y in y0..y1 {
-            let yc = y as f32 + 0.5;
-            if pole_a > 0.0 {
-                let a =
-                    pole_a * (yc - top + 0.5).clamp(0.0, 1.0) * (bottom - yc + 0.5).clamp(0.0, 1.0);
-                if a > 0.0 {
-                    canvas.blend(x, y, pole, a);
-                }
-            }
-            if cloth_h > 0.0 {
-                let a = cloth_h
-                    * (yc - ct + 0.5).clamp(0.0, 1.0)
-                    * (ct + ch - yc + 0.5).clamp(0.0, 1.0);
-                if a > 0.0 {
-                    canvas.blend(x, y, cloth_c, a);
-                }
-            }
-        }
-    }
+        let ct = top + o.size * 0.03 + amp * phase.sin() * u;
+        let cloth_c = (colour * (1.0 + 0.15 * phase.cos())).map(|v| v.min(255.0));
+        let cloth_a = coverage((u * cw).min((1.0 - u) * cw));
+        p.blend(
+            cloth_c,
+            cloth_a * coverage(yc - ct) * coverage(ct + ch - yc),
+        );
+    });
 }
 
-fn paint_ring(o: &Object, colour: [f32; 3], canvas: &mut Canvas) {
+fn paint_ring(o: &Object, colour: Rgb, canvas: &mut Canvas) {
     let rx = o.size * 0.6;
     let ry = rx * 0.42;
     let (cx, cy) = (o.cx, o.base - ry);
     let inner = 0.52;
-    let (x0, y0, x1, y1) = canvas.clip(cx - rx - 1.0, cy - ry - 1.0, cx + rx + 1.0, cy + ry + 1.0);
-    for y in y0..y1 {
-        let dy = (y as f32 + 0.5 - cy) / ry;
-        for x in x0..x1 {
-            let dx = (x as f32 + 0.5 - cx) / rx;
-            let e = (dx * dx + dy * dy).sqrt();
-            let outer_a = ((1.0 - e) * ry + 0.5).clamp(0.0, 1.0);
-            let inner_a = ((e - inner) * ry + 0.5).clamp(0.0, 1.0);
-            let a = outer_a * inner_a;
-            if a <= 0.0 {
-                continue;
-            }
-            // Across the tube, 0 at the inner edge and 1 at the outer edge.
-            let across = ((e - inner) / (1.0 - inner)).clamp(0.0, 1.0);
-            let bulge = (across * std::f32::consts::PI).sin();
-            let shade = 0.5 + 0.5 * bulge + 0.15 * (-dy) * bulge;
-            canvas.blend(x, y, scale3(colour, shade), a);
-        }
-    }
+    canvas.each([cx - rx, cy - ry, cx + rx, cy + ry], |p, x, y| {
+        let (dx, dy) = ((x - cx) / rx, (y - cy) / ry);
+        let e = (dx * dx + dy * dy).sqrt();
+        // Across the tube, 0 at the inner edge and 1 at the outer edge.
+        let across = ((e - inner) / (1.0 - inner)).clamp(0.0, 1.0);
+        let bulge = (across * std::f32::consts::PI).sin();
+        let shade = 0.5 + 0.5 * bulge + 0.15 * (-dy) * bulge;
+        p.blend(
+            colour * shade,
+            coverage((1.0 - e) * ry) * coverage((e - inner) * ry),
+        );
+    });
 }
 
 /// Vignette, sensor noise and rounding to 8 bits.
 fn finish(s: &Scene, canvas: &Canvas) -> RgbImage {
     const CHUNK: usize = 3 * 1024;
     let (w, h) = (canvas.w, canvas.h);
-    let flat = canvas.px.as_flattened();
-    let mut out = Vec::with_capacity(flat.len());
+    let mut out = Vec::with_capacity(3 * w * h);
+    let mut flat = Vec::with_capacity(3 * w);
     let (cx, cy) = (w as f32 * 0.5, h as f32 * 0.5);
     let k = s.vignette / (cx * cx + cy * cy).max(1.0);
     // The vignette's x term, per channel value of a row.
@@ -1212,10 +1103,12 @@ fn finish(s: &Scene, canvas: &Canvas) -> RgbImage {
     let amp = s.noise * 1.6;
     let grain = &tables().grain;
     let seed = s.grain_seed ^ 0xA5A5_5A5A;
-    for (y, src) in flat.chunks_exact((3 * w).max(1)).enumerate() {
+    for (y, row) in canvas.px.chunks_exact(w.max(1)).enumerate() {
+        flat.clear();
+        flat.extend(row.iter().flat_map(|p| p.0));
         let dy = y as f32 + 0.5 - cy;
         let vy = 1.0 - k * dy * dy;
-        for (c, (src, vx)) in src.chunks(CHUNK).zip(vx.chunks(CHUNK)).enumerate() {
+        for (c, (src, vx)) in flat.chunks(CHUNK).zip(vx.chunks(CHUNK)).enumerate() {
             let off = grain_offset(y, c, seed);
             let noise = &grain[off..off + src.len()];
             out.extend(src.iter().zip(vx).zip(noise).map(|((&p, &vx), &n)| {
@@ -1237,12 +1130,9 @@ fn finish(s: &Scene, canvas: &Canvas) -> RgbImage {
 pub fn encode_jpeg(img: &RgbImage, quality: u8) -> io::Result<Vec<u8>> {
     let (w, h) = img.dimensions();
     let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
-    let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
+    let (Ok(w16 @ 1..), Ok(h16 @ 1..)) = (u16::try_from(w), u16::try_from(h)) else {
         return Err(invalid(format!("cannot encode a {w}×{h} image as JPEG")));
     };
-    if w == 0 || h == 0 {
-        return Err(invalid(format!("cannot encode a {w}×{h} image as JPEG")));
-    }
     let mut out = Vec::with_capacity((w * h / 4) as usize + 1024);
     let mut enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
     enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
@@ -1277,22 +1167,16 @@ fn render_jpeg(index: u64, cfg: &SynthConfig) -> io::Result<(Vec<u8>, String)> {
 /// files of the same names are overwritten.
 pub fn write_folder(dir: &Path, range: Range<u64>, cfg: &SynthConfig) -> io::Result<()> {
     fs::create_dir_all(dir).map_err(at(dir))?;
-    if range.is_empty() {
-        return Ok(());
-    }
-    let sub = |i: u64| dir.join(format!("{:05}", i / FOLDER_SAMPLES));
-    for f in range.start / FOLDER_SAMPLES..=(range.end - 1) / FOLDER_SAMPLES {
-        let d = sub(f * FOLDER_SAMPLES);
-        fs::create_dir_all(&d).map_err(at(&d))?;
-    }
     range.into_par_iter().try_for_each(|i| {
         let (jpg, caption) = render_jpeg(i, cfg)?;
+        let folder = dir.join(format!("{:05}", i / FOLDER_SAMPLES));
+        fs::create_dir_all(&folder).map_err(at(&folder))?;
         let key = sample_key(i);
-        let folder = sub(i);
-        let jpg_path = folder.join(format!("{key}.jpg"));
-        fs::write(&jpg_path, jpg).map_err(at(&jpg_path))?;
-        let txt_path = folder.join(format!("{key}.txt"));
-        fs::write(&txt_path, caption).map_err(at(&txt_path))
+        for (ext, data) in [("jpg", &jpg[..]), ("txt", caption.as_bytes())] {
+            let path = folder.join(format!("{key}.{ext}"));
+            fs::write(&path, data).map_err(at(&path))?;
+        }
+        Ok(())
     })
 }
 
@@ -1360,8 +1244,7 @@ fn write_shard(
         header.set_entry_type(tar::EntryType::Regular);
         tar.append_data(&mut header, name, data)
     };
-    let mut start = range.start;
-    while start < range.end {
+    for start in range.clone().step_by(SHARD_CHUNK as usize) {
         let end = range.end.min(start + SHARD_CHUNK);
         let samples: Vec<(Vec<u8>, String)> = (start..end)
             .into_par_iter()
@@ -1382,7 +1265,6 @@ fn write_shard(
             append(format!("{key}.json"), &meta).map_err(at(&tmp))?;
             append(format!("{key}.txt"), caption.as_bytes()).map_err(at(&tmp))?;
         }
-        start = end;
     }
     let mut out = tar.into_inner().map_err(at(&tmp))?;
     out.flush().map_err(at(&tmp))?;
@@ -1506,7 +1388,7 @@ mod tests {
             // The frontmost object is painted in its named colour: some pixels of its box lie
             // close to the palette colour under the scene's light.
             let o = scene.objects.last().unwrap();
-            let target = mul3(COLOURS[o.colour].1, scene.light);
+            let target = (COLOURS[o.colour].1 * scene.light).0;
             let (x0, x1) = (
                 (o.cx - o.size * 0.5).max(0.0) as u32,
                 (o.cx + o.size * 0.5) as u32,
@@ -1529,6 +1411,19 @@ mod tests {
         assert_eq!(seen_times.len(), 4);
     }
 
+    /// Peak signal-to-noise ratio (dB, 8-bit peak) of `b` against `a`.
+    fn psnr_of(a: &[f64], b: &[f64]) -> f64 {
+        let se: f64 = a.iter().zip(b).map(|(u, v)| (u - v).powi(2)).sum();
+        10.0 * (255.0f64 * 255.0 / (se / a.len() as f64).max(1e-9)).log10()
+    }
+
+    /// [`psnr_of`] over the channel values of two images.
+    fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
+        let values =
+            |img: &RgbImage| -> Vec<f64> { img.as_raw().iter().map(|&v| f64::from(v)).collect() };
+        psnr_of(&values(a), &values(b))
+    }
+
     #[test]
     fn jpeg_decodes_close_to_the_source() {
         for (w, h) in [(64, 48), (61, 37), (1, 1), (17, 16)] {
@@ -1539,24 +1434,16 @@ mod tests {
             };
             let (img, _) = render(11, &cfg);
             // PSNR of the decoded `jpg` over the RGB values and over luma alone.
-            let psnr = |jpg: &[u8]| {
+            let luma = |img: &RgbImage| -> Vec<f64> {
+                let f = |p: &image::Rgb<u8>, c: usize| f64::from(p[c]);
+                img.pixels()
+                    .map(|p| 0.299 * f(p, 0) + 0.587 * f(p, 1) + 0.114 * f(p, 2))
+                    .collect()
+            };
+            let decoded_psnr = |jpg: &[u8]| {
                 let back = image::load_from_memory(jpg).unwrap().to_rgb8();
                 assert_eq!(back.dimensions(), (w, h));
-                let luma = |p: &[u8]| {
-                    0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2])
-                };
-                let (mut rgb, mut y) = (0.0, 0.0);
-                for (a, b) in img.as_raw().chunks(3).zip(back.as_raw().chunks(3)) {
-                    rgb += a
-                        .iter()
-                        .zip(b)
-                        .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
-                        .sum::<f64>();
-                    y += (luma(a) - luma(b)).powi(2);
-                }
-                let n = f64::from(w * h);
-                let db = |mse: f64| 10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10();
-                (db(rgb / (3.0 * n)), db(y / n))
+                (psnr(&img, &back), psnr_of(&luma(&img), &luma(&back)))
             };
             // The reference: the `image` crate's own encoder at the same quality. It keeps
             // full-resolution colour where ours subsamples it 4:2:0 (as photos are stored),
@@ -1567,8 +1454,10 @@ mod tests {
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut reference, 90)
                 .encode_image(&img)
                 .unwrap();
-            let ((ours, ours_y), (_, theirs_y)) =
-                (psnr(&encode_jpeg(&img, 90).unwrap()), psnr(&reference));
+            let ((ours, ours_y), (_, theirs_y)) = (
+                decoded_psnr(&encode_jpeg(&img, 90).unwrap()),
+                decoded_psnr(&reference),
+            );
             assert!(
                 ours > 25.0 && ours_y > theirs_y - 0.5,
                 "{w}×{h}: PSNR {ours:.1} dB, luma {ours_y:.1} dB vs the image crate's {theirs_y:.1} dB"
@@ -1598,14 +1487,7 @@ mod tests {
                 .unwrap()
                 .to_rgb8();
             assert_eq!(back.dimensions(), img.dimensions());
-            let mse = img
-                .as_raw()
-                .iter()
-                .zip(back.as_raw())
-                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
-                .sum::<f64>()
-                / img.as_raw().len() as f64;
-            let psnr = 10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10();
+            let psnr = psnr(&img, &back);
             assert!(psnr >= min_psnr, "q{q}: PSNR {psnr:.1} dB");
         }
     }
