@@ -1,5 +1,6 @@
-//! Starting a training run: the model it begins from (a bundled preset, fresh, or a
-//! checkpoint to fine-tune) turned into the [`RunSetup`] that [`crate::train`] takes.
+//! Starting a training run: its [`defaults`], the [`bundled`] sample, and the model it
+//! begins from (a bundled preset, fresh with a [`Head`], or a checkpoint to fine-tune) turned
+//! into the [`RunSetup`] that [`crate::train`] takes.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -11,7 +11,7 @@ const CLASSES: [&str; 7] = ["cat", "dog", "bird", "fish", "frog", "horse", "mous
 
 /// The caption of fixture image `i` in [`folder_dataset`]: six of their own, six share one.
 fn caption(i: usize) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!("picture number {i}")
     } else {
         "a shared caption".to_string()
@@ -140,38 +140,33 @@ fn eval_reports_retrieval_and_zero_shot() {
     assert!(r1 <= r5, "R@1 {r1}/12 > R@5 {r5}/12");
 
     // The same numbers by brute force from what `clip embed` writes for the same inputs.
-    let mut distinct: Vec<String> = Vec::new();
-    for c in (0..12).map(caption) {
-        if !distinct.contains(&c) {
-            distinct.push(c);
-        }
-    }
+    let distinct: Vec<String> = (0..12).step_by(2).chain([1]).map(caption).collect();
     let prompts: Vec<String> = CLASSES
         .iter()
         .flat_map(|c| [format!("a photo of a {c}."), format!("a {c}")])
         .collect();
     let texts = tmp.path().join("texts.txt");
     std::fs::write(&texts, [distinct.clone(), prompts].concat().join("\n")).unwrap();
-    let files: Vec<PathBuf> = image_paths()
-        .iter()
-        .map(|p| data.join(p.file_name().unwrap()))
-        .collect();
+    // A folder's images in file-name order: the fixture order, image i has caption(i).
     let emb = tmp.path().join("e.safetensors");
-    let mut args = vec!["embed", "--model", model.to_str().unwrap(), "--normalize"];
-    args.extend([
+    ok(&clip(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--normalize",
+        "--images",
+        data.to_str().unwrap(),
         "--texts",
         texts.to_str().unwrap(),
         "--out",
         emb.to_str().unwrap(),
-    ]);
-    args.push("--images");
-    args.extend(files.iter().map(|p| p.to_str().unwrap()));
-    ok(&clip(&args));
+    ]));
     let t = candle_core::safetensors::load(&emb, &candle_core::Device::Cpu).unwrap();
     let rows = |k: &str| t[k].to_vec2::<f32>().unwrap();
     let (images, texts) = (rows("image_embeds"), rows("text_embeds"));
+    assert_eq!(images.len(), 12);
     let (captions, prompts) = texts.split_at(distinct.len());
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let dot = clip::dot;
     // 1-based rank of `scores[right]` among `scores`, highest first.
     let rank = |scores: &[f32], right: f32| 1 + scores.iter().filter(|&&s| s > right).count();
     let caption_of: Vec<usize> = (0..12)
@@ -197,12 +192,7 @@ fn eval_reports_retrieval_and_zero_shot() {
     for (dir, mut ranks) in [("image_to_text", i2t), ("text_to_image", t2i)] {
         ranks.sort();
         let n = ranks.len() as f64;
-        let m = ranks.len() / 2;
-        let median = if ranks.len() % 2 == 1 {
-            ranks[m] as f64
-        } else {
-            ((ranks[m - 1] + ranks[m]) as f64 / 2.0).floor()
-        };
+        let median = ((ranks[(ranks.len() - 1) / 2] + ranks[ranks.len() / 2]) as f64 / 2.0).floor();
         let within = |k: usize| ranks.iter().filter(|&&r| r <= k).count() as f64 / n;
         for (name, want) in [
             ("mean_rank", ranks.iter().sum::<usize>() as f64 / n),
