@@ -127,7 +127,6 @@ fn eval_reports_retrieval_and_zero_shot() {
         x.round()
     };
     of_12("zero_shot_top1");
-    of_12("zero_shot_top5");
     for k in [
         "image_to_text_R@1",
         "image_to_text_R@10",

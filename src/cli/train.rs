@@ -193,10 +193,10 @@ impl Default for TrainArgs {
 mod variant_name {
     use std::fmt::Debug;
 
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<T: Debug, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:?}"))
+        format!("{v:?}").serialize(s)
     }
 
     pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
@@ -221,7 +221,7 @@ mod variant_name {
         use super::*;
 
         pub fn serialize<T: Debug, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
-            serde::Serialize::serialize(&v.as_ref().map(|v| format!("{v:?}")), s)
+            v.as_ref().map(|v| format!("{v:?}")).serialize(s)
         }
 
         pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
