@@ -157,15 +157,20 @@ impl Clip {
 
     /// Unit-length embeddings of images already in memory.
     pub fn embed_decoded(&self, images: &[image::RgbImage]) -> Result<Embeddings> {
-        let mut parts = Vec::new();
-        for chunk in images.chunks(DEFAULT_BATCH) {
-            let px = chunk
-                .iter()
-                .map(|img| vision_encoder::preprocess(img, &self.preprocess))
-                .collect();
-            parts.push(self.encode_pixels(px, Features::Embeds)?);
-        }
-        let t = concat_rows(parts, self.dim(), self.model.device())?;
+        let t = self.batched(
+            images,
+            DEFAULT_BATCH,
+            Features::Embeds,
+            true,
+            &(),
+            |chunk| {
+                let px = chunk
+                    .iter()
+                    .map(|img| vision_encoder::preprocess(img, &self.preprocess))
+                    .collect();
+                self.encode_pixels(px, Features::Embeds)
+            },
+        )?;
         Embeddings::from_tensor(&t)?.normalized()
     }
 
@@ -185,16 +190,11 @@ impl Clip {
         which: Features,
         progress: &dyn Progress,
     ) -> Result<Tensor> {
-        progress.start(files.len(), "images");
-        let mut parts = Vec::new();
-        for chunk in files.chunks(batch.max(1)) {
+        self.batched(files, batch, which, true, progress, |chunk| {
             let pixels =
                 vision_encoder::preprocess_files(chunk, &self.preprocess, self.model.device())?;
-            parts.push(self.features_of_pixels(&pixels, which)?);
-            progress.advance(chunk.len());
-        }
-        progress.finish();
-        concat_rows(parts, self.feature_dim(which, true), self.model.device())
+            self.features_of_pixels(&pixels, which)
+        })
     }
 
     /// Caption features `[n, dim]`, `batch` at a time (see [`Clip::image_features`]).
@@ -205,18 +205,38 @@ impl Clip {
         which: Features,
         progress: &dyn Progress,
     ) -> Result<Tensor> {
-        progress.start(texts.len(), "captions");
-        let mut parts = Vec::new();
-        for chunk in texts.chunks(batch.max(1)) {
+        self.batched(texts, batch, which, false, progress, |chunk| {
             let ids = self.tokenizer.encode_batch(chunk)?;
-            parts.push(match which {
+            Ok(match which {
                 Features::Embeds => self.model.encode_text(&ids)?,
                 Features::Pooled => self.model.pooled_text(&ids)?,
-            });
+            })
+        })
+    }
+
+    /// `encode` over images or captions, `batch` at a time, telling `progress`: their `which`
+    /// features `[n, dim]` in one tensor.
+    fn batched<T>(
+        &self,
+        items: &[T],
+        batch: usize,
+        which: Features,
+        image: bool,
+        progress: &dyn Progress,
+        encode: impl Fn(&[T]) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        progress.start(items.len(), if image { "images" } else { "captions" });
+        let mut parts = Vec::new();
+        for chunk in items.chunks(batch.max(1)) {
+            parts.push(encode(chunk)?);
             progress.advance(chunk.len());
         }
         progress.finish();
-        concat_rows(parts, self.feature_dim(which, false), self.model.device())
+        if parts.is_empty() {
+            let dim = self.feature_dim(which, image);
+            return Ok(Tensor::zeros((0, dim), DType::F32, self.model.device())?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
     }
 
     /// Features of preprocessed images (each `3·s·s` values, see [`Clip::preprocess`]).
@@ -261,11 +281,4 @@ pub(crate) fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint>
         dir: dir.to_path_buf(),
         source: Box::new(e),
     })
-}
-
-fn concat_rows(parts: Vec<Tensor>, dim: usize, device: &Device) -> Result<Tensor> {
-    if parts.is_empty() {
-        return Ok(Tensor::zeros((0, dim), DType::F32, device)?);
-    }
-    Ok(Tensor::cat(&parts, 0)?)
 }

@@ -1,5 +1,6 @@
-//! Starting a training run: the model it begins from (a bundled preset, fresh, or a
-//! checkpoint to fine-tune) turned into the [`RunSetup`] that [`crate::train`] takes.
+//! Starting a training run: its [`defaults`], the [`bundled`] sample, and the model it
+//! begins from (a bundled preset, fresh with a [`Head`], or a checkpoint to fine-tune) turned
+//! into the [`RunSetup`] that [`crate::train`] takes.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,13 +19,159 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use clip_model::{ClipConfig, ClipTokenizer, Preprocess};
+use clip_data::AugmentConfig;
+use clip_model::{ClipConfig, ClipTokenizer, Preprocess, ProjectionHead};
 use clip_nn::TensorMap;
-use clip_train::{RunSetup, TrainConfig};
+use clip_train::{LossKind, Objective, RunSetup, TrainConfig};
+use serde::{Deserialize, Serialize};
 
 use crate::error::io_at;
 use crate::model::load_checkpoint;
-use crate::{resolve_model_dir, Result, BUNDLED_TOKENIZER};
+use crate::{resolve_model_dir, Error, Result, BUNDLED_TOKENIZER};
+
+/// The defaults of a run of `objective`: [`TrainConfig::default`] with NT-Xent and
+/// SimCLR-like strong augmentations for images alone (where augmentation defines the task).
+/// `demo`: the bundled sample's short run, whose smaller batches and gentler peak rate keep
+/// the few-minute schedule from collapsing the embedding in its first steps.
+pub fn defaults(objective: Objective, demo: bool) -> TrainConfig {
+    let mut c = TrainConfig {
+        objective,
+        ..TrainConfig::default()
+    };
+    if objective == Objective::Images {
+        c.loss = LossKind::NtXent;
+        c.augment = AugmentConfig {
+            scale: [0.3, 1.0],
+            color_jitter: 0.4,
+            grayscale: 0.2,
+            blur: 0.5,
+            rotation: 10.0,
+            ..c.augment
+        };
+    }
+    if demo {
+        (c.steps, c.batch_size, c.lr, c.val_every) = (100, 64, 5e-4, 25);
+    }
+    c
+}
+
+/// The sample bundled in the package's `data/` for `objective`: training data, validation
+/// data and labels. Noto emoji validated on Twemoji (a style never seen), or handwritten
+/// digits with the labels of the probe after an image-only run.
+pub fn bundled(objective: Objective) -> (PathBuf, Option<PathBuf>, Option<PathBuf>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    match objective {
+        Objective::ImageText => (
+            root.join("emoji-noto"),
+            Some(root.join("emoji-twemoji")),
+            None,
+        ),
+        Objective::Images => {
+            let digits = root.join("digits/labels.tsv");
+            (digits.clone(), None, Some(digits))
+        }
+    }
+}
+
+/// The head between the image tower's pooled features and the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Projection {
+    /// One bias-free linear layer (transformers' `visual_projection`).
+    Linear,
+    /// An MLP head (linear → layer norm → activation, ×(--projection-layers − 1), then
+    /// linear), as SimCLR; `clip probe` reads the features before it. Images only.
+    Mlp,
+}
+
+/// The projection a run asks for (`clip train`'s options); what it leaves out keeps the
+/// preset's or the checkpoint's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Head {
+    /// Head between the image tower's pooled features and the loss (default: linear, or the
+    /// --init checkpoint's).
+    #[arg(long, value_enum)]
+    pub projection: Option<Projection>,
+    /// Linear layers of --projection mlp (2 or more).
+    #[arg(long, default_value_t = Head::default().projection_layers)]
+    pub projection_layers: usize,
+    /// Hidden width of --projection mlp (default: the image tower's width).
+    #[arg(long)]
+    pub projection_hidden: Option<usize>,
+    /// Embedding dimension the loss sees (default: the preset's projection_dim).
+    #[arg(long)]
+    pub projection_dim: Option<usize>,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Self {
+            projection: None,
+            projection_layers: 2,
+            projection_hidden: None,
+            projection_dim: None,
+        }
+    }
+}
+
+impl Head {
+    /// Gives a fresh architecture this head; an MLP is for image-only models only (an
+    /// image–text model keeps transformers' layout).
+    fn apply(&self, config: &mut ClipConfig) -> Result<()> {
+        if let Some(d) = self.projection_dim {
+            config.projection_dim = d;
+        }
+        config.vision_config.projection_head = None;
+        if self.projection == Some(Projection::Mlp) {
+            if !config.image_only {
+                return Err(Error::Input(
+                    "--projection mlp is for --objective images (an image–text model keeps \
+                     transformers' linear projection)"
+                        .into(),
+                ));
+            }
+            if self.projection_layers < 2 {
+                return Err(Error::Input(format!(
+                    "--projection-layers must be at least 2, got {}",
+                    self.projection_layers
+                )));
+            }
+            config.vision_config.projection_head = Some(ProjectionHead {
+                layers: self.projection_layers,
+                hidden_size: self
+                    .projection_hidden
+                    .unwrap_or(config.vision_config.hidden_size),
+            });
+        }
+        Ok(config.validate()?)
+    }
+
+    /// Fine-tuning keeps the checkpoint's head and embedding size (`config`): asking for
+    /// another is an error rather than a silent mismatch.
+    pub fn check(&self, config: &ClipConfig) -> Result<()> {
+        if let Some(d) = self.projection_dim.filter(|&d| d != config.projection_dim) {
+            return Err(Error::Input(format!(
+                "--projection-dim {d} differs from the --init checkpoint's projection_dim {}",
+                config.projection_dim
+            )));
+        }
+        let has_mlp = config.vision_config.projection_head.is_some();
+        if self
+            .projection
+            .is_some_and(|p| (p == Projection::Mlp) != has_mlp)
+        {
+            let [asked, has] = if has_mlp {
+                ["linear", "mlp"]
+            } else {
+                ["mlp", "linear"]
+            };
+            return Err(Error::Input(format!(
+                "--projection {asked} differs from the --init checkpoint's head ({has})"
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// The model a run begins from.
 #[derive(Debug)]
@@ -53,6 +200,17 @@ impl Start {
             init: None,
             tokenizer_file: None,
         }
+    }
+
+    /// A fresh model of architecture `config` (e.g. [`crate::preset`]) for a run of `train`:
+    /// image-only for that objective, with `head`, and SigLIP's starting logit scale of 10.
+    pub fn fresh_for(mut config: ClipConfig, head: &Head, train: &TrainConfig) -> Result<Self> {
+        config.image_only = train.objective == Objective::Images;
+        if train.loss == LossKind::Siglip {
+            config.logit_scale_init_value = 10f64.ln();
+        }
+        head.apply(&mut config)?;
+        Ok(Self::fresh(config))
     }
 
     /// The weights, preprocessing and tokenizer of the model `spec` (a folder in either

@@ -2,13 +2,13 @@
 //! decoded a batch at a time; a set small enough for its budget keeps its prepared pixels
 //! after the first scoring (training validates many times), a larger one streams each time.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clip_data::{SampleSet, Skip};
 use clip_model::{ClipModel, ClipTokenizer, Preprocess};
 use rayon::prelude::*;
 use retrieval::{group_captions, retrieval_metrics, CaptionGroups, RetrievalMetrics};
 
-use crate::{Error, Result};
+use crate::{Embeddings, Error, Result};
 
 /// Validation samples and how to prepare them.
 pub struct ValSet {
@@ -132,10 +132,7 @@ impl ValSet {
             txt.push(model.encode_text(chunk)?);
         }
         let flat = |parts: Vec<Tensor>| -> Result<Vec<f32>> {
-            Ok(Tensor::cat(&parts, 0)?
-                .to_device(&Device::Cpu)?
-                .flatten_all()?
-                .to_vec1()?)
+            Ok(Embeddings::from_tensor(&Tensor::cat(&parts, 0)?)?.into_vec())
         };
         let dim = model.config().projection_dim;
         let image_embeds = flat(img)?;

@@ -42,27 +42,23 @@ impl DeviceArg {
     }
 }
 
-pub fn progress(len: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len as u64);
-    if len < 64 {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
-
 /// A progress bar on stderr for the library's long jobs (hidden for short ones).
 #[derive(Default)]
 pub struct Bar(std::cell::RefCell<Option<ProgressBar>>);
 
 impl clip::Progress for Bar {
     fn start(&self, total: usize, what: &str) {
-        *self.0.borrow_mut() = Some(progress(total, what));
+        let pb = ProgressBar::new(total as u64);
+        if total < 64 {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        pb.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb.set_message(what.to_string());
+        *self.0.borrow_mut() = Some(pb);
     }
     fn advance(&self, n: usize) {
         if let Some(pb) = &*self.0.borrow() {

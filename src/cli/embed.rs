@@ -28,14 +28,14 @@ pub struct EmbedArgs {
     #[arg(long)]
     normalize: bool,
     /// Items per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = clip::DEFAULT_BATCH)]
     batch_size: usize,
     /// What to write: the embeddings, or each tower's pooled output before its projection
     /// (default: pooled for a model trained with --objective images, else embeds).
     #[arg(long, value_enum)]
     features: Option<FeaturesArg>,
     /// Device to run on.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
 }
 

@@ -1,10 +1,9 @@
 //! `clip eval`: retrieval metrics in both directions, and zero-shot classification.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use clip_data::SampleSet;
+use anyhow::{bail, Result};
+use clip_data::{LabelTable, SampleSet};
 use retrieval::{class_embeddings, zero_shot};
 
 use super::common::{self, CsvArgs, DeviceArg};
@@ -38,41 +37,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
-}
-
-fn read_labels(path: &Path) -> Result<HashMap<PathBuf, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
-    let (Some(fc), Some(lc)) = (
-        header.iter().position(|h| *h == "filepath"),
-        header.iter().position(|h| *h == "label"),
-    ) else {
-        bail!(
-            "{} needs tab-separated columns `filepath` and `label` (found: {})",
-            path.display(),
-            header.join(", ")
-        );
-    };
-    let mut out = HashMap::new();
-    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let cols: Vec<&str> = line.split('\t').collect();
-        let (Some(f), Some(l)) = (cols.get(fc), cols.get(lc)) else {
-            bail!(
-                "{}:{}: expected {} tab-separated columns",
-                path.display(),
-                i + 2,
-                header.len()
-            );
-        };
-        let p = base.join(f);
-        out.insert(p.canonicalize().unwrap_or(p), l.to_string());
-    }
-    Ok(out)
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -95,21 +61,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
     );
 
     if let Some(labels_path) = &a.labels {
-        let labels = read_labels(labels_path)?;
-        let mut names: Vec<String> = labels.values().cloned().collect();
+        let table = LabelTable::read(labels_path, "filepath", "label")?;
+        let label_of = table.by_path();
+        // Classes in name order, as the report lists them.
+        let mut names = table.classes.clone();
         names.sort();
-        names.dedup();
-        let class_of: HashMap<&str, usize> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), i))
-            .collect();
         let (mut rows, mut ys) = (Vec::new(), Vec::new());
         for (i, name) in scored.names.iter().enumerate() {
-            let p = PathBuf::from(name);
-            if let Some(l) = labels.get(&p.canonicalize().unwrap_or(p)) {
+            let canon = Path::new(name).canonicalize().ok();
+            if let Some(&id) = canon.and_then(|p| label_of.get(&p)) {
                 rows.push(i);
-                ys.push(class_of[l.as_str()]);
+                ys.push(
+                    names
+                        .binary_search(&table.classes[id])
+                        .expect("a listed class"),
+                );
             }
         }
         if rows.is_empty() {
@@ -134,11 +100,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             clip::Features::Embeds,
             &common::Bar::default(),
         )?;
-        let text: Vec<f32> = text
-            .to_device(&candle_core::Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?;
-        let classes = class_embeddings(&text, scored.dim, templates.len())?;
+        let text = clip::Embeddings::from_tensor(&text)?;
+        let classes = class_embeddings(text.as_slice(), scored.dim, templates.len())?;
         let d = scored.dim;
         let images: Vec<f32> = rows
             .iter()

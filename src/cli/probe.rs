@@ -85,7 +85,7 @@ pub struct ProbeArgs {
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Device for the image encoder.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
 }
 
@@ -261,16 +261,9 @@ pub(super) fn embedding_features(
     let m = clip::Clip::open(model, &device)?;
     let which = FeaturesArg::resolve(choice, m.model());
     let emb = m.image_features(files, batch, which, &common::Bar::default())?;
-    let dim = emb.dim(1)?;
-    let values: Vec<f32> = emb
-        .to_device(&candle_core::Device::Cpu)?
-        .flatten_all()?
-        .to_vec1()?;
-    let matrix = Matrix::from_vec(
-        files.len(),
-        dim,
-        values.into_iter().map(f64::from).collect(),
-    )?;
+    let emb = clip::Embeddings::from_tensor(&emb)?;
+    let values = emb.as_slice().iter().map(|&v| f64::from(v)).collect();
+    let matrix = Matrix::from_vec(files.len(), emb.dim(), values)?;
     // A run's `final/` or `checkpoint-N/` is named after its run directory too.
     let part = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     let name = match (part(m.dir()), m.dir().parent().and_then(part)) {

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clip::training::Start;
+use clip::training::{self, Head, Start};
 use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
-use clip_model::{ClipConfig, ClipModel, ProjectionHead};
+use clip_model::ClipModel;
 use clip_train::{
     AdamWConfig, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats,
     TrainConfig,
@@ -17,26 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{self, DeviceArg, FeaturesArg};
 use super::valset::{top_images, Scored, ValSet};
-
-/// The bundled sample: Noto emoji to train on, Twemoji (a style never seen) to validate on.
-fn bundled_data() -> (PathBuf, PathBuf) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    (root.join("emoji-noto"), root.join("emoji-twemoji"))
-}
-
-/// The bundled image-only sample: handwritten digits, with labels for the probe.
-fn bundled_digits() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/digits/labels.tsv")
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-enum ProjectionArg {
-    /// One bias-free linear layer (transformers' `visual_projection`).
-    Linear,
-    /// An MLP head (linear → layer norm → activation, ×(--projection-layers − 1), then
-    /// linear), as SimCLR; `clip probe` reads the features before it. Images only.
-    Mlp,
-}
 
 /// The options of `clip train`, also saved as `RUN/run.json` for `--resume`. A field missing
 /// from an older run.json takes its command-line default.
@@ -88,19 +68,9 @@ pub struct TrainArgs {
     /// Norm bound μ of the spectral loss.
     #[arg(long, default_value_t = TrainConfig::default().spectral_mu)]
     spectral_mu: f64,
-    /// Head between the image tower's pooled features and the loss (default: linear, or the
-    /// --init checkpoint's).
-    #[arg(long, value_enum)]
-    projection: Option<ProjectionArg>,
-    /// Linear layers of --projection mlp (2 or more).
-    #[arg(long, default_value_t = 2)]
-    projection_layers: usize,
-    /// Hidden width of --projection mlp (default: the image tower's width).
-    #[arg(long)]
-    projection_hidden: Option<usize>,
-    /// Embedding dimension the loss sees (default: the preset's projection_dim).
-    #[arg(long)]
-    projection_dim: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    head: Head,
     /// Class labels (`filepath<TAB>label`, paths relative to the file) for the oracle loss and
     /// the linear probe printed after an image-only run.
     #[arg(long)]
@@ -143,7 +113,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
     /// Arithmetic: f32, or bf16 mixed precision (f32 weights and optimiser state).
     #[arg(long, value_enum, default_value_t = TrainConfig::default().precision)]
@@ -223,10 +193,10 @@ impl Default for TrainArgs {
 mod variant_name {
     use std::fmt::Debug;
 
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<T: Debug, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:?}"))
+        format!("{v:?}").serialize(s)
     }
 
     pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
@@ -251,10 +221,7 @@ mod variant_name {
         use super::*;
 
         pub fn serialize<T: Debug, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
-            match v {
-                Some(v) => s.serialize_some(&format!("{v:?}")),
-                None => s.serialize_none(),
-            }
+            v.as_ref().map(|v| format!("{v:?}")).serialize(s)
         }
 
         pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
@@ -330,20 +297,16 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         a.out = dir.clone();
     }
     let images_only = a.objective == Objective::Images;
-    let (bundled_train, bundled_val) = bundled_data();
     let bundled = a.data.is_empty();
-    if bundled && images_only {
-        a.data = vec![bundled_digits()];
-        if a.labels.is_none() {
-            a.labels = Some(bundled_digits());
-        }
-        if a.preset == "tiny" {
-            a.preset = "micro".into();
-        }
-    } else if bundled {
-        a.data = vec![bundled_train];
+    if bundled {
+        let (train, val, labels) = training::bundled(a.objective);
+        a.data = vec![train];
         if a.val_data.is_empty() {
-            a.val_data = vec![bundled_val];
+            a.val_data.extend(val);
+        }
+        a.labels = a.labels.or(labels);
+        if images_only && a.preset == "tiny" {
+            a.preset = "micro".into();
         }
     }
     if images_only && !a.val_data.is_empty() {
@@ -352,50 +315,12 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
              for a linear probe (or `clip probe` afterwards)"
         );
     }
-    let loss = a.loss.unwrap_or(if images_only {
-        LossKind::NtXent
-    } else {
-        LossKind::Clip
-    });
-    // The bundled demo is a short run: smaller batches and a gentler peak rate keep the
-    // few-minute schedule from collapsing the embedding in its first steps.
-    let defaults = TrainConfig::default();
-    let steps = a
-        .steps
-        .unwrap_or(if bundled { 100 } else { defaults.steps });
-    let batch_size = a
-        .batch_size
-        .unwrap_or(if bundled { 64 } else { defaults.batch_size });
-    let lr = a.lr.unwrap_or(if bundled { 5e-4 } else { defaults.lr });
-    let device = a.device.device()?;
-
-    // Model: a preset from scratch, or a checkpoint to fine-tune.
-    let mut start = match &a.init {
-        Some(spec) => {
-            let start = Start::checkpoint(spec, &device)
-                .with_context(|| format!("cannot load --init {spec}"))?;
-            check_init_head(&a, &start.config)?;
-            start
-        }
-        None => {
-            let mut cfg = clip::preset(&a.preset).context("--preset")?;
-            if loss == LossKind::Siglip {
-                cfg.logit_scale_init_value = 10f64.ln();
-            }
-            if let Some(d) = a.projection_dim {
-                cfg.projection_dim = d;
-            }
-            cfg.vision_config.projection_head = projection_head(&a, &cfg, images_only)?;
-            cfg.validate()?;
-            Start::fresh(cfg)
-        }
-    };
-    start.config.image_only = images_only;
-
+    let d = training::defaults(a.objective, bundled);
+    let steps = a.steps.unwrap_or(d.steps);
     let train = TrainConfig {
         steps,
-        batch_size,
-        lr,
+        batch_size: a.batch_size.unwrap_or(d.batch_size),
+        lr: a.lr.unwrap_or(d.lr),
         warmup: a.warmup.unwrap_or(steps / 10),
         schedule: a.schedule,
         optimizer: AdamWConfig {
@@ -407,8 +332,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         grad_clip_norm: a.grad_clip_norm,
         accum_steps: a.accum_steps,
         seed: a.seed,
-        objective: a.objective,
-        loss,
+        loss: a.loss.unwrap_or(d.loss),
         temperature: a.temperature,
         tau_plus: a.tau_plus,
         beta: a.beta,
@@ -419,9 +343,8 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         save_every: a.save_every,
         keep_last: a.keep_last,
         log_every: a.log_every,
-        val_every: a.val_every.unwrap_or(if bundled { 25 } else { 0 }),
-        augment: augment_config(&a, images_only)?,
-        prefetch: defaults.prefetch,
+        val_every: a.val_every.unwrap_or(d.val_every),
+        augment: augment_config(&a, d.augment)?,
         order: OrderConfig {
             epoch_samples: a.train_num_samples,
             shuffle_buffer: a.shuffle_buffer,
@@ -430,8 +353,25 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             mode: a.cache,
             mem_bytes: a.cache_mem,
         },
+        ..d
     };
     train.validate()?;
+    let device = a.device.device()?;
+
+    // Model: a preset from scratch, or a checkpoint to fine-tune.
+    let mut start = match &a.init {
+        Some(spec) => {
+            let start = Start::checkpoint(spec, &device)
+                .with_context(|| format!("cannot load --init {spec}"))?;
+            a.head.check(&start.config)?;
+            start
+        }
+        None => {
+            let preset = clip::preset(&a.preset).context("--preset")?;
+            Start::fresh_for(preset, &a.head, &train)?
+        }
+    };
+    start.config.image_only = images_only;
     let setup = start.into_setup(&a.out, train)?;
 
     // Lists samples only (file names, manifest rows, tar headers): images are decoded by
@@ -485,7 +425,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
 
-    let bar = ProgressBar::new(steps as u64);
+    let bar = ProgressBar::new(setup.train.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:25} {pos}/{len} {msg} ETA {eta}")?.progress_chars("=> "),
     );
@@ -540,81 +480,21 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The MLP head `--projection mlp` asks for (image-only runs only: an image–text model keeps
-/// transformers' layout).
-fn projection_head(
-    a: &TrainArgs,
-    cfg: &ClipConfig,
-    images_only: bool,
-) -> Result<Option<ProjectionHead>> {
-    if a.projection != Some(ProjectionArg::Mlp) {
-        return Ok(None);
-    }
-    if !images_only {
-        bail!(
-            "--projection mlp is for --objective images (an image–text model keeps \
-             transformers' linear projection)"
-        );
-    }
-    if a.projection_layers < 2 {
-        bail!(
-            "--projection-layers must be at least 2, got {}",
-            a.projection_layers
-        );
-    }
-    Ok(Some(ProjectionHead {
-        layers: a.projection_layers,
-        hidden_size: a.projection_hidden.unwrap_or(cfg.vision_config.hidden_size),
-    }))
-}
-
-/// `--init` keeps the checkpoint's head and embedding size; asking for another is an error
-/// rather than a silent mismatch.
-fn check_init_head(a: &TrainArgs, cfg: &ClipConfig) -> Result<()> {
-    if let Some(d) = a.projection_dim.filter(|&d| d != cfg.projection_dim) {
-        bail!(
-            "--projection-dim {d} differs from the --init checkpoint's projection_dim {}",
-            cfg.projection_dim
-        );
-    }
-    let has_mlp = cfg.vision_config.projection_head.is_some();
-    if a.projection
-        .is_some_and(|p| (p == ProjectionArg::Mlp) != has_mlp)
-    {
-        bail!(
-            "--projection {} differs from the --init checkpoint's head ({})",
-            if has_mlp { "linear" } else { "mlp" },
-            if has_mlp { "mlp" } else { "linear" }
-        );
-    }
-    Ok(())
-}
-
-/// The augmentations: the user's settings, else CLIP's comparison defaults for image–text
-/// and SimCLR-like stronger ones for image-only runs (where augmentation defines the task).
-fn augment_config(a: &TrainArgs, images_only: bool) -> Result<AugmentConfig> {
-    let pick = |v: Option<f32>, text: f32, images: f32| {
-        v.unwrap_or(if images_only { images } else { text })
-    };
+/// The user's augmentations over the objective's `defaults`.
+fn augment_config(a: &TrainArgs, defaults: AugmentConfig) -> Result<AugmentConfig> {
     let scale = match a.aug_scale.as_slice() {
-        [] => {
-            if images_only {
-                [0.3, 1.0]
-            } else {
-                [0.7, 1.0]
-            }
-        }
-        [lo, hi] => [*lo, *hi],
+        [] => defaults.scale,
+        &[lo, hi] => [lo, hi],
         other => bail!("--aug-scale takes MIN,MAX, got {other:?}"),
     };
     Ok(AugmentConfig {
         scale,
-        hflip: a.hflip.unwrap_or(0.0),
-        color_jitter: pick(a.color_jitter, 0.0, 0.4),
-        grayscale: pick(a.grayscale, 0.0, 0.2),
-        blur: pick(a.blur, 0.0, 0.5),
-        rotation: pick(a.rotation, 0.0, 10.0),
-        ..AugmentConfig::default()
+        hflip: a.hflip.unwrap_or(defaults.hflip),
+        color_jitter: a.color_jitter.unwrap_or(defaults.color_jitter),
+        grayscale: a.grayscale.unwrap_or(defaults.grayscale),
+        blur: a.blur.unwrap_or(defaults.blur),
+        rotation: a.rotation.unwrap_or(defaults.rotation),
+        ..defaults
     })
 }
 
