@@ -12,7 +12,8 @@ use crate::{assets, hub, Embeddings, Error, Result};
 /// model reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Features {
-    /// The tower's output before the projection head.
+    /// The tower's output before the projection head (transformers' `pooler_output`): where
+    /// SSL benchmarks read an image-only model.
     Pooled,
     /// The projected embeddings in the shared image–text space.
     Embeds,

@@ -81,29 +81,18 @@ fn build(a: BuildArgs) -> Result<()> {
         batch_size: a.batch_size,
     };
     let bar = common::Bar::default();
-    let load = |spec: &str| -> Result<Clip> { Ok(Clip::open(spec, &a.device.device()?)?) };
+    let load = |spec: &str| -> clip::Result<Clip> {
+        let device = (a.device.device()).map_err(|e| clip::Error::Input(e.to_string()))?;
+        Clip::open(spec, &device)
+    };
     let written = || format!("cannot write index {}", a.out.display());
     if let Some(folder) = &a.images {
         let spec = a
             .model
             .as_deref()
             .expect("clap requires --model with --images");
-        let r = index::build_images(
-            folder,
-            &a.out,
-            spec,
-            || {
-                Clip::open(
-                    spec,
-                    &a.device
-                        .device()
-                        .map_err(|e| clip::Error::Input(e.to_string()))?,
-                )
-            },
-            &opts,
-            &bar,
-        )
-        .with_context(written)?;
+        let r = index::build_images(folder, &a.out, spec, || load(spec), &opts, &bar)
+            .with_context(written)?;
         for w in &r.warnings {
             eprintln!("warning: {w}");
         }
