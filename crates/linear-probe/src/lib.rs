@@ -9,7 +9,6 @@
 //! [`write_scatter_png`] draw the features for a look at the clusters.
 
 mod classifier;
-mod font;
 mod lbfgs;
 pub mod linalg;
 mod logistic;
@@ -19,7 +18,6 @@ mod ridge;
 mod split;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -81,24 +79,9 @@ pub enum ProbeError {
     /// A linear solve failed.
     #[error(transparent)]
     Linalg(#[from] LinalgError),
-    /// Writing a file failed.
-    #[error("cannot write {path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Encoding an image failed.
-    #[error("cannot encode {path}")]
-    Image {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: image::ImageError,
-    },
+    /// Drawing or writing a plot failed.
+    #[error(transparent)]
+    Plot(#[from] clip_plot::PlotError),
 }
 
 /// The linear read-out of a probe.
