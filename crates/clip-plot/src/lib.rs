@@ -212,7 +212,12 @@ fn draw_chart<DB: DrawingBackend>(
         padded_range(all.iter().map(|p| p.0)),
         padded_range(all.iter().map(|p| p.1)),
     ) else {
-        let title = fit_text(area, &chart.title, &title_font.clone().into(), area_w - 20)?;
+        let title = fit_text(
+            area,
+            &chart.title,
+            &title_font.clone().into(),
+            area_w.saturating_sub(20),
+        )?;
         let inner = area.titled(&title, title_font)?;
         let centre = (area_w as i32 / 2, area_h as i32 / 2 - 20);
         let style = label_font.pos(Pos::new(HPos::Center, VPos::Center));
@@ -229,12 +234,14 @@ fn draw_chart<DB: DrawingBackend>(
     for (name, _) in &legend {
         legend_w = legend_w.max(area.estimate_text_size(name, &label_font)?.0 + 30);
     }
+    // The plot keeps at least two thirds of the width however long the names.
+    let legend_w = legend_w.min(area_w / 3);
     let (plot_area, legend_area) = area.split_horizontally(area_w - legend_w);
     let title = fit_text(
         area,
         &chart.title,
         &title_font.clone().into(),
-        area_w - legend_w - 40,
+        (area_w - legend_w).saturating_sub(40),
     )?;
     let (x_tick, y_tick) = (tick_format(xs.1 - xs.0), tick_format(ys.1 - ys.0));
 
