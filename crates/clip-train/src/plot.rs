@@ -74,51 +74,42 @@ pub fn write_plot(metrics: &Path, out: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Points per curve, in document order (curves are the 2-pixel polylines; axes and ticks
-    /// are 1 pixel wide).
-    fn polylines(svg: &str) -> Vec<usize> {
-        svg.split("<polyline")
-            .skip(1)
+    /// Writes `lines` as `metrics.jsonl`, plots it and returns the points of each curve (the
+    /// 2-pixel polylines: axes and ticks are 1 pixel wide) and the SVG.
+    fn plot(lines: &[String]) -> (Vec<usize>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let (metrics, out) = (dir.path().join("m.jsonl"), dir.path().join("m.svg"));
+        std::fs::write(&metrics, lines.join("\n")).unwrap();
+        write_plot(&metrics, &out).unwrap();
+        let svg = std::fs::read_to_string(&out).unwrap();
+        let curves = svg
+            .split("<polyline")
             .filter(|p| p.contains("stroke-width=\"2\""))
             .map(|p| {
                 let pts = p.split("points=\"").nth(1).unwrap();
                 pts[..pts.find('"').unwrap()].split_whitespace().count()
             })
-            .collect()
+            .collect();
+        (curves, svg)
     }
 
     #[test]
     fn loss_and_each_logged_recall_become_one_curve() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = dir.path().join("metrics.jsonl");
         let mut lines: Vec<String> = (1..=5)
             .map(|s| format!(r#"{{"step": {s}, "loss": {}}}"#, 5.0 - s as f64))
             .collect();
+        let (curves, svg) = plot(&lines);
+        assert_eq!(curves, [5], "{svg}");
+        assert!(svg.contains("training loss") && svg.contains("no data"));
         for s in [2, 4] {
             lines.push(format!(
                 r#"{{"step": {s}, "val": {{"text_to_image_R@1": 0.{s}, "image_to_text_R@1": 0.3}}}}"#
             ));
         }
         lines.push("not json".into());
-        std::fs::write(&metrics, lines.join("\n")).unwrap();
-        let out = dir.path().join("metrics.svg");
-        write_plot(&metrics, &out).unwrap();
-        let svg = std::fs::read_to_string(&out).unwrap();
-        assert_eq!(polylines(&svg), [5, 2, 2], "{svg}");
+        let (curves, svg) = plot(&lines);
+        assert_eq!(curves, [5, 2, 2], "{svg}");
         assert!(svg.contains("image-to-text R@1") && !svg.contains("R@10"));
-        assert!(svg.contains("training loss") && svg.contains("validation recall"));
-    }
-
-    #[test]
-    fn a_run_without_validation_still_gets_a_plot() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = dir.path().join("metrics.jsonl");
-        std::fs::write(&metrics, "{\"step\": 1, \"loss\": 2.0}\n").unwrap();
-        let out = dir.path().join("metrics.svg");
-        write_plot(&metrics, &out).unwrap();
-        let svg = std::fs::read_to_string(&out).unwrap();
-        assert_eq!(polylines(&svg), [1]);
-        assert!(svg.contains("no data"));
-        assert!(write_plot(&dir.path().join("missing.jsonl"), &out).is_err());
+        assert!(write_plot(Path::new("missing.jsonl"), Path::new("m.svg")).is_err());
     }
 }

@@ -26,7 +26,7 @@ pub use classifier::{LinearClassifier, Standardizer};
 pub use linalg::{cholesky_solve, symmetric_eigen, LinalgError, Matrix, SymmetricEigen};
 pub use logistic::{fit_logistic, LogisticFit, LogisticOptions};
 pub use pca::Pca2;
-pub use plot::{class_color, render_scatter, write_scatter_png, PALETTE};
+pub use plot::{class_color, write_scatter_png, PALETTE};
 pub use ridge::{fit_ridge, select_ridge_lambda, RidgeSolver, RIDGE_LAMBDA_GRID};
 pub use split::{few_label_split, Labels, Split};
 

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use clip_plot::{Chart, Figure, Mark, Series};
-use image::RgbImage;
 
 use crate::ProbeError;
 
@@ -38,22 +37,10 @@ pub fn class_color(id: usize) -> [u8; 3] {
 }
 
 /// Draws `points` (coloured by `labels`, which index `class_names`) with a title and a legend
-/// into a `800 × 600` image.
+/// as a `800 × 600` PNG at `path`, written whole or not at all.
 ///
 /// The axes are scaled to the data with a small margin (equal ranges are not enforced: the
 /// plot is for seeing clusters, not reading distances). Classes are drawn in class-id order.
-pub fn render_scatter(
-    points: &[[f64; 2]],
-    labels: &[usize],
-    class_names: &[String],
-    title: &str,
-) -> Result<RgbImage, ProbeError> {
-    Ok(scatter(points, labels, class_names, title)?.render_rgb()?)
-}
-
-/// Renders like [`render_scatter`] and writes the PNG to `path` through a temporary file in
-/// the same folder, renamed over `path` once complete, so an interrupted run never leaves a
-/// half-written image behind (the temporary file removes itself on any error).
 pub fn write_scatter_png(
     path: &Path,
     points: &[[f64; 2]],
@@ -166,7 +153,8 @@ mod tests {
     fn classes_sit_where_their_points_are() {
         // Class 0 at the left, class 1 at the right: their colours split by x.
         let points = [[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]];
-        let img = render_scatter(&points, &[0, 0, 1, 1], &names(2), "").unwrap();
+        let img = scatter(&points, &[0, 0, 1, 1], &names(2), "").unwrap();
+        let img = img.render_rgb().unwrap();
         let xs = |c: [u8; 3]| -> Vec<u32> {
             img.enumerate_pixels()
                 .filter(|(_, _, p)| p.0 == c)
@@ -185,7 +173,8 @@ mod tests {
             .collect();
         let points: Vec<[f64; 2]> = (0..60).map(|i| [i as f64, 0.0]).collect();
         let labels: Vec<usize> = (0..60).collect();
-        let img = render_scatter(&points, &labels, &many, &"t".repeat(500)).unwrap();
+        let plot = scatter(&points, &labels, &many, &"t".repeat(500)).unwrap();
+        let img = plot.render_rgb().unwrap();
         assert_eq!(img.dimensions(), SIZE);
     }
 
@@ -193,12 +182,12 @@ mod tests {
     fn bad_inputs_are_errors() {
         let n = names(2);
         assert!(matches!(
-            render_scatter(&[], &[], &n, ""),
+            scatter(&[], &[], &n, ""),
             Err(ProbeError::Empty(_))
         ));
-        assert!(render_scatter(&[[0.0, 0.0]], &[0, 1], &n, "").is_err());
-        assert!(render_scatter(&[[0.0, 0.0]], &[2], &n, "").is_err());
-        let err = render_scatter(&[[0.0, 0.0], [1.0, f64::NAN]], &[0, 1], &n, "").unwrap_err();
+        assert!(scatter(&[[0.0, 0.0]], &[0, 1], &n, "").is_err());
+        assert!(scatter(&[[0.0, 0.0]], &[2], &n, "").is_err());
+        let err = scatter(&[[0.0, 0.0], [1.0, f64::NAN]], &[0, 1], &n, "").unwrap_err();
         assert!(
             matches!(err, ProbeError::NonFinite { row: 1, col: 1, .. }),
             "{err}"
