@@ -109,7 +109,7 @@ impl Figure {
         Ok(svg)
     }
 
-    /// Writes the figure as a PNG to `path`, atomically (see [`write_atomically`]).
+    /// Writes the figure as a PNG to `path`, whole or not at all.
     pub fn write_png(&self, path: &Path) -> Result<(), PlotError> {
         let mut png = std::io::Cursor::new(Vec::new());
         (self
@@ -119,7 +119,7 @@ impl Figure {
         write_atomically(path, png.get_ref())
     }
 
-    /// Writes the figure as an SVG to `path`, atomically (see [`write_atomically`]).
+    /// Writes the figure as an SVG to `path`, whole or not at all.
     pub fn write_svg(&self, path: &Path) -> Result<(), PlotError> {
         write_atomically(path, self.render_svg()?.as_bytes())
     }
