@@ -1,111 +1,35 @@
-//! A dependency-free SVG of the training loss and validation recall, written at the end of a
-//! run so a user can see the curves without a notebook.
+//! An SVG of the training loss and validation recall, written at the end of a run so a user
+//! can see the curves without a notebook.
 
-use std::fmt::Write as _;
 use std::path::Path;
+
+use clip_plot::{Chart, Figure, Mark, Series};
 
 use crate::error::io;
 use crate::Result;
 
-struct Series {
-    name: String,
-    color: &'static str,
-    points: Vec<(f64, f64)>,
-}
+/// The validation metrics plotted, with their legend names and colours.
+const RECALL: [(&str, &str, [u8; 3]); 3] = [
+    ("text_to_image_R@1", "text-to-image R@1", [214, 39, 40]),
+    ("image_to_text_R@1", "image-to-text R@1", [44, 160, 44]),
+    ("text_to_image_R@10", "text-to-image R@10", [255, 127, 14]),
+];
 
-fn panel(svg: &mut String, x0: f64, title: &str, series: &[Series]) {
-    let (w, h, pad) = (420.0, 260.0, 40.0);
-    let pts = series.iter().flat_map(|s| s.points.iter());
-    let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        xmin = xmin.min(x);
-        xmax = xmax.max(x);
-        ymin = ymin.min(y);
-        ymax = ymax.max(y);
-    }
-    let _ = write!(
-        svg,
-        r##"<g transform="translate({x0},10)"><rect x="{pad}" y="20" width="{}" height="{}" fill="none" stroke="#888"/>"##,
-        w - pad,
-        h - 40.0
-    );
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="14" font-size="13" text-anchor="middle">{title}</text>"#,
-        w / 2.0
-    );
-    if xmin > xmax {
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">no data</text></g>"#,
-            w / 2.0,
-            h / 2.0
-        );
-        return;
-    }
-    if (xmax - xmin).abs() < 1e-12 {
-        xmax = xmin + 1.0;
-    }
-    if (ymax - ymin).abs() < 1e-12 {
-        ymax = ymin + 1.0;
-    }
-    let sx = |x: f64| pad + (x - xmin) / (xmax - xmin) * (w - pad);
-    let sy = |y: f64| 20.0 + (1.0 - (y - ymin) / (ymax - ymin)) * (h - 40.0);
-    let _ = write!(
-        svg,
-        r#"<text x="{pad}" y="{}" font-size="10">{xmin:.0}</text><text x="{w}" y="{}" font-size="10" text-anchor="end">{xmax:.0} steps</text>"#,
-        h - 6.0,
-        h - 6.0
-    );
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="28" font-size="10" text-anchor="end">{ymax:.3}</text><text x="{}" y="{}" font-size="10" text-anchor="end">{ymin:.3}</text>"#,
-        pad - 2.0,
-        pad - 2.0,
-        h - 20.0
-    );
-    for (i, s) in series.iter().enumerate() {
-        let path: Vec<String> = s
-            .points
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-            .collect();
-        let _ = write!(
-            svg,
-            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
-            s.color,
-            path.join(" ")
-        );
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="{}" font-size="11" fill="{}">{}</text>"#,
-            pad + 8.0,
-            36.0 + 14.0 * i as f64,
-            s.color,
-            s.name
-        );
-    }
-    svg.push_str("</g>");
-}
-
-/// Reads `metrics.jsonl` and writes a two-panel SVG: training loss and validation recall@1.
+/// Reads `metrics.jsonl` and writes a two-panel SVG: training loss and validation recall.
+/// Lines that are not JSON, or lack a step, are skipped.
 pub fn write_plot(metrics: &Path, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(metrics).map_err(io("cannot read", metrics))?;
+    // Unnamed: the panel title says what the one curve is.
     let mut loss = Series {
-        name: "train loss".into(),
-        color: "#1f77b4",
+        name: String::new(),
+        color: [31, 119, 180],
         points: vec![],
     };
-    let keys = [
-        ("text_to_image_R@1", "#d62728"),
-        ("image_to_text_R@1", "#2ca02c"),
-        ("text_to_image_R@10", "#ff7f0e"),
-    ];
-    let mut recall: Vec<Series> = keys
+    let mut recall: Vec<Series> = RECALL
         .iter()
-        .map(|(k, c)| Series {
-            name: format!("val {k}"),
-            color: c,
+        .map(|&(_, name, color)| Series {
+            name: name.into(),
+            color,
             points: vec![],
         })
         .collect();
@@ -120,19 +44,72 @@ pub fn write_plot(metrics: &Path, out: &Path) -> Result<()> {
             loss.points.push((step, l));
         }
         if let Some(val) = v.get("val") {
-            for (s, (k, _)) in recall.iter_mut().zip(keys) {
-                if let Some(r) = val.get(k).and_then(|r| r.as_f64()) {
+            for (s, (key, ..)) in recall.iter_mut().zip(RECALL) {
+                if let Some(r) = val.get(key).and_then(|r| r.as_f64()) {
                     s.points.push((step, r));
                 }
             }
         }
     }
-    let mut svg = String::from(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="880" height="290" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"#,
-    );
-    panel(&mut svg, 0.0, "training loss", std::slice::from_ref(&loss));
     recall.retain(|s| !s.points.is_empty());
-    panel(&mut svg, 440.0, "validation recall", &recall);
-    svg.push_str("</svg>\n");
-    std::fs::write(out, svg).map_err(io("cannot write", out))
+    let chart = |title: &str, y_label: &str, series| Chart {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: y_label.into(),
+        mark: Mark::Line,
+        series,
+    };
+    Figure {
+        size: (960, 320),
+        charts: vec![
+            chart("training loss", "loss", vec![loss]),
+            chart("validation recall", "recall", recall),
+        ],
+    }
+    .write_svg(out)
+    .map_err(|e| io("cannot plot", out)(std::io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `lines` as `metrics.jsonl`, plots it and returns the points of each curve (the
+    /// 2-pixel polylines: axes and ticks are 1 pixel wide) and the SVG.
+    fn plot(lines: &[String]) -> (Vec<usize>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let (metrics, out) = (dir.path().join("m.jsonl"), dir.path().join("m.svg"));
+        std::fs::write(&metrics, lines.join("\n")).unwrap();
+        write_plot(&metrics, &out).unwrap();
+        let svg = std::fs::read_to_string(&out).unwrap();
+        let curves = svg
+            .split("<polyline")
+            .filter(|p| p.contains("stroke-width=\"2\""))
+            .map(|p| {
+                let pts = p.split("points=\"").nth(1).unwrap();
+                pts[..pts.find('"').unwrap()].split_whitespace().count()
+            })
+            .collect();
+        (curves, svg)
+    }
+
+    #[test]
+    fn loss_and_each_logged_recall_become_one_curve() {
+        let mut lines: Vec<String> = (1..=5)
+            .map(|s| format!(r#"{{"step": {s}, "loss": {}}}"#, 5.0 - s as f64))
+            .collect();
+        let (curves, svg) = plot(&lines);
+        assert_eq!(curves, [5], "{svg}");
+        assert!(svg.contains("training loss") && svg.contains("no data"));
+        for s in [2, 4] {
+            lines.push(format!(
+                r#"{{"step": {s}, "val": {{"text_to_image_R@1": 0.{s}, "image_to_text_R@1": 0.3}}}}"#
+            ));
+        }
+        lines.push("not json".into());
+        let (curves, svg) = plot(&lines);
+        assert_eq!(curves, [5, 2, 2], "{svg}");
+        assert!(svg.contains("image-to-text R@1") && !svg.contains("R@10"));
+        assert!(write_plot(Path::new("missing.jsonl"), Path::new("m.svg")).is_err());
+    }
 }

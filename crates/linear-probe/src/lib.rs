@@ -9,7 +9,6 @@
 //! [`write_scatter_png`] draw the features for a look at the clusters.
 
 mod classifier;
-mod font;
 mod lbfgs;
 pub mod linalg;
 mod logistic;
@@ -19,7 +18,6 @@ mod ridge;
 mod split;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +26,7 @@ pub use classifier::{LinearClassifier, Standardizer};
 pub use linalg::{cholesky_solve, symmetric_eigen, LinalgError, Matrix, SymmetricEigen};
 pub use logistic::{fit_logistic, LogisticFit, LogisticOptions};
 pub use pca::Pca2;
-pub use plot::{class_color, render_scatter, write_scatter_png, PALETTE};
+pub use plot::{class_color, write_scatter_png, PALETTE};
 pub use ridge::{fit_ridge, select_ridge_lambda, RidgeSolver, RIDGE_LAMBDA_GRID};
 pub use split::{few_label_split, Labels, Split};
 
@@ -81,24 +79,9 @@ pub enum ProbeError {
     /// A linear solve failed.
     #[error(transparent)]
     Linalg(#[from] LinalgError),
-    /// Writing a file failed.
-    #[error("cannot write {path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Encoding an image failed.
-    #[error("cannot encode {path}")]
-    Image {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: image::ImageError,
-    },
+    /// Drawing or writing a plot failed.
+    #[error(transparent)]
+    Plot(#[from] clip_plot::PlotError),
 }
 
 /// The linear read-out of a probe.

@@ -1,12 +1,10 @@
 //! A labelled 2-D scatter plot as PNG, readable on its own: a title, one colour per class and
-//! a legend that names the classes.
+//! a legend that names the classes (drawn by [`clip_plot`]).
 
-use std::io::Write;
 use std::path::Path;
 
-use image::{Rgb, RgbImage};
+use clip_plot::{Chart, Figure, Mark, Series};
 
-use crate::font;
 use crate::ProbeError;
 
 /// Class colours, in class-id order: sixteen hues and shades chosen to stay apart from each
@@ -31,15 +29,7 @@ pub const PALETTE: [[u8; 3]; 16] = [
     [0, 0, 0],       // black
 ];
 
-const WIDTH: u32 = 800;
-const HEIGHT: u32 = 600;
-const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
-const INK: Rgb<u8> = Rgb([40, 40, 40]);
-const FRAME: Rgb<u8> = Rgb([120, 120, 120]);
-const DOT_RADIUS: i64 = 3;
-const LEGEND_ROW: u32 = 14;
-/// Longest class name shown in the legend; longer names are cut with `...`.
-const LEGEND_CHARS: usize = 24;
+const SIZE: (u32, u32) = (800, 600);
 
 /// The colour of class `id`.
 pub fn class_color(id: usize) -> [u8; 3] {
@@ -47,16 +37,27 @@ pub fn class_color(id: usize) -> [u8; 3] {
 }
 
 /// Draws `points` (coloured by `labels`, which index `class_names`) with a title and a legend
-/// into a `800 × 600` image.
+/// as a `800 × 600` PNG at `path`, written whole or not at all.
 ///
 /// The axes are scaled to the data with a small margin (equal ranges are not enforced: the
-/// plot is for seeing clusters, not reading distances). Points are drawn in input order.
-pub fn render_scatter(
+/// plot is for seeing clusters, not reading distances). Classes are drawn in class-id order.
+pub fn write_scatter_png(
+    path: &Path,
     points: &[[f64; 2]],
     labels: &[usize],
     class_names: &[String],
     title: &str,
-) -> Result<RgbImage, ProbeError> {
+) -> Result<(), ProbeError> {
+    Ok(scatter(points, labels, class_names, title)?.write_png(path)?)
+}
+
+/// Checks the inputs and describes the plot: one series per class, in class-id order.
+fn scatter(
+    points: &[[f64; 2]],
+    labels: &[usize],
+    class_names: &[String],
+    title: &str,
+) -> Result<Figure, ProbeError> {
     if points.is_empty() {
         return Err(ProbeError::Empty("no points to plot".into()));
     }
@@ -88,170 +89,28 @@ pub fn render_scatter(
             value: if p[0].is_finite() { p[1] } else { p[0] },
         });
     }
-
-    let mut img = RgbImage::from_pixel(WIDTH, HEIGHT, WHITE);
-
-    // Legend column on the right, sized to the longest (shortened) name.
-    let names: Vec<String> = class_names.iter().map(|n| shorten(n)).collect();
-    let name_px = names
+    let mut series: Vec<Series> = class_names
         .iter()
-        .map(|n| font::text_width(n, 1))
-        .max()
-        .unwrap_or(0);
-    let legend_w = 10 + 10 + 6 + name_px + 10;
-    let (top, bottom, left) = (40u32, HEIGHT - 30, 30u32);
-    let right = WIDTH - legend_w.min(WIDTH / 3) - 10;
-
-    // Title, centred over the plot area, shortened to fit at double size.
-    let max_title = ((right - left) / (font::ADVANCE * 2)) as usize;
-    let title = shorten_to(title, max_title);
-    let tx = left + (right - left).saturating_sub(font::text_width(&title, 2)) / 2;
-    draw_text(&mut img, &title, tx as i64, 12, 2, INK);
-    draw_text(
-        &mut img,
-        "PC1",
-        right as i64 - font::text_width("PC1", 1) as i64,
-        bottom as i64 + 8,
-        1,
-        INK,
-    );
-    draw_text(&mut img, "PC2", 4, top as i64, 1, INK);
-
-    // Frame.
-    for x in left..=right {
-        img.put_pixel(x, top, FRAME);
-        img.put_pixel(x, bottom, FRAME);
-    }
-    for y in top..=bottom {
-        img.put_pixel(left, y, FRAME);
-        img.put_pixel(right, y, FRAME);
-    }
-
-    // Data → pixels, with a margin so discs stay inside the frame.
-    let bounds = |k: usize| {
-        let lo = points.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min);
-        let hi = points
-            .iter()
-            .map(|p| p[k])
-            .fold(f64::NEG_INFINITY, f64::max);
-        (lo, hi)
-    };
-    let inset = (DOT_RADIUS + 4) as f64;
-    let map = |v: f64, (lo, hi): (f64, f64), a: f64, b: f64| {
-        if hi > lo {
-            a + (v - lo) / (hi - lo) * (b - a)
-        } else {
-            (a + b) / 2.0
-        }
-    };
-    let (bx, by) = (bounds(0), bounds(1));
+        .enumerate()
+        .map(|(c, name)| Series {
+            name: name.clone(),
+            color: class_color(c),
+            points: vec![],
+        })
+        .collect();
     for (p, &c) in points.iter().zip(labels) {
-        let px = map(p[0], bx, left as f64 + inset, right as f64 - inset);
-        // Screen y grows downwards; data y grows upwards.
-        let py = map(p[1], by, bottom as f64 - inset, top as f64 + inset);
-        disc(
-            &mut img,
-            px.round() as i64,
-            py.round() as i64,
-            Rgb(class_color(c)),
-        );
+        series[c].points.push((p[0], p[1]));
     }
-
-    // Legend: a swatch and a name per class, top-aligned; "+N more" when they do not fit.
-    let lx = right + 12;
-    let rows_fit = ((HEIGHT - top) / LEGEND_ROW) as usize;
-    let shown = if names.len() > rows_fit {
-        rows_fit.saturating_sub(1)
-    } else {
-        names.len()
-    };
-    for (i, name) in names.iter().take(shown).enumerate() {
-        let y = top + i as u32 * LEGEND_ROW;
-        let color = Rgb(class_color(i));
-        for dy in 0..9 {
-            for dx in 0..9 {
-                put(&mut img, (lx + dx) as i64, (y + dy) as i64, color);
-            }
-        }
-        draw_text(&mut img, name, (lx + 15) as i64, y as i64 + 1, 1, INK);
-    }
-    if shown < names.len() {
-        let more = format!("+{} more", names.len() - shown);
-        let y = top + shown as u32 * LEGEND_ROW;
-        draw_text(&mut img, &more, lx as i64, y as i64 + 1, 1, INK);
-    }
-    Ok(img)
-}
-
-/// Renders like [`render_scatter`] and writes the PNG to `path` through a temporary file in
-/// the same folder, renamed over `path` once complete, so an interrupted run never leaves a
-/// half-written image behind (the temporary file removes itself on any error).
-pub fn write_scatter_png(
-    path: &Path,
-    points: &[[f64; 2]],
-    labels: &[usize],
-    class_names: &[String],
-    title: &str,
-) -> Result<(), ProbeError> {
-    let img = render_scatter(points, labels, class_names, title)?;
-    let io_err = |source| ProbeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
-    let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-    img.write_to(&mut w, image::ImageFormat::Png)
-        .map_err(|source| ProbeError::Image {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    w.flush().map_err(io_err)?;
-    drop(w);
-    tmp.as_file().sync_all().map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
-    Ok(())
-}
-
-fn shorten(name: &str) -> String {
-    shorten_to(name, LEGEND_CHARS)
-}
-
-fn shorten_to(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let keep = max.saturating_sub(3);
-    text.chars()
-        .take(keep)
-        .chain("...".chars())
-        .take(max)
-        .collect()
-}
-
-fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
-}
-
-fn disc(img: &mut RgbImage, cx: i64, cy: i64, c: Rgb<u8>) {
-    let r = DOT_RADIUS;
-    for dy in -r..=r {
-        for dx in -r..=r {
-            // r² + r keeps the disc round rather than diamond-like at this small size.
-            if dx * dx + dy * dy <= r * r + r {
-                put(img, cx + dx, cy + dy, c);
-            }
-        }
-    }
-}
-
-fn draw_text(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: u32, c: Rgb<u8>) {
-    font::for_each_pixel(text, x, y, scale, |px, py| put(img, px, py, c));
+    Ok(Figure {
+        size: SIZE,
+        charts: vec![Chart {
+            title: title.to_string(),
+            x_label: "PC1".into(),
+            y_label: "PC2".into(),
+            mark: Mark::Dots,
+            series,
+        }],
+    })
 }
 
 #[cfg(test)]
@@ -272,15 +131,20 @@ mod tests {
         let labels: Vec<usize> = (0..60).map(|i| i % 3).collect();
         write_scatter_png(&path, &points, &labels, &names(3), "test plot").unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
+        assert_eq!(img.dimensions(), SIZE);
         let has = |c: [u8; 3]| img.pixels().any(|p| p.0 == c);
         for c in 0..3 {
             assert!(has(class_color(c)), "class {c} colour missing");
         }
         assert!(!has(class_color(3)), "a fourth class colour appeared");
-        assert!(has(INK.0), "no text");
+        // Dark pixels above the axes are the title.
+        let title_ink = img
+            .enumerate_pixels()
+            .filter(|(_, y, p)| *y < 30 && p.0.iter().all(|&c| c < 100))
+            .count();
+        assert!(title_ink > 50, "{title_ink} title pixels");
         // The corners stay white; no temporary file is left behind.
-        assert_eq!(img.get_pixel(0, HEIGHT - 1).0, WHITE.0);
+        assert_eq!(img.get_pixel(0, SIZE.1 - 1).0, [255, 255, 255]);
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1);
     }
@@ -289,10 +153,11 @@ mod tests {
     fn classes_sit_where_their_points_are() {
         // Class 0 at the left, class 1 at the right: their colours split by x.
         let points = [[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]];
-        let img = render_scatter(&points, &[0, 0, 1, 1], &names(2), "").unwrap();
+        let img = scatter(&points, &[0, 0, 1, 1], &names(2), "").unwrap();
+        let img = img.render_rgb().unwrap();
         let xs = |c: [u8; 3]| -> Vec<u32> {
             img.enumerate_pixels()
-                .filter(|(_, y, p)| *y > 45 && p.0 == c)
+                .filter(|(_, _, p)| p.0 == c)
                 .map(|(x, _, _)| x)
                 .collect()
         };
@@ -308,24 +173,21 @@ mod tests {
             .collect();
         let points: Vec<[f64; 2]> = (0..60).map(|i| [i as f64, 0.0]).collect();
         let labels: Vec<usize> = (0..60).collect();
-        let img = render_scatter(&points, &labels, &many, &"t".repeat(500)).unwrap();
-        assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
-        assert_eq!(
-            shorten("abcdefghijklmnopqrstuvwxyz0123"),
-            "abcdefghijklmnopqrstu..."
-        );
+        let plot = scatter(&points, &labels, &many, &"t".repeat(500)).unwrap();
+        let img = plot.render_rgb().unwrap();
+        assert_eq!(img.dimensions(), SIZE);
     }
 
     #[test]
     fn bad_inputs_are_errors() {
         let n = names(2);
         assert!(matches!(
-            render_scatter(&[], &[], &n, ""),
+            scatter(&[], &[], &n, ""),
             Err(ProbeError::Empty(_))
         ));
-        assert!(render_scatter(&[[0.0, 0.0]], &[0, 1], &n, "").is_err());
-        assert!(render_scatter(&[[0.0, 0.0]], &[2], &n, "").is_err());
-        let err = render_scatter(&[[0.0, 0.0], [1.0, f64::NAN]], &[0, 1], &n, "").unwrap_err();
+        assert!(scatter(&[[0.0, 0.0]], &[0, 1], &n, "").is_err());
+        assert!(scatter(&[[0.0, 0.0]], &[2], &n, "").is_err());
+        let err = scatter(&[[0.0, 0.0], [1.0, f64::NAN]], &[0, 1], &n, "").unwrap_err();
         assert!(
             matches!(err, ProbeError::NonFinite { row: 1, col: 1, .. }),
             "{err}"
