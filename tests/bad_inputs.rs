@@ -12,14 +12,17 @@ use common::*;
 /// Copies the HF fixture model into a temporary directory for tampering.
 fn hf_copy() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "preprocessor_config.json",
-    ] {
-        std::fs::copy(fixtures().join("hf_tiny").join(f), tmp.path().join(f)).unwrap();
-    }
+    copy_hf_tiny(tmp.path());
     tmp
+}
+
+/// The HF fixture model with `t` added (or replaced) as weight `name`.
+fn with_tensor(name: &str, t: Tensor) -> tempfile::TempDir {
+    let dir = hf_copy();
+    rewrite_weights(dir.path(), |w| {
+        w.insert(name.into(), t);
+    });
+    dir
 }
 
 fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
@@ -30,15 +33,8 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) 
 }
 
 fn load_err(dir: &Path) -> String {
-    let err = Checkpoint::load(dir, &Device::Cpu).unwrap_err();
     // The whole chain, as the CLI prints it.
-    let mut msg = err.to_string();
-    let mut src = std::error::Error::source(&err);
-    while let Some(s) = src {
-        msg.push_str(&format!(" | {s}"));
-        src = s.source();
-    }
-    msg
+    clip_data::error_chain(&Checkpoint::load(dir, &Device::Cpu).unwrap_err())
 }
 
 #[test]
@@ -68,13 +64,8 @@ fn missing_tensor_names_key_and_expected_shape() {
 
 #[test]
 fn wrong_shape_names_key_expected_and_found() {
-    let dir = hf_copy();
-    rewrite_weights(dir.path(), |t| {
-        t.insert(
-            "text_projection.weight".into(),
-            Tensor::zeros((12, 17), candle_core::DType::F32, &Device::Cpu).unwrap(),
-        );
-    });
+    let zeros = Tensor::zeros((12, 17), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let dir = with_tensor("text_projection.weight", zeros);
     let msg = load_err(dir.path());
     assert!(msg.contains("`text_projection.weight`"), "{msg}");
     assert!(
@@ -85,13 +76,8 @@ fn wrong_shape_names_key_expected_and_found() {
 
 #[test]
 fn extra_layers_in_the_checkpoint_do_not_load_silently() {
-    let dir = hf_copy();
-    rewrite_weights(dir.path(), |t| {
-        t.insert(
-            "vision_model.encoder.layers.2.layer_norm1.weight".into(),
-            Tensor::ones(32, candle_core::DType::F32, &Device::Cpu).unwrap(),
-        );
-    });
+    let ones = Tensor::ones(32, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let dir = with_tensor("vision_model.encoder.layers.2.layer_norm1.weight", ones);
     let msg = load_err(dir.path());
     assert!(
         msg.contains("unexpected tensor `vision_model.encoder.layers.2.layer_norm1.weight`"),

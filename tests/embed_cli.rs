@@ -2,32 +2,27 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::Output;
+
 use candle_core::Device;
-use common::clip_env as clip;
 use common::*;
+
+/// `clip embed --model model --out out` with `args`.
+fn embed(model: &str, out: &Path, args: &[&str]) -> Output {
+    clip(&[&["embed", "--model", model, "--out", s(out)], args].concat())
+}
 
 #[test]
 fn embed_matches_transformers_and_records_file_names() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("emb.safetensors");
-    let model = fixtures().join("hf_tiny");
-    let images = fixtures().join("images");
-    let texts = fixtures().join("captions.txt");
-    ok(&clip(
-        &[
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--images",
-            images.to_str().unwrap(),
-            "--texts",
-            texts.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--batch-size",
-            "5",
-        ],
-        &[],
+    let (model, texts) = (fixture("hf_tiny"), fixture("captions.txt"));
+    let images = fixture("images");
+    ok(&embed(
+        &model,
+        &out,
+        &["--images", &images, "--texts", &texts, "--batch-size", "5"],
     ));
     let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     let exp = expected();
@@ -51,21 +46,8 @@ fn embed_matches_transformers_and_records_file_names() {
 fn normalize_writes_unit_rows_and_texts_alone_work() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("t.safetensors");
-    let model = fixtures().join("openclip_tiny");
-    let texts = fixtures().join("captions.txt");
-    ok(&clip(
-        &[
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--texts",
-            texts.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--normalize",
-        ],
-        &[],
-    ));
+    let (model, texts) = (fixture("openclip_tiny"), fixture("captions.txt"));
+    ok(&embed(&model, &out, &["--texts", &texts, "--normalize"]));
     let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     assert_eq!(t["image_embeds"].dims(), &[0, 12]);
     let norms: Vec<f32> = t["text_embeds"]
@@ -86,52 +68,19 @@ fn unreadable_image_and_non_utf8_captions_are_named_and_nothing_is_written() {
     std::fs::write(&out, b"previous result").unwrap();
     let bad = tmp.path().join("broken.png");
     std::fs::write(&bad, b"\x89PNG but not really").unwrap();
-    let model = fixtures().join("hf_tiny");
-    let err = fail(&clip(
-        &[
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--images",
-            bad.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let model = fixture("hf_tiny");
+    let err = fail(&embed(&model, &out, &["--images", s(&bad)]));
     assert!(err.contains("broken.png"), "{err}");
     let caps = tmp.path().join("caps.txt");
     std::fs::write(&caps, b"fine line\nbad \xff byte\n").unwrap();
-    let err = fail(&clip(
-        &[
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--texts",
-            caps.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let err = fail(&embed(&model, &out, &["--texts", s(&caps)]));
     assert!(err.contains("caps.txt") && err.contains("line 2"), "{err}");
     assert_eq!(
         std::fs::read(&out).unwrap(),
         b"previous result",
         "earlier output untouched"
     );
-    let err = fail(&clip(
-        &[
-            "embed",
-            "--model",
-            tmp.path().to_str().unwrap(),
-            "--texts",
-            caps.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let err = fail(&embed(s(tmp.path()), &out, &["--texts", s(&caps)]));
     assert!(
         err.contains("not valid UTF-8") || err.contains("not a model directory"),
         "{err}"
@@ -142,17 +91,8 @@ fn unreadable_image_and_non_utf8_captions_are_named_and_nothing_is_written() {
 fn convert_open_clip_then_embed_gives_open_clip_features() {
     let tmp = tempfile::tempdir().unwrap();
     let conv = tmp.path().join("hf");
-    let model = fixtures().join("openclip_tiny");
-    ok(&clip(
-        &[
-            "convert",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            conv.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let (model, texts) = (fixture("openclip_tiny"), fixture("captions.txt"));
+    ok(&clip(&["convert", "--model", &model, "--out", s(&conv)]));
     for f in [
         "config.json",
         "model.safetensors",
@@ -162,19 +102,7 @@ fn convert_open_clip_then_embed_gives_open_clip_features() {
         assert!(conv.join(f).exists(), "{f}");
     }
     let out = tmp.path().join("e.safetensors");
-    let texts = fixtures().join("captions.txt");
-    ok(&clip(
-        &[
-            "embed",
-            "--model",
-            conv.to_str().unwrap(),
-            "--texts",
-            texts.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    ok(&embed(s(&conv), &out, &["--texts", &texts]));
     let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     assert!(max_rel_l2(&t["text_embeds"], &expected()["oc.text_embeds"]) <= 1e-4);
 }
@@ -187,35 +115,30 @@ fn download_offline_uses_the_cache_and_never_the_network() {
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "preprocessor_config.json",
-    ] {
-        std::fs::copy(fixtures().join("hf_tiny").join(f), snap.join(f)).unwrap();
-    }
+    copy_hf_tiny(&snap);
     let env = [("HF_HOME", home.path())];
-    let out = clip(&["download", "someone/tiny-clip", "--offline"], &env);
+    let out = clip_env(&["download", "someone/tiny-clip", "--offline"], &env);
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout)
         .trim()
         .ends_with("0123abcd"));
     // A cached repo id works wherever a model directory does.
     let emb = home.path().join("e.safetensors");
-    let texts = fixtures().join("captions.txt");
-    ok(&clip(
-        &[
-            "embed",
-            "--model",
-            "someone/tiny-clip",
-            "--texts",
-            texts.to_str().unwrap(),
-            "--out",
-            emb.to_str().unwrap(),
-        ],
+    let texts = fixture("captions.txt");
+    let args = [
+        "embed",
+        "--model",
+        "someone/tiny-clip",
+        "--texts",
+        &texts,
+        "--out",
+        s(&emb),
+    ];
+    ok(&clip_env(&args, &env));
+    let err = fail(&clip_env(
+        &["download", "someone/absent", "--offline"],
         &env,
     ));
-    let err = fail(&clip(&["download", "someone/absent", "--offline"], &env));
     assert!(
         err.contains("someone/absent") && err.contains("not in the Hugging Face cache"),
         "{err}"

@@ -9,8 +9,7 @@ use common::*;
 
 /// `t`'s rows scaled to unit length, as a `[n, d]` tensor.
 fn unit(t: &Tensor) -> Tensor {
-    let e = Embeddings::from_tensor(t).unwrap().normalized().unwrap();
-    Tensor::from_vec(e.as_slice().to_vec(), (e.len(), e.dim()), t.device()).unwrap()
+    tensor(&Embeddings::from_tensor(t).unwrap().normalized().unwrap())
 }
 
 fn tensor(e: &Embeddings) -> Tensor {

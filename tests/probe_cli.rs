@@ -2,36 +2,24 @@
 
 mod common;
 
-use std::path::Path;
+use std::process::Output;
 
-use common::{clip, digits, fail, fixtures, ok};
+use common::{clip, digit_subset, digits, fail, fixture, ok, ok_stderr, s};
 use serde_json::Value;
 
 fn digit_labels() -> String {
     digits().join("labels.tsv").display().to_string()
 }
 
-/// Writes a labels file listing the first `per_class[c]` digits of class `c` (absolute
-/// paths), plus `extra` lines verbatim, and returns its path.
-fn subset_labels(dir: &Path, per_class: &[usize], extra: &[&str]) -> String {
-    let text = std::fs::read_to_string(digits().join("labels.tsv")).unwrap();
-    let mut taken = vec![0; per_class.len()];
-    let mut out = String::from("filepath\tlabel\n");
-    for line in text.lines().skip(1) {
-        let (file, label) = line.split_once('\t').unwrap();
-        let c: usize = label.parse().unwrap();
-        if c < per_class.len() && taken[c] < per_class[c] {
-            taken[c] += 1;
-            out += &format!("{}\t{label}\n", digits().join(file).display());
-        }
-    }
-    for e in extra {
-        out += e;
-        out += "\n";
-    }
-    let path = dir.join("labels.tsv");
-    std::fs::write(&path, out).unwrap();
-    path.display().to_string()
+/// `clip probe --pixels --labels labels --train-per-class per_class` with `extra`.
+fn pixel_probe(labels: &str, per_class: &str, extra: &[&str]) -> Output {
+    let args = ["probe", "--pixels", "--labels", labels];
+    clip(&[&args[..], &["--train-per-class", per_class], extra].concat())
+}
+
+/// Writes a labels file listing the first `per_class[c]` digits of class `c`, plus `extra`.
+fn subset_labels(dir: &std::path::Path, per_class: &[usize], extra: &[&str]) -> String {
+    s(&digit_subset(dir, per_class, extra)).to_string()
 }
 
 fn reports(stdout: &str) -> Vec<Value> {
@@ -43,18 +31,11 @@ fn reports(stdout: &str) -> Vec<Value> {
 fn pixel_probe_on_digits_is_far_above_chance_with_both_methods() {
     // Measured with seed 0 and 10 per class: ridge 0.877, logistic 0.884 (chance: 0.1).
     for (method, floor) in [("ridge", 0.80), ("logistic", 0.80)] {
-        let labels = digit_labels();
-        let out = ok(&clip(&[
-            "probe",
-            "--pixels",
-            "--labels",
-            &labels,
-            "--train-per-class",
+        let out = ok(&pixel_probe(
+            &digit_labels(),
             "10",
-            "--method",
-            method,
-            "--json",
-        ]));
+            &["--method", method, "--json"],
+        ));
         let r = reports(&out);
         assert_eq!(r.len(), 1);
         let r = &r[0];
@@ -78,20 +59,12 @@ fn pixel_probe_on_digits_is_far_above_chance_with_both_methods() {
 fn several_sizes_give_a_table_and_seeds_are_repeatable() {
     let labels = digit_labels();
     let run = |seed: &str, json: bool| {
-        let mut args = vec![
-            "probe",
-            "--pixels",
-            "--labels",
+        let json: &[&str] = if json { &["--json"] } else { &[] };
+        ok(&pixel_probe(
             &labels,
-            "--train-per-class",
             "5,20",
-            "--seed",
-            seed,
-        ];
-        if json {
-            args.push("--json");
-        }
-        ok(&clip(&args))
+            &[&["--seed", seed], json].concat(),
+        ))
     };
     let table = run("3", false);
     assert!(
@@ -119,14 +92,13 @@ fn model_probe_runs_end_to_end_with_a_plot() {
     // Three classes of 12 digits; --data lists the whole folder, so the rest are skipped.
     let labels = subset_labels(tmp.path(), &[12, 12, 12], &[]);
     let plot = tmp.path().join("plots/scatter.png");
-    let model = fixtures().join("hf_tiny");
-    let png = digits().join("png");
+    let (model, png) = (fixture("hf_tiny"), digits().join("png"));
     let out = clip(&[
         "probe",
         "--model",
-        model.to_str().unwrap(),
+        &model,
         "--data",
-        png.to_str().unwrap(),
+        s(&png),
         "--labels",
         &labels,
         "--train-per-class",
@@ -134,13 +106,12 @@ fn model_probe_runs_end_to_end_with_a_plot() {
         "--method",
         "logistic",
         "--plot",
-        plot.to_str().unwrap(),
+        s(&plot),
         "--batch-size",
         "16",
         "--json",
     ]);
-    let stdout = ok(&out);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stdout, stderr) = (ok(&out), ok_stderr(&out));
     assert!(stderr.contains("skipped 1761 of 1797"), "{stderr}");
     let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["images"], 36);
@@ -170,30 +141,16 @@ fn model_probe_runs_end_to_end_with_a_plot() {
     );
 }
 
-/// Stderr of a `clip probe --pixels` run that must fail.
-fn pixel_probe_error(labels: &str, per_class: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "probe",
-        "--pixels",
-        "--labels",
-        labels,
-        "--train-per-class",
-        per_class,
-    ];
-    args.extend_from_slice(extra);
-    fail(&clip(&args))
-}
-
 #[test]
 fn bad_inputs_are_errors_that_name_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope.tsv");
-    let err = pixel_probe_error(missing.to_str().unwrap(), "1", &[]);
+    let err = fail(&pixel_probe(missing.to_str().unwrap(), "1", &[]));
     assert!(err.contains("nope.tsv"), "{err}");
 
     // A label naming a missing image: the labels file, its line and the path.
     let labels = subset_labels(tmp.path(), &[3, 3], &["gone/7777.png\t1"]);
-    let err = pixel_probe_error(&labels, "1", &[]);
+    let err = fail(&pixel_probe(&labels, "1", &[]));
     assert!(
         err.contains("labels.tsv:8") && err.contains("7777.png"),
         "{err}"
@@ -201,12 +158,12 @@ fn bad_inputs_are_errors_that_name_the_problem() {
 
     // A class with too few images for N.
     let labels = subset_labels(tmp.path(), &[9, 3], &[]);
-    let err = pixel_probe_error(&labels, "2,3", &[]);
+    let err = fail(&pixel_probe(&labels, "2,3", &[]));
     assert!(err.contains("`1` has 3"), "{err}");
 
     // One class only.
     let labels = subset_labels(tmp.path(), &[6], &[]);
-    let err = pixel_probe_error(&labels, "2", &[]);
+    let err = fail(&pixel_probe(&labels, "2", &[]));
     assert!(err.contains("at least 2 classes"), "{err}");
 
     // An unreadable image is named.
@@ -214,12 +171,12 @@ fn bad_inputs_are_errors_that_name_the_problem() {
     std::fs::write(&broken, b"\x89PNG but not really").unwrap();
     let line = format!("{}\t1", broken.display());
     let labels = subset_labels(tmp.path(), &[3, 3], &[&line]);
-    let err = pixel_probe_error(&labels, "1", &[]);
+    let err = fail(&pixel_probe(&labels, "1", &[]));
     assert!(err.contains("broken.png"), "{err}");
 
     // Unknown method, and a model or --pixels is required.
     let labels = digit_labels();
-    let err = pixel_probe_error(&labels, "1", &["--method", "svm"]);
+    let err = fail(&pixel_probe(&labels, "1", &["--method", "svm"]));
     assert!(err.contains("svm") && err.contains("ridge"), "{err}");
     let err = fail(&clip(&[
         "probe",

@@ -4,37 +4,42 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
-use common::{clip, fixtures};
+use common::{clip, fixture, fixtures, ok, ok_stderr, s};
 use serde_json::Value;
 
-fn model() -> PathBuf {
-    fixtures().join("hf_tiny")
-}
-
-/// Runs clip, asserting success; returns stdout and stderr.
-fn ok(args: &[&str]) -> (String, String) {
-    let o = clip(args);
-    (
-        common::ok(&o),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-/// Runs clip, asserting a clean failure (exit 1, no panic); returns stderr.
-fn fails(args: &[&str]) -> String {
-    let o = clip(args);
+/// Asserts a clean failure (exit 1, no panic); returns stderr.
+fn fails(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "clip {args:?} should fail cleanly:\n{err}"
-    );
-    common::fail(&o)
+    assert_eq!(o.status.code(), Some(1), "should fail cleanly:\n{err}");
+    common::fail(o)
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// `clip index build --out idx` with `args`.
+fn index_build(idx: &Path, args: &[&str]) -> Output {
+    clip(&[&["index", "build", "--out", s(idx)], args].concat())
+}
+
+/// `clip index build --out idx` with `args`, which must succeed; returns its stderr.
+fn build(idx: &Path, args: &[&str]) -> String {
+    ok_stderr(&index_build(idx, args))
+}
+
+/// [`build`] with the fixture model.
+fn build_with_model(idx: &Path, args: &[&str]) -> String {
+    build(idx, &[&["--model", &fixture("hf_tiny")], args].concat())
+}
+
+/// `clip search --index idx` with `args`.
+fn search(idx: &Path, args: &[&str]) -> Output {
+    clip(&[&["search", "--index", s(idx)], args].concat())
+}
+
+/// `clip search --index idx` with `args` and `--json`, which must succeed: one object per
+/// query.
+fn search_json(idx: &Path, args: &[&str]) -> Vec<Value> {
+    serde_json::from_str(&ok(&search(idx, &[args, &["--json"]].concat()))).unwrap()
 }
 
 /// A copy of the fixture images in a fresh temp dir.
@@ -47,15 +52,6 @@ fn image_folder() -> (tempfile::TempDir, PathBuf) {
         std::fs::copy(e.path(), imgs.join(e.file_name())).unwrap();
     }
     (dir, imgs)
-}
-
-fn search_json(args: &[&str]) -> Vec<Value> {
-    let (out, _) = ok(args);
-    serde_json::from_str::<Value>(&out)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 fn hit_paths(result: &Value) -> Vec<String> {
@@ -95,6 +91,20 @@ fn write_vectors(path: &Path, key: &str, rows: &[Vec<f32>], ids: Option<&[String
     safetensors::serialize_to_file([(key, Raw(shape, data))], meta, path).unwrap();
 }
 
+/// `rows` as the `embeddings` tensor of `dir/name`, without ids.
+fn embeddings(dir: &Path, name: &str, rows: &[Vec<f32>]) -> PathBuf {
+    let path = dir.join(name);
+    write_vectors(&path, "embeddings", rows, None);
+    path
+}
+
+/// `dir/base.safetensors` holding `rows`, and an index `dir/idx` built from it.
+fn embeddings_index(dir: &Path, rows: &[Vec<f32>]) -> (PathBuf, PathBuf) {
+    let (base, idx) = (embeddings(dir, "base.safetensors", rows), dir.join("idx"));
+    build(&idx, &["--embeddings", s(&base)]);
+    (base, idx)
+}
+
 fn random_rows(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut st = seed;
     (0..n)
@@ -115,27 +125,11 @@ fn random_rows(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
 fn text_search_returns_ranked_image_paths() {
     let (dir, imgs) = image_folder();
     let idx = dir.path().join("idx");
-    let (_, err) = ok(&[
-        "index",
-        "build",
-        "--model",
-        s(&model()),
-        "--images",
-        s(&imgs),
-        "--out",
-        s(&idx),
-    ]);
+    let err = build_with_model(&idx, &["--images", s(&imgs)]);
     assert!(err.contains("indexed 12 images"), "{err}");
 
-    let res = search_json(&[
-        "search",
-        "--index",
-        s(&idx),
-        "a photo of a cat",
-        "-k",
-        "5",
-        "--json",
-    ]);
+    let cat = ["a photo of a cat", "-k", "5"];
+    let res = search_json(&idx, &cat);
     assert_eq!(res.len(), 1);
     assert_eq!(res[0]["query"], "a photo of a cat");
     let hits = res[0]["hits"].as_array().unwrap();
@@ -148,59 +142,27 @@ fn text_search_returns_ranked_image_paths() {
         }
     }
     // An image finds itself first.
-    let q = imgs.join("img03.png");
-    let res = search_json(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--image",
-        s(&q),
-        "--json",
-        "-k",
-        "3",
-    ]);
+    let res = search_json(&idx, &["--image", s(&imgs.join("img03.png")), "-k", "3"]);
     assert!(hit_paths(&res[0])[0].ends_with("img03.png"));
 
     // The human-readable listing names the same files in the same order.
-    let (out, _) = ok(&["search", "--index", s(&idx), "a photo of a cat", "-k", "5"]);
+    let out = ok(&search(&idx, &cat));
     let listed: Vec<&str> = out
         .lines()
         .skip(1)
         .map(|l| l.split_whitespace().last().unwrap())
         .collect();
-    let paths = hit_paths(
-        &search_json(&[
-            "search",
-            "--index",
-            s(&idx),
-            "a photo of a cat",
-            "-k",
-            "5",
-            "--json",
-        ])[0],
-    );
-    assert_eq!(listed, paths);
+    assert_eq!(listed, hit_paths(&search_json(&idx, &cat)[0]));
 }
 
 #[test]
 fn reindexing_embeds_only_new_files_and_drops_deleted_ones() {
     let (dir, imgs) = image_folder();
     let idx = dir.path().join("idx");
-    let build = || {
-        ok(&[
-            "index",
-            "build",
-            "--model",
-            s(&model()),
-            "--images",
-            s(&imgs),
-            "--out",
-            s(&idx),
-        ])
-        .1
-    };
+    let build = || build_with_model(&idx, &["--images", s(&imgs)]);
     build();
-    let before = search_json(&["search", "--index", s(&idx), "a dog", "-k", "12", "--json"]);
+    let dogs = ["a dog", "-k", "12"];
+    let before = search_json(&idx, &dogs);
 
     // Add a file in a subfolder (indexing is recursive), remove one, add an unreadable one.
     std::fs::create_dir(imgs.join("more")).unwrap();
@@ -217,7 +179,7 @@ fn reindexing_embeds_only_new_files_and_drops_deleted_ones() {
         "{err}"
     );
 
-    let after = search_json(&["search", "--index", s(&idx), "a dog", "-k", "12", "--json"]);
+    let after = search_json(&idx, &dogs);
     let paths = hit_paths(&after[0]);
     assert!(paths.iter().any(|p| p.ends_with("more/copy.png")));
     assert!(!paths.iter().any(|p| p.ends_with("img07.png")));
@@ -252,28 +214,9 @@ fn caption_index_serves_image_to_text() {
     let dir = tempfile::tempdir().unwrap();
     let idx = dir.path().join("captions");
     let texts = fixtures().join("captions.txt");
-    ok(&[
-        "index",
-        "build",
-        "--model",
-        s(&model()),
-        "--texts",
-        s(&texts),
-        "--out",
-        s(&idx),
-        "--half",
-    ]);
+    build_with_model(&idx, &["--texts", s(&texts), "--half"]);
     let img = fixtures().join("images/img00.png");
-    let res = search_json(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--image",
-        s(&img),
-        "-k",
-        "3",
-        "--json",
-    ]);
+    let res = search_json(&idx, &["--image", s(&img), "-k", "3"]);
     let captions: Vec<String> = std::fs::read_to_string(&texts)
         .unwrap()
         .lines()
@@ -286,15 +229,7 @@ fn caption_index_serves_image_to_text() {
         assert_eq!(h["caption"].as_str().unwrap(), captions[id]);
     }
     // A caption finds itself first (text→text over a caption index).
-    let res = search_json(&[
-        "search",
-        "--index",
-        s(&idx),
-        &captions[1],
-        "-k",
-        "1",
-        "--json",
-    ]);
+    let res = search_json(&idx, &[&captions[1], "-k", "1"]);
     assert_eq!(res[0]["hits"][0]["id"], 1);
 }
 
@@ -307,28 +242,12 @@ fn embeddings_index_search_equals_brute_force() {
     let base_file = dir.path().join("base.safetensors");
     write_vectors(&base_file, "embeddings", &base, Some(&ids));
     let queries = random_rows(nq, dim, 2);
-    let q_file = dir.path().join("q.safetensors");
-    write_vectors(&q_file, "embeddings", &queries, None);
+    let q_file = embeddings(dir.path(), "q.safetensors", &queries);
     let idx = dir.path().join("idx");
-    ok(&[
-        "index",
-        "build",
-        "--embeddings",
-        s(&base_file),
-        "--out",
-        s(&idx),
-    ]);
+    build(&idx, &["--embeddings", s(&base_file)]);
 
-    let res = search_json(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--query-embeddings",
-        s(&q_file),
-        "-k",
-        &k.to_string(),
-        "--json",
-    ]);
+    let by_q = ["--query-embeddings", s(&q_file)];
+    let res = search_json(&idx, &[&by_q[..], &["-k", &k.to_string()]].concat());
     assert_eq!(res.len(), nq, "one object per query");
     let unit = |v: &[f32]| {
         let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -367,21 +286,8 @@ fn embeddings_index_search_equals_brute_force() {
             .collect()
     };
     let exact_first = first(&res);
-    let search = |extra: &[&str]| {
-        let mut args = vec![
-            "search",
-            "--index",
-            s(&idx),
-            "--query-embeddings",
-            s(&q_file),
-            "-k",
-            "1",
-            "--json",
-            "--ann",
-        ];
-        args.extend_from_slice(extra);
-        search_json(&args)
-    };
+    let search =
+        |extra: &[&str]| search_json(&idx, &[&by_q[..], &["-k", "1", "--ann"], extra].concat());
     // Probing every list is exhaustive.
     assert_eq!(first(&search(&["--probes", "1000"])), exact_first);
     let hnsw = first(&search(&["--ann-method", "hnsw"]));
@@ -396,105 +302,57 @@ fn embeddings_index_search_equals_brute_force() {
 #[test]
 fn bad_inputs_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let base_file = dir.path().join("base.safetensors");
-    write_vectors(&base_file, "embeddings", &random_rows(50, 16, 3), None);
-    let idx = dir.path().join("idx");
-    ok(&[
-        "index",
-        "build",
-        "--embeddings",
-        s(&base_file),
-        "--out",
-        s(&idx),
-    ]);
+    let (base_file, idx) = embeddings_index(dir.path(), &random_rows(50, 16, 3));
 
     // Missing tensor: names the file, the key and what is there.
     let other = dir.path().join("other.safetensors");
     write_vectors(&other, "image_embeds", &random_rows(3, 16, 4), None);
-    let err = fails(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--query-embeddings",
-        s(&other),
-    ]);
+    let err = fails(&search(&idx, &["--query-embeddings", s(&other)]));
     assert!(
         err.contains("other.safetensors")
             && err.contains("`embeddings`")
             && err.contains("image_embeds"),
         "{err}"
     );
-    let err = fails(&[
-        "index",
-        "build",
-        "--embeddings",
-        s(&other),
-        "--out",
-        s(&dir.path().join("x")),
-    ]);
+    let err = fails(&index_build(
+        &dir.path().join("x"),
+        &["--embeddings", s(&other)],
+    ));
     assert!(err.contains("`embeddings`"), "{err}");
 
     // Dimension mismatch: names both dimensions.
-    let small = dir.path().join("small.safetensors");
-    write_vectors(&small, "embeddings", &random_rows(2, 8, 5), None);
-    let err = fails(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--query-embeddings",
-        s(&small),
-    ]);
+    let small = embeddings(dir.path(), "small.safetensors", &random_rows(2, 8, 5));
+    let err = fails(&search(&idx, &["--query-embeddings", s(&small)]));
     assert!(
         err.contains("dimension 8") && err.contains("dimension 16"),
         "{err}"
     );
     // The fixture model makes 12-dimensional text vectors.
-    let err = fails(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--model",
-        s(&model()),
-        "a cat",
-    ]);
+    let err = fails(&search(&idx, &["--model", &fixture("hf_tiny"), "a cat"]));
     assert!(
         err.contains("dimension 12") && err.contains("dimension 16"),
         "{err}"
     );
     // No model recorded for a text query.
-    let err = fails(&["search", "--index", s(&idx), "a cat"]);
+    let err = fails(&search(&idx, &["a cat"]));
     assert!(
         err.contains("records no model") && err.contains("--model"),
         "{err}"
     );
 
     // A zero query vector cannot be normalised.
-    let zero = dir.path().join("zero.safetensors");
-    write_vectors(&zero, "embeddings", &[vec![0.0; 16]], None);
-    let err = fails(&["search", "--index", s(&idx), "--query-embeddings", s(&zero)]);
+    let zero = embeddings(dir.path(), "zero.safetensors", &[vec![0.0; 16]]);
+    let err = fails(&search(&idx, &["--query-embeddings", s(&zero)]));
     assert!(
         err.contains("zero.safetensors") && err.contains("row 0"),
         "{err}"
     );
 
     // Not an index.
-    let err = fails(&[
-        "search",
-        "--index",
-        s(dir.path()),
-        "--query-embeddings",
-        s(&small),
-    ]);
+    let err = fails(&search(dir.path(), &["--query-embeddings", s(&small)]));
     assert!(err.contains("not an index"), "{err}");
     // Refuses to build over unrelated files.
-    let err = fails(&[
-        "index",
-        "build",
-        "--embeddings",
-        s(&base_file),
-        "--out",
-        s(dir.path()),
-    ]);
+    let err = fails(&index_build(dir.path(), &["--embeddings", s(&base_file)]));
     assert!(err.contains("refusing"), "{err}");
     assert!(base_file.exists());
 }
@@ -502,24 +360,14 @@ fn bad_inputs_are_clear_errors() {
 #[test]
 fn damaged_index_is_reported_not_searched() {
     let dir = tempfile::tempdir().unwrap();
-    let base_file = dir.path().join("base.safetensors");
-    write_vectors(&base_file, "embeddings", &random_rows(40, 8, 6), None);
-    let idx = dir.path().join("idx");
-    ok(&[
-        "index",
-        "build",
-        "--embeddings",
-        s(&base_file),
-        "--out",
-        s(&idx),
-    ]);
-    let q = dir.path().join("q.safetensors");
-    write_vectors(&q, "embeddings", &random_rows(1, 8, 7), None);
+    let (_, idx) = embeddings_index(dir.path(), &random_rows(40, 8, 6));
+    let q = embeddings(dir.path(), "q.safetensors", &random_rows(1, 8, 7));
+    let by_q = ["--query-embeddings", s(&q)];
     let vf = idx.join("vectors-1.safetensors");
     let bytes = std::fs::read(&vf).unwrap();
 
     std::fs::write(&vf, &bytes[..bytes.len() - 100]).unwrap();
-    let err = fails(&["search", "--index", s(&idx), "--query-embeddings", s(&q)]);
+    let err = fails(&search(&idx, &by_q));
     assert!(
         err.contains("damaged")
             && err.contains("vectors-1.safetensors")
@@ -531,49 +379,30 @@ fn damaged_index_is_reported_not_searched() {
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
     std::fs::write(&vf, &flipped).unwrap();
-    let err = fails(&["search", "--index", s(&idx), "--query-embeddings", s(&q)]);
+    let err = fails(&search(&idx, &by_q));
     assert!(err.contains("damaged") && err.contains("CRC-32"), "{err}");
-    let err = fails(&["index", "info", s(&idx)]);
+    let err = fails(&clip(&["index", "info", s(&idx)]));
     assert!(err.contains("damaged"), "{err}");
 
     std::fs::write(idx.join("manifest.json"), b"{ not json").unwrap();
-    let err = fails(&["search", "--index", s(&idx), "--query-embeddings", s(&q)]);
+    let err = fails(&search(&idx, &by_q));
     assert!(err.contains("manifest.json"), "{err}");
 }
 
 #[test]
 fn interrupted_build_leaves_the_previous_index_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let base_file = dir.path().join("base.safetensors");
-    write_vectors(&base_file, "embeddings", &random_rows(30, 8, 8), None);
-    let idx = dir.path().join("idx");
-    ok(&[
-        "index",
-        "build",
-        "--embeddings",
-        s(&base_file),
-        "--out",
-        s(&idx),
-    ]);
-    let q = dir.path().join("q.safetensors");
-    write_vectors(&q, "embeddings", &random_rows(2, 8, 9), None);
-    let before = ok(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--query-embeddings",
-        s(&q),
-        "--json",
-    ])
-    .0;
+    let (base_file, idx) = embeddings_index(dir.path(), &random_rows(30, 8, 8));
+    let q = embeddings(dir.path(), "q.safetensors", &random_rows(2, 8, 9));
+    let by_q = ["--query-embeddings", s(&q), "--json"];
+    let before = ok(&search(&idx, &by_q));
 
     // A rebuild that fails part-way: row 6000 of 9000 is zero and cannot be normalised, after
     // more than one block of rows has been written to the temporary file.
     let mut rows = random_rows(9000, 8, 10);
     rows[6000] = vec![0.0; 8];
-    let bad = dir.path().join("bad.safetensors");
-    write_vectors(&bad, "embeddings", &rows, None);
-    let err = fails(&["index", "build", "--embeddings", s(&bad), "--out", s(&idx)]);
+    let bad = embeddings(dir.path(), "bad.safetensors", &rows);
+    let err = fails(&index_build(&idx, &["--embeddings", s(&bad)]));
     assert!(
         err.contains("row 6000") && err.contains("bad.safetensors"),
         "{err}"
@@ -581,26 +410,10 @@ fn interrupted_build_leaves_the_previous_index_usable() {
 
     // What a kill mid-write leaves behind: a temporary file.
     std::fs::write(idx.join(".vectors-5.safetensors.4242.tmp"), vec![0u8; 1000]).unwrap();
-    let after = ok(&[
-        "search",
-        "--index",
-        s(&idx),
-        "--query-embeddings",
-        s(&q),
-        "--json",
-    ])
-    .0;
-    assert_eq!(before, after);
+    assert_eq!(before, ok(&search(&idx, &by_q)));
 
     // The next successful build cleans up.
-    ok(&[
-        "index",
-        "build",
-        "--embeddings",
-        s(&base_file),
-        "--out",
-        s(&idx),
-    ]);
+    build(&idx, &["--embeddings", s(&base_file)]);
     let mut names: Vec<String> = std::fs::read_dir(&idx)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -2,47 +2,23 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use common::{clip, digits};
-
-/// A labels file listing the first `per_class` bundled digits of each class.
-fn digit_subset(dir: &Path, per_class: usize) -> PathBuf {
-    let text = std::fs::read_to_string(digits().join("labels.tsv")).unwrap();
-    let mut counts = [0usize; 10];
-    let mut out = String::from("filepath\tlabel\n");
-    for line in text.lines().skip(1) {
-        let (path, label) = line.split_once('\t').unwrap();
-        let c: usize = label.parse().unwrap();
-        if counts[c] < per_class {
-            counts[c] += 1;
-            out.push_str(&format!("{}\t{label}\n", digits().join(path).display()));
-        }
-    }
-    let p = dir.join("labels.tsv");
-    std::fs::write(&p, out).unwrap();
-    p
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
+use common::{clip, digit_subset, fail, ok, ok_stderr, s};
 
 #[test]
 fn image_only_training_ends_with_a_linear_probe() {
     let tmp = tempfile::tempdir().unwrap();
-    let labels = digit_subset(tmp.path(), 6);
+    let labels = digit_subset(tmp.path(), &[6; 10], &[]);
     let run = tmp.path().join("run");
-    let l = labels.to_str().unwrap();
-    let out = train_images(&labels, &run, &["--labels", l, "--loss", "debiased"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stderr(&out).contains("training data: 60 images"),
-        "{}",
-        stderr(&out)
+    let out = train_images(
+        &labels,
+        &run,
+        &["--labels", s(&labels), "--loss", "debiased"],
     );
+    let (stdout, stderr) = (ok(&out), ok_stderr(&out));
+    assert!(stderr.contains("training data: 60 images"), "{stderr}");
     assert!(
         stdout.contains("linear probe (60 images, 10 classes")
             && stdout.contains("pooled features")
@@ -61,57 +37,26 @@ fn image_only_training_ends_with_a_linear_probe() {
 #[test]
 fn image_only_mistakes_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let labels = digit_subset(tmp.path(), 2);
-    let l = labels.to_str().unwrap();
-    let run = tmp.path().join("run");
-    let r = run.to_str().unwrap();
-    let base = [
-        "train",
-        "--objective",
-        "images",
-        "--steps",
-        "1",
-        "--out",
-        r,
-        "--data",
-        l,
-    ];
-    let with = |extra: &[&str]| {
-        let mut args = base.to_vec();
-        args.extend_from_slice(extra);
-        clip(&args)
-    };
-    let out = with(&["--loss", "clip"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("nt-xent"),
-        "{}",
-        stderr(&out)
-    );
-    let out = with(&["--val-data", l]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("--labels"),
-        "{}",
-        stderr(&out)
-    );
-    let out = with(&["--loss", "oracle"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("label"),
-        "{}",
-        stderr(&out)
-    );
-    let out = with(&["--temperature", "0"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("temperature"),
-        "{}",
-        stderr(&out)
-    );
+    let labels = digit_subset(tmp.path(), &[2; 10], &[]);
+    let (l, run) = (s(&labels), tmp.path().join("run"));
+    let base = ["train", "--objective", "images", "--steps", "1"];
+    let paths = ["--out", s(&run), "--data", l];
+    let fails = |extra: &[&str]| fail(&clip(&[&base[..], &paths, extra].concat()));
+    for (extra, named) in [
+        (["--loss", "clip"], "nt-xent"),
+        (["--val-data", l], "--labels"),
+        (["--loss", "oracle"], "label"),
+        (["--temperature", "0"], "temperature"),
+    ] {
+        let err = fails(&extra);
+        assert!(err.contains(named), "{err}");
+    }
     // A labels file naming a missing image: the error gives the file and line.
     let bad = tmp.path().join("bad.tsv");
     std::fs::write(&bad, "filepath\tlabel\nnot-there.png\t3\n").unwrap();
-    let out = with(&["--labels", bad.to_str().unwrap()]);
-    let err = stderr(&out);
+    let err = fails(&["--labels", s(&bad)]);
     assert!(
-        !out.status.success() && err.contains("bad.tsv:2") && err.contains("not-there.png"),
+        err.contains("bad.tsv:2") && err.contains("not-there.png"),
         "{err}"
     );
     // Nothing was trained by any of these.
@@ -120,24 +65,9 @@ fn image_only_mistakes_are_named() {
 
 /// Trains a few image-only steps on `labels` into `run` with `extra` options.
 fn train_images(labels: &Path, run: &Path, extra: &[&str]) -> Output {
-    let l = labels.to_str().unwrap();
-    let mut args = vec![
-        "train",
-        "--objective",
-        "images",
-        "--preset",
-        "micro",
-        "--data",
-        l,
-        "--steps",
-        "2",
-        "--batch-size",
-        "16",
-        "--out",
-        run.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    clip(&args)
+    let args = ["train", "--objective", "images", "--preset", "micro"];
+    let data = ["--data", s(labels), "--steps", "2", "--batch-size", "16"];
+    clip(&[&args[..], &data, &["--out", s(run)], extra].concat())
 }
 
 fn read_config(model: &Path) -> serde_json::Value {
@@ -152,13 +82,10 @@ fn embed_images(model: &Path, labels: &Path, out: &Path, extra: &[&str]) -> Vec<
         .skip(1)
         .map(|l| l.split('\t').next().unwrap().to_string())
         .collect();
-    let mut args = vec!["embed", "--model", model.to_str().unwrap()];
-    args.push("--images");
+    let mut args = vec!["embed", "--model", s(model), "--out", s(out), "--images"];
     args.extend(images.iter().map(String::as_str));
-    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
     args.extend_from_slice(extra);
-    let res = clip(&args);
-    assert!(res.status.success(), "{}", stderr(&res));
+    ok(&clip(&args));
     let t = candle_core::safetensors::load(out, &candle_core::Device::Cpu).unwrap();
     let e = &t["image_embeds"];
     assert_eq!(e.dim(0).unwrap(), images.len());
@@ -168,20 +95,10 @@ fn embed_images(model: &Path, labels: &Path, out: &Path, extra: &[&str]) -> Vec<
 }
 
 fn probe_json(model: &Path, labels: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "probe",
-        "--model",
-        model.to_str().unwrap(),
-        "--labels",
-        labels.to_str().unwrap(),
-        "--train-per-class",
-        "2",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = clip(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let args = ["probe", "--train-per-class", "2", "--json"];
+    let paths = ["--model", s(model), "--labels", s(labels)];
+    let out = ok(&clip(&[&args[..], &paths, extra].concat()));
+    serde_json::from_str(&out).unwrap()
 }
 
 /// An image-only model's pooled features are the tower's output before the projection: the
@@ -190,10 +107,9 @@ fn probe_json(model: &Path, labels: &Path, extra: &[&str]) -> serde_json::Value 
 #[test]
 fn the_probe_reads_an_image_only_model_before_its_projection() {
     let tmp = tempfile::tempdir().unwrap();
-    let labels = digit_subset(tmp.path(), 3);
+    let labels = digit_subset(tmp.path(), &[3; 10], &[]);
     let run = tmp.path().join("run");
-    let out = train_images(&labels, &run, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(&train_images(&labels, &run, &[]));
     let model = run.join("final");
     assert_eq!(read_config(&model)["image_only"], true);
 
@@ -249,7 +165,7 @@ fn the_probe_reads_an_image_only_model_before_its_projection() {
 #[test]
 fn an_mlp_head_saves_resumes_and_reloads() {
     let tmp = tempfile::tempdir().unwrap();
-    let labels = digit_subset(tmp.path(), 3);
+    let labels = digit_subset(tmp.path(), &[3; 10], &[]);
     let run = tmp.path().join("run");
     let head = [
         "--projection",
@@ -263,8 +179,7 @@ fn an_mlp_head_saves_resumes_and_reloads() {
         "--save-every",
         "1",
     ];
-    let out = train_images(&labels, &run, &head);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(&train_images(&labels, &run, &head));
     let model = run.join("final");
     let config = read_config(&model);
     assert_eq!(config["projection_dim"], 24);
@@ -288,8 +203,7 @@ fn an_mlp_head_saves_resumes_and_reloads() {
     // Resume from the first checkpoint: the head comes back from run.json and the weights.
     let _ = std::fs::remove_dir_all(run.join("checkpoint-2"));
     std::fs::remove_dir_all(&model).unwrap();
-    let out = clip(&["train", "--resume", run.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(&clip(&["train", "--resume", s(&run)]));
     let resumed =
         candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
@@ -316,18 +230,15 @@ fn an_mlp_head_saves_resumes_and_reloads() {
     assert_eq!(e[0].len(), 24);
 
     // An image–text model keeps transformers' layout.
-    let out = clip(&[
+    let it = tmp.path().join("it");
+    let err = fail(&clip(&[
         "train",
         "--projection",
         "mlp",
         "--steps",
         "1",
         "--out",
-        tmp.path().join("it").to_str().unwrap(),
-    ]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("--objective images"),
-        "{}",
-        stderr(&out)
-    );
+        s(&it),
+    ]));
+    assert!(err.contains("--objective images"), "{err}");
 }

@@ -11,6 +11,11 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The fixture `name` as a command-line argument.
+pub fn fixture(name: &str) -> String {
+    fixtures().join(name).display().to_string()
+}
+
 pub fn tokenizer_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tokenizer.json")
 }
@@ -119,6 +124,12 @@ pub fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// Stderr of a run that must succeed (for its progress lines).
+pub fn ok_stderr(out: &Output) -> String {
+    ok(out);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Stderr of a run that must fail cleanly (an error, not a panic).
 pub fn fail(out: &Output) -> String {
     assert!(!out.status.success(), "expected failure");
@@ -130,4 +141,43 @@ pub fn fail(out: &Output) -> String {
 /// The bundled UCI digits.
 pub fn digits() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/digits")
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Copies the files of the HF fixture model into `dir`.
+pub fn copy_hf_tiny(dir: &Path) {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(fixtures().join("hf_tiny").join(f), dir.join(f)).unwrap();
+    }
+}
+
+/// Writes `dir/labels.tsv` listing the first `per_class[c]` bundled digits of class `c`
+/// (absolute paths), plus `extra` lines verbatim, and returns its path.
+pub fn digit_subset(dir: &Path, per_class: &[usize], extra: &[&str]) -> PathBuf {
+    let text = std::fs::read_to_string(digits().join("labels.tsv")).unwrap();
+    let mut taken = vec![0; per_class.len()];
+    let mut out = String::from("filepath\tlabel\n");
+    for line in text.lines().skip(1) {
+        let (file, label) = line.split_once('\t').unwrap();
+        let c: usize = label.parse().unwrap();
+        if c < per_class.len() && taken[c] < per_class[c] {
+            taken[c] += 1;
+            out += &format!("{}\t{label}\n", digits().join(file).display());
+        }
+    }
+    for e in extra {
+        out += e;
+        out += "\n";
+    }
+    let path = dir.join("labels.tsv");
+    std::fs::write(&path, out).unwrap();
+    path
 }

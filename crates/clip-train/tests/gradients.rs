@@ -4,7 +4,8 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
 use clip_model::{ClipConfig, ClipModel, TextConfig, VisionConfig};
 use clip_nn::{Params, VarStore};
 
@@ -39,6 +40,21 @@ fn small_config() -> ClipConfig {
     }
 }
 
+/// A model of `cfg` with parameters drawn from `seed`, and the store that holds them.
+fn seeded_model(cfg: &ClipConfig, seed: u64) -> (VarStore, ClipModel) {
+    let store = VarStore::new(Device::Cpu, seed);
+    let model = ClipModel::new(cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    (store, model)
+}
+
+/// `var`'s gradient, which must exist (`what` names it otherwise), and its squared norm.
+fn gradient<'a>(grads: &'a GradStore, var: &Var, what: &str) -> (&'a Tensor, f32) {
+    let g = grads
+        .get(var)
+        .unwrap_or_else(|| panic!("{what} has no gradient"));
+    (g, g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap())
+}
+
 /// Distinct captions of 3 to 6 tokens: begin (62), words, end-of-text (63), then padding
 /// with end-of-text to the context of 8.
 fn captions(b: usize) -> Vec<Vec<u32>> {
@@ -61,9 +77,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
 }
 
 fn every_parameter_gets_a_gradient(cfg: &ClipConfig) {
-    let cfg = cfg.clone();
-    let store = VarStore::new(Device::Cpu, 0);
-    let model = ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    let (store, model) = seeded_model(cfg, 0);
     let b = 4;
     let pixels = Tensor::randn(0f32, 1.0, (b, 3, 16, 16), &Device::Cpu).unwrap();
     let ids = captions(b);
@@ -72,32 +86,18 @@ fn every_parameter_gets_a_gradient(cfg: &ClipConfig) {
     let loss = clip_train::clip_loss(&img, &txt, model.logit_scale()).unwrap();
     let grads = loss.backward().unwrap();
     let vars = store.named_vars();
-    assert_eq!(vars.len(), ClipModel::parameter_shapes(&cfg).unwrap().len());
+    assert_eq!(vars.len(), ClipModel::parameter_shapes(cfg).unwrap().len());
     for (name, var) in vars {
-        nonzero_grad(&grads, &var, &name);
+        let (_, norm) = gradient(&grads, &var, &name);
+        assert!(norm.is_finite(), "{name} gradient is not finite");
+        assert!(norm > 0.0, "{name} gradient is zero");
     }
-}
-
-/// `var`'s gradient, which must be there, finite and non-zero (`what` names it).
-fn nonzero_grad<'a>(
-    grads: &'a candle_core::backprop::GradStore,
-    var: &candle_core::Var,
-    what: &str,
-) -> &'a Tensor {
-    let g = grads
-        .get(var)
-        .unwrap_or_else(|| panic!("{what} has no gradient"));
-    let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    assert!(norm.is_finite() && norm > 0.0, "{what} gradient {norm}");
-    g
 }
 
 /// The image-only losses reach every image-tower parameter too.
 #[test]
 fn two_view_losses_reach_every_image_parameter() {
-    let cfg = small_config();
-    let store = VarStore::new(Device::Cpu, 1);
-    let model = ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    let (store, model) = seeded_model(&small_config(), 1);
     let b = 4;
     let pixels = Tensor::randn(0f32, 1.0, (2 * b, 3, 16, 16), &Device::Cpu).unwrap();
     let z = model.encode_image(&pixels).unwrap();
@@ -127,7 +127,11 @@ fn two_view_losses_reach_every_image_parameter() {
             if !(name.starts_with("vision_model.") || name.starts_with("visual_projection")) {
                 continue;
             }
-            nonzero_grad(&grads, &var, &format!("{what}: {name}"));
+            let (_, norm) = gradient(&grads, &var, &format!("{what}: {name}"));
+            assert!(
+                norm.is_finite() && norm > 0.0,
+                "{what}: {name} gradient {norm}"
+            );
         }
     }
 }
@@ -138,8 +142,7 @@ fn two_view_losses_reach_every_image_parameter() {
 fn bf16_casts_pass_gradients_to_every_f32_weight() {
     use candle_core::DType;
     let cfg = small_config();
-    let store = VarStore::new(Device::Cpu, 2);
-    ClipModel::new(&cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    let (store, _) = seeded_model(&cfg, 2);
     let weights: std::collections::HashMap<String, Tensor> = store
         .named_vars()
         .into_iter()
@@ -178,11 +181,9 @@ fn bf16_casts_pass_gradients_to_every_f32_weight() {
     let loss = clip_train::clip_loss(&img, &txt, scale.as_tensor()).unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in store.named_vars() {
-        assert_eq!(
-            nonzero_grad(&grads, &var, &name).dtype(),
-            DType::F32,
-            "{name}"
-        );
+        let (g, norm) = gradient(&grads, &var, &name);
+        assert_eq!(g.dtype(), DType::F32, "{name}");
+        assert!(norm.is_finite() && norm > 0.0, "{name} gradient {norm}");
     }
 }
 
@@ -214,10 +215,8 @@ fn mlp_head_config() -> ClipConfig {
 }
 
 fn check_taped_parity(cfg: &ClipConfig) {
-    use candle_core::Var;
     use clip_nn::taped::{Grads, Workspace};
-    let store = VarStore::new(Device::Cpu, 2);
-    let model = ClipModel::new(cfg, cfg.text_config.pooling(), Params::new(&store)).unwrap();
+    let (store, model) = seeded_model(cfg, 2);
     for (i, (_, var)) in store.named_vars().into_iter().enumerate() {
         let shape = var.as_tensor().shape().clone();
         let noise = Tensor::randn(0f32, 0.3, shape, &Device::Cpu).unwrap();

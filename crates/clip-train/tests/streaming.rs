@@ -11,17 +11,12 @@ use std::sync::Arc;
 
 use common::*;
 
-use candle_core::Device;
 use clip_data::{
     AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
 };
 use clip_model::Preprocess;
-use clip_train::{train, Loader, LoaderMode, LoaderSpec, RunSetup, TrainConfig};
+use clip_train::{Loader, LoaderMode, LoaderSpec, RunSetup, TrainConfig};
 use image::RgbImage;
-
-fn tokenizer() -> clip_model::ClipTokenizer {
-    clip_model::ClipTokenizer::from_file(&tokenizer_file(), 8).unwrap()
-}
 
 fn jpeg(seed: u32) -> Vec<u8> {
     let img = RgbImage::from_fn(24, 20, |x, y| {
@@ -124,6 +119,14 @@ fn spec(data: Arc<SampleSet>, cache: CacheConfig, batch: usize) -> LoaderSpec {
     }
 }
 
+/// A decoded-image cache in `mode` without a memory budget.
+fn unbounded(mode: CacheMode) -> CacheConfig {
+    CacheConfig {
+        mode,
+        mem_bytes: None,
+    }
+}
+
 type Seen = Vec<(Vec<f32>, Vec<Vec<u32>>, Vec<usize>, usize)>;
 
 fn batches(spec: LoaderSpec, steps: std::ops::Range<usize>, start: usize) -> Seen {
@@ -140,14 +143,7 @@ fn batches(spec: LoaderSpec, steps: std::ops::Range<usize>, start: usize) -> See
 fn streaming_and_cached_batches_are_identical() {
     let d = tempfile::tempdir().unwrap();
     let data = Arc::new(SampleSet::scan(&good_shards(d.path(), 3, 10)).unwrap());
-    let off = CacheConfig {
-        mode: CacheMode::Off,
-        mem_bytes: None,
-    };
-    let on = CacheConfig {
-        mode: CacheMode::On,
-        mem_bytes: None,
-    };
+    let (off, on) = (unbounded(CacheMode::Off), unbounded(CacheMode::On));
     // 12 steps of 8 = 3.2 epochs: the cached run serves epochs 2–4 from memory.
     let streamed = batches(spec(Arc::clone(&data), off.clone(), 8), 0..12, 0);
     let cached_spec = spec(Arc::clone(&data), on, 8);
@@ -205,38 +201,23 @@ fn the_cache_stays_within_its_budget_for_ten_times_the_data() {
 }
 
 fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
-    RunSetup {
-        out: out.to_path_buf(),
-        preprocess: Preprocess {
-            image_size: 16,
-            ..Preprocess::default()
+    let train = TrainConfig {
+        steps,
+        batch_size: 6,
+        lr: 3e-3,
+        warmup: 2,
+        seed: 3,
+        save_every: 4,
+        keep_last: 2,
+        log_every: 1,
+        order: OrderConfig {
+            shuffle_buffer: 5,
+            ..OrderConfig::default()
         },
-        model: model_config(),
-        init: None,
-        tokenizer_file: tokenizer_file(),
-        tokenizer: tokenizer(),
-        train: TrainConfig {
-            steps,
-            batch_size: 6,
-            lr: 3e-3,
-            warmup: 2,
-            seed: 3,
-            save_every: 4,
-            keep_last: 2,
-            log_every: 1,
-            order: OrderConfig {
-                shuffle_buffer: 5,
-                ..OrderConfig::default()
-            },
-            cache: CacheConfig {
-                mode: CacheMode::Off,
-                mem_bytes: None,
-            },
-            ..TrainConfig::default()
-        },
-        resume,
-        labels: None,
-    }
+        cache: unbounded(CacheMode::Off),
+        ..TrainConfig::default()
+    };
+    run_setup(out, train, resume)
 }
 
 /// Two shards with every kind of bad sample among good ones, and a third cut off mid-member.
@@ -286,13 +267,7 @@ fn bad_samples_are_skipped_counted_and_listed_and_resume_is_exact() {
     let d = tempfile::tempdir().unwrap();
     let data = Arc::new(SampleSet::scan(&bad_data(d.path())).unwrap());
     let whole = tempfile::tempdir().unwrap();
-    let summary = train(
-        setup(whole.path(), 10, false),
-        Arc::clone(&data),
-        &Device::Cpu,
-        &mut Quiet,
-    )
-    .unwrap();
+    let summary = train_quietly(setup(whole.path(), 10, false), Arc::clone(&data)).unwrap();
     let listed = std::fs::read_to_string(whole.path().join("skipped.tsv")).unwrap();
     let rows: Vec<&str> = listed.lines().skip(1).collect();
     let has = |name: &str, why: &str| {
@@ -314,21 +289,8 @@ fn bad_samples_are_skipped_counted_and_listed_and_resume_is_exact() {
 
     // Killed after the step-4 checkpoint (inside the second shard's samples), then resumed.
     let parts = tempfile::tempdir().unwrap();
-    assert!(killed(|| {
-        let _ = train(
-            setup(parts.path(), 10, false),
-            Arc::clone(&data),
-            &Device::Cpu,
-            &mut KillAfterCheckpoint(4),
-        );
-    }));
-    let resumed = train(
-        setup(parts.path(), 10, true),
-        data,
-        &Device::Cpu,
-        &mut Quiet,
-    )
-    .unwrap();
+    train_killed_after(4, setup(parts.path(), 10, false), Arc::clone(&data));
+    let resumed = train_quietly(setup(parts.path(), 10, true), data).unwrap();
     assert_eq!(
         weights(&whole.path().join("final")),
         weights(&parts.path().join("final")),
@@ -356,7 +318,7 @@ fn data_with_no_usable_sample_is_an_error_that_says_why() {
     );
     let data = Arc::new(SampleSet::scan(&[Source::Tar(p)]).unwrap());
     let out = tempfile::tempdir().unwrap();
-    let err = train(setup(out.path(), 3, false), data, &Device::Cpu, &mut Quiet)
+    let err = train_quietly(setup(out.path(), 3, false), data)
         .unwrap_err()
         .to_string();
     assert!(

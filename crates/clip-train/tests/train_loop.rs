@@ -11,9 +11,8 @@ use common::*;
 
 use candle_core::Device;
 use clip_data::{Item, SampleSet};
-use clip_model::Preprocess;
 use clip_train::{
-    train, AdamWConfig, LossKind, Objective, Precision, RunSetup, ScheduleKind, TrainConfig,
+    AdamWConfig, LossKind, Objective, Precision, RunSetup, ScheduleKind, TrainConfig,
 };
 use image::RgbImage;
 
@@ -47,40 +46,35 @@ fn dataset() -> Arc<SampleSet> {
     Arc::new(SampleSet::from_items(items))
 }
 
-/// The message of a run over [`dataset`] that must fail.
-fn train_error(s: RunSetup) -> String {
-    train(s, dataset(), &Device::Cpu, &mut Quiet)
-        .unwrap_err()
-        .to_string()
+fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
+    let train = TrainConfig {
+        steps,
+        batch_size: 8,
+        lr: 3e-3,
+        warmup: 2,
+        schedule: ScheduleKind::Cosine,
+        seed: 11,
+        save_every: 3,
+        keep_last: 2,
+        log_every: 1,
+        ..TrainConfig::default()
+    };
+    run_setup(out, train, resume)
 }
 
-fn setup(out: &Path, steps: usize, resume: bool) -> RunSetup {
-    let cfg = model_config();
-    RunSetup {
-        out: out.to_path_buf(),
-        preprocess: Preprocess {
-            image_size: 16,
-            ..Preprocess::default()
-        },
-        model: cfg,
-        init: None,
-        tokenizer_file: tokenizer_file(),
-        tokenizer: clip_model::ClipTokenizer::from_file(&tokenizer_file(), 8).unwrap(),
-        train: TrainConfig {
-            steps,
-            batch_size: 8,
-            lr: 3e-3,
-            warmup: 2,
-            schedule: ScheduleKind::Cosine,
-            seed: 11,
-            save_every: 3,
-            keep_last: 2,
-            log_every: 1,
-            ..TrainConfig::default()
-        },
-        resume,
-        labels: None,
-    }
+/// Trains `s` on [`dataset`], which must succeed.
+fn run(s: RunSetup) {
+    train_quietly(s, dataset()).unwrap();
+}
+
+/// The error of training `s` on [`dataset`], which must fail.
+fn run_err(s: RunSetup) -> String {
+    train_quietly(s, dataset()).unwrap_err().to_string()
+}
+
+/// The mean of `l`.
+fn mean(l: &[f64]) -> f64 {
+    l.iter().sum::<f64>() / l.len() as f64
 }
 
 fn losses(run: &Path) -> Vec<f64> {
@@ -102,52 +96,24 @@ fn loss_falls_on_a_learnable_task() {
     let mut s = setup(dir.path(), 40, false);
     s.train.save_every = 0;
     s.train.batch_size = 16;
-    train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+    run(s);
     let l = losses(dir.path());
-    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
-    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    let (first, last) = (mean(&l[..3]), mean(&l[l.len() - 3..]));
     assert!(last < 0.6 * first, "loss {first:.3} → {last:.3}");
 }
 
 #[test]
 fn same_seed_repeats_to_the_bit_and_resume_matches_an_uninterrupted_run() {
     let a = tempfile::tempdir().unwrap();
-    train(
-        setup(a.path(), 8, false),
-        dataset(),
-        &Device::Cpu,
-        &mut Quiet,
-    )
-    .unwrap();
+    run(setup(a.path(), 8, false));
     // An 8-step run killed right after its step-6 checkpoint, then resumed.
     let c = tempfile::tempdir().unwrap();
-    let partial = setup(c.path(), 8, false);
-    let stop_at = 6;
-    assert!(killed(|| {
-        let _ = train(
-            partial,
-            dataset(),
-            &Device::Cpu,
-            &mut KillAfterCheckpoint(stop_at),
-        );
-    }));
+    train_killed_after(6, setup(c.path(), 8, false), dataset());
     assert!(c.path().join("checkpoint-6").is_dir());
     assert!(!c.path().join("final").exists());
-    train(
-        setup(c.path(), 8, true),
-        dataset(),
-        &Device::Cpu,
-        &mut Quiet,
-    )
-    .unwrap();
+    run(setup(c.path(), 8, true));
     let again = tempfile::tempdir().unwrap();
-    train(
-        setup(again.path(), 8, false),
-        dataset(),
-        &Device::Cpu,
-        &mut Quiet,
-    )
-    .unwrap();
+    run(setup(again.path(), 8, false));
     let wa = weights(&a.path().join("final"));
     assert_eq!(
         wa,
@@ -179,7 +145,7 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     s.train.lr = 1e30;
     s.train.warmup = 0;
     s.train.save_every = 1;
-    let err = train_error(s);
+    let err = run_err(s);
     assert!(err.contains("loss is") && err.contains("step"), "{err}");
     let kept = clip_train::checkpoints(dir.path());
     assert!(!kept.is_empty());
@@ -194,11 +160,11 @@ fn siglip_and_feature_cache_accumulation_train() {
     s.train.loss = LossKind::Siglip;
     s.train.accum_steps = 2;
     s.train.save_every = 0;
-    train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+    run(s);
     assert!(dir.path().join("final/model.safetensors").exists());
     let mut bad = setup(dir.path(), 4, false);
     bad.train.accum_steps = 3;
-    let err = train_error(bad);
+    let err = run_err(bad);
     assert!(err.contains("accum-steps"), "{err}");
 }
 
@@ -232,7 +198,7 @@ fn accumulated_chunks_take_the_step_of_the_whole_batch() {
                 },
                 ..s.train
             };
-            train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+            run(s);
             let w = weights(&dir.path().join("final"));
             w.into_iter().flat_map(|(_, v)| v).collect::<Vec<f32>>()
         };
@@ -252,10 +218,6 @@ fn accumulated_chunks_take_the_step_of_the_whole_batch() {
     }
 }
 
-fn tensors(dir: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
-    candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
-}
-
 #[test]
 fn image_only_objective_learns_and_leaves_the_text_tower_alone() {
     let runs: Vec<_> = [LossKind::NtXent, LossKind::Spectral]
@@ -266,13 +228,12 @@ fn image_only_objective_learns_and_leaves_the_text_tower_alone() {
             s.train.objective = Objective::Images;
             s.train.loss = loss;
             s.train.save_every = 0;
-            train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+            run(s);
             dir
         })
         .collect();
     let l = losses(runs[0].path());
-    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
-    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    let (first, last) = (mean(&l[..3]), mean(&l[l.len() - 3..]));
     assert!(last < 0.8 * first, "nt-xent {first:.3} → {last:.3}");
     let l = losses(runs[1].path());
     assert!(l[l.len() - 1] < l[0] - 0.05, "spectral {l:?}");
@@ -307,19 +268,19 @@ fn image_only_objective_learns_and_leaves_the_text_tower_alone() {
 #[test]
 fn oracle_needs_labels_and_losses_must_fit_the_objective() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = setup(dir.path(), 3, false);
-    s.train.objective = Objective::Images;
-    s.train.loss = LossKind::Oracle;
-    s.train.save_every = 0;
-    let err = train_error(s);
+    let oracle = || {
+        let mut s = setup(dir.path(), 3, false);
+        s.train.objective = Objective::Images;
+        s.train.loss = LossKind::Oracle;
+        s.train.save_every = 0;
+        s
+    };
+    let err = run_err(oracle());
     assert!(err.contains("labels"), "{err}");
-    let mut s = setup(dir.path(), 3, false);
-    s.train.objective = Objective::Images;
-    s.train.loss = LossKind::Oracle;
-    s.train.save_every = 0;
+    let mut s = oracle();
     // Colour classes: items are ordered colour by colour, four places each.
     s.labels = Some((0..16).map(|i| i / 4).collect());
-    train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+    run(s);
     for (objective, loss, field) in [
         (Objective::Images, LossKind::Clip, "loss"),
         (Objective::ImageText, LossKind::NtXent, "loss"),
@@ -328,12 +289,12 @@ fn oracle_needs_labels_and_losses_must_fit_the_objective() {
         let mut s = setup(dir.path(), 3, false);
         s.train.objective = objective;
         s.train.loss = loss;
-        let err = train_error(s);
+        let err = run_err(s);
         assert!(err.contains(field) && err.contains("objective"), "{err}");
     }
     let mut s = setup(dir.path(), 3, false);
     s.train.tau_plus = 1.0;
-    let err = train_error(s);
+    let err = run_err(s);
     assert!(err.contains("tau-plus"), "{err}");
 }
 
@@ -349,7 +310,7 @@ fn debiased_and_spectral_image_text_losses_train() {
         s.train.loss = loss;
         s.train.save_every = 0;
         s.train.batch_size = 16;
-        train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+        run(s);
         let l = losses(dir.path());
         assert!(l.iter().all(|v| v.is_finite()), "{loss:?}: {l:?}");
         assert!(l[l.len() - 1] < l[0], "{loss:?}: {l:?}");
@@ -367,30 +328,11 @@ fn image_only_resume_matches_an_uninterrupted_run() {
         s
     };
     let whole = tempfile::tempdir().unwrap();
-    train(
-        images(whole.path(), 6, false),
-        dataset(),
-        &Device::Cpu,
-        &mut Quiet,
-    )
-    .unwrap();
+    run(images(whole.path(), 6, false));
     // Stop after 3 steps (a run whose schedule is still the 6-step one), then resume.
     let parts = tempfile::tempdir().unwrap();
-    assert!(killed(|| {
-        let _ = train(
-            images(parts.path(), 3, false),
-            dataset(),
-            &Device::Cpu,
-            &mut KillAfterCheckpoint(3),
-        );
-    }));
-    train(
-        images(parts.path(), 3, true),
-        dataset(),
-        &Device::Cpu,
-        &mut Quiet,
-    )
-    .unwrap();
+    train_killed_after(3, images(parts.path(), 3, false), dataset());
+    run(images(parts.path(), 3, true));
     assert_eq!(
         weights(&whole.path().join("final")),
         weights(&parts.path().join("final")),
@@ -400,18 +342,18 @@ fn image_only_resume_matches_an_uninterrupted_run() {
 
 #[test]
 fn bf16_mixed_precision_learns_and_keeps_f32_master_weights() {
-    let run = |precision| {
+    let trained = |precision| {
         let dir = tempfile::tempdir().unwrap();
         let mut s = setup(dir.path(), 30, false);
         s.train.precision = precision;
         s.train.save_every = 0;
         s.train.batch_size = 16;
-        train(s, dataset(), &Device::Cpu, &mut Quiet).unwrap();
+        run(s);
         dir
     };
-    let (full, mixed) = (run(Precision::F32), run(Precision::Bf16));
+    let (full, mixed) = (trained(Precision::F32), trained(Precision::Bf16));
     let (lf, lm) = (losses(full.path()), losses(mixed.path()));
-    let tail = |l: &[f64]| l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    let tail = |l: &[f64]| mean(&l[l.len() - 3..]);
     assert!(
         tail(&lm) < 0.6 * lm[0],
         "bf16 loss {:.3} → {:.3}",

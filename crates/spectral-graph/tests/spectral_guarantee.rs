@@ -196,44 +196,22 @@ fn the_graph_is_reproducible_from_its_seed() {
 #[test]
 fn bad_inputs_are_errors() {
     let d = digits();
-    let base = small_config();
+    // The small configuration with one field made invalid.
+    let with = |edit: fn(&mut DigitGraphConfig)| {
+        let mut cfg = small_config();
+        edit(&mut cfg);
+        cfg
+    };
     let bad = [
-        DigitGraphConfig {
-            classes: [4, 4],
-            ..base.clone()
-        },
-        DigitGraphConfig {
-            classes: [4, 12],
-            ..base.clone()
-        },
-        DigitGraphConfig {
-            origins_per_class: 0,
-            ..base.clone()
-        },
-        DigitGraphConfig {
-            views_per_origin: 0,
-            ..base.clone()
-        },
-        DigitGraphConfig {
-            origins_per_class: 10_000,
-            ..base.clone()
-        },
-        DigitGraphConfig {
-            max_shift: 8,
-            ..base.clone()
-        },
-        DigitGraphConfig {
-            gain_jitter: 1.5,
-            ..base.clone()
-        },
-        DigitGraphConfig {
-            noise_std: f64::NAN,
-            ..base.clone()
-        },
-        DigitGraphConfig {
-            sigma_scale: 0.0,
-            ..base.clone()
-        },
+        with(|c| c.classes = [4, 4]),
+        with(|c| c.classes = [4, 12]),
+        with(|c| c.origins_per_class = 0),
+        with(|c| c.views_per_origin = 0),
+        with(|c| c.origins_per_class = 10_000),
+        with(|c| c.max_shift = 8),
+        with(|c| c.gain_jitter = 1.5),
+        with(|c| c.noise_std = f64::NAN),
+        with(|c| c.sigma_scale = 0.0),
     ];
     for cfg in &bad {
         assert!(

@@ -1,14 +1,45 @@
 //! Helpers shared by the training tests: a tiny model, the tokenizer, reading weights back.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use clip_model::{ClipConfig, TextConfig, VisionConfig};
-use clip_train::Observer;
+use clip_data::SampleSet;
+use clip_model::{ClipConfig, ClipTokenizer, Preprocess, TextConfig, VisionConfig};
+use clip_train::{train, Observer, RunSetup, Summary, TrainConfig};
 
 pub fn tokenizer_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tokenizer.json")
+}
+
+/// The tokenizer at the context of [`model_config`]'s captions.
+pub fn tokenizer() -> ClipTokenizer {
+    ClipTokenizer::from_file(&tokenizer_file(), 8).unwrap()
+}
+
+/// A run of [`model_config`] from scratch on 16×16 images into `out`.
+pub fn run_setup(out: &Path, train: TrainConfig, resume: bool) -> RunSetup {
+    RunSetup {
+        out: out.to_path_buf(),
+        preprocess: Preprocess {
+            image_size: 16,
+            ..Preprocess::default()
+        },
+        model: model_config(),
+        init: None,
+        tokenizer_file: tokenizer_file(),
+        tokenizer: tokenizer(),
+        train,
+        resume,
+        labels: None,
+    }
+}
+
+/// Trains `setup` on `data` on the CPU, showing nothing.
+pub fn train_quietly(setup: RunSetup, data: Arc<SampleSet>) -> clip_train::Result<Summary> {
+    train(setup, data, &Device::Cpu, &mut Quiet)
 }
 
 /// Two 32-wide one-layer towers on 16×16 images and 8-token captions.
@@ -44,10 +75,14 @@ pub fn model_config() -> ClipConfig {
 pub struct Quiet;
 impl Observer for Quiet {}
 
+/// A model directory's tensors.
+pub fn tensors(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
 /// A model directory's weights, sorted by name.
 pub fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let t = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = t
+    let mut v: Vec<(String, Vec<f32>)> = tensors(dir)
         .into_iter()
         .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
         .collect();
@@ -65,9 +100,14 @@ impl Observer for KillAfterCheckpoint {
     }
 }
 
-/// Runs a training that [`KillAfterCheckpoint`] stops, and says whether it was stopped.
-pub fn killed(run: impl FnOnce()) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err()
+/// Trains `setup` on `data` until checkpoint `step` is on disk, then stops it as a kill -9
+/// would; asserts that it was stopped.
+pub fn train_killed_after(step: usize, setup: RunSetup, data: Arc<SampleSet>) {
+    let run = || {
+        let _ = train(setup, data, &Device::Cpu, &mut KillAfterCheckpoint(step));
+    };
+    let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err();
+    assert!(killed, "the run was not stopped at checkpoint {step}");
 }
 
 /// Asserts `a ≈ b` within `rel` of `b`'s largest magnitude (at least 1e-3), after checking
