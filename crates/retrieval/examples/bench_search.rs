@@ -17,6 +17,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use retrieval::testing::unit_rows;
 use retrieval::{AnnMethod, AnnParams, EmbeddingsFile, Hit, Index, SearchMode, SearchOptions};
 
 fn main() {
@@ -138,21 +139,8 @@ fn limits(file: &str) -> Result<(), Box<dyn std::error::Error>> {
     // 2. The same search on data that fits in the last-level cache: 32768 × 256 (32 MiB),
     //    1024 queries — the kernel and selection without the DRAM stream.
     let dim = 256;
-    let mut st = 1u64;
-    let mut rnd = |n: usize| -> Vec<f32> {
-        let mut v: Vec<f32> = (0..n)
-            .map(|_| {
-                st = st
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        retrieval::normalize_rows(&mut v, dim).expect("nonzero rows");
-        v
-    };
     let (nb, nq) = (32768, 1024);
-    let (base, queries) = (rnd(nb * dim), rnd(nq * dim));
+    let (base, queries) = (unit_rows(nb, dim, 1), unit_rows(nq, dim, 2));
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();

@@ -10,6 +10,7 @@ use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::hnsw::Hnsw;
 use rayon::prelude::*;
 
+use crate::error::invalid;
 use crate::kernel::{dot, Rows};
 use crate::topk::{best_hits, Hit};
 use crate::{Result, RetrievalError};
@@ -61,21 +62,17 @@ impl Default for AnnParams {
 impl AnnParams {
     fn validate(&self) -> Result<()> {
         if !(2..=255).contains(&self.max_connections) {
-            return Err(crate::error::invalid(
+            return Err(invalid(
                 "max_connections",
                 self.max_connections,
                 "must be in 2..=255",
             ));
         }
         if self.probes == 0 {
-            return Err(crate::error::invalid("probes", 0, "must be at least 1"));
+            return Err(invalid("probes", 0, "must be at least 1"));
         }
         if self.ef_construction == 0 {
-            return Err(crate::error::invalid(
-                "ef_construction",
-                0,
-                "must be at least 1",
-            ));
+            return Err(invalid("ef_construction", 0, "must be at least 1"));
         }
         Ok(())
     }
@@ -155,21 +152,10 @@ impl HnswGraph {
             params.ef_construction,
             UnitDot,
         );
-        // Convert (and, for f16, widen) a block at a time so the f32 copy is never doubled.
-        const BLOCK: usize = 1 << 14;
-        let mut buf = vec![0f32; BLOCK.min(n.max(1)) * dim];
-        let mut r0 = 0;
-        while r0 < n {
-            let r1 = (r0 + BLOCK).min(n);
-            for r in r0..r1 {
-                rows.row_f32(r, dim, &mut buf[(r - r0) * dim..(r - r0 + 1) * dim]);
-            }
-            let items: Vec<(&[f32], usize)> = (r0..r1)
-                .map(|r| (&buf[(r - r0) * dim..(r - r0 + 1) * dim], r))
-                .collect();
+        rows.for_each_block(dim, 1 << 14, |r0, block| {
+            let items: Vec<(&[f32], usize)> = block.chunks_exact(dim).zip(r0..).collect();
             hnsw.parallel_insert_slice(&items);
-            r0 = r1;
-        }
+        });
         let mut hnsw = hnsw;
         hnsw.set_searching_mode(true);
         if hnsw.get_nb_point() != n {
@@ -202,14 +188,13 @@ impl HnswGraph {
             .par_chunks(dim)
             .map_init(
                 || vec![0f32; dim],
-                |row, q| {
+                |buf, q| {
                     let found = self.hnsw.search(q, k, ef.max(k));
                     let c: Vec<(f32, u32)> = found
                         .iter()
                         .map(|nb| {
                             let id = nb.get_origin_id();
-                            rows.row_f32(id, dim, row);
-                            (dot(q, row), id as u32)
+                            (dot(q, rows.row(id, dim, buf)), id as u32)
                         })
                         .collect();
                     best_hits(c, k, true)

@@ -42,12 +42,11 @@ impl EmbeddingsFile {
         // with any reader.
         let map =
             unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot memory-map", path))?;
-        let st = safetensors::SafeTensors::deserialize(&map).map_err(|source| {
-            RetrievalError::Safetensors {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        let st_err = |source| RetrievalError::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        };
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(st_err)?;
         let view = st.tensor(key).map_err(|_| {
             let mut names = st.names();
             names.sort();
@@ -85,12 +84,7 @@ impl EmbeddingsFile {
         }
         let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
         let data = start..start + view.data().len();
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|source| {
-            RetrievalError::Safetensors {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(st_err)?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         let ids = match metadata.get("ids") {
             None => None,
@@ -148,26 +142,10 @@ impl EmbeddingsFile {
             ..self.data.start + rows.end * self.dim * size];
         let out = &mut out[..rows.len() * self.dim];
         match self.dtype {
-            Dtype::F32 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                }
-            }
-            Dtype::F16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32();
-                }
-            }
-            Dtype::BF16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::bf16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32();
-                }
-            }
-            Dtype::F64 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                    *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
-                }
-            }
+            Dtype::F32 => widen(out, bytes, f32::from_le_bytes),
+            Dtype::F16 => widen(out, bytes, |b| half::f16::from_le_bytes(b).to_f32()),
+            Dtype::BF16 => widen(out, bytes, |b| half::bf16::from_le_bytes(b).to_f32()),
+            Dtype::F64 => widen(out, bytes, |b| f64::from_le_bytes(b) as f32),
             _ => unreachable!("element type checked in open"),
         }
     }
@@ -177,6 +155,14 @@ impl EmbeddingsFile {
         let mut v = vec![0f32; self.rows * self.dim];
         self.read_rows(0..self.rows, &mut v);
         v
+    }
+}
+
+/// Decodes little-endian `N`-byte elements of `bytes` into `out` with `f`.
+#[inline(always)]
+fn widen<const N: usize>(out: &mut [f32], bytes: &[u8], f: impl Fn([u8; N]) -> f32) {
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(N)) {
+        *o = f(b.try_into().expect("N bytes"));
     }
 }
 
@@ -205,12 +191,7 @@ pub fn normalize_rows(data: &mut [f32], dim: usize) -> Result<()> {
 
 /// [`normalize_rows`] for a block whose first row is row `first_row` of something larger.
 pub fn normalize_rows_from(data: &mut [f32], dim: usize, first_row: usize) -> Result<()> {
-    if dim == 0 || !data.len().is_multiple_of(dim) {
-        return Err(RetrievalError::Shape(format!(
-            "{} floats are not rows of dimension {dim}",
-            data.len()
-        )));
-    }
+    crate::error::rows_of(data.len(), dim, "vector")?;
     for (i, row) in data.chunks_exact_mut(dim).enumerate() {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         if !norm.is_finite() {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::error::invalid;
+use crate::error::{invalid, rows_of};
 use crate::exact::map_score_rows;
 use crate::kernel::Rows;
 use crate::{Result, RetrievalError};
@@ -116,7 +116,7 @@ impl RetrievalMetrics {
 /// first, equal scores in index order (a stable sort): everything above it, plus the equal ones
 /// before it. Deterministic where open_clip's unstable `argsort` is not.
 #[inline]
-fn rank0(scores: &[f32], best: usize) -> usize {
+pub(crate) fn rank0(scores: &[f32], best: usize) -> usize {
     let s = scores[best];
     let above = scores.iter().filter(|&&x| x > s).count();
     let tied_before = scores[..best].iter().filter(|&&x| x == s).count();
@@ -137,13 +137,7 @@ pub fn retrieval_metrics(
 ) -> Result<RetrievalMetrics> {
     let n = image_caption.len();
     let images = normalized(image_embeds, dim, n, "image embeddings")?;
-    if !text_embeds.len().is_multiple_of(dim.max(1)) {
-        return Err(RetrievalError::Shape(format!(
-            "{} text embedding floats are not rows of dimension {dim}",
-            text_embeds.len()
-        )));
-    }
-    let m = text_embeds.len() / dim;
+    let m = rows_of(text_embeds.len(), dim, "text embedding")?;
     let texts = normalized(text_embeds, dim, m, "text embeddings")?;
     if n == 0 || m == 0 {
         return Err(invalid(

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use crate::exact;
-use crate::kernel::{self, Rows, NR};
+use crate::kernel::{Rows, Scanner};
 use crate::topk::{best_hits, Hit, TopKSet};
 use crate::Result;
 
@@ -46,7 +46,8 @@ impl IvfLists {
         let ns = (nlist * SAMPLE_PER_LIST).min(n);
         let mut sample = vec![0f32; ns * dim];
         for (i, out) in sample.chunks_exact_mut(dim).enumerate() {
-            rows.row_f32(i * n / ns.max(1), dim, out);
+            let r = i * n / ns.max(1);
+            rows.copy_f32(r..r + 1, dim, out);
         }
         // Initial centroids: strided sample rows.
         let mut centroids = vec![0f32; nlist * dim];
@@ -87,15 +88,9 @@ impl IvfLists {
         }
         // Assign every row, a block at a time, and lay the rows out list by list.
         let mut assign = Vec::with_capacity(n);
-        const BLOCK: usize = 1 << 16;
-        let mut buf = vec![0f32; BLOCK.min(n.max(1)) * dim];
-        for r0 in (0..n).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(n);
-            for r in r0..r1 {
-                rows.row_f32(r, dim, &mut buf[(r - r0) * dim..(r - r0 + 1) * dim]);
-            }
-            assign.extend(nearest(&centroids, dim, &buf[..(r1 - r0) * dim]));
-        }
+        rows.for_each_block(dim, 1 << 16, |_, block| {
+            assign.extend(nearest(&centroids, dim, block))
+        });
         let mut offsets = vec![0usize; nlist + 1];
         for &c in &assign {
             offsets[c + 1] += 1;
@@ -113,7 +108,7 @@ impl IvfLists {
         vectors
             .par_chunks_mut(dim)
             .zip(order.par_iter())
-            .for_each(|(out, &r)| rows.row_f32(r as usize, dim, out));
+            .for_each(|(out, &r)| rows.copy_f32(r as usize..r as usize + 1, dim, out));
         Ok(Self {
             dim,
             centroids,
@@ -145,7 +140,6 @@ impl IvfLists {
                 by_list[h.id].push(q as u32);
             }
         }
-        let isa = kernel::detect();
         let partial: Vec<(u32, Vec<Hit>)> = by_list
             .par_iter()
             .enumerate()
@@ -158,17 +152,7 @@ impl IvfLists {
                 let (start, end) = (self.offsets[l], self.offsets[l + 1]);
                 let list = Rows::F32(&self.vectors[start * dim..end * dim]);
                 let mut set = TopKSet::new(qs.len(), k);
-                let (mut panel, mut row) = (vec![0f32; NR * dim], vec![0f32; dim]);
-                kernel::scan(
-                    isa,
-                    list,
-                    dim,
-                    0..end - start,
-                    &qbuf,
-                    &mut set,
-                    &mut panel,
-                    &mut row,
-                );
+                Scanner::new(dim).scan(list, 0..end - start, &qbuf, &mut set);
                 let hits = set.into_hits();
                 qs.iter()
                     .zip(hits)

@@ -19,7 +19,7 @@ compile_error!(
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::io_err;
+use crate::error::{invalid, io_err, json_err};
 use crate::{Result, RetrievalError};
 
 /// File name of the manifest inside an index directory.
@@ -61,10 +61,10 @@ impl DType {
         }
     }
 
-    fn safetensors_name(self) -> &'static str {
+    fn safetensors(self) -> safetensors::Dtype {
         match self {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
+            DType::F32 => safetensors::Dtype::F32,
+            DType::F16 => safetensors::Dtype::F16,
         }
     }
 }
@@ -152,6 +152,25 @@ pub struct Manifest {
     pub entries: Entries,
 }
 
+impl Manifest {
+    /// The manifest of `spec` stored in `vectors_file` (empty for an index only in memory).
+    pub(crate) fn new(spec: IndexSpec, vectors_file: String, bytes: u64, crc32: u32) -> Self {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            model: spec.model,
+            dimension: spec.dimension,
+            count: spec.count,
+            metric: Metric::InnerProduct,
+            dtype: spec.dtype,
+            vectors_file,
+            vectors_bytes: bytes,
+            vectors_crc32: crc32,
+            entries: spec.entries,
+        }
+    }
+}
+
 /// What to write, apart from the vectors themselves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexSpec {
@@ -192,25 +211,10 @@ pub fn write_index(
     let (bytes, crc) = write_atomically(&final_vectors, |file, tmp| {
         write_vectors(file, tmp, spec, &mut fill)
     })?;
-    let manifest = Manifest {
-        format: FORMAT_NAME.into(),
-        format_version: FORMAT_VERSION,
-        model: spec.model.clone(),
-        dimension: spec.dimension,
-        count: spec.count,
-        metric: Metric::InnerProduct,
-        dtype: spec.dtype,
-        vectors_file: vectors_file.clone(),
-        vectors_bytes: bytes,
-        vectors_crc32: crc,
-        entries: spec.entries.clone(),
-    };
+    let manifest = Manifest::new(spec.clone(), vectors_file.clone(), bytes, crc);
     let manifest_path = dir.join(MANIFEST_FILE);
     let res = write_atomically(&manifest_path, |f, tmp| {
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|source| RetrievalError::Json {
-            path: manifest_path.clone(),
-            source,
-        })?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(json_err(&manifest_path))?;
         f.write_all(&json).map_err(io_err("cannot write", tmp))
     });
     if let Err(e) = res {
@@ -223,16 +227,17 @@ pub fn write_index(
     Ok(manifest)
 }
 
-fn validate_spec(spec: &IndexSpec) -> Result<()> {
+/// Checks what can be checked of `spec` before any vector is written.
+pub(crate) fn validate_spec(spec: &IndexSpec) -> Result<()> {
     if spec.dimension == 0 {
-        return Err(crate::error::invalid(
+        return Err(invalid(
             "dimension",
             0,
             "vectors need at least one component",
         ));
     }
     if spec.count > u32::MAX as usize {
-        return Err(crate::error::invalid(
+        return Err(invalid(
             "count",
             spec.count,
             "at most 2^32 - 1 vectors per index",
@@ -399,7 +404,7 @@ fn write_vectors(
     let header = serde_json::json!({
         "__metadata__": { "format": FORMAT_NAME },
         VECTORS_KEY: {
-            "dtype": spec.dtype.safetensors_name(),
+            "dtype": spec.dtype.safetensors(),
             "shape": [n, dim],
             "data_offsets": [0, data_bytes],
         }
@@ -414,11 +419,9 @@ fn write_vectors(
         bytes: 0,
     };
     let werr = io_err("cannot write", path);
-    let res = (|| {
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
-        w.write_all(&header)
-    })();
-    res.map_err(werr)?;
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(&werr)?;
+    w.write_all(&header).map_err(&werr)?;
 
     let mut block = vec![0f32; FILL_ROWS.min(n.max(1)) * dim];
     let mut half_block: Vec<half::f16> = Vec::new();
@@ -437,14 +440,12 @@ fn write_vectors(
                 bytemuck::cast_slice(&half_block)
             }
         };
-        w.write_all(bytes).map_err(io_err("cannot write", path))?;
+        w.write_all(bytes).map_err(&werr)?;
         r0 = r1;
     }
-    w.flush().map_err(io_err("cannot write", path))?;
+    w.flush().map_err(&werr)?;
     let (bytes, crc) = (w.bytes, w.crc.finalize());
-    w.inner
-        .into_inner()
-        .map_err(|e| io_err("cannot write", path)(e.into_error()))?;
+    w.inner.into_inner().map_err(|e| werr(e.into_error()))?;
     Ok((bytes, crc))
 }
 
@@ -527,10 +528,7 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
         format: Option<String>,
         format_version: Option<u32>,
     }
-    let head: Head = serde_json::from_slice(&bytes).map_err(|source| RetrievalError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let head: Head = serde_json::from_slice(&bytes).map_err(json_err(&path))?;
     if head.format.as_deref() != Some(FORMAT_NAME) {
         return Err(RetrievalError::NotAnIndex {
             path: path.clone(),
@@ -544,10 +542,7 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
             supported: FORMAT_VERSION,
         });
     }
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| RetrievalError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(json_err(&path))?;
     let bad = |reason: String| RetrievalError::Damaged {
         path: path.clone(),
         reason,
@@ -604,11 +599,7 @@ pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result
     let view = st
         .tensor(VECTORS_KEY)
         .map_err(|_| damaged(format!("no `{VECTORS_KEY}` tensor")))?;
-    let want_dtype = match m.dtype {
-        DType::F32 => safetensors::Dtype::F32,
-        DType::F16 => safetensors::Dtype::F16,
-    };
-    if view.dtype() != want_dtype || view.shape() != [m.count, m.dimension] {
+    if view.dtype() != m.dtype.safetensors() || view.shape() != [m.count, m.dimension] {
         return Err(damaged(format!(
             "it holds {:?} {:?} but the manifest says {:?} [{}, {}]",
             view.dtype(),
