@@ -38,10 +38,8 @@ struct Args {
     k: usize,
     repeat: usize,
     ann_ef: Vec<usize>,
-    ann_method: AnnMethod,
-    ann_lists: usize,
-    ann_m: usize,
-    ann_efc: usize,
+    /// Construction parameters; the library's defaults unless given.
+    ann: AnnParams,
     ids_out: Option<PathBuf>,
 }
 
@@ -54,10 +52,7 @@ fn parse() -> Result<Args, Box<dyn std::error::Error>> {
         k: 10,
         repeat: 3,
         ann_ef: Vec::new(),
-        ann_method: AnnMethod::Ivf,
-        ann_lists: 0,
-        ann_m: 16,
-        ann_efc: 100,
+        ann: AnnParams::default(),
         ids_out: None,
     };
     while let Some(x) = it.next() {
@@ -71,16 +66,16 @@ fn parse() -> Result<Args, Box<dyn std::error::Error>> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()?
             }
-            "--ann-m" => a.ann_m = val()?.parse()?,
-            "--ann-lists" => a.ann_lists = val()?.parse()?,
+            "--ann-m" => a.ann.max_connections = val()?.parse()?,
+            "--ann-lists" => a.ann.lists = val()?.parse()?,
             "--ann-method" => {
-                a.ann_method = match val()?.as_str() {
+                a.ann.method = match val()?.as_str() {
                     "ivf" => AnnMethod::Ivf,
                     "hnsw" => AnnMethod::Hnsw,
                     other => return Err(format!("unknown --ann-method {other}").into()),
                 }
             }
-            "--ann-efc" => a.ann_efc = val()?.parse()?,
+            "--ann-efc" => a.ann.ef_construction = val()?.parse()?,
             "--ids-out" => a.ids_out = Some(val()?.into()),
             _ => pos.push(x),
         }
@@ -288,21 +283,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     if !a.ann_ef.is_empty() {
         let truth = idx.search_with(&queries, d, a.k, &exact)?;
-        let params = AnnParams {
-            method: a.ann_method,
-            lists: a.ann_lists,
-            max_connections: a.ann_m,
-            ef_construction: a.ann_efc,
-            ..AnnParams::default()
-        };
         let t = Instant::now();
-        let built = idx.build_ann(&params)?;
+        let built = idx.build_ann(&a.ann)?;
         println!(
             r#"{{"what":"ann_build","method":"{:?}","lists":{},"m":{},"ef_construction":{},"seconds":{:.2}}}"#,
             built.method,
             built.lists,
-            a.ann_m,
-            a.ann_efc,
+            built.max_connections,
+            built.ef_construction,
             t.elapsed().as_secs_f64()
         );
         for &knob in &a.ann_ef {

@@ -61,20 +61,21 @@ impl Default for AnnParams {
 
 impl AnnParams {
     fn validate(&self) -> Result<()> {
-        if !(2..=255).contains(&self.max_connections) {
-            return Err(invalid(
-                "max_connections",
-                self.max_connections,
-                "must be in 2..=255",
-            ));
+        let bounds = [
+            ("max_connections", self.max_connections, 2, 255),
+            ("probes", self.probes, 1, usize::MAX),
+            ("ef_construction", self.ef_construction, 1, usize::MAX),
+        ];
+        match bounds
+            .into_iter()
+            .find(|&(_, v, lo, hi)| !(lo..=hi).contains(&v))
+        {
+            Some((name, v, lo, usize::MAX)) => {
+                Err(invalid(name, v, format!("must be at least {lo}")))
+            }
+            Some((name, v, lo, hi)) => Err(invalid(name, v, format!("must be in {lo}..={hi}"))),
+            None => Ok(()),
         }
-        if self.probes == 0 {
-            return Err(invalid("probes", 0, "must be at least 1"));
-        }
-        if self.ef_construction == 0 {
-            return Err(invalid("ef_construction", 0, "must be at least 1"));
-        }
-        Ok(())
     }
 }
 

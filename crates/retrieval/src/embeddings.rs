@@ -221,26 +221,6 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    struct Raw {
-        dtype: Dtype,
-        shape: Vec<usize>,
-        data: Vec<u8>,
-    }
-    impl safetensors::View for Raw {
-        fn dtype(&self) -> Dtype {
-            self.dtype
-        }
-        fn shape(&self) -> &[usize] {
-            &self.shape
-        }
-        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-            (&self.data).into()
-        }
-        fn data_len(&self) -> usize {
-            self.data.len()
-        }
-    }
-
     fn write(
         path: &Path,
         key: &str,
@@ -250,7 +230,8 @@ mod tests {
         ids: Option<&str>,
     ) {
         let meta = ids.map(|i| HashMap::from([("ids".to_string(), i.to_string())]));
-        safetensors::serialize_to_file([(key, Raw { dtype, shape, data })], meta, path).unwrap();
+        let view = safetensors::tensor::TensorView::new(dtype, shape, &data).unwrap();
+        safetensors::serialize_to_file([(key, view)], meta, path).unwrap();
     }
 
     #[test]
@@ -292,10 +273,13 @@ mod tests {
     fn errors_name_the_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.safetensors");
+        let open_err = || {
+            EmbeddingsFile::open(&p, "embeddings")
+                .unwrap_err()
+                .to_string()
+        };
         write(&p, "image_embeds", Dtype::F32, vec![1, 2], vec![0; 8], None);
-        let err = EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string();
+        let err = open_err();
         assert!(
             err.contains("no tensor `embeddings`")
                 && err.contains("`image_embeds`")
@@ -304,16 +288,11 @@ mod tests {
         );
 
         write(&p, "embeddings", Dtype::F32, vec![2], vec![0; 8], None);
-        let err = EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string();
+        let err = open_err();
         assert!(err.contains("shape [2]"), "{err}");
 
         write(&p, "embeddings", Dtype::I64, vec![1, 1], vec![0; 8], None);
-        assert!(EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string()
-            .contains("I64"));
+        assert!(open_err().contains("I64"));
 
         write(
             &p,
@@ -323,16 +302,11 @@ mod tests {
             vec![0; 8],
             Some(r#"["only one"]"#),
         );
-        let err = EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string();
+        let err = open_err();
         assert!(err.contains("1 ids for 2 rows"), "{err}");
 
         std::fs::write(&p, b"garbage").unwrap();
-        assert!(EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string()
-            .contains("e.safetensors"));
+        assert!(open_err().contains("e.safetensors"));
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl IvfLists {
                 by_list[h.id].push(q as u32);
             }
         }
-        let partial: Vec<(u32, Vec<Hit>)> = by_list
+        let partial: Vec<(u32, Vec<(f32, u32)>)> = by_list
             .par_iter()
             .enumerate()
             .filter(|(_, qs)| !qs.is_empty())
@@ -153,25 +153,17 @@ impl IvfLists {
                 let list = Rows::F32(&self.vectors[start * dim..end * dim]);
                 let mut set = TopKSet::new(qs.len(), k);
                 Scanner::new(dim).scan(list, 0..end - start, &qbuf, &mut set);
-                let hits = set.into_hits();
+                // Back from positions in the list to rows of the index.
+                let at = |h: Hit| (h.score, self.order[start + h.id]);
                 qs.iter()
-                    .zip(hits)
-                    .map(move |(&q, h)| {
-                        let h = h
-                            .into_iter()
-                            .map(|x| Hit {
-                                id: self.order[start + x.id] as usize,
-                                score: x.score,
-                            })
-                            .collect();
-                        (q, h)
-                    })
+                    .zip(set.into_hits())
+                    .map(|(&q, h)| (q, h.into_iter().map(at).collect()))
                     .collect::<Vec<_>>()
             })
             .collect();
         let mut merged: Vec<Vec<(f32, u32)>> = vec![Vec::new(); nq];
         for (q, hits) in partial {
-            merged[q as usize].extend(hits.into_iter().map(|h| (h.score, h.id as u32)));
+            merged[q as usize].extend(hits);
         }
         merged
             .into_par_iter()

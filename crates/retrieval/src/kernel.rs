@@ -310,14 +310,8 @@ fn scan_with<M: Micro, S: Sink>(
     if let (true, Rows::F32(x)) = (nq <= DIRECT_MAX_Q, base) {
         while p0 < rows.end {
             let valid = NR.min(rows.end - p0);
-            M::direct(
-                queries,
-                nq,
-                &x[p0 * dim..(p0 + valid) * dim],
-                valid,
-                dim,
-                &mut out,
-            );
+            let x = &x[p0 * dim..(p0 + valid) * dim];
+            M::direct(queries, nq, x, valid, dim, &mut out);
             sink.accept(0, p0, valid, &out[..nq]);
             p0 += NR;
         }

@@ -55,10 +55,7 @@ pub enum DType {
 impl DType {
     /// Bytes per element.
     pub fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 => 2,
-        }
+        self.safetensors().bitsize() / 8
     }
 
     fn safetensors(self) -> safetensors::Dtype {
@@ -373,25 +370,6 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// A writer that also computes the CRC-32 of what passes through it.
-struct CrcWriter<W: Write> {
-    inner: W,
-    crc: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes the vectors as a one-tensor safetensors file; returns its length and CRC-32.
 fn write_vectors(
     file: &mut File,
@@ -413,15 +391,16 @@ fn write_vectors(
     // safetensors pads the header with spaces so that the data is 8-byte aligned.
     header.resize(header.len().next_multiple_of(8), b' ');
 
-    let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        crc: crc32fast::Hasher::new(),
-        bytes: 0,
-    };
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut crc = crc32fast::Hasher::new();
     let werr = io_err("cannot write", path);
-    w.write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(&werr)?;
-    w.write_all(&header).map_err(&werr)?;
+    // Everything written passes through here, so the CRC covers the whole file.
+    let mut put = |bytes: &[u8]| {
+        crc.update(bytes);
+        w.write_all(bytes).map_err(&werr)
+    };
+    put(&(header.len() as u64).to_le_bytes())?;
+    put(&header)?;
 
     let mut block = vec![0f32; FILL_ROWS.min(n.max(1)) * dim];
     let mut half_block: Vec<half::f16> = Vec::new();
@@ -440,13 +419,11 @@ fn write_vectors(
                 bytemuck::cast_slice(&half_block)
             }
         };
-        w.write_all(bytes).map_err(&werr)?;
+        put(bytes)?;
         r0 = r1;
     }
-    w.flush().map_err(&werr)?;
-    let (bytes, crc) = (w.bytes, w.crc.finalize());
-    w.inner.into_inner().map_err(|e| werr(e.into_error()))?;
-    Ok((bytes, crc))
+    w.into_inner().map_err(|e| werr(e.into_error()))?;
+    Ok(((8 + header.len() + data_bytes) as u64, crc.finalize()))
 }
 
 /// Checks that every row is finite and of unit length; `first_row` numbers the rows in errors.
