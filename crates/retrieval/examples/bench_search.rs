@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use retrieval::testing::unit_rows;
-use retrieval::{AnnMethod, AnnParams, EmbeddingsFile, Hit, Index, SearchMode, SearchOptions};
+use retrieval::{AnnMethod, AnnParams, EmbeddingsFile, Index, SearchMode, SearchOptions};
 
 fn main() {
     if let Err(e) = run() {
@@ -136,12 +136,8 @@ fn limits(file: &str) -> Result<(), Box<dyn std::error::Error>> {
     let dim = 256;
     let (nb, nq) = (32768, 1024);
     let (base, queries) = (unit_rows(nb, dim, 1), unit_rows(nq, dim, 2));
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        std::hint::black_box(retrieval::exact_search(&base, &queries, dim, 10)?);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let (best, hits) = best_of(5, || retrieval::exact_search(&base, &queries, dim, 10));
+    hits?;
     let gflops = 2.0 * nb as f64 * nq as f64 * dim as f64 / best / 1e9;
     println!(r#"{{"what":"in_cache_search","gflops":{gflops:.1}}}"#);
     // 3. Read bandwidth: sum every float of the file, in parallel, best of 3.
@@ -149,18 +145,23 @@ fn limits(file: &str) -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: read-only mapping of a file nobody writes during the benchmark.
     let map = unsafe { memmap2::MmapOptions::new().populate().map(&f)? };
     let floats: &[f32] = bytemuck::cast_slice(&map[..map.len() / 64 * 64]);
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let s: f32 = floats.par_chunks(1 << 20).map(sum_lanes).sum();
-        std::hint::black_box(s);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let (best, _) = best_of(3, || floats.par_chunks(1 << 20).map(sum_lanes).sum::<f32>());
     println!(
         r#"{{"what":"read_bandwidth","gb_per_s":{:.2}}}"#,
         map.len() as f64 / best / 1e9
     );
     Ok(())
+}
+
+/// The shortest time of `runs` calls of `f` (at least one), in seconds, and the last result.
+fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut best = (f64::INFINITY, None);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let out = std::hint::black_box(f());
+        best = (best.0.min(t.elapsed().as_secs_f64()), Some(out));
+    }
+    (best.0, best.1.expect("at least one run"))
 }
 
 fn sum_lanes(x: &[f32]) -> f32 {
@@ -224,12 +225,11 @@ fn fma_loop_avx512(acc: &mut [[f32; 16]; 16], a: f32, b: f32, iters: u64) {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("build") && args.len() == 4 {
-        return build(&args[2], &args[3]);
-    }
-    if args.get(1).map(String::as_str) == Some("limits") && args.len() == 3 {
-        return limits(&args[2]);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["build", base, out] => return build(base, out),
+        ["limits", file] => return limits(file),
+        _ => {}
     }
     let a = parse()?;
     let threads = rayon::current_num_threads();
@@ -249,17 +249,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         mode: SearchMode::Exact,
         ..SearchOptions::default()
     };
-    let time = |q: &[f32],
-                opts: &SearchOptions|
-     -> Result<(f64, Vec<Vec<Hit>>), retrieval::RetrievalError> {
-        let mut best = f64::INFINITY;
-        let mut out = Vec::new();
-        for _ in 0..a.repeat.max(1) {
-            let t = Instant::now();
-            out = idx.search_with(q, d, a.k, opts)?;
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        Ok((best, out))
+    let time = |q: &[f32], opts: &SearchOptions| {
+        let (s, hits) = best_of(a.repeat, || idx.search_with(q, d, a.k, opts));
+        hits.map(|h| (s, h))
     };
     for batch in [1, nq] {
         let (s, hits) = time(&queries[..batch * d], &exact)?;

@@ -139,7 +139,6 @@ impl AnnGraph {
 pub(crate) struct HnswGraph {
     hnsw: Hnsw<'static, f32, UnitDot>,
     params: AnnParams,
-    len: usize,
 }
 
 impl HnswGraph {
@@ -168,7 +167,6 @@ impl HnswGraph {
         Ok(Self {
             hnsw,
             params: *params,
-            len: n,
         })
     }
 
@@ -181,10 +179,11 @@ impl HnswGraph {
         k: usize,
         ef: usize,
     ) -> Vec<Vec<Hit>> {
-        if self.len == 0 || k == 0 {
+        let n = self.hnsw.get_nb_point();
+        if n == 0 || k == 0 {
             return vec![Vec::new(); queries.len() / dim];
         }
-        let k = k.min(self.len);
+        let k = k.min(n);
         queries
             .par_chunks(dim)
             .map_init(

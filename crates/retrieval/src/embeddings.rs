@@ -64,11 +64,12 @@ impl EmbeddingsFile {
                 },
             }
         })?;
-        let bad = |reason: String| RetrievalError::BadTensor {
+        let bad_in = |key: &str, reason: String| RetrievalError::BadTensor {
             path: path.to_path_buf(),
             key: key.to_string(),
             reason,
         };
+        let bad = |reason| bad_in(key, reason);
         let (rows, dim) = match *view.shape() {
             [r, d] => (r, d),
             ref s => return Err(bad(format!("has shape {s:?}; expected [rows, dimension]"))),
@@ -86,18 +87,8 @@ impl EmbeddingsFile {
         let data = start..start + view.data().len();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(st_err)?;
         let metadata = meta.metadata().clone().unwrap_or_default();
-        let ids = match metadata.get("ids") {
-            None => None,
-            Some(json) => {
-                Some(
-                    parse_ids(json, rows).map_err(|reason| RetrievalError::BadTensor {
-                        path: path.to_path_buf(),
-                        key: "__metadata__.ids".into(),
-                        reason,
-                    })?,
-                )
-            }
-        };
+        let ids = metadata.get("ids").map(|json| parse_ids(json, rows));
+        let ids = ids.transpose().map_err(|r| bad_in("__metadata__.ids", r))?;
         Ok(Self {
             path: path.to_path_buf(),
             map,
@@ -193,20 +184,7 @@ pub fn normalize_rows(data: &mut [f32], dim: usize) -> Result<()> {
 pub fn normalize_rows_from(data: &mut [f32], dim: usize, first_row: usize) -> Result<()> {
     crate::error::rows_of(data.len(), dim, "vector")?;
     for (i, row) in data.chunks_exact_mut(dim).enumerate() {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if !norm.is_finite() {
-            return Err(RetrievalError::NonFinite {
-                what: "vector",
-                row: first_row + i,
-            });
-        }
-        if norm == 0.0 {
-            return Err(RetrievalError::NotUnitLength {
-                what: "vector",
-                row: first_row + i,
-                norm,
-            });
-        }
+        let norm = crate::store::checked_norm(row, "vector", first_row + i, |n| n > 0.0)?;
         // Leave rows that are unit length to float precision untouched, so that an index built
         // from normalised embeddings stores exactly the input.
         if (norm - 1.0).abs() > 1e-6 {

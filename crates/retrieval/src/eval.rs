@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::error::{invalid, rows_of};
 use crate::exact::map_score_rows;
 use crate::kernel::Rows;
+use crate::store::checked_norm;
 use crate::{Result, RetrievalError};
 
 /// Distinct captions and, for every image, which of them it has.
@@ -184,7 +185,12 @@ pub fn retrieval_metrics(
 }
 
 /// A unit-row copy of `[rows, dim]`; zero rows stay zero (they score 0 against everything).
-pub(crate) fn normalized(x: &[f32], dim: usize, rows: usize, what: &str) -> Result<Vec<f32>> {
+pub(crate) fn normalized(
+    x: &[f32],
+    dim: usize,
+    rows: usize,
+    what: &'static str,
+) -> Result<Vec<f32>> {
     if dim == 0 || x.len() != rows * dim {
         return Err(RetrievalError::Shape(format!(
             "{what}: {} floats for {rows} rows of dimension {dim}",
@@ -193,12 +199,7 @@ pub(crate) fn normalized(x: &[f32], dim: usize, rows: usize, what: &str) -> Resu
     }
     let mut v = x.to_vec();
     for (r, row) in v.chunks_exact_mut(dim).enumerate() {
-        if !row.iter().all(|a| a.is_finite()) {
-            return Err(RetrievalError::Shape(format!(
-                "{what}: row {r} holds NaN or infinity"
-            )));
-        }
-        let norm = row.iter().map(|a| a * a).sum::<f32>().sqrt();
+        let norm = checked_norm(row, what, r, |_| true)?;
         if norm > 0.0 {
             row.iter_mut().for_each(|a| *a /= norm);
         }

@@ -28,15 +28,14 @@ pub(crate) fn top_k(base: Rows<'_>, dim: usize, queries: &[f32], k: usize) -> Ve
         // A small index: too few row chunks to keep every thread busy, so split the queries
         // instead, each task scanning the whole (cache-resident) index.
         let per_task = nq.div_ceil(4 * threads).clamp(8, tile_rows);
-        let parts: Vec<Vec<Vec<Hit>>> = queries
+        return queries
             .par_chunks(per_task * dim)
-            .map(|tile| {
+            .flat_map_iter(|tile| {
                 let mut set = TopKSet::new(tile.len() / dim, k);
                 Scanner::new(dim).scan(base, 0..n, tile, &mut set);
                 set.into_hits()
             })
             .collect();
-        return parts.into_iter().flatten().collect();
     }
     let mut out = Vec::with_capacity(nq);
     for tile in queries.chunks(tile_rows * dim) {
@@ -75,30 +74,28 @@ where
     }
     // At most ~4 MiB of scores per tile, at least one micro-kernel's worth of rows.
     let tile = ((1usize << 20) / n.max(1)).clamp(8, 256);
-    let tiles: Vec<Vec<T>> = (0..nq.div_ceil(tile))
+    (0..nq.div_ceil(tile))
         .into_par_iter()
-        .map(|t| {
+        .flat_map_iter(|t| {
             let q0 = t * tile;
             let q1 = (q0 + tile).min(nq);
             let mut scores = vec![0f32; (q1 - q0) * n];
             let mut sink = MatrixSink {
                 out: &mut scores,
                 cols: n,
-                col0: 0,
             };
             Scanner::new(dim).scan(base, 0..n, &queries[q0 * dim..q1 * dim], &mut sink);
             (q0..q1)
                 .map(|q| f(q, &scores[(q - q0) * n..(q - q0 + 1) * n]))
-                .collect()
+                .collect::<Vec<T>>()
         })
-        .collect();
-    tiles.into_iter().flatten().collect()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{brute_force, unit_rows};
+    use crate::testing::{brute_force, scores, unit_rows};
 
     /// Same ids in the same order, except that two hits whose reference scores are within
     /// float rounding of each other may swap (and the last place may differ between them).
@@ -179,12 +176,10 @@ mod tests {
         let base = unit_rows(n, dim, 3);
         let queries = unit_rows(20, dim, 4);
         let rows = map_score_rows(Rows::F32(&base), dim, &queries, |q, s| (q, s.to_vec()));
+        let want = scores(&base, dim, &queries);
         for (q, s) in rows {
-            for i in 0..n {
-                let want: f32 = (0..dim)
-                    .map(|d| queries[q * dim + d] * base[i * dim + d])
-                    .sum();
-                assert!((s[i] - want).abs() < 1e-5);
+            for (a, b) in s.iter().zip(&want[q]) {
+                assert!((*a as f64 - b).abs() < 1e-5);
             }
         }
     }

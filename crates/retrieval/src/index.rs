@@ -157,13 +157,7 @@ impl Index {
 
     /// The spec this index would be written with.
     pub fn spec(&self) -> IndexSpec {
-        IndexSpec {
-            model: self.manifest.model.clone(),
-            dimension: self.manifest.dimension,
-            count: self.manifest.count,
-            dtype: self.manifest.dtype,
-            entries: self.manifest.entries.clone(),
-        }
+        self.manifest.spec()
     }
 
     /// The manifest (for a loaded index, as read from disk).

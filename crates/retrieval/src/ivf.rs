@@ -59,30 +59,22 @@ impl IvfLists {
             let assign = nearest(&centroids, dim, &sample);
             let mut sums = vec![0f64; nlist * dim];
             let mut counts = vec![0usize; nlist];
-            for (i, &c) in assign.iter().enumerate() {
+            for (row, &c) in sample.chunks_exact(dim).zip(&assign) {
                 counts[c] += 1;
-                for (s, v) in sums[c * dim..(c + 1) * dim]
-                    .iter_mut()
-                    .zip(&sample[i * dim..(i + 1) * dim])
-                {
-                    *s += *v as f64;
-                }
+                let sum = &mut sums[c * dim..(c + 1) * dim];
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
             }
-            for c in 0..nlist {
-                let out = &mut centroids[c * dim..(c + 1) * dim];
-                let norm = sums[c * dim..(c + 1) * dim]
-                    .iter()
-                    .map(|s| s * s)
-                    .sum::<f64>()
-                    .sqrt();
+            let per_list = centroids.chunks_exact_mut(dim).zip(sums.chunks_exact(dim));
+            for (c, (out, sum)) in per_list.enumerate() {
+                let norm = sum.iter().map(|s| s * s).sum::<f64>().sqrt();
                 if counts[c] == 0 || norm == 0.0 {
                     // An empty list takes over a sample row, spread over the sample.
                     let s = (c * 7919 + 13) % ns.max(1);
                     out.copy_from_slice(&sample[s * dim..(s + 1) * dim]);
                 } else {
-                    for (o, s) in out.iter_mut().zip(&sums[c * dim..(c + 1) * dim]) {
-                        *o = (s / norm) as f32;
-                    }
+                    out.iter_mut()
+                        .zip(sum)
+                        .for_each(|(o, s)| *o = (s / norm) as f32);
                 }
             }
         }
@@ -91,19 +83,11 @@ impl IvfLists {
         rows.for_each_block(dim, 1 << 16, |_, block| {
             assign.extend(nearest(&centroids, dim, block))
         });
-        let mut offsets = vec![0usize; nlist + 1];
-        for &c in &assign {
-            offsets[c + 1] += 1;
-        }
-        for c in 0..nlist {
-            offsets[c + 1] += offsets[c];
-        }
-        let mut next = offsets.clone();
-        let mut order = vec![0u32; n];
-        for (r, &c) in assign.iter().enumerate() {
-            order[next[c]] = r as u32;
-            next[c] += 1;
-        }
+        // List by list, rows in index order within a list (the sort is stable).
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&r| assign[r as usize]);
+        let list_start = |c| order.partition_point(|&r| assign[r as usize] < c);
+        let offsets: Vec<usize> = (0..=nlist).map(list_start).collect();
         let mut vectors = vec![0f32; n * dim];
         vectors
             .par_chunks_mut(dim)

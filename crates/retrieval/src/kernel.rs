@@ -96,11 +96,8 @@ pub(crate) trait Sink {
 impl Sink for crate::topk::TopKSet {
     #[inline(always)]
     fn accept(&mut self, q0: usize, id0: usize, valid: usize, scores: &[[f32; NR]]) {
-        let valid_mask = if valid >= NR {
-            u32::MAX
-        } else {
-            (1u32 << valid) - 1
-        };
+        // The low `valid` bits (1 ≤ valid ≤ NR = 32).
+        let valid_mask = u32::MAX >> (NR - valid);
         for (r, row) in scores.iter().enumerate() {
             let q = q0 + r;
             let thr = self.threshold(q);
@@ -119,18 +116,17 @@ impl Sink for crate::topk::TopKSet {
     }
 }
 
-/// Writes scores into a row-major `[queries, cols]` matrix whose column 0 is index row `col0`.
+/// Writes scores into a row-major `[queries, cols]` matrix, one column per index row.
 pub(crate) struct MatrixSink<'a> {
     pub(crate) out: &'a mut [f32],
     pub(crate) cols: usize,
-    pub(crate) col0: usize,
 }
 
 impl Sink for MatrixSink<'_> {
     #[inline(always)]
     fn accept(&mut self, q0: usize, id0: usize, valid: usize, scores: &[[f32; NR]]) {
         for (r, row) in scores.iter().enumerate() {
-            let start = (q0 + r) * self.cols + (id0 - self.col0);
+            let start = (q0 + r) * self.cols + id0;
             self.out[start..start + valid].copy_from_slice(&row[..valid]);
         }
     }
@@ -538,19 +534,10 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// The f64 reference scores, row-major `[queries, rows]`, rounded to f32.
     fn reference(base: &[f32], queries: &[f32], dim: usize) -> Vec<f32> {
-        let n = base.len() / dim;
-        let nq = queries.len() / dim;
-        let mut out = vec![0f32; nq * n];
-        for q in 0..nq {
-            for i in 0..n {
-                let s: f64 = (0..dim)
-                    .map(|d| queries[q * dim + d] as f64 * base[i * dim + d] as f64)
-                    .sum();
-                out[q * n + i] = s as f32;
-            }
-        }
-        out
+        let s = crate::testing::scores(base, dim, queries);
+        s.concat().into_iter().map(|x| x as f32).collect()
     }
 
     #[test]
@@ -572,7 +559,6 @@ mod tests {
                 let mut sink = MatrixSink {
                     out: &mut out,
                     cols: n,
-                    col0: 0,
                 };
                 let mut scanner = Scanner::with_isa(isa, dim);
                 // Two calls over split ranges, as the parallel driver does.
@@ -600,7 +586,6 @@ mod tests {
         let mut sink = MatrixSink {
             out: &mut out,
             cols: 40,
-            col0: 0,
         };
         Scanner::new(dim).scan(Rows::F16(&base16), 0..40, &queries, &mut sink);
         assert_eq!(out, want, "values exactly representable in f16");

@@ -166,6 +166,17 @@ impl Manifest {
             entries: spec.entries,
         }
     }
+
+    /// The spec this manifest's index would be written with.
+    pub(crate) fn spec(&self) -> IndexSpec {
+        IndexSpec {
+            model: self.model.clone(),
+            dimension: self.dimension,
+            count: self.count,
+            dtype: self.dtype,
+            entries: self.entries.clone(),
+        }
+    }
 }
 
 /// What to write, apart from the vectors themselves.
@@ -434,22 +445,29 @@ pub(crate) fn check_unit_rows(
     what: &'static str,
 ) -> Result<()> {
     for (i, row) in data.chunks_exact(dim).enumerate() {
-        if !row.iter().all(|v| v.is_finite()) {
-            return Err(RetrievalError::NonFinite {
-                what,
-                row: first_row + i,
-            });
-        }
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if (norm - 1.0).abs() > UNIT_TOLERANCE {
-            return Err(RetrievalError::NotUnitLength {
-                what,
-                row: first_row + i,
-                norm,
-            });
-        }
+        checked_norm(row, what, first_row + i, |n| {
+            (n - 1.0).abs() <= UNIT_TOLERANCE
+        })?;
     }
     Ok(())
+}
+
+/// The Euclidean norm of `row`, row `r` of `what`; an error naming the row if it is not finite
+/// (the row holds NaN or infinity) or `ok` rejects it.
+pub(crate) fn checked_norm(
+    row: &[f32],
+    what: &'static str,
+    r: usize,
+    ok: impl Fn(f32) -> bool,
+) -> Result<f32> {
+    let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if !norm.is_finite() {
+        return Err(RetrievalError::NonFinite { what, row: r });
+    }
+    if !ok(norm) {
+        return Err(RetrievalError::NotUnitLength { what, row: r, norm });
+    }
+    Ok(norm)
 }
 
 /// Options for opening an index.
@@ -524,14 +542,7 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
         path: path.clone(),
         reason,
     };
-    if m.dimension == 0 {
-        return Err(bad("dimension is 0".into()));
-    }
-    if let Some(n) = m.entries.len() {
-        if n != m.count {
-            return Err(bad(format!("it lists {n} entries for {} vectors", m.count)));
-        }
-    }
+    validate_spec(&m.spec()).map_err(|e| bad(e.to_string()))?;
     if vectors_generation(&m.vectors_file).is_none() {
         return Err(bad(format!(
             "vectors_file {:?} is not a vectors file name",

@@ -16,17 +16,22 @@ pub fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     v
 }
 
+/// Every query's inner product with every row of `base`, in f64: `[query][row]`.
+pub fn scores(base: &[f32], dim: usize, queries: &[f32]) -> Vec<Vec<f64>> {
+    let dot = |r: &[f32], q: &[f32]| r.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum();
+    queries
+        .chunks(dim)
+        .map(|q| base.chunks(dim).map(|r| dot(r, q)).collect())
+        .collect()
+}
+
 /// Brute force in f64 with a full sort: `(row, score)` of the `k` best rows per query, ties
 /// to the lower row. The reference the blocked search must reproduce.
 pub fn brute_force(base: &[f32], dim: usize, queries: &[f32], k: usize) -> Vec<Vec<(usize, f64)>> {
-    queries
-        .chunks(dim)
-        .map(|q| {
-            let mut s: Vec<(usize, f64)> = base
-                .chunks(dim)
-                .enumerate()
-                .map(|(i, r)| (i, r.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum()))
-                .collect();
+    scores(base, dim, queries)
+        .into_iter()
+        .map(|row| {
+            let mut s: Vec<(usize, f64)> = row.into_iter().enumerate().collect();
             s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             s.truncate(k);
             s

@@ -135,10 +135,9 @@ pub fn zero_shot(
                 .iter()
                 .enumerate()
                 .filter(|&(j, &k)| j != class && k > 0)
-                .fold(None::<Confusion>, |best, (j, &k)| match best {
-                    Some(b) if b.count >= k => Some(b),
-                    _ => Some(Confusion { class: j, count: k }),
-                });
+                // The highest count; among equal counts the lowest class.
+                .max_by_key(|&(j, &k)| (k, std::cmp::Reverse(j)))
+                .map(|(j, &k)| Confusion { class: j, count: k });
             ClassReport {
                 class,
                 count,

@@ -30,16 +30,14 @@ fn build(dir: &Path, v: &[f32], dim: usize, dtype: DType) -> Index {
 }
 
 fn vectors_file(dir: &Path) -> PathBuf {
+    let unchecked = OpenOptions {
+        verify_checksum: false,
+    };
     dir.join(
-        &Index::open_with(
-            dir,
-            OpenOptions {
-                verify_checksum: false,
-            },
-        )
-        .unwrap()
-        .manifest()
-        .vectors_file,
+        &Index::open_with(dir, unchecked)
+            .unwrap()
+            .manifest()
+            .vectors_file,
     )
 }
 
