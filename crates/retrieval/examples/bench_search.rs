@@ -23,10 +23,8 @@ use retrieval::{AnnMethod, AnnParams, EmbeddingsFile, Index, SearchMode, SearchO
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e}");
-        let mut src = std::error::Error::source(&*e);
-        while let Some(s) = src {
+        for s in std::iter::successors(std::error::Error::source(&*e), |s| s.source()) {
             eprintln!("  caused by: {s}");
-            src = s.source();
         }
         std::process::exit(1);
     }

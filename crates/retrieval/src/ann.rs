@@ -123,14 +123,13 @@ impl AnnGraph {
     pub(crate) fn search(
         &self,
         rows: Rows<'_>,
-        dim: usize,
         queries: &[f32],
         k: usize,
         params: &AnnParams,
     ) -> Vec<Vec<Hit>> {
         match self {
             AnnGraph::Ivf(ivf, _) => ivf.search(queries, k, params.probes),
-            AnnGraph::Hnsw(h) => h.search(rows, dim, queries, k, params.ef_search),
+            AnnGraph::Hnsw(h) => h.search(rows, queries, k, params.ef_search),
         }
     }
 }
@@ -139,6 +138,7 @@ impl AnnGraph {
 pub(crate) struct HnswGraph {
     hnsw: Hnsw<'static, f32, UnitDot>,
     params: AnnParams,
+    dim: usize,
 }
 
 impl HnswGraph {
@@ -167,19 +167,13 @@ impl HnswGraph {
         Ok(Self {
             hnsw,
             params: *params,
+            dim,
         })
     }
 
     /// Approximate top-k per query, re-scored exactly against `rows`.
-    fn search(
-        &self,
-        rows: Rows<'_>,
-        dim: usize,
-        queries: &[f32],
-        k: usize,
-        ef: usize,
-    ) -> Vec<Vec<Hit>> {
-        let n = self.hnsw.get_nb_point();
+    fn search(&self, rows: Rows<'_>, queries: &[f32], k: usize, ef: usize) -> Vec<Vec<Hit>> {
+        let (n, dim) = (self.hnsw.get_nb_point(), self.dim);
         if n == 0 || k == 0 {
             return vec![Vec::new(); queries.len() / dim];
         }

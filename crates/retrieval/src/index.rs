@@ -236,7 +236,7 @@ impl Index {
         self.check_queries(queries, dim)?;
         if self.uses_ann(opts, queries.len() / dim) {
             let graph = self.ann_graph(&opts.ann)?;
-            Ok(graph.search(self.rows(), dim, queries, k, &opts.ann))
+            Ok(graph.search(self.rows(), queries, k, &opts.ann))
         } else {
             Ok(exact::top_k(self.rows(), dim, queries, k))
         }

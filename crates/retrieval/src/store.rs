@@ -251,13 +251,11 @@ pub(crate) fn validate_spec(spec: &IndexSpec) -> Result<()> {
             "at most 2^32 - 1 vectors per index",
         ));
     }
-    if let Some(n) = spec.entries.len() {
-        if n != spec.count {
-            return Err(RetrievalError::Shape(format!(
-                "{n} entries for {} vectors",
-                spec.count
-            )));
-        }
+    if let Some(n) = spec.entries.len().filter(|&n| n != spec.count) {
+        return Err(RetrievalError::Shape(format!(
+            "{n} entries for {} vectors",
+            spec.count
+        )));
     }
     Ok(())
 }
