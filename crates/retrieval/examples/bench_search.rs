@@ -17,15 +17,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use retrieval::{AnnMethod, AnnParams, EmbeddingsFile, Hit, Index, SearchMode, SearchOptions};
+use retrieval::testing::unit_rows;
+use retrieval::{AnnMethod, AnnParams, EmbeddingsFile, Index, SearchMode, SearchOptions};
 
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e}");
-        let mut src = std::error::Error::source(&*e);
-        while let Some(s) = src {
+        for s in std::iter::successors(std::error::Error::source(&*e), |s| s.source()) {
             eprintln!("  caused by: {s}");
-            src = s.source();
         }
         std::process::exit(1);
     }
@@ -37,10 +36,8 @@ struct Args {
     k: usize,
     repeat: usize,
     ann_ef: Vec<usize>,
-    ann_method: AnnMethod,
-    ann_lists: usize,
-    ann_m: usize,
-    ann_efc: usize,
+    /// Construction parameters; the library's defaults unless given.
+    ann: AnnParams,
     ids_out: Option<PathBuf>,
 }
 
@@ -53,10 +50,7 @@ fn parse() -> Result<Args, Box<dyn std::error::Error>> {
         k: 10,
         repeat: 3,
         ann_ef: Vec::new(),
-        ann_method: AnnMethod::Ivf,
-        ann_lists: 0,
-        ann_m: 16,
-        ann_efc: 100,
+        ann: AnnParams::default(),
         ids_out: None,
     };
     while let Some(x) = it.next() {
@@ -70,16 +64,16 @@ fn parse() -> Result<Args, Box<dyn std::error::Error>> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()?
             }
-            "--ann-m" => a.ann_m = val()?.parse()?,
-            "--ann-lists" => a.ann_lists = val()?.parse()?,
+            "--ann-m" => a.ann.max_connections = val()?.parse()?,
+            "--ann-lists" => a.ann.lists = val()?.parse()?,
             "--ann-method" => {
-                a.ann_method = match val()?.as_str() {
+                a.ann.method = match val()?.as_str() {
                     "ivf" => AnnMethod::Ivf,
                     "hnsw" => AnnMethod::Hnsw,
                     other => return Err(format!("unknown --ann-method {other}").into()),
                 }
             }
-            "--ann-efc" => a.ann_efc = val()?.parse()?,
+            "--ann-efc" => a.ann.ef_construction = val()?.parse()?,
             "--ids-out" => a.ids_out = Some(val()?.into()),
             _ => pos.push(x),
         }
@@ -138,27 +132,10 @@ fn limits(file: &str) -> Result<(), Box<dyn std::error::Error>> {
     // 2. The same search on data that fits in the last-level cache: 32768 × 256 (32 MiB),
     //    1024 queries — the kernel and selection without the DRAM stream.
     let dim = 256;
-    let mut st = 1u64;
-    let mut rnd = |n: usize| -> Vec<f32> {
-        let mut v: Vec<f32> = (0..n)
-            .map(|_| {
-                st = st
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        retrieval::normalize_rows(&mut v, dim).expect("nonzero rows");
-        v
-    };
     let (nb, nq) = (32768, 1024);
-    let (base, queries) = (rnd(nb * dim), rnd(nq * dim));
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        std::hint::black_box(retrieval::exact_search(&base, &queries, dim, 10)?);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let (base, queries) = (unit_rows(nb, dim, 1), unit_rows(nq, dim, 2));
+    let (best, hits) = best_of(5, || retrieval::exact_search(&base, &queries, dim, 10));
+    hits?;
     let gflops = 2.0 * nb as f64 * nq as f64 * dim as f64 / best / 1e9;
     println!(r#"{{"what":"in_cache_search","gflops":{gflops:.1}}}"#);
     // 3. Read bandwidth: sum every float of the file, in parallel, best of 3.
@@ -166,18 +143,23 @@ fn limits(file: &str) -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: read-only mapping of a file nobody writes during the benchmark.
     let map = unsafe { memmap2::MmapOptions::new().populate().map(&f)? };
     let floats: &[f32] = bytemuck::cast_slice(&map[..map.len() / 64 * 64]);
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let s: f32 = floats.par_chunks(1 << 20).map(sum_lanes).sum();
-        std::hint::black_box(s);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let (best, _) = best_of(3, || floats.par_chunks(1 << 20).map(sum_lanes).sum::<f32>());
     println!(
         r#"{{"what":"read_bandwidth","gb_per_s":{:.2}}}"#,
         map.len() as f64 / best / 1e9
     );
     Ok(())
+}
+
+/// The shortest time of `runs` calls of `f` (at least one), in seconds, and the last result.
+fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut best = (f64::INFINITY, None);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let out = std::hint::black_box(f());
+        best = (best.0.min(t.elapsed().as_secs_f64()), Some(out));
+    }
+    (best.0, best.1.expect("at least one run"))
 }
 
 fn sum_lanes(x: &[f32]) -> f32 {
@@ -241,12 +223,11 @@ fn fma_loop_avx512(acc: &mut [[f32; 16]; 16], a: f32, b: f32, iters: u64) {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("build") && args.len() == 4 {
-        return build(&args[2], &args[3]);
-    }
-    if args.get(1).map(String::as_str) == Some("limits") && args.len() == 3 {
-        return limits(&args[2]);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["build", base, out] => return build(base, out),
+        ["limits", file] => return limits(file),
+        _ => {}
     }
     let a = parse()?;
     let threads = rayon::current_num_threads();
@@ -266,17 +247,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         mode: SearchMode::Exact,
         ..SearchOptions::default()
     };
-    let time = |q: &[f32],
-                opts: &SearchOptions|
-     -> Result<(f64, Vec<Vec<Hit>>), retrieval::RetrievalError> {
-        let mut best = f64::INFINITY;
-        let mut out = Vec::new();
-        for _ in 0..a.repeat.max(1) {
-            let t = Instant::now();
-            out = idx.search_with(q, d, a.k, opts)?;
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        Ok((best, out))
+    let time = |q: &[f32], opts: &SearchOptions| {
+        let (s, hits) = best_of(a.repeat, || idx.search_with(q, d, a.k, opts));
+        hits.map(|h| (s, h))
     };
     for batch in [1, nq] {
         let (s, hits) = time(&queries[..batch * d], &exact)?;
@@ -300,21 +273,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     if !a.ann_ef.is_empty() {
         let truth = idx.search_with(&queries, d, a.k, &exact)?;
-        let params = AnnParams {
-            method: a.ann_method,
-            lists: a.ann_lists,
-            max_connections: a.ann_m,
-            ef_construction: a.ann_efc,
-            ..AnnParams::default()
-        };
         let t = Instant::now();
-        let built = idx.build_ann(&params)?;
+        let built = idx.build_ann(&a.ann)?;
         println!(
             r#"{{"what":"ann_build","method":"{:?}","lists":{},"m":{},"ef_construction":{},"seconds":{:.2}}}"#,
             built.method,
             built.lists,
-            a.ann_m,
-            a.ann_efc,
+            built.max_connections,
+            built.ef_construction,
             t.elapsed().as_secs_f64()
         );
         for &knob in &a.ann_ef {

@@ -10,6 +10,7 @@ use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::hnsw::Hnsw;
 use rayon::prelude::*;
 
+use crate::error::invalid;
 use crate::kernel::{dot, Rows};
 use crate::topk::{best_hits, Hit};
 use crate::{Result, RetrievalError};
@@ -60,24 +61,21 @@ impl Default for AnnParams {
 
 impl AnnParams {
     fn validate(&self) -> Result<()> {
-        if !(2..=255).contains(&self.max_connections) {
-            return Err(crate::error::invalid(
-                "max_connections",
-                self.max_connections,
-                "must be in 2..=255",
-            ));
+        let bounds = [
+            ("max_connections", self.max_connections, 2, 255),
+            ("probes", self.probes, 1, usize::MAX),
+            ("ef_construction", self.ef_construction, 1, usize::MAX),
+        ];
+        match bounds
+            .into_iter()
+            .find(|&(_, v, lo, hi)| !(lo..=hi).contains(&v))
+        {
+            Some((name, v, lo, usize::MAX)) => {
+                Err(invalid(name, v, format!("must be at least {lo}")))
+            }
+            Some((name, v, lo, hi)) => Err(invalid(name, v, format!("must be in {lo}..={hi}"))),
+            None => Ok(()),
         }
-        if self.probes == 0 {
-            return Err(crate::error::invalid("probes", 0, "must be at least 1"));
-        }
-        if self.ef_construction == 0 {
-            return Err(crate::error::invalid(
-                "ef_construction",
-                0,
-                "must be at least 1",
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -125,14 +123,13 @@ impl AnnGraph {
     pub(crate) fn search(
         &self,
         rows: Rows<'_>,
-        dim: usize,
         queries: &[f32],
         k: usize,
         params: &AnnParams,
     ) -> Vec<Vec<Hit>> {
         match self {
             AnnGraph::Ivf(ivf, _) => ivf.search(queries, k, params.probes),
-            AnnGraph::Hnsw(h) => h.search(rows, dim, queries, k, params.ef_search),
+            AnnGraph::Hnsw(h) => h.search(rows, queries, k, params.ef_search),
         }
     }
 }
@@ -141,7 +138,7 @@ impl AnnGraph {
 pub(crate) struct HnswGraph {
     hnsw: Hnsw<'static, f32, UnitDot>,
     params: AnnParams,
-    len: usize,
+    dim: usize,
 }
 
 impl HnswGraph {
@@ -155,21 +152,10 @@ impl HnswGraph {
             params.ef_construction,
             UnitDot,
         );
-        // Convert (and, for f16, widen) a block at a time so the f32 copy is never doubled.
-        const BLOCK: usize = 1 << 14;
-        let mut buf = vec![0f32; BLOCK.min(n.max(1)) * dim];
-        let mut r0 = 0;
-        while r0 < n {
-            let r1 = (r0 + BLOCK).min(n);
-            for r in r0..r1 {
-                rows.row_f32(r, dim, &mut buf[(r - r0) * dim..(r - r0 + 1) * dim]);
-            }
-            let items: Vec<(&[f32], usize)> = (r0..r1)
-                .map(|r| (&buf[(r - r0) * dim..(r - r0 + 1) * dim], r))
-                .collect();
+        rows.for_each_block(dim, 1 << 14, |r0, block| {
+            let items: Vec<(&[f32], usize)> = block.chunks_exact(dim).zip(r0..).collect();
             hnsw.parallel_insert_slice(&items);
-            r0 = r1;
-        }
+        });
         let mut hnsw = hnsw;
         hnsw.set_searching_mode(true);
         if hnsw.get_nb_point() != n {
@@ -181,35 +167,28 @@ impl HnswGraph {
         Ok(Self {
             hnsw,
             params: *params,
-            len: n,
+            dim,
         })
     }
 
     /// Approximate top-k per query, re-scored exactly against `rows`.
-    fn search(
-        &self,
-        rows: Rows<'_>,
-        dim: usize,
-        queries: &[f32],
-        k: usize,
-        ef: usize,
-    ) -> Vec<Vec<Hit>> {
-        if self.len == 0 || k == 0 {
+    fn search(&self, rows: Rows<'_>, queries: &[f32], k: usize, ef: usize) -> Vec<Vec<Hit>> {
+        let (n, dim) = (self.hnsw.get_nb_point(), self.dim);
+        if n == 0 || k == 0 {
             return vec![Vec::new(); queries.len() / dim];
         }
-        let k = k.min(self.len);
+        let k = k.min(n);
         queries
             .par_chunks(dim)
             .map_init(
                 || vec![0f32; dim],
-                |row, q| {
+                |buf, q| {
                     let found = self.hnsw.search(q, k, ef.max(k));
                     let c: Vec<(f32, u32)> = found
                         .iter()
                         .map(|nb| {
                             let id = nb.get_origin_id();
-                            rows.row_f32(id, dim, row);
-                            (dot(q, row), id as u32)
+                            (dot(q, rows.row(id, dim, buf)), id as u32)
                         })
                         .collect();
                     best_hits(c, k, true)

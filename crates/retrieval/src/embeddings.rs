@@ -42,12 +42,11 @@ impl EmbeddingsFile {
         // with any reader.
         let map =
             unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot memory-map", path))?;
-        let st = safetensors::SafeTensors::deserialize(&map).map_err(|source| {
-            RetrievalError::Safetensors {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        let st_err = |source| RetrievalError::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        };
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(st_err)?;
         let view = st.tensor(key).map_err(|_| {
             let mut names = st.names();
             names.sort();
@@ -65,11 +64,12 @@ impl EmbeddingsFile {
                 },
             }
         })?;
-        let bad = |reason: String| RetrievalError::BadTensor {
+        let bad_in = |key: &str, reason: String| RetrievalError::BadTensor {
             path: path.to_path_buf(),
             key: key.to_string(),
             reason,
         };
+        let bad = |reason| bad_in(key, reason);
         let (rows, dim) = match *view.shape() {
             [r, d] => (r, d),
             ref s => return Err(bad(format!("has shape {s:?}; expected [rows, dimension]"))),
@@ -85,25 +85,10 @@ impl EmbeddingsFile {
         }
         let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
         let data = start..start + view.data().len();
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|source| {
-            RetrievalError::Safetensors {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(st_err)?;
         let metadata = meta.metadata().clone().unwrap_or_default();
-        let ids = match metadata.get("ids") {
-            None => None,
-            Some(json) => {
-                Some(
-                    parse_ids(json, rows).map_err(|reason| RetrievalError::BadTensor {
-                        path: path.to_path_buf(),
-                        key: "__metadata__.ids".into(),
-                        reason,
-                    })?,
-                )
-            }
-        };
+        let ids = metadata.get("ids").map(|json| parse_ids(json, rows));
+        let ids = ids.transpose().map_err(|r| bad_in("__metadata__.ids", r))?;
         Ok(Self {
             path: path.to_path_buf(),
             map,
@@ -148,26 +133,10 @@ impl EmbeddingsFile {
             ..self.data.start + rows.end * self.dim * size];
         let out = &mut out[..rows.len() * self.dim];
         match self.dtype {
-            Dtype::F32 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                }
-            }
-            Dtype::F16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32();
-                }
-            }
-            Dtype::BF16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::bf16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32();
-                }
-            }
-            Dtype::F64 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                    *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
-                }
-            }
+            Dtype::F32 => widen(out, bytes, f32::from_le_bytes),
+            Dtype::F16 => widen(out, bytes, |b| half::f16::from_le_bytes(b).to_f32()),
+            Dtype::BF16 => widen(out, bytes, |b| half::bf16::from_le_bytes(b).to_f32()),
+            Dtype::F64 => widen(out, bytes, |b| f64::from_le_bytes(b) as f32),
             _ => unreachable!("element type checked in open"),
         }
     }
@@ -177,6 +146,14 @@ impl EmbeddingsFile {
         let mut v = vec![0f32; self.rows * self.dim];
         self.read_rows(0..self.rows, &mut v);
         v
+    }
+}
+
+/// Decodes little-endian `N`-byte elements of `bytes` into `out` with `f`.
+#[inline(always)]
+fn widen<const N: usize>(out: &mut [f32], bytes: &[u8], f: impl Fn([u8; N]) -> f32) {
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(N)) {
+        *o = f(b.try_into().expect("N bytes"));
     }
 }
 
@@ -205,27 +182,9 @@ pub fn normalize_rows(data: &mut [f32], dim: usize) -> Result<()> {
 
 /// [`normalize_rows`] for a block whose first row is row `first_row` of something larger.
 pub fn normalize_rows_from(data: &mut [f32], dim: usize, first_row: usize) -> Result<()> {
-    if dim == 0 || !data.len().is_multiple_of(dim) {
-        return Err(RetrievalError::Shape(format!(
-            "{} floats are not rows of dimension {dim}",
-            data.len()
-        )));
-    }
+    crate::error::rows_of(data.len(), dim, "vector")?;
     for (i, row) in data.chunks_exact_mut(dim).enumerate() {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if !norm.is_finite() {
-            return Err(RetrievalError::NonFinite {
-                what: "vector",
-                row: first_row + i,
-            });
-        }
-        if norm == 0.0 {
-            return Err(RetrievalError::NotUnitLength {
-                what: "vector",
-                row: first_row + i,
-                norm,
-            });
-        }
+        let norm = crate::store::checked_norm(row, "vector", first_row + i, |n| n > 0.0)?;
         // Leave rows that are unit length to float precision untouched, so that an index built
         // from normalised embeddings stores exactly the input.
         if (norm - 1.0).abs() > 1e-6 {
@@ -240,26 +199,6 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    struct Raw {
-        dtype: Dtype,
-        shape: Vec<usize>,
-        data: Vec<u8>,
-    }
-    impl safetensors::View for Raw {
-        fn dtype(&self) -> Dtype {
-            self.dtype
-        }
-        fn shape(&self) -> &[usize] {
-            &self.shape
-        }
-        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-            (&self.data).into()
-        }
-        fn data_len(&self) -> usize {
-            self.data.len()
-        }
-    }
-
     fn write(
         path: &Path,
         key: &str,
@@ -269,7 +208,8 @@ mod tests {
         ids: Option<&str>,
     ) {
         let meta = ids.map(|i| HashMap::from([("ids".to_string(), i.to_string())]));
-        safetensors::serialize_to_file([(key, Raw { dtype, shape, data })], meta, path).unwrap();
+        let view = safetensors::tensor::TensorView::new(dtype, shape, &data).unwrap();
+        safetensors::serialize_to_file([(key, view)], meta, path).unwrap();
     }
 
     #[test]
@@ -311,10 +251,13 @@ mod tests {
     fn errors_name_the_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.safetensors");
+        let open_err = || {
+            EmbeddingsFile::open(&p, "embeddings")
+                .unwrap_err()
+                .to_string()
+        };
         write(&p, "image_embeds", Dtype::F32, vec![1, 2], vec![0; 8], None);
-        let err = EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string();
+        let err = open_err();
         assert!(
             err.contains("no tensor `embeddings`")
                 && err.contains("`image_embeds`")
@@ -323,16 +266,11 @@ mod tests {
         );
 
         write(&p, "embeddings", Dtype::F32, vec![2], vec![0; 8], None);
-        let err = EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string();
+        let err = open_err();
         assert!(err.contains("shape [2]"), "{err}");
 
         write(&p, "embeddings", Dtype::I64, vec![1, 1], vec![0; 8], None);
-        assert!(EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string()
-            .contains("I64"));
+        assert!(open_err().contains("I64"));
 
         write(
             &p,
@@ -342,16 +280,11 @@ mod tests {
             vec![0; 8],
             Some(r#"["only one"]"#),
         );
-        let err = EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string();
+        let err = open_err();
         assert!(err.contains("1 ids for 2 rows"), "{err}");
 
         std::fs::write(&p, b"garbage").unwrap();
-        assert!(EmbeddingsFile::open(&p, "embeddings")
-            .unwrap_err()
-            .to_string()
-            .contains("e.safetensors"));
+        assert!(open_err().contains("e.safetensors"));
     }
 
     #[test]

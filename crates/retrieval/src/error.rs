@@ -141,15 +141,32 @@ pub type Result<T> = std::result::Result<T, RetrievalError>;
 pub(crate) fn io_err(
     action: &'static str,
     path: &Path,
-) -> impl FnOnce(std::io::Error) -> RetrievalError {
+) -> impl Fn(std::io::Error) -> RetrievalError {
     let path = path.to_path_buf();
     move |source| RetrievalError::Io {
         action,
-        path,
+        path: path.clone(),
         source,
     }
 }
 
+/// Builds a `map_err` closure for a malformed manifest at `path`.
+pub(crate) fn json_err(path: &Path) -> impl FnOnce(serde_json::Error) -> RetrievalError {
+    let path = path.to_path_buf();
+    move |source| RetrievalError::Json { path, source }
+}
+
+/// The number of `dim`-long rows in `len` floats of `what`, or a shape error.
+pub(crate) fn rows_of(len: usize, dim: usize, what: &str) -> Result<usize> {
+    if dim == 0 || !len.is_multiple_of(dim) {
+        return Err(RetrievalError::Shape(format!(
+            "{len} {what} floats are not rows of dimension {dim}"
+        )));
+    }
+    Ok(len / dim)
+}
+
+/// An [`RetrievalError::InvalidArgument`].
 pub(crate) fn invalid(
     name: &'static str,
     value: impl ToString,

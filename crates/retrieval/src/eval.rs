@@ -9,9 +9,10 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::error::invalid;
+use crate::error::{invalid, rows_of};
 use crate::exact::map_score_rows;
 use crate::kernel::Rows;
+use crate::store::checked_norm;
 use crate::{Result, RetrievalError};
 
 /// Distinct captions and, for every image, which of them it has.
@@ -116,7 +117,7 @@ impl RetrievalMetrics {
 /// first, equal scores in index order (a stable sort): everything above it, plus the equal ones
 /// before it. Deterministic where open_clip's unstable `argsort` is not.
 #[inline]
-fn rank0(scores: &[f32], best: usize) -> usize {
+pub(crate) fn rank0(scores: &[f32], best: usize) -> usize {
     let s = scores[best];
     let above = scores.iter().filter(|&&x| x > s).count();
     let tied_before = scores[..best].iter().filter(|&&x| x == s).count();
@@ -137,13 +138,7 @@ pub fn retrieval_metrics(
 ) -> Result<RetrievalMetrics> {
     let n = image_caption.len();
     let images = normalized(image_embeds, dim, n, "image embeddings")?;
-    if !text_embeds.len().is_multiple_of(dim.max(1)) {
-        return Err(RetrievalError::Shape(format!(
-            "{} text embedding floats are not rows of dimension {dim}",
-            text_embeds.len()
-        )));
-    }
-    let m = text_embeds.len() / dim;
+    let m = rows_of(text_embeds.len(), dim, "text embedding")?;
     let texts = normalized(text_embeds, dim, m, "text embeddings")?;
     if n == 0 || m == 0 {
         return Err(invalid(
@@ -190,7 +185,12 @@ pub fn retrieval_metrics(
 }
 
 /// A unit-row copy of `[rows, dim]`; zero rows stay zero (they score 0 against everything).
-pub(crate) fn normalized(x: &[f32], dim: usize, rows: usize, what: &str) -> Result<Vec<f32>> {
+pub(crate) fn normalized(
+    x: &[f32],
+    dim: usize,
+    rows: usize,
+    what: &'static str,
+) -> Result<Vec<f32>> {
     if dim == 0 || x.len() != rows * dim {
         return Err(RetrievalError::Shape(format!(
             "{what}: {} floats for {rows} rows of dimension {dim}",
@@ -199,12 +199,7 @@ pub(crate) fn normalized(x: &[f32], dim: usize, rows: usize, what: &str) -> Resu
     }
     let mut v = x.to_vec();
     for (r, row) in v.chunks_exact_mut(dim).enumerate() {
-        if !row.iter().all(|a| a.is_finite()) {
-            return Err(RetrievalError::Shape(format!(
-                "{what}: row {r} holds NaN or infinity"
-            )));
-        }
-        let norm = row.iter().map(|a| a * a).sum::<f32>().sqrt();
+        let norm = checked_norm(row, what, r, |_| true)?;
         if norm > 0.0 {
             row.iter_mut().for_each(|a| *a /= norm);
         }

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernel::{self, MatrixSink, Rows, NR};
+use crate::kernel::{MatrixSink, Rows, Scanner};
 use crate::topk::{Hit, TopKSet};
 
 /// Index rows per parallel task: big enough to amortise the per-task top-k state, small enough
@@ -11,20 +11,6 @@ const CHUNK_ROWS: usize = 4096;
 /// Queries scored together. All of a tile's queries stream past each packed index panel, so a
 /// tile should stay in L2 (1024 × 256 floats = 1 MiB); bigger batches take several passes.
 const QUERY_TILE_BYTES: usize = 1 << 20;
-
-struct Scratch {
-    panel: Vec<f32>,
-    row: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(dim: usize) -> Self {
-        Self {
-            panel: vec![0.0; NR * dim],
-            row: vec![0.0; dim],
-        }
-    }
-}
 
 /// The `k` best index rows for each query (`[nq, dim]`), best first; ties go to the lower id.
 /// Memory beyond the result is a few KiB per thread plus `O(nq · k)`, whatever the index size.
@@ -35,7 +21,6 @@ pub(crate) fn top_k(base: Rows<'_>, dim: usize, queries: &[f32], k: usize) -> Ve
         return vec![Vec::new(); nq];
     }
     let k = k.min(n);
-    let isa = kernel::detect();
     let tile_rows = (QUERY_TILE_BYTES / (4 * dim)).max(8);
     let chunks = n.div_ceil(CHUNK_ROWS);
     let threads = rayon::current_num_threads();
@@ -43,25 +28,14 @@ pub(crate) fn top_k(base: Rows<'_>, dim: usize, queries: &[f32], k: usize) -> Ve
         // A small index: too few row chunks to keep every thread busy, so split the queries
         // instead, each task scanning the whole (cache-resident) index.
         let per_task = nq.div_ceil(4 * threads).clamp(8, tile_rows);
-        let parts: Vec<Vec<Vec<Hit>>> = queries
+        return queries
             .par_chunks(per_task * dim)
-            .map(|tile| {
+            .flat_map_iter(|tile| {
                 let mut set = TopKSet::new(tile.len() / dim, k);
-                let mut s = Scratch::new(dim);
-                kernel::scan(
-                    isa,
-                    base,
-                    dim,
-                    0..n,
-                    tile,
-                    &mut set,
-                    &mut s.panel,
-                    &mut s.row,
-                );
+                Scanner::new(dim).scan(base, 0..n, tile, &mut set);
                 set.into_hits()
             })
             .collect();
-        return parts.into_iter().flatten().collect();
     }
     let mut out = Vec::with_capacity(nq);
     for tile in queries.chunks(tile_rows * dim) {
@@ -69,19 +43,10 @@ pub(crate) fn top_k(base: Rows<'_>, dim: usize, queries: &[f32], k: usize) -> Ve
         let set = (0..chunks)
             .into_par_iter()
             .fold(
-                || (TopKSet::new(tq, k), Scratch::new(dim)),
+                || (TopKSet::new(tq, k), Scanner::new(dim)),
                 |(mut set, mut s), c| {
                     let rows = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(n);
-                    kernel::scan(
-                        isa,
-                        base,
-                        dim,
-                        rows,
-                        tile,
-                        &mut set,
-                        &mut s.panel,
-                        &mut s.row,
-                    );
+                    s.scan(base, rows, tile, &mut set);
                     (set, s)
                 },
             )
@@ -107,86 +72,34 @@ where
     if nq == 0 {
         return Vec::new();
     }
-    let isa = kernel::detect();
     // At most ~4 MiB of scores per tile, at least one micro-kernel's worth of rows.
     let tile = ((1usize << 20) / n.max(1)).clamp(8, 256);
-    let tiles: Vec<Vec<T>> = (0..nq.div_ceil(tile))
+    (0..nq.div_ceil(tile))
         .into_par_iter()
-        .map(|t| {
+        .flat_map_iter(|t| {
             let q0 = t * tile;
             let q1 = (q0 + tile).min(nq);
             let mut scores = vec![0f32; (q1 - q0) * n];
-            let mut s = Scratch::new(dim);
             let mut sink = MatrixSink {
                 out: &mut scores,
                 cols: n,
-                col0: 0,
             };
-            kernel::scan(
-                isa,
-                base,
-                dim,
-                0..n,
-                &queries[q0 * dim..q1 * dim],
-                &mut sink,
-                &mut s.panel,
-                &mut s.row,
-            );
+            Scanner::new(dim).scan(base, 0..n, &queries[q0 * dim..q1 * dim], &mut sink);
             (q0..q1)
                 .map(|q| f(q, &scores[(q - q0) * n..(q - q0 + 1) * n]))
-                .collect()
+                .collect::<Vec<T>>()
         })
-        .collect();
-    tiles.into_iter().flatten().collect()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Brute force in f64 with a full sort: the reference the blocked search must reproduce.
-    pub(crate) fn brute_force(
-        base: &[f32],
-        dim: usize,
-        queries: &[f32],
-        k: usize,
-    ) -> Vec<Vec<(usize, f64)>> {
-        let n = base.len() / dim;
-        queries
-            .chunks(dim)
-            .map(|q| {
-                let mut s: Vec<(usize, f64)> = (0..n)
-                    .map(|i| {
-                        let dot = (0..dim)
-                            .map(|d| q[d] as f64 * base[i * dim + d] as f64)
-                            .sum();
-                        (i, dot)
-                    })
-                    .collect();
-                s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                s.truncate(k);
-                s
-            })
-            .collect()
-    }
-
-    fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut st = seed;
-        let mut v: Vec<f32> = (0..n * dim)
-            .map(|_| {
-                st = st
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        crate::normalize_rows(&mut v, dim).unwrap();
-        v
-    }
+    use crate::testing::{brute_force, scores, unit_rows};
 
     /// Same ids in the same order, except that two hits whose reference scores are within
     /// float rounding of each other may swap (and the last place may differ between them).
-    pub(crate) fn assert_same_ranking(got: &[Vec<Hit>], want: &[Vec<(usize, f64)>]) {
+    fn assert_same_ranking(got: &[Vec<Hit>], want: &[Vec<(usize, f64)>]) {
         assert_eq!(got.len(), want.len());
         for (q, (g, w)) in got.iter().zip(want).enumerate() {
             assert_eq!(g.len(), w.len(), "query {q}");
@@ -263,12 +176,10 @@ mod tests {
         let base = unit_rows(n, dim, 3);
         let queries = unit_rows(20, dim, 4);
         let rows = map_score_rows(Rows::F32(&base), dim, &queries, |q, s| (q, s.to_vec()));
+        let want = scores(&base, dim, &queries);
         for (q, s) in rows {
-            for i in 0..n {
-                let want: f32 = (0..dim)
-                    .map(|d| queries[q * dim + d] * base[i * dim + d])
-                    .sum();
-                assert!((s[i] - want).abs() < 1e-5);
+            for (a, b) in s.iter().zip(&want[q]) {
+                assert!((*a as f64 - b).abs() < 1e-5);
             }
         }
     }

@@ -95,34 +95,14 @@ impl Index {
                 spec.dimension
             )));
         }
+        store::validate_spec(&spec)?;
         store::check_unit_rows(&vectors, spec.dimension, 0, "index vector")?;
         let storage = match spec.dtype {
             DType::F32 => Storage::F32(vectors),
             DType::F16 => Storage::F16(vectors.iter().map(|&v| f16::from_f32(v)).collect()),
         };
-        let manifest = Manifest {
-            format: "clip-index".into(),
-            format_version: store::FORMAT_VERSION,
-            model: spec.model,
-            dimension: spec.dimension,
-            count: spec.count,
-            metric: store::Metric::InnerProduct,
-            dtype: spec.dtype,
-            vectors_file: String::new(),
-            vectors_bytes: 0,
-            vectors_crc32: 0,
-            entries: spec.entries,
-        };
-        if let Some(n) = manifest.entries.len() {
-            if n != manifest.count {
-                return Err(RetrievalError::Shape(format!(
-                    "{n} entries for {} vectors",
-                    manifest.count
-                )));
-            }
-        }
         Ok(Self {
-            manifest,
+            manifest: Manifest::new(spec, String::new(), 0, 0),
             storage,
             dir: None,
             ann: OnceLock::new(),
@@ -170,22 +150,14 @@ impl Index {
         let dim = self.dim();
         let rows = self.rows();
         store::write_index(dir, &spec, |range, out| {
-            for (i, r) in range.enumerate() {
-                rows.row_f32(r, dim, &mut out[i * dim..(i + 1) * dim]);
-            }
+            rows.copy_f32(range, dim, out);
             Ok(())
         })
     }
 
     /// The spec this index would be written with.
     pub fn spec(&self) -> IndexSpec {
-        IndexSpec {
-            model: self.manifest.model.clone(),
-            dimension: self.manifest.dimension,
-            count: self.manifest.count,
-            dtype: self.manifest.dtype,
-            entries: self.manifest.entries.clone(),
-        }
+        self.manifest.spec()
     }
 
     /// The manifest (for a loaded index, as read from disk).
@@ -226,7 +198,7 @@ impl Index {
     /// Row `i` as f32.
     pub fn vector(&self, i: usize) -> Vec<f32> {
         let mut v = vec![0f32; self.dim()];
-        self.rows().row_f32(i, self.dim(), &mut v);
+        self.rows().copy_f32(i..i + 1, self.dim(), &mut v);
         v
     }
 
@@ -264,7 +236,7 @@ impl Index {
         self.check_queries(queries, dim)?;
         if self.uses_ann(opts, queries.len() / dim) {
             let graph = self.ann_graph(&opts.ann)?;
-            Ok(graph.search(self.rows(), dim, queries, k, &opts.ann))
+            Ok(graph.search(self.rows(), queries, k, &opts.ann))
         } else {
             Ok(exact::top_k(self.rows(), dim, queries, k))
         }
@@ -309,12 +281,7 @@ impl Index {
                 expected: self.dim(),
             });
         }
-        if !queries.len().is_multiple_of(dim) {
-            return Err(RetrievalError::Shape(format!(
-                "{} query floats are not a whole number of rows of dimension {dim}",
-                queries.len()
-            )));
-        }
+        crate::error::rows_of(queries.len(), dim, "query")?;
         if let Some(row) = queries
             .chunks_exact(dim)
             .position(|r| !r.iter().all(|v| v.is_finite()))

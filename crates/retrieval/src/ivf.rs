@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use crate::exact;
-use crate::kernel::{self, Rows, NR};
+use crate::kernel::{Rows, Scanner};
 use crate::topk::{best_hits, Hit, TopKSet};
 use crate::Result;
 
@@ -46,7 +46,8 @@ impl IvfLists {
         let ns = (nlist * SAMPLE_PER_LIST).min(n);
         let mut sample = vec![0f32; ns * dim];
         for (i, out) in sample.chunks_exact_mut(dim).enumerate() {
-            rows.row_f32(i * n / ns.max(1), dim, out);
+            let r = i * n / ns.max(1);
+            rows.copy_f32(r..r + 1, dim, out);
         }
         // Initial centroids: strided sample rows.
         let mut centroids = vec![0f32; nlist * dim];
@@ -58,62 +59,40 @@ impl IvfLists {
             let assign = nearest(&centroids, dim, &sample);
             let mut sums = vec![0f64; nlist * dim];
             let mut counts = vec![0usize; nlist];
-            for (i, &c) in assign.iter().enumerate() {
+            for (row, &c) in sample.chunks_exact(dim).zip(&assign) {
                 counts[c] += 1;
-                for (s, v) in sums[c * dim..(c + 1) * dim]
-                    .iter_mut()
-                    .zip(&sample[i * dim..(i + 1) * dim])
-                {
-                    *s += *v as f64;
-                }
+                let sum = &mut sums[c * dim..(c + 1) * dim];
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
             }
-            for c in 0..nlist {
-                let out = &mut centroids[c * dim..(c + 1) * dim];
-                let norm = sums[c * dim..(c + 1) * dim]
-                    .iter()
-                    .map(|s| s * s)
-                    .sum::<f64>()
-                    .sqrt();
+            let per_list = centroids.chunks_exact_mut(dim).zip(sums.chunks_exact(dim));
+            for (c, (out, sum)) in per_list.enumerate() {
+                let norm = sum.iter().map(|s| s * s).sum::<f64>().sqrt();
                 if counts[c] == 0 || norm == 0.0 {
                     // An empty list takes over a sample row, spread over the sample.
                     let s = (c * 7919 + 13) % ns.max(1);
                     out.copy_from_slice(&sample[s * dim..(s + 1) * dim]);
                 } else {
-                    for (o, s) in out.iter_mut().zip(&sums[c * dim..(c + 1) * dim]) {
-                        *o = (s / norm) as f32;
-                    }
+                    out.iter_mut()
+                        .zip(sum)
+                        .for_each(|(o, s)| *o = (s / norm) as f32);
                 }
             }
         }
         // Assign every row, a block at a time, and lay the rows out list by list.
         let mut assign = Vec::with_capacity(n);
-        const BLOCK: usize = 1 << 16;
-        let mut buf = vec![0f32; BLOCK.min(n.max(1)) * dim];
-        for r0 in (0..n).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(n);
-            for r in r0..r1 {
-                rows.row_f32(r, dim, &mut buf[(r - r0) * dim..(r - r0 + 1) * dim]);
-            }
-            assign.extend(nearest(&centroids, dim, &buf[..(r1 - r0) * dim]));
-        }
-        let mut offsets = vec![0usize; nlist + 1];
-        for &c in &assign {
-            offsets[c + 1] += 1;
-        }
-        for c in 0..nlist {
-            offsets[c + 1] += offsets[c];
-        }
-        let mut next = offsets.clone();
-        let mut order = vec![0u32; n];
-        for (r, &c) in assign.iter().enumerate() {
-            order[next[c]] = r as u32;
-            next[c] += 1;
-        }
+        rows.for_each_block(dim, 1 << 16, |_, block| {
+            assign.extend(nearest(&centroids, dim, block))
+        });
+        // List by list, rows in index order within a list (the sort is stable).
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&r| assign[r as usize]);
+        let list_start = |c| order.partition_point(|&r| assign[r as usize] < c);
+        let offsets: Vec<usize> = (0..=nlist).map(list_start).collect();
         let mut vectors = vec![0f32; n * dim];
         vectors
             .par_chunks_mut(dim)
             .zip(order.par_iter())
-            .for_each(|(out, &r)| rows.row_f32(r as usize, dim, out));
+            .for_each(|(out, &r)| rows.copy_f32(r as usize..r as usize + 1, dim, out));
         Ok(Self {
             dim,
             centroids,
@@ -145,8 +124,7 @@ impl IvfLists {
                 by_list[h.id].push(q as u32);
             }
         }
-        let isa = kernel::detect();
-        let partial: Vec<(u32, Vec<Hit>)> = by_list
+        let partial: Vec<(u32, Vec<(f32, u32)>)> = by_list
             .par_iter()
             .enumerate()
             .filter(|(_, qs)| !qs.is_empty())
@@ -158,36 +136,18 @@ impl IvfLists {
                 let (start, end) = (self.offsets[l], self.offsets[l + 1]);
                 let list = Rows::F32(&self.vectors[start * dim..end * dim]);
                 let mut set = TopKSet::new(qs.len(), k);
-                let (mut panel, mut row) = (vec![0f32; NR * dim], vec![0f32; dim]);
-                kernel::scan(
-                    isa,
-                    list,
-                    dim,
-                    0..end - start,
-                    &qbuf,
-                    &mut set,
-                    &mut panel,
-                    &mut row,
-                );
-                let hits = set.into_hits();
+                Scanner::new(dim).scan(list, 0..end - start, &qbuf, &mut set);
+                // Back from positions in the list to rows of the index.
+                let at = |h: Hit| (h.score, self.order[start + h.id]);
                 qs.iter()
-                    .zip(hits)
-                    .map(move |(&q, h)| {
-                        let h = h
-                            .into_iter()
-                            .map(|x| Hit {
-                                id: self.order[start + x.id] as usize,
-                                score: x.score,
-                            })
-                            .collect();
-                        (q, h)
-                    })
+                    .zip(set.into_hits())
+                    .map(|(&q, h)| (q, h.into_iter().map(at).collect()))
                     .collect::<Vec<_>>()
             })
             .collect();
         let mut merged: Vec<Vec<(f32, u32)>> = vec![Vec::new(); nq];
         for (q, hits) in partial {
-            merged[q as usize].extend(hits.into_iter().map(|h| (h.score, h.id as u32)));
+            merged[q as usize].extend(hits);
         }
         merged
             .into_par_iter()

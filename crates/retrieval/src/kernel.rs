@@ -13,12 +13,16 @@
 //! instruction set this CPU was seen to support, which is what makes calling the
 //! `#[target_feature]` builds sound. The plain dot product ([`dot`]) dispatches through it too.
 
+use std::ops::Range;
+
 use half::f16;
 
 /// Index rows per panel.
 pub(crate) const NR: usize = 32;
 /// Query rows per micro-kernel call, at most.
 const MR_MAX: usize = 8;
+/// The scores one micro-kernel call fills: `[query row][index row of the panel]`.
+type Block = [[f32; NR]; MR_MAX];
 /// Batches of at most this many queries skip packing: each index row is read once, in place,
 /// and dotted with every query. Packing (a transpose) costs more than it saves when there are
 /// too few queries to reuse the panel, and a single query is bound by memory bandwidth anyway.
@@ -39,14 +43,45 @@ impl Rows<'_> {
         }
     }
 
-    /// Copies row `r` into `out` as f32.
-    pub(crate) fn row_f32(&self, r: usize, dim: usize, out: &mut [f32]) {
+    /// Copies rows `rows` into `out` (`rows.len() · dim` floats) as f32.
+    pub(crate) fn copy_f32(&self, rows: Range<usize>, dim: usize, out: &mut [f32]) {
+        let (a, b) = (rows.start * dim, rows.end * dim);
         match self {
-            Rows::F32(x) => out.copy_from_slice(&x[r * dim..(r + 1) * dim]),
+            Rows::F32(x) => out.copy_from_slice(&x[a..b]),
             Rows::F16(x) => {
                 use half::slice::HalfFloatSliceExt;
-                x[r * dim..(r + 1) * dim].convert_to_f32_slice(out)
+                x[a..b].convert_to_f32_slice(out)
             }
+        }
+    }
+
+    /// Row `r` as f32: in place when stored as f32, else widened into `buf` (`dim` floats).
+    #[inline(always)]
+    pub(crate) fn row<'s>(&'s self, r: usize, dim: usize, buf: &'s mut [f32]) -> &'s [f32] {
+        match self {
+            Rows::F32(x) => &x[r * dim..(r + 1) * dim],
+            Rows::F16(_) => {
+                self.copy_f32(r..r + 1, dim, buf);
+                buf
+            }
+        }
+    }
+
+    /// Calls `f(first_row, block)` on consecutive blocks of at most `block_rows` rows, widened
+    /// to f32 a block at a time so that an f32 copy of an f16 index never exists whole.
+    pub(crate) fn for_each_block(
+        &self,
+        dim: usize,
+        block_rows: usize,
+        mut f: impl FnMut(usize, &[f32]),
+    ) {
+        let n = self.len_elems() / dim;
+        let mut buf = vec![0f32; block_rows.min(n) * dim];
+        for r0 in (0..n).step_by(block_rows) {
+            let r1 = (r0 + block_rows).min(n);
+            let block = &mut buf[..(r1 - r0) * dim];
+            self.copy_f32(r0..r1, dim, block);
+            f(r0, block);
         }
     }
 }
@@ -61,11 +96,8 @@ pub(crate) trait Sink {
 impl Sink for crate::topk::TopKSet {
     #[inline(always)]
     fn accept(&mut self, q0: usize, id0: usize, valid: usize, scores: &[[f32; NR]]) {
-        let valid_mask = if valid >= NR {
-            u32::MAX
-        } else {
-            (1u32 << valid) - 1
-        };
+        // The low `valid` bits (1 ≤ valid ≤ NR = 32).
+        let valid_mask = u32::MAX >> (NR - valid);
         for (r, row) in scores.iter().enumerate() {
             let q = q0 + r;
             let thr = self.threshold(q);
@@ -84,18 +116,17 @@ impl Sink for crate::topk::TopKSet {
     }
 }
 
-/// Writes scores into a row-major `[queries, cols]` matrix whose column 0 is index row `col0`.
+/// Writes scores into a row-major `[queries, cols]` matrix, one column per index row.
 pub(crate) struct MatrixSink<'a> {
     pub(crate) out: &'a mut [f32],
     pub(crate) cols: usize,
-    pub(crate) col0: usize,
 }
 
 impl Sink for MatrixSink<'_> {
     #[inline(always)]
     fn accept(&mut self, q0: usize, id0: usize, valid: usize, scores: &[[f32; NR]]) {
         for (r, row) in scores.iter().enumerate() {
-            let start = (q0 + r) * self.cols + (id0 - self.col0);
+            let start = (q0 + r) * self.cols + id0;
             self.out[start..start + valid].copy_from_slice(&row[..valid]);
         }
     }
@@ -156,81 +187,80 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_lanes(a, b)
 }
 
-/// Scores `queries` (`[nq, dim]`, row-major f32) against index rows `rows_start..rows_end` of
-/// `base`, feeding every score to `sink`. `panel` is scratch of at least `NR * dim` floats and
-/// `row_buf` of at least `dim` floats.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn scan<S: Sink>(
+/// Scratch for scanning rows of dimension `dim` with one instruction set: a packed panel
+/// (`NR · dim` floats) and one widened row. One per thread.
+pub(crate) struct Scanner {
     isa: Isa,
-    base: Rows<'_>,
     dim: usize,
-    rows: std::ops::Range<usize>,
-    queries: &[f32],
-    sink: &mut S,
-    panel: &mut [f32],
-    row_buf: &mut [f32],
-) {
-    match isa.0 {
-        // SAFETY: an `Isa` of this level exists only if `supported` detected its features.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { scan_avx512(base, dim, rows, queries, sink, panel, row_buf) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2Fma => unsafe { scan_avx2(base, dim, rows, queries, sink, panel, row_buf) },
-        Level::Portable => scan_with::<Portable, S>(base, dim, rows, queries, sink, panel, row_buf),
+    panel: Vec<f32>,
+    row: Vec<f32>,
+}
+
+impl Scanner {
+    /// A scanner with the best build for this CPU.
+    pub(crate) fn new(dim: usize) -> Self {
+        Self::with_isa(detect(), dim)
+    }
+
+    pub(crate) fn with_isa(isa: Isa, dim: usize) -> Self {
+        Self {
+            isa,
+            dim,
+            panel: vec![0.0; NR * dim],
+            row: vec![0.0; dim],
+        }
+    }
+
+    /// Scores `queries` (`[nq, dim]`, row-major f32) against index rows `rows` of `base`,
+    /// feeding every score to `sink`.
+    pub(crate) fn scan<S: Sink>(
+        &mut self,
+        base: Rows<'_>,
+        rows: Range<usize>,
+        queries: &[f32],
+        sink: &mut S,
+    ) {
+        match self.isa.0 {
+            // SAFETY: an `Isa` of this level exists only if `supported` detected its features.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { scan_avx512(self, base, rows, queries, sink) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2Fma => unsafe { scan_avx2(self, base, rows, queries, sink) },
+            Level::Portable => scan_with::<Portable<false>, S>(self, base, rows, queries, sink),
+        }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn scan_avx512<S: Sink>(
-    base: Rows<'_>,
-    dim: usize,
-    rows: std::ops::Range<usize>,
-    queries: &[f32],
-    sink: &mut S,
-    panel: &mut [f32],
-    row_buf: &mut [f32],
-) {
-    scan_with::<avx512::Micro, S>(base, dim, rows, queries, sink, panel, row_buf)
+/// The `#[target_feature]` builds of [`scan_with`]: the same loop nest compiled for more
+/// instructions.
+macro_rules! scan_build {
+    ($name:ident, $features:literal, $micro:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        fn $name<S: Sink>(
+            s: &mut Scanner,
+            base: Rows<'_>,
+            rows: Range<usize>,
+            q: &[f32],
+            sink: &mut S,
+        ) {
+            scan_with::<$micro, S>(s, base, rows, q, sink)
+        }
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn scan_avx2<S: Sink>(
-    base: Rows<'_>,
-    dim: usize,
-    rows: std::ops::Range<usize>,
-    queries: &[f32],
-    sink: &mut S,
-    panel: &mut [f32],
-    row_buf: &mut [f32],
-) {
-    scan_with::<PortableFma, S>(base, dim, rows, queries, sink, panel, row_buf)
-}
+scan_build!(scan_avx512, "avx512f,avx2,fma", avx512::Micro);
+scan_build!(scan_avx2, "avx2,fma", Portable<true>);
 
 /// A micro-kernel: `out[r][j] = Σ_d q[r·dim + d] · panel[d·NR + j]` for `r < rows`, where `rows`
 /// is what the kernel chose to do (at most `rows_left`), returned.
 trait Micro {
-    fn block(
-        q: &[f32],
-        rows_left: usize,
-        panel: &[f32],
-        dim: usize,
-        out: &mut [[f32; NR]; MR_MAX],
-    ) -> usize;
+    fn block(q: &[f32], rows_left: usize, panel: &[f32], dim: usize, out: &mut Block) -> usize;
 
     /// `out[r][j] = q_r · rows_j` for `r < nq ≤ DIRECT_MAX_Q`, `j < valid ≤ NR`, on unpacked
     /// row-major `rows`.
     #[inline(always)]
-    fn direct(
-        q: &[f32],
-        nq: usize,
-        rows: &[f32],
-        valid: usize,
-        dim: usize,
-        out: &mut [[f32; NR]; MR_MAX],
-    ) {
+    fn direct(q: &[f32], nq: usize, rows: &[f32], valid: usize, dim: usize, out: &mut Block) {
         for j in 0..valid {
             let x = &rows[j * dim..(j + 1) * dim];
             for r in 0..nq {
@@ -261,30 +291,23 @@ pub(crate) fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 
 #[inline(always)]
 fn scan_with<M: Micro, S: Sink>(
+    s: &mut Scanner,
     base: Rows<'_>,
-    dim: usize,
-    rows: std::ops::Range<usize>,
+    rows: Range<usize>,
     queries: &[f32],
     sink: &mut S,
-    panel: &mut [f32],
-    row_buf: &mut [f32],
 ) {
+    let dim = s.dim;
     let nq = queries.len() / dim;
-    let panel = &mut panel[..NR * dim];
-    let row_buf = &mut row_buf[..dim];
+    let panel = &mut s.panel[..NR * dim];
+    let row_buf = &mut s.row[..dim];
     let mut out = [[0f32; NR]; MR_MAX];
     let mut p0 = rows.start;
     if let (true, Rows::F32(x)) = (nq <= DIRECT_MAX_Q, base) {
         while p0 < rows.end {
             let valid = NR.min(rows.end - p0);
-            M::direct(
-                queries,
-                nq,
-                &x[p0 * dim..(p0 + valid) * dim],
-                valid,
-                dim,
-                &mut out,
-            );
+            let x = &x[p0 * dim..(p0 + valid) * dim];
+            M::direct(queries, nq, x, valid, dim, &mut out);
             sink.accept(0, p0, valid, &out[..nq]);
             p0 += NR;
         }
@@ -313,22 +336,9 @@ fn pack(
     panel: &mut [f32],
     row_buf: &mut [f32],
 ) {
-    match base {
-        Rows::F32(x) => {
-            for j in 0..valid {
-                let row = &x[(r0 + j) * dim..(r0 + j + 1) * dim];
-                for (d, &v) in row.iter().enumerate() {
-                    panel[d * NR + j] = v;
-                }
-            }
-        }
-        Rows::F16(_) => {
-            for j in 0..valid {
-                base.row_f32(r0 + j, dim, row_buf);
-                for (d, &v) in row_buf.iter().enumerate() {
-                    panel[d * NR + j] = v;
-                }
-            }
+    for j in 0..valid {
+        for (d, &v) in base.row(r0 + j, dim, row_buf).iter().enumerate() {
+            panel[d * NR + j] = v;
         }
     }
     if valid < NR {
@@ -338,14 +348,30 @@ fn pack(
     }
 }
 
-/// Portable micro-kernel; with `FMA` it uses fused multiply-adds (only sensible where the
-/// target has them, else `mul_add` is a slow library call).
+/// Portable micro-kernel of up to 2 rows, or with `FMA` 3 rows (3 rows × 4 ymm accumulators +
+/// 4 loads fill the 16 AVX2 registers) of fused multiply-adds (only sensible where the target
+/// has them, else `mul_add` is a slow library call).
+struct Portable<const FMA: bool>;
+
+impl<const FMA: bool> Micro for Portable<FMA> {
+    #[inline(always)]
+    fn block(q: &[f32], rows_left: usize, panel: &[f32], dim: usize, out: &mut Block) -> usize {
+        let rows = rows_left.min(if FMA { 3 } else { 2 });
+        match rows {
+            1 => micro_portable::<1, FMA>(q, panel, dim, out),
+            2 => micro_portable::<2, FMA>(q, panel, dim, out),
+            _ => micro_portable::<3, FMA>(q, panel, dim, out),
+        }
+        rows
+    }
+}
+
 #[inline(always)]
 fn micro_portable<const MR: usize, const FMA: bool>(
     q: &[f32],
     panel: &[f32],
     dim: usize,
-    out: &mut [[f32; NR]; MR_MAX],
+    out: &mut Block,
 ) {
     let mut acc = [[0f32; NR]; MR];
     for d in 0..dim {
@@ -364,65 +390,17 @@ fn micro_portable<const MR: usize, const FMA: bool>(
     out[..MR].copy_from_slice(&acc);
 }
 
-struct Portable;
-impl Micro for Portable {
-    #[inline(always)]
-    fn block(
-        q: &[f32],
-        rows_left: usize,
-        panel: &[f32],
-        dim: usize,
-        out: &mut [[f32; NR]; MR_MAX],
-    ) -> usize {
-        if rows_left >= 2 {
-            micro_portable::<2, false>(q, panel, dim, out);
-            2
-        } else {
-            micro_portable::<1, false>(q, panel, dim, out);
-            1
-        }
-    }
-}
-
-// Only built into the AVX2 path.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-struct PortableFma;
-impl Micro for PortableFma {
-    #[inline(always)]
-    fn block(
-        q: &[f32],
-        rows_left: usize,
-        panel: &[f32],
-        dim: usize,
-        out: &mut [[f32; NR]; MR_MAX],
-    ) -> usize {
-        // 3 rows × 4 ymm accumulators + 4 loads fill the 16 AVX2 registers.
-        match rows_left {
-            1 => micro_portable::<1, true>(q, panel, dim, out),
-            2 => micro_portable::<2, true>(q, panel, dim, out),
-            _ => micro_portable::<3, true>(q, panel, dim, out),
-        }
-        rows_left.min(3)
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{MR_MAX, NR};
+    use super::{Block, MR_MAX, NR};
 
     pub(super) struct Micro;
 
     impl super::Micro for Micro {
         #[inline(always)]
-        fn block(
-            q: &[f32],
-            rows_left: usize,
-            panel: &[f32],
-            dim: usize,
-            out: &mut [[f32; NR]; MR_MAX],
-        ) -> usize {
+        fn block(q: &[f32], rows_left: usize, panel: &[f32], dim: usize, out: &mut Block) -> usize {
             assert!(panel.len() >= NR * dim && q.len() >= rows_left.min(MR_MAX) * dim);
             // SAFETY: only reached from `scan_avx512`, which runs only where `supported` saw
             // AVX-512F; the assert is `kernel`'s bounds requirement.
@@ -442,14 +420,7 @@ mod avx512 {
         }
 
         #[inline(always)]
-        fn direct(
-            q: &[f32],
-            nq: usize,
-            rows: &[f32],
-            valid: usize,
-            dim: usize,
-            out: &mut [[f32; NR]; MR_MAX],
-        ) {
+        fn direct(q: &[f32], nq: usize, rows: &[f32], valid: usize, dim: usize, out: &mut Block) {
             assert!(q.len() >= nq * dim && rows.len() >= valid * dim && valid <= NR);
             // SAFETY: AVX-512F as in `block`; the assert is `direct`'s bounds requirement.
             unsafe {
@@ -478,7 +449,7 @@ mod avx512 {
         rows: *const f32,
         valid: usize,
         dim: usize,
-        out: &mut [[f32; NR]; MR_MAX],
+        out: &mut Block,
     ) {
         let full = dim / 16;
         let tail_mask: __mmask16 = ((1u32 << (dim % 16)) - 1) as __mmask16;
@@ -529,7 +500,7 @@ mod avx512 {
         q: *const f32,
         panel: *const f32,
         dim: usize,
-        out: &mut [[f32; NR]; MR_MAX],
+        out: &mut Block,
     ) {
         let mut lo = [_mm512_setzero_ps(); MR];
         let mut hi = [_mm512_setzero_ps(); MR];
@@ -563,31 +534,14 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// The f64 reference scores, row-major `[queries, rows]`, rounded to f32.
     fn reference(base: &[f32], queries: &[f32], dim: usize) -> Vec<f32> {
-        let n = base.len() / dim;
-        let nq = queries.len() / dim;
-        let mut out = vec![0f32; nq * n];
-        for q in 0..nq {
-            for i in 0..n {
-                let s: f64 = (0..dim)
-                    .map(|d| queries[q * dim + d] as f64 * base[i * dim + d] as f64)
-                    .sum();
-                out[q * n + i] = s as f32;
-            }
-        }
-        out
-    }
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        let s = crate::testing::scores(base, dim, queries);
+        s.concat().into_iter().map(|x| x as f32).collect()
     }
 
     #[test]
     fn every_kernel_matches_the_reference_on_ragged_shapes() {
-        let mut seed = 7;
         // Odd dimension, row count not a multiple of 32, query count not a multiple of 8.
         for (n, nq, dim) in [
             (75, 11, 13),
@@ -597,22 +551,19 @@ mod tests {
             (70, 4, 33),
             (67, 2, 16),
         ] {
-            let base: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
-            let queries: Vec<f32> = (0..nq * dim).map(|_| lcg(&mut seed)).collect();
+            let base = crate::testing::unit_rows(n, dim, n as u64);
+            let queries = crate::testing::unit_rows(nq, dim, 1000 + nq as u64);
             let want = reference(&base, &queries, dim);
             for isa in supported() {
                 let mut out = vec![f32::NAN; nq * n];
                 let mut sink = MatrixSink {
                     out: &mut out,
                     cols: n,
-                    col0: 0,
                 };
-                let mut panel = vec![0f32; NR * dim];
-                let mut row = vec![0f32; dim];
+                let mut scanner = Scanner::with_isa(isa, dim);
                 // Two calls over split ranges, as the parallel driver does.
                 for part in [0..n / 2, n / 2..n] {
-                    let (p, r) = (&mut panel, &mut row);
-                    scan(isa, Rows::F32(&base), dim, part, &queries, &mut sink, p, r);
+                    scanner.scan(Rows::F32(&base), part, &queries, &mut sink);
                 }
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                     assert!(
@@ -635,19 +586,8 @@ mod tests {
         let mut sink = MatrixSink {
             out: &mut out,
             cols: 40,
-            col0: 0,
         };
-        let (mut panel, mut row) = (vec![0f32; NR * dim], vec![0f32; dim]);
-        scan(
-            detect(),
-            Rows::F16(&base16),
-            dim,
-            0..40,
-            &queries,
-            &mut sink,
-            &mut panel,
-            &mut row,
-        );
+        Scanner::new(dim).scan(Rows::F16(&base16), 0..40, &queries, &mut sink);
         assert_eq!(out, want, "values exactly representable in f16");
     }
 }

@@ -20,6 +20,8 @@ mod index;
 mod ivf;
 mod kernel;
 mod store;
+#[doc(hidden)]
+pub mod testing;
 mod topk;
 mod zeroshot;
 
@@ -43,13 +45,8 @@ pub use zeroshot::{class_embeddings, zero_shot, ClassReport, Confusion, ZeroShot
 /// Exact top-k of `queries` (`[q, dim]`) among `base` (`[n, dim]`), best first, ties to the
 /// lower row: the same kernel [`Index`] uses, for callers holding plain vectors.
 pub fn exact_search(base: &[f32], queries: &[f32], dim: usize, k: usize) -> Result<Vec<Vec<Hit>>> {
-    if dim == 0 || !base.len().is_multiple_of(dim) || !queries.len().is_multiple_of(dim) {
-        return Err(RetrievalError::Shape(format!(
-            "{} base and {} query floats are not rows of dimension {dim}",
-            base.len(),
-            queries.len()
-        )));
-    }
+    error::rows_of(base.len(), dim, "base")?;
+    error::rows_of(queries.len(), dim, "query")?;
     Ok(exact::top_k(kernel::Rows::F32(base), dim, queries, k))
 }
 

@@ -19,7 +19,7 @@ compile_error!(
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::io_err;
+use crate::error::{invalid, io_err, json_err};
 use crate::{Result, RetrievalError};
 
 /// File name of the manifest inside an index directory.
@@ -55,16 +55,13 @@ pub enum DType {
 impl DType {
     /// Bytes per element.
     pub fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 => 2,
-        }
+        self.safetensors().bitsize() / 8
     }
 
-    fn safetensors_name(self) -> &'static str {
+    fn safetensors(self) -> safetensors::Dtype {
         match self {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
+            DType::F32 => safetensors::Dtype::F32,
+            DType::F16 => safetensors::Dtype::F16,
         }
     }
 }
@@ -152,6 +149,36 @@ pub struct Manifest {
     pub entries: Entries,
 }
 
+impl Manifest {
+    /// The manifest of `spec` stored in `vectors_file` (empty for an index only in memory).
+    pub(crate) fn new(spec: IndexSpec, vectors_file: String, bytes: u64, crc32: u32) -> Self {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            model: spec.model,
+            dimension: spec.dimension,
+            count: spec.count,
+            metric: Metric::InnerProduct,
+            dtype: spec.dtype,
+            vectors_file,
+            vectors_bytes: bytes,
+            vectors_crc32: crc32,
+            entries: spec.entries,
+        }
+    }
+
+    /// The spec this manifest's index would be written with.
+    pub(crate) fn spec(&self) -> IndexSpec {
+        IndexSpec {
+            model: self.model.clone(),
+            dimension: self.dimension,
+            count: self.count,
+            dtype: self.dtype,
+            entries: self.entries.clone(),
+        }
+    }
+}
+
 /// What to write, apart from the vectors themselves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexSpec {
@@ -192,25 +219,10 @@ pub fn write_index(
     let (bytes, crc) = write_atomically(&final_vectors, |file, tmp| {
         write_vectors(file, tmp, spec, &mut fill)
     })?;
-    let manifest = Manifest {
-        format: FORMAT_NAME.into(),
-        format_version: FORMAT_VERSION,
-        model: spec.model.clone(),
-        dimension: spec.dimension,
-        count: spec.count,
-        metric: Metric::InnerProduct,
-        dtype: spec.dtype,
-        vectors_file: vectors_file.clone(),
-        vectors_bytes: bytes,
-        vectors_crc32: crc,
-        entries: spec.entries.clone(),
-    };
+    let manifest = Manifest::new(spec.clone(), vectors_file.clone(), bytes, crc);
     let manifest_path = dir.join(MANIFEST_FILE);
     let res = write_atomically(&manifest_path, |f, tmp| {
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|source| RetrievalError::Json {
-            path: manifest_path.clone(),
-            source,
-        })?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(json_err(&manifest_path))?;
         f.write_all(&json).map_err(io_err("cannot write", tmp))
     });
     if let Err(e) = res {
@@ -223,28 +235,27 @@ pub fn write_index(
     Ok(manifest)
 }
 
-fn validate_spec(spec: &IndexSpec) -> Result<()> {
+/// Checks what can be checked of `spec` before any vector is written.
+pub(crate) fn validate_spec(spec: &IndexSpec) -> Result<()> {
     if spec.dimension == 0 {
-        return Err(crate::error::invalid(
+        return Err(invalid(
             "dimension",
             0,
             "vectors need at least one component",
         ));
     }
     if spec.count > u32::MAX as usize {
-        return Err(crate::error::invalid(
+        return Err(invalid(
             "count",
             spec.count,
             "at most 2^32 - 1 vectors per index",
         ));
     }
-    if let Some(n) = spec.entries.len() {
-        if n != spec.count {
-            return Err(RetrievalError::Shape(format!(
-                "{n} entries for {} vectors",
-                spec.count
-            )));
-        }
+    if let Some(n) = spec.entries.len().filter(|&n| n != spec.count) {
+        return Err(RetrievalError::Shape(format!(
+            "{n} entries for {} vectors",
+            spec.count
+        )));
     }
     Ok(())
 }
@@ -368,25 +379,6 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// A writer that also computes the CRC-32 of what passes through it.
-struct CrcWriter<W: Write> {
-    inner: W,
-    crc: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes the vectors as a one-tensor safetensors file; returns its length and CRC-32.
 fn write_vectors(
     file: &mut File,
@@ -399,7 +391,7 @@ fn write_vectors(
     let header = serde_json::json!({
         "__metadata__": { "format": FORMAT_NAME },
         VECTORS_KEY: {
-            "dtype": spec.dtype.safetensors_name(),
+            "dtype": spec.dtype.safetensors(),
             "shape": [n, dim],
             "data_offsets": [0, data_bytes],
         }
@@ -408,17 +400,16 @@ fn write_vectors(
     // safetensors pads the header with spaces so that the data is 8-byte aligned.
     header.resize(header.len().next_multiple_of(8), b' ');
 
-    let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        crc: crc32fast::Hasher::new(),
-        bytes: 0,
-    };
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut crc = crc32fast::Hasher::new();
     let werr = io_err("cannot write", path);
-    let res = (|| {
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
-        w.write_all(&header)
-    })();
-    res.map_err(werr)?;
+    // Everything written passes through here, so the CRC covers the whole file.
+    let mut put = |bytes: &[u8]| {
+        crc.update(bytes);
+        w.write_all(bytes).map_err(&werr)
+    };
+    put(&(header.len() as u64).to_le_bytes())?;
+    put(&header)?;
 
     let mut block = vec![0f32; FILL_ROWS.min(n.max(1)) * dim];
     let mut half_block: Vec<half::f16> = Vec::new();
@@ -437,15 +428,11 @@ fn write_vectors(
                 bytemuck::cast_slice(&half_block)
             }
         };
-        w.write_all(bytes).map_err(io_err("cannot write", path))?;
+        put(bytes)?;
         r0 = r1;
     }
-    w.flush().map_err(io_err("cannot write", path))?;
-    let (bytes, crc) = (w.bytes, w.crc.finalize());
-    w.inner
-        .into_inner()
-        .map_err(|e| io_err("cannot write", path)(e.into_error()))?;
-    Ok((bytes, crc))
+    w.into_inner().map_err(|e| werr(e.into_error()))?;
+    Ok(((8 + header.len() + data_bytes) as u64, crc.finalize()))
 }
 
 /// Checks that every row is finite and of unit length; `first_row` numbers the rows in errors.
@@ -456,22 +443,29 @@ pub(crate) fn check_unit_rows(
     what: &'static str,
 ) -> Result<()> {
     for (i, row) in data.chunks_exact(dim).enumerate() {
-        if !row.iter().all(|v| v.is_finite()) {
-            return Err(RetrievalError::NonFinite {
-                what,
-                row: first_row + i,
-            });
-        }
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if (norm - 1.0).abs() > UNIT_TOLERANCE {
-            return Err(RetrievalError::NotUnitLength {
-                what,
-                row: first_row + i,
-                norm,
-            });
-        }
+        checked_norm(row, what, first_row + i, |n| {
+            (n - 1.0).abs() <= UNIT_TOLERANCE
+        })?;
     }
     Ok(())
+}
+
+/// The Euclidean norm of `row`, row `r` of `what`; an error naming the row if it is not finite
+/// (the row holds NaN or infinity) or `ok` rejects it.
+pub(crate) fn checked_norm(
+    row: &[f32],
+    what: &'static str,
+    r: usize,
+    ok: impl Fn(f32) -> bool,
+) -> Result<f32> {
+    let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if !norm.is_finite() {
+        return Err(RetrievalError::NonFinite { what, row: r });
+    }
+    if !ok(norm) {
+        return Err(RetrievalError::NotUnitLength { what, row: r, norm });
+    }
+    Ok(norm)
 }
 
 /// Options for opening an index.
@@ -527,10 +521,7 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
         format: Option<String>,
         format_version: Option<u32>,
     }
-    let head: Head = serde_json::from_slice(&bytes).map_err(|source| RetrievalError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let head: Head = serde_json::from_slice(&bytes).map_err(json_err(&path))?;
     if head.format.as_deref() != Some(FORMAT_NAME) {
         return Err(RetrievalError::NotAnIndex {
             path: path.clone(),
@@ -544,22 +535,12 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
             supported: FORMAT_VERSION,
         });
     }
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| RetrievalError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(json_err(&path))?;
     let bad = |reason: String| RetrievalError::Damaged {
         path: path.clone(),
         reason,
     };
-    if m.dimension == 0 {
-        return Err(bad("dimension is 0".into()));
-    }
-    if let Some(n) = m.entries.len() {
-        if n != m.count {
-            return Err(bad(format!("it lists {n} entries for {} vectors", m.count)));
-        }
-    }
+    validate_spec(&m.spec()).map_err(|e| bad(e.to_string()))?;
     if vectors_generation(&m.vectors_file).is_none() {
         return Err(bad(format!(
             "vectors_file {:?} is not a vectors file name",
@@ -604,11 +585,7 @@ pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result
     let view = st
         .tensor(VECTORS_KEY)
         .map_err(|_| damaged(format!("no `{VECTORS_KEY}` tensor")))?;
-    let want_dtype = match m.dtype {
-        DType::F32 => safetensors::Dtype::F32,
-        DType::F16 => safetensors::Dtype::F16,
-    };
-    if view.dtype() != want_dtype || view.shape() != [m.count, m.dimension] {
+    if view.dtype() != m.dtype.safetensors() || view.shape() != [m.count, m.dimension] {
         return Err(damaged(format!(
             "it holds {:?} {:?} but the manifest says {:?} [{}, {}]",
             view.dtype(),

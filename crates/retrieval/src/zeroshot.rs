@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use crate::error::invalid;
-use crate::eval::normalized;
+use crate::error::{invalid, rows_of};
+use crate::eval::{normalized, rank0};
 use crate::exact::map_score_rows;
 use crate::kernel::Rows;
 use crate::{Result, RetrievalError};
@@ -36,19 +36,14 @@ pub fn class_embeddings(
     }
     let rows = template_embeds.len() / dim;
     let unit = normalized(template_embeds, dim, rows, "template embeddings")?;
-    let mut out = Vec::with_capacity(rows / templates_per_class * dim);
-    for class in unit.chunks_exact(templates_per_class * dim) {
-        let mut mean = vec![0f32; dim];
+    let mut means = vec![0f32; rows / templates_per_class * dim];
+    let classes = unit.chunks_exact(templates_per_class * dim);
+    for (mean, class) in means.chunks_exact_mut(dim).zip(classes) {
         for t in class.chunks_exact(dim) {
             mean.iter_mut().zip(t).for_each(|(m, v)| *m += v);
         }
-        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            mean.iter_mut().for_each(|m| *m /= norm);
-        }
-        out.extend(mean);
     }
-    Ok(out)
+    normalized(&means, dim, rows / templates_per_class, "class embeddings")
 }
 
 /// The class most often predicted instead of the right one.
@@ -103,13 +98,8 @@ pub fn zero_shot(
 ) -> Result<ZeroShotReport> {
     let n = labels.len();
     let images = normalized(image_embeds, dim, n, "image embeddings")?;
-    if dim == 0 || !class_embeds.len().is_multiple_of(dim) || class_embeds.is_empty() {
-        return Err(RetrievalError::Shape(format!(
-            "{} class embedding floats are not one or more rows of dimension {dim}",
-            class_embeds.len()
-        )));
-    }
-    let c = class_embeds.len() / dim;
+    // No class at all fails below: every label is past the last class, or there is no image.
+    let c = rows_of(class_embeds.len(), dim, "class embedding")?;
     let classes = normalized(class_embeds, dim, c, "class embeddings")?;
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= c) {
         return Err(invalid(
@@ -129,10 +119,7 @@ pub fn zero_shot(
     let per_image: Vec<(usize, usize)> =
         map_score_rows(Rows::F32(&classes), dim, &images, |i, s| {
             let pred = (0..c).fold(0, |best, j| if s[j] > s[best] { j } else { best });
-            let t = labels[i];
-            let rank = s.iter().filter(|&&x| x > s[t]).count()
-                + s[..t].iter().filter(|&&x| x == s[t]).count();
-            (pred, rank)
+            (pred, rank0(s, labels[i]))
         });
     let mut confusion = vec![vec![0usize; c]; c];
     for (&(pred, _), &l) in per_image.iter().zip(labels) {
@@ -148,10 +135,9 @@ pub fn zero_shot(
                 .iter()
                 .enumerate()
                 .filter(|&(j, &k)| j != class && k > 0)
-                .fold(None::<Confusion>, |best, (j, &k)| match best {
-                    Some(b) if b.count >= k => Some(b),
-                    _ => Some(Confusion { class: j, count: k }),
-                });
+                // The highest count; among equal counts the lowest class.
+                .max_by_key(|&(j, &k)| (k, std::cmp::Reverse(j)))
+                .map(|(j, &k)| Confusion { class: j, count: k });
             ClassReport {
                 class,
                 count,

@@ -2,24 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use retrieval::testing::{brute_force, unit_rows};
 use retrieval::{
     exact_search, plan_refresh, write_index, AnnMethod, AnnParams, DType, Entries, ImageEntry,
     Index, IndexSpec, OpenOptions, RetrievalError, SearchMode, SearchOptions,
 };
-
-fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut st = seed;
-    let mut v: Vec<f32> = (0..n * dim)
-        .map(|_| {
-            st = st
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((st >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    retrieval::normalize_rows(&mut v, dim).unwrap();
-    v
-}
 
 fn spec(n: usize, dim: usize, dtype: DType) -> IndexSpec {
     IndexSpec {
@@ -43,28 +30,23 @@ fn build(dir: &Path, v: &[f32], dim: usize, dtype: DType) -> Index {
 }
 
 fn vectors_file(dir: &Path) -> PathBuf {
+    let unchecked = OpenOptions {
+        verify_checksum: false,
+    };
     dir.join(
-        &Index::open_with(
-            dir,
-            OpenOptions {
-                verify_checksum: false,
-            },
-        )
-        .unwrap()
-        .manifest()
-        .vectors_file,
+        &Index::open_with(dir, unchecked)
+            .unwrap()
+            .manifest()
+            .vectors_file,
     )
 }
 
-/// Brute force in f64 with a full sort.
-fn brute_force(base: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<usize> {
-    let mut s: Vec<(usize, f64)> = base
-        .chunks(dim)
-        .enumerate()
-        .map(|(i, r)| (i, r.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum()))
-        .collect();
-    s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    s.into_iter().take(k).map(|x| x.0).collect()
+/// The ids of the `k` best rows for one query `q`, by brute force.
+fn brute_force_ids(base: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<usize> {
+    brute_force(base, dim, q, k)[0]
+        .iter()
+        .map(|x| x.0)
+        .collect()
 }
 
 #[test]
@@ -78,7 +60,7 @@ fn saved_index_searches_like_brute_force() {
     let hits = idx.search(&queries, dim, 10).unwrap();
     for (q, h) in queries.chunks(dim).zip(&hits) {
         let got: Vec<usize> = h.iter().map(|h| h.id).collect();
-        assert_eq!(got, brute_force(&base, dim, q, 10));
+        assert_eq!(got, brute_force_ids(&base, dim, q, 10));
         assert!(h.windows(2).all(|w| w[0].score >= w[1].score));
     }
     assert_eq!(exact_search(&base, &queries, dim, 10).unwrap(), hits);
@@ -102,7 +84,7 @@ fn f16_index_is_close_to_f32() {
     );
     let q = unit_rows(1, dim, 4);
     let hits = idx.search(&q, dim, 5).unwrap().remove(0);
-    let want = brute_force(&base, dim, &q, 5);
+    let want = brute_force_ids(&base, dim, &q, 5);
     assert_eq!(hits[0].id, want[0]);
     for h in &hits {
         let exact: f32 = base[h.id * dim..(h.id + 1) * dim]
