@@ -203,7 +203,7 @@ fn next_batch(
     }
     let items: Vec<usize> = good.iter().map(|&(_, idx, _)| idx).collect();
     let aug = &spec.aug;
-    match &spec.mode {
+    let (pixels, ids) = match &spec.mode {
         LoaderMode::Captions(tokenizer) => {
             let views: Vec<(Vec<f32>, &str)> = good
                 .par_iter()
@@ -215,14 +215,8 @@ fn next_batch(
                 .collect();
             let caps: Vec<&str> = views.iter().map(|(_, c)| *c).collect();
             let ids = tokenizer.encode_batch(&caps).map_err(|e| e.to_string())?;
-            Ok(Batch {
-                step,
-                pixels: views.iter().flat_map(|(p, _)| p.iter().copied()).collect(),
-                ids,
-                items,
-                next_position: *position,
-                skipped,
-            })
+            let pixels = views.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+            (pixels, ids)
         }
         LoaderMode::TwoViews => {
             let pairs: Vec<(Vec<f32>, Vec<f32>)> = good
@@ -235,16 +229,17 @@ fn next_batch(
                 .collect();
             let mut pixels: Vec<f32> = pairs.iter().flat_map(|(a, _)| a.iter().copied()).collect();
             pixels.extend(pairs.iter().flat_map(|(_, b)| b.iter().copied()));
-            Ok(Batch {
-                step,
-                pixels,
-                ids: Vec::new(),
-                items,
-                next_position: *position,
-                skipped,
-            })
+            (pixels, Vec::new())
         }
-    }
+    };
+    Ok(Batch {
+        step,
+        pixels,
+        ids,
+        items,
+        next_position: *position,
+        skipped,
+    })
 }
 
 impl Drop for Loader {

@@ -5,7 +5,6 @@
 //! run could neither exclude gains, biases and the temperature from decay nor resume exactly.
 
 use std::collections::HashMap;
-
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
@@ -66,14 +65,7 @@ struct Update {
 
 impl Update {
     fn apply(self, decay: bool, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-        let Update {
-            b1,
-            b2,
-            step_size,
-            inv_bc2_sqrt,
-            eps,
-            shrink,
-        } = self;
+        let k = self;
         p.par_chunks_mut(8192)
             .zip(m.par_chunks_mut(8192))
             .zip(v.par_chunks_mut(8192))
@@ -81,11 +73,11 @@ impl Update {
             .for_each(|(((p, m), v), g)| {
                 for i in 0..p.len() {
                     if decay {
-                        p[i] *= shrink;
+                        p[i] *= k.shrink;
                     }
-                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                    p[i] -= step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
+                    m[i] = k.b1 * m[i] + (1.0 - k.b1) * g[i];
+                    v[i] = k.b2 * v[i] + (1.0 - k.b2) * g[i] * g[i];
+                    p[i] -= k.step_size * m[i] / (v[i].sqrt() * k.inv_bc2_sqrt + k.eps);
                 }
             });
     }
@@ -177,20 +169,15 @@ impl AdamW {
     /// One update with learning rate `lr`; a parameter without a gradient is left alone.
     pub fn step(&mut self, grads: &HashMap<String, Tensor>, lr: f64) -> Result<()> {
         self.t += 1;
-        let (b1, b2) = (self.cfg.beta1 as f32, self.cfg.beta2 as f32);
         let bc1 = 1.0 - self.cfg.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.cfg.beta2.powi(self.t as i32);
-        let step_size = (lr / bc1) as f32;
-        let inv_bc2_sqrt = (1.0 / bc2.sqrt()) as f32;
-        let eps = self.cfg.eps as f32;
-        let shrink = (1.0 - lr * self.cfg.weight_decay) as f32;
         let k = Update {
-            b1,
-            b2,
-            step_size,
-            inv_bc2_sqrt,
-            eps,
-            shrink,
+            b1: self.cfg.beta1 as f32,
+            b2: self.cfg.beta2 as f32,
+            step_size: (lr / bc1) as f32,
+            inv_bc2_sqrt: (1.0 / bc2.sqrt()) as f32,
+            eps: self.cfg.eps as f32,
+            shrink: (1.0 - lr * self.cfg.weight_decay) as f32,
         };
         for slot in &mut self.slots {
             let Some(g) = grads.get(&slot.name) else {
@@ -221,15 +208,10 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for s in &self.slots {
-            let shape = s.var.shape().clone();
-            out.insert(
-                format!("m.{}", s.name),
-                Tensor::from_vec(s.m.clone(), shape.clone(), &candle_core::Device::Cpu)?,
-            );
-            out.insert(
-                format!("v.{}", s.name),
-                Tensor::from_vec(s.v.clone(), shape, &candle_core::Device::Cpu)?,
-            );
+            for (kind, buf) in [("m", &s.m), ("v", &s.v)] {
+                let t = Tensor::from_vec(buf.clone(), s.var.shape(), &candle_core::Device::Cpu)?;
+                out.insert(format!("{kind}.{}", s.name), t);
+            }
         }
         Ok(out)
     }

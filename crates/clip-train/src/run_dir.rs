@@ -207,20 +207,13 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s as usize <= step)
-        })
-        .collect();
-    let body = if kept.is_empty() {
-        String::new()
-    } else {
-        kept.join("\n") + "\n"
-    };
+    let kept = text.lines().filter(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+            .is_some_and(|s| s as usize <= step)
+    });
+    let body: String = kept.map(|l| format!("{l}\n")).collect();
     std::fs::write(path, body).map_err(io("cannot write", path))
 }
 

@@ -103,11 +103,18 @@ fn check_views(z1: &Tensor, z2: &Tensor) -> Result<usize> {
     Ok(b)
 }
 
-fn check_temperature(t: f64) -> Result<()> {
+/// The common start of the two-view losses: B, the similarity logits `[2B, 2B]` of the
+/// normalised views at `temperature`, the positive mask and the inverse temperature.
+fn two_view_logits(z1: &Tensor, z2: &Tensor, t: f64) -> Result<(usize, Tensor, Tensor, Tensor)> {
+    let b = check_views(z1, z2)?;
     if !(t.is_finite() && t > 0.0) {
         candle_core::bail!("temperature must be a positive number, got {t}");
     }
-    Ok(())
+    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
+    let logits = (z.matmul(&z.t()?)? / t)?;
+    let (pos, _) = view_masks(b, z.device())?;
+    let inv_t = Tensor::new(1.0 / t as f32, z.device())?.to_dtype(z.dtype())?;
+    Ok((b, logits, pos.to_dtype(z.dtype())?, inv_t))
 }
 
 /// Two-view softmax loss with a configurable negative estimate; the common body of
@@ -122,27 +129,15 @@ pub fn two_view_loss(
     temperature: f64,
     est: NegativeEstimate,
 ) -> Result<Tensor> {
-    let b = check_views(z1, z2)?;
-    check_temperature(temperature)?;
+    let (b, logits, pos, inv_t) = two_view_logits(z1, z2, temperature)?;
     if !(0.0..1.0).contains(&est.tau_plus) {
         candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
     }
     if !(est.beta.is_finite() && est.beta >= 0.0) {
         candle_core::bail!("beta must be a non-negative number, got {}", est.beta);
     }
-    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
-    let logits = (z.matmul(&z.t()?)? / temperature)?;
-    let (pos, neg) = view_masks(b, z.device())?;
-    let inv_t = Tensor::new(1.0 / temperature as f32, z.device())?.to_dtype(z.dtype())?;
-    let rows = row_losses(
-        &logits,
-        &pos.to_dtype(z.dtype())?,
-        &neg.to_dtype(z.dtype())?,
-        (2 * b - 2) as f64,
-        &inv_t,
-        est,
-    )?;
-    rows.mean_all()
+    let neg = view_masks(b, logits.device())?.1.to_dtype(logits.dtype())?;
+    row_losses(&logits, &pos, &neg, (2 * b - 2) as f64, &inv_t, est)?.mean_all()
 }
 
 /// NT-Xent (SimCLR's normalised temperature-scaled cross-entropy).
@@ -204,14 +199,10 @@ pub fn oracle_contrastive_loss(
     temperature: f64,
     labels: &[u32],
 ) -> Result<Tensor> {
-    let b = check_views(z1, z2)?;
-    check_temperature(temperature)?;
+    let (b, logits, pos, inv_t) = two_view_logits(z1, z2, temperature)?;
     if labels.len() != b {
         candle_core::bail!("{} labels for a batch of {b} images", labels.len());
     }
-    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
-    let logits = (z.matmul(&z.t()?)? / temperature)?;
-    let (pos, _) = view_masks(b, z.device())?;
     let n = 2 * b;
     let mut neg = vec![0f32; n * n];
     for i in 0..n {
@@ -221,11 +212,10 @@ pub fn oracle_contrastive_loss(
             }
         }
     }
-    let neg = Tensor::from_vec(neg, (n, n), z.device())?.to_dtype(z.dtype())?;
-    let inv_t = Tensor::new(1.0 / temperature as f32, z.device())?.to_dtype(z.dtype())?;
+    let neg = Tensor::from_vec(neg, (n, n), logits.device())?.to_dtype(logits.dtype())?;
     row_losses(
         &logits,
-        &pos.to_dtype(z.dtype())?,
+        &pos,
         &neg,
         (n - 2) as f64,
         &inv_t,

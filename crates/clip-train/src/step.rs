@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, TensorId, Var};
-use clip_model::ClipModel;
+use clip_model::{ClipConfig, ClipModel};
 use clip_nn::taped::{Grads, Workspace};
 use clip_nn::{Init, Params, TensorMap, VarStore};
 use text_encoder::TextTape;
@@ -19,7 +19,7 @@ use crate::ssl_loss::{
     debiased_clip_loss, oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss,
     NegativeEstimate,
 };
-use crate::{clip_loss, siglip_loss, LossKind, Objective, Precision, Result, RunSetup, TrainError};
+use crate::{clip_loss, siglip_loss, LossKind, Objective, Precision, Result, RunSetup};
 
 fn is_image_param(name: &str) -> bool {
     name.starts_with("vision_model.") || name.starts_with("visual_projection")
@@ -143,11 +143,12 @@ impl<'a> Stepper<'a> {
     ) -> Result<(f32, HashMap<String, Tensor>)> {
         let t = &self.setup.train;
         let s = self.setup.preprocess.image_size;
-        if t.objective == Objective::Images {
-            let pixels = Tensor::from_vec(batch.pixels, (2 * t.batch_size, 3, s, s), device)?;
+        let images = t.objective == Objective::Images;
+        let rows = if images { 2 } else { 1 } * t.batch_size;
+        let pixels = Tensor::from_vec(batch.pixels, (rows, 3, s, s), device)?;
+        if images {
             self.two_view_loss_and_grads(&pixels, &batch.items)
         } else {
-            let pixels = Tensor::from_vec(batch.pixels, (t.batch_size, 3, s, s), device)?;
             self.loss_and_grads(&pixels, &batch.ids)
         }
     }
@@ -168,22 +169,25 @@ impl<'a> Stepper<'a> {
     fn estimate(&self) -> NegativeEstimate {
         let t = &self.setup.train;
         match t.loss {
-            LossKind::Debiased => NegativeEstimate {
+            LossKind::Debiased | LossKind::HardNegative => NegativeEstimate {
                 tau_plus: t.tau_plus,
-                beta: 0.0,
-            },
-            LossKind::HardNegative => NegativeEstimate {
-                tau_plus: t.tau_plus,
-                beta: t.beta,
+                beta: if t.loss == LossKind::HardNegative {
+                    t.beta
+                } else {
+                    0.0
+                },
             },
             _ => NegativeEstimate::BIASED,
         }
     }
 
-    fn loss(&self, img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    /// The image–text loss; `detached` leaves the temperature (and bias) without a gradient.
+    fn loss(&self, img: &Tensor, txt: &Tensor, detached: bool) -> Result<Tensor> {
         let t = &self.setup.train;
+        let grad = |x: &Tensor| if detached { x.detach() } else { x.clone() };
+        let scale = &grad(self.model.logit_scale());
         Ok(match (t.loss, &self.logit_bias) {
-            (LossKind::Siglip, Some(b)) => siglip_loss(img, txt, scale, b)?,
+            (LossKind::Siglip, Some(b)) => siglip_loss(img, txt, scale, &grad(b))?,
             (LossKind::Debiased | LossKind::HardNegative, _) => {
                 debiased_clip_loss(img, txt, scale, self.estimate())?
             }
@@ -211,10 +215,7 @@ impl<'a> Stepper<'a> {
         let loss = match t.loss {
             LossKind::Spectral => spectral_contrastive_loss(&z1, &z2, t.spectral_mu)?,
             LossKind::Oracle => {
-                let labels = self.setup.labels.as_ref().ok_or(TrainError::Config {
-                    field: "labels",
-                    reason: "the oracle loss needs a class label for every image".into(),
-                })?;
+                let labels = self.setup.labels.as_ref().expect("train checks the labels");
                 let ids: Vec<u32> = items.iter().map(|&i| labels[i] as u32).collect();
                 oracle_contrastive_loss(&z1, &z2, t.temperature, &ids)?
             }
@@ -314,21 +315,8 @@ impl<'a> Stepper<'a> {
         if self.setup.train.precision == Precision::F32 {
             return Ok(None);
         }
-        let device = self.model.device().clone();
-        let tensors = self
-            .store
-            .named_vars()
-            .into_iter()
-            .map(|(name, var)| (name, var.as_tensor().clone()))
-            .collect();
-        // The cast happens in `TensorMap::get`: a differentiable `to_dtype` of each Var.
-        let map = TensorMap::new(tensors, device).with_dtype(DType::BF16);
-        let cfg = &self.setup.model;
-        Ok(Some(ClipModel::new(
-            cfg,
-            cfg.text_config.pooling(),
-            Params::new(&map),
-        )?))
+        let device = self.model.device();
+        model_over(self.store, &self.setup.model, device, DType::BF16, false).map(Some)
     }
 
     fn encode_image(&self, m: Option<&ClipModel>, pixels: &Tensor) -> Result<Tensor> {
@@ -366,19 +354,10 @@ impl<'a> Stepper<'a> {
                 None => (self.image_taped(pixels, None)?, self.text_taped(ids, None)?),
             });
         }
-        if pending.is_none() {
-            let img = self.encode_image(m, pixels)?.detach();
-            return Ok((img, self.encode_text(m, ids)?.detach()));
-        }
-        let mut img = self.encode_image(m, pixels)?;
-        let mut txt = self.encode_text(m, ids)?;
-        if t.lock_image {
-            img = img.detach();
-        }
-        if t.lock_text {
-            txt = txt.detach();
-        }
-        Ok((img, txt))
+        let trains = pending.is_some();
+        let keep = |x: Tensor, locked: bool| if trains && !locked { x } else { x.detach() };
+        let img = keep(self.encode_image(m, pixels)?, t.lock_image);
+        Ok((img, keep(self.encode_text(m, ids)?, t.lock_text)))
     }
 
     /// Loss and gradients for one batch; with `accum_steps > 1`, features of the other
@@ -390,58 +369,33 @@ impl<'a> Stepper<'a> {
         ids: &[Vec<u32>],
     ) -> Result<(f32, HashMap<String, Tensor>)> {
         let k = self.setup.train.accum_steps;
-        let scale = self.model.logit_scale();
         let step_model = self.step_model()?;
         let model = step_model.as_ref();
-        let mut grads: HashMap<String, Tensor> = HashMap::new();
-        if k == 1 {
-            let mut pending = Pending::default();
-            let (img, txt) = self.features(model, pixels, ids, Some(&mut pending))?;
-            let loss = self.loss(&img, &txt, scale)?;
-            let value = loss.to_scalar::<f32>()?;
-            self.collect(&loss.backward()?, pending, &mut grads)?;
-            return Ok((value, grads));
+        let n = ids.len() / k;
+        let chunk = |j: usize| {
+            pixels
+                .narrow(0, j * n, n)
+                .map(|p| (p, &ids[j * n..(j + 1) * n]))
+        };
+        let mut cached: Vec<(Tensor, Tensor)> = Vec::with_capacity(k);
+        for j in (0..k).filter(|_| k > 1) {
+            let (p, i) = chunk(j)?;
+            cached.push(self.features(model, &p, i, None)?);
         }
-        let b = ids.len();
-        let n = b / k;
-        let mut cached_img = Vec::with_capacity(k);
-        let mut cached_txt = Vec::with_capacity(k);
-        for j in 0..k {
-            let (i, t) = self.features(
-                model,
-                &pixels.narrow(0, j * n, n)?,
-                &ids[j * n..(j + 1) * n],
-                None,
-            )?;
-            cached_img.push(i);
-            cached_txt.push(t);
-        }
+        let mut grads = HashMap::new();
         let mut value = 0f32;
         for j in 0..k {
             let mut pending = Pending::default();
-            let (i, t) = self.features(
-                model,
-                &pixels.narrow(0, j * n, n)?,
-                &ids[j * n..(j + 1) * n],
-                Some(&mut pending),
-            )?;
-            let mut imgs = cached_img.clone();
-            let mut txts = cached_txt.clone();
-            imgs[j] = i;
-            txts[j] = t;
+            let (p, i) = chunk(j)?;
+            let (mut img, mut txt) = self.features(model, &p, i, Some(&mut pending))?;
+            if k > 1 {
+                let mut all = cached.clone();
+                all[j] = (img, txt);
+                let (imgs, txts): (Vec<_>, Vec<_>) = all.into_iter().unzip();
+                (img, txt) = (Tensor::cat(&imgs, 0)?, Tensor::cat(&txts, 0)?);
+            }
             // The temperature (and bias) get their gradient once, from the first chunk.
-            let s = if j == 0 {
-                scale.clone()
-            } else {
-                scale.detach()
-            };
-            let loss = match (&self.setup.train.loss, &self.logit_bias) {
-                (LossKind::Siglip, Some(bias)) => {
-                    let bias = if j == 0 { bias.clone() } else { bias.detach() };
-                    siglip_loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &s, &bias)?
-                }
-                _ => self.loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &s)?,
-            };
+            let loss = self.loss(&img, &txt, j > 0)?;
             if j == 0 {
                 value = loss.to_scalar::<f32>()?;
             }
@@ -449,4 +403,36 @@ impl<'a> Stepper<'a> {
         }
         Ok((value, grads))
     }
+}
+
+/// A model over the current values of `store`'s variables, handed out as `dtype`: detached
+/// for inference, or through differentiable casts that carry gradients back to the weights.
+pub(crate) fn model_over(
+    store: &VarStore,
+    cfg: &ClipConfig,
+    device: &Device,
+    dtype: DType,
+    detach: bool,
+) -> Result<ClipModel> {
+    let tensors = store
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                if detach {
+                    v.as_tensor().detach()
+                } else {
+                    v.as_tensor().clone()
+                },
+            )
+        })
+        .collect();
+    // The cast happens in `TensorMap::get`: a `to_dtype` of each Var (a no-op for f32).
+    let map = TensorMap::new(tensors, device.clone()).with_dtype(dtype);
+    Ok(ClipModel::new(
+        cfg,
+        cfg.text_config.pooling(),
+        Params::new(&map),
+    )?)
 }
