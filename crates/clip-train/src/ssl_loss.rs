@@ -302,22 +302,25 @@ mod tests {
         t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
     }
 
+    /// The rows of `z` in f64, each scaled by `factor(its norm)`.
+    fn rows(z: &Tensor, factor: impl Fn(f64) -> f64) -> Vec<Vec<f64>> {
+        let rows = z.to_vec2::<f32>().unwrap().into_iter();
+        rows.map(|r| {
+            let f = factor(r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt());
+            r.into_iter().map(|x| x as f64 * f).collect()
+        })
+        .collect()
+    }
+
+    fn dot(a: &[f64], c: &[f64]) -> f64 {
+        a.iter().zip(c).map(|(x, y)| x * y).sum()
+    }
+
     /// NT-Xent written out with loops in f64, straight from the SimCLR formula.
     fn nt_xent_reference(z1: &Tensor, z2: &Tensor, t: f64) -> f64 {
-        let rows = |z: &Tensor| -> Vec<Vec<f64>> {
-            z.to_vec2::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(|r| {
-                    let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                    r.into_iter().map(|x| x as f64 / n).collect()
-                })
-                .collect()
-        };
-        let mut z = rows(z1);
+        let mut z = rows(z1, |n| 1.0 / n);
         let b = z.len();
-        z.extend(rows(z2));
-        let dot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f64>();
+        z.extend(rows(z2, |n| 1.0 / n));
         let mut total = 0.0;
         for i in 0..2 * b {
             let p = (i + b) % (2 * b);
@@ -425,19 +428,8 @@ mod tests {
         let (z1, z2) = (random(6, 3, 7), random(6, 3, 8));
         // Entries in [−1, 1] over 3 dims: some rows exceed norm 1 and get projected.
         let mu = 1.0f64;
-        let proj = |z: &Tensor| -> Vec<Vec<f64>> {
-            z.to_vec2::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(|r| {
-                    let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                    let f = if n > mu.sqrt() { mu.sqrt() / n } else { 1.0 };
-                    r.into_iter().map(|x| x as f64 * f).collect()
-                })
-                .collect()
-        };
+        let proj = |z| rows(z, |n| if n > mu.sqrt() { mu.sqrt() / n } else { 1.0 });
         let (a, c) = (proj(&z1), proj(&z2));
-        let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
         let b = a.len();
         let attract = -2.0 * (0..b).map(|i| dot(&a[i], &c[i])).sum::<f64>() / b as f64;
         let mut repel = 0.0;
