@@ -350,16 +350,8 @@ mod tests {
 
     #[test]
     fn clipping_bounds_the_global_norm() {
-        let mut g = HashMap::from([
-            (
-                "a".to_string(),
-                Tensor::new(&[3.0f32], &Device::Cpu).unwrap(),
-            ),
-            (
-                "b".to_string(),
-                Tensor::new(&[4.0f32], &Device::Cpu).unwrap(),
-            ),
-        ]);
+        let t = |v: f32| Tensor::new(&[v], &Device::Cpu).unwrap();
+        let mut g = HashMap::from([("a".to_string(), t(3.0)), ("b".to_string(), t(4.0))]);
         assert!((clip_grad_norm(&mut g, 1.0).unwrap() - 5.0).abs() < 1e-9);
         let a: Vec<f32> = g["a"].to_vec1().unwrap();
         assert!((a[0] - 0.6).abs() < 1e-4);

@@ -29,6 +29,9 @@ fn is_text_param(name: &str) -> bool {
     name.starts_with("text_model.") || name.starts_with("text_projection")
 }
 
+/// A batch's loss and the gradients of the trainable parameters by name.
+type LossAndGrads = (f32, HashMap<String, Tensor>);
+
 /// The model under training, its trainable parameters and their optimiser.
 pub(crate) struct Stepper<'a> {
     setup: &'a RunSetup,
@@ -87,10 +90,9 @@ impl<'a> Stepper<'a> {
             setup.model.text_config.pooling(),
             Params::new(store),
         )?;
-        let logit_bias = match t.loss {
-            LossKind::Siglip => Some(Params::new(store).get((), LOGIT_BIAS, Init::Const(-10.0))?),
-            _ => None,
-        };
+        let logit_bias = (t.loss == LossKind::Siglip)
+            .then(|| Params::new(store).get((), LOGIT_BIAS, Init::Const(-10.0)))
+            .transpose()?;
         let images_only = t.objective == Objective::Images;
         // The temperature trains only where a loss uses it: CLIP-style image–text softmaxes.
         let learned_scale = !images_only && t.loss != LossKind::Spectral;
@@ -136,11 +138,7 @@ impl<'a> Stepper<'a> {
     }
 
     /// The loss of one batch and the gradients of the trainable parameters.
-    pub(crate) fn gradients(
-        &self,
-        batch: Batch,
-        device: &Device,
-    ) -> Result<(f32, HashMap<String, Tensor>)> {
+    pub(crate) fn gradients(&self, batch: Batch, device: &Device) -> Result<LossAndGrads> {
         let t = &self.setup.train;
         let s = self.setup.preprocess.image_size;
         let images = t.objective == Objective::Images;
@@ -197,11 +195,7 @@ impl<'a> Stepper<'a> {
     }
 
     /// The image-only objective: both views through the image tower, one loss over them.
-    fn two_view_loss_and_grads(
-        &self,
-        pixels: &Tensor,
-        items: &[usize],
-    ) -> Result<(f32, HashMap<String, Tensor>)> {
+    fn two_view_loss_and_grads(&self, pixels: &Tensor, items: &[usize]) -> Result<LossAndGrads> {
         let t = &self.setup.train;
         let b = items.len();
         let m = self.step_model()?;
@@ -263,36 +257,18 @@ impl<'a> Stepper<'a> {
         pending: Pending,
         grads: &mut HashMap<String, Tensor>,
     ) -> Result<()> {
-        let mut add = |name: &str, t: Tensor| -> Result<()> {
-            let t = match grads.remove(name) {
-                Some(prev) => (prev + t)?,
-                None => t,
-            };
-            grads.insert(name.to_string(), t);
-            Ok(())
-        };
-        for (name, var) in &self.vars {
-            if let Some(t) = g.get(var) {
-                add(name, t.clone())?;
-            }
-        }
         let mut ws = self.ws.borrow_mut();
         let mut taped = Grads::default();
+        let (vision, text) = (self.model.vision(), self.model.text());
         if let Some((v, tape)) = pending.image {
             match g.get(&v) {
-                Some(d) => self
-                    .model
-                    .vision()
-                    .backward_taped(tape, d, &mut ws, &mut taped)?,
+                Some(d) => vision.backward_taped(tape, d, &mut ws, &mut taped)?,
                 None => tape.release(&mut ws),
             }
         }
         if let Some((v, tape)) = pending.text {
             match g.get(&v) {
-                Some(d) => self
-                    .model
-                    .text()
-                    .backward_taped(tape, d, &mut ws, &mut taped)?,
+                Some(d) => text.backward_taped(tape, d, &mut ws, &mut taped)?,
                 None => tape.release(&mut ws),
             }
         }
@@ -301,9 +277,15 @@ impl<'a> Stepper<'a> {
             .into_iter()
             .map(|(p, g)| (p.id(), g))
             .collect();
+        // Autograd's gradient first, then the taped one, added to earlier chunks' sums.
         for (name, var) in &self.vars {
-            if let Some(t) = by_id.remove(&var.as_tensor().id()) {
-                add(name, t)?;
+            let mine = [g.get(var).cloned(), by_id.remove(&var.as_tensor().id())];
+            for t in mine.into_iter().flatten() {
+                let t = match grads.remove(name) {
+                    Some(prev) => (prev + t)?,
+                    None => t,
+                };
+                grads.insert(name.clone(), t);
             }
         }
         Ok(())
@@ -319,20 +301,19 @@ impl<'a> Stepper<'a> {
         model_over(self.store, &self.setup.model, device, DType::BF16, false).map(Some)
     }
 
+    /// Image features in f32: from the f32 model, or from `m` (bf16) on bf16 pixels.
     fn encode_image(&self, m: Option<&ClipModel>, pixels: &Tensor) -> Result<Tensor> {
-        Ok(match m {
-            Some(m) => m
-                .encode_image(&pixels.to_dtype(DType::BF16)?)?
-                .to_dtype(DType::F32)?,
-            None => self.model.encode_image(pixels)?,
-        })
+        let dtype = if m.is_some() { DType::BF16 } else { DType::F32 };
+        let image = m
+            .unwrap_or(&self.model)
+            .encode_image(&pixels.to_dtype(dtype)?)?;
+        Ok(image.to_dtype(DType::F32)?)
     }
 
     fn encode_text(&self, m: Option<&ClipModel>, ids: &[Vec<u32>]) -> Result<Tensor> {
-        Ok(match m {
-            Some(m) => m.encode_text(ids)?.to_dtype(DType::F32)?,
-            None => self.model.encode_text(ids)?,
-        })
+        Ok(m.unwrap_or(&self.model)
+            .encode_text(ids)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Both towers' features; without `pending` (a gradient-free pass) they are detached.
@@ -363,11 +344,7 @@ impl<'a> Stepper<'a> {
     /// Loss and gradients for one batch; with `accum_steps > 1`, features of the other
     /// chunks come from a gradient-free first pass, so every chunk still sees the whole batch
     /// as negatives (open_clip's feature cache).
-    fn loss_and_grads(
-        &self,
-        pixels: &Tensor,
-        ids: &[Vec<u32>],
-    ) -> Result<(f32, HashMap<String, Tensor>)> {
+    fn loss_and_grads(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<LossAndGrads> {
         let k = self.setup.train.accum_steps;
         let step_model = self.step_model()?;
         let model = step_model.as_ref();
