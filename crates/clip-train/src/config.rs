@@ -192,39 +192,35 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", "must be a positive number");
         }
-        if let Some(c) = self.grad_clip_norm {
-            if c.is_nan() || c <= 0.0 {
-                return bad("grad-clip-norm", "must be positive");
-            }
+        if self.grad_clip_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return bad("grad-clip-norm", "must be positive");
         }
         use LossKind::*;
-        match (self.objective, self.loss) {
-            (Objective::ImageText, NtXent | Oracle) => {
-                return bad(
-                    "loss",
-                    "nt-xent and oracle compare two views of one image: use --objective images",
-                )
-            }
-            (Objective::Images, Clip | Siglip) => {
-                return bad(
-                    "loss",
-                    "clip and siglip pair images with captions: with --objective images use \
-                     nt-xent, debiased, hard-negative, spectral or oracle",
-                )
-            }
-            (Objective::Images, _) if self.accum_steps != 1 => {
-                return bad(
-                    "accum-steps",
-                    "is only supported with --objective image-text",
-                )
-            }
-            (Objective::Images, _) if self.lock_image => {
-                return bad(
-                    "lock-image",
-                    "--objective images trains only the image tower",
-                )
-            }
-            _ => {}
+        let images = self.objective == Objective::Images;
+        if !images && matches!(self.loss, NtXent | Oracle) {
+            return bad(
+                "loss",
+                "nt-xent and oracle compare two views of one image: use --objective images",
+            );
+        }
+        if images && matches!(self.loss, Clip | Siglip) {
+            return bad(
+                "loss",
+                "clip and siglip pair images with captions: with --objective images use \
+                 nt-xent, debiased, hard-negative, spectral or oracle",
+            );
+        }
+        if images && self.accum_steps != 1 {
+            return bad(
+                "accum-steps",
+                "is only supported with --objective image-text",
+            );
+        }
+        if images && self.lock_image {
+            return bad(
+                "lock-image",
+                "--objective images trains only the image tower",
+            );
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return bad("temperature", "must be a positive number");
@@ -249,7 +245,6 @@ impl TrainConfig {
             .map_err(|reason| TrainError::Config {
                 field: "augment",
                 reason,
-            })?;
-        Ok(())
+            })
     }
 }

@@ -32,32 +32,6 @@ pub fn clip_loss(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Result<Ten
     (a + b)? / 2.0
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn equal_logits_give_ln_batch_size() {
-        let b = 6;
-        let img = Tensor::ones((b, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let scale = Tensor::new(2.0f32, &Device::Cpu).unwrap();
-        let loss: f32 = clip_loss(&img, &img, &scale).unwrap().to_scalar().unwrap();
-        assert!((loss - (b as f32).ln()).abs() < 1e-5, "{loss}");
-    }
-
-    #[test]
-    fn matches_hand_computed_two_by_two() {
-        // img = txt = identity rows: logits = s·I, loss = ln(e^s + 1) − s in both directions.
-        let img = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
-        let s = 1.5f32;
-        let scale = Tensor::new(s.ln(), &Device::Cpu).unwrap();
-        let loss: f32 = clip_loss(&img, &img, &scale).unwrap().to_scalar().unwrap();
-        let want = (s.exp() + 1.0).ln() - s;
-        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
-    }
-}
-
 /// SigLIP's pairwise sigmoid loss.
 ///
 /// With unit-normalised features and logits `L = exp(t)·img·txtᵀ + b`, each pair is a binary
@@ -83,9 +57,29 @@ pub fn siglip_loss(
 }
 
 #[cfg(test)]
-mod siglip_tests {
+mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn equal_logits_give_ln_batch_size() {
+        let b = 6;
+        let img = Tensor::ones((b, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let scale = Tensor::new(2.0f32, &Device::Cpu).unwrap();
+        let loss: f32 = clip_loss(&img, &img, &scale).unwrap().to_scalar().unwrap();
+        assert!((loss - (b as f32).ln()).abs() < 1e-5, "{loss}");
+    }
+
+    #[test]
+    fn matches_hand_computed_two_by_two() {
+        // img = txt = identity rows: logits = s·I, loss = ln(e^s + 1) − s in both directions.
+        let img = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+        let s = 1.5f32;
+        let scale = Tensor::new(s.ln(), &Device::Cpu).unwrap();
+        let loss: f32 = clip_loss(&img, &img, &scale).unwrap().to_scalar().unwrap();
+        let want = (s.exp() + 1.0).ln() - s;
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    }
 
     #[test]
     fn siglip_matches_hand_computed_value() {

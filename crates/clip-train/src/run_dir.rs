@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use clip_data::Skip;
-use clip_nn::VarStore;
+use clip_nn::{TensorMap, VarStore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::io;
@@ -63,7 +63,7 @@ pub(crate) struct Resumed {
     /// The checkpoint folder.
     pub dir: PathBuf,
     /// Model weights, SigLIP's bias included.
-    pub weights: HashMap<String, Tensor>,
+    pub weights: TensorMap,
     /// AdamW moments and their step count.
     pub opt: (HashMap<String, Tensor>, u64),
     /// Sample position the next step reads at (absent in checkpoints of earlier versions).
@@ -79,7 +79,10 @@ pub(crate) fn resume(run: &Path, device: &Device) -> Result<Resumed> {
         )));
     };
     let ckpt = clip_model::Checkpoint::load(&dir, device)?;
-    let data_position = read_state(&dir)?.data_position;
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io("cannot read", &state_path))?;
+    let damaged = |e| TrainError::State(format!("{} is damaged: {e}", state_path.display()));
+    let state: TrainState = serde_json::from_str(&text).map_err(damaged)?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let opt = clip_model::read_safetensors(&opt_path, device)?;
     let bytes = std::fs::read(&opt_path).map_err(io("cannot read", &opt_path))?;
@@ -94,17 +97,10 @@ pub(crate) fn resume(run: &Path, device: &Device) -> Result<Resumed> {
     Ok(Resumed {
         step,
         dir,
-        weights,
+        weights: TensorMap::new(weights, device.clone()),
         opt: (opt, adam_steps),
-        data_position,
+        data_position: state.data_position,
     })
-}
-
-fn read_state(dir: &Path) -> Result<TrainState> {
-    let p = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&p).map_err(io("cannot read", &p))?;
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::State(format!("{} is damaged: {e}", p.display())))
 }
 
 /// Writes a complete checkpoint to `dir` (replacing it atomically): HF weights, config,

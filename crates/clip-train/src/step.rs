@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, TensorId, Var};
 use clip_model::{ClipConfig, ClipModel};
@@ -14,7 +15,7 @@ use vision_encoder::VisionTape;
 
 use crate::loader::Batch;
 use crate::optim::{clip_grad_norm, AdamW};
-use crate::run_dir::LOGIT_BIAS;
+use crate::run_dir::{self, LOGIT_BIAS};
 use crate::ssl_loss::{
     debiased_clip_loss, oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss,
     NegativeEstimate,
@@ -127,9 +128,10 @@ impl<'a> Stepper<'a> {
         })
     }
 
-    /// The optimiser (its moments go into every checkpoint).
-    pub(crate) fn optimizer(&self) -> &AdamW {
-        &self.opt
+    /// Writes checkpoint `dir`: the weights and optimiser moments after `step` updates, and
+    /// the data position the next step reads at.
+    pub(crate) fn save(&self, dir: &Path, step: usize, position: usize) -> Result<()> {
+        run_dir::save_checkpoint(dir, self.setup, self.store, &self.opt, step, position)
     }
 
     /// exp(logit_scale), the inverse temperature.

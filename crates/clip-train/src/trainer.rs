@@ -170,15 +170,10 @@ pub fn train(
     let resumed = (setup.resume)
         .then(|| run_dir::resume(&setup.out, device))
         .transpose()?;
-    let (store, start) = match &resumed {
-        Some(r) => {
-            let weights = TensorMap::new(r.weights.clone(), device.clone());
-            (VarStore::from_tensors(weights), r.step)
-        }
-        None => match &setup.init {
-            Some(w) => (VarStore::from_tensors(w.clone()), 0),
-            None => (VarStore::new(device.clone(), t.seed), 0),
-        },
+    let start = resumed.as_ref().map_or(0, |r| r.step);
+    let store = match resumed.as_ref().map(|r| &r.weights).or(setup.init.as_ref()) {
+        Some(w) => VarStore::from_tensors(w.clone()),
+        None => VarStore::new(device.clone(), t.seed),
     };
     let mut stepper = Stepper::new(&setup, &store, resumed.as_ref().map(|r| &r.opt))?;
     let metrics = Metrics::open(&setup.out, resumed.as_ref().map(|r| r.step))?;
@@ -207,22 +202,18 @@ pub fn train(
         skips.record(step + 1, &batch.skipped)?;
         let (loss, grads) = stepper.gradients(batch, device)?;
         if !loss.is_finite() {
-            let last = last_ckpt
-                .as_ref()
-                .map(|p| format!(" at {}", p.display()))
-                .unwrap_or_default();
-            return Err(TrainError::NonFiniteLoss {
-                step: step + 1,
-                value: loss,
-                last,
-            });
+            let last = last_ckpt.map(|p| format!(" at {}", p.display()));
+            let (step, value, last) = (step + 1, loss, last.unwrap_or_default());
+            return Err(TrainError::NonFiniteLoss { step, value, last });
         }
         let lr = learning_rate(t.schedule, t.lr, t.warmup, t.steps, step);
         stepper.update(grads, lr)?;
         timing.add(loss, wait, t0.elapsed().as_secs_f64());
 
         let done = step + 1;
-        if done % t.log_every.max(1) == 0 || done == t.steps {
+        // Every n steps (n = 0: never) and at the end.
+        let every = |n: usize| (n > 0 && done % n == 0) || done == t.steps;
+        if every(t.log_every.max(1)) {
             let window = StepStats {
                 step: done,
                 lr,
@@ -235,16 +226,16 @@ pub fn train(
             metrics.append(&serde_json::to_value(&stats).expect("stats serialise"))?;
             obs.on_step(&stats);
         }
-        if (t.val_every > 0 && done % t.val_every == 0) || done == t.steps {
+        if every(t.val_every) {
             let snap = model_over(&store, &setup.model, device, DType::F32, true)?;
             if let Some(m) = obs.validate(&snap, done)? {
                 metrics.append(&serde_json::json!({ "step": done, "val": m }))?;
                 last_val = Some(m);
             }
         }
-        if (t.save_every > 0 && done % t.save_every == 0) || done == t.steps {
+        if every(t.save_every) {
             let dir = setup.out.join(format!("checkpoint-{done}"));
-            run_dir::save_checkpoint(&dir, &setup, &store, stepper.optimizer(), done, position)?;
+            stepper.save(&dir, done, position)?;
             obs.on_checkpoint(&dir);
             last_ckpt = Some(dir);
             run_dir::prune(&setup.out, t.keep_last);
@@ -252,23 +243,11 @@ pub fn train(
     }
     drop(loader);
     let final_dir = setup.out.join("final");
-    run_dir::save_checkpoint(
-        &final_dir,
-        &setup,
-        &store,
-        stepper.optimizer(),
-        t.steps,
-        position,
-    )?;
+    stepper.save(&final_dir, t.steps, position)?;
     let _ = crate::plot::write_plot(metrics.path(), &setup.out.join(run_dir::PLOT_FILE));
     let steps_run = t.steps - start;
-    let per_time = |x: f64| {
-        if timing.total_time > 0.0 {
-            x / timing.total_time
-        } else {
-            0.0
-        }
-    };
+    // Rates over the time spent in steps (0 when a resumed run had none left to take).
+    let per_time = |x: f64| x / timing.total_time.max(f64::MIN_POSITIVE);
     Ok(Summary {
         final_dir,
         val: last_val,
