@@ -145,8 +145,7 @@ pub(crate) fn save_checkpoint(
             action: "cannot write",
             path: p.clone(),
             source,
-        })?;
-        Ok(())
+        })
     })?;
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! τ⁺ = 0 and β = 0 give back the plain InfoNCE / NT-Xent loss exactly, which the tests check.
 //! Rows are shifted by their (detached) maximum before `exp`, so nothing overflows.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 
 use crate::loss::l2_normalize;
 
@@ -71,7 +71,8 @@ fn row_losses(
     (pos + ng)?.log()? - pos_logit
 }
 
-fn view_masks(b: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+/// Positive and negative masks of the 2B two-view logits, on the device and type of `like`.
+fn view_masks(b: usize, like: &Tensor) -> Result<(Tensor, Tensor)> {
     // Rows/columns 0..B are view 1, B..2B view 2; row i's positive is i ± B.
     let n = 2 * b;
     let mut pos = vec![0f32; n * n];
@@ -82,10 +83,8 @@ fn view_masks(b: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         neg[i * n + p] = 0.0;
         neg[i * n + i] = 0.0;
     }
-    Ok((
-        Tensor::from_vec(pos, (n, n), device)?,
-        Tensor::from_vec(neg, (n, n), device)?,
-    ))
+    let mask = |m| Tensor::from_vec(m, (n, n), like.device())?.to_dtype(like.dtype());
+    Ok((mask(pos)?, mask(neg)?))
 }
 
 fn check_views(z1: &Tensor, z2: &Tensor) -> Result<usize> {
@@ -104,17 +103,16 @@ fn check_views(z1: &Tensor, z2: &Tensor) -> Result<usize> {
 }
 
 /// The common start of the two-view losses: B, the similarity logits `[2B, 2B]` of the
-/// normalised views at `temperature`, the positive mask and the inverse temperature.
-fn two_view_logits(z1: &Tensor, z2: &Tensor, t: f64) -> Result<(usize, Tensor, Tensor, Tensor)> {
+/// normalised views at temperature `t`, and 1/t as a tensor.
+fn two_view_logits(z1: &Tensor, z2: &Tensor, t: f64) -> Result<(usize, Tensor, Tensor)> {
     let b = check_views(z1, z2)?;
     if !(t.is_finite() && t > 0.0) {
         candle_core::bail!("temperature must be a positive number, got {t}");
     }
     let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
     let logits = (z.matmul(&z.t()?)? / t)?;
-    let (pos, _) = view_masks(b, z.device())?;
     let inv_t = Tensor::new(1.0 / t as f32, z.device())?.to_dtype(z.dtype())?;
-    Ok((b, logits, pos.to_dtype(z.dtype())?, inv_t))
+    Ok((b, logits, inv_t))
 }
 
 /// Two-view softmax loss with a configurable negative estimate; the common body of
@@ -129,14 +127,14 @@ pub fn two_view_loss(
     temperature: f64,
     est: NegativeEstimate,
 ) -> Result<Tensor> {
-    let (b, logits, pos, inv_t) = two_view_logits(z1, z2, temperature)?;
+    let (b, logits, inv_t) = two_view_logits(z1, z2, temperature)?;
     if !(0.0..1.0).contains(&est.tau_plus) {
         candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
     }
     if !(est.beta.is_finite() && est.beta >= 0.0) {
         candle_core::bail!("beta must be a non-negative number, got {}", est.beta);
     }
-    let neg = view_masks(b, logits.device())?.1.to_dtype(logits.dtype())?;
+    let (pos, neg) = view_masks(b, &logits)?;
     row_losses(&logits, &pos, &neg, (2 * b - 2) as f64, &inv_t, est)?.mean_all()
 }
 
@@ -199,10 +197,11 @@ pub fn oracle_contrastive_loss(
     temperature: f64,
     labels: &[u32],
 ) -> Result<Tensor> {
-    let (b, logits, pos, inv_t) = two_view_logits(z1, z2, temperature)?;
+    let (b, logits, inv_t) = two_view_logits(z1, z2, temperature)?;
     if labels.len() != b {
         candle_core::bail!("{} labels for a batch of {b} images", labels.len());
     }
+    let (pos, _) = view_masks(b, &logits)?;
     let n = 2 * b;
     let mut neg = vec![0f32; n * n];
     for i in 0..n {
@@ -288,6 +287,7 @@ pub fn debiased_clip_loss(
 mod tests {
     use super::*;
     use crate::clip_loss;
+    use candle_core::Device;
 
     fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};
