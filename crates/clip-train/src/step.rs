@@ -143,14 +143,13 @@ impl<'a> Stepper<'a> {
     pub(crate) fn gradients(&self, batch: Batch, device: &Device) -> Result<LossAndGrads> {
         let t = &self.setup.train;
         let s = self.setup.preprocess.image_size;
-        let images = t.objective == Objective::Images;
-        let rows = if images { 2 } else { 1 } * t.batch_size;
-        let pixels = Tensor::from_vec(batch.pixels, (rows, 3, s, s), device)?;
-        if images {
-            self.two_view_loss_and_grads(&pixels, &batch.items)
+        let views = if t.objective == Objective::Images {
+            2
         } else {
-            self.loss_and_grads(&pixels, &batch.ids)
-        }
+            1
+        };
+        let pixels = Tensor::from_vec(batch.pixels, (views * t.batch_size, 3, s, s), device)?;
+        self.loss_and_grads(&pixels, &batch.ids, &batch.items)
     }
 
     /// Clips the gradients (if asked), takes the AdamW step at rate `lr` and clamps the
@@ -181,46 +180,28 @@ impl<'a> Stepper<'a> {
         }
     }
 
-    /// The image–text loss; `detached` leaves the temperature (and bias) without a gradient.
-    fn loss(&self, img: &Tensor, txt: &Tensor, detached: bool) -> Result<Tensor> {
+    /// The loss between the two sides of the positive pairs (image and caption features, or
+    /// two views' features); `detached` leaves the temperature (and bias) without a gradient.
+    /// `items` are the rows' samples, whose labels the oracle loss reads.
+    fn loss(&self, a: &Tensor, b: &Tensor, detached: bool, items: &[usize]) -> Result<Tensor> {
         let t = &self.setup.train;
         let grad = |x: &Tensor| if detached { x.detach() } else { x.clone() };
         let scale = &grad(self.model.logit_scale());
+        let images = t.objective == Objective::Images;
         Ok(match (t.loss, &self.logit_bias) {
-            (LossKind::Siglip, Some(b)) => siglip_loss(img, txt, scale, &grad(b))?,
-            (LossKind::Debiased | LossKind::HardNegative, _) => {
-                debiased_clip_loss(img, txt, scale, self.estimate())?
-            }
-            (LossKind::Spectral, _) => spectral_contrastive_loss(img, txt, t.spectral_mu)?,
-            _ => clip_loss(img, txt, scale)?,
-        })
-    }
-
-    /// The image-only objective: both views through the image tower, one loss over them.
-    fn two_view_loss_and_grads(&self, pixels: &Tensor, items: &[usize]) -> Result<LossAndGrads> {
-        let t = &self.setup.train;
-        let b = items.len();
-        let m = self.step_model()?;
-        let mut pending = Pending::default();
-        let z = if self.taped() {
-            self.image_taped(pixels, Some(&mut pending))?
-        } else {
-            self.encode_image(m.as_ref(), pixels)?
-        };
-        let (z1, z2) = (z.narrow(0, 0, b)?, z.narrow(0, b, b)?);
-        let loss = match t.loss {
-            LossKind::Spectral => spectral_contrastive_loss(&z1, &z2, t.spectral_mu)?,
-            LossKind::Oracle => {
+            (LossKind::Spectral, _) => spectral_contrastive_loss(a, b, t.spectral_mu)?,
+            (LossKind::Oracle, _) => {
                 let labels = self.setup.labels.as_ref().expect("train checks the labels");
                 let ids: Vec<u32> = items.iter().map(|&i| labels[i] as u32).collect();
-                oracle_contrastive_loss(&z1, &z2, t.temperature, &ids)?
+                oracle_contrastive_loss(a, b, t.temperature, &ids)?
             }
-            _ => two_view_loss(&z1, &z2, t.temperature, self.estimate())?,
-        };
-        let value = loss.to_scalar::<f32>()?;
-        let mut grads = HashMap::new();
-        self.collect(&loss.backward()?, pending, &mut grads)?;
-        Ok((value, grads))
+            _ if images => two_view_loss(a, b, t.temperature, self.estimate())?,
+            (LossKind::Siglip, Some(bias)) => siglip_loss(a, b, scale, &grad(bias))?,
+            (LossKind::Debiased | LossKind::HardNegative, _) => {
+                debiased_clip_loss(a, b, scale, self.estimate())?
+            }
+            _ => clip_loss(a, b, scale)?,
+        })
     }
 
     /// Whether the towers run on the taped CPU path (`clip_nn::taped`) instead of candle's
@@ -318,7 +299,9 @@ impl<'a> Stepper<'a> {
             .to_dtype(DType::F32)?)
     }
 
-    /// Both towers' features; without `pending` (a gradient-free pass) they are detached.
+    /// Both towers' features, or with `--objective images` the image tower's features of
+    /// the first and of the second views; without `pending` (a gradient-free pass) they are
+    /// detached.
     fn features(
         &self,
         m: Option<&ClipModel>,
@@ -327,6 +310,14 @@ impl<'a> Stepper<'a> {
         pending: Option<&mut Pending>,
     ) -> Result<(Tensor, Tensor)> {
         let t = &self.setup.train;
+        if t.objective == Objective::Images {
+            let z = match self.taped() {
+                true => self.image_taped(pixels, pending)?,
+                false => self.encode_image(m, pixels)?,
+            };
+            let b = z.dim(0)? / 2;
+            return Ok((z.narrow(0, 0, b)?, z.narrow(0, b, b)?));
+        }
         if self.taped() {
             return Ok(match pending {
                 Some(p) => {
@@ -346,15 +337,20 @@ impl<'a> Stepper<'a> {
     /// Loss and gradients for one batch; with `accum_steps > 1`, features of the other
     /// chunks come from a gradient-free first pass, so every chunk still sees the whole batch
     /// as negatives (open_clip's feature cache).
-    fn loss_and_grads(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<LossAndGrads> {
+    fn loss_and_grads(
+        &self,
+        pixels: &Tensor,
+        ids: &[Vec<u32>],
+        items: &[usize],
+    ) -> Result<LossAndGrads> {
         let k = self.setup.train.accum_steps;
         let step_model = self.step_model()?;
         let model = step_model.as_ref();
-        let n = ids.len() / k;
+        // Two views are one chunk of 2B pixel rows and no captions.
+        let (np, n) = (pixels.dim(0)? / k, ids.len() / k);
         let chunk = |j: usize| {
-            pixels
-                .narrow(0, j * n, n)
-                .map(|p| (p, &ids[j * n..(j + 1) * n]))
+            let p = pixels.narrow(0, j * np, np)?;
+            Ok::<_, candle_core::Error>((p, &ids[j * n..(j + 1) * n]))
         };
         let mut cached: Vec<(Tensor, Tensor)> = Vec::with_capacity(k);
         for j in (0..k).filter(|_| k > 1) {
@@ -374,7 +370,7 @@ impl<'a> Stepper<'a> {
                 (img, txt) = (Tensor::cat(&imgs, 0)?, Tensor::cat(&txts, 0)?);
             }
             // The temperature (and bias) get their gradient once, from the first chunk.
-            let loss = self.loss(&img, &txt, j > 0)?;
+            let loss = self.loss(&img, &txt, j > 0, items)?;
             if j == 0 {
                 value = loss.to_scalar::<f32>()?;
             }
