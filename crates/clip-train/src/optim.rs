@@ -197,9 +197,8 @@ impl AdamW {
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
             let mut p: Vec<f32> = t.flatten_all()?.to_vec1()?;
             k.apply(slot.decay, &mut p, &mut slot.m, &mut slot.v, &g);
-            let shape = slot.var.shape().clone();
-            slot.var
-                .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
+            let updated = Tensor::from_vec(p, slot.var.shape(), slot.var.device())?;
+            slot.var.set(&updated)?;
         }
         Ok(())
     }

@@ -219,8 +219,6 @@ pub(crate) struct SkipLog {
 }
 
 impl SkipLog {
-    const HEADER: &'static str = "step\tsample\treason";
-
     /// Starts the log: a fresh run lists what scanning skipped (step 0); a resumed one keeps
     /// the rows up to its step and drops later ones, which the run will meet again.
     pub(crate) fn open(run: &Path, start: usize, scan: &[Skip]) -> Result<Self> {
@@ -229,7 +227,7 @@ impl SkipLog {
             path: path.to_path_buf(),
             seen: Default::default(),
         };
-        let mut body = format!("{}\n", Self::HEADER);
+        let mut body = String::from("step\tsample\treason\n");
         if start > 0 {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             for line in text.lines().skip(1) {

@@ -159,15 +159,7 @@ pub fn debiased_contrastive_loss(
     temperature: f64,
     tau_plus: f64,
 ) -> Result<Tensor> {
-    two_view_loss(
-        z1,
-        z2,
-        temperature,
-        NegativeEstimate {
-            tau_plus,
-            beta: 0.0,
-        },
-    )
+    hard_negative_loss(z1, z2, temperature, tau_plus, 0.0)
 }
 
 /// Hard-negative contrastive loss (Robinson et al. 2021) on top of the debiased estimate.

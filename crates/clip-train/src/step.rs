@@ -52,30 +52,29 @@ pub(crate) struct Stepper<'a> {
 fn hold<T>(
     features: Tensor,
     tape: T,
-    slot: Option<&mut Option<(Var, T)>>,
+    slot: Option<&mut Held<T>>,
     release: impl FnOnce(T),
 ) -> Result<Tensor> {
-    match slot {
-        Some(slot) => {
-            let leaf = Var::from_tensor(&features)?;
-            let t = leaf.as_tensor().clone();
-            *slot = Some((leaf, tape));
-            Ok(t)
-        }
-        None => {
-            release(tape);
-            Ok(features)
-        }
-    }
+    let Some(slot) = slot else {
+        release(tape);
+        return Ok(features);
+    };
+    let leaf = Var::from_tensor(&features)?;
+    let t = leaf.as_tensor().clone();
+    *slot = Some((leaf, tape));
+    Ok(t)
 }
 
 /// Tower features whose gradient reaches the weights through the taped backward once the
 /// loss's backward has run.
 #[derive(Default)]
 struct Pending {
-    image: Option<(Var, VisionTape)>,
-    text: Option<(Var, TextTape)>,
+    image: Held<VisionTape>,
+    text: Held<TextTape>,
 }
+
+/// A tower's features as a leaf variable, and the tape that carries their gradient on.
+type Held<T> = Option<(Var, T)>;
 
 impl<'a> Stepper<'a> {
     /// The model over `store`'s weights and AdamW over the parameters that train, with the
@@ -212,24 +211,20 @@ impl<'a> Stepper<'a> {
             && clip_nn::taped::supported(self.model.logit_scale())
     }
 
-    /// Image features by the taped path; with `pending`, the tape is kept for the backward
-    /// and the features are a leaf the loss's gradient reaches.
-    fn image_taped(&self, pixels: &Tensor, pending: Option<&mut Pending>) -> Result<Tensor> {
+    /// Image features by the taped path; with a `slot`, the tape is kept there for the
+    /// backward and the features are a leaf the loss's gradient reaches.
+    fn image_taped(&self, pixels: &Tensor, slot: Option<&mut Held<VisionTape>>) -> Result<Tensor> {
         let mut ws = self.ws.borrow_mut();
         let (f, tape) = self.model.vision().forward_taped(pixels, &mut ws)?;
-        hold(f, tape, pending.map(|p| &mut p.image), |t| {
-            t.release(&mut ws)
-        })
+        hold(f, tape, slot, |t| t.release(&mut ws))
     }
 
     /// Text features by the taped path, as [`Stepper::image_taped`].
-    fn text_taped(&self, ids: &[Vec<u32>], pending: Option<&mut Pending>) -> Result<Tensor> {
+    fn text_taped(&self, ids: &[Vec<u32>], slot: Option<&mut Held<TextTape>>) -> Result<Tensor> {
         let mut ws = self.ws.borrow_mut();
         let device = self.model.device();
         let (f, tape) = self.model.text().forward_taped(ids, device, &mut ws)?;
-        hold(f, tape, pending.map(|p| &mut p.text), |t| {
-            t.release(&mut ws)
-        })
+        hold(f, tape, slot, |t| t.release(&mut ws))
     }
 
     /// Adds the gradients of one backward pass to `grads`: those candle's autograd found,
@@ -310,28 +305,25 @@ impl<'a> Stepper<'a> {
         pending: Option<&mut Pending>,
     ) -> Result<(Tensor, Tensor)> {
         let t = &self.setup.train;
-        if t.objective == Objective::Images {
-            let z = match self.taped() {
-                true => self.image_taped(pixels, pending)?,
-                false => self.encode_image(m, pixels)?,
-            };
-            let b = z.dim(0)? / 2;
-            return Ok((z.narrow(0, 0, b)?, z.narrow(0, b, b)?));
-        }
-        if self.taped() {
-            return Ok(match pending {
-                Some(p) => {
-                    let img = self.image_taped(pixels, (!t.lock_image).then_some(&mut *p))?;
-                    let txt = self.text_taped(ids, (!t.lock_text).then_some(p))?;
-                    (img, txt)
-                }
-                None => (self.image_taped(pixels, None)?, self.text_taped(ids, None)?),
-            });
-        }
         let trains = pending.is_some();
+        let (image, text) = match pending {
+            Some(p) => (Some(&mut p.image), Some(&mut p.text)),
+            None => (None, None),
+        };
         let keep = |x: Tensor, locked: bool| if trains && !locked { x } else { x.detach() };
-        let img = keep(self.encode_image(m, pixels)?, t.lock_image);
-        Ok((img, keep(self.encode_text(m, ids)?, t.lock_text)))
+        let img = match self.taped() {
+            true => self.image_taped(pixels, image.filter(|_| !t.lock_image))?,
+            false => keep(self.encode_image(m, pixels)?, t.lock_image),
+        };
+        if t.objective == Objective::Images {
+            let b = img.dim(0)? / 2;
+            return Ok((img.narrow(0, 0, b)?, img.narrow(0, b, b)?));
+        }
+        let txt = match self.taped() {
+            true => self.text_taped(ids, text.filter(|_| !t.lock_text))?,
+            false => keep(self.encode_text(m, ids)?, t.lock_text),
+        };
+        Ok((img, txt))
     }
 
     /// Loss and gradients for one batch; with `accum_steps > 1`, features of the other
