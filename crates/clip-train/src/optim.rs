@@ -299,23 +299,14 @@ mod tests {
         // p ← p·(1−lr·wd) − lr·ĝ/(|ĝ|+eps) with bias-corrected moments, so ≈ p·0.99 − 0.1·sign(g).
         let w = Var::new(&[[1.0f32, -2.0]], &Device::Cpu).unwrap();
         let b = Var::new(&[0.3f32], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(
-            vec![
-                ("fc.weight".into(), w.clone()),
-                ("fc.bias".into(), b.clone()),
-            ],
-            AdamWConfig::default(),
-        );
-        let grads = HashMap::from([
-            (
-                "fc.weight".to_string(),
-                Tensor::new(&[[0.5f32, 0.1]], &Device::Cpu).unwrap(),
-            ),
-            (
-                "fc.bias".to_string(),
-                Tensor::new(&[-0.2f32], &Device::Cpu).unwrap(),
-            ),
-        ]);
+        let vars = vec![
+            ("fc.weight".into(), w.clone()),
+            ("fc.bias".into(), b.clone()),
+        ];
+        let mut opt = AdamW::new(vars, AdamWConfig::default());
+        let gw = Tensor::new(&[[0.5f32, 0.1]], &Device::Cpu).unwrap();
+        let gb = Tensor::new(&[-0.2f32], &Device::Cpu).unwrap();
+        let grads = HashMap::from([("fc.weight".to_string(), gw), ("fc.bias".to_string(), gb)]);
         opt.step(&grads, 0.1).unwrap();
         let got: Vec<f32> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let want = [1.0 * (1.0 - 0.01) - 0.1, -2.0 * (1.0 - 0.01) - 0.1];

@@ -187,14 +187,19 @@ impl Metrics {
 
     /// Appends one line.
     pub(crate) fn append(&self, value: &serde_json::Value) -> Result<()> {
-        let path = &self.path;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io("cannot write", path))?;
-        writeln!(f, "{value}").map_err(io("cannot write", path))
+        append(&self.path, &format!("{value}\n"))
     }
+}
+
+/// Appends `text` to the file at `path`, creating it if needed.
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io("cannot write", path))?;
+    f.write_all(text.as_bytes())
+        .map_err(io("cannot write", path))
 }
 
 /// Drops metric lines past `step` (a resumed run rewrites them).
@@ -258,12 +263,7 @@ impl SkipLog {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io("cannot write", &self.path))?;
-        f.write_all(rows.as_bytes())
-            .map_err(io("cannot write", &self.path))
+        append(&self.path, &rows)
     }
 
     /// Distinct samples listed.
