@@ -16,7 +16,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::loss::l2_normalize;
+use crate::loss::{l2_normalize, scaled_similarities};
 
 /// How the negative term of a softmax contrastive loss is estimated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -263,10 +263,8 @@ pub fn debiased_clip_loss(
     if !(0.0..1.0).contains(&est.tau_plus) {
         candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
     }
-    let img = l2_normalize(img)?;
-    let txt = l2_normalize(txt)?;
     let inv_t = logit_scale.exp()?;
-    let logits = img.matmul(&txt.t()?)?.broadcast_mul(&inv_t)?;
+    let logits = scaled_similarities(img, txt, &inv_t)?;
     let eye = Tensor::eye(b, DType::F32, img.device())?.to_dtype(img.dtype())?;
     let off = (1.0 - &eye)?;
     let n = (b - 1) as f64;
