@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, TensorId, Var};
 use clip_model::{ClipConfig, ClipModel};
 use clip_nn::taped::{Grads, Workspace};
-use clip_nn::{Init, Params, TensorMap, VarStore};
+use clip_nn::{Init, ParamSource, Params, TensorMap, VarStore};
 use text_encoder::TextTape;
 use vision_encoder::VisionTape;
 
@@ -85,11 +85,7 @@ impl<'a> Stepper<'a> {
         saved_opt: Option<&(HashMap<String, Tensor>, u64)>,
     ) -> Result<Self> {
         let t = &setup.train;
-        let model = ClipModel::new(
-            &setup.model,
-            setup.model.text_config.pooling(),
-            Params::new(store),
-        )?;
+        let model = clip_model(&setup.model, store)?;
         let logit_bias = (t.loss == LossKind::Siglip)
             .then(|| Params::new(store).get((), LOGIT_BIAS, Init::Const(-10.0)))
             .transpose()?;
@@ -397,9 +393,11 @@ pub(crate) fn model_over(
         .collect();
     // The cast happens in `TensorMap::get`: a `to_dtype` of each Var (a no-op for f32).
     let map = TensorMap::new(tensors, device.clone()).with_dtype(dtype);
-    Ok(ClipModel::new(
-        cfg,
-        cfg.text_config.pooling(),
-        Params::new(&map),
-    )?)
+    clip_model(cfg, &map)
+}
+
+/// The CLIP model of `cfg` over the weights of `source`.
+fn clip_model(cfg: &ClipConfig, source: &dyn ParamSource) -> Result<ClipModel> {
+    let pooling = cfg.text_config.pooling();
+    Ok(ClipModel::new(cfg, pooling, Params::new(source))?)
 }
