@@ -238,11 +238,7 @@ pub fn spectral_contrastive_loss(z1: &Tensor, z2: &Tensor, mu: f64) -> Result<Te
     let z1 = project_to_ball(z1, mu)?;
     let z2 = project_to_ball(z2, mu)?;
     let attract = ((&z1 * &z2)?.sum(D::Minus1)?.mean_all()? * -2.0)?;
-    let off = Tensor::ones((b, b), z1.dtype(), z1.device())?.sub(&Tensor::eye(
-        b,
-        z1.dtype(),
-        z1.device(),
-    )?)?;
+    let off = (1.0 - Tensor::eye(b, z1.dtype(), z1.device())?)?;
     let sq = (z1.matmul(&z2.t()?)?.sqr()? * off)?.sum_all()?;
     let repel = (sq / (b * (b - 1)) as f64)?;
     (attract + repel)? / mu

@@ -182,12 +182,8 @@ pub fn train(
         .as_ref()
         .and_then(|r| r.data_position)
         .unwrap_or(start * t.batch_size);
-    let loader = Loader::spawn(
-        loader_spec(&setup, data),
-        start..t.steps,
-        position,
-        t.prefetch,
-    );
+    let spec = loader_spec(&setup, data);
+    let loader = Loader::spawn(spec, start..t.steps, position, t.prefetch);
 
     let run_start = Instant::now();
     let mut timing = Timing::default();
