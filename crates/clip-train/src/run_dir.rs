@@ -72,12 +72,8 @@ pub(crate) struct Resumed {
 
 /// Loads the newest complete checkpoint of `run`.
 pub(crate) fn resume(run: &Path, device: &Device) -> Result<Resumed> {
-    let Some((step, dir)) = checkpoints(run).pop() else {
-        return Err(TrainError::State(format!(
-            "no checkpoint to resume in {}",
-            run.display()
-        )));
-    };
+    let missing = || TrainError::State(format!("no checkpoint to resume in {}", run.display()));
+    let (step, dir) = checkpoints(run).pop().ok_or_else(missing)?;
     let ckpt = clip_model::Checkpoint::load(&dir, device)?;
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(io("cannot read", &state_path))?;

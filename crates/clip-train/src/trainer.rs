@@ -143,13 +143,10 @@ fn check_data(setup: &RunSetup, data: &SampleSet) -> Result<()> {
         bad("data", "there are no samples to train on".into())
     } else if setup.train.loss != LossKind::Oracle || labels == Some(data.len()) {
         Ok(())
-    } else if let Some(n) = labels {
-        bad("labels", format!("{n} labels for {} images", data.len()))
     } else {
-        bad(
-            "labels",
-            "the oracle loss needs a class label for every image".into(),
-        )
+        let missing = "the oracle loss needs a class label for every image";
+        let reason = labels.map(|n| format!("{n} labels for {} images", data.len()));
+        bad("labels", reason.unwrap_or_else(|| missing.into()))
     }
 }
 
