@@ -1,5 +1,6 @@
 //! What shapes a run: the objective, the loss, the arithmetic and every optimisation setting,
-//! checked before anything starts.
+//! checked before anything starts. With the `clap` feature the enums are command-line values
+//! whose help is each variant's first doc paragraph.
 
 use clip_data::{AugmentConfig, CacheConfig, OrderConfig};
 use serde::{Deserialize, Serialize};
@@ -14,17 +15,13 @@ use crate::{Result, TrainError};
 pub enum Precision {
     /// Everything in f32.
     #[default]
-    #[cfg_attr(feature = "clap", value(help = "Everything in f32"))]
     F32,
-    /// Mixed precision: f32 master weights and optimiser state; each step runs the towers on
-    /// bf16 copies of the weights (layer norms and softmaxes in f32), gradients flow back to
-    /// the f32 weights through the casts, and the loss is computed in f32. Meant for CUDA.
-    #[cfg_attr(
-        feature = "clap",
-        value(
-            help = "Mixed precision: bf16 forward/backward over f32 master weights (for CUDA; slower on CPU, where f32 is the fast path)"
-        )
-    )]
+    /// Mixed precision: bf16 forward/backward over f32 master weights (for CUDA; slower on
+    /// CPU, where f32 is the fast path).
+    ///
+    /// f32 master weights and optimiser state; each step runs the towers on bf16 copies of
+    /// the weights (layer norms and softmaxes in f32), gradients flow back to the f32 weights
+    /// through the casts, and the loss is computed in f32.
     Bf16,
 }
 
@@ -33,21 +30,14 @@ pub enum Precision {
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
-    /// An image and its caption (CLIP): both towers train.
+    /// An image and its caption are the positive pair (CLIP).
+    ///
+    /// Both towers train.
     #[default]
-    #[cfg_attr(
-        feature = "clap",
-        value(help = "An image and its caption are the positive pair (CLIP)")
-    )]
     ImageText,
-    /// Two augmented views of one image (SimCLR-style): only the image tower trains and
-    /// captions are not needed.
-    #[cfg_attr(
-        feature = "clap",
-        value(
-            help = "Two augmented views of one image are the positive pair (no captions needed)"
-        )
-    )]
+    /// Two augmented views of one image are the positive pair (no captions needed).
+    ///
+    /// SimCLR-style: only the image tower trains.
     Images,
 }
 
@@ -56,52 +46,36 @@ pub enum Objective {
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum LossKind {
-    /// Symmetric in-batch softmax cross-entropy ([`clip_loss`](crate::clip_loss)); image–text only.
+    /// CLIP's symmetric softmax (image-text).
+    ///
+    /// In-batch softmax cross-entropy, [`clip_loss`](crate::clip_loss).
     #[default]
-    #[cfg_attr(
-        feature = "clap",
-        value(help = "CLIP's symmetric softmax (image-text)")
-    )]
     Clip,
-    /// Pairwise sigmoid loss with a learned bias ([`siglip_loss`](crate::siglip_loss)); image–text only.
-    #[cfg_attr(
-        feature = "clap",
-        value(help = "SigLIP's pairwise sigmoid (image-text)")
-    )]
+    /// SigLIP's pairwise sigmoid (image-text).
+    ///
+    /// With a learned bias, [`siglip_loss`](crate::siglip_loss).
     Siglip,
-    /// NT-Xent over two views ([`crate::nt_xent_loss`]); images only.
-    #[cfg_attr(
-        feature = "clap",
-        value(help = "SimCLR's NT-Xent over two views (images)")
-    )]
+    /// SimCLR's NT-Xent over two views (images).
+    ///
+    /// [`nt_xent_loss`](crate::nt_xent_loss).
     NtXent,
-    /// Debiased negatives with prior `tau_plus` ([`crate::debiased_contrastive_loss`], or
-    /// [`debiased_clip_loss`](crate::debiased_clip_loss) for image–text).
-    #[cfg_attr(
-        feature = "clap",
-        value(help = "Debiased negatives with prior --tau-plus (either objective)")
-    )]
+    /// Debiased negatives with prior --tau-plus (either objective).
+    ///
+    /// [`debiased_contrastive_loss`](crate::debiased_contrastive_loss), or
+    /// [`debiased_clip_loss`](crate::debiased_clip_loss) for image–text.
     Debiased,
-    /// Debiased plus hard-negative reweighting with `beta` ([`crate::hard_negative_loss`]).
-    #[cfg_attr(
-        feature = "clap",
-        value(help = "Debiased plus hard-negative weighting --beta (either objective)")
-    )]
+    /// Debiased plus hard-negative weighting --beta (either objective).
+    ///
+    /// [`hard_negative_loss`](crate::hard_negative_loss).
     HardNegative,
-    /// Spectral contrastive loss ([`spectral_contrastive_loss`](crate::spectral_contrastive_loss)).
-    #[cfg_attr(
-        feature = "clap",
-        value(help = "Spectral contrastive loss (either objective)")
-    )]
+    /// Spectral contrastive loss (either objective).
+    ///
+    /// [`spectral_contrastive_loss`](crate::spectral_contrastive_loss).
     Spectral,
-    /// NT-Xent with same-class negatives removed using true labels
-    /// ([`oracle_contrastive_loss`](crate::oracle_contrastive_loss)); images only, for experiments.
-    #[cfg_attr(
-        feature = "clap",
-        value(
-            help = "NT-Xent without same-class negatives, from --labels (images; experiments only)"
-        )
-    )]
+    /// NT-Xent without same-class negatives, from --labels (images; experiments only).
+    ///
+    /// [`oracle_contrastive_loss`](crate::oracle_contrastive_loss): same-class negatives are
+    /// removed using true labels.
     Oracle,
 }
 
@@ -218,39 +192,35 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", "must be a positive number");
         }
-        if let Some(c) = self.grad_clip_norm {
-            if c.is_nan() || c <= 0.0 {
-                return bad("grad-clip-norm", "must be positive");
-            }
+        if self.grad_clip_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return bad("grad-clip-norm", "must be positive");
         }
         use LossKind::*;
-        match (self.objective, self.loss) {
-            (Objective::ImageText, NtXent | Oracle) => {
-                return bad(
-                    "loss",
-                    "nt-xent and oracle compare two views of one image: use --objective images",
-                )
-            }
-            (Objective::Images, Clip | Siglip) => {
-                return bad(
-                    "loss",
-                    "clip and siglip pair images with captions: with --objective images use \
-                     nt-xent, debiased, hard-negative, spectral or oracle",
-                )
-            }
-            (Objective::Images, _) if self.accum_steps != 1 => {
-                return bad(
-                    "accum-steps",
-                    "is only supported with --objective image-text",
-                )
-            }
-            (Objective::Images, _) if self.lock_image => {
-                return bad(
-                    "lock-image",
-                    "--objective images trains only the image tower",
-                )
-            }
-            _ => {}
+        let images = self.objective == Objective::Images;
+        if !images && matches!(self.loss, NtXent | Oracle) {
+            return bad(
+                "loss",
+                "nt-xent and oracle compare two views of one image: use --objective images",
+            );
+        }
+        if images && matches!(self.loss, Clip | Siglip) {
+            return bad(
+                "loss",
+                "clip and siglip pair images with captions: with --objective images use \
+                 nt-xent, debiased, hard-negative, spectral or oracle",
+            );
+        }
+        if images && self.accum_steps != 1 {
+            return bad(
+                "accum-steps",
+                "is only supported with --objective image-text",
+            );
+        }
+        if images && self.lock_image {
+            return bad(
+                "lock-image",
+                "--objective images trains only the image tower",
+            );
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return bad("temperature", "must be a positive number");
@@ -275,7 +245,6 @@ impl TrainConfig {
             .map_err(|reason| TrainError::Config {
                 field: "augment",
                 reason,
-            })?;
-        Ok(())
+            })
     }
 }

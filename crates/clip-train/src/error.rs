@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +59,7 @@ pub enum TrainError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, TrainError>;
 
-pub(crate) fn io(
-    action: &'static str,
-    path: &std::path::Path,
-) -> impl FnOnce(std::io::Error) -> TrainError {
+pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.to_path_buf();
     move |source| TrainError::Io {
         action,

@@ -67,38 +67,25 @@ pub struct LoaderSpec {
     pub max_short_side: u32,
 }
 
-/// Loads samples through the cache and remembers the bad ones, so each is reported once
-/// and not read again.
-struct Fetcher {
-    data: Arc<SampleSet>,
-    cache: Arc<DecodedCache>,
-    bad: Mutex<HashMap<usize, SkipReason>>,
-    max_short_side: u32,
-}
-
-impl Fetcher {
-    /// The sample, or why it is skipped and whether this is the first time.
-    fn fetch(&self, i: usize) -> Result<Arc<Sample>, (SkipReason, bool)> {
-        if let Some(s) = self.cache.get(i) {
-            return Ok(s);
-        }
-        if let Some(r) = self.bad.lock().expect("bad-sample lock").get(&i) {
-            return Err((r.clone(), false));
-        }
-        match self.data.load(i, self.max_short_side) {
-            Ok(s) => Ok(self.cache.insert(i, s)),
-            Err(r) => {
-                let first = self
-                    .bad
-                    .lock()
-                    .expect("bad-sample lock")
-                    .insert(i, r.clone())
-                    .is_none();
-                Err((r, first))
-            }
+/// Sample `i` through the cache, or why it is skipped and whether this is the first time;
+/// `bad` remembers the samples that failed, so each is reported once and not read again.
+fn fetch(spec: &LoaderSpec, bad: &BadSamples, i: usize) -> Result<Arc<Sample>, (SkipReason, bool)> {
+    if let Some(s) = spec.cache.get(i) {
+        return Ok(s);
+    }
+    if let Some(r) = bad.lock().expect("bad-sample lock").get(&i) {
+        return Err((r.clone(), false));
+    }
+    match spec.data.load(i, spec.max_short_side) {
+        Ok(s) => Ok(spec.cache.insert(i, s)),
+        Err(r) => {
+            let first = bad.lock().expect("bad-sample lock").insert(i, r.clone());
+            Err((r, first.is_none()))
         }
     }
 }
+
+type BadSamples = Mutex<HashMap<usize, SkipReason>>;
 
 /// Handle to the loader thread; batches arrive in step order.
 pub struct Loader {
@@ -123,15 +110,10 @@ impl Loader {
                 spec.seed,
                 spec.order.clone(),
             );
-            let fetcher = Fetcher {
-                data: Arc::clone(&spec.data),
-                cache: Arc::clone(&spec.cache),
-                bad: Mutex::new(HashMap::new()),
-                max_short_side: spec.max_short_side,
-            };
+            let bad = BadSamples::default();
             let mut position = start_position;
             for step in steps {
-                let msg = next_batch(&spec, &fetcher, &mut order, step, &mut position);
+                let msg = next_batch(&spec, &bad, &mut order, step, &mut position);
                 let failed = msg.is_err();
                 if tx.send(msg).is_err() || failed {
                     return; // the trainer stopped early, or the data is unusable
@@ -156,7 +138,7 @@ impl Loader {
 /// samples in position order and draws further positions for the bad ones.
 fn next_batch(
     spec: &LoaderSpec,
-    fetcher: &Fetcher,
+    bad: &BadSamples,
     order: &mut Order,
     step: usize,
     position: &mut usize,
@@ -174,7 +156,7 @@ fn next_batch(
         *position += want.len();
         let loaded: Vec<_> = want
             .par_iter()
-            .map(|&(pos, idx)| (pos, idx, fetcher.fetch(idx)))
+            .map(|&(pos, idx)| (pos, idx, fetch(spec, bad, idx)))
             .collect();
         for (pos, idx, r) in loaded {
             match r {
@@ -203,7 +185,7 @@ fn next_batch(
     }
     let items: Vec<usize> = good.iter().map(|&(_, idx, _)| idx).collect();
     let aug = &spec.aug;
-    match &spec.mode {
+    let (pixels, ids) = match &spec.mode {
         LoaderMode::Captions(tokenizer) => {
             let views: Vec<(Vec<f32>, &str)> = good
                 .par_iter()
@@ -215,14 +197,8 @@ fn next_batch(
                 .collect();
             let caps: Vec<&str> = views.iter().map(|(_, c)| *c).collect();
             let ids = tokenizer.encode_batch(&caps).map_err(|e| e.to_string())?;
-            Ok(Batch {
-                step,
-                pixels: views.iter().flat_map(|(p, _)| p.iter().copied()).collect(),
-                ids,
-                items,
-                next_position: *position,
-                skipped,
-            })
+            let pixels = views.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+            (pixels, ids)
         }
         LoaderMode::TwoViews => {
             let pairs: Vec<(Vec<f32>, Vec<f32>)> = good
@@ -235,16 +211,17 @@ fn next_batch(
                 .collect();
             let mut pixels: Vec<f32> = pairs.iter().flat_map(|(a, _)| a.iter().copied()).collect();
             pixels.extend(pairs.iter().flat_map(|(_, b)| b.iter().copied()));
-            Ok(Batch {
-                step,
-                pixels,
-                ids: Vec::new(),
-                items,
-                next_position: *position,
-                skipped,
-            })
+            (pixels, Vec::new())
         }
-    }
+    };
+    Ok(Batch {
+        step,
+        pixels,
+        ids,
+        items,
+        next_position: *position,
+        skipped,
+    })
 }
 
 impl Drop for Loader {

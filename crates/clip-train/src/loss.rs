@@ -7,6 +7,12 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
 }
 
+/// Cosine similarities of the rows of `img` and `txt`, times the scalar tensor `scale`.
+pub(crate) fn scaled_similarities(img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let (img, txt) = (l2_normalize(img)?, l2_normalize(txt)?);
+    img.matmul(&txt.t()?)?.broadcast_mul(scale)
+}
+
 /// Mean cross-entropy of each row of `logits` against the diagonal (row i's target is i).
 fn diagonal_cross_entropy(logits: &Tensor) -> Result<Tensor> {
     let n = logits.dim(0)?;
@@ -24,12 +30,29 @@ fn diagonal_cross_entropy(logits: &Tensor) -> Result<Tensor> {
 /// `loss = ½·(CE(L, diag) + CE(Lᵀ, diag))`. Matching pairs are the positives and the other
 /// B−1 captions (images) of the batch are the negatives. Equal logits give `ln B`.
 pub fn clip_loss(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Result<Tensor> {
-    let img = l2_normalize(img)?;
-    let txt = l2_normalize(txt)?;
-    let logits = img.matmul(&txt.t()?)?.broadcast_mul(&logit_scale.exp()?)?;
+    let logits = scaled_similarities(img, txt, &logit_scale.exp()?)?;
     let a = diagonal_cross_entropy(&logits)?;
     let b = diagonal_cross_entropy(&logits.t()?)?;
     (a + b)? / 2.0
+}
+
+/// SigLIP's pairwise sigmoid loss.
+///
+/// With unit-normalised features and logits `L = exp(t)·img·txtᵀ + b`, each pair is a binary
+/// problem: label +1 on the diagonal, −1 elsewhere; `loss = −Σᵢⱼ log σ(yᵢⱼ·Lᵢⱼ) / B`.
+pub fn siglip_loss(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    logit_bias: &Tensor,
+) -> Result<Tensor> {
+    let n = img.dim(0)?;
+    let logits = scaled_similarities(img, txt, &logit_scale.exp()?)?.broadcast_add(logit_bias)?;
+    let labels = ((Tensor::eye(n, logits.dtype(), logits.device())? * 2.0)? - 1.0)?;
+    let z = (logits * labels)?;
+    // −log σ(z) = softplus(−z) = max(−z, 0) + log(1 + e^{−|z|}), stable for any z.
+    let softplus = (z.neg()?.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    softplus.sum_all()? / n as f64
 }
 
 #[cfg(test)]
@@ -56,36 +79,6 @@ mod tests {
         let want = (s.exp() + 1.0).ln() - s;
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
     }
-}
-
-/// SigLIP's pairwise sigmoid loss.
-///
-/// With unit-normalised features and logits `L = exp(t)·img·txtᵀ + b`, each pair is a binary
-/// problem: label +1 on the diagonal, −1 elsewhere; `loss = −Σᵢⱼ log σ(yᵢⱼ·Lᵢⱼ) / B`.
-pub fn siglip_loss(
-    img: &Tensor,
-    txt: &Tensor,
-    logit_scale: &Tensor,
-    logit_bias: &Tensor,
-) -> Result<Tensor> {
-    let img = l2_normalize(img)?;
-    let txt = l2_normalize(txt)?;
-    let n = img.dim(0)?;
-    let logits = img
-        .matmul(&txt.t()?)?
-        .broadcast_mul(&logit_scale.exp()?)?
-        .broadcast_add(logit_bias)?;
-    let labels = ((Tensor::eye(n, logits.dtype(), logits.device())? * 2.0)? - 1.0)?;
-    let z = (logits * labels)?;
-    // −log σ(z) = softplus(−z) = max(−z, 0) + log(1 + e^{−|z|}), stable for any z.
-    let softplus = (z.neg()?.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    softplus.sum_all()? / n as f64
-}
-
-#[cfg(test)]
-mod siglip_tests {
-    use super::*;
-    use candle_core::Device;
 
     #[test]
     fn siglip_matches_hand_computed_value() {

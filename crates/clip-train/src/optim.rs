@@ -5,7 +5,6 @@
 //! run could neither exclude gains, biases and the temperature from decay nor resume exactly.
 
 use std::collections::HashMap;
-
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
@@ -66,14 +65,7 @@ struct Update {
 
 impl Update {
     fn apply(self, decay: bool, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-        let Update {
-            b1,
-            b2,
-            step_size,
-            inv_bc2_sqrt,
-            eps,
-            shrink,
-        } = self;
+        let k = self;
         p.par_chunks_mut(8192)
             .zip(m.par_chunks_mut(8192))
             .zip(v.par_chunks_mut(8192))
@@ -81,11 +73,11 @@ impl Update {
             .for_each(|(((p, m), v), g)| {
                 for i in 0..p.len() {
                     if decay {
-                        p[i] *= shrink;
+                        p[i] *= k.shrink;
                     }
-                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                    p[i] -= step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
+                    m[i] = k.b1 * m[i] + (1.0 - k.b1) * g[i];
+                    v[i] = k.b2 * v[i] + (1.0 - k.b2) * g[i] * g[i];
+                    p[i] -= k.step_size * m[i] / (v[i].sqrt() * k.inv_bc2_sqrt + k.eps);
                 }
             });
     }
@@ -177,20 +169,15 @@ impl AdamW {
     /// One update with learning rate `lr`; a parameter without a gradient is left alone.
     pub fn step(&mut self, grads: &HashMap<String, Tensor>, lr: f64) -> Result<()> {
         self.t += 1;
-        let (b1, b2) = (self.cfg.beta1 as f32, self.cfg.beta2 as f32);
         let bc1 = 1.0 - self.cfg.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.cfg.beta2.powi(self.t as i32);
-        let step_size = (lr / bc1) as f32;
-        let inv_bc2_sqrt = (1.0 / bc2.sqrt()) as f32;
-        let eps = self.cfg.eps as f32;
-        let shrink = (1.0 - lr * self.cfg.weight_decay) as f32;
         let k = Update {
-            b1,
-            b2,
-            step_size,
-            inv_bc2_sqrt,
-            eps,
-            shrink,
+            b1: self.cfg.beta1 as f32,
+            b2: self.cfg.beta2 as f32,
+            step_size: (lr / bc1) as f32,
+            inv_bc2_sqrt: (1.0 / bc2.sqrt()) as f32,
+            eps: self.cfg.eps as f32,
+            shrink: (1.0 - lr * self.cfg.weight_decay) as f32,
         };
         for slot in &mut self.slots {
             let Some(g) = grads.get(&slot.name) else {
@@ -210,9 +197,8 @@ impl AdamW {
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
             let mut p: Vec<f32> = t.flatten_all()?.to_vec1()?;
             k.apply(slot.decay, &mut p, &mut slot.m, &mut slot.v, &g);
-            let shape = slot.var.shape().clone();
-            slot.var
-                .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
+            let updated = Tensor::from_vec(p, slot.var.shape(), slot.var.device())?;
+            slot.var.set(&updated)?;
         }
         Ok(())
     }
@@ -221,15 +207,10 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for s in &self.slots {
-            let shape = s.var.shape().clone();
-            out.insert(
-                format!("m.{}", s.name),
-                Tensor::from_vec(s.m.clone(), shape.clone(), &candle_core::Device::Cpu)?,
-            );
-            out.insert(
-                format!("v.{}", s.name),
-                Tensor::from_vec(s.v.clone(), shape, &candle_core::Device::Cpu)?,
-            );
+            for (kind, buf) in [("m", &s.m), ("v", &s.v)] {
+                let t = Tensor::from_vec(buf.clone(), s.var.shape(), &candle_core::Device::Cpu)?;
+                out.insert(format!("{kind}.{}", s.name), t);
+            }
         }
         Ok(out)
     }
@@ -318,23 +299,14 @@ mod tests {
         // p ← p·(1−lr·wd) − lr·ĝ/(|ĝ|+eps) with bias-corrected moments, so ≈ p·0.99 − 0.1·sign(g).
         let w = Var::new(&[[1.0f32, -2.0]], &Device::Cpu).unwrap();
         let b = Var::new(&[0.3f32], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(
-            vec![
-                ("fc.weight".into(), w.clone()),
-                ("fc.bias".into(), b.clone()),
-            ],
-            AdamWConfig::default(),
-        );
-        let grads = HashMap::from([
-            (
-                "fc.weight".to_string(),
-                Tensor::new(&[[0.5f32, 0.1]], &Device::Cpu).unwrap(),
-            ),
-            (
-                "fc.bias".to_string(),
-                Tensor::new(&[-0.2f32], &Device::Cpu).unwrap(),
-            ),
-        ]);
+        let vars = vec![
+            ("fc.weight".into(), w.clone()),
+            ("fc.bias".into(), b.clone()),
+        ];
+        let mut opt = AdamW::new(vars, AdamWConfig::default());
+        let gw = Tensor::new(&[[0.5f32, 0.1]], &Device::Cpu).unwrap();
+        let gb = Tensor::new(&[-0.2f32], &Device::Cpu).unwrap();
+        let grads = HashMap::from([("fc.weight".to_string(), gw), ("fc.bias".to_string(), gb)]);
         opt.step(&grads, 0.1).unwrap();
         let got: Vec<f32> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let want = [1.0 * (1.0 - 0.01) - 0.1, -2.0 * (1.0 - 0.01) - 0.1];
@@ -368,16 +340,8 @@ mod tests {
 
     #[test]
     fn clipping_bounds_the_global_norm() {
-        let mut g = HashMap::from([
-            (
-                "a".to_string(),
-                Tensor::new(&[3.0f32], &Device::Cpu).unwrap(),
-            ),
-            (
-                "b".to_string(),
-                Tensor::new(&[4.0f32], &Device::Cpu).unwrap(),
-            ),
-        ]);
+        let t = |v: f32| Tensor::new(&[v], &Device::Cpu).unwrap();
+        let mut g = HashMap::from([("a".to_string(), t(3.0)), ("b".to_string(), t(4.0))]);
         assert!((clip_grad_norm(&mut g, 1.0).unwrap() - 5.0).abs() < 1e-9);
         let a: Vec<f32> = g["a"].to_vec1().unwrap();
         assert!((a[0] - 0.6).abs() < 1e-4);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use clip_data::Skip;
-use clip_nn::VarStore;
+use clip_nn::{TensorMap, VarStore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::io;
@@ -63,7 +63,7 @@ pub(crate) struct Resumed {
     /// The checkpoint folder.
     pub dir: PathBuf,
     /// Model weights, SigLIP's bias included.
-    pub weights: HashMap<String, Tensor>,
+    pub weights: TensorMap,
     /// AdamW moments and their step count.
     pub opt: (HashMap<String, Tensor>, u64),
     /// Sample position the next step reads at (absent in checkpoints of earlier versions).
@@ -72,14 +72,13 @@ pub(crate) struct Resumed {
 
 /// Loads the newest complete checkpoint of `run`.
 pub(crate) fn resume(run: &Path, device: &Device) -> Result<Resumed> {
-    let Some((step, dir)) = checkpoints(run).pop() else {
-        return Err(TrainError::State(format!(
-            "no checkpoint to resume in {}",
-            run.display()
-        )));
-    };
+    let missing = || TrainError::State(format!("no checkpoint to resume in {}", run.display()));
+    let (step, dir) = checkpoints(run).pop().ok_or_else(missing)?;
     let ckpt = clip_model::Checkpoint::load(&dir, device)?;
-    let data_position = read_state(&dir)?.data_position;
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io("cannot read", &state_path))?;
+    let damaged = |e| TrainError::State(format!("{} is damaged: {e}", state_path.display()));
+    let state: TrainState = serde_json::from_str(&text).map_err(damaged)?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let opt = clip_model::read_safetensors(&opt_path, device)?;
     let bytes = std::fs::read(&opt_path).map_err(io("cannot read", &opt_path))?;
@@ -94,17 +93,10 @@ pub(crate) fn resume(run: &Path, device: &Device) -> Result<Resumed> {
     Ok(Resumed {
         step,
         dir,
-        weights,
+        weights: TensorMap::new(weights, device.clone()),
         opt: (opt, adam_steps),
-        data_position,
+        data_position: state.data_position,
     })
-}
-
-fn read_state(dir: &Path) -> Result<TrainState> {
-    let p = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&p).map_err(io("cannot read", &p))?;
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::State(format!("{} is damaged: {e}", p.display())))
 }
 
 /// Writes a complete checkpoint to `dir` (replacing it atomically): HF weights, config,
@@ -149,8 +141,7 @@ pub(crate) fn save_checkpoint(
             action: "cannot write",
             path: p.clone(),
             source,
-        })?;
-        Ok(())
+        })
     })?;
     Ok(())
 }
@@ -192,14 +183,19 @@ impl Metrics {
 
     /// Appends one line.
     pub(crate) fn append(&self, value: &serde_json::Value) -> Result<()> {
-        let path = &self.path;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io("cannot write", path))?;
-        writeln!(f, "{value}").map_err(io("cannot write", path))
+        append(&self.path, &format!("{value}\n"))
     }
+}
+
+/// Appends `text` to the file at `path`, creating it if needed.
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io("cannot write", path))?;
+    f.write_all(text.as_bytes())
+        .map_err(io("cannot write", path))
 }
 
 /// Drops metric lines past `step` (a resumed run rewrites them).
@@ -207,20 +203,13 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s as usize <= step)
-        })
-        .collect();
-    let body = if kept.is_empty() {
-        String::new()
-    } else {
-        kept.join("\n") + "\n"
-    };
+    let kept = text.lines().filter(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+            .is_some_and(|s| s as usize <= step)
+    });
+    let body: String = kept.map(|l| format!("{l}\n")).collect();
     std::fs::write(path, body).map_err(io("cannot write", path))
 }
 
@@ -231,8 +220,6 @@ pub(crate) struct SkipLog {
 }
 
 impl SkipLog {
-    const HEADER: &'static str = "step\tsample\treason";
-
     /// Starts the log: a fresh run lists what scanning skipped (step 0); a resumed one keeps
     /// the rows up to its step and drops later ones, which the run will meet again.
     pub(crate) fn open(run: &Path, start: usize, scan: &[Skip]) -> Result<Self> {
@@ -241,7 +228,7 @@ impl SkipLog {
             path: path.to_path_buf(),
             seen: Default::default(),
         };
-        let mut body = format!("{}\n", Self::HEADER);
+        let mut body = String::from("step\tsample\treason\n");
         if start > 0 {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             for line in text.lines().skip(1) {
@@ -272,12 +259,7 @@ impl SkipLog {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io("cannot write", &self.path))?;
-        f.write_all(rows.as_bytes())
-            .map_err(io("cannot write", &self.path))
+        append(&self.path, &rows)
     }
 
     /// Distinct samples listed.

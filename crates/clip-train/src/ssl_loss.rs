@@ -14,9 +14,9 @@
 //! τ⁺ = 0 and β = 0 give back the plain InfoNCE / NT-Xent loss exactly, which the tests check.
 //! Rows are shifted by their (detached) maximum before `exp`, so nothing overflows.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 
-use crate::loss::l2_normalize;
+use crate::loss::{l2_normalize, scaled_similarities};
 
 /// How the negative term of a softmax contrastive loss is estimated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,7 +71,8 @@ fn row_losses(
     (pos + ng)?.log()? - pos_logit
 }
 
-fn view_masks(b: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+/// Positive and negative masks of the 2B two-view logits, on the device and type of `like`.
+fn view_masks(b: usize, like: &Tensor) -> Result<(Tensor, Tensor)> {
     // Rows/columns 0..B are view 1, B..2B view 2; row i's positive is i ± B.
     let n = 2 * b;
     let mut pos = vec![0f32; n * n];
@@ -82,10 +83,8 @@ fn view_masks(b: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         neg[i * n + p] = 0.0;
         neg[i * n + i] = 0.0;
     }
-    Ok((
-        Tensor::from_vec(pos, (n, n), device)?,
-        Tensor::from_vec(neg, (n, n), device)?,
-    ))
+    let mask = |m| Tensor::from_vec(m, (n, n), like.device())?.to_dtype(like.dtype());
+    Ok((mask(pos)?, mask(neg)?))
 }
 
 fn check_views(z1: &Tensor, z2: &Tensor) -> Result<usize> {
@@ -103,11 +102,17 @@ fn check_views(z1: &Tensor, z2: &Tensor) -> Result<usize> {
     Ok(b)
 }
 
-fn check_temperature(t: f64) -> Result<()> {
+/// The common start of the two-view losses: B, the similarity logits `[2B, 2B]` of the
+/// normalised views at temperature `t`, and 1/t as a tensor.
+fn two_view_logits(z1: &Tensor, z2: &Tensor, t: f64) -> Result<(usize, Tensor, Tensor)> {
+    let b = check_views(z1, z2)?;
     if !(t.is_finite() && t > 0.0) {
         candle_core::bail!("temperature must be a positive number, got {t}");
     }
-    Ok(())
+    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
+    let logits = (z.matmul(&z.t()?)? / t)?;
+    let inv_t = Tensor::new(1.0 / t as f32, z.device())?.to_dtype(z.dtype())?;
+    Ok((b, logits, inv_t))
 }
 
 /// Two-view softmax loss with a configurable negative estimate; the common body of
@@ -122,27 +127,15 @@ pub fn two_view_loss(
     temperature: f64,
     est: NegativeEstimate,
 ) -> Result<Tensor> {
-    let b = check_views(z1, z2)?;
-    check_temperature(temperature)?;
+    let (b, logits, inv_t) = two_view_logits(z1, z2, temperature)?;
     if !(0.0..1.0).contains(&est.tau_plus) {
         candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
     }
     if !(est.beta.is_finite() && est.beta >= 0.0) {
         candle_core::bail!("beta must be a non-negative number, got {}", est.beta);
     }
-    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
-    let logits = (z.matmul(&z.t()?)? / temperature)?;
-    let (pos, neg) = view_masks(b, z.device())?;
-    let inv_t = Tensor::new(1.0 / temperature as f32, z.device())?.to_dtype(z.dtype())?;
-    let rows = row_losses(
-        &logits,
-        &pos.to_dtype(z.dtype())?,
-        &neg.to_dtype(z.dtype())?,
-        (2 * b - 2) as f64,
-        &inv_t,
-        est,
-    )?;
-    rows.mean_all()
+    let (pos, neg) = view_masks(b, &logits)?;
+    row_losses(&logits, &pos, &neg, (2 * b - 2) as f64, &inv_t, est)?.mean_all()
 }
 
 /// NT-Xent (SimCLR's normalised temperature-scaled cross-entropy).
@@ -166,15 +159,7 @@ pub fn debiased_contrastive_loss(
     temperature: f64,
     tau_plus: f64,
 ) -> Result<Tensor> {
-    two_view_loss(
-        z1,
-        z2,
-        temperature,
-        NegativeEstimate {
-            tau_plus,
-            beta: 0.0,
-        },
-    )
+    hard_negative_loss(z1, z2, temperature, tau_plus, 0.0)
 }
 
 /// Hard-negative contrastive loss (Robinson et al. 2021) on top of the debiased estimate.
@@ -204,14 +189,11 @@ pub fn oracle_contrastive_loss(
     temperature: f64,
     labels: &[u32],
 ) -> Result<Tensor> {
-    let b = check_views(z1, z2)?;
-    check_temperature(temperature)?;
+    let (b, logits, inv_t) = two_view_logits(z1, z2, temperature)?;
     if labels.len() != b {
         candle_core::bail!("{} labels for a batch of {b} images", labels.len());
     }
-    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
-    let logits = (z.matmul(&z.t()?)? / temperature)?;
-    let (pos, _) = view_masks(b, z.device())?;
+    let (pos, _) = view_masks(b, &logits)?;
     let n = 2 * b;
     let mut neg = vec![0f32; n * n];
     for i in 0..n {
@@ -221,11 +203,10 @@ pub fn oracle_contrastive_loss(
             }
         }
     }
-    let neg = Tensor::from_vec(neg, (n, n), z.device())?.to_dtype(z.dtype())?;
-    let inv_t = Tensor::new(1.0 / temperature as f32, z.device())?.to_dtype(z.dtype())?;
+    let neg = Tensor::from_vec(neg, (n, n), logits.device())?.to_dtype(logits.dtype())?;
     row_losses(
         &logits,
-        &pos.to_dtype(z.dtype())?,
+        &pos,
         &neg,
         (n - 2) as f64,
         &inv_t,
@@ -257,11 +238,7 @@ pub fn spectral_contrastive_loss(z1: &Tensor, z2: &Tensor, mu: f64) -> Result<Te
     let z1 = project_to_ball(z1, mu)?;
     let z2 = project_to_ball(z2, mu)?;
     let attract = ((&z1 * &z2)?.sum(D::Minus1)?.mean_all()? * -2.0)?;
-    let off = Tensor::ones((b, b), z1.dtype(), z1.device())?.sub(&Tensor::eye(
-        b,
-        z1.dtype(),
-        z1.device(),
-    )?)?;
+    let off = (1.0 - Tensor::eye(b, z1.dtype(), z1.device())?)?;
     let sq = (z1.matmul(&z2.t()?)?.sqr()? * off)?.sum_all()?;
     let repel = (sq / (b * (b - 1)) as f64)?;
     (attract + repel)? / mu
@@ -282,10 +259,8 @@ pub fn debiased_clip_loss(
     if !(0.0..1.0).contains(&est.tau_plus) {
         candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
     }
-    let img = l2_normalize(img)?;
-    let txt = l2_normalize(txt)?;
     let inv_t = logit_scale.exp()?;
-    let logits = img.matmul(&txt.t()?)?.broadcast_mul(&inv_t)?;
+    let logits = scaled_similarities(img, txt, &inv_t)?;
     let eye = Tensor::eye(b, DType::F32, img.device())?.to_dtype(img.dtype())?;
     let off = (1.0 - &eye)?;
     let n = (b - 1) as f64;
@@ -298,6 +273,7 @@ pub fn debiased_clip_loss(
 mod tests {
     use super::*;
     use crate::clip_loss;
+    use candle_core::Device;
 
     fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};
@@ -312,22 +288,25 @@ mod tests {
         t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
     }
 
+    /// The rows of `z` in f64, each scaled by `factor(its norm)`.
+    fn rows(z: &Tensor, factor: impl Fn(f64) -> f64) -> Vec<Vec<f64>> {
+        let rows = z.to_vec2::<f32>().unwrap().into_iter();
+        rows.map(|r| {
+            let f = factor(r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt());
+            r.into_iter().map(|x| x as f64 * f).collect()
+        })
+        .collect()
+    }
+
+    fn dot(a: &[f64], c: &[f64]) -> f64 {
+        a.iter().zip(c).map(|(x, y)| x * y).sum()
+    }
+
     /// NT-Xent written out with loops in f64, straight from the SimCLR formula.
     fn nt_xent_reference(z1: &Tensor, z2: &Tensor, t: f64) -> f64 {
-        let rows = |z: &Tensor| -> Vec<Vec<f64>> {
-            z.to_vec2::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(|r| {
-                    let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                    r.into_iter().map(|x| x as f64 / n).collect()
-                })
-                .collect()
-        };
-        let mut z = rows(z1);
+        let mut z = rows(z1, |n| 1.0 / n);
         let b = z.len();
-        z.extend(rows(z2));
-        let dot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f64>();
+        z.extend(rows(z2, |n| 1.0 / n));
         let mut total = 0.0;
         for i in 0..2 * b {
             let p = (i + b) % (2 * b);
@@ -435,19 +414,8 @@ mod tests {
         let (z1, z2) = (random(6, 3, 7), random(6, 3, 8));
         // Entries in [−1, 1] over 3 dims: some rows exceed norm 1 and get projected.
         let mu = 1.0f64;
-        let proj = |z: &Tensor| -> Vec<Vec<f64>> {
-            z.to_vec2::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(|r| {
-                    let n = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                    let f = if n > mu.sqrt() { mu.sqrt() / n } else { 1.0 };
-                    r.into_iter().map(|x| x as f64 * f).collect()
-                })
-                .collect()
-        };
+        let proj = |z| rows(z, |n| if n > mu.sqrt() { mu.sqrt() / n } else { 1.0 });
         let (a, c) = (proj(&z1), proj(&z2));
-        let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
         let b = a.len();
         let attract = -2.0 * (0..b).map(|i| dot(&a[i], &c[i])).sum::<f64>() / b as f64;
         let mut repel = 0.0;

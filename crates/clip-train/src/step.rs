@@ -4,22 +4,23 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, TensorId, Var};
-use clip_model::ClipModel;
+use clip_model::{ClipConfig, ClipModel};
 use clip_nn::taped::{Grads, Workspace};
-use clip_nn::{Init, Params, TensorMap, VarStore};
+use clip_nn::{Init, ParamSource, Params, TensorMap, VarStore};
 use text_encoder::TextTape;
 use vision_encoder::VisionTape;
 
 use crate::loader::Batch;
 use crate::optim::{clip_grad_norm, AdamW};
-use crate::run_dir::LOGIT_BIAS;
+use crate::run_dir::{self, LOGIT_BIAS};
 use crate::ssl_loss::{
     debiased_clip_loss, oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss,
     NegativeEstimate,
 };
-use crate::{clip_loss, siglip_loss, LossKind, Objective, Precision, Result, RunSetup, TrainError};
+use crate::{clip_loss, siglip_loss, LossKind, Objective, Precision, Result, RunSetup};
 
 fn is_image_param(name: &str) -> bool {
     name.starts_with("vision_model.") || name.starts_with("visual_projection")
@@ -28,6 +29,9 @@ fn is_image_param(name: &str) -> bool {
 fn is_text_param(name: &str) -> bool {
     name.starts_with("text_model.") || name.starts_with("text_projection")
 }
+
+/// A batch's loss and the gradients of the trainable parameters by name.
+type LossAndGrads = (f32, HashMap<String, Tensor>);
 
 /// The model under training, its trainable parameters and their optimiser.
 pub(crate) struct Stepper<'a> {
@@ -48,30 +52,29 @@ pub(crate) struct Stepper<'a> {
 fn hold<T>(
     features: Tensor,
     tape: T,
-    slot: Option<&mut Option<(Var, T)>>,
+    slot: Option<&mut Held<T>>,
     release: impl FnOnce(T),
 ) -> Result<Tensor> {
-    match slot {
-        Some(slot) => {
-            let leaf = Var::from_tensor(&features)?;
-            let t = leaf.as_tensor().clone();
-            *slot = Some((leaf, tape));
-            Ok(t)
-        }
-        None => {
-            release(tape);
-            Ok(features)
-        }
-    }
+    let Some(slot) = slot else {
+        release(tape);
+        return Ok(features);
+    };
+    let leaf = Var::from_tensor(&features)?;
+    let t = leaf.as_tensor().clone();
+    *slot = Some((leaf, tape));
+    Ok(t)
 }
 
 /// Tower features whose gradient reaches the weights through the taped backward once the
 /// loss's backward has run.
 #[derive(Default)]
 struct Pending {
-    image: Option<(Var, VisionTape)>,
-    text: Option<(Var, TextTape)>,
+    image: Held<VisionTape>,
+    text: Held<TextTape>,
 }
+
+/// A tower's features as a leaf variable, and the tape that carries their gradient on.
+type Held<T> = Option<(Var, T)>;
 
 impl<'a> Stepper<'a> {
     /// The model over `store`'s weights and AdamW over the parameters that train, with the
@@ -82,15 +85,10 @@ impl<'a> Stepper<'a> {
         saved_opt: Option<&(HashMap<String, Tensor>, u64)>,
     ) -> Result<Self> {
         let t = &setup.train;
-        let model = ClipModel::new(
-            &setup.model,
-            setup.model.text_config.pooling(),
-            Params::new(store),
-        )?;
-        let logit_bias = match t.loss {
-            LossKind::Siglip => Some(Params::new(store).get((), LOGIT_BIAS, Init::Const(-10.0))?),
-            _ => None,
-        };
+        let model = clip_model(&setup.model, store)?;
+        let logit_bias = (t.loss == LossKind::Siglip)
+            .then(|| Params::new(store).get((), LOGIT_BIAS, Init::Const(-10.0)))
+            .transpose()?;
         let images_only = t.objective == Objective::Images;
         // The temperature trains only where a loss uses it: CLIP-style image–text softmaxes.
         let learned_scale = !images_only && t.loss != LossKind::Spectral;
@@ -125,9 +123,10 @@ impl<'a> Stepper<'a> {
         })
     }
 
-    /// The optimiser (its moments go into every checkpoint).
-    pub(crate) fn optimizer(&self) -> &AdamW {
-        &self.opt
+    /// Writes checkpoint `dir`: the weights and optimiser moments after `step` updates, and
+    /// the data position the next step reads at.
+    pub(crate) fn save(&self, dir: &Path, step: usize, position: usize) -> Result<()> {
+        run_dir::save_checkpoint(dir, self.setup, self.store, &self.opt, step, position)
     }
 
     /// exp(logit_scale), the inverse temperature.
@@ -136,20 +135,16 @@ impl<'a> Stepper<'a> {
     }
 
     /// The loss of one batch and the gradients of the trainable parameters.
-    pub(crate) fn gradients(
-        &self,
-        batch: Batch,
-        device: &Device,
-    ) -> Result<(f32, HashMap<String, Tensor>)> {
+    pub(crate) fn gradients(&self, batch: Batch, device: &Device) -> Result<LossAndGrads> {
         let t = &self.setup.train;
         let s = self.setup.preprocess.image_size;
-        if t.objective == Objective::Images {
-            let pixels = Tensor::from_vec(batch.pixels, (2 * t.batch_size, 3, s, s), device)?;
-            self.two_view_loss_and_grads(&pixels, &batch.items)
+        let views = if t.objective == Objective::Images {
+            2
         } else {
-            let pixels = Tensor::from_vec(batch.pixels, (t.batch_size, 3, s, s), device)?;
-            self.loss_and_grads(&pixels, &batch.ids)
-        }
+            1
+        };
+        let pixels = Tensor::from_vec(batch.pixels, (views * t.batch_size, 3, s, s), device)?;
+        self.loss_and_grads(&pixels, &batch.ids, &batch.items)
     }
 
     /// Clips the gradients (if asked), takes the AdamW step at rate `lr` and clamps the
@@ -168,62 +163,40 @@ impl<'a> Stepper<'a> {
     fn estimate(&self) -> NegativeEstimate {
         let t = &self.setup.train;
         match t.loss {
-            LossKind::Debiased => NegativeEstimate {
+            LossKind::Debiased | LossKind::HardNegative => NegativeEstimate {
                 tau_plus: t.tau_plus,
-                beta: 0.0,
-            },
-            LossKind::HardNegative => NegativeEstimate {
-                tau_plus: t.tau_plus,
-                beta: t.beta,
+                beta: if t.loss == LossKind::HardNegative {
+                    t.beta
+                } else {
+                    0.0
+                },
             },
             _ => NegativeEstimate::BIASED,
         }
     }
 
-    fn loss(&self, img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    /// The loss between the two sides of the positive pairs (image and caption features, or
+    /// two views' features); `detached` leaves the temperature (and bias) without a gradient.
+    /// `items` are the rows' samples, whose labels the oracle loss reads.
+    fn loss(&self, a: &Tensor, b: &Tensor, detached: bool, items: &[usize]) -> Result<Tensor> {
         let t = &self.setup.train;
+        let grad = |x: &Tensor| if detached { x.detach() } else { x.clone() };
+        let scale = &grad(self.model.logit_scale());
+        let images = t.objective == Objective::Images;
         Ok(match (t.loss, &self.logit_bias) {
-            (LossKind::Siglip, Some(b)) => siglip_loss(img, txt, scale, b)?,
-            (LossKind::Debiased | LossKind::HardNegative, _) => {
-                debiased_clip_loss(img, txt, scale, self.estimate())?
-            }
-            (LossKind::Spectral, _) => spectral_contrastive_loss(img, txt, t.spectral_mu)?,
-            _ => clip_loss(img, txt, scale)?,
-        })
-    }
-
-    /// The image-only objective: both views through the image tower, one loss over them.
-    fn two_view_loss_and_grads(
-        &self,
-        pixels: &Tensor,
-        items: &[usize],
-    ) -> Result<(f32, HashMap<String, Tensor>)> {
-        let t = &self.setup.train;
-        let b = items.len();
-        let m = self.step_model()?;
-        let mut pending = Pending::default();
-        let z = if self.taped() {
-            self.image_taped(pixels, Some(&mut pending))?
-        } else {
-            self.encode_image(m.as_ref(), pixels)?
-        };
-        let (z1, z2) = (z.narrow(0, 0, b)?, z.narrow(0, b, b)?);
-        let loss = match t.loss {
-            LossKind::Spectral => spectral_contrastive_loss(&z1, &z2, t.spectral_mu)?,
-            LossKind::Oracle => {
-                let labels = self.setup.labels.as_ref().ok_or(TrainError::Config {
-                    field: "labels",
-                    reason: "the oracle loss needs a class label for every image".into(),
-                })?;
+            (LossKind::Spectral, _) => spectral_contrastive_loss(a, b, t.spectral_mu)?,
+            (LossKind::Oracle, _) => {
+                let labels = self.setup.labels.as_ref().expect("train checks the labels");
                 let ids: Vec<u32> = items.iter().map(|&i| labels[i] as u32).collect();
-                oracle_contrastive_loss(&z1, &z2, t.temperature, &ids)?
+                oracle_contrastive_loss(a, b, t.temperature, &ids)?
             }
-            _ => two_view_loss(&z1, &z2, t.temperature, self.estimate())?,
-        };
-        let value = loss.to_scalar::<f32>()?;
-        let mut grads = HashMap::new();
-        self.collect(&loss.backward()?, pending, &mut grads)?;
-        Ok((value, grads))
+            _ if images => two_view_loss(a, b, t.temperature, self.estimate())?,
+            (LossKind::Siglip, Some(bias)) => siglip_loss(a, b, scale, &grad(bias))?,
+            (LossKind::Debiased | LossKind::HardNegative, _) => {
+                debiased_clip_loss(a, b, scale, self.estimate())?
+            }
+            _ => clip_loss(a, b, scale)?,
+        })
     }
 
     /// Whether the towers run on the taped CPU path (`clip_nn::taped`) instead of candle's
@@ -234,24 +207,20 @@ impl<'a> Stepper<'a> {
             && clip_nn::taped::supported(self.model.logit_scale())
     }
 
-    /// Image features by the taped path; with `pending`, the tape is kept for the backward
-    /// and the features are a leaf the loss's gradient reaches.
-    fn image_taped(&self, pixels: &Tensor, pending: Option<&mut Pending>) -> Result<Tensor> {
+    /// Image features by the taped path; with a `slot`, the tape is kept there for the
+    /// backward and the features are a leaf the loss's gradient reaches.
+    fn image_taped(&self, pixels: &Tensor, slot: Option<&mut Held<VisionTape>>) -> Result<Tensor> {
         let mut ws = self.ws.borrow_mut();
         let (f, tape) = self.model.vision().forward_taped(pixels, &mut ws)?;
-        hold(f, tape, pending.map(|p| &mut p.image), |t| {
-            t.release(&mut ws)
-        })
+        hold(f, tape, slot, |t| t.release(&mut ws))
     }
 
     /// Text features by the taped path, as [`Stepper::image_taped`].
-    fn text_taped(&self, ids: &[Vec<u32>], pending: Option<&mut Pending>) -> Result<Tensor> {
+    fn text_taped(&self, ids: &[Vec<u32>], slot: Option<&mut Held<TextTape>>) -> Result<Tensor> {
         let mut ws = self.ws.borrow_mut();
         let device = self.model.device();
         let (f, tape) = self.model.text().forward_taped(ids, device, &mut ws)?;
-        hold(f, tape, pending.map(|p| &mut p.text), |t| {
-            t.release(&mut ws)
-        })
+        hold(f, tape, slot, |t| t.release(&mut ws))
     }
 
     /// Adds the gradients of one backward pass to `grads`: those candle's autograd found,
@@ -262,36 +231,18 @@ impl<'a> Stepper<'a> {
         pending: Pending,
         grads: &mut HashMap<String, Tensor>,
     ) -> Result<()> {
-        let mut add = |name: &str, t: Tensor| -> Result<()> {
-            let t = match grads.remove(name) {
-                Some(prev) => (prev + t)?,
-                None => t,
-            };
-            grads.insert(name.to_string(), t);
-            Ok(())
-        };
-        for (name, var) in &self.vars {
-            if let Some(t) = g.get(var) {
-                add(name, t.clone())?;
-            }
-        }
         let mut ws = self.ws.borrow_mut();
         let mut taped = Grads::default();
+        let (vision, text) = (self.model.vision(), self.model.text());
         if let Some((v, tape)) = pending.image {
             match g.get(&v) {
-                Some(d) => self
-                    .model
-                    .vision()
-                    .backward_taped(tape, d, &mut ws, &mut taped)?,
+                Some(d) => vision.backward_taped(tape, d, &mut ws, &mut taped)?,
                 None => tape.release(&mut ws),
             }
         }
         if let Some((v, tape)) = pending.text {
             match g.get(&v) {
-                Some(d) => self
-                    .model
-                    .text()
-                    .backward_taped(tape, d, &mut ws, &mut taped)?,
+                Some(d) => text.backward_taped(tape, d, &mut ws, &mut taped)?,
                 None => tape.release(&mut ws),
             }
         }
@@ -300,9 +251,15 @@ impl<'a> Stepper<'a> {
             .into_iter()
             .map(|(p, g)| (p.id(), g))
             .collect();
+        // Autograd's gradient first, then the taped one, added to earlier chunks' sums.
         for (name, var) in &self.vars {
-            if let Some(t) = by_id.remove(&var.as_tensor().id()) {
-                add(name, t)?;
+            let mine = [g.get(var).cloned(), by_id.remove(&var.as_tensor().id())];
+            for t in mine.into_iter().flatten() {
+                let t = match grads.remove(name) {
+                    Some(prev) => (prev + t)?,
+                    None => t,
+                };
+                grads.insert(name.clone(), t);
             }
         }
         Ok(())
@@ -314,40 +271,28 @@ impl<'a> Stepper<'a> {
         if self.setup.train.precision == Precision::F32 {
             return Ok(None);
         }
-        let device = self.model.device().clone();
-        let tensors = self
-            .store
-            .named_vars()
-            .into_iter()
-            .map(|(name, var)| (name, var.as_tensor().clone()))
-            .collect();
-        // The cast happens in `TensorMap::get`: a differentiable `to_dtype` of each Var.
-        let map = TensorMap::new(tensors, device).with_dtype(DType::BF16);
-        let cfg = &self.setup.model;
-        Ok(Some(ClipModel::new(
-            cfg,
-            cfg.text_config.pooling(),
-            Params::new(&map),
-        )?))
+        let device = self.model.device();
+        model_over(self.store, &self.setup.model, device, DType::BF16, false).map(Some)
     }
 
+    /// Image features in f32: from the f32 model, or from `m` (bf16) on bf16 pixels.
     fn encode_image(&self, m: Option<&ClipModel>, pixels: &Tensor) -> Result<Tensor> {
-        Ok(match m {
-            Some(m) => m
-                .encode_image(&pixels.to_dtype(DType::BF16)?)?
-                .to_dtype(DType::F32)?,
-            None => self.model.encode_image(pixels)?,
-        })
+        let dtype = if m.is_some() { DType::BF16 } else { DType::F32 };
+        let image = m
+            .unwrap_or(&self.model)
+            .encode_image(&pixels.to_dtype(dtype)?)?;
+        Ok(image.to_dtype(DType::F32)?)
     }
 
     fn encode_text(&self, m: Option<&ClipModel>, ids: &[Vec<u32>]) -> Result<Tensor> {
-        Ok(match m {
-            Some(m) => m.encode_text(ids)?.to_dtype(DType::F32)?,
-            None => self.model.encode_text(ids)?,
-        })
+        Ok(m.unwrap_or(&self.model)
+            .encode_text(ids)?
+            .to_dtype(DType::F32)?)
     }
 
-    /// Both towers' features; without `pending` (a gradient-free pass) they are detached.
+    /// Both towers' features, or with `--objective images` the image tower's features of
+    /// the first and of the second views; without `pending` (a gradient-free pass) they are
+    /// detached.
     fn features(
         &self,
         m: Option<&ClipModel>,
@@ -356,28 +301,24 @@ impl<'a> Stepper<'a> {
         pending: Option<&mut Pending>,
     ) -> Result<(Tensor, Tensor)> {
         let t = &self.setup.train;
-        if self.taped() {
-            return Ok(match pending {
-                Some(p) => {
-                    let img = self.image_taped(pixels, (!t.lock_image).then_some(&mut *p))?;
-                    let txt = self.text_taped(ids, (!t.lock_text).then_some(p))?;
-                    (img, txt)
-                }
-                None => (self.image_taped(pixels, None)?, self.text_taped(ids, None)?),
-            });
+        let trains = pending.is_some();
+        let (image, text) = match pending {
+            Some(p) => (Some(&mut p.image), Some(&mut p.text)),
+            None => (None, None),
+        };
+        let keep = |x: Tensor, locked: bool| if trains && !locked { x } else { x.detach() };
+        let img = match self.taped() {
+            true => self.image_taped(pixels, image.filter(|_| !t.lock_image))?,
+            false => keep(self.encode_image(m, pixels)?, t.lock_image),
+        };
+        if t.objective == Objective::Images {
+            let b = img.dim(0)? / 2;
+            return Ok((img.narrow(0, 0, b)?, img.narrow(0, b, b)?));
         }
-        if pending.is_none() {
-            let img = self.encode_image(m, pixels)?.detach();
-            return Ok((img, self.encode_text(m, ids)?.detach()));
-        }
-        let mut img = self.encode_image(m, pixels)?;
-        let mut txt = self.encode_text(m, ids)?;
-        if t.lock_image {
-            img = img.detach();
-        }
-        if t.lock_text {
-            txt = txt.detach();
-        }
+        let txt = match self.taped() {
+            true => self.text_taped(ids, text.filter(|_| !t.lock_text))?,
+            false => keep(self.encode_text(m, ids)?, t.lock_text),
+        };
         Ok((img, txt))
     }
 
@@ -388,60 +329,36 @@ impl<'a> Stepper<'a> {
         &self,
         pixels: &Tensor,
         ids: &[Vec<u32>],
-    ) -> Result<(f32, HashMap<String, Tensor>)> {
+        items: &[usize],
+    ) -> Result<LossAndGrads> {
         let k = self.setup.train.accum_steps;
-        let scale = self.model.logit_scale();
         let step_model = self.step_model()?;
         let model = step_model.as_ref();
-        let mut grads: HashMap<String, Tensor> = HashMap::new();
-        if k == 1 {
-            let mut pending = Pending::default();
-            let (img, txt) = self.features(model, pixels, ids, Some(&mut pending))?;
-            let loss = self.loss(&img, &txt, scale)?;
-            let value = loss.to_scalar::<f32>()?;
-            self.collect(&loss.backward()?, pending, &mut grads)?;
-            return Ok((value, grads));
+        // Two views are one chunk of 2B pixel rows and no captions.
+        let (np, n) = (pixels.dim(0)? / k, ids.len() / k);
+        let chunk = |j: usize| {
+            let p = pixels.narrow(0, j * np, np)?;
+            Ok::<_, candle_core::Error>((p, &ids[j * n..(j + 1) * n]))
+        };
+        let mut cached: Vec<(Tensor, Tensor)> = Vec::with_capacity(k);
+        for j in (0..k).filter(|_| k > 1) {
+            let (p, i) = chunk(j)?;
+            cached.push(self.features(model, &p, i, None)?);
         }
-        let b = ids.len();
-        let n = b / k;
-        let mut cached_img = Vec::with_capacity(k);
-        let mut cached_txt = Vec::with_capacity(k);
-        for j in 0..k {
-            let (i, t) = self.features(
-                model,
-                &pixels.narrow(0, j * n, n)?,
-                &ids[j * n..(j + 1) * n],
-                None,
-            )?;
-            cached_img.push(i);
-            cached_txt.push(t);
-        }
+        let mut grads = HashMap::new();
         let mut value = 0f32;
         for j in 0..k {
             let mut pending = Pending::default();
-            let (i, t) = self.features(
-                model,
-                &pixels.narrow(0, j * n, n)?,
-                &ids[j * n..(j + 1) * n],
-                Some(&mut pending),
-            )?;
-            let mut imgs = cached_img.clone();
-            let mut txts = cached_txt.clone();
-            imgs[j] = i;
-            txts[j] = t;
+            let (p, i) = chunk(j)?;
+            let (mut img, mut txt) = self.features(model, &p, i, Some(&mut pending))?;
+            if k > 1 {
+                let mut all = cached.clone();
+                all[j] = (img, txt);
+                let (imgs, txts): (Vec<_>, Vec<_>) = all.into_iter().unzip();
+                (img, txt) = (Tensor::cat(&imgs, 0)?, Tensor::cat(&txts, 0)?);
+            }
             // The temperature (and bias) get their gradient once, from the first chunk.
-            let s = if j == 0 {
-                scale.clone()
-            } else {
-                scale.detach()
-            };
-            let loss = match (&self.setup.train.loss, &self.logit_bias) {
-                (LossKind::Siglip, Some(bias)) => {
-                    let bias = if j == 0 { bias.clone() } else { bias.detach() };
-                    siglip_loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &s, &bias)?
-                }
-                _ => self.loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &s)?,
-            };
+            let loss = self.loss(&img, &txt, j > 0, items)?;
             if j == 0 {
                 value = loss.to_scalar::<f32>()?;
             }
@@ -449,4 +366,38 @@ impl<'a> Stepper<'a> {
         }
         Ok((value, grads))
     }
+}
+
+/// A model over the current values of `store`'s variables, handed out as `dtype`: detached
+/// for inference, or through differentiable casts that carry gradients back to the weights.
+pub(crate) fn model_over(
+    store: &VarStore,
+    cfg: &ClipConfig,
+    device: &Device,
+    dtype: DType,
+    detach: bool,
+) -> Result<ClipModel> {
+    let tensors = store
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                if detach {
+                    v.as_tensor().detach()
+                } else {
+                    v.as_tensor().clone()
+                },
+            )
+        })
+        .collect();
+    // The cast happens in `TensorMap::get`: a `to_dtype` of each Var (a no-op for f32).
+    let map = TensorMap::new(tensors, device.clone()).with_dtype(dtype);
+    clip_model(cfg, &map)
+}
+
+/// The CLIP model of `cfg` over the weights of `source`.
+fn clip_model(cfg: &ClipConfig, source: &dyn ParamSource) -> Result<ClipModel> {
+    let pooling = cfg.text_config.pooling();
+    Ok(ClipModel::new(cfg, pooling, Params::new(source))?)
 }

@@ -1,14 +1,14 @@
 //! The training loop: batches in, one step each, logs, validation and checkpoints out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device};
 use clip_data::{Augmenter, DecodedCache, SampleSet};
 use clip_model::{ClipConfig, ClipModel, Preprocess};
-use clip_nn::{Params, TensorMap, VarStore};
+use clip_nn::{TensorMap, VarStore};
 use serde::Serialize;
 use text_encoder::ClipTokenizer;
 
@@ -16,11 +16,11 @@ use crate::error::io;
 use crate::loader::{Loader, LoaderMode, LoaderSpec};
 use crate::optim::learning_rate;
 use crate::run_dir::{self, Metrics, SkipLog};
-use crate::step::Stepper;
+use crate::step::{model_over, Stepper};
 use crate::{LossKind, Objective, Result, TrainConfig, TrainError};
 
 /// One logged step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct StepStats {
     /// Step just completed (1-based count of updates).
     pub step: usize,
@@ -100,21 +100,6 @@ pub struct Summary {
     pub skipped: usize,
 }
 
-/// An inference copy of the current weights (shares storage, tracks no gradients).
-fn snapshot_model(store: &VarStore, cfg: &ClipConfig, device: &Device) -> Result<ClipModel> {
-    let tensors: HashMap<String, Tensor> = store
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().detach()))
-        .collect();
-    let map = TensorMap::new(tensors, device.clone());
-    Ok(ClipModel::new(
-        cfg,
-        cfg.text_config.pooling(),
-        Params::new(&map),
-    )?)
-}
-
 /// Step times and losses since the last log (and since the start).
 #[derive(Default)]
 struct Timing {
@@ -137,17 +122,13 @@ impl Timing {
     }
 
     /// The window's statistics; starts the next window.
-    fn log(&mut self, step: usize, t: &TrainConfig, lr: f64, logit_scale: f64) -> StepStats {
+    fn log(&mut self, t: &TrainConfig, stats: StepStats) -> StepStats {
         let stats = StepStats {
-            step,
             total: t.steps,
             loss: self.loss / self.steps as f64,
-            lr,
-            logit_scale,
             samples_per_s: (self.steps * t.batch_size) as f64 / self.time,
             data_wait: self.wait / self.time,
-            elapsed_s: 0.0,
-            skipped: 0,
+            ..stats
         };
         (self.loss, self.steps, self.wait, self.time) = (0.0, 0, 0.0, 0.0);
         stats
@@ -157,27 +138,16 @@ impl Timing {
 /// Checks what only the data can tell: there is some, and the oracle loss has its labels.
 fn check_data(setup: &RunSetup, data: &SampleSet) -> Result<()> {
     let bad = |field, reason: String| Err(TrainError::Config { field, reason });
+    let labels = setup.labels.as_ref().map(Vec::len);
     if data.is_empty() {
-        return bad("data", "there are no samples to train on".into());
+        bad("data", "there are no samples to train on".into())
+    } else if setup.train.loss != LossKind::Oracle || labels == Some(data.len()) {
+        Ok(())
+    } else {
+        let missing = "the oracle loss needs a class label for every image";
+        let reason = labels.map(|n| format!("{n} labels for {} images", data.len()));
+        bad("labels", reason.unwrap_or_else(|| missing.into()))
     }
-    if setup.train.loss == LossKind::Oracle {
-        match &setup.labels {
-            Some(l) if l.len() == data.len() => {}
-            Some(l) => {
-                return bad(
-                    "labels",
-                    format!("{} labels for {} images", l.len(), data.len()),
-                )
-            }
-            None => {
-                return bad(
-                    "labels",
-                    "the oracle loss needs a class label for every image".into(),
-                )
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Trains until `setup.train.steps`, checkpointing and validating along the way.
@@ -194,19 +164,13 @@ pub fn train(
 
     // Weights, optimiser moments, step and data position from the newest checkpoint, or a
     // fresh (seeded or given) start.
-    let resumed = match setup.resume {
-        true => Some(run_dir::resume(&setup.out, device)?),
-        false => None,
-    };
-    let (store, start) = match &resumed {
-        Some(r) => {
-            let weights = TensorMap::new(r.weights.clone(), device.clone());
-            (VarStore::from_tensors(weights), r.step)
-        }
-        None => match &setup.init {
-            Some(w) => (VarStore::from_tensors(w.clone()), 0),
-            None => (VarStore::new(device.clone(), t.seed), 0),
-        },
+    let resumed = (setup.resume)
+        .then(|| run_dir::resume(&setup.out, device))
+        .transpose()?;
+    let start = resumed.as_ref().map_or(0, |r| r.step);
+    let store = match resumed.as_ref().map(|r| &r.weights).or(setup.init.as_ref()) {
+        Some(w) => VarStore::from_tensors(w.clone()),
+        None => VarStore::new(device.clone(), t.seed),
     };
     let mut stepper = Stepper::new(&setup, &store, resumed.as_ref().map(|r| &r.opt))?;
     let metrics = Metrics::open(&setup.out, resumed.as_ref().map(|r| r.step))?;
@@ -215,12 +179,8 @@ pub fn train(
         .as_ref()
         .and_then(|r| r.data_position)
         .unwrap_or(start * t.batch_size);
-    let loader = Loader::spawn(
-        loader_spec(&setup, data),
-        start..t.steps,
-        position,
-        t.prefetch,
-    );
+    let spec = loader_spec(&setup, data);
+    let loader = Loader::spawn(spec, start..t.steps, position, t.prefetch);
 
     let run_start = Instant::now();
     let mut timing = Timing::default();
@@ -235,40 +195,40 @@ pub fn train(
         skips.record(step + 1, &batch.skipped)?;
         let (loss, grads) = stepper.gradients(batch, device)?;
         if !loss.is_finite() {
-            let last = last_ckpt
-                .as_ref()
-                .map(|p| format!(" at {}", p.display()))
-                .unwrap_or_default();
-            return Err(TrainError::NonFiniteLoss {
-                step: step + 1,
-                value: loss,
-                last,
-            });
+            let last = last_ckpt.map(|p| format!(" at {}", p.display()));
+            let (step, value, last) = (step + 1, loss, last.unwrap_or_default());
+            return Err(TrainError::NonFiniteLoss { step, value, last });
         }
         let lr = learning_rate(t.schedule, t.lr, t.warmup, t.steps, step);
         stepper.update(grads, lr)?;
         timing.add(loss, wait, t0.elapsed().as_secs_f64());
 
         let done = step + 1;
-        if done % t.log_every.max(1) == 0 || done == t.steps {
-            let stats = StepStats {
+        // Every n steps (n = 0: never) and at the end.
+        let every = |n: usize| (n > 0 && done % n == 0) || done == t.steps;
+        if every(t.log_every.max(1)) {
+            let window = StepStats {
+                step: done,
+                lr,
+                logit_scale: stepper.logit_scale()?,
                 elapsed_s: run_start.elapsed().as_secs_f64(),
                 skipped: skips.count(),
-                ..timing.log(done, t, lr, stepper.logit_scale()?)
+                ..Default::default()
             };
+            let stats = timing.log(t, window);
             metrics.append(&serde_json::to_value(&stats).expect("stats serialise"))?;
             obs.on_step(&stats);
         }
-        if (t.val_every > 0 && done % t.val_every == 0) || done == t.steps {
-            let snap = snapshot_model(&store, &setup.model, device)?;
+        if every(t.val_every) {
+            let snap = model_over(&store, &setup.model, device, DType::F32, true)?;
             if let Some(m) = obs.validate(&snap, done)? {
                 metrics.append(&serde_json::json!({ "step": done, "val": m }))?;
                 last_val = Some(m);
             }
         }
-        if (t.save_every > 0 && done % t.save_every == 0) || done == t.steps {
+        if every(t.save_every) {
             let dir = setup.out.join(format!("checkpoint-{done}"));
-            run_dir::save_checkpoint(&dir, &setup, &store, stepper.optimizer(), done, position)?;
+            stepper.save(&dir, done, position)?;
             obs.on_checkpoint(&dir);
             last_ckpt = Some(dir);
             run_dir::prune(&setup.out, t.keep_last);
@@ -276,23 +236,11 @@ pub fn train(
     }
     drop(loader);
     let final_dir = setup.out.join("final");
-    run_dir::save_checkpoint(
-        &final_dir,
-        &setup,
-        &store,
-        stepper.optimizer(),
-        t.steps,
-        position,
-    )?;
+    stepper.save(&final_dir, t.steps, position)?;
     let _ = crate::plot::write_plot(metrics.path(), &setup.out.join(run_dir::PLOT_FILE));
     let steps_run = t.steps - start;
-    let per_time = |x: f64| {
-        if timing.total_time > 0.0 {
-            x / timing.total_time
-        } else {
-            0.0
-        }
-    };
+    // Rates over the time spent in steps (0 when a resumed run had none left to take).
+    let per_time = |x: f64| x / timing.total_time.max(f64::MIN_POSITIVE);
     Ok(Summary {
         final_dir,
         val: last_val,
