@@ -6,7 +6,8 @@
 #
 # usage: scripts/bench_retrieval.sh [N] [D] [Q] [ROUNDS]
 # needs: /tmp/peers with faiss-cpu (see ../shared/bench/README.md); ~2.5 GB in $WORK_DIR.
-# env:   CLIP_BIN=path/to/clip measures another build's `clip search` (e.g. the previous commit's).
+# env:   CLIP_BIN=path/to/clip measures another build's `clip search` (e.g. the previous commit's);
+#        BENCH_SEARCH_BIN likewise for the in-process bench_search example.
 #        ANN=1 also builds the HNSW graph (≈ 17 minutes for 1M vectors on two cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +18,9 @@ export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THRE
 # ../shared/bench/README.md: this machine sets OPENBLAS_CORETYPE=Haswell, which faiss' bundled
 # OpenBLAS obeys (and runs ~2x faster with here than with its own detection); keep it.
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
-CLIP=${CLIP_BIN:-./target/release/clip}; BS=./target/release/examples/bench_search
+CLIP=${CLIP_BIN:-./target/release/clip}; BS=${BENCH_SEARCH_BIN:-./target/release/examples/bench_search}
 [ -n "${CLIP_BIN:-}" ] || cargo build --release -q --bin clip
-cargo build --release -q -p retrieval --example bench_search
+[ -n "${BENCH_SEARCH_BIN:-}" ] || cargo build --release -q -p retrieval --example bench_search
 
 mkdir -p "$WORK/one"
 if [ ! -f "$WORK/exact_ids.npy" ]; then

@@ -165,10 +165,11 @@ fn offset(i: usize, s: usize, extent: f32) -> f32 {
 /// Fills `rgb` (CHW, `[0, 1]`, `s×s`) with bilinear samples of `img`; `taps(u, v)` says
 /// where output pixel (u, v) reads along x and y.
 fn resample(img: &RgbImage, rgb: &mut [f32], s: usize, taps: impl Fn(usize, usize) -> (Tap, Tap)) {
+    let (raw, stride) = (img.as_raw().as_slice(), 3 * img.width() as usize);
     for v in 0..s {
         for u in 0..s {
             let (tx, ty) = taps(u, v);
-            let px = bilinear(img, &tx, &ty);
+            let px = bilinear(raw, stride, &tx, &ty);
             for c in 0..3 {
                 rgb[c * s * s + v * s + u] = px[c] / 255.0;
             }
@@ -252,10 +253,12 @@ fn uniform(rng: &mut SplitMix64, lo: f32, hi: f32) -> f32 {
 
 /// Bilinear sample between taps `x` and `y`; outside the image is white, like the emoji and
 /// product-shot backgrounds CLIP data usually has (edge pixels clamp when just outside).
-fn bilinear(img: &RgbImage, x: &Tap, y: &Tap) -> [f32; 3] {
+/// `raw` is the RGB image row by row, `stride` bytes a row.
+fn bilinear(raw: &[u8], stride: usize, x: &Tap, y: &Tap) -> [f32; 3] {
     let get = |xi: usize, okx: bool, yi: usize, oky: bool| -> [f32; 3] {
         if okx && oky {
-            img.get_pixel(xi as u32, yi as u32).0.map(f32::from)
+            let p = &raw[yi * stride + 3 * xi..][..3];
+            [f32::from(p[0]), f32::from(p[1]), f32::from(p[2])]
         } else {
             [255.0; 3]
         }
