@@ -11,6 +11,7 @@
 //! - [`train`] with a [`TrainConfig`]: training or fine-tuning ([`training::Start`] from a
 //!   [`preset`] or a checkpoint), with progress reported to an [`Observer`];
 //!   [`validation::ValSet`] scores retrieval on held-out pairs.
+//! - [`serve::Server`]: indexes and their models loaded once, answering searches over HTTP.
 //!
 //! Search a folder of photos by text:
 //!
@@ -47,6 +48,7 @@ pub mod files;
 pub mod hub;
 pub mod index;
 mod model;
+pub mod serve;
 pub mod training;
 pub mod validation;
 

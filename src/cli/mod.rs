@@ -8,6 +8,7 @@ mod eval;
 mod index;
 mod probe;
 mod search;
+mod serve;
 mod train;
 /// Kept under its old name for the commands that score validation sets.
 use clip::validation as valset;
@@ -38,6 +39,8 @@ enum Command {
     Index(index::IndexArgs),
     /// Search an index with texts, images or precomputed vectors.
     Search(search::SearchArgs),
+    /// Answer searches over HTTP (JSON API, clip-retrieval's /knn-service) and from a web page.
+    Serve(serve::ServeArgs),
     /// Linear probe with few labels per class on frozen image embeddings (or raw pixels).
     Probe(probe::ProbeArgs),
 }
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(a) => download::run(a),
         Command::Index(a) => index::run(a),
         Command::Search(a) => search::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Probe(a) => probe::run(a),
     }
 }
