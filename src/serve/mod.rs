@@ -55,7 +55,7 @@ pub struct NamedIndex {
 
 impl NamedIndex {
     /// `NAME=DIR`, or `DIR` named after its folder. An existing directory wins over a split
-    /// at `=`, so a folder whose name holds `=` still works.
+    /// at `=`, so a path through a folder whose name holds `=` still works.
     pub fn parse(arg: &str) -> Result<Self> {
         let (name, dir) = match arg.split_once('=') {
             Some((name, dir)) if !Path::new(arg).is_dir() => (name.to_string(), PathBuf::from(dir)),
@@ -257,5 +257,34 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = axum::Json(serde_json::json!({ "error": self.message }));
         (self.status, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_arguments_name_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("photos.v2");
+        std::fs::create_dir(&idx).unwrap();
+        let named = NamedIndex::parse(&format!("main={}", idx.display())).unwrap();
+        assert_eq!((named.name.as_str(), &named.dir), ("main", &idx));
+        let named = NamedIndex::parse(idx.to_str().unwrap()).unwrap();
+        assert_eq!((named.name.as_str(), &named.dir), ("photos.v2", &idx));
+        // A path through a folder whose name holds `=` is a path, not NAME=DIR.
+        let odd = dir.path().join("a=b/idx");
+        std::fs::create_dir_all(&odd).unwrap();
+        assert_eq!(
+            NamedIndex::parse(odd.to_str().unwrap()).unwrap().name,
+            "idx"
+        );
+        let named = NamedIndex::parse(&format!("x={}", odd.parent().unwrap().display())).unwrap();
+        assert_eq!(named.name, "x");
+        for bad in ["my photos=x", "=x", "a/b=x"] {
+            let err = NamedIndex::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("index name"), "{bad}: {err}");
+        }
     }
 }
