@@ -173,6 +173,13 @@ fn queries_match_clip_search_and_clip_retrieval_shapes() {
     let st = setup();
     let photos = format!("photos={}", s(&st.photos));
     let srv = Server::start(&["--index", &photos, "--index", s(&st.captions)]);
+    let url = format!("http://{}/indices-list", srv.addr);
+    let r = ureq::get(&url).call().unwrap();
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        None,
+        "CORS only when asked"
+    );
 
     // Text → image, default index.
     let (status, doc) = srv.post("/search", r#"{"text": "a photo of a cat", "k": 5}"#);
@@ -306,8 +313,15 @@ fn queries_match_clip_search_and_clip_retrieval_shapes() {
 #[test]
 fn bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving() {
     let st = setup();
-    let srv = Server::start(&["--index", s(&st.photos)]);
+    let front = "http://front.example";
+    let srv = Server::start(&["--index", s(&st.photos), "--allow-origin", front]);
     srv.still_answers();
+    // Errors too carry the CORS header, so a page elsewhere can read what went wrong.
+    let url = format!("http://{}/search", srv.addr);
+    let Err(ureq::Error::Status(400, r)) = ureq::post(&url).send_string("{") else {
+        panic!("a malformed body was accepted");
+    };
+    assert_eq!(r.header("access-control-allow-origin"), Some(front));
     let long = "a".repeat(100 * 1024);
     let not_an_image = b64(b"GIF89a? not really an image at all");
     let cases: Vec<(String, u16, &str)> = vec![
