@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -324,6 +324,12 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving() {
     assert_eq!(r.header("access-control-allow-origin"), Some(front));
     let long = "a".repeat(100 * 1024);
     let not_an_image = b64(b"GIF89a? not really an image at all");
+    // 56 megapixels of zeros: 60 KB as a PNG, refused from its header before decoding.
+    let mut bomb = Vec::new();
+    image::GrayImage::new(8000, 7000)
+        .write_to(&mut Cursor::new(&mut bomb), image::ImageFormat::Png)
+        .unwrap();
+    let bomb = b64(&bomb);
     let cases: Vec<(String, u16, &str)> = vec![
         (r#"{"text": "a cat", "k": 3"#.into(), 400, "JSON"),
         ("not json at all".into(), 400, "JSON"),
@@ -333,6 +339,7 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving() {
             400,
             "does not decode",
         ),
+        (json!({ "image": bomb }).to_string(), 413, "pixels"),
         (r#"{"image": "%%%not base64%%%"}"#.into(), 400, "base64"),
         (r#"{"image": ""}"#.into(), 400, "empty image"),
         (r#"{"text": ""}"#.into(), 400, "empty query"),
@@ -364,6 +371,15 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving() {
         assert!(msg.contains(says), "{shown}: {msg:?} should say {says:?}");
         srv.still_answers();
     }
+    // A client that stalls mid-body holds up only itself.
+    let mut slow = std::net::TcpStream::connect(&srv.addr).unwrap();
+    write!(
+        slow,
+        "POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"text\":"
+    )
+    .unwrap();
+    srv.still_answers();
+    drop(slow);
     // A body declared too large is refused before it is read.
     let (status, body) = srv.raw("POST /search HTTP/1.1\r\nContent-Length: 17825792\r\n\r\n");
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
