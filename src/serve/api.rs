@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use retrieval::Entries;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::SemaphorePermit;
 
@@ -263,7 +263,7 @@ async fn search(
     extract::State(state): extract::State<Shared>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let _slot = admit(&state)?;
     let req: SearchRequest = read_json(&headers, body).await?;
     let served = state.find(req.index.as_deref())?;
@@ -279,16 +279,35 @@ async fn search(
         }
     };
     let hits = nearest(&served, input, k).await?;
-    let results: Vec<Value> = hits
+    let results: Vec<Found> = hits
         .iter()
-        .map(|h| {
-            let mut m = entry_fields(&served, h.id, "");
-            m.insert("id".into(), h.id.into());
-            m.insert("score".into(), h.score.into());
-            Value::Object(m)
+        .map(|h| Found {
+            id: h.id,
+            score: Some(h.score),
+            similarity: None,
+            entry: entry_fields(&served, h.id, ""),
         })
         .collect();
-    Ok(Json(json!({ "index": served.name, "results": results })))
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        index: &'a str,
+        results: Vec<Found>,
+    }
+    let index = &served.name;
+    Ok(Json(Answer { index, results }).into_response())
+}
+
+/// One result: the entry, its score under the name the route's clients expect, and what the
+/// entry is. Scores stay `f32` so that they print as `clip search --json` prints them.
+#[derive(Serialize)]
+struct Found {
+    id: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    similarity: Option<f32>,
+    #[serde(flatten)]
+    entry: Map<String, Value>,
 }
 
 /// clip-retrieval's `/knn-service` request. Its filters (`deduplicate`, safety, aesthetic,
@@ -316,7 +335,7 @@ async fn knn_service(
     extract::State(state): extract::State<Shared>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<Found>>> {
     let _slot = admit(&state)?;
     let req: KnnRequest = read_json(&headers, body).await?;
     let served = state.find(req.indice_name.as_deref())?;
@@ -356,15 +375,15 @@ async fn knn_service(
     let results = hits
         .iter()
         .enumerate()
-        .map(|(rank, h)| {
-            let mut m = if rank < shown {
+        .map(|(rank, h)| Found {
+            id: h.id,
+            score: None,
+            similarity: Some(h.score),
+            entry: if rank < shown {
                 entry_fields(&served, h.id, &base)
             } else {
                 Map::new()
-            };
-            m.insert("id".into(), h.id.into());
-            m.insert("similarity".into(), h.score.into());
-            Value::Object(m)
+            },
         })
         .collect();
     Ok(Json(results))
