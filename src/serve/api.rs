@@ -24,8 +24,9 @@ use super::{ApiError, Served, State};
 
 /// Largest request body: a few base64 photos' worth.
 const MAX_BODY: usize = 16 << 20;
-/// Longest text query. CLIP reads only its first `context_length` tokens (77), so this is
-/// generous; longer texts are refused (413) rather than silently cut.
+/// Longest text query. The model reads only its first `context_length` tokens (77 for CLIP),
+/// so this is generous; longer texts are refused (413), shorter ones cut to the context as
+/// `clip search` cuts them.
 const MAX_TEXT: usize = 4096;
 /// Most results per query (clip-front asks for up to 10 000 ids).
 const MAX_K: usize = 10_000;
@@ -158,17 +159,19 @@ async fn nearest(served: &Arc<Served>, input: Input, k: usize) -> ApiResult<Vec<
             if text.trim().is_empty() {
                 return Err(ApiError::bad("empty query text".into()));
             }
+            let enc = encoder(served)?;
             if text.len() > MAX_TEXT {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!(
                         "query text is {} bytes; the limit is {MAX_TEXT} (the model reads only \
-                         its first 77 tokens)",
-                        text.len()
+                         its first {} tokens)",
+                        text.len(),
+                        enc.context_length()
                     ),
                 ));
             }
-            encoder(served)?.embed(Query::Text(text)).await?
+            enc.embed(Query::Text(text)).await?
         }
         Input::Image(b64) => {
             let enc = encoder(served)?;

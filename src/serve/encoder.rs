@@ -29,6 +29,7 @@ pub(crate) struct Encoder {
     tx: mpsc::Sender<Job>,
     preprocess: vision_encoder::Preprocess,
     dim: usize,
+    context_length: usize,
 }
 
 impl Encoder {
@@ -38,6 +39,7 @@ impl Encoder {
     pub(crate) fn start(clip: Clip) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (preprocess, dim) = (clip.preprocess().clone(), clip.dim());
+        let context_length = clip.tokenizer().context_length();
         std::thread::Builder::new()
             .name("clip-encoder".into())
             .spawn(move || work(&clip, rx))?;
@@ -45,6 +47,7 @@ impl Encoder {
             tx,
             preprocess,
             dim,
+            context_length,
         })
     }
 
@@ -56,6 +59,11 @@ impl Encoder {
     /// The embedding dimension.
     pub(crate) fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Tokens of a text the model reads; the rest is cut off.
+    pub(crate) fn context_length(&self) -> usize {
+        self.context_length
     }
 
     /// The unit embedding of `query`, once the worker gets to it.
