@@ -1,6 +1,11 @@
 //! Writing vectors in the layouts other tools read as they are: clip-retrieval's folders of
 //! `.npy` embeddings with `.parquet` metadata (autofaiss, embedding-reader, numpy), or
 //! `.parquet` files holding the embeddings beside the metadata (LanceDB, DuckDB, pandas).
+//!
+//! An export of an index is one folder. Its vectors go to `img_emb/` (an image index),
+//! `text_emb/` (captions) or `emb/` (precomputed vectors), in shards `img_emb_N.npy` or
+//! `img_emb_N.parquet`; each row is named by one string column: `image_path`, `caption` or
+//! `id`. [`Format::Npy`] adds `metadata/metadata_N.parquet` holding that column.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -27,11 +32,11 @@ const EXPORT_DIRS: [&str; 4] = ["img_emb", "text_emb", "emb", "metadata"];
 /// The files written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// clip-retrieval's layout: `{img,text}_emb/…_N.npy` arrays `[n, D]` (in the index's
-    /// dtype) with `metadata/metadata_N.parquet` naming each row.
+    /// clip-retrieval's layout: `.npy` arrays `[n, D]` in the index's dtype, and `.parquet`
+    /// metadata.
     Npy,
-    /// `{img,text}_emb/…_N.parquet` with an `embedding` column (fixed-size list of float32)
-    /// beside the metadata column: one table, as LanceDB and DuckDB ingest it.
+    /// `.parquet` tables: an `embedding` column (fixed-size list of float32) beside the
+    /// metadata column.
     Parquet,
 }
 
@@ -69,7 +74,7 @@ pub struct ExportReport {
 
 /// The folder (and file stem) of an index's vectors and the metadata column naming each row:
 /// clip-retrieval's names for images and captions, `emb`/`id` for precomputed vectors.
-pub fn layout(entries: &Entries) -> (&'static str, &'static str) {
+fn layout(entries: &Entries) -> (&'static str, &'static str) {
     match entries {
         Entries::Images { .. } => ("img_emb", "image_path"),
         Entries::Captions { .. } => ("text_emb", "caption"),
@@ -115,10 +120,7 @@ pub fn export_index(index: &Index, out: &Path, opts: &ExportOptions) -> Result<E
             let meta = Path::new("metadata").join(format!("metadata_{s:0width$}.parquet"));
             let written = match opts.format {
                 Format::Npy => vec![
-                    (
-                        emb,
-                        write_npy(table.dim, rows.clone(), index.manifest().dtype, &vectors),
-                    ),
+                    (emb, write_npy(&table, rows.clone(), index.manifest().dtype)),
                     (meta, write_parquet(&table, rows, false)),
                 ],
                 Format::Parquet => vec![(emb, write_parquet(&table, rows, true))],
@@ -173,7 +175,7 @@ pub fn write_embeddings(
     };
     let rows = 0..vectors.len();
     let write = match format {
-        Format::Npy => write_npy(dim, rows, DType::F32, &fill),
+        Format::Npy => write_npy(&table, rows, DType::F32),
         Format::Parquet => write_parquet(&table, rows, true),
     };
     write_file(path, write).map_err(crate::error::io_at(path))
@@ -207,13 +209,9 @@ fn chunks(rows: Range<usize>) -> impl Iterator<Item = Range<usize>> {
 }
 
 /// A `.npy` file (format 1.0) of the `[rows, dim]` vectors as little-endian `dtype`.
-fn write_npy<'a>(
-    dim: usize,
-    rows: Range<usize>,
-    dtype: DType,
-    vectors: &'a dyn Fn(Range<usize>, &mut [f32]),
-) -> Writer<'a> {
+fn write_npy<'a>(table: &'a Table<'a>, rows: Range<usize>, dtype: DType) -> Writer<'a> {
     Box::new(move |w| {
+        let dim = table.dim;
         let descr = match dtype {
             DType::F32 => "<f4",
             DType::F16 => "<f2",
@@ -222,7 +220,7 @@ fn write_npy<'a>(
         let mut buf = Vec::new();
         for chunk in chunks(rows) {
             buf.resize(chunk.len() * dim, 0.0);
-            vectors(chunk, &mut buf);
+            (table.vectors)(chunk, &mut buf);
             let bytes: Vec<u8> = match dtype {
                 DType::F32 => buf.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 DType::F16 => buf
