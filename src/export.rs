@@ -216,7 +216,7 @@ fn write_npy<'a>(table: &'a Table<'a>, rows: Range<usize>, dtype: DType) -> Writ
             DType::F32 => "<f4",
             DType::F16 => "<f2",
         };
-        w.write_all(&npy_header(descr, &[rows.len(), dim]))?;
+        w.write_all(&npy_header(descr, rows.len(), dim))?;
         let mut buf = Vec::new();
         for chunk in chunks(rows) {
             buf.resize(chunk.len() * dim, 0.0);
@@ -234,16 +234,12 @@ fn write_npy<'a>(table: &'a Table<'a>, rows: Range<usize>, dtype: DType) -> Writ
     })
 }
 
-/// numpy's header for a C-order array of `descr` (e.g. `<f4`) and `shape`: magic, version
-/// 1.0, header length, then a Python dict literal padded with spaces to a newline so that
-/// the data starts on a 64-byte boundary, as `numpy.save` writes it.
-fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let shape = match dims.as_slice() {
-        [one] => format!("({one},)"),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+/// numpy's header for a C-order `[rows, dim]` array of `descr` (e.g. `<f4`): magic, version
+/// 1.0, header length, then a Python dict literal padded with spaces to a newline so that the
+/// data starts on a 64-byte boundary, as `numpy.save` writes it.
+fn npy_header(descr: &str, rows: usize, dim: usize) -> Vec<u8> {
+    let dict =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
     let total = (10 + dict.len() + 1).div_ceil(64) * 64;
     let mut h = b"\x93NUMPY\x01\x00".to_vec();
     h.extend(
@@ -354,12 +350,12 @@ mod tests {
 
     #[test]
     fn npy_header_is_aligned_and_names_dtype_and_shape() {
-        for (descr, shape, want) in [
-            ("<f4", vec![3, 512], "'shape': (3, 512)"),
-            ("<f2", vec![1_000_000, 768], "'shape': (1000000, 768)"),
-            ("<f4", vec![7], "'shape': (7,)"),
+        for (descr, rows, dim, want) in [
+            ("<f4", 3, 512, "'shape': (3, 512)"),
+            ("<f2", 1_000_000, 768, "'shape': (1000000, 768)"),
+            ("<f4", 0, 7, "'shape': (0, 7)"),
         ] {
-            let h = npy_header(descr, &shape);
+            let h = npy_header(descr, rows, dim);
             let (data_start, dict) = parse(&h);
             assert_eq!(data_start, h.len());
             assert_eq!(data_start % 64, 0, "{dict:?}");
