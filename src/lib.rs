@@ -11,6 +11,9 @@
 //! - [`train`] with a [`TrainConfig`]: training or fine-tuning ([`training::Start`] from a
 //!   [`preset`] or a checkpoint), with progress reported to an [`Observer`];
 //!   [`validation::ValSet`] scores retrieval on held-out pairs.
+//! - [`export`]: an index written in the files other tools read (clip-retrieval's `.npy` +
+//!   `.parquet` layout, or Parquet alone).
+//! - [`serve::Server`]: indexes and their models loaded once, answering searches over HTTP.
 //!
 //! Search a folder of photos by text:
 //!
@@ -43,10 +46,12 @@ mod assets;
 mod convert;
 mod embeddings;
 mod error;
+pub mod export;
 pub mod files;
 pub mod hub;
 pub mod index;
 mod model;
+pub mod serve;
 pub mod training;
 pub mod validation;
 

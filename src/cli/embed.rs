@@ -1,4 +1,5 @@
-//! `clip embed`: image and caption features into a safetensors file.
+//! `clip embed`: image and caption features into a safetensors file (or, for one kind, a
+//! `.npy` array or a `.parquet` table).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -6,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 
-use clip::Clip;
+use clip::export::Format;
+use clip::{Clip, Embeddings};
 
 use super::common::{self, DeviceArg, FeaturesArg};
 
@@ -21,7 +23,9 @@ pub struct EmbedArgs {
     /// A text file with one caption per line (an empty line is an empty caption).
     #[arg(long)]
     texts: Option<PathBuf>,
-    /// Output safetensors file with `image_embeds` and `text_embeds`.
+    /// Output file: safetensors with `image_embeds` and `text_embeds`; or, for images or
+    /// captions alone, `.npy` (a float32 `[N, D]` array) or `.parquet` (an `embedding` column
+    /// beside `image_path` or `caption`).
     #[arg(long)]
     out: PathBuf,
     /// Write unit-length rows.
@@ -46,6 +50,17 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let format = match a.out.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("npy") => Some(Format::Npy),
+        Some(e) if e.eq_ignore_ascii_case("parquet") => Some(Format::Parquet),
+        _ => None,
+    };
+    if format.is_some() && !a.images.is_empty() && a.texts.is_some() {
+        bail!(
+            "{} holds one kind of embeddings: give --images or --texts, or write .safetensors",
+            a.out.display()
+        );
+    }
     // Read every input before the (slow) model load so that mistakes surface at once.
     let files = clip::files::collect_images(&a.images)?;
     let captions = match &a.texts {
@@ -63,21 +78,23 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         images = normalize_rows(&images)?;
         texts = normalize_rows(&texts)?;
     }
-    let tensors = HashMap::from([
-        ("image_embeds".to_string(), images.to_device(&Device::Cpu)?),
-        ("text_embeds".to_string(), texts.to_device(&Device::Cpu)?),
-    ]);
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    let metadata = HashMap::from([
-        ("image_files".to_string(), serde_json::to_string(&names)?),
-        ("model".to_string(), m.dir().display().to_string()),
-        ("normalized".to_string(), a.normalize.to_string()),
-        ("features".to_string(), which.name().to_string()),
-    ]);
-    common::write_atomically(&a.out, |tmp| {
-        safetensors::serialize_to_file(&tensors, Some(metadata), tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))
-    })?;
+    if let Some(format) = format {
+        let (t, column, labels) = if a.texts.is_some() {
+            (&texts, "caption", &captions)
+        } else {
+            (&images, "image_path", &names)
+        };
+        let rows = Embeddings::from_tensor(t)?;
+        common::write_atomically(&a.out, |tmp| {
+            Ok(clip::export::write_embeddings(
+                tmp, format, &rows, column, labels,
+            )?)
+        })?;
+    } else {
+        write_safetensors(&a, &images, &texts, &names, &m, which)?;
+    }
+
     if which == FeaturesArg::Pooled {
         eprintln!("features: {}", which.describe(a.features));
         eprintln!(
@@ -98,6 +115,31 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Both kinds of rows with what made them, as one safetensors file.
+fn write_safetensors(
+    a: &EmbedArgs,
+    images: &Tensor,
+    texts: &Tensor,
+    names: &[String],
+    m: &Clip,
+    which: FeaturesArg,
+) -> Result<()> {
+    let tensors = HashMap::from([
+        ("image_embeds".to_string(), images.to_device(&Device::Cpu)?),
+        ("text_embeds".to_string(), texts.to_device(&Device::Cpu)?),
+    ]);
+    let metadata = HashMap::from([
+        ("image_files".to_string(), serde_json::to_string(names)?),
+        ("model".to_string(), m.dir().display().to_string()),
+        ("normalized".to_string(), a.normalize.to_string()),
+        ("features".to_string(), which.name().to_string()),
+    ]);
+    common::write_atomically(&a.out, |tmp| {
+        safetensors::serialize_to_file(&tensors, Some(metadata), tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))
+    })
 }
 
 fn normalize_rows(x: &Tensor) -> Result<Tensor> {

@@ -5,9 +5,11 @@ mod convert;
 mod download;
 mod embed;
 mod eval;
+mod export;
 mod index;
 mod probe;
 mod search;
+mod serve;
 mod train;
 /// Kept under its old name for the commands that score validation sets.
 use clip::validation as valset;
@@ -28,7 +30,7 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Retrieval metrics (both directions) and optional zero-shot classification.
     Eval(eval::EvalArgs),
-    /// Embed images and/or captions into OUT.safetensors.
+    /// Embed images and/or captions into OUT (.safetensors; .npy or .parquet for one kind).
     Embed(embed::EmbedArgs),
     /// Convert a model (HF or open_clip layout) to the Hugging Face layout.
     Convert(convert::ConvertArgs),
@@ -38,6 +40,10 @@ enum Command {
     Index(index::IndexArgs),
     /// Search an index with texts, images or precomputed vectors.
     Search(search::SearchArgs),
+    /// Write an index as clip-retrieval's .npy + .parquet files, or as Parquet alone.
+    Export(export::ExportArgs),
+    /// Answer searches over HTTP (JSON API, clip-retrieval's /knn-service) and from a web page.
+    Serve(serve::ServeArgs),
     /// Linear probe with few labels per class on frozen image embeddings (or raw pixels).
     Probe(probe::ProbeArgs),
 }
@@ -52,6 +58,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(a) => download::run(a),
         Command::Index(a) => index::run(a),
         Command::Search(a) => search::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Probe(a) => probe::run(a),
     }
 }

@@ -1,0 +1,53 @@
+//! `clip serve`: answer searches over HTTP and from a browser page.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Result;
+use clip::serve::{NamedIndex, ServeOptions, Server};
+
+use super::common::DeviceArg;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Index directory to serve, or NAME=DIR (repeat for several; the first is the default and
+    /// an unnamed one is named after its folder).
+    #[arg(long = "index", required = true, value_name = "[NAME=]INDEX")]
+    indexes: Vec<String>,
+    /// Address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port to listen on (0: any free port; the address is printed on stdout).
+    #[arg(long, default_value_t = 1234)]
+    port: u16,
+    /// Model for text and image queries (default: the one each index records).
+    #[arg(long)]
+    model: Option<String>,
+    /// Let web pages from this origin call the API (CORS), e.g. a clip-front deployment.
+    #[arg(long)]
+    allow_origin: Option<String>,
+    /// Device for the models.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let indexes = a
+        .indexes
+        .iter()
+        .map(|s| NamedIndex::parse(s))
+        .collect::<clip::Result<_>>()?;
+    let opts = ServeOptions {
+        indexes,
+        model: a.model,
+        device: a.device.device()?,
+        allow_origin: a.allow_origin,
+    };
+    let server = Server::load(&opts, &|msg| eprintln!("{msg}"))?;
+    server.run(SocketAddr::new(a.host, a.port), |addr| {
+        // The first line of stdout, for scripts and tests that asked for port 0.
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(())
+}
