@@ -51,7 +51,9 @@ try {
     },
     min,
     { timeout: 30_000 },
-  );
+  ).catch(() => {
+    throw new Error(`fewer than ${min} thumbnails with scores loaded within 30 s`);
+  });
   const status = (await page.locator('#status').textContent()).trim();
   if (status) problems.push(`page shows: ${status}`);
   const shown = await page.locator('#grid figure').count();
