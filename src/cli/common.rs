@@ -80,7 +80,12 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut b = tempfile::Builder::new();
+    // Readable like a file from `File::create` (tempfile defaults to owner-only).
+    #[cfg(unix)]
+    b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = b
+        .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     write(tmp.path())?;
     tmp.persist(path)

@@ -131,7 +131,11 @@ impl Figure {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     let write = || -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+        let mut b = tempfile::Builder::new();
+        // Readable like a file from `File::create` (tempfile defaults to owner-only).
+        #[cfg(unix)]
+        b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let mut tmp = b.tempfile_in(dir.unwrap_or(Path::new(".")))?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
