@@ -2,7 +2,8 @@
 //! crate).
 //!
 //! The structure is built in memory from the index's vectors the first time it is needed and
-//! kept with the [`Index`](crate::Index) for later searches. Scores are always exact inner
+//! kept with the [`Index`](crate::Index) for later searches; IVF lists can also be saved beside
+//! the index and loaded by later processes ([`Index::save_ann`](crate::Index::save_ann)). Scores are always exact inner
 //! products with the stored vectors, so the order of the returned hits is exact; only recall
 //! (which true neighbours are found) is approximate.
 
@@ -60,7 +61,7 @@ impl Default for AnnParams {
 }
 
 impl AnnParams {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bounds = [
             ("max_connections", self.max_connections, 2, 255),
             ("probes", self.probes, 1, usize::MAX),

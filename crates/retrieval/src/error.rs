@@ -129,6 +129,13 @@ pub enum RetrievalError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A file derived from an index's vectors was made for other vectors (they were rewritten
+    /// since); it is not used.
+    #[error("{path} was built for other vectors than the index holds now")]
+    Stale {
+        /// The file.
+        path: PathBuf,
+    },
     /// The approximate-search graph could not be built.
     #[error("approximate search: {0}")]
     Ann(String),

@@ -5,7 +5,9 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-use crate::ann::{AnnGraph, AnnParams};
+use crate::ann::{AnnGraph, AnnMethod, AnnParams};
+use crate::error::invalid;
+use crate::ivf::IvfLists;
 use crate::kernel::Rows;
 use crate::store::{self, DType, Entries, IndexSpec, Manifest, MappedVectors, OpenOptions};
 use crate::{exact, Hit, Result, RetrievalError};
@@ -259,6 +261,51 @@ impl Index {
     /// `params` says.
     pub fn build_ann(&self, params: &AnnParams) -> Result<AnnParams> {
         Ok(self.ann_graph(params)?.params())
+    }
+
+    /// Builds the IVF lists (unless already built) and saves them beside the index
+    /// ([`crate::ANN_FILE`]), so that later processes load them with [`Index::load_saved_ann`]
+    /// instead of clustering again. HNSW graphs are not saved.
+    pub fn save_ann(&self, params: &AnnParams) -> Result<AnnParams> {
+        let Some(dir) = &self.dir else {
+            return Err(invalid("index", "in memory", "save it first"));
+        };
+        if params.method != AnnMethod::Ivf {
+            return Err(invalid("method", "hnsw", "only IVF lists are saved"));
+        }
+        match self.ann_graph(params)? {
+            g @ AnnGraph::Ivf(ivf, _) => {
+                ivf.save(&dir.join(store::ANN_FILE), &self.manifest)?;
+                Ok(g.params())
+            }
+            AnnGraph::Hnsw(_) => Err(invalid("method", "hnsw", "an HNSW graph is built")),
+        }
+    }
+
+    /// Loads the IVF lists saved beside the index for the approximate searches that follow, if
+    /// they fit `params` (its `lists`, unless 0). `Ok(None)`: none saved, or unfit, or `params`
+    /// asks for HNSW. An error when the file is stale or damaged: it is not used, and
+    /// approximate search builds the structure in memory. A structure already built is kept.
+    pub fn load_saved_ann(&self, params: &AnnParams) -> Result<Option<AnnParams>> {
+        if let Some(g) = self.ann.get() {
+            return Ok(Some(g.params()));
+        }
+        let (Some(dir), AnnMethod::Ivf) = (&self.dir, params.method) else {
+            return Ok(None);
+        };
+        params.validate()?;
+        let path = dir.join(store::ANN_FILE);
+        let Some(ivf) = IvfLists::load(&path, &self.manifest, self.rows())? else {
+            return Ok(None);
+        };
+        if params.lists != 0 && params.lists != ivf.lists() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.ann
+                .get_or_init(|| AnnGraph::Ivf(ivf, *params))
+                .params(),
+        ))
     }
 
     fn ann_graph(&self, params: &AnnParams) -> Result<&AnnGraph> {

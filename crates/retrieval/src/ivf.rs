@@ -6,12 +6,22 @@
 //! is grouped by list so that each probed list is scanned once, with the packed kernel, for all
 //! the queries that probe it. Building takes seconds where an HNSW graph takes many minutes.
 
-use rayon::prelude::*;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
 
-use crate::exact;
+use rayon::prelude::*;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::io_err;
 use crate::kernel::{Rows, Scanner};
+use crate::store::{self, Manifest};
 use crate::topk::{best_hits, Hit, TopKSet};
-use crate::Result;
+use crate::{exact, Result, RetrievalError};
+
+/// `format` in the metadata of a saved lists file ([`crate::ANN_FILE`]).
+const ANN_FORMAT: &str = "clip-ivf";
 
 /// Clusters of an index's rows, with the rows copied in cluster order so each list is one
 /// contiguous block for the kernel.
@@ -88,11 +98,7 @@ impl IvfLists {
         order.sort_by_key(|&r| assign[r as usize]);
         let list_start = |c| order.partition_point(|&r| assign[r as usize] < c);
         let offsets: Vec<usize> = (0..=nlist).map(list_start).collect();
-        let mut vectors = vec![0f32; n * dim];
-        vectors
-            .par_chunks_mut(dim)
-            .zip(order.par_iter())
-            .for_each(|(out, &r)| rows.copy_f32(r as usize..r as usize + 1, dim, out));
+        let vectors = gather(rows, dim, &order);
         Ok(Self {
             dim,
             centroids,
@@ -100,6 +106,124 @@ impl IvfLists {
             order,
             vectors,
         })
+    }
+
+    /// Writes the centroids and lists to `path`, tagged with the identity of the vectors of
+    /// `m`. The vectors themselves are not copied: [`IvfLists::load`] regathers them from the
+    /// index.
+    pub(crate) fn save(&self, path: &Path, m: &Manifest) -> Result<()> {
+        let centroids: Vec<u8> = self
+            .centroids
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let offsets = self.offsets.iter().flat_map(|&v| (v as u64).to_le_bytes());
+        let offsets: Vec<u8> = offsets.collect();
+        let order: Vec<u8> = self.order.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let st_err = |source| RetrievalError::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        };
+        let view = |dtype, shape, data| TensorView::new(dtype, shape, data).map_err(st_err);
+        let tensors = [
+            (
+                "centroids",
+                view(Dtype::F32, vec![self.lists(), self.dim], &centroids)?,
+            ),
+            (
+                "offsets",
+                view(Dtype::U64, vec![self.lists() + 1], &offsets)?,
+            ),
+            ("order", view(Dtype::U32, vec![self.order.len()], &order)?),
+        ];
+        let bytes = safetensors::serialize(tensors, Some(identity(m))).map_err(st_err)?;
+        store::write_atomically(path, |f, tmp| {
+            f.write_all(&bytes).map_err(io_err("cannot write", tmp))
+        })
+    }
+
+    /// Reads lists saved by [`IvfLists::save`] for the vectors of `m`, which are `rows`.
+    /// `Ok(None)` when there is no file; an error when it is damaged or was made for other
+    /// vectors.
+    pub(crate) fn load(path: &Path, m: &Manifest, rows: Rows<'_>) -> Result<Option<Self>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot read", path)(e)),
+        };
+        let damaged = |reason: String| RetrievalError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| damaged(format!("bad safetensors file: {e}")))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("deserialize read it");
+        let found = meta.metadata().clone().unwrap_or_default();
+        if found.get("format").map(String::as_str) != Some(ANN_FORMAT) {
+            return Err(damaged(format!("it is not a {ANN_FORMAT} file")));
+        }
+        if found != identity(m) {
+            return Err(RetrievalError::Stale {
+                path: path.to_path_buf(),
+            });
+        }
+        let tensor = |key: &str, dtype: Dtype| {
+            let v = st
+                .tensor(key)
+                .map_err(|_| damaged(format!("no `{key}` tensor")))?;
+            if v.dtype() != dtype {
+                return Err(damaged(format!(
+                    "`{key}` is {:?}, not {dtype:?}",
+                    v.dtype()
+                )));
+            }
+            Ok((v.shape().to_vec(), v.data()))
+        };
+        let (dim, n) = (m.dimension, m.count);
+        let (cshape, c) = tensor("centroids", Dtype::F32)?;
+        let (oshape, o) = tensor("offsets", Dtype::U64)?;
+        let (rshape, r) = tensor("order", Dtype::U32)?;
+        let lists = cshape.first().copied().unwrap_or(0);
+        if lists == 0 || cshape != [lists, dim] || oshape != [lists + 1] || rshape != [n] {
+            return Err(damaged(format!(
+                "shapes {cshape:?}, {oshape:?}, {rshape:?} do not fit {n} vectors of dimension {dim}"
+            )));
+        }
+        let centroids: Vec<f32> = c
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let offsets: Vec<usize> = (o.chunks_exact(8))
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+            .collect();
+        let order: Vec<u32> = r
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        if offsets[0] != 0 || offsets[lists] != n || offsets.windows(2).any(|w| w[0] > w[1]) {
+            return Err(damaged("list offsets are out of order".into()));
+        }
+        // Every row exactly once, so no hit can name a row outside the index.
+        let mut seen = vec![false; n];
+        if !order
+            .iter()
+            .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true))
+        {
+            return Err(damaged(
+                "the lists do not hold every row exactly once".into(),
+            ));
+        }
+        if !centroids.iter().all(|v| v.is_finite()) {
+            return Err(damaged("a centroid holds a non-finite value".into()));
+        }
+        let vectors = gather(rows, dim, &order);
+        Ok(Some(Self {
+            dim,
+            centroids,
+            offsets,
+            order,
+            vectors,
+        }))
     }
 
     /// Number of lists.
@@ -154,6 +278,32 @@ impl IvfLists {
             .map(|c| best_hits(c, k, false))
             .collect()
     }
+}
+
+/// Rows `order` of `rows`, in that order.
+fn gather(rows: Rows<'_>, dim: usize, order: &[u32]) -> Vec<f32> {
+    let mut vectors = vec![0f32; order.len() * dim];
+    vectors
+        .par_chunks_mut(dim)
+        .zip(order.par_iter())
+        .for_each(|(out, &r)| rows.copy_f32(r as usize..r as usize + 1, dim, out));
+    vectors
+}
+
+/// What identifies the vectors saved lists were built from: their manifest's record of them.
+fn identity(m: &Manifest) -> HashMap<String, String> {
+    let fields = [
+        ("format", ANN_FORMAT.to_string()),
+        ("vectors_file", m.vectors_file.clone()),
+        ("vectors_bytes", m.vectors_bytes.to_string()),
+        ("vectors_crc32", m.vectors_crc32.to_string()),
+        ("count", m.count.to_string()),
+        ("dimension", m.dimension.to_string()),
+    ];
+    fields
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 /// The nearest centroid of each row of `x`.

@@ -37,7 +37,7 @@ pub use eval::{
 pub use index::{Index, SearchMode, SearchOptions};
 pub use store::{
     check_destination, write_index, DType, Entries, FillError, ImageEntry, IndexSpec, Manifest,
-    Metric, OpenOptions, FORMAT_VERSION, MANIFEST_FILE,
+    Metric, OpenOptions, ANN_FILE, FORMAT_VERSION, MANIFEST_FILE,
 };
 pub use topk::Hit;
 pub use zeroshot::{class_embeddings, zero_shot, ClassReport, Confusion, ZeroShotReport};

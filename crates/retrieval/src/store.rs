@@ -5,7 +5,8 @@
 //! same way, and only then deletes the previous generation. A crash at any point leaves the old
 //! manifest pointing at the old, complete vectors file. The manifest records the vectors file's
 //! byte length and CRC-32, so a truncated or overwritten file is reported as damaged instead of
-//! being searched as garbage.
+//! being searched as garbage. An optional `ivf.safetensors` holds IVF lists for the current
+//! vectors; every write deletes it, and readers check the vectors identity it records.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -24,6 +25,9 @@ use crate::{Result, RetrievalError};
 
 /// File name of the manifest inside an index directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// File name of the saved IVF lists inside an index directory (`clip index build --ann`);
+/// deleted by every write of new vectors.
+pub const ANN_FILE: &str = "ivf.safetensors";
 /// The manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_NAME: &str = "clip-index";
@@ -315,7 +319,10 @@ fn vectors_generation(name: &str) -> Option<u64> {
 }
 
 fn is_own_file(name: &str) -> bool {
-    name == MANIFEST_FILE || vectors_generation(name).is_some() || is_temp_file(name)
+    name == MANIFEST_FILE
+        || name == ANN_FILE
+        || vectors_generation(name).is_some()
+        || is_temp_file(name)
 }
 
 /// A leftover of an interrupted [`write_atomically`]: `.NAME.<random>.tmp`.
@@ -337,7 +344,7 @@ fn temp_file_in(dir: &Path, final_name: &str) -> std::io::Result<tempfile::Named
 
 /// Writes `path` whole or not at all: `write(file, temp_path)` fills a temporary sibling,
 /// which is synced and renamed over `path` only if it succeeds, and deleted otherwise.
-fn write_atomically<T>(
+pub(crate) fn write_atomically<T>(
     path: &Path,
     write: impl FnOnce(&mut File, &Path) -> Result<T>,
 ) -> Result<T> {
@@ -362,10 +369,13 @@ fn next_generation(dir: &Path) -> Result<u64> {
         .map_or(1, |g| g + 1))
 }
 
-/// Deletes earlier generations and leftovers of interrupted writes.
+/// Deletes earlier generations, the IVF lists of earlier vectors and leftovers of interrupted
+/// writes.
 fn remove_stale_files(dir: &Path, keep: &str) {
     for name in list_dir(dir).unwrap_or_default() {
-        let stale = (vectors_generation(&name).is_some() && name != keep) || is_temp_file(&name);
+        let stale = (vectors_generation(&name).is_some() && name != keep)
+            || name == ANN_FILE
+            || is_temp_file(&name);
         if stale {
             let _ = std::fs::remove_file(dir.join(&name));
         }

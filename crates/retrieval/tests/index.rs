@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use retrieval::testing::{brute_force, unit_rows};
 use retrieval::{
     exact_search, plan_refresh, write_index, AnnMethod, AnnParams, DType, Entries, ImageEntry,
-    Index, IndexSpec, OpenOptions, RetrievalError, SearchMode, SearchOptions,
+    Index, IndexSpec, OpenOptions, RetrievalError, SearchMode, SearchOptions, ANN_FILE,
 };
 
 fn spec(n: usize, dim: usize, dtype: DType) -> IndexSpec {
@@ -414,4 +414,91 @@ fn refresh_plan_reuses_unchanged_files_only() {
 fn index_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Index>();
+}
+
+#[test]
+fn saved_ivf_lists_are_loaded_until_the_vectors_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    let (n, dim) = (3000, 32);
+    let idx = build(&path, &unit_rows(n, dim, 5), dim, DType::F32);
+    let params = AnnParams {
+        lists: 20,
+        probes: 3,
+        ..AnnParams::default()
+    };
+    let opts = SearchOptions {
+        mode: SearchMode::Ann,
+        ann: params,
+        ..SearchOptions::default()
+    };
+    let queries = unit_rows(40, dim, 6);
+    assert_eq!(
+        idx.load_saved_ann(&params).unwrap(),
+        None,
+        "nothing saved yet"
+    );
+    assert_eq!(idx.save_ann(&params).unwrap().lists, 20);
+    let in_memory = idx.search_with(&queries, dim, 10, &opts).unwrap();
+    let saved = std::fs::read(path.join(ANN_FILE)).unwrap();
+
+    // Another process loads the lists (20 of them, where building would make √3000 ≈ 55).
+    let reopened = Index::open(&path).unwrap();
+    let unfit = AnnParams { lists: 7, ..params };
+    assert_eq!(reopened.load_saved_ann(&unfit).unwrap(), None);
+    let any = AnnParams { lists: 0, ..params };
+    assert_eq!(reopened.load_saved_ann(&any).unwrap().unwrap().lists, 20);
+    assert_eq!(
+        reopened.search_with(&queries, dim, 10, &opts).unwrap(),
+        in_memory
+    );
+
+    // New vectors delete the file; put back, it is recognised as stale and not used.
+    let new = build(&path, &unit_rows(n, dim, 7), dim, DType::F32);
+    assert!(!path.join(ANN_FILE).exists());
+    let want = new.search_with(&queries, dim, 10, &opts).unwrap();
+    assert_ne!(want, in_memory);
+    std::fs::write(path.join(ANN_FILE), &saved).unwrap();
+    let reopened = Index::open(&path).unwrap();
+    let err = reopened.load_saved_ann(&params).unwrap_err();
+    assert!(matches!(err, RetrievalError::Stale { .. }), "{err}");
+    assert_eq!(
+        reopened.search_with(&queries, dim, 10, &opts).unwrap(),
+        want
+    );
+
+    // Truncated or garbage: damaged, not used, searched all the same.
+    for bad in [
+        &saved[..saved.len() / 2],
+        b"not a safetensors file at all".as_slice(),
+    ] {
+        std::fs::write(path.join(ANN_FILE), bad).unwrap();
+        let reopened = Index::open(&path).unwrap();
+        let err = reopened.load_saved_ann(&params).unwrap_err();
+        assert!(matches!(err, RetrievalError::Damaged { .. }), "{err}");
+        assert_eq!(
+            reopened.search_with(&queries, dim, 10, &opts).unwrap(),
+            want
+        );
+    }
+}
+
+#[test]
+fn saved_ivf_lists_with_damaged_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    let dim = 8;
+    let idx = build(&path, &unit_rows(100, dim, 1), dim, DType::F32);
+    idx.save_ann(&AnnParams::default()).unwrap();
+    let file = path.join(ANN_FILE);
+    // The last tensor's last bytes are the last row id of the `order` list: point it past the end.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let end = bytes.len();
+    bytes[end - 4..].copy_from_slice(&1000u32.to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    let err = Index::open(&path)
+        .unwrap()
+        .load_saved_ann(&AnnParams::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("exactly once"), "{err}");
 }
