@@ -421,3 +421,63 @@ fn interrupted_build_leaves_the_previous_index_usable() {
     names.sort();
     assert_eq!(names, ["manifest.json", "vectors-2.safetensors"]);
 }
+
+#[test]
+fn saved_ivf_lists_serve_ann_search_until_the_vectors_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, dim) = (400, 16);
+    let q_file = embeddings(dir.path(), "q.safetensors", &random_rows(12, dim, 2));
+    let (base, idx) = embeddings_index(dir.path(), &random_rows(n, dim, 1));
+    let ann_file = idx.join("ivf.safetensors");
+    let ids = |args: &[&str]| -> Vec<Vec<u64>> {
+        let by_q = ["--query-embeddings", s(&q_file), "-k", "5"];
+        let res = search_json(&idx, &[&by_q[..], args].concat());
+        let hits = |r: &Value| r["hits"].as_array().unwrap().clone();
+        let id = |h: &Value| h["id"].as_u64().unwrap();
+        res.iter()
+            .map(|r| hits(r).iter().map(id).collect())
+            .collect()
+    };
+    let exact = ids(&["--exact"]);
+    let in_memory = ids(&["--ann", "--probes", "4"]);
+    assert_ne!(
+        in_memory, exact,
+        "4 of √400 = 20 lists should miss a neighbour"
+    );
+    assert!(!ann_file.exists());
+
+    // Default lists (√N): the saved ones search exactly like those built in memory.
+    let err = build(&idx, &["--embeddings", s(&base), "--ann"]);
+    assert!(err.contains("saved 20 IVF lists"), "{err}");
+    assert!(ann_file.exists());
+    assert_eq!(ids(&["--ann", "--probes", "4"]), in_memory);
+    let info = ok(&clip(&["index", "info", s(&idx)]));
+    assert!(
+        info.contains("ivf.safetensors (20 IVF lists, up to date)"),
+        "{info}"
+    );
+
+    // 4 saved lists, all probed, are exhaustive: search used the file, not 20 new lists.
+    build(
+        &idx,
+        &["--embeddings", s(&base), "--ann", "--ann-lists", "4"],
+    );
+    assert_eq!(ids(&["--ann", "--probes", "4"]), exact);
+    let stale = std::fs::read(&ann_file).unwrap();
+
+    // New vectors: the file is deleted; put back, it is ignored with a warning.
+    let other = embeddings(dir.path(), "other.safetensors", &random_rows(n, dim, 3));
+    build(&idx, &["--embeddings", s(&other)]);
+    assert!(!ann_file.exists());
+    let want = ids(&["--ann", "--probes", "4"]);
+    std::fs::write(&ann_file, &stale).unwrap();
+    let by_q = ["--query-embeddings", s(&q_file), "-k", "5"];
+    let err = ok_stderr(&search(
+        &idx,
+        &[&by_q[..], &["--ann", "--probes", "4"]].concat(),
+    ));
+    assert!(err.contains("built for other vectors"), "{err}");
+    assert_eq!(ids(&["--ann", "--probes", "4"]), want);
+    let info = ok(&clip(&["index", "info", s(&idx)]));
+    assert!(info.contains("not used"), "{info}");
+}

@@ -1,10 +1,10 @@
 //! `clip index`: build and inspect embedding indexes for `clip search`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clip::{index, Clip};
-use retrieval::{DType, Entries, Index, OpenOptions};
+use retrieval::{AnnParams, DType, Entries, Index, OpenOptions};
 
 use super::common::{self, DeviceArg};
 
@@ -55,6 +55,14 @@ struct BuildArgs {
     /// Device to run the model on.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// Also cluster the vectors into IVF lists and save them beside the index
+    /// (ivf.safetensors), so that `clip search --ann` loads them instead of clustering in
+    /// every process. Rebuilding the index with new vectors deletes them.
+    #[arg(long)]
+    ann: bool,
+    /// Number of IVF lists for --ann (default: √N).
+    #[arg(long, requires = "ann")]
+    ann_lists: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,6 +143,33 @@ fn build(a: BuildArgs) -> Result<()> {
     } else {
         unreachable!("clap requires one source")
     }
+    if a.ann {
+        save_ann(&a.out, a.ann_lists.unwrap_or(0)).with_context(written)?;
+    }
+    Ok(())
+}
+
+/// Saves the IVF lists of the index at `dir` (`lists`: 0 for √N), unless fitting ones are.
+fn save_ann(dir: &Path, lists: usize) -> Result<()> {
+    let idx = Index::open_with(
+        dir,
+        OpenOptions {
+            verify_checksum: false,
+        },
+    )?;
+    if idx.is_empty() {
+        return Ok(());
+    }
+    let params = AnnParams {
+        lists,
+        ..AnnParams::default()
+    };
+    let (p, verb) = match idx.load_saved_ann(&params) {
+        Ok(Some(p)) => (p, "kept"),
+        _ => (idx.save_ann(&params)?, "saved"),
+    };
+    let path = dir.join(retrieval::ANN_FILE);
+    eprintln!("{verb} {} IVF lists in {}", p.lists, path.display());
     Ok(())
 }
 
@@ -186,5 +221,12 @@ fn info(a: InfoArgs) -> Result<()> {
         "vectors:   {} ({} bytes, checksum ok)",
         m.vectors_file, m.vectors_bytes
     );
+    // Only when a file is there, so that the output of an index without one is unchanged.
+    let ann = retrieval::ANN_FILE;
+    match idx.load_saved_ann(&AnnParams::default()) {
+        Ok(Some(p)) => println!("ann:       {ann} ({} IVF lists, up to date)", p.lists),
+        Ok(None) => {}
+        Err(e) => println!("ann:       not used: {e}"),
+    }
     Ok(())
 }

@@ -37,9 +37,10 @@ pub struct SearchArgs {
     /// "score", "path" | "caption" | "name"}]}`.
     #[arg(long)]
     json: bool,
-    /// Approximate search, with a structure built in this process (worth it for large
-    /// batches over large indexes). Default: exact, unless the batch is big enough to pay for
-    /// building (10k queries over ≥ 200k vectors).
+    /// Approximate search: with the IVF lists saved by `clip index build --ann` when present
+    /// (and fresh), otherwise with a structure built in this process (always for hnsw; worth
+    /// it for large batches over large indexes). Default: exact, unless the batch is big
+    /// enough to pay for building (10k queries over ≥ 200k vectors).
     #[arg(long, conflicts_with = "exact")]
     ann: bool,
     /// Always search exactly.
@@ -117,6 +118,11 @@ pub fn run(a: SearchArgs) -> Result<()> {
         },
         ..defaults
     };
+    if a.ann {
+        if let Err(e) = idx.load_saved_ann(&opts.ann) {
+            eprintln!("warning: {e}; building the approximate index in memory");
+        }
+    }
     let results = idx
         .search_with(&queries, dim, a.k, &opts)
         .with_context(|| format!("cannot search {} with {source}", a.index.display()))?;
