@@ -33,8 +33,9 @@ OUT="$WORK/server.out"; TIME="$WORK/server.time"
 /usr/bin/time -v -o "$TIME" "$CLIP" serve --index "$IDX" --port 0 >"$OUT" 2>"$WORK/server.err" &
 PID=$!
 stop() {
-  # time(1) is $PID; the server is its child. SIGINT to the server lets time report.
-  pkill -INT -P "$PID" 2>/dev/null || true
+  # time(1) is $PID; the server is its child. SIGTERM, as background jobs of a script ignore
+  # SIGINT; time still reports the server's peak RSS when it ends.
+  pkill -TERM -P "$PID" 2>/dev/null || true
   wait "$PID" 2>/dev/null || true
 }
 trap stop EXIT
