@@ -12,12 +12,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
-use common::{clip, fixtures};
+use common::{clip, fixtures, s};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn model() -> PathBuf {
     fixtures().join("hf_tiny")
@@ -25,6 +21,19 @@ fn model() -> PathBuf {
 
 fn ok(args: &[&str]) -> String {
     common::ok(&clip(args))
+}
+
+/// `clip export --index idx --format format --out out`, which must succeed.
+fn export(idx: &Path, format: &str, out: &Path) -> String {
+    ok(&[
+        "export",
+        "--index",
+        s(idx),
+        "--format",
+        format,
+        "--out",
+        s(out),
+    ])
 }
 
 fn fails(args: &[&str]) -> String {
@@ -147,15 +156,7 @@ fn npy_layout_holds_the_index_vectors_and_image_paths() {
     let dir = tempfile::tempdir().unwrap();
     let (idx, index) = build(dir.path(), false, false);
     let out = dir.path().join("export");
-    let listed = ok(&[
-        "export",
-        "--index",
-        s(&idx),
-        "--format",
-        "npy",
-        "--out",
-        s(&out),
-    ]);
+    let listed = export(&idx, "npy", &out);
     assert_eq!(files_in(&out), ["img_emb", "metadata"]);
     assert_eq!(files_in(&out.join("img_emb")), ["img_emb_0.npy"]);
     assert_eq!(files_in(&out.join("metadata")), ["metadata_0.parquet"]);
@@ -180,15 +181,7 @@ fn parquet_layout_holds_embeddings_beside_the_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let (idx, index) = build(dir.path(), false, false);
     let out = dir.path().join("export");
-    ok(&[
-        "export",
-        "--index",
-        s(&idx),
-        "--format",
-        "parquet",
-        "--out",
-        s(&out),
-    ]);
+    export(&idx, "parquet", &out);
     assert_eq!(files_in(&out), ["img_emb"]);
     let t = read_parquet(&out.join("img_emb/img_emb_0.parquet"));
     assert_eq!(column_names(&t), ["embedding", "image_path"]);
@@ -258,15 +251,7 @@ fn caption_index_goes_to_text_emb_with_captions_and_half_stays_half() {
     let dir = tempfile::tempdir().unwrap();
     let (idx, index) = build(dir.path(), true, true);
     let out = dir.path().join("export");
-    ok(&[
-        "export",
-        "--index",
-        s(&idx),
-        "--format",
-        "npy",
-        "--out",
-        s(&out),
-    ]);
+    export(&idx, "npy", &out);
     assert_eq!(files_in(&out), ["metadata", "text_emb"]);
     let (descr, shape, data) = read_npy(&out.join("text_emb/text_emb_0.npy"));
     assert_eq!(descr, "<f2");
@@ -282,15 +267,7 @@ fn caption_index_goes_to_text_emb_with_captions_and_half_stays_half() {
 
     // Parquet holds float32 whatever the index's dtype.
     let out = dir.path().join("pq");
-    ok(&[
-        "export",
-        "--index",
-        s(&idx),
-        "--format",
-        "parquet",
-        "--out",
-        s(&out),
-    ]);
+    export(&idx, "parquet", &out);
     let t = read_parquet(&out.join("text_emb/text_emb_0.parquet"));
     assert_eq!(column_names(&t), ["embedding", "caption"]);
     assert_eq!(embeddings(&t).1, rows);
@@ -314,15 +291,7 @@ fn vector_index_goes_to_emb_with_its_ids() {
     let index = clip::Index::open(&idx).unwrap();
 
     let out = dir.path().join("export");
-    ok(&[
-        "export",
-        "--index",
-        s(&idx),
-        "--format",
-        "npy",
-        "--out",
-        s(&out),
-    ]);
+    export(&idx, "npy", &out);
     assert_eq!(files_in(&out), ["emb", "metadata"]);
     let (shape, rows) = read_npy_f32(&out.join("emb/emb_0.npy"));
     assert_eq!(shape, [n, dim]);
