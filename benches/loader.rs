@@ -14,7 +14,7 @@ use clip_data::{
     AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
 };
 use clip_model::Preprocess;
-use clip_train::{Loader, LoaderMode, LoaderSpec};
+use clip_train::{Loader, LoaderMode, LoaderSpec, Share};
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -72,6 +72,7 @@ fn main() {
         seed: 0,
         order: OrderConfig::default(),
         max_short_side: 2 * size as u32,
+        share: Share::WHOLE,
     };
     let loader = Loader::spawn(spec, 0..steps, 0, 4);
     let mut first = None;

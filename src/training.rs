@@ -233,8 +233,14 @@ impl Start {
         let tokenizer_file = match self.tokenizer_file {
             Some(p) => p,
             None => {
+                // Through a temporary file and a rename: the ranks of a data-parallel run all
+                // get here, and none may read a half-written file.
                 let p = out.join("tokenizer.json");
-                std::fs::write(&p, BUNDLED_TOKENIZER).map_err(io_at(&p))?;
+                if std::fs::read(&p).ok().as_deref() != Some(BUNDLED_TOKENIZER) {
+                    let mut tmp = tempfile::NamedTempFile::new_in(out).map_err(io_at(out))?;
+                    std::io::Write::write_all(&mut tmp, BUNDLED_TOKENIZER).map_err(io_at(&p))?;
+                    tmp.persist(&p).map_err(|e| e.error).map_err(io_at(&p))?;
+                }
                 p
             }
         };

@@ -29,6 +29,24 @@ pub enum DeviceArg {
 }
 
 impl DeviceArg {
+    /// The device of this process: with CUDA under an MPI launcher, the GPU of the rank's
+    /// local index on its node (one GPU per rank), else GPU 0.
+    pub fn device_for_rank(self) -> Result<Device> {
+        let local = [
+            "OMPI_COMM_WORLD_LOCAL_RANK",
+            "MPI_LOCALRANKID",
+            "SLURM_LOCALID",
+        ]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+        match self {
+            DeviceArg::Cuda if cfg!(feature = "cuda") && local > 0 => Device::new_cuda(local)
+                .with_context(|| format!("cannot open CUDA device {local} (local rank {local})")),
+            other => other.device(),
+        }
+    }
+
     pub fn device(self) -> Result<Device> {
         match self {
             DeviceArg::Cpu => Ok(Device::Cpu),

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clip::training::{self, Head, Start};
 use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
 use clip_model::ClipModel;
+use clip_train::dist::{Collective, Single};
 use clip_train::{
     AdamWConfig, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats,
     TrainConfig,
@@ -245,6 +246,10 @@ struct Display {
 }
 
 impl Observer for Display {
+    fn on_warning(&mut self, message: &str) {
+        self.bar.suspend(|| eprintln!("warning: {message}"));
+    }
+
     fn on_step(&mut self, s: &StepStats) {
         self.bar.set_position(s.step as u64);
         let skipped = if s.skipped > 0 {
@@ -286,7 +291,47 @@ impl Observer for Display {
     }
 }
 
-pub fn run(mut a: TrainArgs) -> Result<()> {
+pub fn run(a: TrainArgs) -> Result<()> {
+    let comm = join_ranks()?;
+    let (rank, world) = (comm.rank(), comm.world());
+    match run_on(a, comm.as_ref()) {
+        // The others may be waiting in a collective: end the whole job, naming this rank.
+        Err(e) if world > 1 => {
+            eprintln!("error: rank {rank} of {world} failed: {e:#}");
+            comm.abort(1)
+        }
+        r => r,
+    }
+}
+
+/// The ranks of this training job: MPI's world when started by an MPI launcher (`mpirun`,
+/// `srun`), else this process alone.
+fn join_ranks() -> Result<Box<dyn Collective>> {
+    if !clip_train::dist::launched_by_mpi() {
+        return Ok(Box::new(Single));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        Ok(Box::new(clip_train::dist::Mpi::init()?))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok());
+        if size.is_some_and(|n| n > 1) {
+            bail!(
+                "started by an MPI launcher, but this clip binary was built without MPI; \
+                 rebuild with `--features mpi` to train across ranks (otherwise every rank \
+                 would train alone and write the same run directory)"
+            );
+        }
+        Ok(Box::new(Single))
+    }
+}
+
+fn run_on(mut a: TrainArgs, comm: &dyn Collective) -> Result<()> {
+    let lead = comm.rank() == 0;
     let resume = a.resume.clone();
     if let Some(dir) = &resume {
         let path = dir.join(RUN_FILE);
@@ -356,7 +401,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         ..d
     };
     train.validate()?;
-    let device = a.device.device()?;
+    let device = a.device.device_for_rank()?;
 
     // Model: a preset from scratch, or a checkpoint to fine-tune.
     let mut start = match &a.init {
@@ -384,6 +429,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         } else {
             SampleSet::scan(&sources)?
         };
+        if !lead {
+            return Ok(set);
+        }
         eprintln!(
             "{what}: {} {} (listed from {} source{} in {:.1} s)",
             set.len(),
@@ -419,13 +467,16 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             setup.train.cache.budget(),
         ))
     };
-    if resume.is_none() {
+    if resume.is_none() && lead {
         let p = a.out.join(RUN_FILE);
         std::fs::write(&p, serde_json::to_string_pretty(&a)?)
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
 
     let bar = ProgressBar::new(setup.train.steps as u64);
+    if !lead {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     bar.set_style(
         ProgressStyle::with_template("{bar:25} {pos}/{len} {msg} ETA {eta}")?.progress_chars("=> "),
     );
@@ -440,8 +491,11 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         ..setup
     };
     let data = Arc::new(data);
-    let summary = clip_train::train(setup, data.clone(), &device, &mut display)?;
+    let summary = clip_train::train_on(setup, data.clone(), &device, &mut display, comm)?;
     display.bar.finish_and_clear();
+    if !lead {
+        return Ok(());
+    }
 
     println!(
         "trained {} steps at {:.1} samples/s (waiting for data {:.1}% of the time)",
@@ -454,6 +508,16 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             "skipped {} samples (each with its reason in {})",
             summary.skipped,
             a.out.join("skipped.tsv").display()
+        );
+    }
+    if summary.world > 1 {
+        println!(
+            "{} ranks: {:.1} s in collectives ({:.1}% of step time), {:.2} MB sent per step \
+             and rank",
+            summary.world,
+            summary.comm_s,
+            100.0 * summary.comm_s / summary.step_time_s.max(f64::MIN_POSITIVE),
+            summary.comm_bytes_per_step / 1e6
         );
     }
     println!("model: {}", summary.final_dir.display());

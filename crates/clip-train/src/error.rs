@@ -39,6 +39,9 @@ pub enum TrainError {
     /// The data loader stopped.
     #[error("data loader stopped: {0}")]
     Loader(String),
+    /// A collective operation across ranks failed.
+    #[error("collective: {0}")]
+    Collective(String),
     /// Model error (checkpoint loading or saving).
     #[error(transparent)]
     Model(#[from] clip_model::ModelError),

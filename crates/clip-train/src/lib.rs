@@ -2,6 +2,7 @@
 //! data loader and the training loop with atomic checkpoints and exact resume.
 
 mod config;
+pub mod dist;
 mod error;
 mod loader;
 mod loss;
@@ -14,13 +15,14 @@ mod trainer;
 
 pub use config::{LossKind, Objective, Precision, TrainConfig};
 pub use error::{Result, TrainError};
-pub use loader::{Batch, Loader, LoaderMode, LoaderSpec};
-pub use loss::{clip_loss, l2_normalize, siglip_loss};
+pub use loader::{Batch, Loader, LoaderMode, LoaderSpec, Share};
+pub use loss::{clip_loss, clip_loss_rows, l2_normalize, siglip_loss, siglip_loss_rows, Anchors};
 pub use optim::{clip_grad_norm, decays, learning_rate, AdamW, AdamWConfig, ScheduleKind};
 pub use plot::write_plot;
 pub use run_dir::{checkpoints, TrainState};
 pub use ssl_loss::{
-    debiased_clip_loss, debiased_contrastive_loss, hard_negative_loss, nt_xent_loss,
-    oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss, NegativeEstimate,
+    debiased_clip_loss, debiased_clip_loss_rows, debiased_contrastive_loss, hard_negative_loss,
+    nt_xent_loss, oracle_contrastive_loss, oracle_contrastive_loss_rows, spectral_contrastive_loss,
+    spectral_contrastive_loss_rows, two_view_loss, two_view_loss_rows, NegativeEstimate,
 };
-pub use trainer::{train, Observer, RunSetup, StepStats, Summary};
+pub use trainer::{train, train_on, Observer, RunSetup, StepStats, Summary};

@@ -31,7 +31,7 @@ pub struct Batch {
     pub ids: Vec<Vec<u32>>,
     /// Sample index of each row.
     pub items: Vec<usize>,
-    /// The position the next batch starts at (saved with checkpoints, for resume).
+    /// The (local) position the next batch starts at (saved with checkpoints, for resume).
     pub next_position: usize,
     /// Samples skipped while filling this batch, first time seen.
     pub skipped: Vec<Skip>,
@@ -65,6 +65,29 @@ pub struct LoaderSpec {
     pub order: OrderConfig,
     /// Images are downscaled to this shortest side when decoded.
     pub max_short_side: u32,
+    /// Which share of the positions this process reads (data-parallel ranks).
+    pub share: Share,
+}
+
+/// A rank's share of the sample positions: local position `p` is global position
+/// `p·world + rank`, so the ranks read disjoint samples, and the global batch of N ranks at a
+/// step holds the samples one process would read with N times the batch (bad samples apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+}
+
+impl Share {
+    /// All positions: one process.
+    pub const WHOLE: Self = Self { rank: 0, world: 1 };
+
+    /// The global position of this share's `local`-th position.
+    pub fn global(&self, local: usize) -> usize {
+        local * self.world + self.rank
+    }
 }
 
 /// Sample `i` through the cache, or why it is skipped and whether this is the first time;
@@ -151,7 +174,10 @@ fn next_batch(
     let limit = order.epoch_len().max(spec.data.len());
     while good.len() < b {
         let want: Vec<(usize, usize)> = (0..b - good.len())
-            .map(|j| (*position + j, order.index(*position + j)))
+            .map(|j| {
+                let pos = spec.share.global(*position + j);
+                (pos, order.index(pos))
+            })
             .collect();
         *position += want.len();
         let loaded: Vec<_> = want

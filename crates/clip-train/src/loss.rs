@@ -1,5 +1,7 @@
 //! Contrastive objectives.
 
+use std::ops::Range;
+
 use candle_core::{Result, Tensor, D};
 
 /// Row-wise L2 normalisation (differentiable).
@@ -7,21 +9,29 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
 }
 
-/// Cosine similarities of the rows of `img` and `txt`, times the scalar tensor `scale`.
-pub(crate) fn scaled_similarities(img: &Tensor, txt: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    let (img, txt) = (l2_normalize(img)?, l2_normalize(txt)?);
-    img.matmul(&txt.t()?)?.broadcast_mul(scale)
+/// The anchors of a loss: all rows of the batch in one process, or one rank's block of the
+/// global batch in data-parallel training. Each loss sums its per-anchor terms and divides by
+/// the global normaliser, so the losses of a partition of the rows add up to the whole
+/// batch's loss (and so do their gradients).
+pub type Anchors = Range<usize>;
+
+/// One-hot `[rows.len(), n]` mask of each anchor's own column (anchor i → column
+/// `rows.start + i`), on the device and type of `like`.
+pub(crate) fn own_columns(rows: &Anchors, n: usize, like: &Tensor) -> Result<Tensor> {
+    let mut m = vec![0f32; rows.len() * n];
+    for (i, c) in rows.clone().enumerate() {
+        m[i * n + c] = 1.0;
+    }
+    Tensor::from_vec(m, (rows.len(), n), like.device())?.to_dtype(like.dtype())
 }
 
-/// Mean cross-entropy of each row of `logits` against the diagonal (row i's target is i).
-fn diagonal_cross_entropy(logits: &Tensor) -> Result<Tensor> {
-    let n = logits.dim(0)?;
+/// Summed cross-entropy of each row of `logits` against the column marked in `target`.
+fn row_cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // [n, 1]
-    let eye = Tensor::eye(n, logits.dtype(), logits.device())?;
-    let diag = (shifted * eye)?.sum_keepdim(D::Minus1)?; // [n, 1]
-    (lse - diag)?.mean_all()
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // [r, 1]
+    let own = (shifted * target)?.sum_keepdim(D::Minus1)?; // [r, 1]
+    (lse - own)?.sum_all()
 }
 
 /// CLIP's symmetric in-batch contrastive loss.
@@ -30,10 +40,32 @@ fn diagonal_cross_entropy(logits: &Tensor) -> Result<Tensor> {
 /// `loss = ½·(CE(L, diag) + CE(Lᵀ, diag))`. Matching pairs are the positives and the other
 /// B−1 captions (images) of the batch are the negatives. Equal logits give `ln B`.
 pub fn clip_loss(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Result<Tensor> {
-    let logits = scaled_similarities(img, txt, &logit_scale.exp()?)?;
-    let a = diagonal_cross_entropy(&logits)?;
-    let b = diagonal_cross_entropy(&logits.t()?)?;
-    (a + b)? / 2.0
+    clip_loss_rows(img, txt, logit_scale, 0..img.dim(0)?)
+}
+
+/// The part of [`clip_loss`] whose anchors (image rows of `L`, caption rows of `Lᵀ`) are
+/// `rows`; summed over a partition of the rows it is the whole loss.
+pub fn clip_loss_rows(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    rows: Anchors,
+) -> Result<Tensor> {
+    let n = img.dim(0)?;
+    let scale = logit_scale.exp()?;
+    let (img, txt) = (l2_normalize(img)?, l2_normalize(txt)?);
+    let (start, r) = (rows.start, rows.len());
+    let per_image = img
+        .narrow(0, start, r)?
+        .matmul(&txt.t()?)?
+        .broadcast_mul(&scale)?;
+    let per_text = txt
+        .narrow(0, start, r)?
+        .matmul(&img.t()?)?
+        .broadcast_mul(&scale)?;
+    let target = own_columns(&rows, n, &per_image)?;
+    let sum = (row_cross_entropy(&per_image, &target)? + row_cross_entropy(&per_text, &target)?)?;
+    sum / (2 * n) as f64
 }
 
 /// SigLIP's pairwise sigmoid loss.
@@ -46,9 +78,25 @@ pub fn siglip_loss(
     logit_scale: &Tensor,
     logit_bias: &Tensor,
 ) -> Result<Tensor> {
+    siglip_loss_rows(img, txt, logit_scale, logit_bias, 0..img.dim(0)?)
+}
+
+/// The part of [`siglip_loss`] over the pairs whose image is one of `rows`.
+pub fn siglip_loss_rows(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    logit_bias: &Tensor,
+    rows: Anchors,
+) -> Result<Tensor> {
     let n = img.dim(0)?;
-    let logits = scaled_similarities(img, txt, &logit_scale.exp()?)?.broadcast_add(logit_bias)?;
-    let labels = ((Tensor::eye(n, logits.dtype(), logits.device())? * 2.0)? - 1.0)?;
+    let (img, txt) = (l2_normalize(img)?, l2_normalize(txt)?);
+    let logits = img
+        .narrow(0, rows.start, rows.len())?
+        .matmul(&txt.t()?)?
+        .broadcast_mul(&logit_scale.exp()?)?
+        .broadcast_add(logit_bias)?;
+    let labels = ((own_columns(&rows, n, &logits)? * 2.0)? - 1.0)?;
     let z = (logits * labels)?;
     // −log σ(z) = softplus(−z) = max(−z, 0) + log(1 + e^{−|z|}), stable for any z.
     let softplus = (z.neg()?.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;

@@ -25,6 +25,20 @@ pub struct TrainState {
     /// `step × batch`); absent in checkpoints of earlier versions.
     #[serde(default)]
     pub data_position: Option<usize>,
+    /// With N > 1 data-parallel ranks, each rank's (local) sample position, in rank order;
+    /// `data_position` is then absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_positions: Option<Vec<usize>>,
+}
+
+impl TrainState {
+    /// Each rank's data position, in rank order (one entry for a one-process run; none in
+    /// checkpoints of early versions).
+    pub fn positions(&self) -> Option<Vec<usize>> {
+        self.data_positions
+            .clone()
+            .or_else(|| self.data_position.map(|p| vec![p]))
+    }
 }
 
 const STATE_FILE: &str = "train_state.json";
@@ -66,8 +80,9 @@ pub(crate) struct Resumed {
     pub weights: TensorMap,
     /// AdamW moments and their step count.
     pub opt: (HashMap<String, Tensor>, u64),
-    /// Sample position the next step reads at (absent in checkpoints of earlier versions).
-    pub data_position: Option<usize>,
+    /// Each rank's sample position for the next step (absent in checkpoints of early
+    /// versions).
+    pub data_positions: Option<Vec<usize>>,
 }
 
 /// Loads the newest complete checkpoint of `run`.
@@ -95,7 +110,7 @@ pub(crate) fn resume(run: &Path, device: &Device) -> Result<Resumed> {
         dir,
         weights: TensorMap::new(weights, device.clone()),
         opt: (opt, adam_steps),
-        data_position: state.data_position,
+        data_positions: state.positions(),
     })
 }
 
@@ -107,7 +122,7 @@ pub(crate) fn save_checkpoint(
     store: &VarStore,
     opt: &AdamW,
     step: usize,
-    data_position: usize,
+    positions: &[usize],
 ) -> Result<()> {
     let mut tensors = store.tensors();
     let mut opt_state = opt.state_tensors()?;
@@ -117,7 +132,8 @@ pub(crate) fn save_checkpoint(
     let state = TrainState {
         step,
         train: setup.train.clone(),
-        data_position: Some(data_position),
+        data_position: (positions.len() == 1).then(|| positions[0]),
+        data_positions: (positions.len() > 1).then(|| positions.to_vec()),
     };
     clip_model::replace_dir_atomically(dir, |tmp| {
         clip_model::write_hf_files(
@@ -219,6 +235,17 @@ pub(crate) struct SkipLog {
     seen: HashSet<String>,
 }
 
+/// Skips as `name<TAB>reason` lines, the form they travel between ranks in.
+pub(crate) fn skip_rows(skips: &[Skip]) -> String {
+    skips
+        .iter()
+        .map(|s| {
+            let reason = s.reason.to_string().replace(['\t', '\n'], " ");
+            format!("{}\t{reason}\n", s.name.replace(['\t', '\n'], " "))
+        })
+        .collect()
+}
+
 impl SkipLog {
     /// Starts the log: a fresh run lists what scanning skipped (step 0); a resumed one keeps
     /// the rows up to its step and drops later ones, which the run will meet again.
@@ -249,11 +276,18 @@ impl SkipLog {
 
     /// Appends the skips not listed yet.
     pub(crate) fn record(&mut self, step: usize, skips: &[Skip]) -> Result<()> {
+        self.record_rows(step, &skip_rows(skips))
+    }
+
+    /// Appends the rows of [`skip_rows`] (from any rank) not listed yet.
+    pub(crate) fn record_rows(&mut self, step: usize, skips: &str) -> Result<()> {
         let mut rows = String::new();
-        for s in skips {
-            if self.seen.insert(s.name.clone()) {
-                let reason = s.reason.to_string().replace(['\t', '\n'], " ");
-                rows.push_str(&format!("{step}\t{}\t{reason}\n", s.name));
+        for line in skips.lines() {
+            let Some((name, reason)) = line.split_once('\t') else {
+                continue;
+            };
+            if self.seen.insert(name.to_string()) {
+                rows.push_str(&format!("{step}\t{name}\t{reason}\n"));
             }
         }
         if rows.is_empty() {

@@ -14,9 +14,9 @@
 //! τ⁺ = 0 and β = 0 give back the plain InfoNCE / NT-Xent loss exactly, which the tests check.
 //! Rows are shifted by their (detached) maximum before `exp`, so nothing overflows.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 
-use crate::loss::{l2_normalize, scaled_similarities};
+use crate::loss::{l2_normalize, own_columns, Anchors};
 
 /// How the negative term of a softmax contrastive loss is estimated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,19 +71,31 @@ fn row_losses(
     (pos + ng)?.log()? - pos_logit
 }
 
-/// Positive and negative masks of the 2B two-view logits, on the device and type of `like`.
-fn view_masks(b: usize, like: &Tensor) -> Result<(Tensor, Tensor)> {
-    // Rows/columns 0..B are view 1, B..2B view 2; row i's positive is i ± B.
-    let n = 2 * b;
-    let mut pos = vec![0f32; n * n];
-    let mut neg = vec![1f32; n * n];
-    for i in 0..n {
-        let p = (i + b) % n;
-        pos[i * n + p] = 1.0;
-        neg[i * n + p] = 0.0;
-        neg[i * n + i] = 0.0;
+/// Global index of two-view anchor `k` among the 2n views (view-1 rows 0..n, then view 2)
+/// when the anchors are the views of images `rows`: first their view 1, then their view 2.
+fn view_anchor(k: usize, n: usize, rows: &Anchors) -> usize {
+    if k < rows.len() {
+        rows.start + k
+    } else {
+        n + rows.start + k - rows.len()
     }
-    let mask = |m| Tensor::from_vec(m, (n, n), like.device())?.to_dtype(like.dtype());
+}
+
+/// Positive and negative masks of the two-view logits `[2r, 2n]` of the anchors of images
+/// `rows`, on the device and type of `like`: each view's positive is the other view of its
+/// image, and its negatives are all views but those two.
+fn view_masks(n: usize, rows: &Anchors, like: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (a, c) = (2 * rows.len(), 2 * n);
+    let mut pos = vec![0f32; a * c];
+    let mut neg = vec![1f32; a * c];
+    for k in 0..a {
+        let g = view_anchor(k, n, rows);
+        let p = (g + n) % c;
+        pos[k * c + p] = 1.0;
+        neg[k * c + p] = 0.0;
+        neg[k * c + g] = 0.0;
+    }
+    let mask = |m| Tensor::from_vec(m, (a, c), like.device())?.to_dtype(like.dtype());
     Ok((mask(pos)?, mask(neg)?))
 }
 
@@ -102,17 +114,24 @@ fn check_views(z1: &Tensor, z2: &Tensor) -> Result<usize> {
     Ok(b)
 }
 
-/// The common start of the two-view losses: B, the similarity logits `[2B, 2B]` of the
-/// normalised views at temperature `t`, and 1/t as a tensor.
-fn two_view_logits(z1: &Tensor, z2: &Tensor, t: f64) -> Result<(usize, Tensor, Tensor)> {
-    let b = check_views(z1, z2)?;
+/// The common start of the two-view losses: n, the similarity logits `[2r, 2n]` of the
+/// anchors of images `rows` against all normalised views at temperature `t`, and 1/t.
+fn two_view_logits(
+    z1: &Tensor,
+    z2: &Tensor,
+    t: f64,
+    rows: &Anchors,
+) -> Result<(usize, Tensor, Tensor)> {
+    let n = check_views(z1, z2)?;
     if !(t.is_finite() && t > 0.0) {
         candle_core::bail!("temperature must be a positive number, got {t}");
     }
     let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
-    let logits = (z.matmul(&z.t()?)? / t)?;
+    let (s, r) = (rows.start, rows.len());
+    let anchors = Tensor::cat(&[z.narrow(0, s, r)?, z.narrow(0, n + s, r)?], 0)?;
+    let logits = (anchors.matmul(&z.t()?)? / t)?;
     let inv_t = Tensor::new(1.0 / t as f32, z.device())?.to_dtype(z.dtype())?;
-    Ok((b, logits, inv_t))
+    Ok((n, logits, inv_t))
 }
 
 /// Two-view softmax loss with a configurable negative estimate; the common body of
@@ -127,15 +146,27 @@ pub fn two_view_loss(
     temperature: f64,
     est: NegativeEstimate,
 ) -> Result<Tensor> {
-    let (b, logits, inv_t) = two_view_logits(z1, z2, temperature)?;
+    two_view_loss_rows(z1, z2, temperature, est, 0..z1.dim(0)?)
+}
+
+/// The part of [`two_view_loss`] whose anchors are both views of the images `rows`.
+pub fn two_view_loss_rows(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+    est: NegativeEstimate,
+    rows: Anchors,
+) -> Result<Tensor> {
+    let (n, logits, inv_t) = two_view_logits(z1, z2, temperature, &rows)?;
     if !(0.0..1.0).contains(&est.tau_plus) {
         candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
     }
     if !(est.beta.is_finite() && est.beta >= 0.0) {
         candle_core::bail!("beta must be a non-negative number, got {}", est.beta);
     }
-    let (pos, neg) = view_masks(b, &logits)?;
-    row_losses(&logits, &pos, &neg, (2 * b - 2) as f64, &inv_t, est)?.mean_all()
+    let (pos, neg) = view_masks(n, &rows, &logits)?;
+    let sum = row_losses(&logits, &pos, &neg, (2 * n - 2) as f64, &inv_t, est)?.sum_all()?;
+    sum / (2 * n) as f64
 }
 
 /// NT-Xent (SimCLR's normalised temperature-scaled cross-entropy).
@@ -189,30 +220,37 @@ pub fn oracle_contrastive_loss(
     temperature: f64,
     labels: &[u32],
 ) -> Result<Tensor> {
-    let (b, logits, inv_t) = two_view_logits(z1, z2, temperature)?;
-    if labels.len() != b {
-        candle_core::bail!("{} labels for a batch of {b} images", labels.len());
+    oracle_contrastive_loss_rows(z1, z2, temperature, labels, 0..z1.dim(0)?)
+}
+
+/// The part of [`oracle_contrastive_loss`] whose anchors are both views of images `rows`
+/// (`labels` are those of all images).
+pub fn oracle_contrastive_loss_rows(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+    labels: &[u32],
+    rows: Anchors,
+) -> Result<Tensor> {
+    let (n, logits, inv_t) = two_view_logits(z1, z2, temperature, &rows)?;
+    if labels.len() != n {
+        candle_core::bail!("{} labels for a batch of {n} images", labels.len());
     }
-    let (pos, _) = view_masks(b, &logits)?;
-    let n = 2 * b;
-    let mut neg = vec![0f32; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            if labels[i % b] != labels[j % b] {
-                neg[i * n + j] = 1.0;
+    let (pos, _) = view_masks(n, &rows, &logits)?;
+    let (a, c) = (2 * rows.len(), 2 * n);
+    let mut neg = vec![0f32; a * c];
+    for k in 0..a {
+        let g = view_anchor(k, n, &rows);
+        for j in 0..c {
+            if labels[g % n] != labels[j % n] {
+                neg[k * c + j] = 1.0;
             }
         }
     }
-    let neg = Tensor::from_vec(neg, (n, n), logits.device())?.to_dtype(logits.dtype())?;
-    row_losses(
-        &logits,
-        &pos,
-        &neg,
-        (n - 2) as f64,
-        &inv_t,
-        NegativeEstimate::BIASED,
-    )?
-    .mean_all()
+    let neg = Tensor::from_vec(neg, (a, c), logits.device())?.to_dtype(logits.dtype())?;
+    let est = NegativeEstimate::BIASED;
+    let sum = row_losses(&logits, &pos, &neg, (c - 2) as f64, &inv_t, est)?.sum_all()?;
+    sum / c as f64
 }
 
 /// Rows longer than √μ are scaled back to norm √μ (the reference implementation's
@@ -231,16 +269,29 @@ fn project_to_ball(z: &Tensor, mu: f64) -> Result<Tensor> {
 /// temperature: its population minimiser is the top eigenvectors of the normalised
 /// augmentation graph (see [`crate::spectral_graph`]).
 pub fn spectral_contrastive_loss(z1: &Tensor, z2: &Tensor, mu: f64) -> Result<Tensor> {
-    let b = check_views(z1, z2)?;
+    spectral_contrastive_loss_rows(z1, z2, mu, 0..z1.dim(0)?)
+}
+
+/// The part of [`spectral_contrastive_loss`] whose first-view rows are `rows` (the pairs
+/// `(z1ᵢ, z2ᵢ)` and `(z1ᵢ, z2ⱼ)` for i in `rows`).
+pub fn spectral_contrastive_loss_rows(
+    z1: &Tensor,
+    z2: &Tensor,
+    mu: f64,
+    rows: Anchors,
+) -> Result<Tensor> {
+    let n = check_views(z1, z2)?;
     if !(mu.is_finite() && mu > 0.0) {
         candle_core::bail!("mu must be a positive number, got {mu}");
     }
-    let z1 = project_to_ball(z1, mu)?;
+    let (s, r) = (rows.start, rows.len());
+    let a = project_to_ball(&z1.narrow(0, s, r)?, mu)?;
     let z2 = project_to_ball(z2, mu)?;
-    let attract = ((&z1 * &z2)?.sum(D::Minus1)?.mean_all()? * -2.0)?;
-    let off = (1.0 - Tensor::eye(b, z1.dtype(), z1.device())?)?;
-    let sq = (z1.matmul(&z2.t()?)?.sqr()? * off)?.sum_all()?;
-    let repel = (sq / (b * (b - 1)) as f64)?;
+    let attract = ((&a * z2.narrow(0, s, r)?)?.sum_all()? * (-2.0 / n as f64))?;
+    let similarities = a.matmul(&z2.t()?)?;
+    let off = (1.0 - own_columns(&rows, n, &similarities)?)?;
+    let sq = (similarities.sqr()? * off)?.sum_all()?;
+    let repel = (sq / (n * (n - 1)) as f64)?;
     (attract + repel)? / mu
 }
 
@@ -255,25 +306,45 @@ pub fn debiased_clip_loss(
     logit_scale: &Tensor,
     est: NegativeEstimate,
 ) -> Result<Tensor> {
-    let b = check_views(img, txt)?;
+    debiased_clip_loss_rows(img, txt, logit_scale, est, 0..img.dim(0)?)
+}
+
+/// The part of [`debiased_clip_loss`] whose anchors (images and captions) are `rows`.
+pub fn debiased_clip_loss_rows(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    est: NegativeEstimate,
+    rows: Anchors,
+) -> Result<Tensor> {
+    let n = check_views(img, txt)?;
     if !(0.0..1.0).contains(&est.tau_plus) {
         candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
     }
     let inv_t = logit_scale.exp()?;
-    let logits = scaled_similarities(img, txt, &inv_t)?;
-    let eye = Tensor::eye(b, DType::F32, img.device())?.to_dtype(img.dtype())?;
-    let off = (1.0 - &eye)?;
-    let n = (b - 1) as f64;
-    let a = row_losses(&logits, &eye, &off, n, &inv_t, est)?.mean_all()?;
-    let c = row_losses(&logits.t()?, &eye, &off, n, &inv_t, est)?.mean_all()?;
-    (a + c)? / 2.0
+    let (img, txt) = (l2_normalize(img)?, l2_normalize(txt)?);
+    let (s, r) = (rows.start, rows.len());
+    let per_image = img
+        .narrow(0, s, r)?
+        .matmul(&txt.t()?)?
+        .broadcast_mul(&inv_t)?;
+    let per_text = txt
+        .narrow(0, s, r)?
+        .matmul(&img.t()?)?
+        .broadcast_mul(&inv_t)?;
+    let pos = own_columns(&rows, n, &per_image)?;
+    let neg = (1.0 - &pos)?;
+    let m = (n - 1) as f64;
+    let a = row_losses(&per_image, &pos, &neg, m, &inv_t, est)?.sum_all()?;
+    let c = row_losses(&per_text, &pos, &neg, m, &inv_t, est)?.sum_all()?;
+    (a + c)? / (2 * n) as f64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clip_loss;
-    use candle_core::Device;
+    use candle_core::{DType, Device, Var};
 
     fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};
@@ -478,5 +549,78 @@ mod tests {
         assert!(hard_negative_loss(&z, &z, 0.5, 0.1, -1.0).is_err());
         assert!(spectral_contrastive_loss(&z, &z, 0.0).is_err());
         assert!(nt_xent_loss(&random(1, 2, 1), &random(1, 2, 2), 0.5).is_err());
+    }
+
+    /// Each loss over a partition of its anchors sums to the whole-batch loss, in value and
+    /// in gradient: what data-parallel training relies on.
+    #[test]
+    fn anchor_partitions_add_up_to_the_whole_loss() {
+        use crate::loss::{clip_loss_rows, siglip_loss_rows};
+        let n = 6;
+        let (a, b) = (random(n, 5, 21), random(n, 5, 22));
+        let scale = Tensor::new(2.5f32.ln(), &Device::Cpu).unwrap();
+        let bias = Tensor::new(-1.5f32, &Device::Cpu).unwrap();
+        let labels = [0u32, 1, 0, 2, 1, 2];
+        let est = NegativeEstimate {
+            tau_plus: 0.1,
+            beta: 0.5,
+        };
+        type Loss<'a> = Box<dyn Fn(&Tensor, &Tensor, Anchors) -> Result<Tensor> + 'a>;
+        let losses: Vec<(&str, Loss)> = vec![
+            ("clip", Box::new(|x, y, r| clip_loss_rows(x, y, &scale, r))),
+            (
+                "siglip",
+                Box::new(|x, y, r| siglip_loss_rows(x, y, &scale, &bias, r)),
+            ),
+            (
+                "two_view",
+                Box::new(|x, y, r| two_view_loss_rows(x, y, 0.5, est, r)),
+            ),
+            (
+                "oracle",
+                Box::new(|x, y, r| oracle_contrastive_loss_rows(x, y, 0.5, &labels, r)),
+            ),
+            (
+                "spectral",
+                Box::new(|x, y, r| spectral_contrastive_loss_rows(x, y, 2.0, r)),
+            ),
+            (
+                "debiased_clip",
+                Box::new(|x, y, r| debiased_clip_loss_rows(x, y, &scale, est, r)),
+            ),
+        ];
+        for (name, loss) in &losses {
+            let run = |parts: &[Anchors]| {
+                let (x, y) = (Var::from_tensor(&a).unwrap(), Var::from_tensor(&b).unwrap());
+                let mut total = Tensor::new(0f32, &Device::Cpu).unwrap();
+                for r in parts {
+                    total =
+                        (total + loss(x.as_tensor(), y.as_tensor(), r.clone()).unwrap()).unwrap();
+                }
+                let g = total.backward().unwrap();
+                let grad = |v: &Var| g.get(v).unwrap().flatten_all().unwrap().to_vec1::<f32>();
+                (scalar(total), grad(&x).unwrap(), grad(&y).unwrap())
+            };
+            let whole = run(&[0..n]);
+            let split = run(&[0..2, 2..3, 3..n]);
+            assert!(whole.0.is_finite() && whole.1.len() == n * 5, "{name}");
+            assert!(
+                (whole.0 - split.0).abs() < 1e-5,
+                "{name}: {} vs {}",
+                whole.0,
+                split.0
+            );
+            for (w, s) in whole
+                .1
+                .iter()
+                .chain(&whole.2)
+                .zip(split.1.iter().chain(&split.2))
+            {
+                assert!((w - s).abs() < 1e-5, "{name}: gradient {w} vs {s}");
+            }
+            // A part alone is not the whole: the partition test can fail.
+            let part = run(&[0..3]);
+            assert!((whole.0 - part.0).abs() > 1e-4, "{name}");
+        }
     }
 }

@@ -13,14 +13,16 @@ use clip_nn::{Init, ParamSource, Params, TensorMap, VarStore};
 use text_encoder::TextTape;
 use vision_encoder::VisionTape;
 
+use crate::dist::{own_rows, Collective};
 use crate::loader::Batch;
+use crate::loss::{clip_loss_rows, siglip_loss_rows, Anchors};
 use crate::optim::{clip_grad_norm, AdamW};
 use crate::run_dir::{self, LOGIT_BIAS};
 use crate::ssl_loss::{
-    debiased_clip_loss, oracle_contrastive_loss, spectral_contrastive_loss, two_view_loss,
-    NegativeEstimate,
+    debiased_clip_loss_rows, oracle_contrastive_loss_rows, spectral_contrastive_loss_rows,
+    two_view_loss_rows, NegativeEstimate,
 };
-use crate::{clip_loss, siglip_loss, LossKind, Objective, Precision, Result, RunSetup};
+use crate::{LossKind, Objective, Precision, Result, RunSetup};
 
 fn is_image_param(name: &str) -> bool {
     name.starts_with("vision_model.") || name.starts_with("visual_projection")
@@ -45,6 +47,8 @@ pub(crate) struct Stepper<'a> {
     scale: Var,
     /// Activation buffers of the taped path, reused from step to step.
     ws: RefCell<Workspace>,
+    /// The ranks this step is shared with ([`crate::dist::Single`] in one process).
+    comm: &'a dyn Collective,
 }
 
 /// Keeps a tower's tape in `slot` and returns its features as a fresh leaf for the loss, or,
@@ -61,11 +65,11 @@ fn hold<T>(
     };
     let leaf = Var::from_tensor(&features)?;
     let t = leaf.as_tensor().clone();
-    *slot = Some((leaf, tape));
+    *slot = Some((leaf, Carrier::Tape(tape)));
     Ok(t)
 }
 
-/// Tower features whose gradient reaches the weights through the taped backward once the
+/// Tower features whose gradient reaches the weights through the towers' backward once the
 /// loss's backward has run.
 #[derive(Default)]
 struct Pending {
@@ -73,8 +77,33 @@ struct Pending {
     text: Held<TextTape>,
 }
 
-/// A tower's features as a leaf variable, and the tape that carries their gradient on.
-type Held<T> = Option<(Var, T)>;
+/// What carries the gradient of a tower's features on to its weights: the taped path's tape,
+/// or candle's graph of the features (differentiated through `Σ features·gradient`).
+enum Carrier<T> {
+    Tape(T),
+    Graph(Tensor),
+}
+
+/// A tower's features as a leaf variable (the loss's input), and their carrier.
+type Held<T> = Option<(Var, Carrier<T>)>;
+
+/// The features of the whole (global) batch as the loss sees them: a leaf per side, whose
+/// gradient goes back to the ranks that own the rows. `None` when this chunk is the batch.
+type Columns = Option<(Var, Var)>;
+
+/// `all` with rows `at..at + block.rows` replaced by `block`.
+fn splice(all: &Tensor, at: usize, block: &Tensor) -> Result<Tensor> {
+    let (n, r) = (all.dim(0)?, block.dim(0)?);
+    let mut parts = Vec::with_capacity(3);
+    if at > 0 {
+        parts.push(all.narrow(0, 0, at)?);
+    }
+    parts.push(block.clone());
+    if at + r < n {
+        parts.push(all.narrow(0, at + r, n - at - r)?);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
 
 impl<'a> Stepper<'a> {
     /// The model over `store`'s weights and AdamW over the parameters that train, with the
@@ -83,6 +112,7 @@ impl<'a> Stepper<'a> {
         setup: &'a RunSetup,
         store: &'a VarStore,
         saved_opt: Option<&(HashMap<String, Tensor>, u64)>,
+        comm: &'a dyn Collective,
     ) -> Result<Self> {
         let t = &setup.train;
         let model = clip_model(&setup.model, store)?;
@@ -120,13 +150,14 @@ impl<'a> Stepper<'a> {
             opt,
             scale,
             ws: RefCell::new(Workspace::default()),
+            comm,
         })
     }
 
     /// Writes checkpoint `dir`: the weights and optimiser moments after `step` updates, and
-    /// the data position the next step reads at.
-    pub(crate) fn save(&self, dir: &Path, step: usize, position: usize) -> Result<()> {
-        run_dir::save_checkpoint(dir, self.setup, self.store, &self.opt, step, position)
+    /// each rank's data position for the next step.
+    pub(crate) fn save(&self, dir: &Path, step: usize, positions: &[usize]) -> Result<()> {
+        run_dir::save_checkpoint(dir, self.setup, self.store, &self.opt, step, positions)
     }
 
     /// exp(logit_scale), the inverse temperature.
@@ -143,7 +174,8 @@ impl<'a> Stepper<'a> {
         } else {
             1
         };
-        let pixels = Tensor::from_vec(batch.pixels, (views * t.batch_size, 3, s, s), device)?;
+        let rows = batch.items.len();
+        let pixels = Tensor::from_vec(batch.pixels, (views * rows, 3, s, s), device)?;
         self.loss_and_grads(&pixels, &batch.ids, &batch.items)
     }
 
@@ -176,26 +208,33 @@ impl<'a> Stepper<'a> {
     }
 
     /// The loss between the two sides of the positive pairs (image and caption features, or
-    /// two views' features); `detached` leaves the temperature (and bias) without a gradient.
-    /// `items` are the rows' samples, whose labels the oracle loss reads.
-    fn loss(&self, a: &Tensor, b: &Tensor, detached: bool, items: &[usize]) -> Result<Tensor> {
+    /// two views' features) with anchors `rows`; `detached` leaves the temperature (and bias)
+    /// without a gradient. `items` are the rows' samples, whose labels the oracle loss reads.
+    fn loss(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        rows: Anchors,
+        detached: bool,
+        items: &[usize],
+    ) -> Result<Tensor> {
         let t = &self.setup.train;
         let grad = |x: &Tensor| if detached { x.detach() } else { x.clone() };
         let scale = &grad(self.model.logit_scale());
         let images = t.objective == Objective::Images;
         Ok(match (t.loss, &self.logit_bias) {
-            (LossKind::Spectral, _) => spectral_contrastive_loss(a, b, t.spectral_mu)?,
+            (LossKind::Spectral, _) => spectral_contrastive_loss_rows(a, b, t.spectral_mu, rows)?,
             (LossKind::Oracle, _) => {
                 let labels = self.setup.labels.as_ref().expect("train checks the labels");
                 let ids: Vec<u32> = items.iter().map(|&i| labels[i] as u32).collect();
-                oracle_contrastive_loss(a, b, t.temperature, &ids)?
+                oracle_contrastive_loss_rows(a, b, t.temperature, &ids, rows)?
             }
-            _ if images => two_view_loss(a, b, t.temperature, self.estimate())?,
-            (LossKind::Siglip, Some(bias)) => siglip_loss(a, b, scale, &grad(bias))?,
+            _ if images => two_view_loss_rows(a, b, t.temperature, self.estimate(), rows)?,
+            (LossKind::Siglip, Some(bias)) => siglip_loss_rows(a, b, scale, &grad(bias), rows)?,
             (LossKind::Debiased | LossKind::HardNegative, _) => {
-                debiased_clip_loss(a, b, scale, self.estimate())?
+                debiased_clip_loss_rows(a, b, scale, self.estimate(), rows)?
             }
-            _ => clip_loss(a, b, scale)?,
+            _ => clip_loss_rows(a, b, scale, rows)?,
         })
     }
 
@@ -223,37 +262,79 @@ impl<'a> Stepper<'a> {
         hold(f, tape, slot, |t| t.release(&mut ws))
     }
 
-    /// Adds the gradients of one backward pass to `grads`: those candle's autograd found,
-    /// then the towers' taped backward from the gradients of their features.
+    /// Adds the gradients of one backward pass to `grads`: those candle's autograd found
+    /// (the loss's parameters), then the towers' backward from the gradients of their
+    /// features, plus `extra` (the gradients other ranks' losses sent for these rows).
     fn collect(
         &self,
         g: &candle_core::backprop::GradStore,
         pending: Pending,
+        extra: Option<(Tensor, Tensor)>,
         grads: &mut HashMap<String, Tensor>,
     ) -> Result<()> {
         let mut ws = self.ws.borrow_mut();
         let mut taped = Grads::default();
         let (vision, text) = (self.model.vision(), self.model.text());
-        if let Some((v, tape)) = pending.image {
-            match g.get(&v) {
-                Some(d) => vision.backward_taped(tape, d, &mut ws, &mut taped)?,
-                None => tape.release(&mut ws),
+        // With two views both sides are rows of the one image leaf: first views, then second.
+        let (img_extra, txt_extra) = match extra {
+            Some((a, b)) if self.setup.train.objective == Objective::Images => {
+                (Some(Tensor::cat(&[a, b], 0)?), None)
+            }
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+        let total = |v: &Var, extra: Option<Tensor>| -> Result<Option<Tensor>> {
+            Ok(match (g.get(v), extra) {
+                (Some(d), Some(e)) => Some((d + e)?),
+                (d, e) => d.cloned().or(e),
+            })
+        };
+        // Towers on candle's graph: one backward of Σ features·gradient over both.
+        let mut surrogate: Option<Tensor> = None;
+        let mut through_graph = |f: Tensor, d: Option<Tensor>| -> Result<()> {
+            if let Some(d) = d {
+                let term = (f * d.detach())?.sum_all()?;
+                surrogate = Some(match surrogate.take() {
+                    Some(s) => (s + term)?,
+                    None => term,
+                });
+            }
+            Ok(())
+        };
+        if let Some((v, carrier)) = pending.image {
+            let d = total(&v, img_extra)?;
+            match (carrier, d) {
+                (Carrier::Tape(tape), Some(d)) => {
+                    vision.backward_taped(tape, &d, &mut ws, &mut taped)?
+                }
+                (Carrier::Tape(tape), None) => tape.release(&mut ws),
+                (Carrier::Graph(f), d) => through_graph(f, d)?,
             }
         }
-        if let Some((v, tape)) = pending.text {
-            match g.get(&v) {
-                Some(d) => text.backward_taped(tape, d, &mut ws, &mut taped)?,
-                None => tape.release(&mut ws),
+        if let Some((v, carrier)) = pending.text {
+            let d = total(&v, txt_extra)?;
+            match (carrier, d) {
+                (Carrier::Tape(tape), Some(d)) => {
+                    text.backward_taped(tape, &d, &mut ws, &mut taped)?
+                }
+                (Carrier::Tape(tape), None) => tape.release(&mut ws),
+                (Carrier::Graph(f), d) => through_graph(f, d)?,
             }
         }
+        let towers = surrogate.map(|s| s.backward()).transpose()?;
         let mut by_id: HashMap<TensorId, Tensor> = taped
             .into_entries()
             .into_iter()
             .map(|(p, g)| (p.id(), g))
             .collect();
-        // Autograd's gradient first, then the taped one, added to earlier chunks' sums.
+        // The loss's gradient first, then the towers', added to earlier chunks' sums.
         for (name, var) in &self.vars {
-            let mine = [g.get(var).cloned(), by_id.remove(&var.as_tensor().id())];
+            let from_towers = towers.as_ref().and_then(|t| t.get(var).cloned());
+            let mine = [
+                g.get(var).cloned(),
+                from_towers,
+                by_id.remove(&var.as_tensor().id()),
+            ];
             for t in mine.into_iter().flatten() {
                 let t = match grads.remove(name) {
                     Some(prev) => (prev + t)?,
@@ -291,8 +372,8 @@ impl<'a> Stepper<'a> {
     }
 
     /// Both towers' features, or with `--objective images` the image tower's features of
-    /// the first and of the second views; without `pending` (a gradient-free pass) they are
-    /// detached.
+    /// the first and of the second views; with `pending` they are leaves whose towers'
+    /// backward `collect` runs, without it (a gradient-free pass) they are detached.
     fn features(
         &self,
         m: Option<&ClipModel>,
@@ -301,15 +382,16 @@ impl<'a> Stepper<'a> {
         pending: Option<&mut Pending>,
     ) -> Result<(Tensor, Tensor)> {
         let t = &self.setup.train;
-        let trains = pending.is_some();
         let (image, text) = match pending {
             Some(p) => (Some(&mut p.image), Some(&mut p.text)),
             None => (None, None),
         };
-        let keep = |x: Tensor, locked: bool| if trains && !locked { x } else { x.detach() };
         let img = match self.taped() {
             true => self.image_taped(pixels, image.filter(|_| !t.lock_image))?,
-            false => keep(self.encode_image(m, pixels)?, t.lock_image),
+            false => {
+                let f = self.encode_image(m, pixels)?;
+                on_graph(f, image.filter(|_| !t.lock_image))?
+            }
         };
         if t.objective == Objective::Images {
             let b = img.dim(0)? / 2;
@@ -317,14 +399,53 @@ impl<'a> Stepper<'a> {
         }
         let txt = match self.taped() {
             true => self.text_taped(ids, text.filter(|_| !t.lock_text))?,
-            false => keep(self.encode_text(m, ids)?, t.lock_text),
+            false => {
+                let f = self.encode_text(m, ids)?;
+                on_graph(f, text.filter(|_| !t.lock_text))?
+            }
         };
         Ok((img, txt))
     }
 
-    /// Loss and gradients for one batch; with `accum_steps > 1`, features of the other
+    /// The global batch's features for the loss, from this rank's features of all chunks
+    /// (`local`): gathered from every rank, or (one process, several chunks) as they are.
+    fn columns(&self, local: (Tensor, Tensor), chunks: usize) -> Result<Columns> {
+        if self.comm.world() == 1 && chunks == 1 {
+            return Ok(None);
+        }
+        let side = |x: Tensor| -> Result<Var> {
+            Ok(Var::from_tensor(&self.comm.all_gather(&x.detach())?)?)
+        };
+        Ok(Some((side(local.0)?, side(local.1)?)))
+    }
+
+    /// The gradients that the other ranks' losses give this rank's rows (`own`): the
+    /// gradient of this rank's loss for every gathered row except its own, summed over ranks
+    /// and scattered back to the owners.
+    fn scatter_gradients(
+        &self,
+        g: &candle_core::backprop::GradStore,
+        columns: &(Var, Var),
+        own: &Anchors,
+    ) -> Result<(Tensor, Tensor)> {
+        let side = |v: &Var| -> Result<Tensor> {
+            let d = match g.get(v) {
+                Some(d) => d.clone(),
+                None => v.as_tensor().zeros_like()?,
+            };
+            let mine = Tensor::zeros((own.len(), d.dim(1)?), d.dtype(), d.device())?;
+            self.comm.reduce_scatter_sum(&splice(&d, own.start, &mine)?)
+        };
+        Ok((side(&columns.0)?, side(&columns.1)?))
+    }
+
+    /// Loss and gradients for this rank's share of a batch.
+    ///
+    /// The loss's anchors are this rank's rows and its columns the whole global batch
+    /// (gathered; see [`crate::dist`]). With `accum_steps > 1`, the features of the other
     /// chunks come from a gradient-free first pass, so every chunk still sees the whole batch
-    /// as negatives (open_clip's feature cache).
+    /// as negatives (open_clip's feature cache); only the chunk being differentiated is live.
+    /// Gradients and the loss are summed over ranks at the end.
     fn loss_and_grads(
         &self,
         pixels: &Tensor,
@@ -334,8 +455,9 @@ impl<'a> Stepper<'a> {
         let k = self.setup.train.accum_steps;
         let step_model = self.step_model()?;
         let model = step_model.as_ref();
-        // Two views are one chunk of 2B pixel rows and no captions.
-        let (np, n) = (pixels.dim(0)? / k, ids.len() / k);
+        let (b, rank) = (items.len(), self.comm.rank());
+        // Two views are one chunk of 2·rows pixel rows and no captions.
+        let (np, n, rows) = (pixels.dim(0)? / k, ids.len() / k, b / k);
         let chunk = |j: usize| {
             let p = pixels.narrow(0, j * np, np)?;
             Ok::<_, candle_core::Error>((p, &ids[j * n..(j + 1) * n]))
@@ -345,27 +467,103 @@ impl<'a> Stepper<'a> {
             let (p, i) = chunk(j)?;
             cached.push(self.features(model, &p, i, None)?);
         }
+        let items = self.global_items(items)?;
+        let own = own_rows(rank, b);
+        let mut columns: Columns = None;
+        let mut extra: Option<(Tensor, Tensor)> = None;
         let mut grads = HashMap::new();
         let mut value = 0f32;
         for j in 0..k {
             let mut pending = Pending::default();
             let (p, i) = chunk(j)?;
-            let (mut img, mut txt) = self.features(model, &p, i, Some(&mut pending))?;
-            if k > 1 {
-                let mut all = cached.clone();
-                all[j] = (img, txt);
-                let (imgs, txts): (Vec<_>, Vec<_>) = all.into_iter().unzip();
-                (img, txt) = (Tensor::cat(&imgs, 0)?, Tensor::cat(&txts, 0)?);
+            let (img, txt) = self.features(model, &p, i, Some(&mut pending))?;
+            if j == 0 {
+                let local = match k {
+                    1 => (img.clone(), txt.clone()),
+                    _ => {
+                        let (imgs, txts): (Vec<_>, Vec<_>) = cached.iter().cloned().unzip();
+                        (Tensor::cat(&imgs, 0)?, Tensor::cat(&txts, 0)?)
+                    }
+                };
+                columns = self.columns(local, k)?;
             }
+            let at = own.start + j * rows;
+            let (all_img, all_txt) = match &columns {
+                Some((ci, ct)) => (splice(ci, at, &img)?, splice(ct, at, &txt)?),
+                None => (img, txt),
+            };
             // The temperature (and bias) get their gradient once, from the first chunk.
-            let loss = self.loss(&img, &txt, j > 0, items)?;
+            let loss = self.loss(&all_img, &all_txt, own.clone(), j > 0, &items)?;
+            let g = loss.backward()?;
             if j == 0 {
                 value = loss.to_scalar::<f32>()?;
+                if let Some(c) = columns.as_ref().filter(|_| self.comm.world() > 1) {
+                    extra = Some(self.scatter_gradients(&g, c, &own)?);
+                }
             }
-            self.collect(&loss.backward()?, pending, &mut grads)?;
+            let mine = match &extra {
+                Some((a, c)) => Some((a.narrow(0, j * rows, rows)?, c.narrow(0, j * rows, rows)?)),
+                None => None,
+            };
+            self.collect(&g, pending, mine, &mut grads)?;
+        }
+        if self.comm.world() > 1 {
+            value = self.sum_over_ranks(&mut grads, value)?;
         }
         Ok((value, grads))
     }
+
+    /// The sample of every row of the global batch (the oracle loss reads their labels).
+    fn global_items(&self, local: &[usize]) -> Result<Vec<usize>> {
+        if self.comm.world() == 1 || self.setup.train.loss != LossKind::Oracle {
+            return Ok(local.to_vec());
+        }
+        let bytes: Vec<u8> = local
+            .iter()
+            .flat_map(|&i| (i as u64).to_le_bytes())
+            .collect();
+        let all = self.comm.all_gather_bytes(&bytes)?;
+        Ok(all
+            .iter()
+            .flat_map(|r| r.chunks_exact(8))
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+            .collect())
+    }
+
+    /// Sums the gradients (in one buffer, in parameter order) and the loss over the ranks.
+    fn sum_over_ranks(&self, grads: &mut HashMap<String, Tensor>, loss: f32) -> Result<f32> {
+        let present: Vec<&(String, Var)> = self
+            .vars
+            .iter()
+            .filter(|(n, _)| grads.contains_key(n))
+            .collect();
+        let mut flat = Vec::with_capacity(present.len() + 1);
+        for (name, _) in &present {
+            flat.push(grads[name].flatten_all()?.to_dtype(DType::F32)?);
+        }
+        flat.push(Tensor::new(&[loss], self.model.device())?);
+        let sum = self.comm.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
+        let mut at = 0;
+        for (name, var) in present {
+            let n = var.as_tensor().elem_count();
+            let g = sum.narrow(0, at, n)?.reshape(var.as_tensor().shape())?;
+            grads.insert(name.clone(), g.to_dtype(var.as_tensor().dtype())?);
+            at += n;
+        }
+        Ok(sum.narrow(0, at, 1)?.to_vec1::<f32>()?[0])
+    }
+}
+
+/// Features computed on candle's graph: with a `slot`, a leaf copy for the loss and the graph
+/// kept for the backward; without one (no gradient wanted), detached.
+fn on_graph<T>(features: Tensor, slot: Option<&mut Held<T>>) -> Result<Tensor> {
+    let Some(slot) = slot else {
+        return Ok(features.detach());
+    };
+    let leaf = Var::from_tensor(&features.detach())?;
+    let t = leaf.as_tensor().clone();
+    *slot = Some((leaf, Carrier::Graph(features)));
+    Ok(t)
 }
 
 /// A model over the current values of `store`'s variables, handed out as `dtype`: detached

@@ -12,8 +12,9 @@ use clip_nn::{TensorMap, VarStore};
 use serde::Serialize;
 use text_encoder::ClipTokenizer;
 
+use crate::dist::{Collective, Single};
 use crate::error::io;
-use crate::loader::{Loader, LoaderMode, LoaderSpec};
+use crate::loader::{Loader, LoaderMode, LoaderSpec, Share};
 use crate::optim::learning_rate;
 use crate::run_dir::{self, Metrics, SkipLog};
 use crate::step::{model_over, Stepper};
@@ -40,6 +41,10 @@ pub struct StepStats {
     pub elapsed_s: f64,
     /// Distinct samples skipped so far (unpaired, unreadable, bad captions).
     pub skipped: usize,
+    /// Fraction of step time spent in collectives since the last log (data-parallel runs
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<f64>,
 }
 
 /// Hooks for progress display and validation.
@@ -56,6 +61,8 @@ pub trait Observer {
     }
     /// Called after a checkpoint is safely on disk.
     fn on_checkpoint(&mut self, _dir: &Path) {}
+    /// Something the user should know that does not stop the run.
+    fn on_warning(&mut self, _message: &str) {}
 }
 
 /// Reports nothing and validates nothing.
@@ -98,6 +105,14 @@ pub struct Summary {
     pub data_wait: f64,
     /// Distinct samples skipped over the whole run (listed in `RUN/skipped.tsv`).
     pub skipped: usize,
+    /// Seconds spent in steps in this invocation (data waits included).
+    pub step_time_s: f64,
+    /// Ranks that trained together (1: one process).
+    pub world: usize,
+    /// Time spent in collectives in this invocation (0 in one process).
+    pub comm_s: f64,
+    /// Bytes this rank sent into collectives per step.
+    pub comm_bytes_per_step: f64,
 }
 
 /// Step times and losses since the last log (and since the start).
@@ -107,30 +122,33 @@ struct Timing {
     steps: usize,
     wait: f64,
     time: f64,
+    comm: f64,
     total_wait: f64,
     total_time: f64,
 }
 
 impl Timing {
-    fn add(&mut self, loss: f32, wait: f64, time: f64) {
+    fn add(&mut self, loss: f32, wait: f64, time: f64, comm: f64) {
         self.loss += loss as f64;
         self.steps += 1;
         self.wait += wait;
         self.time += time;
+        self.comm += comm;
         self.total_wait += wait;
         self.total_time += time;
     }
 
     /// The window's statistics; starts the next window.
-    fn log(&mut self, t: &TrainConfig, stats: StepStats) -> StepStats {
+    fn log(&mut self, t: &TrainConfig, world: usize, stats: StepStats) -> StepStats {
         let stats = StepStats {
             total: t.steps,
             loss: self.loss / self.steps as f64,
             samples_per_s: (self.steps * t.batch_size) as f64 / self.time,
             data_wait: self.wait / self.time,
+            comm: (world > 1).then(|| self.comm / self.time),
             ..stats
         };
-        (self.loss, self.steps, self.wait, self.time) = (0.0, 0, 0.0, 0.0);
+        (self.loss, self.steps, self.wait, self.time, self.comm) = (0.0, 0, 0.0, 0.0, 0.0);
         stats
     }
 }
@@ -157,10 +175,29 @@ pub fn train(
     device: &Device,
     obs: &mut dyn Observer,
 ) -> Result<Summary> {
+    train_on(setup, data, device, obs, &Single)
+}
+
+/// [`train`] as one of the ranks of `comm`: each rank reads its share of every global batch
+/// of `setup.train.batch_size` samples, and they take the same steps one process would on
+/// the whole batch (see [`crate::dist`]). Rank 0 alone writes the run directory and talks to
+/// `obs` (validation included).
+pub fn train_on(
+    setup: RunSetup,
+    data: Arc<SampleSet>,
+    device: &Device,
+    obs: &mut dyn Observer,
+    comm: &dyn Collective,
+) -> Result<Summary> {
     let t = &setup.train;
     t.validate()?;
     check_data(&setup, &data)?;
-    std::fs::create_dir_all(&setup.out).map_err(io("cannot create", &setup.out))?;
+    let (rank, world) = (comm.rank(), comm.world());
+    let local_batch = local_batch(t, world)?;
+    let lead = rank == 0;
+    if lead {
+        std::fs::create_dir_all(&setup.out).map_err(io("cannot create", &setup.out))?;
+    }
 
     // Weights, optimiser moments, step and data position from the newest checkpoint, or a
     // fresh (seeded or given) start.
@@ -172,17 +209,37 @@ pub fn train(
         Some(w) => VarStore::from_tensors(w.clone()),
         None => VarStore::new(device.clone(), t.seed),
     };
-    let mut stepper = Stepper::new(&setup, &store, resumed.as_ref().map(|r| &r.opt))?;
-    let metrics = Metrics::open(&setup.out, resumed.as_ref().map(|r| r.step))?;
-    let mut skips = SkipLog::open(&setup.out, start, data.scan_skips())?;
-    let mut position = resumed
-        .as_ref()
-        .and_then(|r| r.data_position)
-        .unwrap_or(start * t.batch_size);
-    let spec = loader_spec(&setup, data);
+    let mut stepper = Stepper::new(&setup, &store, resumed.as_ref().map(|r| &r.opt), comm)?;
+    let (metrics, mut skips) = match lead {
+        true => (
+            Some(Metrics::open(&setup.out, resumed.as_ref().map(|r| r.step))?),
+            Some(SkipLog::open(&setup.out, start, data.scan_skips())?),
+        ),
+        false => (None, None),
+    };
+    let saved = resumed.as_ref().and_then(|r| r.data_positions.clone());
+    let mut position = match saved {
+        Some(p) if p.len() == world => p[rank],
+        Some(p) => {
+            if lead {
+                obs.on_warning(&format!(
+                    "the checkpoint was written by {} rank(s) and this run has {world}: weights, \
+                     optimiser and step resume exactly, but the data continues from sample \
+                     position {} in this run's layout, so the order differs from an \
+                     uninterrupted run",
+                    p.len(),
+                    start * t.batch_size
+                ));
+            }
+            start * local_batch
+        }
+        None => start * local_batch,
+    };
+    let spec = loader_spec(&setup, data, Share { rank, world });
     let loader = Loader::spawn(spec, start..t.steps, position, t.prefetch);
 
     let run_start = Instant::now();
+    let comm_start = comm.stats();
     let mut timing = Timing::default();
     let mut last_ckpt = resumed.map(|r| r.dir);
     let mut last_val = None;
@@ -192,7 +249,11 @@ pub fn train(
         let wait = t0.elapsed().as_secs_f64();
         debug_assert_eq!(batch.step, step);
         position = batch.next_position;
-        skips.record(step + 1, &batch.skipped)?;
+        let skipped = gather_skips(comm, &batch.skipped)?;
+        if let Some(log) = skips.as_mut() {
+            log.record_rows(step + 1, &skipped)?;
+        }
+        let c0 = comm.stats().time;
         let (loss, grads) = stepper.gradients(batch, device)?;
         if !loss.is_finite() {
             let last = last_ckpt.map(|p| format!(" at {}", p.display()));
@@ -201,7 +262,8 @@ pub fn train(
         }
         let lr = learning_rate(t.schedule, t.lr, t.warmup, t.steps, step);
         stepper.update(grads, lr)?;
-        timing.add(loss, wait, t0.elapsed().as_secs_f64());
+        let in_comm = (comm.stats().time - c0).as_secs_f64();
+        timing.add(loss, wait, t0.elapsed().as_secs_f64(), in_comm);
 
         let done = step + 1;
         // Every n steps (n = 0: never) and at the end.
@@ -212,47 +274,114 @@ pub fn train(
                 lr,
                 logit_scale: stepper.logit_scale()?,
                 elapsed_s: run_start.elapsed().as_secs_f64(),
-                skipped: skips.count(),
+                skipped: skips.as_ref().map_or(0, SkipLog::count),
                 ..Default::default()
             };
-            let stats = timing.log(t, window);
-            metrics.append(&serde_json::to_value(&stats).expect("stats serialise"))?;
-            obs.on_step(&stats);
+            let stats = timing.log(t, world, window);
+            if let Some(m) = &metrics {
+                m.append(&serde_json::to_value(&stats).expect("stats serialise"))?;
+                obs.on_step(&stats);
+            }
         }
-        if every(t.val_every) {
+        if lead && every(t.val_every) {
             let snap = model_over(&store, &setup.model, device, DType::F32, true)?;
             if let Some(m) = obs.validate(&snap, done)? {
+                let metrics = metrics.as_ref().expect("rank 0 keeps the metrics");
                 metrics.append(&serde_json::json!({ "step": done, "val": m }))?;
                 last_val = Some(m);
             }
         }
         if every(t.save_every) {
             let dir = setup.out.join(format!("checkpoint-{done}"));
-            stepper.save(&dir, done, position)?;
-            obs.on_checkpoint(&dir);
-            last_ckpt = Some(dir);
-            run_dir::prune(&setup.out, t.keep_last);
+            let positions = gather_positions(comm, position)?;
+            if lead {
+                stepper.save(&dir, done, &positions)?;
+                obs.on_checkpoint(&dir);
+                last_ckpt = Some(dir);
+                run_dir::prune(&setup.out, t.keep_last);
+            }
         }
     }
     drop(loader);
     let final_dir = setup.out.join("final");
-    stepper.save(&final_dir, t.steps, position)?;
-    let _ = crate::plot::write_plot(metrics.path(), &setup.out.join(run_dir::PLOT_FILE));
+    let positions = gather_positions(comm, position)?;
+    if let Some(m) = &metrics {
+        stepper.save(&final_dir, t.steps, &positions)?;
+        let _ = crate::plot::write_plot(m.path(), &setup.out.join(run_dir::PLOT_FILE));
+    }
     let steps_run = t.steps - start;
     // Rates over the time spent in steps (0 when a resumed run had none left to take).
     let per_time = |x: f64| x / timing.total_time.max(f64::MIN_POSITIVE);
+    let spent = comm.stats();
     Ok(Summary {
         final_dir,
         val: last_val,
         steps_run,
         samples_per_s: per_time((steps_run * t.batch_size) as f64),
         data_wait: per_time(timing.total_wait),
-        skipped: skips.count(),
+        skipped: skips.as_ref().map_or(0, SkipLog::count),
+        step_time_s: timing.total_time,
+        world,
+        comm_s: (spent.time - comm_start.time).as_secs_f64(),
+        comm_bytes_per_step: (spent.bytes - comm_start.bytes) as f64 / steps_run.max(1) as f64,
     })
 }
 
+/// Each rank's share of the global batch; the batch must split evenly over the ranks and
+/// each share over the accumulation chunks.
+fn local_batch(t: &TrainConfig, world: usize) -> Result<usize> {
+    let bad = |reason: String| TrainError::Config {
+        field: "batch_size",
+        reason,
+    };
+    if t.batch_size % world != 0 {
+        return Err(bad(format!(
+            "the global batch of {} does not split evenly over {world} ranks",
+            t.batch_size
+        )));
+    }
+    let local = t.batch_size / world;
+    if local % t.accum_steps != 0 {
+        return Err(bad(format!(
+            "each of the {world} ranks' {local} samples must split evenly into {} \
+             accumulation steps",
+            t.accum_steps
+        )));
+    }
+    Ok(local)
+}
+
+/// Every rank's skipped samples of this step, as `name<TAB>reason` lines.
+fn gather_skips(comm: &dyn Collective, skips: &[clip_data::Skip]) -> Result<String> {
+    let mine = run_dir::skip_rows(skips);
+    if comm.world() == 1 {
+        return Ok(mine);
+    }
+    let all = comm.all_gather_bytes(mine.as_bytes())?;
+    Ok(all
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect())
+}
+
+/// Every rank's data position, in rank order.
+fn gather_positions(comm: &dyn Collective, position: usize) -> Result<Vec<usize>> {
+    if comm.world() == 1 {
+        return Ok(vec![position]);
+    }
+    let all = comm.all_gather_bytes(&(position as u64).to_le_bytes())?;
+    all.iter()
+        .map(|b| {
+            let bytes: [u8; 8] = b.as_slice().try_into().map_err(|_| {
+                TrainError::Collective(format!("a rank sent a {}-byte position", b.len()))
+            })?;
+            Ok(u64::from_le_bytes(bytes) as usize)
+        })
+        .collect()
+}
+
 /// What the loader thread reads, in which order, and how it augments.
-fn loader_spec(setup: &RunSetup, data: Arc<SampleSet>) -> LoaderSpec {
+fn loader_spec(setup: &RunSetup, data: Arc<SampleSet>, share: Share) -> LoaderSpec {
     let t = &setup.train;
     LoaderSpec {
         cache: Arc::new(DecodedCache::new(&t.cache)),
@@ -261,10 +390,11 @@ fn loader_spec(setup: &RunSetup, data: Arc<SampleSet>) -> LoaderSpec {
             Objective::Images => LoaderMode::TwoViews,
             Objective::ImageText => LoaderMode::Captions(Box::new(setup.tokenizer.clone())),
         },
-        batch: t.batch_size,
+        batch: t.batch_size / share.world,
         seed: t.seed,
         order: t.order.clone(),
         max_short_side: (2 * setup.preprocess.image_size).max(1) as u32,
+        share,
         data,
     }
 }

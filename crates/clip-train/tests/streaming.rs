@@ -15,7 +15,7 @@ use clip_data::{
     AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
 };
 use clip_model::Preprocess;
-use clip_train::{Loader, LoaderMode, LoaderSpec, RunSetup, TrainConfig};
+use clip_train::{Loader, LoaderMode, LoaderSpec, RunSetup, Share, TrainConfig};
 use image::RgbImage;
 
 fn jpeg(seed: u32) -> Vec<u8> {
@@ -116,6 +116,7 @@ fn spec(data: Arc<SampleSet>, cache: CacheConfig, batch: usize) -> LoaderSpec {
             ..OrderConfig::default()
         },
         max_short_side: 32,
+        share: Share::WHOLE,
     }
 }
 
