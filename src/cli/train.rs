@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clip::training::{self, Head, Start};
+use clip::Device;
 use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
 use clip_model::ClipModel;
 use clip_train::dist::{Collective, Single};
@@ -291,10 +292,20 @@ impl Observer for Display {
     }
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
-    let comm = join_ranks()?;
+pub fn run(mut a: TrainArgs) -> Result<()> {
+    let resume = a.resume.clone();
+    if let Some(dir) = &resume {
+        let path = dir.join(RUN_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot resume: {} is missing", path.display()))?;
+        a = serde_json::from_str(&text)
+            .with_context(|| format!("cannot resume: {} is damaged", path.display()))?;
+        a.out = dir.clone();
+    }
+    let device = a.device.device_for_rank()?;
+    let comm = join_ranks(&device)?;
     let (rank, world) = (comm.rank(), comm.world());
-    match run_on(a, comm.as_ref()) {
+    match run_on(a, resume, &device, comm.as_ref()) {
         // The others may be waiting in a collective: end the whole job, naming this rank.
         Err(e) if world > 1 => {
             eprintln!("error: rank {rank} of {world} failed: {e:#}");
@@ -306,7 +317,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
 
 /// The ranks of this training job: MPI's world when started by an MPI launcher (`mpirun`,
 /// `srun`), else this process alone.
-fn join_ranks() -> Result<Box<dyn Collective>> {
+fn join_ranks(device: &Device) -> Result<Box<dyn Collective>> {
+    let _ = device;
     if !clip_train::dist::launched_by_mpi() {
         return Ok(Box::new(Single));
     }
@@ -330,17 +342,15 @@ fn join_ranks() -> Result<Box<dyn Collective>> {
     }
 }
 
-fn run_on(mut a: TrainArgs, comm: &dyn Collective) -> Result<()> {
+/// The run of `a` (already read from `run.json` when resuming from `resume`) as one of the
+/// ranks of `comm`.
+fn run_on(
+    mut a: TrainArgs,
+    resume: Option<PathBuf>,
+    device: &Device,
+    comm: &dyn Collective,
+) -> Result<()> {
     let lead = comm.rank() == 0;
-    let resume = a.resume.clone();
-    if let Some(dir) = &resume {
-        let path = dir.join(RUN_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot resume: {} is missing", path.display()))?;
-        a = serde_json::from_str(&text)
-            .with_context(|| format!("cannot resume: {} is damaged", path.display()))?;
-        a.out = dir.clone();
-    }
     let images_only = a.objective == Objective::Images;
     let bundled = a.data.is_empty();
     if bundled {
@@ -401,12 +411,11 @@ fn run_on(mut a: TrainArgs, comm: &dyn Collective) -> Result<()> {
         ..d
     };
     train.validate()?;
-    let device = a.device.device_for_rank()?;
 
     // Model: a preset from scratch, or a checkpoint to fine-tune.
     let mut start = match &a.init {
         Some(spec) => {
-            let start = Start::checkpoint(spec, &device)
+            let start = Start::checkpoint(spec, device)
                 .with_context(|| format!("cannot load --init {spec}"))?;
             a.head.check(&start.config)?;
             start
@@ -491,7 +500,7 @@ fn run_on(mut a: TrainArgs, comm: &dyn Collective) -> Result<()> {
         ..setup
     };
     let data = Arc::new(data);
-    let summary = clip_train::train_on(setup, data.clone(), &device, &mut display, comm)?;
+    let summary = clip_train::train_on(setup, data.clone(), device, &mut display, comm)?;
     display.bar.finish_and_clear();
     if !lead {
         return Ok(());
