@@ -5,10 +5,14 @@
 //! connection, and prints one JSON line: rates, latency percentiles, and failures, with 503s
 //! (the server's queue was full) counted apart as `rejected`.
 //!
+//! `… --example serve_load -- knn-service URL N CONCURRENCY INDICE_NAME` sends the same texts
+//! as clip-retrieval's `clip back` expects them (`POST URL/knn-service`, `modality` image,
+//! `num_images` 10), to load that server or `clip serve`'s route of the same name
+//! (`scripts/bench_serve_peer.sh`).
+//!
 //! `… --example serve_load -- make-vectors OUT N DIM SEED` writes N random unit vectors as a
 //! safetensors `embeddings` tensor, for `clip index build --embeddings`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -43,9 +47,13 @@ fn run() -> Res<()> {
         ["make-vectors", out, n, dim, seed] => {
             make_vectors(out, n.parse()?, dim.parse()?, seed.parse()?)
         }
-        [url, n, conc] => load(url, n.parse()?, conc.parse()?, None),
-        [url, n, conc, index] => load(url, n.parse()?, conc.parse()?, Some(index)),
+        ["knn-service", url, n, conc, name] => {
+            load(url, n.parse()?, conc.parse()?, Route::KnnService(name))
+        }
+        [url, n, conc] => load(url, n.parse()?, conc.parse()?, Route::Search(None)),
+        [url, n, conc, index] => load(url, n.parse()?, conc.parse()?, Route::Search(Some(index))),
         _ => Err("usage: serve_load URL N CONCURRENCY [INDEX] \
+                  | serve_load knn-service URL N CONCURRENCY INDICE_NAME \
                   | serve_load make-vectors OUT N DIM SEED"
             .into()),
     }
@@ -60,6 +68,41 @@ fn make_vectors(out: &str, n: usize, dim: usize, seed: u64) -> Res<()> {
     Ok(())
 }
 
+/// Which route the queries go to, with the index they name.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// `POST /search` `{text, k: 10, [index]}`: `clip serve`'s own route.
+    Search(Option<&'a str>),
+    /// `POST /knn-service` `{text, modality: "image", num_images: 10, indice_name}`:
+    /// clip-retrieval's route (and `clip serve`'s copy of it).
+    KnnService(&'a str),
+}
+
+impl Route<'_> {
+    fn path(self) -> &'static str {
+        match self {
+            Route::Search(_) => "search",
+            Route::KnnService(_) => "knn-service",
+        }
+    }
+
+    fn body(self, text: &str) -> String {
+        let body = match self {
+            Route::Search(index) => {
+                let mut b = serde_json::json!({"text": text, "k": 10});
+                if let Some(ix) = index {
+                    b["index"] = serde_json::json!(ix);
+                }
+                b
+            }
+            Route::KnnService(name) => serde_json::json!({
+                "text": text, "modality": "image", "num_images": 10, "indice_name": name,
+            }),
+        };
+        body.to_string()
+    }
+}
+
 /// What one client thread saw.
 #[derive(Default)]
 struct Tally {
@@ -72,16 +115,16 @@ struct Tally {
     samples: Vec<String>,
 }
 
-fn load(url: &str, n: usize, conc: usize, index: Option<&str>) -> Res<()> {
+fn load(url: &str, n: usize, conc: usize, route: Route<'_>) -> Res<()> {
     if conc == 0 {
         return Err("CONCURRENCY must be at least 1".into());
     }
-    let endpoint = format!("{}/search", url.trim_end_matches('/'));
+    let endpoint = format!("{}/{}", url.trim_end_matches('/'), route.path());
     let next = AtomicUsize::new(0);
     let start = Instant::now();
     let tallies: Vec<Tally> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..conc)
-            .map(|_| s.spawn(|| client(&endpoint, n, &next, index)))
+            .map(|_| s.spawn(|| client(&endpoint, n, &next, route)))
             .collect();
         workers
             .into_iter()
@@ -129,7 +172,7 @@ fn load(url: &str, n: usize, conc: usize, index: Option<&str>) -> Res<()> {
 }
 
 /// Sends requests until `n` have been taken from `next`, timing the successful ones.
-fn client(endpoint: &str, n: usize, next: &AtomicUsize, index: Option<&str>) -> Tally {
+fn client(endpoint: &str, n: usize, next: &AtomicUsize, route: Route<'_>) -> Tally {
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(120))
         .build();
@@ -139,14 +182,7 @@ fn client(endpoint: &str, n: usize, next: &AtomicUsize, index: Option<&str>) -> 
         if i >= n {
             return t;
         }
-        let mut body = HashMap::from([
-            ("text", serde_json::json!(CAPTIONS[i % CAPTIONS.len()])),
-            ("k", serde_json::json!(10)),
-        ]);
-        if let Some(ix) = index {
-            body.insert("index", serde_json::json!(ix));
-        }
-        let body = serde_json::to_string(&body).expect("a JSON map serializes");
+        let body = route.body(CAPTIONS[i % CAPTIONS.len()]);
         let started = Instant::now();
         let sent = agent
             .post(endpoint)
