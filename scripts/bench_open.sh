@@ -16,7 +16,7 @@
 # env:   CLIP_BIN: this build's clip (default: built in release). OLD_CLIP_BIN: a clip from
 #        before format 2 (optional; it opens the format-1 index only). MAKE_BIN: the
 #        make_ids_index example (default: built in release). WORK_DIR (/tmp/clip-bench-open).
-#        RUNS (5).
+#        RUNS (5). WITH_NEW_V1=1: also time this build on the format-1 index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000000}; DIM=64; RUNS=${RUNS:-5}
@@ -38,7 +38,8 @@ du -sh "$DATA"/v2/* "$DATA"/v1/manifest.json >&2
 Q="$DATA/query.safetensors"
 
 # label|binary|index dir
-VARIANTS=("new, format 2|$CLIP|$DATA/v2" "new, format 1|$CLIP|$DATA/v1")
+VARIANTS=("new, format 2|$CLIP|$DATA/v2")
+[ -n "${WITH_NEW_V1:-}" ] && VARIANTS+=("new, format 1|$CLIP|$DATA/v1")
 [ -n "${OLD_CLIP_BIN:-}" ] && VARIANTS+=("old, format 1|$OLD_CLIP_BIN|$DATA/v1")
 # label|arguments after the binary (DIR and Q substituted)
 COMMANDS=("open (index info)|index info DIR"
