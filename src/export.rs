@@ -18,7 +18,7 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use retrieval::{DType, Entries, Index};
+use retrieval::{DType, EntriesKind, Index};
 
 use crate::{Embeddings, Error, Result};
 
@@ -74,11 +74,11 @@ pub struct ExportReport {
 
 /// The folder (and file stem) of an index's vectors and the metadata column naming each row:
 /// clip-retrieval's names for images and captions, `emb`/`id` for precomputed vectors.
-fn layout(entries: &Entries) -> (&'static str, &'static str) {
-    match entries {
-        Entries::Images { .. } => ("img_emb", "image_path"),
-        Entries::Captions { .. } => ("text_emb", "caption"),
-        Entries::Ids { .. } => ("emb", "id"),
+fn layout(kind: &EntriesKind) -> (&'static str, &'static str) {
+    match kind {
+        EntriesKind::Images { .. } => ("img_emb", "image_path"),
+        EntriesKind::Captions => ("text_emb", "caption"),
+        EntriesKind::Ids => ("emb", "id"),
     }
 }
 
@@ -92,14 +92,15 @@ pub fn export_index(index: &Index, out: &Path, opts: &ExportOptions) -> Result<E
         return Err(Error::Input("--shard-rows must be at least 1".into()));
     }
     check_destination(out, opts.force)?;
-    let (stem, column) = layout(index.entries());
+    let (stem, column) = layout(index.entries().kind());
     let (n, dim) = (index.len(), index.dim());
     let vectors = |rows: Range<usize>, buf: &mut [f32]| {
         for (k, i) in rows.enumerate() {
             buf[k * dim..(k + 1) * dim].copy_from_slice(&index.vector(i));
         }
     };
-    let label = |i: usize| index.entries().label(i);
+    // Rows are read from the index's rows file as they are written; a damaged one fails.
+    let label = |i: usize| index.label(i).map_err(io::Error::other);
     let table = Table {
         dim,
         column,
@@ -166,7 +167,7 @@ pub fn write_embeddings(
     let fill = |rows: Range<usize>, buf: &mut [f32]| {
         buf.copy_from_slice(&vectors.as_slice()[rows.start * dim..rows.end * dim]);
     };
-    let label = |i: usize| labels[i].clone();
+    let label = |i: usize| Ok(labels[i].clone());
     let table = Table {
         dim,
         column,
@@ -187,7 +188,8 @@ struct Table<'a> {
     column: &'a str,
     /// Fills a `[rows.len(), dim]` buffer with the vectors of `rows`.
     vectors: &'a dyn Fn(Range<usize>, &mut [f32]),
-    label: &'a dyn Fn(usize) -> String,
+    /// Names row `i` (an error when it cannot be read).
+    label: &'a dyn Fn(usize) -> io::Result<String>,
 }
 
 /// Writes one file's contents into an open file.
@@ -283,9 +285,8 @@ fn write_parquet<'a>(table: &'a Table<'a>, rows: Range<usize>, embedding: bool) 
                     .map_err(io::Error::other)?;
                 columns.push(Arc::new(list));
             }
-            columns.push(Arc::new(StringArray::from_iter_values(
-                chunk.map(table.label),
-            )));
+            let labels = chunk.map(table.label).collect::<io::Result<Vec<_>>>()?;
+            columns.push(Arc::new(StringArray::from_iter_values(labels)));
             let batch = RecordBatch::try_new(schema.clone(), columns).map_err(io::Error::other)?;
             writer.write(&batch)?;
         }

@@ -336,10 +336,8 @@ fn open_previous(dir: &Path, warnings: &mut Vec<String>) -> Option<Index> {
         .ok()
 }
 
-/// The images a search hit, as paths on disk (image indexes only).
+/// The images a search hit, as paths on disk (image indexes only; `None` also for a row
+/// that cannot be read from a damaged rows file).
 pub fn hit_path(index: &Index, id: usize) -> Option<PathBuf> {
-    match index.entries() {
-        Entries::Images { root, files } => files.get(id).map(|f| root.join(&f.path)),
-        _ => None,
-    }
+    index.entries().image_path(id).ok().flatten()
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clip::{index, Clip};
-use retrieval::{AnnParams, DType, Entries, Index, OpenOptions};
+use retrieval::{AnnParams, DType, EntriesKind, Index, OpenOptions};
 
 use super::common::{self, DeviceArg};
 
@@ -201,10 +201,10 @@ fn info(a: InfoArgs) -> Result<()> {
     )?;
     let m = idx.manifest();
     let kind = match &m.entries {
-        Entries::Images { root, .. } => format!("images under {}", root.display()),
-        Entries::Captions { .. } => "captions".to_string(),
-        Entries::Ids { ids } if ids.is_empty() => "vectors (row numbers)".to_string(),
-        Entries::Ids { .. } => "vectors with ids".to_string(),
+        EntriesKind::Images { root } => format!("images under {}", root.display()),
+        EntriesKind::Captions => "captions".to_string(),
+        EntriesKind::Ids if idx.entries().is_numbered() => "vectors (row numbers)".to_string(),
+        EntriesKind::Ids => "vectors with ids".to_string(),
     };
     println!("index:     {}", a.index.display());
     println!("entries:   {} {kind}", m.count);
@@ -221,6 +221,14 @@ fn info(a: InfoArgs) -> Result<()> {
         "vectors:   {} ({} bytes, checksum ok)",
         m.vectors_file, m.vectors_bytes
     );
+    match &m.rows {
+        Some(r) => println!("rows:      {} ({} bytes, checksum ok)", r.file, r.bytes),
+        None if m.format_version == 1 => {
+            println!("rows:      inline in {}", retrieval::MANIFEST_FILE)
+        }
+        None => println!("rows:      none (ids are row numbers)"),
+    }
+    println!("format:    version {}", m.format_version);
     // Only when a file is there, so that the output of an index without one is unchanged.
     let ann = retrieval::ANN_FILE;
     match idx.load_saved_ann(&AnnParams::default()) {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use retrieval::{EmbeddingsFile, Entries, Hit, Index, OpenOptions, SearchMode, SearchOptions};
+use retrieval::{EmbeddingsFile, EntriesKind, Hit, Index, OpenOptions, SearchMode, SearchOptions};
 use serde::Serialize;
 
 use super::common::{self, DeviceArg};
@@ -132,28 +132,24 @@ pub fn run(a: SearchArgs) -> Result<()> {
         let doc: Vec<QueryOut> = labels
             .into_iter()
             .zip(&results)
-            .map(|(query, hits)| QueryOut {
-                query,
-                hits: hits
-                    .iter()
-                    .enumerate()
-                    .map(|(r, h)| hit_out(&idx, r, h))
-                    .collect(),
+            .map(|(query, hits)| {
+                Ok(QueryOut {
+                    query,
+                    hits: hits
+                        .iter()
+                        .enumerate()
+                        .map(|(r, h)| hit_out(&idx, r, h))
+                        .collect::<retrieval::Result<_>>()?,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         serde_json::to_writer(&mut out, &doc)?;
         writeln!(out)?;
     } else {
         for (query, hits) in labels.iter().zip(&results) {
             writeln!(out, "{query}:")?;
             for (r, h) in hits.iter().enumerate() {
-                writeln!(
-                    out,
-                    "{:>4}  {:.4}  {}",
-                    r + 1,
-                    h.score,
-                    idx.entries().label(h.id)
-                )?;
+                writeln!(out, "{:>4}  {:.4}  {}", r + 1, h.score, idx.label(h.id)?)?;
             }
         }
     }
@@ -161,7 +157,8 @@ pub fn run(a: SearchArgs) -> Result<()> {
     Ok(())
 }
 
-fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> HitOut<'a> {
+/// Hit `h` at `rank` with what its row stands for, read from the index's rows.
+fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> retrieval::Result<HitOut<'a>> {
     let mut o = HitOut {
         rank: rank + 1,
         id: h.id,
@@ -170,12 +167,13 @@ fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> HitOut<'a> {
         caption: None,
         name: None,
     };
-    match idx.entries() {
-        Entries::Images { .. } => o.path = Some(idx.entries().label(h.id)),
-        Entries::Captions { captions } => o.caption = Some(&captions[h.id]),
-        Entries::Ids { ids } => o.name = ids.get(h.id).map(String::as_str),
+    let entries = idx.entries();
+    match entries.kind() {
+        EntriesKind::Images { .. } => o.path = Some(idx.label(h.id)?),
+        EntriesKind::Captions => o.caption = entries.caption(h.id)?,
+        EntriesKind::Ids => o.name = entries.id(h.id)?,
     }
-    o
+    Ok(o)
 }
 
 /// Query vectors (unit rows, `[q, dim]`), a label per query, their dimension, and a phrase

@@ -13,7 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use retrieval::Entries;
+use retrieval::EntriesKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -226,24 +226,32 @@ fn decode_upload(b64: &str, pre: &vision_encoder::Preprocess) -> ApiResult<Vec<f
 }
 
 /// What entry `id` is: `path` and `url` (its file under `base`) for images, `caption`, or
-/// `name` for ids.
-fn entry_fields(served: &Served, id: usize, base: &str) -> Map<String, Value> {
+/// `name` for ids. A row that cannot be read from the index's rows file is a server error.
+fn entry_fields(served: &Served, id: usize, base: &str) -> ApiResult<Map<String, Value>> {
+    let unreadable = |e: retrieval::RetrievalError| ApiError::internal(e.to_string());
     let mut m = Map::new();
     let entries = served.index.entries();
-    match entries {
-        Entries::Images { .. } => {
-            m.insert("path".into(), entries.label(id).into());
+    match entries.kind() {
+        EntriesKind::Images { .. } => {
+            m.insert(
+                "path".into(),
+                entries.try_label(id).map_err(unreadable)?.into(),
+            );
             let url = format!("{base}/image/{}/{id}", served.name);
             m.insert("url".into(), url.into());
         }
-        Entries::Captions { captions } => {
-            m.insert("caption".into(), captions[id].clone().into());
+        EntriesKind::Captions => {
+            let caption = entries.caption(id).map_err(unreadable)?.unwrap_or_default();
+            m.insert("caption".into(), caption.into());
         }
-        Entries::Ids { .. } => {
-            m.insert("name".into(), entries.label(id).into());
+        EntriesKind::Ids => {
+            m.insert(
+                "name".into(),
+                entries.try_label(id).map_err(unreadable)?.into(),
+            );
         }
     }
-    m
+    Ok(m)
 }
 
 /// `POST /search` body; exactly one of `text`, `image`, `embedding`.
@@ -284,13 +292,15 @@ async fn search(
     let hits = nearest(&served, input, k).await?;
     let results: Vec<Found> = hits
         .iter()
-        .map(|h| Found {
-            id: h.id,
-            score: Some(h.score),
-            similarity: None,
-            entry: entry_fields(&served, h.id, ""),
+        .map(|h| {
+            Ok(Found {
+                id: h.id,
+                score: Some(h.score),
+                similarity: None,
+                entry: entry_fields(&served, h.id, "")?,
+            })
         })
-        .collect();
+        .collect::<ApiResult<_>>()?;
     #[derive(Serialize)]
     struct Answer<'a> {
         index: &'a str,
@@ -378,17 +388,19 @@ async fn knn_service(
     let results = hits
         .iter()
         .enumerate()
-        .map(|(rank, h)| Found {
-            id: h.id,
-            score: None,
-            similarity: Some(h.score),
-            entry: if rank < shown {
-                entry_fields(&served, h.id, &base)
-            } else {
-                Map::new()
-            },
+        .map(|(rank, h)| {
+            Ok(Found {
+                id: h.id,
+                score: None,
+                similarity: Some(h.score),
+                entry: if rank < shown {
+                    entry_fields(&served, h.id, &base)?
+                } else {
+                    Map::new()
+                },
+            })
         })
-        .collect();
+        .collect::<ApiResult<_>>()?;
     Ok(Json(results))
 }
 
@@ -416,8 +428,8 @@ async fn metadata(
     let base = base_url(&headers);
     let found = req.ids.iter().filter(|&&id| id < served.index.len());
     let out = found
-        .map(|&id| json!({ "id": id, "metadata": entry_fields(&served, id, &base) }))
-        .collect();
+        .map(|&id| Ok(json!({ "id": id, "metadata": entry_fields(&served, id, &base)? })))
+        .collect::<ApiResult<_>>()?;
     Ok(Json(out))
 }
 
@@ -439,17 +451,21 @@ async fn image_file(
     let id: usize = id
         .parse()
         .map_err(|_| ApiError::bad(format!("{id:?} is not an entry id")))?;
-    let (Some(root), Entries::Images { root: dir, files }) = (&served.root, served.index.entries())
-    else {
+    let entries = served.index.entries();
+    let (Some(root), EntriesKind::Images { .. }) = (&served.root, entries.kind()) else {
         return Err(not_found(format!("index {name} holds no image files")));
     };
-    let file = files.get(id).ok_or_else(|| {
-        not_found(format!(
+    if id >= entries.len() {
+        return Err(not_found(format!(
             "index {name} has {} entries; no id {id}",
-            files.len()
-        ))
-    })?;
-    let real = tokio::fs::canonicalize(dir.join(&file.path))
+            entries.len()
+        )));
+    }
+    let file = entries
+        .image_path(id)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| not_found(format!("index {name} holds no image files")))?;
+    let real = tokio::fs::canonicalize(&file)
         .await
         .map_err(|e| not_found(format!("entry {id} of index {name}: {e}")))?;
     if !real.starts_with(root) {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use retrieval::Entries;
+use retrieval::EntriesKind;
 use tokio::sync::Semaphore;
 
 use crate::{resolve_model_dir, Clip, Device, Error, Index, Result};
@@ -164,8 +164,8 @@ impl Server {
                 }
                 Some(enc)
             };
-            let root = match index.entries() {
-                Entries::Images { root, .. } => {
+            let root = match index.entries().kind() {
+                EntriesKind::Images { root } => {
                     Some(root.canonicalize().map_err(crate::error::io_at(root))?)
                 }
                 _ => None,

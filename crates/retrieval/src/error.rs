@@ -50,13 +50,13 @@ pub enum RetrievalError {
         reason: String,
     },
     /// The manifest was written by a newer or unknown format.
-    #[error("index {path} has format version {found}; this build reads version {supported}")]
+    #[error("index {path} has format version {found}; this build reads versions 1 to {supported} (was it written by a newer clip?)")]
     UnsupportedVersion {
         /// The manifest file.
         path: PathBuf,
         /// The version in the file.
         found: u32,
-        /// The version this build reads and writes.
+        /// The newest version this build reads (the one it writes).
         supported: u32,
     },
     /// A safetensors file lacks the tensor we need.

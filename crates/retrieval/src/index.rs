@@ -6,9 +6,11 @@ use std::sync::OnceLock;
 use half::f16;
 
 use crate::ann::{AnnGraph, AnnMethod, AnnParams};
+use crate::entries::IndexEntries;
 use crate::error::invalid;
 use crate::ivf::IvfLists;
 use crate::kernel::Rows;
+use crate::rows::MappedRows;
 use crate::store::{self, DType, Entries, IndexSpec, Manifest, MappedVectors, OpenOptions};
 use crate::{exact, Hit, Result, RetrievalError};
 
@@ -65,10 +67,12 @@ impl Default for SearchOptions {
 /// Unit vectors `[count, dimension]` with their entries, searchable by inner product.
 ///
 /// Loaded indexes are memory-mapped: opening costs a checksum pass, not a copy, and several
-/// processes searching the same index share one copy in the page cache.
+/// processes searching the same index share one copy in the page cache. What the rows stand
+/// for is read a row at a time ([`Index::entries`]).
 pub struct Index {
     manifest: Manifest,
     storage: Storage,
+    entries: IndexEntries,
     dir: Option<PathBuf>,
     ann: OnceLock<AnnGraph>,
 }
@@ -104,8 +108,9 @@ impl Index {
             DType::F16 => Storage::F16(vectors.iter().map(|&v| f16::from_f32(v)).collect()),
         };
         Ok(Self {
-            manifest: Manifest::new(spec, String::new(), 0, 0),
+            manifest: Manifest::new(&spec, String::new(), 0, 0, None),
             storage,
+            entries: IndexEntries::inline(spec.entries, spec.count),
             dir: None,
             ann: OnceLock::new(),
         })
@@ -118,37 +123,29 @@ impl Index {
 
     /// Opens the index directory `dir`.
     pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Self> {
-        let mut manifest = store::read_manifest(dir)?;
-        let mapped = match store::map_vectors(dir, &manifest, opts) {
-            Ok(m) => m,
-            // A writer may have swapped in a new generation between our two reads: retry once.
-            Err(RetrievalError::Io { source, .. })
+        let (manifest, inline) = store::read_manifest(dir)?;
+        match map_files(dir, manifest, inline, opts) {
+            Ok(index) => Ok(index),
+            // A writer may have swapped in a new generation between our reads: retry once.
+            Err((RetrievalError::Io { source, path, .. }, first))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                let again = store::read_manifest(dir)?;
-                if again.vectors_file == manifest.vectors_file {
-                    let path = dir.join(&manifest.vectors_file);
+                let (again, inline) = store::read_manifest(dir)?;
+                if again.vectors_file == first.vectors_file && again.rows == first.rows {
                     return Err(RetrievalError::Damaged {
                         path,
                         reason: "the file named by the manifest is missing".into(),
                     });
                 }
-                manifest = again;
-                store::map_vectors(dir, &manifest, opts)?
+                map_files(dir, again, inline, opts).map_err(|(e, _)| e)
             }
-            Err(e) => return Err(e),
-        };
-        Ok(Self {
-            manifest,
-            storage: Storage::Mapped(mapped),
-            dir: Some(dir.to_path_buf()),
-            ann: OnceLock::new(),
-        })
+            Err((e, _)) => Err(e),
+        }
     }
 
     /// Writes this index to the directory `dir` (see [`store::write_index`] for the guarantees).
     pub fn save(&self, dir: &Path) -> Result<Manifest> {
-        let spec = self.spec();
+        let spec = self.spec()?;
         let dim = self.dim();
         let rows = self.rows();
         store::write_index(dir, &spec, |range, out| {
@@ -157,9 +154,15 @@ impl Index {
         })
     }
 
-    /// The spec this index would be written with.
-    pub fn spec(&self) -> IndexSpec {
-        self.manifest.spec()
+    /// The spec this index would be written with (reads every row).
+    pub fn spec(&self) -> Result<IndexSpec> {
+        Ok(IndexSpec {
+            model: self.manifest.model.clone(),
+            dimension: self.manifest.dimension,
+            count: self.manifest.count,
+            dtype: self.manifest.dtype,
+            entries: self.entries.to_entries()?,
+        })
     }
 
     /// The manifest (for a loaded index, as read from disk).
@@ -192,9 +195,14 @@ impl Index {
         &self.manifest.model
     }
 
-    /// What the rows are.
-    pub fn entries(&self) -> &Entries {
-        &self.manifest.entries
+    /// What the rows are, read a row at a time.
+    pub fn entries(&self) -> &IndexEntries {
+        &self.entries
+    }
+
+    /// A human-readable name of row `i`: the full image path, the caption, or the id.
+    pub fn label(&self, i: usize) -> Result<String> {
+        self.entries.try_label(i)
     }
 
     /// Row `i` as f32.
@@ -337,4 +345,43 @@ impl Index {
         }
         Ok(())
     }
+}
+
+/// Maps the files `manifest` names under `dir` (`inline`: the rows of a version-1 manifest);
+/// on failure, also hands back the manifest.
+fn map_files(
+    dir: &Path,
+    manifest: Manifest,
+    inline: Option<Entries>,
+    opts: OpenOptions,
+) -> std::result::Result<Index, (RetrievalError, Manifest)> {
+    let vectors = match store::map_vectors(dir, &manifest, opts) {
+        Ok(v) => v,
+        Err(e) => return Err((e, manifest)),
+    };
+    let entries = match (inline, &manifest.rows) {
+        (Some(e), _) => IndexEntries::inline(e, manifest.count),
+        (None, None) => IndexEntries::inline(Entries::Ids { ids: Vec::new() }, manifest.count),
+        (None, Some(r)) => {
+            let opened = MappedRows::open(
+                &dir.join(&r.file),
+                r.bytes,
+                r.crc32,
+                &manifest.entries,
+                manifest.count,
+                opts.verify_checksum,
+            );
+            match opened {
+                Ok(rows) => IndexEntries::mapped(manifest.entries.clone(), manifest.count, rows),
+                Err(e) => return Err((e, manifest)),
+            }
+        }
+    };
+    Ok(Index {
+        manifest,
+        storage: Storage::Mapped(vectors),
+        entries,
+        dir: Some(dir.to_path_buf()),
+        ann: OnceLock::new(),
+    })
 }

@@ -1,8 +1,9 @@
 //! Embedding indexes, nearest-neighbour search and retrieval evaluation for CLIP embeddings.
 //!
 //! - [`Index`]: unit vectors `[N, D]` (f32 or f16) with what each row stands for (image files,
-//!   captions or ids), stored as a directory with a JSON manifest and a safetensors vectors file
-//!   ([`write_index`], [`Index::open`]), searched by inner product.
+//!   captions or ids), stored as a directory with a JSON manifest, a safetensors vectors file
+//!   and a rows file read a row at a time ([`write_index`], [`Index::open`]), searched by inner
+//!   product.
 //! - Exact search streams over the index in blocks with a cache-blocked kernel and per-query
 //!   bounded top-k selection on all threads; approximate search uses cluster lists (IVF) or an
 //!   HNSW graph.
@@ -13,12 +14,14 @@
 
 mod ann;
 mod embeddings;
+mod entries;
 mod error;
 mod eval;
 mod exact;
 mod index;
 mod ivf;
 mod kernel;
+mod rows;
 mod store;
 #[doc(hidden)]
 pub mod testing;
@@ -26,18 +29,19 @@ mod topk;
 mod zeroshot;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use ann::{AnnMethod, AnnParams};
 pub use embeddings::{normalize_rows, normalize_rows_from, EmbeddingsFile};
+pub use entries::IndexEntries;
 pub use error::{Result, RetrievalError};
 pub use eval::{
     group_captions, retrieval_metrics, CaptionGroups, DirectionMetrics, RetrievalMetrics,
 };
 pub use index::{Index, SearchMode, SearchOptions};
 pub use store::{
-    check_destination, write_index, DType, Entries, FillError, ImageEntry, IndexSpec, Manifest,
-    Metric, OpenOptions, ANN_FILE, FORMAT_VERSION, MANIFEST_FILE,
+    check_destination, write_index, DType, Entries, EntriesKind, FillError, ImageEntry, IndexSpec,
+    Manifest, Metric, OpenOptions, RowsFile, ANN_FILE, FORMAT_VERSION, MANIFEST_FILE,
 };
 pub use topk::Hit;
 pub use zeroshot::{class_embeddings, zero_shot, ClassReport, Confusion, ZeroShotReport};
@@ -76,23 +80,34 @@ pub fn plan_refresh(
     root: &Path,
     current: &[ImageEntry],
 ) -> RefreshPlan {
-    let previous: HashMap<&Path, (usize, &ImageEntry)> = match old.map(|o| (o.model(), o.entries()))
-    {
-        Some((m, Entries::Images { root: r, files })) if m == model && r == root => files
-            .iter()
+    // A row that cannot be read (damage the checksum did not catch) makes nothing reusable.
+    let previous: HashMap<PathBuf, (usize, ImageEntry)> = match old {
+        Some(o) if o.model() == model && o.entries().kind() == &kind_of(root) => o
+            .entries()
+            .images()
             .enumerate()
-            .map(|(i, e)| (e.path.as_path(), (i, e)))
-            .collect(),
+            .map(|(i, e)| e.map(|e| (e.path.clone(), (i, e))))
+            .collect::<Result<_>>()
+            .unwrap_or_default(),
         _ => HashMap::new(),
     };
     let reuse: Vec<Option<usize>> = current
         .iter()
         .map(|e| match previous.get(e.path.as_path()) {
-            Some(&(row, p)) if p.size == e.size && p.mtime_ns == e.mtime_ns => Some(row),
+            Some(&(row, ref p)) if p.size == e.size && p.mtime_ns == e.mtime_ns => Some(row),
             _ => None,
         })
         .collect();
     let kept: std::collections::HashSet<&Path> = current.iter().map(|e| e.path.as_path()).collect();
-    let removed = previous.keys().filter(|p| !kept.contains(*p)).count();
+    let removed = previous
+        .keys()
+        .filter(|p| !kept.contains(p.as_path()))
+        .count();
     RefreshPlan { reuse, removed }
+}
+
+fn kind_of(root: &Path) -> EntriesKind {
+    EntriesKind::Images {
+        root: root.to_path_buf(),
+    }
 }

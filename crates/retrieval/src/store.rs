@@ -1,12 +1,21 @@
-//! The on-disk index: a directory with `manifest.json` and one `vectors-<generation>.safetensors`.
+//! The on-disk index: a directory with `manifest.json`, one `vectors-<generation>.safetensors`
+//! and (format version 2) one `rows-<generation>.bin`.
 //!
-//! Writes never touch a file a reader may have open: each build writes a vectors file under a
-//! new generation name (via a temporary name and a rename), then replaces `manifest.json` the
-//! same way, and only then deletes the previous generation. A crash at any point leaves the old
-//! manifest pointing at the old, complete vectors file. The manifest records the vectors file's
-//! byte length and CRC-32, so a truncated or overwritten file is reported as damaged instead of
-//! being searched as garbage. An optional `ivf.safetensors` holds IVF lists for the current
-//! vectors; every write deletes it, and readers check the vectors identity it records.
+//! The manifest holds only a header: model, dimension, count, element type, what the rows are
+//! (image files under a root, captions or ids), and the name, byte length and CRC-32 of each
+//! data file. What each row stands for (image path, size and modification time; caption; or
+//! id) is in the rows file ([`crate::rows`] describes its layout), memory-mapped and read one
+//! row at a time, so opening an index of ten million images parses a few hundred bytes of JSON
+//! and labelling a hit reads one row. An index of ids that are just row numbers has no rows
+//! file. Version-1 manifests, which hold every row inline under `entries`, are still read.
+//!
+//! Writes never touch a file a reader may have open: each build writes its vectors and rows
+//! files under a new generation name (each via a temporary name and a rename), then replaces
+//! `manifest.json` the same way, and only then deletes the previous generation. A crash at any
+//! point leaves the old manifest pointing at the old, complete files. The manifest records each
+//! file's byte length and CRC-32, so a truncated or overwritten file is reported as damaged
+//! instead of being searched as garbage. An optional `ivf.safetensors` holds IVF lists for the
+//! current vectors; every write deletes it, and readers check the vectors identity it records.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -28,8 +37,10 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the saved IVF lists inside an index directory (`clip index build --ann`);
 /// deleted by every write of new vectors.
 pub const ANN_FILE: &str = "ivf.safetensors";
-/// The manifest format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format this build writes (it reads this and every earlier one).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest manifest format this build reads: version 1, with every row inline.
+const OLDEST_FORMAT_VERSION: u32 = 1;
 const FORMAT_NAME: &str = "clip-index";
 /// The tensor holding the vectors inside the vectors file.
 const VECTORS_KEY: &str = "vectors";
@@ -126,12 +137,59 @@ impl Entries {
     }
 }
 
+/// What the rows of an index are, as a version-2 manifest records it: the kind (and the root
+/// of image files), without the rows themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EntriesKind {
+    /// Image files under `root`.
+    Images {
+        /// The indexed folder (absolute when built by `clip index build`).
+        root: PathBuf,
+    },
+    /// Captions, for image→text search.
+    Captions,
+    /// Caller-chosen ids, or row numbers when the index has no rows file.
+    Ids,
+}
+
+impl EntriesKind {
+    /// The kind of `entries`.
+    pub fn of(entries: &Entries) -> Self {
+        match entries {
+            Entries::Images { root, .. } => EntriesKind::Images { root: root.clone() },
+            Entries::Captions { .. } => EntriesKind::Captions,
+            Entries::Ids { .. } => EntriesKind::Ids,
+        }
+    }
+
+    /// `images`, `captions` or `ids`, as in the manifest.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EntriesKind::Images { .. } => "images",
+            EntriesKind::Captions => "captions",
+            EntriesKind::Ids => "ids",
+        }
+    }
+}
+
+/// A data file the manifest points at, with what identifies its intact contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowsFile {
+    /// File name, relative to the index directory.
+    pub file: String,
+    /// Its exact length in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the whole file.
+    pub crc32: u32,
+}
+
 /// The JSON manifest of an index directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Always `clip-index`, so that a stray JSON file is not taken for a manifest.
     pub format: String,
-    /// [`FORMAT_VERSION`] when written by this build.
+    /// [`FORMAT_VERSION`] when written by this build; 1 for an index with its rows inline.
     pub format_version: u32,
     /// The model that made the vectors (directory or Hub id); searches embed queries with it.
     pub model: String,
@@ -150,16 +208,26 @@ pub struct Manifest {
     /// CRC-32 (IEEE) of the whole vectors file.
     pub vectors_crc32: u32,
     /// What the rows are.
-    pub entries: Entries,
+    pub entries: EntriesKind,
+    /// The rows file; absent for ids that are row numbers, and in version 1 (rows inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<RowsFile>,
 }
 
 impl Manifest {
-    /// The manifest of `spec` stored in `vectors_file` (empty for an index only in memory).
-    pub(crate) fn new(spec: IndexSpec, vectors_file: String, bytes: u64, crc32: u32) -> Self {
+    /// The manifest of `spec` stored in `vectors_file` and `rows` (empty names for an index
+    /// only in memory).
+    pub(crate) fn new(
+        spec: &IndexSpec,
+        vectors_file: String,
+        bytes: u64,
+        crc32: u32,
+        rows: Option<RowsFile>,
+    ) -> Self {
         Manifest {
             format: FORMAT_NAME.into(),
             format_version: FORMAT_VERSION,
-            model: spec.model,
+            model: spec.model.clone(),
             dimension: spec.dimension,
             count: spec.count,
             metric: Metric::InnerProduct,
@@ -167,20 +235,29 @@ impl Manifest {
             vectors_file,
             vectors_bytes: bytes,
             vectors_crc32: crc32,
-            entries: spec.entries,
+            entries: EntriesKind::of(&spec.entries),
+            rows,
         }
     }
+}
 
-    /// The spec this manifest's index would be written with.
-    pub(crate) fn spec(&self) -> IndexSpec {
-        IndexSpec {
-            model: self.model.clone(),
-            dimension: self.dimension,
-            count: self.count,
-            dtype: self.dtype,
-            entries: self.entries.clone(),
-        }
-    }
+/// A version-1 manifest: the same header with every row inline under `entries`.
+#[derive(Deserialize)]
+struct ManifestV1 {
+    model: String,
+    dimension: usize,
+    count: usize,
+    metric: Metric,
+    dtype: DType,
+    vectors_file: String,
+    vectors_bytes: u64,
+    vectors_crc32: u32,
+    entries: Entries,
+}
+
+/// Whether `spec` needs a rows file: everything but ids that are row numbers.
+fn needs_rows_file(entries: &Entries) -> bool {
+    !matches!(entries, Entries::Ids { ids } if ids.is_empty())
 }
 
 /// What to write, apart from the vectors themselves.
@@ -218,47 +295,71 @@ pub fn write_index(
     validate_spec(spec)?;
     prepare_dir(dir)?;
     let gen = next_generation(dir)?;
-    let vectors_file = format!("vectors-{gen}.safetensors");
+    let vectors_file = vectors_file_name(gen);
     let final_vectors = dir.join(&vectors_file);
     let (bytes, crc) = write_atomically(&final_vectors, |file, tmp| {
         write_vectors(file, tmp, spec, &mut fill)
     })?;
-    let manifest = Manifest::new(spec.clone(), vectors_file.clone(), bytes, crc);
+    // Written after the vectors and before the manifest, like the vectors: until the manifest
+    // names them, both new files are unreferenced leftovers.
+    let rows = if needs_rows_file(&spec.entries) {
+        let file = rows_file_name(gen);
+        let res = write_atomically(&dir.join(&file), |f, tmp| {
+            crate::rows::write_rows(f, tmp, &spec.entries, spec.count)
+        });
+        match res {
+            Ok((bytes, crc32)) => Some(RowsFile { file, bytes, crc32 }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&final_vectors);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let manifest = Manifest::new(spec, vectors_file.clone(), bytes, crc, rows);
     let manifest_path = dir.join(MANIFEST_FILE);
     let res = write_atomically(&manifest_path, |f, tmp| {
         let json = serde_json::to_vec_pretty(&manifest).map_err(json_err(&manifest_path))?;
         f.write_all(&json).map_err(io_err("cannot write", tmp))
     });
     if let Err(e) = res {
-        // The new vectors file is unreferenced; the old manifest still points at the old one.
+        // The new files are unreferenced; the old manifest still points at the old ones.
         let _ = std::fs::remove_file(&final_vectors);
+        if let Some(r) = &manifest.rows {
+            let _ = std::fs::remove_file(dir.join(&r.file));
+        }
         return Err(e);
     }
     sync_dir(dir);
-    remove_stale_files(dir, &vectors_file);
+    remove_stale_files(dir, gen);
     Ok(manifest)
 }
 
 /// Checks what can be checked of `spec` before any vector is written.
 pub(crate) fn validate_spec(spec: &IndexSpec) -> Result<()> {
-    if spec.dimension == 0 {
+    check_shape(spec.dimension, spec.count, spec.entries.len())
+}
+
+/// Checks a dimension and count, and that `rows` entries (if given) describe `count` vectors.
+fn check_shape(dimension: usize, count: usize, rows: Option<usize>) -> Result<()> {
+    if dimension == 0 {
         return Err(invalid(
             "dimension",
             0,
             "vectors need at least one component",
         ));
     }
-    if spec.count > u32::MAX as usize {
+    if count > u32::MAX as usize {
         return Err(invalid(
             "count",
-            spec.count,
+            count,
             "at most 2^32 - 1 vectors per index",
         ));
     }
-    if let Some(n) = spec.entries.len().filter(|&n| n != spec.count) {
+    if let Some(n) = rows.filter(|&n| n != count) {
         return Err(RetrievalError::Shape(format!(
-            "{n} entries for {} vectors",
-            spec.count
+            "{n} entries for {count} vectors"
         )));
     }
     Ok(())
@@ -311,6 +412,14 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+fn vectors_file_name(gen: u64) -> String {
+    format!("vectors-{gen}.safetensors")
+}
+
+fn rows_file_name(gen: u64) -> String {
+    format!("rows-{gen}.bin")
+}
+
 fn vectors_generation(name: &str) -> Option<u64> {
     name.strip_prefix("vectors-")?
         .strip_suffix(".safetensors")?
@@ -318,11 +427,20 @@ fn vectors_generation(name: &str) -> Option<u64> {
         .ok()
 }
 
+fn rows_generation(name: &str) -> Option<u64> {
+    name.strip_prefix("rows-")?
+        .strip_suffix(".bin")?
+        .parse()
+        .ok()
+}
+
+/// The generation of a vectors or rows file name.
+fn generation(name: &str) -> Option<u64> {
+    vectors_generation(name).or_else(|| rows_generation(name))
+}
+
 fn is_own_file(name: &str) -> bool {
-    name == MANIFEST_FILE
-        || name == ANN_FILE
-        || vectors_generation(name).is_some()
-        || is_temp_file(name)
+    name == MANIFEST_FILE || name == ANN_FILE || generation(name).is_some() || is_temp_file(name)
 }
 
 /// A leftover of an interrupted [`write_atomically`]: `.NAME.<random>.tmp`.
@@ -364,18 +482,17 @@ pub(crate) fn write_atomically<T>(
 fn next_generation(dir: &Path) -> Result<u64> {
     Ok(list_dir(dir)?
         .iter()
-        .filter_map(|n| vectors_generation(n))
+        .filter_map(|n| generation(n))
         .max()
         .map_or(1, |g| g + 1))
 }
 
-/// Deletes earlier generations, the IVF lists of earlier vectors and leftovers of interrupted
-/// writes.
-fn remove_stale_files(dir: &Path, keep: &str) {
+/// Deletes earlier generations (every vectors and rows file but those of `keep`), the IVF
+/// lists of earlier vectors and leftovers of interrupted writes.
+fn remove_stale_files(dir: &Path, keep: u64) {
     for name in list_dir(dir).unwrap_or_default() {
-        let stale = (vectors_generation(&name).is_some() && name != keep)
-            || name == ANN_FILE
-            || is_temp_file(&name);
+        let stale =
+            generation(&name).is_some_and(|g| g != keep) || name == ANN_FILE || is_temp_file(&name);
         if stale {
             let _ = std::fs::remove_file(dir.join(&name));
         }
@@ -502,8 +619,9 @@ pub(crate) struct MappedVectors {
     pub(crate) offset: usize,
 }
 
-/// Reads and checks `dir/manifest.json`.
-pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
+/// Reads and checks `dir/manifest.json`; for a version-1 manifest, also the rows it holds
+/// inline.
+pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, Option<Entries>)> {
     let path = dir.join(MANIFEST_FILE);
     if !dir.is_dir() {
         return Err(RetrievalError::NotAnIndex {
@@ -538,26 +656,63 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
             reason: format!("its `format` is {:?}, not \"{FORMAT_NAME}\"", head.format),
         });
     }
-    if let Some(v) = head.format_version.filter(|&v| v != FORMAT_VERSION) {
+    // A manifest without a version predates versioning: version 1.
+    let version = head.format_version.unwrap_or(OLDEST_FORMAT_VERSION);
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(RetrievalError::UnsupportedVersion {
             path,
-            found: v,
+            found: version,
             supported: FORMAT_VERSION,
         });
     }
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(json_err(&path))?;
+    let (m, inline) = if version == 1 {
+        let v1: ManifestV1 = serde_json::from_slice(&bytes).map_err(json_err(&path))?;
+        let m = Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: version,
+            model: v1.model,
+            dimension: v1.dimension,
+            count: v1.count,
+            metric: v1.metric,
+            dtype: v1.dtype,
+            vectors_file: v1.vectors_file,
+            vectors_bytes: v1.vectors_bytes,
+            vectors_crc32: v1.vectors_crc32,
+            entries: EntriesKind::of(&v1.entries),
+            rows: None,
+        };
+        (m, Some(v1.entries))
+    } else {
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(json_err(&path))?;
+        (m, None)
+    };
     let bad = |reason: String| RetrievalError::Damaged {
         path: path.clone(),
         reason,
     };
-    validate_spec(&m.spec()).map_err(|e| bad(e.to_string()))?;
+    // Version 2 keeps its rows elsewhere: they are checked when the rows file is opened.
+    check_shape(m.dimension, m.count, inline.as_ref().and_then(Entries::len))
+        .map_err(|e| bad(e.to_string()))?;
     if vectors_generation(&m.vectors_file).is_none() {
         return Err(bad(format!(
             "vectors_file {:?} is not a vectors file name",
             m.vectors_file
         )));
     }
-    Ok(m)
+    if let Some(r) = &m.rows {
+        if rows_generation(&r.file).is_none() {
+            return Err(bad(format!(
+                "rows file {:?} is not a rows file name",
+                r.file
+            )));
+        }
+    } else if inline.is_none() && m.entries != EntriesKind::Ids {
+        return Err(bad(format!(
+            "it records {} entries but no rows file",
+            m.entries.name()
+        )));
+    }
+    Ok((m, inline))
 }
 
 /// Maps and validates the vectors file `m` names.
@@ -615,7 +770,7 @@ pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result
 }
 
 /// CRC-32 of `bytes`, computed on all threads and combined.
-fn parallel_crc32(bytes: &[u8]) -> u32 {
+pub(crate) fn parallel_crc32(bytes: &[u8]) -> u32 {
     const CHUNK: usize = 8 << 20;
     bytes
         .par_chunks(CHUNK)

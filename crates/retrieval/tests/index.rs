@@ -164,11 +164,16 @@ fn damaged_manifest_is_a_clear_error() {
 
     std::fs::write(
         &mpath,
-        text.replace("\"format_version\": 1", "\"format_version\": 99"),
+        text.replace("\"format_version\": 2", "\"format_version\": 99"),
     )
     .unwrap();
-    let err = Index::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("99"), "{err}");
+    let err = Index::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, RetrievalError::UnsupportedVersion { found: 99, .. }),
+        "{err}"
+    );
+    let err = err.to_string();
+    assert!(err.contains("99") && err.contains("manifest.json"), "{err}");
 
     std::fs::remove_file(&mpath).unwrap();
     let err = Index::open(dir.path()).unwrap_err().to_string();
@@ -216,8 +221,8 @@ fn failed_write_keeps_the_previous_index() {
         .collect();
     assert_eq!(
         names.len(),
-        2,
-        "only the manifest and one vectors file remain: {names:?}"
+        3,
+        "only the manifest, one vectors file and one rows file remain: {names:?}"
     );
 }
 
@@ -244,7 +249,8 @@ fn leftovers_of_a_killed_write_are_ignored_then_cleaned() {
     drop(idx);
     let idx = Index::open(dir.path()).unwrap();
     assert_eq!(idx.manifest().vectors_file, "vectors-8.safetensors");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    assert_eq!(idx.manifest().rows.as_ref().unwrap().file, "rows-8.bin");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
 }
 
 #[test]
