@@ -173,7 +173,7 @@ pub fn build_images<C: Borrow<Clip>>(
                 j.dim()
             ));
             j.remove();
-            at.iter_mut().for_each(|a| *a = None);
+            at.fill(None);
             embed.clone_from(&todo);
         }
         dim = Some(d);
