@@ -145,7 +145,7 @@ fn assert_same_rows(got: &Path, want: &Path) {
 fn reference(dir: &Path, name: &str, images: &Path, model: &str) -> PathBuf {
     let out = dir.join(name);
     let err = ok_stderr(&build(images, &out, model));
-    assert_eq!(count_before(&err, "embedded"), Some(PHOTOS), "{err}");
+    assert_eq!(count_before(&err, "embedded,"), Some(PHOTOS), "{err}");
     out
 }
 
@@ -219,7 +219,7 @@ fn damaged_journal_is_discarded_with_a_warning() {
         "{err}"
     );
     assert!(!err.contains("resumed"), "{err}");
-    assert_eq!(count_before(&err, "embedded"), Some(PHOTOS), "{err}");
+    assert_eq!(count_before(&err, "embedded,"), Some(PHOTOS), "{err}");
     assert_same_rows(&idx, &want);
     assert!(!idx.join(JOURNAL).exists());
 }
@@ -240,6 +240,6 @@ fn journal_of_another_model_is_discarded() {
         "{err}"
     );
     assert!(!err.contains("resumed"), "{err}");
-    assert_eq!(count_before(&err, "embedded"), Some(PHOTOS), "{err}");
+    assert_eq!(count_before(&err, "embedded,"), Some(PHOTOS), "{err}");
     assert_same_rows(&idx, &want);
 }

@@ -215,7 +215,14 @@ impl Journal {
         let json = serde_json::to_vec(&header).expect("a header serialises");
         let mut bytes = MAGIC.to_vec();
         frame(&mut bytes, &json);
-        let mut file = File::create(&path).map_err(io_at(&path))?;
+        // Readable too: the index is written from it.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
         file.write_all(&bytes)
             .and_then(|()| file.sync_all())
             .map_err(io_at(&path))?;
