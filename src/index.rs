@@ -5,10 +5,13 @@
 use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 
+mod journal;
+
 use rayon::prelude::*;
 use retrieval::{DType, EmbeddingsFile, Entries, Index, IndexSpec};
 
 use clip_data::error_chain;
+use journal::Journal;
 
 use crate::files::{scan_images, Skipped};
 use crate::{Clip, Embeddings, Error, Features, Progress, Result};
@@ -38,10 +41,12 @@ pub struct BuildReport {
     pub count: usize,
     /// Floats per row.
     pub dim: usize,
-    /// Rows embedded in this build.
+    /// Rows embedded in this build (not counting [`BuildReport::resumed`] ones).
     pub embedded: usize,
     /// Rows copied from the previous index (unchanged files).
     pub reused: usize,
+    /// Rows read back from the journal of an interrupted build (embedded by it, not again).
+    pub resumed: usize,
     /// Entries dropped because their files are gone.
     pub removed: usize,
     /// True when nothing changed and the index was left as it was.
@@ -117,6 +122,8 @@ pub fn build_images<C: Borrow<Clip>>(
             .is_some_and(|o| o.len() == rows && o.manifest().dtype == opts.dtype)
     };
     if plan.to_embed() == 0 && plan.removed == 0 && unchanged(entries.len()) {
+        // A journal left by an interrupted build holds nothing this index needs.
+        journal::remove_in(out);
         report.count = entries.len();
         report.dim = old.as_ref().map_or(0, Index::dim);
         report.up_to_date = true;
@@ -124,14 +131,30 @@ pub fn build_images<C: Borrow<Clip>>(
         return Ok(report);
     }
 
-    // Embed what is new or changed; vectors of unchanged files are copied from the old index.
+    // Embed what is new or changed; vectors of unchanged files are copied from the old index,
+    // and those an interrupted build already embedded are read back from its journal.
     let todo: Vec<usize> = (0..entries.len())
         .filter(|&i| plan.reuse[i].is_none())
         .collect();
-    let mut fresh: Vec<Option<Vec<f32>>> = vec![None; entries.len()];
     let reusing = plan.reuse.iter().any(Option::is_some);
     let mut dim = old.as_ref().map(Index::dim).filter(|_| reusing);
-    if !todo.is_empty() {
+    let mut journal = Journal::resume(out, &model, &root, &mut report.warnings);
+    if let Some(j) = journal.take_if(|j| dim.is_some_and(|d| d != j.dim())) {
+        report.warnings.push(format!(
+            "discarding the build journal {}: its vectors have dimension {}, the index {}",
+            j.path().display(),
+            j.dim(),
+            dim.unwrap_or_default()
+        ));
+        j.remove();
+    }
+    // Where each row's new vector lies in the journal.
+    let mut at: Vec<Option<u64>> = entries
+        .iter()
+        .map(|e| journal.as_ref().and_then(|j| j.find(e)))
+        .collect();
+    let mut embed: Vec<usize> = todo.iter().copied().filter(|&i| at[i].is_none()).collect();
+    if !embed.is_empty() {
         let loaded = load()?;
         let clip: &Clip = loaded.borrow();
         let d = clip.dim();
@@ -142,9 +165,32 @@ pub fn build_images<C: Borrow<Clip>>(
                 out.display()
             )));
         }
+        if let Some(j) = journal.take_if(|j| j.dim() != d) {
+            report.warnings.push(format!(
+                "discarding the build journal {}: its vectors have dimension {}, model {model} \
+                 makes {d}",
+                j.path().display(),
+                j.dim()
+            ));
+            j.remove();
+            at.fill(None);
+            embed.clone_from(&todo);
+        }
         dim = Some(d);
-        progress.start(todo.len(), "images");
-        for chunk in todo.chunks(opts.batch_size) {
+        if journal.is_none() {
+            journal = Some(Journal::create(out, &model, &root, d)?);
+        }
+        let journal = journal.as_mut().expect("opened or created above");
+        let resumed = todo.len() - embed.len();
+        progress.start(
+            embed.len(),
+            &if resumed > 0 {
+                format!("images ({resumed} resumed)")
+            } else {
+                "images".to_string()
+            },
+        );
+        for chunk in embed.chunks(opts.batch_size) {
             let loaded: Vec<_> = chunk
                 .par_iter()
                 .map(|&i| {
@@ -166,15 +212,16 @@ pub fn build_images<C: Borrow<Clip>>(
             if !pixels.is_empty() {
                 let e = clip.encode_pixels(pixels, Features::Embeds)?;
                 let e = Embeddings::from_tensor(&e)?.normalized()?;
-                for (i, v) in rows.into_iter().zip(e.rows()) {
-                    fresh[i] = Some(v.to_vec());
+                let written = journal.append(rows.iter().map(|&i| &entries[i]).zip(e.rows()))?;
+                for (i, offset) in rows.into_iter().zip(written) {
+                    at[i] = Some(offset);
                 }
             }
             progress.advance(chunk.len());
         }
         progress.finish();
     }
-    let Some(dim) = dim else {
+    let Some(dim) = dim.or(journal.as_ref().map(Journal::dim)) else {
         return Err(Error::Input(format!(
             "none of the {} images under {} could be read",
             skipped.len(),
@@ -182,29 +229,33 @@ pub fn build_images<C: Borrow<Clip>>(
         )));
     };
 
-    // Rows in folder order: reused or freshly embedded; unreadable files are left out.
+    // Rows in folder order: reused, resumed or freshly embedded; unreadable files are left out.
     enum Src {
         Old(usize),
-        New(Vec<f32>),
+        Journal(u64),
     }
     let (mut files, mut rows) = (Vec::new(), Vec::new());
     for (i, e) in entries.into_iter().enumerate() {
-        let src = match (plan.reuse[i], fresh[i].take()) {
+        let src = match (plan.reuse[i], at[i]) {
             (Some(r), _) => Src::Old(r),
-            (None, Some(v)) => Src::New(v),
+            (None, Some(offset)) => Src::Journal(offset),
             (None, None) => continue,
         };
         files.push(e);
         rows.push(src);
     }
     report.reused = rows.iter().filter(|r| matches!(r, Src::Old(_))).count();
-    report.embedded = rows.len() - report.reused;
+    report.resumed = todo.len() - embed.len();
+    report.embedded = rows.len() - report.reused - report.resumed;
     report.removed = plan.removed;
     report.count = rows.len();
     report.dim = dim;
     report.skipped = skipped;
-    if report.embedded == 0 && plan.removed == 0 && unchanged(rows.len()) {
+    if report.embedded == 0 && report.resumed == 0 && plan.removed == 0 && unchanged(rows.len()) {
         // Only files that still cannot be read were retried: nothing to rewrite.
+        if let Some(j) = journal {
+            j.remove();
+        }
         report.up_to_date = true;
         return Ok(report);
     }
@@ -215,6 +266,7 @@ pub fn build_images<C: Borrow<Clip>>(
         dtype: opts.dtype,
         entries: Entries::Images { root, files },
     };
+    let mut bytes = Vec::new();
     retrieval::write_index(out, &spec, |range, buf| {
         for (k, r) in range.enumerate() {
             let dst = &mut buf[k * dim..(k + 1) * dim];
@@ -224,11 +276,18 @@ pub fn build_images<C: Borrow<Clip>>(
                         .expect("reuse implies an old index")
                         .vector(*row),
                 ),
-                Src::New(v) => dst.copy_from_slice(v),
+                Src::Journal(offset) => journal
+                    .as_ref()
+                    .expect("journal offsets imply a journal")
+                    .vector(*offset, dst, &mut bytes)?,
             }
         }
         Ok(())
     })?;
+    // Only now that the new manifest is in place is the embedding work safe to forget.
+    if let Some(j) = journal {
+        j.remove();
+    }
     Ok(report)
 }
 

@@ -115,6 +115,12 @@ fn build(a: BuildArgs) -> Result<()> {
                 r.reused,
                 r.removed
             );
+            if r.resumed > 0 {
+                eprintln!(
+                    "resumed {} images embedded by an interrupted build",
+                    r.resumed
+                );
+            }
         }
         report_skipped(&r.skipped);
     } else if let Some(path) = &a.texts {

@@ -1,0 +1,563 @@
+//! The build journal: what `clip index build` has embedded so far, appended batch by batch to a
+//! file inside the index directory, so that a killed build resumes where it stopped instead of
+//! embedding everything again, and so that the new vectors never have to be held in memory.
+//!
+//! Layout (little-endian): the 8-byte magic [`MAGIC`], then records of
+//! `[u32 payload length][u32 CRC-32 of the payload][payload]`. The first payload is the JSON
+//! [`Header`] (which model, folder and dimension the vectors are for); each later one is one
+//! image: `[u64 size][i64 mtime_ns][u32 path length][path, UTF-8][dim × f32]`, the unit vector
+//! exactly as it goes into the index. Every batch is written with one `write` and synced, so a
+//! kill can tear at most the records of the batch in flight: a record of plausible length that
+//! runs past the end of the file, a last record that fails its CRC, or a tail of zeros is such a
+//! tear and is cut off; any other record that fails its checks (an impossible length, a CRC
+//! mismatch with records after it) makes the whole journal unusable: it is deleted with a
+//! warning and its images are embedded again. No unchecked byte is ever read as a vector.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use retrieval::ImageEntry;
+use serde::{Deserialize, Serialize};
+
+use crate::error::io_at;
+use crate::{Error, Result};
+
+/// File name inside the index directory. A dot name ending in `.tmp` is what `retrieval`
+/// treats as a leftover of an interrupted write: `check_destination` accepts a directory
+/// holding only it (a killed first build), and a successful `write_index` deletes it.
+pub(super) const FILE: &str = ".build-journal.tmp";
+
+/// The first bytes of a journal: what it is and the layout's version.
+const MAGIC: &[u8; 8] = b"clipjnl1";
+
+/// Size of `[length][crc]` before each payload.
+const FRAME: u64 = 8;
+
+/// Fixed part of an image payload: size, mtime, path length.
+const FIXED: usize = 8 + 8 + 4;
+
+/// Longest path a record may hold; a longer length field is damage, not data.
+const MAX_PATH: usize = 1 << 16;
+
+/// What the journalled vectors were made for; a journal for anything else is discarded.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Header {
+    /// The model as recorded in manifests ([`super::model_id`]).
+    model: String,
+    /// The indexed folder (canonical); record paths are relative to it.
+    root: PathBuf,
+    /// Floats per vector.
+    dim: usize,
+}
+
+/// Where a journalled vector lies and which version of its file it is for.
+struct Row {
+    size: u64,
+    mtime_ns: i64,
+    /// Byte offset of the vector's first float.
+    offset: u64,
+}
+
+/// An open journal, positioned for appending.
+pub(super) struct Journal {
+    path: PathBuf,
+    file: File,
+    dim: usize,
+    /// The latest record of each path (later records win).
+    rows: HashMap<PathBuf, Row>,
+}
+
+/// Why a journal could not be read.
+enum Unusable {
+    /// Written for another model, folder or dimension.
+    Other(String),
+    /// Damaged beyond a torn tail, or not a journal.
+    Damaged(String),
+    /// Could not be read at all.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Unusable {
+    fn from(e: std::io::Error) -> Self {
+        Unusable::Io(e)
+    }
+}
+
+impl Journal {
+    /// The journal a previous, interrupted build into `dir` left for `model` over `root`, with
+    /// a torn tail cut off; `None` when there is none, or when it cannot be used (it is then
+    /// deleted and a warning naming it says why).
+    pub(super) fn resume(
+        dir: &Path,
+        model: &str,
+        root: &Path,
+        warnings: &mut Vec<String>,
+    ) -> Option<Journal> {
+        let path = dir.join(FILE);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warnings.push(format!(
+                    "cannot resume from the build journal {}: {e}; embedding again",
+                    path.display()
+                ));
+                return None;
+            }
+        };
+        match Self::read(path.clone(), file, model, root) {
+            Ok(j) => Some(j),
+            Err(why) => {
+                let why = match why {
+                    Unusable::Other(s) => format!("it was written {s}"),
+                    Unusable::Damaged(s) => format!("it is damaged ({s})"),
+                    Unusable::Io(e) => format!("it cannot be read ({e})"),
+                };
+                warnings.push(format!(
+                    "discarding the build journal {}: {why}; its images are embedded again",
+                    path.display()
+                ));
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Checks the header, indexes every record and cuts off a torn tail.
+    fn read(
+        path: PathBuf,
+        file: File,
+        model: &str,
+        root: &Path,
+    ) -> std::result::Result<Journal, Unusable> {
+        let len = file.metadata()?.len();
+        let mut r = BufReader::with_capacity(1 << 16, &file);
+        let mut magic = [0u8; 8];
+        if len < MAGIC.len() as u64 || r.read_exact(&mut magic).is_err() || &magic != MAGIC {
+            return Err(Unusable::Damaged("not a clip build journal".into()));
+        }
+        let mut pos = MAGIC.len() as u64;
+        let mut payload = Vec::new();
+        let header: Header = match next_record(&mut r, pos, len, 1 << 20, &mut payload)? {
+            Next::Record(n) => {
+                pos += FRAME + n;
+                serde_json::from_slice(&payload)
+                    .map_err(|e| Unusable::Damaged(format!("header: {e}")))?
+            }
+            Next::End | Next::Torn => {
+                return Err(Unusable::Damaged("the header is incomplete".into()));
+            }
+        };
+        if header.model != model {
+            return Err(Unusable::Other(format!(
+                "for model {} (this build: {model})",
+                header.model
+            )));
+        }
+        if header.root != root {
+            return Err(Unusable::Other(format!(
+                "for images under {} (this build: {})",
+                header.root.display(),
+                root.display()
+            )));
+        }
+        let dim = header.dim;
+        let vector_bytes = dim * 4;
+        let max = FIXED + MAX_PATH + vector_bytes;
+        let mut rows = HashMap::new();
+        loop {
+            match next_record(&mut r, pos, len, max as u64, &mut payload)? {
+                Next::End => break,
+                Next::Torn => {
+                    drop(r);
+                    // The last batch was cut short by a kill: keep what came before it.
+                    file.set_len(pos)?;
+                    file.sync_data()?;
+                    break;
+                }
+                Next::Record(n) => {
+                    let (entry, vector_at) =
+                        parse_image(&payload, vector_bytes).ok_or_else(|| {
+                            Unusable::Damaged(format!("record at byte {pos} is malformed"))
+                        })?;
+                    rows.insert(
+                        entry.path,
+                        Row {
+                            size: entry.size,
+                            mtime_ns: entry.mtime_ns,
+                            offset: pos + FRAME + vector_at as u64,
+                        },
+                    );
+                    pos += FRAME + n;
+                }
+            }
+        }
+        Ok(Journal {
+            path,
+            file,
+            dim,
+            rows,
+        })
+    }
+
+    /// Starts a new journal in `dir` (created if missing) for vectors of `dim` floats made by
+    /// `model` from the images under `root`, replacing any journal there.
+    pub(super) fn create(dir: &Path, model: &str, root: &Path, dim: usize) -> Result<Journal> {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let path = dir.join(FILE);
+        let header = Header {
+            model: model.to_string(),
+            root: root.to_path_buf(),
+            dim,
+        };
+        let json = serde_json::to_vec(&header).expect("a header serialises");
+        let mut bytes = MAGIC.to_vec();
+        frame(&mut bytes, &json);
+        // Readable too: the index is written from it.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io_at(&path))?;
+        // Makes the new name durable; best-effort, as not every platform can sync a directory.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(Journal {
+            path,
+            file,
+            dim,
+            rows: HashMap::new(),
+        })
+    }
+
+    /// Floats per vector.
+    pub(super) fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The file on disk.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the vector of `e` lies, if it was journalled for this very version of the file
+    /// (same size and modification time).
+    pub(super) fn find(&self, e: &ImageEntry) -> Option<u64> {
+        self.rows
+            .get(&e.path)
+            .filter(|r| r.size == e.size && r.mtime_ns == e.mtime_ns)
+            .map(|r| r.offset)
+    }
+
+    /// Appends one batch of `(file, unit vector)` in a single write and syncs it, so that it
+    /// survives a kill; returns where each vector lies.
+    pub(super) fn append<'a>(
+        &mut self,
+        batch: impl IntoIterator<Item = (&'a ImageEntry, &'a [f32])>,
+    ) -> Result<Vec<u64>> {
+        let end = self
+            .file
+            .seek(SeekFrom::End(0))
+            .map_err(io_at(&self.path))?;
+        let mut bytes = Vec::new();
+        let mut at = Vec::new();
+        let mut payload = Vec::new();
+        for (e, v) in batch {
+            assert_eq!(v.len(), self.dim, "vector of the journal's dimension");
+            let p = e.path.to_str().ok_or_else(|| {
+                // `scan_images` skips such names; this is a guard, not an expected path.
+                Error::Input(format!("{} is not valid UTF-8", e.path.display()))
+            })?;
+            payload.clear();
+            payload.extend_from_slice(&e.size.to_le_bytes());
+            payload.extend_from_slice(&e.mtime_ns.to_le_bytes());
+            payload.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            payload.extend_from_slice(p.as_bytes());
+            let vector_at = payload.len();
+            payload.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+            let offset = end + bytes.len() as u64 + FRAME + vector_at as u64;
+            frame(&mut bytes, &payload);
+            self.rows.insert(
+                e.path.clone(),
+                Row {
+                    size: e.size,
+                    mtime_ns: e.mtime_ns,
+                    offset,
+                },
+            );
+            at.push(offset);
+        }
+        self.file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_at(&self.path))?;
+        Ok(at)
+    }
+
+    /// Reads the vector at `offset` (from [`Journal::find`] or [`Journal::append`]) into `out`.
+    pub(super) fn vector(&self, offset: u64, out: &mut [f32], buf: &mut Vec<u8>) -> Result<()> {
+        buf.resize(out.len() * 4, 0);
+        let mut f = &self.file;
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(buf))
+            .map_err(io_at(&self.path))?;
+        for (x, b) in out.iter_mut().zip(buf.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
+    /// Deletes the journal (once what it held is safely in the index).
+    pub(super) fn remove(self) {
+        let Journal { path, file, .. } = self;
+        drop(file);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Deletes the journal in `dir`, if any (when the index turned out to be up to date).
+pub(super) fn remove_in(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(FILE));
+}
+
+/// Appends `[len][crc][payload]` to `out`.
+fn frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// What follows a record boundary.
+enum Next {
+    /// A whole record whose payload (now in the buffer) has this many bytes.
+    Record(u64),
+    /// The end of the file.
+    End,
+    /// The tail of a write cut short: a record running past the end, or only zeros.
+    Torn,
+}
+
+/// Reads the record at `pos` of a file of `len` bytes into `payload`, checking its CRC.
+fn next_record(
+    r: &mut impl Read,
+    pos: u64,
+    len: u64,
+    max: u64,
+    payload: &mut Vec<u8>,
+) -> std::result::Result<Next, Unusable> {
+    let left = len - pos;
+    if left == 0 {
+        return Ok(Next::End);
+    }
+    if left < FRAME {
+        return Ok(Next::Torn);
+    }
+    let mut head = [0u8; FRAME as usize];
+    r.read_exact(&mut head)?;
+    let n = u64::from(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")));
+    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    if n == 0 || n > max {
+        // No record is empty: a zero frame followed by zeros is space the file system
+        // allocated for a write that never landed.
+        if n == 0 && crc == 0 && zeros_to_end(r)? {
+            return Ok(Next::Torn);
+        }
+        return Err(Unusable::Damaged(format!(
+            "record at byte {pos} claims {n} bytes"
+        )));
+    }
+    if FRAME + n > left {
+        return Ok(Next::Torn);
+    }
+    payload.resize(n as usize, 0);
+    r.read_exact(payload)?;
+    if crc32fast::hash(payload) == crc {
+        return Ok(Next::Record(n));
+    }
+    // A length that landed before its payload did.
+    if payload.iter().all(|&b| b == 0) && zeros_to_end(r)? {
+        return Ok(Next::Torn);
+    }
+    if FRAME + n == left {
+        // The last record, written whole but wrong: the batch in flight when power failed.
+        return Ok(Next::Torn);
+    }
+    Err(Unusable::Damaged(format!(
+        "record at byte {pos} fails its CRC-32 check"
+    )))
+}
+
+/// Whether everything left in `r` is zero bytes.
+fn zeros_to_end(r: &mut impl Read) -> std::result::Result<bool, Unusable> {
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
+/// The file and the vector's offset within an image record's payload, if it is well formed.
+fn parse_image(p: &[u8], vector_bytes: usize) -> Option<(ImageEntry, usize)> {
+    let size = u64::from_le_bytes(p.get(..8)?.try_into().ok()?);
+    let mtime_ns = i64::from_le_bytes(p.get(8..16)?.try_into().ok()?);
+    let n = u32::from_le_bytes(p.get(16..20)?.try_into().ok()?) as usize;
+    let path = std::str::from_utf8(p.get(FIXED..FIXED + n)?).ok()?;
+    if p.len() != FIXED + n + vector_bytes || path.is_empty() {
+        return None;
+    }
+    let entry = ImageEntry {
+        path: PathBuf::from(path),
+        size,
+        mtime_ns,
+    };
+    Some((entry, FIXED + n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, size: u64) -> ImageEntry {
+        ImageEntry {
+            path: PathBuf::from(name),
+            size,
+            mtime_ns: 1_700_000_000_000_000_000,
+        }
+    }
+
+    /// A journal in a fresh directory holding `n` images of dimension 3, one per batch.
+    fn written(n: usize) -> (tempfile::TempDir, Vec<(ImageEntry, Vec<f32>)>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::create(dir.path(), "m", Path::new("/r"), 3).unwrap();
+        let rows: Vec<_> = (0..n)
+            .map(|i| {
+                (
+                    entry(&format!("d/{i}.png"), i as u64),
+                    vec![i as f32, 0.5, -1.0],
+                )
+            })
+            .collect();
+        for (e, v) in &rows {
+            j.append([(e, v.as_slice())]).unwrap();
+        }
+        (dir, rows)
+    }
+
+    /// The vectors a resumed journal finds for `rows` (None where it finds none).
+    fn found(dir: &Path, rows: &[(ImageEntry, Vec<f32>)]) -> (Vec<Option<Vec<f32>>>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let Some(j) = Journal::resume(dir, "m", Path::new("/r"), &mut warnings) else {
+            return (vec![None; rows.len()], warnings);
+        };
+        let mut buf = Vec::new();
+        let got = rows
+            .iter()
+            .map(|(e, _)| {
+                j.find(e).map(|at| {
+                    let mut v = vec![0.0; 3];
+                    j.vector(at, &mut v, &mut buf).unwrap();
+                    v
+                })
+            })
+            .collect();
+        (got, warnings)
+    }
+
+    #[test]
+    fn records_round_trip_and_a_changed_file_is_not_found() {
+        let (dir, mut rows) = written(4);
+        let (got, warnings) = found(dir.path(), &rows);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        for ((_, want), got) in rows.iter().zip(&got) {
+            assert_eq!(got.as_ref(), Some(want));
+        }
+        rows[1].0.mtime_ns += 1;
+        rows[2].0.size += 1;
+        let (got, _) = found(dir.path(), &rows);
+        assert_eq!(
+            got.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, false, false, true]
+        );
+    }
+
+    #[test]
+    fn a_torn_or_zeroed_tail_is_cut_off_and_appending_continues() {
+        for tail in [&[9u8, 0, 0][..], &[200, 0, 0, 0, 1, 2, 3, 4, 5], &[0; 300]] {
+            let (dir, mut rows) = written(3);
+            let path = dir.path().join(FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let whole = bytes.len() as u64;
+            bytes.extend_from_slice(tail);
+            std::fs::write(&path, &bytes).unwrap();
+            let mut warnings = Vec::new();
+            let mut j = Journal::resume(dir.path(), "m", Path::new("/r"), &mut warnings).unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                whole,
+                "tail {tail:?}"
+            );
+            let e = entry("new.png", 9);
+            j.append([(&e, &[1.0f32, 2.0, 3.0][..])]).unwrap();
+            drop(j);
+            rows.push((e, vec![1.0, 2.0, 3.0]));
+            let (got, warnings) = found(dir.path(), &rows);
+            assert!(warnings.is_empty(), "{warnings:?}");
+            assert!(got
+                .iter()
+                .zip(&rows)
+                .all(|(g, (_, w))| g.as_ref() == Some(w)));
+        }
+    }
+
+    #[test]
+    fn damage_in_the_middle_or_another_model_discards_the_journal() {
+        let (dir, rows) = written(3);
+        let path = dir.path().join(FILE);
+        let good = std::fs::read(&path).unwrap();
+        let mut warnings = Vec::new();
+        assert!(Journal::resume(dir.path(), "other", Path::new("/r"), &mut warnings).is_none());
+        assert!(
+            warnings[0].contains("for model m (this build: other)"),
+            "{warnings:?}"
+        );
+        assert!(!path.exists(), "a foreign journal is deleted");
+
+        // A flipped vector byte of the second image, and a length field made implausible.
+        let first_image =
+            MAGIC.len() + 8 + u32::from_le_bytes(good[8..12].try_into().unwrap()) as usize;
+        let record = 8 + FIXED + "d/0.png".len() + 12;
+        for (at, what) in [
+            (first_image + record + record - 1, "CRC-32"),
+            (first_image + 2, "claims"),
+        ] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            let (got, warnings) = found(dir.path(), &rows);
+            assert!(got.iter().all(Option::is_none));
+            assert_eq!(warnings.len(), 1);
+            assert!(
+                warnings[0].contains(&path.display().to_string()) && warnings[0].contains(what),
+                "{warnings:?}"
+            );
+        }
+        std::fs::write(&path, b"not a journal at all").unwrap();
+        let (_, warnings) = found(dir.path(), &rows);
+        assert!(
+            warnings[0].contains("not a clip build journal"),
+            "{warnings:?}"
+        );
+    }
+}
