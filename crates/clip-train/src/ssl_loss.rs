@@ -601,7 +601,7 @@ mod tests {
                 let grad = |v: &Var| g.get(v).unwrap().flatten_all().unwrap().to_vec1::<f32>();
                 (scalar(total), grad(&x).unwrap(), grad(&y).unwrap())
             };
-            let whole = run(&[0..n]);
+            let whole = run(std::slice::from_ref(&(0..n)));
             let split = run(&[0..2, 2..3, 3..n]);
             assert!(whole.0.is_finite() && whole.1.len() == n * 5, "{name}");
             assert!(
@@ -619,7 +619,7 @@ mod tests {
                 assert!((w - s).abs() < 1e-5, "{name}: gradient {w} vs {s}");
             }
             // A part alone is not the whole: the partition test can fail.
-            let part = run(&[0..3]);
+            let part = run(std::slice::from_ref(&(0..3)));
             assert!((whole.0 - part.0).abs() > 1e-4, "{name}");
         }
     }

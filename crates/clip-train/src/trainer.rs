@@ -334,14 +334,14 @@ fn local_batch(t: &TrainConfig, world: usize) -> Result<usize> {
         field: "batch_size",
         reason,
     };
-    if t.batch_size % world != 0 {
+    if !t.batch_size.is_multiple_of(world) {
         return Err(bad(format!(
             "the global batch of {} does not split evenly over {world} ranks",
             t.batch_size
         )));
     }
     let local = t.batch_size / world;
-    if local % t.accum_steps != 0 {
+    if !local.is_multiple_of(t.accum_steps) {
         return Err(bad(format!(
             "each of the {world} ranks' {local} samples must split evenly into {} \
              accumulation steps",

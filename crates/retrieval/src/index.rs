@@ -124,7 +124,7 @@ impl Index {
     /// Opens the index directory `dir`.
     pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Self> {
         let (manifest, inline) = store::read_manifest(dir)?;
-        match map_files(dir, manifest, inline, opts) {
+        match map_files(dir, manifest, inline, opts).map_err(|b| *b) {
             Ok(index) => Ok(index),
             // A writer may have swapped in a new generation between our reads: retry once.
             Err((RetrievalError::Io { source, path, .. }, first))
@@ -137,7 +137,7 @@ impl Index {
                         reason: "the file named by the manifest is missing".into(),
                     });
                 }
-                map_files(dir, again, inline, opts).map_err(|(e, _)| e)
+                map_files(dir, again, inline, opts).map_err(|b| b.0)
             }
             Err((e, _)) => Err(e),
         }
@@ -354,10 +354,10 @@ fn map_files(
     manifest: Manifest,
     inline: Option<Entries>,
     opts: OpenOptions,
-) -> std::result::Result<Index, (RetrievalError, Manifest)> {
+) -> std::result::Result<Index, Box<(RetrievalError, Manifest)>> {
     let vectors = match store::map_vectors(dir, &manifest, opts) {
         Ok(v) => v,
-        Err(e) => return Err((e, manifest)),
+        Err(e) => return Err(Box::new((e, manifest))),
     };
     let entries = match (inline, &manifest.rows) {
         (Some(e), _) => IndexEntries::inline(e, manifest.count),
@@ -373,7 +373,7 @@ fn map_files(
             );
             match opened {
                 Ok(rows) => IndexEntries::mapped(manifest.entries.clone(), manifest.count, rows),
-                Err(e) => return Err((e, manifest)),
+                Err(e) => return Err(Box::new((e, manifest))),
             }
         }
     };

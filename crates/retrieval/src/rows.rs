@@ -103,7 +103,6 @@ pub(crate) fn write_rows(
     for i in 0..count {
         put(row_text(entries, i)?.as_bytes())?;
     }
-    drop(put);
     w.into_inner().map_err(|e| werr(e.into_error()))?;
     Ok((len, crc.finalize()))
 }
