@@ -5,13 +5,16 @@
 
 use candle_core::backend::BackendDevice;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
-use candle_core::cuda_backend::cudarc::nccl::result::NcclError;
+use candle_core::cuda_backend::cudarc::nccl::result::{NcclError, NcclStatus};
 use candle_core::cuda_backend::cudarc::nccl::{Comm, Id, ReduceOp};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 
 use super::{Collective, CommMeter, CommStats, Mpi};
 use crate::{Result, TrainError};
+
+/// What cudarc's NCCL calls return.
+type NcclResult = std::result::Result<NcclStatus, NcclError>;
 
 /// Bytes of an NCCL unique id (`ncclUniqueId::internal`).
 const ID_BYTES: usize = 128;
@@ -75,8 +78,7 @@ impl Nccl {
 
     /// `x` as contiguous f32 on this rank's GPU (the dtype every collective here works in).
     fn prepare(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x
-            .to_device(&Device::Cuda(self.device.clone()))?
+        Ok(x.to_device(&Device::Cuda(self.device.clone()))?
             .to_dtype(DType::F32)?
             .contiguous()?)
     }
@@ -91,7 +93,7 @@ impl Nccl {
         out_len: usize,
         dims: Vec<usize>,
         like: &Tensor,
-        op: impl FnOnce(&Comm, &CudaView<'_, f32>, &mut CudaSlice<f32>) -> std::result::Result<(), NcclError>,
+        op: impl FnOnce(&CudaView<'_, f32>, &mut CudaSlice<f32>) -> NcclResult,
     ) -> Result<Tensor> {
         let mut out = self.device.alloc_zeros::<f32>(out_len)?;
         {
@@ -106,7 +108,7 @@ impl Nccl {
             })?;
             let src = storage.as_cuda_slice::<f32>()?.slice(start..end);
             self.meter.time((end - start) * 4, || {
-                op(&self.comm, &src, &mut out).map_err(nccl_err(what))?;
+                op(&src, &mut out).map_err(nccl_err(what))?;
                 self.device.synchronize()?;
                 Ok::<_, TrainError>(())
             })?;
@@ -127,12 +129,17 @@ impl Collective for Nccl {
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
-        let x = self.prepare(local)?;
         let mut dims = local.dims().to_vec();
-        dims[0] *= self.world();
+        let Some(rows) = dims.first_mut() else {
+            return Err(TrainError::Collective(
+                "all-gather of a scalar: tensors are gathered along dim 0".into(),
+            ));
+        };
+        *rows *= self.world();
+        let x = self.prepare(local)?;
         let n = x.elem_count() * self.world();
-        self.run("all-gather", &x, n, dims, local, |c, src, dst| {
-            c.all_gather(src, dst).map(drop)
+        self.run("all-gather", &x, n, dims, local, |src, dst| {
+            self.comm.all_gather(src, dst)
         })
     }
 
@@ -147,16 +154,16 @@ impl Collective for Nccl {
         dims[0] /= n;
         let x = self.prepare(global)?;
         let len = x.elem_count() / n;
-        self.run("reduce-scatter", &x, len, dims, global, |c, src, dst| {
-            c.reduce_scatter(src, dst, &ReduceOp::Sum).map(drop)
+        self.run("reduce-scatter", &x, len, dims, global, |src, dst| {
+            self.comm.reduce_scatter(src, dst, &ReduceOp::Sum)
         })
     }
 
     fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor> {
         let dev = self.prepare(x)?;
         let len = dev.elem_count();
-        self.run("all-reduce", &dev, len, x.dims().to_vec(), x, |c, src, dst| {
-            c.all_reduce(src, dst, &ReduceOp::Sum).map(drop)
+        self.run("all-reduce", &dev, len, x.dims().to_vec(), x, |src, dst| {
+            self.comm.all_reduce(src, dst, &ReduceOp::Sum)
         })
     }
 
