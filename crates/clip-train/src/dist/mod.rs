@@ -1,6 +1,6 @@
 //! Data-parallel training: the collective operations a step needs, behind one trait, so the
 //! step is written once for one process ([`Single`]), MPI ranks ([`Mpi`], feature `mpi`) and
-//! NCCL on GPUs.
+//! NCCL on GPUs (`Nccl`, feature `nccl`).
 //!
 //! The scheme is open_clip's `gather_with_grad` + `local_loss`: every rank all-gathers the
 //! features of the global batch, computes the loss of its own rows against all columns, and
@@ -20,6 +20,10 @@ use crate::Result;
 mod mpi;
 #[cfg(feature = "mpi")]
 pub use self::mpi::Mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
+#[cfg(feature = "nccl")]
+pub use self::nccl::Nccl;
 
 /// Time and traffic spent in collectives since the start (this rank's view).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

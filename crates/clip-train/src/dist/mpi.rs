@@ -32,6 +32,12 @@ impl Mpi {
             _universe: universe,
         })
     }
+
+    /// Rank 0's `buf` on every rank: the rendezvous of other transports (NCCL's unique id).
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    pub(crate) fn broadcast_from_rank0(&self, buf: &mut [u8]) {
+        self.world.process_at_rank(0).broadcast_into(buf);
+    }
 }
 
 /// A tensor's f32 values on the host (collectives here run on host buffers).
