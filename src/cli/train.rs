@@ -318,13 +318,19 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
 /// The ranks of this training job: MPI's world when started by an MPI launcher (`mpirun`,
 /// `srun`), else this process alone.
 fn join_ranks(device: &Device) -> Result<Box<dyn Collective>> {
-    let _ = device;
+    let _ = device; // only NCCL needs it
     if !clip_train::dist::launched_by_mpi() {
         return Ok(Box::new(Single));
     }
     #[cfg(feature = "mpi")]
     {
-        Ok(Box::new(clip_train::dist::Mpi::init()?))
+        let mpi = clip_train::dist::Mpi::init()?;
+        // On GPUs the tensors go through NCCL (rendezvous over MPI); on CPUs through MPI.
+        #[cfg(feature = "nccl")]
+        if device.is_cuda() && mpi.world() > 1 {
+            return Ok(Box::new(clip_train::dist::Nccl::init(mpi, device)?));
+        }
+        Ok(Box::new(mpi))
     }
     #[cfg(not(feature = "mpi"))]
     {
