@@ -25,6 +25,23 @@ pub(crate) fn own_columns(rows: &Anchors, n: usize, like: &Tensor) -> Result<Ten
     Tensor::from_vec(m, (rows.len(), n), like.device())?.to_dtype(like.dtype())
 }
 
+/// Cosine similarities times `scale` of the anchors `rows` in both directions: their images
+/// against every caption, and their captions against every image (each `[rows.len(), n]`).
+pub(crate) fn anchor_logits(
+    img: &Tensor,
+    txt: &Tensor,
+    scale: &Tensor,
+    rows: &Anchors,
+) -> Result<(Tensor, Tensor)> {
+    let (img, txt) = (l2_normalize(img)?, l2_normalize(txt)?);
+    let side = |a: &Tensor, b: &Tensor| {
+        a.narrow(0, rows.start, rows.len())?
+            .matmul(&b.t()?)?
+            .broadcast_mul(scale)
+    };
+    Ok((side(&img, &txt)?, side(&txt, &img)?))
+}
+
 /// Summed cross-entropy of each row of `logits` against the column marked in `target`.
 fn row_cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach();
@@ -52,17 +69,7 @@ pub fn clip_loss_rows(
     rows: Anchors,
 ) -> Result<Tensor> {
     let n = img.dim(0)?;
-    let scale = logit_scale.exp()?;
-    let (img, txt) = (l2_normalize(img)?, l2_normalize(txt)?);
-    let (start, r) = (rows.start, rows.len());
-    let per_image = img
-        .narrow(0, start, r)?
-        .matmul(&txt.t()?)?
-        .broadcast_mul(&scale)?;
-    let per_text = txt
-        .narrow(0, start, r)?
-        .matmul(&img.t()?)?
-        .broadcast_mul(&scale)?;
+    let (per_image, per_text) = anchor_logits(img, txt, &logit_scale.exp()?, &rows)?;
     let target = own_columns(&rows, n, &per_image)?;
     let sum = (row_cross_entropy(&per_image, &target)? + row_cross_entropy(&per_text, &target)?)?;
     sum / (2 * n) as f64

@@ -16,7 +16,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use crate::loss::{l2_normalize, own_columns, Anchors};
+use crate::loss::{anchor_logits, l2_normalize, own_columns, Anchors};
 
 /// How the negative term of a softmax contrastive loss is estimated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -322,16 +322,7 @@ pub fn debiased_clip_loss_rows(
         candle_core::bail!("tau_plus must be in [0, 1), got {}", est.tau_plus);
     }
     let inv_t = logit_scale.exp()?;
-    let (img, txt) = (l2_normalize(img)?, l2_normalize(txt)?);
-    let (s, r) = (rows.start, rows.len());
-    let per_image = img
-        .narrow(0, s, r)?
-        .matmul(&txt.t()?)?
-        .broadcast_mul(&inv_t)?;
-    let per_text = txt
-        .narrow(0, s, r)?
-        .matmul(&img.t()?)?
-        .broadcast_mul(&inv_t)?;
+    let (per_image, per_text) = anchor_logits(img, txt, &inv_t, &rows)?;
     let pos = own_columns(&rows, n, &per_image)?;
     let neg = (1.0 - &pos)?;
     let m = (n - 1) as f64;
