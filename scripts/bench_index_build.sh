@@ -47,7 +47,9 @@ grep -v '^\s*$' "$WORK/full.err" | tail -2 >&2
 # Killed about halfway, then resumed.
 IDX2="$WORK/index_${N}_killed"; rm -rf "$IDX2"
 K=${KILL_AFTER:-$(awk -v t="$T" 'BEGIN{printf "%.1f", t/2}')}
-OUT=$IDX2 build 2>/dev/null &
+# `exec`, so that the background job is clip itself and the SIGKILL reaches it (killing the
+# subshell around a function would leave the build running beside its rerun).
+OUT=$IDX2 build exec 2>/dev/null &
 PID=$!
 sleep "$K"
 kill -9 "$PID" 2>/dev/null || echo "the build ended before the kill" >&2

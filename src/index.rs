@@ -138,7 +138,7 @@ pub fn build_images<C: Borrow<Clip>>(
         .collect();
     let reusing = plan.reuse.iter().any(Option::is_some);
     let mut dim = old.as_ref().map(Index::dim).filter(|_| reusing);
-    let mut journal = Journal::resume(out, &model, &root, &mut report.warnings);
+    let mut journal = Journal::resume(out, &model, &root, &mut report.warnings)?;
     if let Some(j) = journal.take_if(|j| dim.is_some_and(|d| d != j.dim())) {
         report.warnings.push(format!(
             "discarding the build journal {}: its vectors have dimension {}, the index {}",

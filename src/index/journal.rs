@@ -12,6 +12,11 @@
 //! tear and is cut off; any other record that fails its checks (an impossible length, a CRC
 //! mismatch with records after it) makes the whole journal unusable: it is deleted with a
 //! warning and its images are embedded again. No unchecked byte is ever read as a vector.
+//!
+//! The open journal holds an exclusive advisory lock (`flock`) for the whole build: two builds
+//! into one directory would interleave their appends, so the second stops with an error naming
+//! the journal instead. The kernel drops the lock with the process, so a killed build's journal
+//! is free for the next one.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -88,26 +93,27 @@ impl From<std::io::Error> for Unusable {
 impl Journal {
     /// The journal a previous, interrupted build into `dir` left for `model` over `root`, with
     /// a torn tail cut off; `None` when there is none, or when it cannot be used (it is then
-    /// deleted and a warning naming it says why).
+    /// deleted and a warning naming it says why). An error when another build holds it.
     pub(super) fn resume(
         dir: &Path,
         model: &str,
         root: &Path,
         warnings: &mut Vec<String>,
-    ) -> Option<Journal> {
+    ) -> Result<Option<Journal>> {
         let path = dir.join(FILE);
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 warnings.push(format!(
                     "cannot resume from the build journal {}: {e}; embedding again",
                     path.display()
                 ));
-                return None;
+                return Ok(None);
             }
         };
-        match Self::read(path.clone(), file, model, root) {
+        lock(&file, &path)?;
+        Ok(match Self::read(path.clone(), file, model, root) {
             Ok(j) => Some(j),
             Err(why) => {
                 let why = match why {
@@ -122,7 +128,7 @@ impl Journal {
                 let _ = std::fs::remove_file(&path);
                 None
             }
-        }
+        })
     }
 
     /// Checks the header, indexes every record and cuts off a torn tail.
@@ -215,15 +221,18 @@ impl Journal {
         let json = serde_json::to_vec(&header).expect("a header serialises");
         let mut bytes = MAGIC.to_vec();
         frame(&mut bytes, &json);
-        // Readable too: the index is written from it.
+        // Readable too: the index is written from it. Emptied only once locked, so that
+        // another build's journal is never truncated under it.
+        #[allow(clippy::suspicious_open_options)]
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
             .open(&path)
             .map_err(io_at(&path))?;
-        file.write_all(&bytes)
+        lock(&file, &path)?;
+        file.set_len(0)
+            .and_then(|()| file.write_all(&bytes))
             .and_then(|()| file.sync_all())
             .map_err(io_at(&path))?;
         // Makes the new name durable; best-effort, as not every platform can sync a directory.
@@ -323,9 +332,34 @@ impl Journal {
     }
 }
 
-/// Deletes the journal in `dir`, if any (when the index turned out to be up to date).
+/// Deletes the journal in `dir`, if any (when the index turned out to be up to date), unless
+/// a running build holds it.
 pub(super) fn remove_in(dir: &Path) {
-    let _ = std::fs::remove_file(dir.join(FILE));
+    let path = dir.join(FILE);
+    if let Ok(file) = File::open(&path) {
+        if lock(&file, &path).is_ok() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Takes the build's exclusive lock on the journal `file` at `path`, without waiting: held by
+/// another build, it is an error naming the journal. A file system without locks (some network
+/// mounts) builds unlocked, as before locks existed.
+fn lock(file: &File, path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Input(format!(
+            "another `clip index build` is writing into {} (it holds {}); wait for it to \
+             finish, or stop it and build again to resume what it embedded",
+            path.parent().unwrap_or(path).display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            Ok(())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io_at(path)(e)),
+    }
 }
 
 /// Appends `[len][crc][payload]` to `out`.
@@ -457,7 +491,7 @@ mod tests {
     /// The vectors a resumed journal finds for `rows` (None where it finds none).
     fn found(dir: &Path, rows: &[(ImageEntry, Vec<f32>)]) -> (Vec<Option<Vec<f32>>>, Vec<String>) {
         let mut warnings = Vec::new();
-        let Some(j) = Journal::resume(dir, "m", Path::new("/r"), &mut warnings) else {
+        let Some(j) = Journal::resume(dir, "m", Path::new("/r"), &mut warnings).unwrap() else {
             return (vec![None; rows.len()], warnings);
         };
         let mut buf = Vec::new();
@@ -501,7 +535,9 @@ mod tests {
             bytes.extend_from_slice(tail);
             std::fs::write(&path, &bytes).unwrap();
             let mut warnings = Vec::new();
-            let mut j = Journal::resume(dir.path(), "m", Path::new("/r"), &mut warnings).unwrap();
+            let mut j = Journal::resume(dir.path(), "m", Path::new("/r"), &mut warnings)
+                .unwrap()
+                .unwrap();
             assert!(warnings.is_empty(), "{warnings:?}");
             assert_eq!(
                 std::fs::metadata(&path).unwrap().len(),
@@ -522,12 +558,60 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_in_use_is_refused_untouched_and_free_once_its_build_ends() {
+        let (dir, rows) = written(2);
+        let path = dir.path().join(FILE);
+        let mut warnings = Vec::new();
+        let held = Journal::resume(dir.path(), "m", Path::new("/r"), &mut warnings)
+            .unwrap()
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let busy = |e: Error| {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("another `clip index build`")
+                    && msg.contains(&path.display().to_string()),
+                "{msg}"
+            );
+        };
+        busy(
+            Journal::resume(dir.path(), "m", Path::new("/r"), &mut warnings)
+                .err()
+                .unwrap(),
+        );
+        // Another model would discard it, and a fresh build would empty it: neither may.
+        busy(
+            Journal::resume(dir.path(), "other", Path::new("/r"), &mut warnings)
+                .err()
+                .unwrap(),
+        );
+        busy(
+            Journal::create(dir.path(), "m", Path::new("/r"), 3)
+                .err()
+                .unwrap(),
+        );
+        remove_in(dir.path());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        drop(held);
+        let (got, warnings) = found(dir.path(), &rows);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(got.iter().all(Option::is_some));
+        remove_in(dir.path());
+        assert!(!path.exists());
+    }
+
+    #[test]
     fn damage_in_the_middle_or_another_model_discards_the_journal() {
         let (dir, rows) = written(3);
         let path = dir.path().join(FILE);
         let good = std::fs::read(&path).unwrap();
         let mut warnings = Vec::new();
-        assert!(Journal::resume(dir.path(), "other", Path::new("/r"), &mut warnings).is_none());
+        assert!(
+            Journal::resume(dir.path(), "other", Path::new("/r"), &mut warnings)
+                .unwrap()
+                .is_none()
+        );
         assert!(
             warnings[0].contains("for model m (this build: other)"),
             "{warnings:?}"
