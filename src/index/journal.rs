@@ -223,11 +223,11 @@ impl Journal {
         frame(&mut bytes, &json);
         // Readable too: the index is written from it. Emptied only once locked, so that
         // another build's journal is never truncated under it.
-        #[allow(clippy::suspicious_open_options)]
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(io_at(&path))?;
         lock(&file, &path)?;
