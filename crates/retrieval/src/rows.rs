@@ -21,7 +21,6 @@
 //! read, so a damaged row is an error naming the file, never a panic or garbage.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{invalid, io_err};
@@ -74,16 +73,8 @@ pub(crate) fn write_rows(
         at += row_text(entries, i)?.len() as u64;
         offsets.push(at);
     }
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    let mut crc = crc32fast::Hasher::new();
-    let mut len = 0u64;
-    let werr = io_err("cannot write", path);
-    // Everything written passes through here, so the CRC and length cover the whole file.
-    let mut put = |bytes: &[u8]| {
-        crc.update(bytes);
-        len += bytes.len() as u64;
-        w.write_all(bytes).map_err(&werr)
-    };
+    let mut w = crate::store::ChecksummedWriter::new(file, path);
+    let mut put = |bytes: &[u8]| w.put(bytes);
     put(MAGIC)?;
     put(&LAYOUT_VERSION.to_le_bytes())?;
     put(&kind_code(&kind).to_le_bytes())?;
@@ -103,8 +94,7 @@ pub(crate) fn write_rows(
     for i in 0..count {
         put(row_text(entries, i)?.as_bytes())?;
     }
-    w.into_inner().map_err(|e| werr(e.into_error()))?;
-    Ok((len, crc.finalize()))
+    w.finish()
 }
 
 /// A validated, memory-mapped rows file.

@@ -527,14 +527,8 @@ fn write_vectors(
     // safetensors pads the header with spaces so that the data is 8-byte aligned.
     header.resize(header.len().next_multiple_of(8), b' ');
 
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    let mut crc = crc32fast::Hasher::new();
-    let werr = io_err("cannot write", path);
-    // Everything written passes through here, so the CRC covers the whole file.
-    let mut put = |bytes: &[u8]| {
-        crc.update(bytes);
-        w.write_all(bytes).map_err(&werr)
-    };
+    let mut w = ChecksummedWriter::new(file, path);
+    let mut put = |bytes: &[u8]| w.put(bytes);
     put(&(header.len() as u64).to_le_bytes())?;
     put(&header)?;
 
@@ -558,8 +552,46 @@ fn write_vectors(
         put(bytes)?;
         r0 = r1;
     }
-    w.into_inner().map_err(|e| werr(e.into_error()))?;
-    Ok(((8 + header.len() + data_bytes) as u64, crc.finalize()))
+    let (len, crc) = w.finish()?;
+    debug_assert_eq!(len, (8 + header.len() + data_bytes) as u64);
+    Ok((len, crc))
+}
+
+/// A buffered writer of a whole file that keeps its length and CRC-32 as it goes, so that what
+/// the manifest records is what was written.
+pub(crate) struct ChecksummedWriter<'a> {
+    w: BufWriter<&'a mut File>,
+    path: &'a Path,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<'a> ChecksummedWriter<'a> {
+    pub(crate) fn new(file: &'a mut File, path: &'a Path) -> Self {
+        Self {
+            w: BufWriter::with_capacity(1 << 20, file),
+            path,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    pub(crate) fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+        self.w
+            .write_all(bytes)
+            .map_err(io_err("cannot write", self.path))
+    }
+
+    /// Flushes; returns the length and CRC-32 of everything put.
+    pub(crate) fn finish(self) -> Result<(u64, u32)> {
+        let path = self.path;
+        self.w
+            .into_inner()
+            .map_err(|e| io_err("cannot write", path)(e.into_error()))?;
+        Ok((self.len, self.crc.finalize()))
+    }
 }
 
 /// Checks that every row is finite and of unit length; `first_row` numbers the rows in errors.
