@@ -1,9 +1,8 @@
 //! Model directories: the Hugging Face layout (read and written) and open_clip's (read).
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
 
-use candle_core::safetensors::Load;
 use candle_core::{Device, Tensor};
 use clip_nn::{Params, TensorMap};
 use text_encoder::Pooling;
@@ -11,6 +10,7 @@ use vision_encoder::Preprocess;
 
 use crate::config::{read_json, ClipConfig};
 use crate::error::io_err;
+use crate::header::{self, Shapes, WeightsFile};
 use crate::{
     load_preprocess_config, open_clip, replace_dir_atomically, ClipModel, ModelError, Result,
 };
@@ -45,62 +45,62 @@ pub struct Checkpoint {
     pub weights_path: PathBuf,
 }
 
-/// Buffers that some checkpoints carry but that are not parameters.
-fn is_ignored_buffer(key: &str) -> bool {
-    key.ends_with("position_ids") || key.ends_with("attn_mask")
-}
-
 /// Reads every tensor of a safetensors file through a memory map.
 ///
 /// A truncated or damaged file is an error naming it; nothing is read past a bad header.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let file = std::fs::File::open(path).map_err(io_err("cannot open", path))?;
-    // SAFETY: the map is read-only and dropped before this function returns; tensors are
-    // copied out of it. A concurrent truncation by another process would be a user error.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot map", path))?;
-    let st =
-        safetensors::SafeTensors::deserialize(&mmap).map_err(|source| ModelError::Safetensors {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        if is_ignored_buffer(&name) {
-            continue;
-        }
-        out.insert(name, view.load(device)?);
-    }
-    Ok(out)
+    WeightsFile::open(path)?.load(device)
 }
 
 impl Checkpoint {
-    /// Detects the layout of `dir` and reads it; tensors are checked against the config.
+    /// Detects the layout of `dir` and reads it: the config is parsed and bounded, then
+    /// checked against the safetensors headers, before any tensor is read.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
             let source = std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory");
             return Err(io_err("cannot open model directory", dir)(source));
         }
-        let ckpt = if dir.join("config.json").exists() && hf_weight_files(dir)?.is_some() {
-            Self::load_hf(dir, device)?
+        let hf_files = if dir.join("config.json").exists() {
+            hf_weight_files(dir)?
+        } else {
+            None
+        };
+        if let Some(files) = hf_files {
+            Self::load_hf(dir, &files, device)
         } else if dir.join(open_clip::CONFIG_FILE).exists()
             && dir.join(open_clip::WEIGHTS_FILE).exists()
         {
-            open_clip::load(dir, device)?
+            open_clip::load(dir, device)
         } else {
-            return Err(ModelError::UnknownLayout {
+            Err(ModelError::UnknownLayout {
                 path: dir.to_path_buf(),
-            });
-        };
-        ckpt.check_tensors()?;
-        Ok(ckpt)
+            })
+        }
     }
 
-    fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
-        let config = ClipConfig::from_file(&dir.join("config.json"))?;
-        let files = hf_weight_files(dir)?.expect("checked by caller");
+    fn load_hf(dir: &Path, files: &[PathBuf], device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config = ClipConfig::from_file(&config_path)?;
+        let files = files
+            .iter()
+            .map(|f| WeightsFile::open(f))
+            .collect::<Result<Vec<_>>>()?;
+        let mut shapes = Shapes::new();
+        for f in &files {
+            shapes.extend(f.shapes()?);
+        }
+        let weights_path = files[0].path().to_path_buf();
+        header::check_config(
+            &config,
+            &shapes,
+            &config_path,
+            &weights_path,
+            str::to_string,
+        )?;
+        header::check_shapes(&config, &shapes, &weights_path)?;
         let mut tensors = HashMap::new();
         for f in &files {
-            tensors.extend(read_safetensors(f, device)?);
+            tensors.extend(f.load(device)?);
         }
         let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
         Ok(Self {
@@ -110,35 +110,9 @@ impl Checkpoint {
             pooling: config.text_config.pooling(),
             tokenizer,
             weights: TensorMap::new(tensors, device.clone()),
-            weights_path: files[0].clone(),
+            weights_path,
             config,
         })
-    }
-
-    /// Every parameter present with the right shape, and nothing the config has no place for.
-    fn check_tensors(&self) -> Result<()> {
-        let expected = ClipModel::parameter_shapes(&self.config)?;
-        let have = self.weights.tensors();
-        let wrap = |source| ModelError::Weights {
-            path: self.weights_path.clone(),
-            source,
-        };
-        for (key, shape) in &expected {
-            self.weights.checked(key, shape).map_err(wrap)?;
-        }
-        let known: HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
-        let mut extra: Vec<&String> = have
-            .keys()
-            .filter(|k| !known.contains(k.as_str()))
-            .collect();
-        extra.sort();
-        if let Some(key) = extra.first() {
-            return Err(ModelError::UnexpectedTensor {
-                key: (*key).clone(),
-                path: self.weights_path.clone(),
-            });
-        }
-        Ok(())
     }
 
     /// Builds an inference model over these weights.
@@ -161,6 +135,11 @@ impl Checkpoint {
 }
 
 /// `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+///
+/// Shard names must stay inside `dir`: plain relative names, not absolute, no `..`, and not
+/// symlinks that resolve elsewhere — except, for a Hugging Face cache snapshot
+/// (`…/snapshots/<rev>/`), into that repository's `blobs/`, where the hub keeps the files
+/// its snapshots link to.
 fn hf_weight_files(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
@@ -179,19 +158,59 @@ fn hf_weight_files(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
         path: index.clone(),
         reason,
     };
-    let mut files: Vec<PathBuf> = idx.weight_map.values().map(|f| dir.join(f)).collect();
-    files.sort();
-    files.dedup();
-    if files.is_empty() {
+    let mut names: Vec<&String> = idx.weight_map.values().collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
         return Err(bad("its weight_map lists no shard".into()));
     }
-    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-        return Err(bad(format!(
-            "its weight_map names {}, which does not exist",
-            missing.display()
-        )));
+    let allowed = allowed_roots(dir)?;
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let plain = Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !plain || name.is_empty() {
+            return Err(bad(format!(
+                "its weight_map names shard {name:?}, which is not a file name inside the model directory"
+            )));
+        }
+        let file = dir.join(name);
+        if !file.is_file() {
+            return Err(bad(format!(
+                "its weight_map names {}, which does not exist",
+                file.display()
+            )));
+        }
+        let real = file
+            .canonicalize()
+            .map_err(io_err("cannot resolve shard", &file))?;
+        if !allowed.iter().any(|root| real.starts_with(root)) {
+            return Err(bad(format!(
+                "its weight_map names shard {name:?}, a link to {}, outside the model directory",
+                real.display()
+            )));
+        }
+        files.push(file);
     }
     Ok(Some(files))
+}
+
+/// Where the files of model directory `dir` may resolve to: `dir` itself, and for a Hugging
+/// Face cache snapshot the repository's `blobs/` (see [`hf_weight_files`]).
+fn allowed_roots(dir: &Path) -> Result<Vec<PathBuf>> {
+    let root = dir
+        .canonicalize()
+        .map_err(io_err("cannot resolve model directory", dir))?;
+    let mut roots = vec![root.clone()];
+    let repo = root
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent);
+    if let Some(blobs) = repo.map(|r| r.join("blobs")).filter(|b| b.is_dir()) {
+        roots.extend(blobs.canonicalize().ok());
+    }
+    Ok(roots)
 }
 
 /// Writes a model directory in the Hugging Face layout, atomically (see
@@ -268,17 +287,66 @@ mod tests {
     /// A sharded directory whose index holds `weight_map`, next to a valid `config.json`.
     fn load_with_index(weight_map: serde_json::Value) -> String {
         let dir = tempfile::tempdir().unwrap();
+        index_error(dir.path(), weight_map)
+    }
+
+    /// Writes `config.json` and an index holding `weight_map` into `dir`: the load's error,
+    /// checked to be about the index.
+    fn index_error(dir: &Path, weight_map: serde_json::Value) -> String {
         let cfg = ClipConfig::default().to_hf_json();
-        std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
         let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-        let path = dir.path().join("model.safetensors.index.json");
+        let path = dir.join("model.safetensors.index.json");
         std::fs::write(&path, index.to_string()).unwrap();
-        let err = Checkpoint::load(dir.path(), &Device::Cpu).unwrap_err();
+        let err = Checkpoint::load(dir, &Device::Cpu).unwrap_err();
         assert!(
             matches!(&err, ModelError::ShardIndex { path: p, .. } if *p == path),
             "{err}"
         );
         err.to_string()
+    }
+
+    fn hf_tiny() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf_tiny")
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn shard_names_may_not_leave_the_model_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("x.safetensors");
+        std::fs::copy(hf_tiny().join("model.safetensors"), &outside).unwrap();
+        let dir = root.path().join("model");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link.safetensors")).unwrap();
+        let absolute = outside.to_str().unwrap();
+        for shard in ["../x.safetensors", absolute, "link.safetensors", ""] {
+            let err = index_error(&dir, serde_json::json!({ "logit_scale": shard }));
+            assert!(
+                err.contains(&format!("shard {shard:?}")) && err.contains("model directory"),
+                "{err}"
+            );
+        }
+    }
+
+    /// The Hugging Face cache keeps a snapshot's files in the repository's `blobs/`, linked
+    /// from `snapshots/<rev>/`: those links stay allowed.
+    #[cfg(unix)]
+    #[test]
+    fn shards_linked_into_a_hub_cache_blobs_folder_load() {
+        let repo = tempfile::tempdir().unwrap();
+        let blobs = repo.path().join("blobs");
+        let snap = repo.path().join("snapshots").join("0123abc");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::copy(hf_tiny().join("model.safetensors"), blobs.join("e3b0c442")).unwrap();
+        std::fs::copy(hf_tiny().join("config.json"), snap.join("config.json")).unwrap();
+        let shard = "model-00001-of-00001.safetensors";
+        std::os::unix::fs::symlink("../../blobs/e3b0c442", snap.join(shard)).unwrap();
+        let index = serde_json::json!({ "weight_map": { "logit_scale": shard } });
+        std::fs::write(snap.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let ckpt = Checkpoint::load(&snap, &Device::Cpu).unwrap();
+        assert_eq!(ckpt.weights_path, snap.join(shard));
     }
 
     #[test]

@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
+use clip_nn::{BadConfig, EncoderSpec};
 use serde::{Deserialize, Serialize};
-use text_encoder::TextConfig;
-use vision_encoder::{Preprocess, VisionConfig};
+use text_encoder::{TextConfig, TextError};
+use vision_encoder::{Preprocess, VisionConfig, VisionError};
 
 use crate::error::io_err;
 use crate::{ModelError, Result};
@@ -44,18 +45,40 @@ impl ClipConfig {
     /// Reads and validates a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| e.in_file(path))?;
         Ok(cfg)
     }
 
-    /// Checks both towers and the projection size.
+    /// Checks both towers and the projection size against each other and their bounds
+    /// (see [`EncoderSpec`]'s, [`VisionConfig::validate`]'s and [`TextConfig::validate`]'s
+    /// constants), before any tensor exists; errors name the key as in `config.json`.
     pub fn validate(&self) -> Result<()> {
-        self.text_config.validate()?;
-        self.vision_config.validate()?;
+        let named = |section: &str, bad: BadConfig| ModelError::Config {
+            path: None,
+            key: format!("{section}{}", bad.field),
+            value: bad.value,
+            reason: bad.reason.into_owned(),
+        };
+        self.text_config.validate().map_err(|e| match e {
+            TextError::Config(bad) => named("text_config.", bad),
+            other => other.into(),
+        })?;
+        self.vision_config.validate().map_err(|e| match e {
+            VisionError::Config(bad) => named("vision_config.", bad),
+            other => other.into(),
+        })?;
         if self.projection_dim == 0 {
-            let bad = clip_nn::BadConfig::new("projection_dim", 0, "must be positive");
-            return Err(text_encoder::TextError::Config(bad).into());
+            return Err(named(
+                "",
+                BadConfig::new("projection_dim", 0, "must be positive"),
+            ));
         }
+        BadConfig::at_most(
+            "projection_dim",
+            self.projection_dim,
+            EncoderSpec::MAX_WIDTH,
+        )
+        .map_err(|bad| named("", bad))?;
         Ok(())
     }
 

@@ -41,6 +41,34 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A config value out of range or inconsistent, found before any tensor exists; `key` as
+    /// written in the config file (`vision_config.hidden_size`).
+    #[error("{}{key} = {value}: {reason}", file_prefix(path))]
+    Config {
+        /// The config file, when the config came from one.
+        path: Option<PathBuf>,
+        /// The key, with its section.
+        key: String,
+        /// Its value.
+        value: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// A config value the weights' shapes contradict, found from the safetensors header
+    /// before any tensor is read or sized by the config.
+    #[error("{}: {key} = {value} does not match the weights in {}: {found}", path.display(), weights.display())]
+    ConfigMismatch {
+        /// The config file.
+        path: PathBuf,
+        /// The key, with its section.
+        key: String,
+        /// Its value.
+        value: String,
+        /// The weights file.
+        weights: PathBuf,
+        /// What the weights hold instead (`` `…class_embedding` is [768] ``).
+        found: String,
+    },
     /// A directory holds neither known checkpoint layout.
     #[error("{path} is not a model directory: expected config.json + model.safetensors (Hugging Face) or open_clip_config.json + open_clip_model.safetensors (open_clip)")]
     UnknownLayout {
@@ -86,6 +114,32 @@ pub enum ModelError {
     /// Tensor error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    /// Names `path` as the file of a [`ModelError::Config`] error that has none yet.
+    pub(crate) fn in_file(self, file: &std::path::Path) -> Self {
+        match self {
+            Self::Config {
+                path: None,
+                key,
+                value,
+                reason,
+            } => Self::Config {
+                path: Some(file.to_path_buf()),
+                key,
+                value,
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+fn file_prefix(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
 }
 
 /// Result alias for this crate.

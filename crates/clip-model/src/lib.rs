@@ -5,6 +5,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod fsutil;
+mod header;
 mod model;
 mod open_clip;
 

@@ -7,14 +7,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Shape, Tensor};
 use clip_nn::TensorMap;
 use serde_json::Value;
 use text_encoder::{Pooling, TextConfig};
 use vision_encoder::{Preprocess, VisionConfig};
 
-use crate::checkpoint::{read_safetensors, Checkpoint, Layout};
+use crate::checkpoint::{Checkpoint, Layout};
 use crate::config::read_json;
+use crate::header::{self, Shapes, WeightsFile};
 use crate::{ClipConfig, ModelError, Result};
 
 /// open_clip's config file name in a hub-style directory.
@@ -157,7 +158,9 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
         vision_config,
         image_only: false,
     };
-    config.validate()?;
+    config
+        .validate()
+        .map_err(|e| rename_config_error(e, path))?;
     let mut pre = Preprocess {
         image_size,
         ..Preprocess::default()
@@ -244,60 +247,172 @@ fn lookup(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
     table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
-/// Converts open_clip tensors to Hugging Face names and layouts.
-fn convert(src: HashMap<String, Tensor>, weights_path: &Path) -> Result<HashMap<String, Tensor>> {
-    let unexpected = |key| ModelError::UnexpectedTensor {
-        key,
-        path: weights_path.to_path_buf(),
+/// Where one open_clip tensor goes among the Hugging Face names: the one mapping that both
+/// the header shapes (checked first) and the tensors (copied after) follow.
+enum Target {
+    /// Kept as it is, renamed.
+    Direct(String),
+    /// Transposed from `x @ W` into a PyTorch-Linear weight, renamed.
+    Transposed(String),
+    /// A fused `in_proj_{kind}` split by rows into q, k, v under this block prefix.
+    SplitQkv { prefix: String, kind: String },
+    /// A buffer that is not a parameter.
+    Skip,
+}
+
+/// The target of open_clip tensor `key`, or `None` for a name open_clip does not use here.
+fn target(key: &str) -> Option<Target> {
+    if let Some(name) = lookup(DIRECT, key) {
+        return Some(Target::Direct(name.to_string()));
+    }
+    if let Some(name) = lookup(TRANSPOSED, key) {
+        return Some(Target::Transposed(name.to_string()));
+    }
+    let (tower, rest) = match key.strip_prefix("visual.") {
+        Some(r) => ("vision_model", r),
+        None => ("text_model", key),
     };
-    let mut out = HashMap::new();
-    for (key, t) in src {
-        if let Some(name) = lookup(DIRECT, &key) {
-            out.insert(name.to_string(), t);
-            continue;
-        }
-        if let Some(name) = lookup(TRANSPOSED, &key) {
-            out.insert(name.to_string(), t.t()?.contiguous()?);
-            continue;
-        }
-        let (tower, rest) = match key.strip_prefix("visual.") {
-            Some(r) => ("vision_model", r),
-            None => ("text_model", key.as_str()),
-        };
-        let block = rest
-            .strip_prefix("transformer.resblocks.")
-            .and_then(|r| r.split_once('.'))
-            .and_then(|(i, r)| i.parse::<usize>().ok().map(|i| (i, r)));
-        let Some((i, inner)) = block else {
-            if rest.ends_with("attn_mask") {
-                continue;
+    let block = rest
+        .strip_prefix("transformer.resblocks.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(i, r)| i.parse::<usize>().ok().map(|i| (i, r)));
+    let Some((i, inner)) = block else {
+        return rest.ends_with("attn_mask").then_some(Target::Skip);
+    };
+    let prefix = format!("{tower}.encoder.layers.{i}.");
+    if let Some(kind) = inner.strip_prefix("attn.in_proj_") {
+        return Some(Target::SplitQkv {
+            prefix,
+            kind: kind.to_string(),
+        });
+    }
+    lookup(BLOCK, inner).map(|name| Target::Direct(format!("{prefix}{name}")))
+}
+
+/// The Hugging Face names of q, k, v for a fused projection.
+fn qkv_names(prefix: &str, kind: &str) -> [String; 3] {
+    ["q_proj", "k_proj", "v_proj"].map(|name| format!("{prefix}self_attn.{name}.{kind}"))
+}
+
+/// Converts open_clip header shapes to Hugging Face names and layouts (a shape that cannot
+/// be converted is kept as it is, for the shape check to report).
+fn convert_shapes(src: Shapes, weights_path: &Path) -> Result<Shapes> {
+    let mut out = Shapes::new();
+    for (key, shape) in src {
+        let dims = shape.dims();
+        match target(&key) {
+            None => {
+                return Err(ModelError::UnexpectedTensor {
+                    key,
+                    path: weights_path.to_path_buf(),
+                })
             }
-            return Err(unexpected(key));
-        };
-        let prefix = format!("{tower}.encoder.layers.{i}.");
-        if let Some(kind) = inner.strip_prefix("attn.in_proj_") {
-            // Rows [0, w), [w, 2w), [2w, 3w) are q, k, v.
-            let w = t.dim(0)? / 3;
-            for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-                out.insert(
-                    format!("{prefix}self_attn.{name}.{kind}"),
-                    t.narrow(0, j * w, w)?.contiguous()?,
-                );
+            Some(Target::Skip) => {}
+            Some(Target::Direct(name)) => {
+                out.insert(name, shape);
             }
-        } else if let Some(name) = lookup(BLOCK, inner) {
-            out.insert(format!("{prefix}{name}"), t);
-        } else {
-            return Err(unexpected(key));
+            Some(Target::Transposed(name)) => {
+                let t = match dims {
+                    [a, b] => Shape::from((*b, *a)),
+                    _ => shape,
+                };
+                out.insert(name, t);
+            }
+            Some(Target::SplitQkv { prefix, kind }) => {
+                let mut part = dims.to_vec();
+                if let Some(rows) = part.first_mut().filter(|r| **r % 3 == 0) {
+                    *rows /= 3;
+                }
+                for name in qkv_names(&prefix, &kind) {
+                    out.insert(name, Shape::from(part.clone()));
+                }
+            }
         }
     }
     Ok(out)
 }
 
-/// Reads an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors`).
+/// Converts open_clip tensors to Hugging Face names and layouts.
+fn convert(src: HashMap<String, Tensor>, weights_path: &Path) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for (key, t) in src {
+        match target(&key) {
+            None => {
+                return Err(ModelError::UnexpectedTensor {
+                    key,
+                    path: weights_path.to_path_buf(),
+                })
+            }
+            Some(Target::Skip) => {}
+            Some(Target::Direct(name)) => {
+                out.insert(name, t);
+            }
+            Some(Target::Transposed(name)) => {
+                out.insert(name, t.t()?.contiguous()?);
+            }
+            Some(Target::SplitQkv { prefix, kind }) => {
+                // Rows [0, w), [w, 2w), [2w, 3w) are q, k, v.
+                let w = t.dim(0)? / 3;
+                for (j, name) in qkv_names(&prefix, &kind).into_iter().enumerate() {
+                    out.insert(name, t.narrow(0, j * w, w)?.contiguous()?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The open_clip config key behind a Hugging Face one, for error messages.
+fn config_key(hf: &str) -> String {
+    let key = match hf {
+        "projection_dim" => "embed_dim",
+        "vision_config.hidden_size" => "vision_cfg.width",
+        "vision_config.intermediate_size" => "vision_cfg.width × vision_cfg.mlp_ratio",
+        "vision_config.num_attention_heads" => "vision_cfg.width / vision_cfg.head_width",
+        "vision_config.num_hidden_layers" => "vision_cfg.layers",
+        "text_config.hidden_size" => "text_cfg.width",
+        "text_config.intermediate_size" => "text_cfg.width × text_cfg.mlp_ratio",
+        "text_config.num_attention_heads" => "text_cfg.heads",
+        "text_config.num_hidden_layers" => "text_cfg.layers",
+        "text_config.max_position_embeddings" => "text_cfg.context_length",
+        other => {
+            return other
+                .replace("vision_config.", "vision_cfg.")
+                .replace("text_config.", "text_cfg.")
+        }
+    };
+    key.to_string()
+}
+
+/// A bounds error from [`ClipConfig::validate`], named by its key in `open_clip_config.json`.
+fn rename_config_error(e: ModelError, path: &Path) -> ModelError {
+    match e.in_file(path) {
+        ModelError::Config {
+            path,
+            key,
+            value,
+            reason,
+        } => ModelError::Config {
+            path,
+            key: config_key(&key),
+            value,
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Reads an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors`):
+/// config and bounds, then the header's shapes, then the tensors.
 pub(crate) fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
-    let (config, preprocess) = parse_config(&dir.join(CONFIG_FILE))?;
+    let config_path = dir.join(CONFIG_FILE);
+    let (config, preprocess) = parse_config(&config_path)?;
     let weights_path = dir.join(WEIGHTS_FILE);
-    let tensors = convert(read_safetensors(&weights_path, device)?, &weights_path)?;
+    let file = WeightsFile::open(&weights_path)?;
+    let shapes = convert_shapes(file.shapes()?, &weights_path)?;
+    header::check_config(&config, &shapes, &config_path, &weights_path, config_key)?;
+    header::check_shapes(&config, &shapes, &weights_path)?;
+    let tensors = convert(file.load(device)?, &weights_path)?;
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
     Ok(Checkpoint {
         dir: dir.to_path_buf(),

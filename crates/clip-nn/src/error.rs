@@ -39,18 +39,31 @@ pub struct BadConfig {
     pub field: &'static str,
     /// Its value.
     pub value: String,
-    /// Why it is rejected.
-    pub reason: &'static str,
+    /// Why it is rejected (`must be positive`, `exceeds 16384`, …).
+    pub reason: std::borrow::Cow<'static, str>,
 }
 
 impl BadConfig {
     /// `field` holding `value` is rejected for `reason`.
-    pub fn new(field: &'static str, value: impl ToString, reason: &'static str) -> Self {
+    pub fn new(
+        field: &'static str,
+        value: impl ToString,
+        reason: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
         Self {
             field,
             value: value.to_string(),
-            reason,
+            reason: reason.into(),
         }
+    }
+
+    /// `field` holding `value` is rejected unless `value <= max`: the bounds that keep a
+    /// hostile `config.json` from sizing huge allocations.
+    pub fn at_most(field: &'static str, value: usize, max: usize) -> std::result::Result<(), Self> {
+        if value > max {
+            return Err(Self::new(field, value, format!("exceeds {max}")));
+        }
+        Ok(())
     }
 }
 

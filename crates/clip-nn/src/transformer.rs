@@ -30,6 +30,17 @@ pub struct EncoderSpec {
 }
 
 impl EncoderSpec {
+    /// Upper bound on `hidden_size`: the widest public CLIP towers are under 2048, and a
+    /// `config.json` asking for more than 8× that is damaged or hostile, not a model.
+    pub const MAX_WIDTH: usize = 16384;
+    /// Upper bound on `intermediate_size` (4 × [`Self::MAX_WIDTH`], the usual MLP ratio).
+    pub const MAX_MLP_DIM: usize = 4 * Self::MAX_WIDTH;
+    /// Upper bound on `num_hidden_layers` (the deepest public towers have under 64).
+    pub const MAX_LAYERS: usize = 256;
+    /// Upper bound on `heads × tokens²`, the attention scores of one sequence: 2^28 f32
+    /// values are 1 GiB per image or caption, the per-input cost a config may ask for.
+    pub const MAX_ATTENTION_SCORES: usize = 1 << 28;
+
     /// The sizes from a tower's Hugging Face config fields (`hidden_size`,
     /// `intermediate_size`, `num_attention_heads`, `num_hidden_layers`, `hidden_act`,
     /// `layer_norm_eps`), checked: both towers name and validate them alike.
@@ -41,6 +52,7 @@ impl EncoderSpec {
         if width == 0 {
             return Err(BadConfig::new("hidden_size", 0, "must be positive"));
         }
+        BadConfig::at_most("hidden_size", width, Self::MAX_WIDTH)?;
         if heads == 0 || !width.is_multiple_of(heads) {
             return Err(BadConfig::new(
                 "num_attention_heads",
@@ -51,6 +63,11 @@ impl EncoderSpec {
         if mlp_dim == 0 {
             return Err(BadConfig::new("intermediate_size", 0, "must be positive"));
         }
+        BadConfig::at_most("intermediate_size", mlp_dim, Self::MAX_MLP_DIM)?;
+        BadConfig::at_most("num_hidden_layers", layers, Self::MAX_LAYERS)?;
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(BadConfig::new("layer_norm_eps", eps, "must be positive"));
+        }
         Ok(Self {
             width,
             heads,
@@ -59,6 +76,32 @@ impl EncoderSpec {
             activation: Activation::from_hidden_act(hidden_act)?,
             eps,
         })
+    }
+
+    /// Checks that sequences of `tokens` (set by `field` = `value`) keep the attention
+    /// scores within [`Self::MAX_ATTENTION_SCORES`]: what one input costs, bounded before
+    /// a model exists.
+    pub fn check_sequence(
+        &self,
+        field: &'static str,
+        value: usize,
+        tokens: usize,
+    ) -> std::result::Result<(), BadConfig> {
+        let scores = tokens
+            .checked_mul(tokens)
+            .and_then(|t2| t2.checked_mul(self.heads));
+        match scores {
+            Some(s) if s <= Self::MAX_ATTENTION_SCORES => Ok(()),
+            _ => Err(BadConfig::new(
+                field,
+                value,
+                format!(
+                    "gives {tokens} tokens, and {} heads × tokens² exceeds {} attention scores per input",
+                    self.heads,
+                    Self::MAX_ATTENTION_SCORES
+                ),
+            )),
+        }
     }
 }
 

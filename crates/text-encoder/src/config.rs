@@ -62,9 +62,13 @@ pub enum Pooling {
 }
 
 impl TextConfig {
-    /// Checks that the sizes fit together, before any tensor exists.
+    /// Upper bound on `vocab_size`: 4× the largest multilingual vocabularies (~250k).
+    pub const MAX_VOCAB: usize = 1 << 20;
+
+    /// Checks that the sizes fit together and stay within their bounds, before any tensor
+    /// exists (so a hostile `config.json` cannot size an allocation).
     pub fn validate(&self) -> Result<()> {
-        self.encoder_spec()?;
+        let spec = self.encoder_spec()?;
         let bad = |field, value: usize, reason| Err(BadConfig::new(field, value, reason).into());
         if self.max_position_embeddings < 2 {
             return bad(
@@ -73,9 +77,15 @@ impl TextConfig {
                 "needs room for start and end tokens",
             );
         }
+        spec.check_sequence(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            self.max_position_embeddings,
+        )?;
         if self.vocab_size == 0 {
             return bad("vocab_size", 0, "must be positive");
         }
+        BadConfig::at_most("vocab_size", self.vocab_size, Self::MAX_VOCAB)?;
         Ok(())
     }
 
@@ -101,5 +111,33 @@ impl TextConfig {
             &self.hidden_act,
             self.layer_norm_eps,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_past_their_bounds_are_named() {
+        let err = |cfg: TextConfig| cfg.validate().unwrap_err().to_string();
+        let msg = err(TextConfig {
+            vocab_size: usize::MAX,
+            ..TextConfig::default()
+        });
+        assert!(
+            msg.contains("vocab_size = 18446744073709551615: exceeds"),
+            "{msg}"
+        );
+        // tokens² overflows usize: still an error, not a wrap-around.
+        let msg = err(TextConfig {
+            max_position_embeddings: 1 << 33,
+            ..TextConfig::default()
+        });
+        assert!(
+            msg.contains("max_position_embeddings = 8589934592: gives"),
+            "{msg}"
+        );
+        assert!(TextConfig::default().validate().is_ok());
     }
 }

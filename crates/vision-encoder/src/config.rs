@@ -62,13 +62,24 @@ impl Default for VisionConfig {
 }
 
 impl VisionConfig {
-    /// Checks that the sizes fit together, before any tensor exists.
+    /// Upper bound on `image_size`: one 4096² RGB input is 200 MB of f32 pixels.
+    pub const MAX_IMAGE_SIZE: usize = 4096;
+    /// Upper bound on `projection_head.layers` (image-only heads use 2 to 4).
+    pub const MAX_HEAD_LAYERS: usize = 64;
+
+    /// Checks that the sizes fit together and stay within their bounds, before any tensor
+    /// exists (so a hostile `config.json` cannot size an allocation).
     pub fn validate(&self) -> Result<()> {
-        self.encoder_spec()?;
+        let spec = self.encoder_spec()?;
         let bad = |field, value: usize, reason| Err(BadConfig::new(field, value, reason).into());
+        if self.image_size == 0 {
+            return bad("image_size", 0, "must be positive");
+        }
+        BadConfig::at_most("image_size", self.image_size, Self::MAX_IMAGE_SIZE)?;
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return bad("patch_size", self.patch_size, "must divide image_size");
         }
+        spec.check_sequence("image_size", self.image_size, self.grid() * self.grid() + 1)?;
         if self.num_channels != 3 {
             return bad(
                 "num_channels",
@@ -84,9 +95,15 @@ impl VisionConfig {
                     "an MLP head needs at least 2 linear layers",
                 );
             }
+            BadConfig::at_most("projection_head.layers", h.layers, Self::MAX_HEAD_LAYERS)?;
             if h.hidden_size == 0 {
                 return bad("projection_head.hidden_size", 0, "must be positive");
             }
+            BadConfig::at_most(
+                "projection_head.hidden_size",
+                h.hidden_size,
+                EncoderSpec::MAX_WIDTH,
+            )?;
         }
         Ok(())
     }
@@ -130,6 +147,49 @@ mod tests {
         assert!(err.contains("projection_head.layers"), "{err}");
         let err = with(3, 0).validate().unwrap_err().to_string();
         assert!(err.contains("projection_head.hidden_size"), "{err}");
+    }
+
+    #[test]
+    fn sizes_past_their_bounds_are_named() {
+        let err = |cfg: VisionConfig| cfg.validate().unwrap_err().to_string();
+        let base = VisionConfig::default();
+        let msg = err(VisionConfig {
+            num_hidden_layers: usize::MAX,
+            ..base.clone()
+        });
+        assert!(
+            msg.contains("num_hidden_layers = 18446744073709551615"),
+            "{msg}"
+        );
+        let msg = err(VisionConfig {
+            intermediate_size: 1 << 40,
+            ..base.clone()
+        });
+        assert!(
+            msg.contains("intermediate_size = 1099511627776: exceeds"),
+            "{msg}"
+        );
+        let msg = err(VisionConfig {
+            image_size: 0,
+            ..base.clone()
+        });
+        assert!(msg.contains("image_size = 0"), "{msg}");
+        // 1 px patches of a 1024 px image: a million tokens, whose square overflows nothing
+        // but far exceeds the attention budget.
+        let msg = err(VisionConfig {
+            image_size: 1024,
+            patch_size: 1,
+            ..base.clone()
+        });
+        assert!(
+            msg.contains("image_size = 1024: gives 1048577 tokens"),
+            "{msg}"
+        );
+        let msg = err(VisionConfig {
+            layer_norm_eps: -1.0,
+            ..base
+        });
+        assert!(msg.contains("layer_norm_eps = -1"), "{msg}");
     }
 
     #[test]
