@@ -63,7 +63,7 @@ pub enum ModelError {
         /// The key, with its section.
         key: String,
         /// Its value.
-        value: String,
+        value: usize,
         /// The weights file.
         weights: PathBuf,
         /// What the weights hold instead (`` `…class_embedding` is [768] ``).

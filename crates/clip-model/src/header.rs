@@ -232,7 +232,7 @@ pub(crate) fn check_config(
         return Err(ModelError::ConfigMismatch {
             path: config_path.to_path_buf(),
             key: key_name(key),
-            value: value.to_string(),
+            value,
             weights: weights_path.to_path_buf(),
             found,
         });
