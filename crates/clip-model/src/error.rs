@@ -66,7 +66,7 @@ pub enum ModelError {
         value: usize,
         /// The weights file.
         weights: PathBuf,
-        /// What the weights hold instead (`` `…class_embedding` is [768] ``).
+        /// What the weights hold instead (`` `…class_embedding` is [768], not [1024] ``).
         found: String,
     },
     /// A directory holds neither known checkpoint layout.

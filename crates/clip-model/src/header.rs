@@ -226,7 +226,9 @@ pub(crate) fn check_config(
                 let Some(&(key, value, _)) = bad else {
                     continue;
                 };
-                ((key, value), format!("`{}` is {found:?}", w.tensor))
+                let expected: Vec<usize> = w.dims.iter().map(|d| d.2).collect();
+                let found = format!("`{}` is {found:?}, not {expected:?}", w.tensor);
+                ((key, value), found)
             }
         };
         return Err(ModelError::ConfigMismatch {
