@@ -227,14 +227,14 @@ mod registry {
             return default(sig);
         }
         if old.sa_flags & libc::SA_SIGINFO != 0 {
+            type Action = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
             // SAFETY: with SA_SIGINFO set, a handler that is neither SIG_DFL nor SIG_IGN is a
             // three-argument handler; it is called as the kernel would have called it.
-            type Action = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
             let f = unsafe { std::mem::transmute::<libc::sighandler_t, Action>(h) };
             f(sig, info, ctx);
         } else {
-            // SAFETY: without SA_SIGINFO the handler takes the signal number alone.
             type Handler = extern "C" fn(libc::c_int);
+            // SAFETY: without SA_SIGINFO the handler takes the signal number alone.
             let f = unsafe { std::mem::transmute::<libc::sighandler_t, Handler>(h) };
             f(sig);
         }
