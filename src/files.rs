@@ -46,7 +46,13 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// Reads one caption per line; an empty line is an empty caption. Invalid UTF-8 is an error
 /// naming the file and line.
 pub fn read_captions(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(io_at(path))?;
+    // A regular file only: a FIFO or /dev/zero given as the captions would hang or never end.
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut clip_data::open_regular(path).map_err(io_at(path))?,
+        &mut bytes,
+    )
+    .map_err(io_at(path))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
@@ -93,8 +99,17 @@ pub fn scan_images(root: &Path) -> Result<(Vec<ImageEntry>, Skipped)> {
             skipped.push((rel, "file name is not valid UTF-8".to_string()));
             continue;
         }
-        match std::fs::metadata(&path) {
-            Ok(md) if md.is_file() => {
+        let md = match std::fs::metadata(&path) {
+            Ok(md) => md,
+            Err(e) => {
+                skipped.push((rel, e.to_string()));
+                continue;
+            }
+        };
+        // A link to /dev/zero or a FIFO named like an image would be read forever: listed.
+        match clip_data::not_regular(&md) {
+            Some(what) => skipped.push((rel, format!("{what}, not a regular file"))),
+            None => {
                 let mtime_ns = md
                     .modified()
                     .ok()
@@ -106,8 +121,6 @@ pub fn scan_images(root: &Path) -> Result<(Vec<ImageEntry>, Skipped)> {
                     mtime_ns,
                 });
             }
-            Ok(_) => {}
-            Err(e) => skipped.push((rel, e.to_string())),
         }
     }
     Ok((entries, skipped))

@@ -360,7 +360,7 @@ pub fn build_vectors(
     progress.start(src.rows(), "vectors");
     retrieval::write_index(out, &spec, |range, buf| {
         let (first, n) = (range.start, range.len());
-        src.read_rows(range, buf);
+        src.read_rows(range, buf)?;
         retrieval::normalize_rows_from(buf, dim, first)
             .map_err(|e| format!("{}: {e}", file.display()))?;
         progress.advance(n);

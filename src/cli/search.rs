@@ -184,7 +184,7 @@ fn read_queries(
 ) -> Result<(Vec<f32>, Vec<serde_json::Value>, usize, String)> {
     if let Some(path) = &a.query_embeddings {
         let f = EmbeddingsFile::open(path, &a.key)?;
-        let mut q = f.to_vec();
+        let mut q = f.to_vec()?;
         retrieval::normalize_rows(&mut q, f.dim())
             .with_context(|| format!("bad query vector in {}", path.display()))?;
         let labels = match f.ids() {

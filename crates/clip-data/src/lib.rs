@@ -9,6 +9,7 @@ mod cache;
 mod error;
 mod expand;
 mod labels;
+mod limits;
 mod order;
 mod samples;
 mod source;
@@ -19,6 +20,9 @@ pub use cache::{parse_bytes, physical_memory, CacheConfig, CacheMode, DecodedCac
 pub use error::{DataError, Result};
 pub use expand::{expand_braces, expand_data_arg};
 pub use labels::LabelTable;
+pub use limits::{
+    not_regular, open_regular, read_regular, MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, MAX_RECORD_BYTES,
+};
 pub use order::{stream, Order, OrderConfig};
 pub use samples::{error_chain, summarize_skips, Item, Sample, SampleSet, Skip, SkipReason};
 pub use source::{CsvOptions, Source};

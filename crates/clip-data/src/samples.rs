@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use image::RgbImage;
 
+use crate::limits::{self, open_regular, read_regular, MAX_CAPTION_BYTES, MAX_IMAGE_BYTES};
 use crate::source::{CaptionRef, ImageRef, Listing, SampleRef};
 use crate::{DataError, Result, Source};
 
@@ -25,6 +26,8 @@ pub enum SkipReason {
     Caption(String),
     /// A shard is cut off or damaged; what precedes the damage is still used.
     Shard(String),
+    /// A manifest line that cannot be used (one over the size cap), named `file:line`.
+    Record(String),
 }
 
 impl fmt::Display for SkipReason {
@@ -35,6 +38,7 @@ impl fmt::Display for SkipReason {
             SkipReason::Image(why) => write!(f, "unreadable image: {why}"),
             SkipReason::Caption(why) => write!(f, "bad caption: {why}"),
             SkipReason::Shard(why) => write!(f, "{why}"),
+            SkipReason::Record(why) => write!(f, "bad manifest line: {why}"),
         }
     }
 }
@@ -67,6 +71,7 @@ impl SkipReason {
             SkipReason::Image(_) => "unreadable images",
             SkipReason::Caption(_) => "bad captions",
             SkipReason::Shard(_) => "damaged shards",
+            SkipReason::Record(_) => "bad manifest lines",
         }
     }
 }
@@ -225,13 +230,16 @@ impl SampleSet {
         };
         let image = match &s.image {
             ImageRef::Decoded(img) => Arc::clone(img),
-            ImageRef::File(p) => Arc::new(downscale(
-                vision_encoder::load_image(p).map_err(|e| SkipReason::Image(error_chain(&e)))?,
-                max_short_side,
-            )),
+            ImageRef::File(p) => {
+                let bytes = read_regular(p, MAX_IMAGE_BYTES)
+                    .map_err(|e| SkipReason::Image(format!("cannot read {}: {e}", p.display())))?;
+                let img = vision_encoder::decode_image(&bytes, p)
+                    .map_err(|e| SkipReason::Image(error_chain(&e)))?;
+                Arc::new(downscale(img, max_short_side))
+            }
             ImageRef::Member { shard, offset, len } => {
                 let bytes = self
-                    .read_member(*shard, *offset, *len)
+                    .read_member(*shard, *offset, *len, MAX_IMAGE_BYTES)
                     .map_err(SkipReason::Image)?;
                 let img = vision_encoder::decode_image(&bytes, Path::new(&s.name))
                     .map_err(|e| SkipReason::Image(error_chain(&e)))?;
@@ -250,16 +258,21 @@ impl SampleSet {
             let text = String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())?;
             Ok(vec![text.trim().to_string()])
         };
-        let caps = match c {
-            CaptionRef::None => return Err("no caption".into()),
-            CaptionRef::Inline(v) => v.iter().map(|c| c.trim().to_string()).collect(),
-            CaptionRef::File(p) => {
-                one(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?)?
-            }
-            CaptionRef::Member { shard, offset, len } => {
-                one(self.read_member(*shard, *offset, *len)?)?
-            }
-        };
+        let caps =
+            match c {
+                CaptionRef::None => return Err("no caption".into()),
+                CaptionRef::Inline(v) => {
+                    if let Some(c) = v.iter().find(|c| c.len() as u64 > MAX_CAPTION_BYTES) {
+                        return Err(limits::too_big(c.len() as u64, MAX_CAPTION_BYTES).to_string());
+                    }
+                    v.iter().map(|c| c.trim().to_string()).collect()
+                }
+                CaptionRef::File(p) => one(read_regular(p, MAX_CAPTION_BYTES)
+                    .map_err(|e| format!("{}: {e}", p.display()))?)?,
+                CaptionRef::Member { shard, offset, len } => {
+                    one(self.read_member(*shard, *offset, *len, MAX_CAPTION_BYTES)?)?
+                }
+            };
         let caps: Vec<String> = caps.into_iter().filter(|c| !c.is_empty()).collect();
         if caps.is_empty() {
             return Err("empty caption".into());
@@ -267,15 +280,20 @@ impl SampleSet {
         Ok(caps)
     }
 
+    /// Member bytes `offset..offset + len` of shard `shard`, if `len` is at most `max`.
     fn read_member(
         &self,
         shard: u32,
         offset: u64,
         len: u64,
+        max: u64,
     ) -> std::result::Result<Vec<u8>, String> {
         let path = &self.shards[shard as usize];
+        if len > max {
+            return Err(format!("member of {}", limits::too_big(len, max)));
+        }
         let read = || -> std::io::Result<Vec<u8>> {
-            let mut f = std::fs::File::open(path)?;
+            let mut f = open_regular(path)?;
             f.seek(SeekFrom::Start(offset))?;
             let mut buf = vec![0u8; len as usize];
             f.read_exact(&mut buf)?;
@@ -345,6 +363,7 @@ fn downscale(img: RgbImage, max_short_side: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MAX_RECORD_BYTES;
     use crate::CsvOptions;
     use std::io::Write;
 
@@ -579,6 +598,207 @@ mod tests {
             set.scan_skips()
         );
         assert_eq!(load_all(&set).0.len(), 1);
+    }
+
+    /// Runs `f` on another thread; a hang is a failure, not a stuck test run.
+    #[cfg(unix)]
+    fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{what} hung"))
+    }
+
+    #[cfg(unix)]
+    fn mkfifo(p: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Only regular files are samples: a link to /dev/zero, a FIFO, a link to a folder are
+    /// skipped with what they are, never read forever or waited on.
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_read() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        png(&p("good.png"), 1);
+        symlink("/dev/zero", p("zero.png")).unwrap();
+        mkfifo(&p("fifo.png"));
+        std::fs::create_dir(p("folder")).unwrap();
+        symlink(p("folder"), p("linked.png")).unwrap();
+        // A folder named like an image is walked, not read: its caption has no image.
+        std::fs::create_dir(p("dir.png")).unwrap();
+        png(&p("capzero.png"), 2);
+        symlink("/dev/zero", p("capzero.txt")).unwrap();
+        png(&p("capfifo.png"), 3);
+        mkfifo(&p("capfifo.txt"));
+        for n in ["good", "zero", "fifo", "linked", "dir"] {
+            std::fs::write(p(&format!("{n}.txt")), format!("{n} caption")).unwrap();
+        }
+        let set = SampleSet::scan(&[Source::Folder(d.path().to_path_buf())]).unwrap();
+        let names: Vec<&SkipReason> = set.scan_skips().iter().map(|s| &s.reason).collect();
+        assert_eq!(names, [&SkipReason::NoImage], "{:?}", set.scan_skips());
+        let (ok, bad) = within("loading", move || load_all(&set));
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].captions, ["good caption"]);
+        let why: Vec<String> = bad.iter().map(|(n, r)| format!("{n}: {r}")).collect();
+        let expect = [
+            ("capfifo.png", "bad caption", "a FIFO"),
+            ("capzero.png", "bad caption", "a character device"),
+            ("fifo.png", "unreadable image", "a FIFO"),
+            ("linked.png", "unreadable image", "a directory"),
+            ("zero.png", "unreadable image", "a character device"),
+        ];
+        assert_eq!(why.len(), expect.len(), "{why:?}");
+        for (w, (name, kind, what)) in why.iter().zip(expect) {
+            assert!(
+                w.contains(name) && w.contains(kind) && w.contains(what),
+                "{w} should name {name}, {kind}, {what}"
+            );
+        }
+    }
+
+    /// Manifests and shards named on the command line must be regular files too.
+    #[cfg(unix)]
+    #[test]
+    fn sources_must_be_regular_files() {
+        let d = tempfile::tempdir().unwrap();
+        mkfifo(&d.path().join("m.jsonl"));
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("s.tar")).unwrap();
+        let opts = CsvOptions::default();
+        for (name, what) in [("m.jsonl", "a FIFO"), ("s.tar", "a character device")] {
+            let path = d.path().join(name);
+            let err = within("from_path", {
+                let opts = opts.clone();
+                move || Source::from_path(&path, &opts).map(|_| ()).unwrap_err()
+            });
+            let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(msg.contains(name) && msg.contains(what), "{msg}");
+        }
+        // Even past that check (a file swapped afterwards), scanning opens without blocking.
+        let path = d.path().join("m.jsonl");
+        let err = within("scan", move || {
+            SampleSet::scan(&[Source::Jsonl(path)]).unwrap_err()
+        });
+        let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(msg.contains("a FIFO"), "{msg}");
+    }
+
+    /// Captions over 64 KiB (a file, a tar member, a manifest field) and images over 64 MiB
+    /// are skipped with the cap named, without being read; an over-long JSONL line is a
+    /// listed skip with its line number and the lines around it are used.
+    #[test]
+    fn oversized_captions_images_and_lines_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        let long = "w".repeat(MAX_CAPTION_BYTES as usize + 1);
+        png(&p("a.png"), 1);
+        std::fs::write(p("a.txt"), &long).unwrap();
+        png(&p("b.png"), 2);
+        std::fs::write(p("b.txt"), "fits").unwrap();
+        let set = SampleSet::scan(&[Source::Folder(d.path().to_path_buf())]).unwrap();
+        let (ok, bad) = load_all(&set);
+        assert_eq!((ok.len(), bad.len()), (1, 1));
+        assert!(
+            matches!(&bad[0].1, SkipReason::Caption(w) if w.contains("65537 bytes is over the 64 KiB cap")),
+            "{bad:?}"
+        );
+
+        let huge_line = format!(
+            "{{\"image\": \"a.png\", \"caption\": \"{}\"}}",
+            "x".repeat(MAX_RECORD_BYTES as usize)
+        );
+        let jsonl = format!(
+            "{{\"image\": \"a.png\", \"caption\": \"ok\"}}\n{huge_line}\n\
+             {{\"image\": \"b.png\", \"caption\": \"{long}\"}}\n\
+             {{\"image\": \"b.png\", \"caption\": \"ok too\"}}\n"
+        );
+        std::fs::write(p("m.jsonl"), jsonl).unwrap();
+        let set = SampleSet::scan(&[Source::Jsonl(p("m.jsonl"))]).unwrap();
+        assert_eq!(set.len(), 3);
+        let skips = set.scan_skips();
+        assert_eq!(skips.len(), 1, "{skips:?}");
+        assert!(skips[0].name.ends_with("m.jsonl:2"), "{skips:?}");
+        assert!(
+            skips[0].reason.to_string().contains("over the 1 MiB cap"),
+            "{skips:?}"
+        );
+        let (ok, bad) = load_all(&set);
+        assert_eq!(ok.len(), 2);
+        assert!(
+            matches!(&bad[0].1, SkipReason::Caption(w) if w.contains("cap")),
+            "{bad:?}"
+        );
+
+        // A CSV record over the cap stops the scan with an error naming the file.
+        let huge_field = "x".repeat(MAX_RECORD_BYTES as usize + 1);
+        std::fs::write(p("m.csv"), format!("filepath,title\na.png,{huge_field}\n")).unwrap();
+        let csv = Source::Csv(
+            p("m.csv"),
+            CsvOptions {
+                separator: b',',
+                ..CsvOptions::default()
+            },
+        );
+        let Err(err) = SampleSet::scan(&[csv]) else {
+            panic!("an over-long CSV record was accepted");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("m.csv:2") && err.contains("1 MiB cap"),
+            "{err}"
+        );
+
+        // A shard whose image member claims 64 MiB + 1 (sparse, so nothing is written) and
+        // whose caption is over its cap.
+        let tar_path = p("s.tar");
+        shard(
+            &tar_path,
+            1,
+            &[
+                ("00001.png", b"x"),
+                ("00001.txt", long.as_bytes()),
+                ("00002.txt", b"big"),
+            ],
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tar_path)
+            .unwrap();
+        // Over the end-of-archive blocks: one more header, its data a hole.
+        let end = f.metadata().unwrap().len() - 1024;
+        let mut h = tar::Header::new_gnu();
+        h.set_path("00002.png").unwrap();
+        h.set_size(MAX_IMAGE_BYTES + 1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        f.seek(SeekFrom::Start(end)).unwrap();
+        f.write_all(h.as_bytes()).unwrap();
+        let data_end = (end + 512 + MAX_IMAGE_BYTES + 1).next_multiple_of(512);
+        f.set_len(data_end + 1024).unwrap();
+        let set = SampleSet::scan(&[Source::Tar(tar_path)]).unwrap();
+        assert_eq!(set.len(), 3, "{:?}", set.scan_skips());
+        let (ok, bad) = load_all(&set);
+        assert_eq!(ok.len(), 1);
+        let why: Vec<String> = bad.iter().map(|(n, r)| format!("{n}: {r}")).collect();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(
+            why[0].contains(":00001")
+                && why[0].contains("bad caption")
+                && why[0].contains("64 KiB cap"),
+            "{why:?}"
+        );
+        assert!(
+            why[1].contains(":00002")
+                && why[1].contains("unreadable image")
+                && why[1].contains("over the 64 MiB cap"),
+            "{why:?}"
+        );
     }
 
     #[test]

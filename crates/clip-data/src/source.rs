@@ -1,7 +1,6 @@
 //! Where image–caption pairs come from.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,6 +8,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::error::io;
+use crate::limits::{self, open_regular, MAX_RECORD_BYTES};
 use crate::{DataError, Result, Skip, SkipReason};
 
 /// Column and separator settings for CSV/TSV manifests (open_clip's `--csv-*` options).
@@ -68,6 +68,17 @@ impl Source {
             return Err(DataError::Io {
                 path: path.to_path_buf(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+            });
+        }
+        // A FIFO or device named `x.jsonl` would block or never end; only regular files are read.
+        let md = std::fs::metadata(path).map_err(io(path))?;
+        if let Some(what) = limits::not_regular(&md) {
+            return Err(DataError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{what}, not a regular file"),
+                ),
             });
         }
         match ext.as_deref() {
@@ -244,7 +255,9 @@ fn scan_folder(dir: &Path, out: &mut Listing, need_captions: bool) -> Result<()>
 
 fn scan_csv(path: &Path, opts: &CsvOptions, out: &mut Listing, need_captions: bool) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let file = std::fs::File::open(path).map_err(io(path))?;
+    let file = open_regular(path).map_err(io(path))?;
+    // The csv crate grows its record buffer as far as a record goes: cap each record.
+    let (file, record_cap) = limits::Capped::new(file, MAX_RECORD_BYTES);
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(opts.separator)
         .quoting(opts.separator != b'\t')
@@ -271,8 +284,20 @@ fn scan_csv(path: &Path, opts: &CsvOptions, out: &mut Listing, need_captions: bo
         Err(_) if !need_captions => None,
         Err(e) => return Err(e),
     };
-    for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| bad(i + 2, e.to_string()))?;
+    let mut rec = csv::StringRecord::new();
+    for i in 0.. {
+        let start = rdr.position().byte();
+        record_cap.allow(start, MAX_RECORD_BYTES);
+        if !rdr
+            .read_record(&mut rec)
+            .map_err(|e| bad(i + 2, e.to_string()))?
+        {
+            break;
+        }
+        // The reader's cap bounds memory; this makes the limit exact.
+        if rdr.position().byte() - start > MAX_RECORD_BYTES {
+            return Err(bad(i + 2, limits::record_too_long()));
+        }
         let Some(img) = rec.get(ic) else {
             return Err(bad(i + 2, "row is missing a field".into()));
         };
@@ -295,10 +320,28 @@ struct JsonlRecord {
 
 fn scan_jsonl(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let file = std::fs::File::open(path).map_err(io(path))?;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(path))?;
-        if line.trim().is_empty() {
+    let file = open_regular(path).map_err(io(path))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    for i in 0.. {
+        let Some(len) =
+            limits::read_line_capped(&mut reader, &mut line, MAX_RECORD_BYTES).map_err(io(path))?
+        else {
+            break;
+        };
+        if len > MAX_RECORD_BYTES {
+            // Read to its end without keeping it: one bad line is a listed skip.
+            out.skips.push(Skip::new(
+                format!("{}:{}", path.display(), i + 1),
+                SkipReason::Record(format!(
+                    "line of {} is over the {} cap",
+                    limits::bytes(len),
+                    limits::bytes(MAX_RECORD_BYTES)
+                )),
+            ));
+            continue;
+        }
+        if line.trim_ascii().is_empty() {
             continue;
         }
         let bad = |message: String| DataError::BadRecord {
@@ -306,7 +349,7 @@ fn scan_jsonl(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()>
             line: i + 1,
             message,
         };
-        let rec: JsonlRecord = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let rec: JsonlRecord = serde_json::from_slice(&line).map_err(|e| bad(e.to_string()))?;
         let caption = match (rec.caption, rec.captions) {
             (_, Some(c)) if !c.is_empty() => CaptionRef::Inline(c),
             (Some(c), _) => CaptionRef::Inline(vec![c]),
@@ -329,7 +372,7 @@ fn split_key(name: &str) -> Option<(&str, &str)> {
 /// Indexes a shard from its headers alone (the reader seeks over member data). A shard cut
 /// off mid-member keeps the members that lie wholly inside the file and reports the cut.
 fn scan_tar(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(io(path))?;
+    let file = open_regular(path).map_err(io(path))?;
     let file_len = file.metadata().map_err(io(path))?.len();
     let shard = out.shards.len() as u32;
     let mut archive = tar::Archive::new(file);

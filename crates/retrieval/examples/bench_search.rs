@@ -97,7 +97,7 @@ fn build(base: &str, out: &str) -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     retrieval::write_index(out.as_ref(), &spec, |rows, buf| {
         let first = rows.start;
-        src.read_rows(rows, buf);
+        src.read_rows(rows, buf)?;
         Ok(retrieval::normalize_rows_from(buf, src.dim(), first)?)
     })?;
     eprintln!("built {out} in {:.1} s", t.elapsed().as_secs_f64());
@@ -236,7 +236,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let open_s = t.elapsed().as_secs_f64();
     let (n, d) = (idx.len(), idx.dim());
     let qf = EmbeddingsFile::open(&a.queries, "embeddings")?;
-    let queries = qf.to_vec();
+    let queries = qf.to_vec()?;
     let nq = qf.rows();
     println!(
         r#"{{"what":"open","rows":{n},"dim":{d},"dtype":"{:?}","threads":{threads},"seconds":{open_s:.4}}}"#,

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
 
-use crate::error::io_err;
+use crate::error::{invalid, io_err};
+use crate::guard::GuardedMap;
 use crate::{Result, RetrievalError};
 
 /// A memory-mapped `[rows, dim]` tensor of f32, f16, bf16 or f64, read as f32 a block at a time.
 pub struct EmbeddingsFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: GuardedMap,
     /// Byte range of the tensor's data in `map`.
     data: Range<usize>,
     dtype: Dtype,
@@ -38,10 +39,15 @@ impl EmbeddingsFile {
     /// list of strings or numbers with one item per row.
     pub fn open(path: &Path, key: &str) -> Result<Self> {
         let file = File::open(path).map_err(io_err("cannot open", path))?;
-        // SAFETY: read-only; a file changed underneath while mapped is outside our control, as
-        // with any reader.
-        let map =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot memory-map", path))?;
+        let md = file.metadata().map_err(io_err("cannot stat", path))?;
+        if !md.is_file() {
+            return Err(io_err("cannot map", path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        // A file truncated while mapped reads as zeros and fails `check` (see `GuardedMap`).
+        let map = GuardedMap::map(&file, path, false).map_err(io_err("cannot memory-map", path))?;
         let st_err = |source| RetrievalError::Safetensors {
             path: path.to_path_buf(),
             source,
@@ -89,6 +95,7 @@ impl EmbeddingsFile {
         let metadata = meta.metadata().clone().unwrap_or_default();
         let ids = metadata.get("ids").map(|json| parse_ids(json, rows));
         let ids = ids.transpose().map_err(|r| bad_in("__metadata__.ids", r))?;
+        map.check()?;
         Ok(Self {
             path: path.to_path_buf(),
             map,
@@ -126,8 +133,23 @@ impl EmbeddingsFile {
         self.ids.as_deref()
     }
 
-    /// Reads `rows` as f32 into `out` (`rows.len() · dim` floats).
-    pub fn read_rows(&self, rows: Range<usize>, out: &mut [f32]) {
+    /// Reads `rows` (within `0..rows()`) as f32 into `out` (at least `rows.len() · dim`
+    /// floats). An error when the range or `out` does not fit, or when the file was truncated
+    /// while mapped ([`RetrievalError::ChangedWhileMapped`]).
+    pub fn read_rows(&self, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+        if rows.start > rows.end || rows.end > self.rows || out.len() < rows.len() * self.dim {
+            return Err(invalid(
+                "rows",
+                format!("{rows:?}"),
+                format!(
+                    "{} has {} rows; the output holds {} floats of dimension {}",
+                    self.path.display(),
+                    self.rows,
+                    out.len(),
+                    self.dim
+                ),
+            ));
+        }
         let size = self.dtype.bitsize() / 8;
         let bytes = &self.map[self.data.start + rows.start * self.dim * size
             ..self.data.start + rows.end * self.dim * size];
@@ -139,13 +161,14 @@ impl EmbeddingsFile {
             Dtype::F64 => widen(out, bytes, |b| f64::from_le_bytes(b) as f32),
             _ => unreachable!("element type checked in open"),
         }
+        self.map.check()
     }
 
     /// All rows as f32.
-    pub fn to_vec(&self) -> Vec<f32> {
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
         let mut v = vec![0f32; self.rows * self.dim];
-        self.read_rows(0..self.rows, &mut v);
-        v
+        self.read_rows(0..self.rows, &mut v)?;
+        Ok(v)
     }
 }
 
@@ -227,10 +250,10 @@ mod tests {
         );
         let e = EmbeddingsFile::open(&p, "embeddings").unwrap();
         assert_eq!((e.rows(), e.dim()), (3, 2));
-        assert_eq!(e.to_vec(), vals);
+        assert_eq!(e.to_vec().unwrap(), vals);
         assert_eq!(e.ids().unwrap(), ["a", "7", "c"]);
         let mut two = [0f32; 4];
-        e.read_rows(1..3, &mut two);
+        e.read_rows(1..3, &mut two).unwrap();
         assert_eq!(two, [3.0, 4.0, 5.0, 6.0]);
 
         let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
@@ -243,7 +266,7 @@ mod tests {
             None,
         );
         let e = EmbeddingsFile::open(&p, "embeddings").unwrap();
-        assert_eq!(e.to_vec(), vals);
+        assert_eq!(e.to_vec().unwrap(), vals);
         assert!(e.ids().is_none());
     }
 

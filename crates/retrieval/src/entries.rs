@@ -82,6 +82,22 @@ impl IndexEntries {
         }
     }
 
+    /// `Ok` unless the rows file was truncated under its mapping (see [`crate::Index::check_intact`]).
+    pub(crate) fn check_intact(&self) -> Result<()> {
+        match &self.source {
+            Source::Mapped(m) => m.check(),
+            Source::Inline(_) => Ok(()),
+        }
+    }
+
+    /// The rows file and its identity when opened, if any.
+    pub(crate) fn rows_file_id(&self) -> Option<(&std::path::Path, &crate::guard::FileId)> {
+        match &self.source {
+            Source::Mapped(m) => Some((m.path(), m.id())),
+            Source::Inline(_) => None,
+        }
+    }
+
     fn check_row(&self, i: usize) -> Result<()> {
         if i >= self.count {
             return Err(invalid(

@@ -139,6 +139,13 @@ pub enum RetrievalError {
     /// The approximate-search graph could not be built.
     #[error("approximate search: {0}")]
     Ann(String),
+    /// A memory-mapped index file was truncated by another process while in use (a build or
+    /// `cp` over it): what was read from it since cannot be trusted. Open the index again.
+    #[error("{path} changed while mapped (truncated); reopen the index")]
+    ChangedWhileMapped {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// Result alias for this crate.

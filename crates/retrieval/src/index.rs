@@ -8,6 +8,7 @@ use half::f16;
 use crate::ann::{AnnGraph, AnnMethod, AnnParams};
 use crate::entries::IndexEntries;
 use crate::error::invalid;
+use crate::guard::FileId;
 use crate::ivf::IvfLists;
 use crate::kernel::Rows;
 use crate::rows::MappedRows;
@@ -74,6 +75,8 @@ pub struct Index {
     storage: Storage,
     entries: IndexEntries,
     dir: Option<PathBuf>,
+    /// The manifest's identity just before it was read (`None` in memory, or if unreadable).
+    manifest_id: Option<FileId>,
     ann: OnceLock<AnnGraph>,
 }
 
@@ -112,6 +115,7 @@ impl Index {
             storage,
             entries: IndexEntries::inline(spec.entries, spec.count),
             dir: None,
+            manifest_id: None,
             ann: OnceLock::new(),
         })
     }
@@ -123,13 +127,16 @@ impl Index {
 
     /// Opens the index directory `dir`.
     pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Self> {
+        let manifest_path = dir.join(store::MANIFEST_FILE);
+        let id = FileId::now(&manifest_path);
         let (manifest, inline) = store::read_manifest(dir)?;
-        match map_files(dir, manifest, inline, opts).map_err(|b| *b) {
+        match map_files(dir, manifest, inline, opts, id).map_err(|b| *b) {
             Ok(index) => Ok(index),
             // A writer may have swapped in a new generation between our reads: retry once.
             Err((RetrievalError::Io { source, path, .. }, first))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
+                let id = FileId::now(&manifest_path);
                 let (again, inline) = store::read_manifest(dir)?;
                 if again.vectors_file == first.vectors_file && again.rows == first.rows {
                     return Err(RetrievalError::Damaged {
@@ -137,7 +144,7 @@ impl Index {
                         reason: "the file named by the manifest is missing".into(),
                     });
                 }
-                map_files(dir, again, inline, opts).map_err(|b| b.0)
+                map_files(dir, again, inline, opts, id).map_err(|b| b.0)
             }
             Err((e, _)) => Err(e),
         }
@@ -150,8 +157,48 @@ impl Index {
         let rows = self.rows();
         store::write_index(dir, &spec, |range, out| {
             rows.copy_f32(range, dim, out);
-            Ok(())
+            self.check_vectors().map_err(Into::into)
         })
+    }
+
+    /// `Ok` while every mapped file of this index is whole; [`RetrievalError::ChangedWhileMapped`]
+    /// naming the file once another process truncated one under it (searches and row reads
+    /// then fail the same way: reopen the index).
+    pub fn check_intact(&self) -> Result<()> {
+        self.check_vectors()?;
+        self.entries.check_intact()
+    }
+
+    fn check_vectors(&self) -> Result<()> {
+        match &self.storage {
+            Storage::Mapped(m) => m.map.check(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this index is still what its directory holds: its manifest, vectors and rows
+    /// files are the very files opened (same device, inode, length and modification time) and
+    /// none was truncated under its mapping. `false` after a rebuild (which renames new files
+    /// into place) or damage: a long-running process should then open the index again. An
+    /// index built in memory is always current.
+    pub fn is_current(&self) -> bool {
+        let Some(dir) = &self.dir else {
+            return true;
+        };
+        let Storage::Mapped(v) = &self.storage else {
+            return true;
+        };
+        let same = |path: &Path, id: &FileId| FileId::now(path).as_ref() == Some(id);
+        self.check_intact().is_ok()
+            && self
+                .manifest_id
+                .as_ref()
+                .is_some_and(|id| same(&dir.join(store::MANIFEST_FILE), id))
+            && same(&dir.join(&self.manifest.vectors_file), &v.id)
+            && self
+                .entries
+                .rows_file_id()
+                .is_none_or(|(path, id)| same(path, id))
     }
 
     /// The spec this index would be written with (reads every row).
@@ -244,12 +291,16 @@ impl Index {
         opts: &SearchOptions,
     ) -> Result<Vec<Vec<Hit>>> {
         self.check_queries(queries, dim)?;
-        if self.uses_ann(opts, queries.len() / dim) {
+        self.check_vectors()?;
+        let hits = if self.uses_ann(opts, queries.len() / dim) {
             let graph = self.ann_graph(&opts.ann)?;
-            Ok(graph.search(self.rows(), queries, k, &opts.ann))
+            graph.search(self.rows(), queries, k, &opts.ann)
         } else {
-            Ok(exact::top_k(self.rows(), dim, queries, k))
-        }
+            exact::top_k(self.rows(), dim, queries, k)
+        };
+        // Scores read from a file truncated meanwhile are scores of zeros: not results.
+        self.check_vectors()?;
+        Ok(hits)
     }
 
     /// Whether `opts` would make [`Index::search_with`] of `queries` queries approximate.
@@ -303,7 +354,9 @@ impl Index {
         };
         params.validate()?;
         let path = dir.join(store::ANN_FILE);
-        let Some(ivf) = IvfLists::load(&path, &self.manifest, self.rows())? else {
+        let loaded = IvfLists::load(&path, &self.manifest, self.rows());
+        self.check_vectors()?;
+        let Some(ivf) = loaded? else {
             return Ok(None);
         };
         if params.lists != 0 && params.lists != ivf.lists() {
@@ -320,7 +373,9 @@ impl Index {
         if let Some(g) = self.ann.get() {
             return Ok(g);
         }
-        let g = AnnGraph::build(self.rows(), self.dim(), params)?;
+        let g = AnnGraph::build(self.rows(), self.dim(), params);
+        self.check_vectors()?;
+        let g = g?;
         Ok(self.ann.get_or_init(|| g))
     }
 
@@ -354,6 +409,7 @@ fn map_files(
     manifest: Manifest,
     inline: Option<Entries>,
     opts: OpenOptions,
+    manifest_id: Option<FileId>,
 ) -> std::result::Result<Index, Box<(RetrievalError, Manifest)>> {
     let vectors = match store::map_vectors(dir, &manifest, opts) {
         Ok(v) => v,
@@ -382,6 +438,7 @@ fn map_files(
         storage: Storage::Mapped(vectors),
         entries,
         dir: Some(dir.to_path_buf()),
+        manifest_id,
         ann: OnceLock::new(),
     })
 }

@@ -146,7 +146,9 @@ impl IvfLists {
     /// `Ok(None)` when there is no file; an error when it is damaged or was made for other
     /// vectors.
     pub(crate) fn load(path: &Path, m: &Manifest, rows: Rows<'_>) -> Result<Option<Self>> {
-        let bytes = match std::fs::read(path) {
+        // Centroids, offsets and order of at most one list per row, and a header.
+        let max = (m.count as u64 + 1) * (m.dimension as u64 * 4 + 16) + (100 << 20);
+        let bytes = match store::read_regular(path, max) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("cannot read", path)(e)),

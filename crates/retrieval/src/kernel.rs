@@ -212,7 +212,8 @@ impl Scanner {
     }
 
     /// Scores `queries` (`[nq, dim]`, row-major f32) against index rows `rows` of `base`,
-    /// feeding every score to `sink`.
+    /// feeding every score to `sink`. No rows or no queries: nothing to score, and no kernel
+    /// is called (the kernels assume at least one of each).
     pub(crate) fn scan<S: Sink>(
         &mut self,
         base: Rows<'_>,
@@ -220,6 +221,16 @@ impl Scanner {
         queries: &[f32],
         sink: &mut S,
     ) {
+        let dim = self.dim;
+        assert!(
+            queries.len().is_multiple_of(dim) && rows.end * dim <= base.len_elems(),
+            "scan of rows {rows:?} of {} floats with {} query floats, dimension {dim}",
+            base.len_elems(),
+            queries.len()
+        );
+        if rows.is_empty() || queries.is_empty() {
+            return;
+        }
         match self.isa.0 {
             // SAFETY: an `Isa` of this level exists only if `supported` detected its features.
             #[cfg(target_arch = "x86_64")]
@@ -401,9 +412,12 @@ mod avx512 {
     impl super::Micro for Micro {
         #[inline(always)]
         fn block(q: &[f32], rows_left: usize, panel: &[f32], dim: usize, out: &mut Block) -> usize {
-            assert!(panel.len() >= NR * dim && q.len() >= rows_left.min(MR_MAX) * dim);
+            assert!(
+                rows_left > 0 && panel.len() >= NR * dim && q.len() >= rows_left.min(MR_MAX) * dim
+            );
             // SAFETY: only reached from `scan_avx512`, which runs only where `supported` saw
-            // AVX-512F; the assert is `kernel`'s bounds requirement.
+            // AVX-512F; the assert is `kernel`'s bounds requirement (each arm reads
+            // `rows_left.min(MR_MAX)` ≥ 1 queries).
             unsafe {
                 match rows_left {
                     1 => kernel::<1>(q.as_ptr(), panel.as_ptr(), dim, out),
@@ -422,13 +436,15 @@ mod avx512 {
         #[inline(always)]
         fn direct(q: &[f32], nq: usize, rows: &[f32], valid: usize, dim: usize, out: &mut Block) {
             assert!(q.len() >= nq * dim && rows.len() >= valid * dim && valid <= NR);
-            // SAFETY: AVX-512F as in `block`; the assert is `direct`'s bounds requirement.
+            // SAFETY: AVX-512F as in `block`; the assert is `direct`'s bounds requirement, and
+            // each arm reads exactly `nq` queries (no arm for 0 or more than 4: those panic).
             unsafe {
                 match nq {
                     1 => direct::<1>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
                     2 => direct::<2>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
                     3 => direct::<3>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
-                    _ => direct::<4>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
+                    4 => direct::<4>(q.as_ptr(), rows.as_ptr(), valid, dim, out),
+                    _ => unreachable!("direct scan of {nq} queries"),
                 }
             }
         }
@@ -571,6 +587,43 @@ mod tests {
                         "{isa:?} n={n} dim={dim} at {i}: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    /// No queries or no rows: nothing reaches a kernel (the AVX-512 direct kernel used to read
+    /// four queries from an empty slice), on every instruction set this CPU has.
+    #[test]
+    fn empty_queries_and_empty_rows_score_nothing() {
+        struct Count(usize);
+        impl Sink for Count {
+            fn accept(&mut self, _: usize, _: usize, valid: usize, scores: &[[f32; NR]]) {
+                self.0 += valid * scores.len();
+            }
+        }
+        let dim = 40;
+        let base = crate::testing::unit_rows(70, dim, 7);
+        let base16: Vec<f16> = base.iter().map(|&v| f16::from_f32(v)).collect();
+        let one = crate::testing::unit_rows(1, dim, 8);
+        let nine = crate::testing::unit_rows(9, dim, 9);
+        let isas = supported();
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            assert_eq!(isas.len(), 3, "an AVX-512 CPU offers every level");
+        }
+        for isa in isas {
+            let mut s = Scanner::with_isa(isa, dim);
+            for rows in [Rows::F32(&base), Rows::F16(&base16)] {
+                let mut c = Count(0);
+                s.scan(rows, 0..70, &[], &mut c);
+                s.scan(rows, 5..5, &one, &mut c);
+                s.scan(rows, 70..70, &nine, &mut c);
+                s.scan(Rows::F32(&[]), 0..0, &nine, &mut c);
+                assert_eq!(c.0, 0, "{isa:?}");
+                // The same scanner still scores a real batch afterwards.
+                s.scan(rows, 0..70, &one, &mut c);
+                s.scan(rows, 0..70, &nine, &mut c);
+                assert_eq!(c.0, 70 * 10, "{isa:?}");
             }
         }
     }

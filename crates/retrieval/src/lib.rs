@@ -18,6 +18,7 @@ mod entries;
 mod error;
 mod eval;
 mod exact;
+mod guard;
 mod index;
 mod ivf;
 mod kernel;

@@ -24,6 +24,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{invalid, io_err};
+use crate::guard::{FileId, GuardedMap};
 use crate::store::{Entries, EntriesKind, ImageEntry};
 use crate::{Result, RetrievalError};
 
@@ -99,8 +100,9 @@ pub(crate) fn write_rows(
 
 /// A validated, memory-mapped rows file.
 pub(crate) struct MappedRows {
-    path: PathBuf,
-    map: memmap2::Mmap,
+    map: GuardedMap,
+    /// The file's identity when opened.
+    id: FileId,
     count: usize,
     images: bool,
     /// Byte offset of the text blob.
@@ -110,7 +112,7 @@ pub(crate) struct MappedRows {
 impl std::fmt::Debug for MappedRows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MappedRows")
-            .field("path", &self.path)
+            .field("path", &self.map.path())
             .field("count", &self.count)
             .finish_non_exhaustive()
     }
@@ -128,11 +130,15 @@ impl MappedRows {
         verify_checksum: bool,
     ) -> Result<Self> {
         let file = File::open(path).map_err(io_err("cannot open", path))?;
-        let len = file.metadata().map_err(io_err("cannot stat", path))?.len();
+        let md = file.metadata().map_err(io_err("cannot stat", path))?;
+        let (len, id) = (md.len(), FileId::of(&md));
         let damaged = |reason: String| RetrievalError::Damaged {
             path: path.to_path_buf(),
             reason,
         };
+        if !md.is_file() {
+            return Err(damaged("it is not a regular file".into()));
+        }
         if len != bytes {
             return Err(damaged(format!(
                 "it is {len} bytes long but the manifest records {bytes} (truncated or overwritten)"
@@ -141,12 +147,10 @@ impl MappedRows {
         if len < HEADER_BYTES as u64 {
             return Err(damaged(format!("it is only {len} bytes long")));
         }
-        // SAFETY: index writers never modify a rows file after its rename into place (a new
-        // build writes a new file), so the mapping is not changed underneath us by this crate.
-        let map =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("cannot memory-map", path))?;
+        let map = GuardedMap::map(&file, path, false).map_err(io_err("cannot memory-map", path))?;
         if verify_checksum {
             let crc = crate::store::parallel_crc32(&map);
+            map.check()?;
             if crc != crc32 {
                 return Err(damaged(format!(
                     "its CRC-32 is {crc:08x} but the manifest records {crc32:08x}"
@@ -188,13 +192,15 @@ impl MappedRows {
             )));
         }
         let rows = Self {
-            path: path.to_path_buf(),
             map,
+            id,
             count,
             images,
             text_at: text_at as usize,
         };
-        if rows.offset(0) != 0 || rows.offset(count) != text_bytes {
+        let spanned = rows.offset(0) == 0 && rows.offset(count) == text_bytes;
+        rows.map.check()?;
+        if !spanned {
             return Err(damaged(format!(
                 "its offsets do not span its {text_bytes} bytes of text"
             )));
@@ -203,7 +209,17 @@ impl MappedRows {
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.map.path()
+    }
+
+    /// The file's identity when it was opened.
+    pub(crate) fn id(&self) -> &FileId {
+        &self.id
+    }
+
+    /// Whether the file is still whole under the mapping (see [`GuardedMap::check`]).
+    pub(crate) fn check(&self) -> Result<()> {
+        self.map.check()
     }
 
     fn u64_at(&self, at: usize) -> u64 {
@@ -217,7 +233,7 @@ impl MappedRows {
 
     fn damaged(&self, i: usize, reason: &str) -> RetrievalError {
         RetrievalError::Damaged {
-            path: self.path.clone(),
+            path: self.path().to_path_buf(),
             reason: format!("row {i} {reason}"),
         }
     }
@@ -230,7 +246,10 @@ impl MappedRows {
             return Err(self.damaged(i, &format!("has bad offsets {a}..{b}")));
         }
         let bytes = &self.map[self.text_at + a as usize..self.text_at + b as usize];
-        std::str::from_utf8(bytes).map_err(|_| self.damaged(i, "is not valid UTF-8"))
+        let text = std::str::from_utf8(bytes).map_err(|_| self.damaged(i, "is not valid UTF-8"));
+        // Zeros read from a truncated file are valid UTF-8: only the mark tells them apart.
+        self.map.check()?;
+        text
     }
 
     /// Row `i < count` of an image index.
@@ -238,10 +257,12 @@ impl MappedRows {
         debug_assert!(self.images);
         let sizes = HEADER_BYTES + 8 * (self.count + 1);
         let mtimes = sizes + 8 * self.count;
-        Ok(ImageEntry {
+        let entry = ImageEntry {
             path: PathBuf::from(self.text(i)?),
             size: self.u64_at(sizes + 8 * i),
             mtime_ns: self.u64_at(mtimes + 8 * i) as i64,
-        })
+        };
+        self.map.check()?;
+        Ok(entry)
     }
 }

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, io_err, json_err};
+use crate::guard::{FileId, GuardedMap};
 use crate::{Result, RetrievalError};
 
 /// File name of the manifest inside an index directory.
@@ -44,6 +45,9 @@ const OLDEST_FORMAT_VERSION: u32 = 1;
 const FORMAT_NAME: &str = "clip-index";
 /// The tensor holding the vectors inside the vectors file.
 const VECTORS_KEY: &str = "vectors";
+/// Largest vector dimension: far above any embedding model's, and low enough that scratch
+/// sized by the dimension (a kernel panel is 32 rows) stays small whatever a manifest says.
+const MAX_DIMENSION: usize = 1 << 16;
 /// Tolerated deviation of a row's norm from 1 (f16 storage alone moves it by ~1e-3).
 const UNIT_TOLERANCE: f32 = 1e-2;
 
@@ -350,6 +354,13 @@ fn check_shape(dimension: usize, count: usize, rows: Option<usize>) -> Result<()
             "vectors need at least one component",
         ));
     }
+    if dimension > MAX_DIMENSION {
+        return Err(invalid(
+            "dimension",
+            dimension,
+            format!("at most {MAX_DIMENSION} components per vector"),
+        ));
+    }
     if count > u32::MAX as usize {
         return Err(invalid(
             "count",
@@ -646,9 +657,11 @@ impl Default for OpenOptions {
 
 /// A validated, memory-mapped vectors file.
 pub(crate) struct MappedVectors {
-    pub(crate) map: memmap2::Mmap,
+    pub(crate) map: GuardedMap,
     /// Byte offset of the first element.
     pub(crate) offset: usize,
+    /// The file's identity when opened.
+    pub(crate) id: FileId,
 }
 
 /// Reads and checks `dir/manifest.json`; for a version-1 manifest, also the rows it holds
@@ -665,7 +678,7 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, Option<Entries>)> {
             },
         });
     }
-    let bytes = match std::fs::read(&path) {
+    let bytes = match read_regular(&path, MAX_MANIFEST_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(RetrievalError::NotAnIndex {
@@ -751,25 +764,25 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<(Manifest, Option<Entries>)> {
 pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result<MappedVectors> {
     let path = dir.join(&m.vectors_file);
     let file = File::open(&path).map_err(io_err("cannot open", &path))?;
-    let len = file.metadata().map_err(io_err("cannot stat", &path))?.len();
+    let md = file.metadata().map_err(io_err("cannot stat", &path))?;
+    let (len, id) = (md.len(), FileId::of(&md));
     let damaged = |reason: String| RetrievalError::Damaged {
         path: path.clone(),
         reason,
     };
+    if !md.is_file() {
+        return Err(damaged("it is not a regular file".into()));
+    }
     if len != m.vectors_bytes {
         return Err(damaged(format!(
             "it is {len} bytes long but the manifest records {} (truncated or overwritten)",
             m.vectors_bytes
         )));
     }
-    let mut mo = memmap2::MmapOptions::new();
-    #[cfg(target_os = "linux")]
-    mo.populate();
-    // SAFETY: index writers never modify a vectors file after its rename into place (a new
-    // build writes a new file), so the mapping is not changed underneath us by this crate.
-    let map = unsafe { mo.map(&file) }.map_err(io_err("cannot memory-map", &path))?;
+    let map = GuardedMap::map(&file, &path, true).map_err(io_err("cannot memory-map", &path))?;
     if opts.verify_checksum {
         let crc = parallel_crc32(&map);
+        map.check()?;
         if crc != m.vectors_crc32 {
             return Err(damaged(format!(
                 "its CRC-32 is {crc:08x} but the manifest records {:08x}",
@@ -793,12 +806,45 @@ pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result
         )));
     }
     let offset = view.data().as_ptr() as usize - map.as_ptr() as usize;
+    map.check()?;
     if !offset.is_multiple_of(m.dtype.size()) {
         return Err(damaged(format!(
             "its data starts at unaligned offset {offset}"
         )));
     }
-    Ok(MappedVectors { map, offset })
+    Ok(MappedVectors { map, offset, id })
+}
+
+/// Largest manifest read (a version-1 manifest holds every row inline).
+const MAX_MANIFEST_BYTES: u64 = 4 << 30;
+
+/// The whole of `path` if it is a regular file of at most `max` bytes (a FIFO or device in an
+/// index directory would block or never end); a non-blocking open, so the check is made on
+/// what was opened.
+pub(crate) fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(target_os = "linux")]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NONBLOCK);
+    let f = o.open(path)?;
+    let md = f.metadata()?;
+    let bad = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+    if !md.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if md.len() > max {
+        return Err(bad(format!(
+            "{} bytes is more than the {max} expected",
+            md.len()
+        )));
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(bad(format!("it grew past the {max} bytes expected")));
+    }
+    Ok(buf)
 }
 
 /// CRC-32 of `bytes`, computed on all threads and combined.

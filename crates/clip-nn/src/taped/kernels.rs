@@ -403,15 +403,19 @@ pub(crate) fn activation_bwd(act: Activation, x: &[f32], dy: &mut [f32]) {
 pub(crate) struct Cols<'a> {
     data: &'a [f32],
     ld: usize,
+    /// Columns in the block: what the unsafe GEMMs may address in each row, asserted by the
+    /// kernels that take a `Cols`.
+    width: usize,
 }
 
 impl<'a> Cols<'a> {
     /// Columns `col..col + width` of the `[rows, ld]` buffer `buf`.
     pub(crate) fn new(buf: &'a [f32], ld: usize, col: usize, width: usize) -> Self {
-        assert!(col + width <= ld && buf.len().is_multiple_of(ld));
+        assert!(ld > 0 && col + width <= ld && buf.len().is_multiple_of(ld));
         Self {
             data: &buf[col..],
             ld,
+            width,
         }
     }
 
@@ -436,6 +440,8 @@ pub(crate) struct ColsMut<'a> {
     ptr: SharedMut,
     ld: usize,
     rows: usize,
+    /// Columns in the block (see [`Cols`]).
+    width: usize,
     _buf: std::marker::PhantomData<&'a mut [f32]>,
 }
 
@@ -446,7 +452,7 @@ pub(crate) fn cols_mut<const N: usize>(
     cols: [usize; N],
     width: usize,
 ) -> [ColsMut<'_>; N] {
-    assert!(buf.len().is_multiple_of(ld));
+    assert!(ld > 0 && buf.len().is_multiple_of(ld));
     let mut sorted = cols;
     sorted.sort_unstable();
     assert!(sorted.windows(2).all(|p| p[0] + width <= p[1]));
@@ -459,6 +465,7 @@ pub(crate) fn cols_mut<const N: usize>(
         ptr: SharedMut(base.wrapping_add(c)),
         ld,
         rows,
+        width,
         _buf: std::marker::PhantomData,
     })
 }
@@ -533,6 +540,17 @@ pub(crate) struct AttnShape<'a> {
 impl AttnShape<'_> {
     fn head_dim(&self) -> usize {
         self.width / self.heads
+    }
+
+    /// The bounds the attention kernels' unsafe GEMMs rely on: every head's `head_dim`
+    /// columns lie inside `width`, and every column block handed in is `width` wide.
+    fn assert_widths(&self, blocks: &[usize]) {
+        assert!(self.heads > 0 && self.heads * self.head_dim() <= self.width);
+        assert!(
+            blocks.iter().all(|&b| b == self.width),
+            "attention over width {} got column blocks of widths {blocks:?}",
+            self.width
+        );
     }
 
     /// Queries of sequence `bi`.
@@ -619,6 +637,7 @@ pub(crate) fn attention_fwd(
     let rows = s.seqs.rows();
     assert!(probs.len() == s.probs_len() && ctx.len() == s.q_rows() * w);
     assert!(q.rows() == s.q_rows() && k.rows() == rows && v.rows() == rows);
+    s.assert_widths(&[q.width, k.width, v.width]);
     let out = SharedMut(ctx.as_mut_ptr());
     let tasks = s.tasks();
     split_blocks(probs, tasks.iter().map(|t| t.2))
@@ -628,9 +647,11 @@ pub(crate) fn attention_fwd(
             let (t, tq) = (s.seqs.len(bi), s.tq(bi));
             let (q0, kv0) = (s.q_start(bi), s.seqs.start(bi));
             let (qo, ko, vo) = (q0 * q.ld + h * d, kv0 * k.ld + h * d, kv0 * v.ld + h * d);
-            // SAFETY: the q block is tq rows of d, the k/v blocks t rows of d, all inside
-            // their buffers (`Cols` checked the widths, the asserts the rows); p is this
-            // task's own tq×t block; the ctx block (bi, h) is written by this task only.
+            // SAFETY: the q block is tq rows of columns h·d..(h+1)·d ≤ heads·d ≤ width, the
+            // k/v blocks t rows of the same columns: inside their buffers (`Cols::new` checked
+            // that `width` columns fit each row, `assert_widths` that the heads fit `width`,
+            // the asserts above the rows); p is this task's own tq×t block; the ctx block
+            // (bi, h) is written by this task only.
             unsafe {
                 gemm_raw(
                     (tq, t, d),
@@ -714,6 +735,7 @@ pub(crate) fn attention_bwd(
     assert!(probs.len() == s.probs_len() && dctx.len() == q_rows * w);
     assert!(q.rows() == q_rows && k.rows() == rows && v.rows() == rows);
     assert!(dq.rows == q_rows && dk.rows == rows && dv.rows == rows);
+    s.assert_widths(&[q.width, k.width, v.width, dq.width, dk.width, dv.width]);
     let dctx = Cols::new(dctx, w, 0, w);
     let tasks = s.tasks();
     let starts = offsets(tasks.iter().map(|t| t.2));
@@ -727,8 +749,9 @@ pub(crate) fn attention_bwd(
             let kv_at = |ld: usize| s.seqs.start(bi) * ld + h * d;
             let mut ds = vec![0f32; tq * t];
             let p_t = View::cols(p.as_ptr(), t);
-            // SAFETY: blocks as in the forward; each task writes only its own (bi, h) blocks
-            // of dq, dk and dv (disjoint columns of their buffers), and its local ds.
+            // SAFETY: blocks as in the forward (widths and rows asserted above for the inputs
+            // and for dq, dk, dv); each task writes only its own (bi, h) blocks of dq, dk and
+            // dv (disjoint columns of their buffers), and its local ds.
             unsafe {
                 // dP = dctx·vᵀ
                 gemm_raw(
@@ -782,4 +805,62 @@ pub(crate) fn attention_bwd(
                 );
             }
         });
+}
+
+#[cfg(test)]
+mod width_checks {
+    use super::*;
+
+    fn shape(seqs: &Seqs, width: usize) -> AttnShape<'_> {
+        AttnShape {
+            seqs,
+            heads: 2,
+            scale: 1.0,
+            width,
+            causal: false,
+            pooled: None,
+        }
+    }
+
+    /// A key block narrower than the attention's width would have the GEMMs read past each row
+    /// of it (and past the buffer's end on the last row): refused before any unsafe call.
+    #[test]
+    #[should_panic(expected = "column blocks of widths [8, 4, 8]")]
+    fn attention_refuses_a_block_narrower_than_its_width() {
+        let (w, rows) = (8, 3);
+        let seqs = Seqs::uniform(1, rows);
+        let full = vec![0.5f32; rows * w];
+        let narrow = vec![0.5f32; rows * 4];
+        let (q, k, v) = (
+            Cols::new(&full, w, 0, w),
+            Cols::new(&narrow, 4, 0, 4),
+            Cols::new(&full, w, 0, w),
+        );
+        let s = shape(&seqs, w);
+        let mut probs = vec![0f32; s.probs_len()];
+        let mut ctx = vec![0f32; rows * w];
+        attention_fwd(s, (q, k, v), &mut probs, &mut ctx);
+    }
+
+    /// The same for a gradient block of the backward.
+    #[test]
+    #[should_panic(expected = "column blocks of widths [8, 8, 8, 8, 8, 4]")]
+    fn attention_bwd_refuses_a_narrow_gradient_block() {
+        let (w, rows) = (8, 3);
+        let seqs = Seqs::uniform(1, rows);
+        let full = vec![0.5f32; rows * w];
+        let q = Cols::new(&full, w, 0, w);
+        let s = shape(&seqs, w);
+        let probs = vec![1.0 / rows as f32; s.probs_len()];
+        let dctx = vec![0.1f32; rows * w];
+        let (mut a, mut b, mut c) = (
+            vec![0f32; rows * w],
+            vec![0f32; rows * w],
+            vec![0f32; rows * 4],
+        );
+        let [dq] = cols_mut(&mut a, w, [0], w);
+        let [dk] = cols_mut(&mut b, w, [0], w);
+        let [dv] = cols_mut(&mut c, 4, [0], 4);
+        attention_bwd(s, (q, q, q), &probs, &dctx, [dq, dk, dv]);
+    }
 }
