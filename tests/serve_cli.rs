@@ -5,6 +5,7 @@ mod common;
 use std::io::{BufRead, BufReader, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{clip, fixtures};
@@ -18,10 +19,11 @@ fn model() -> PathBuf {
     fixtures().join("hf_tiny")
 }
 
-/// A running `clip serve`, killed when dropped.
+/// A running `clip serve`, killed when dropped; its stderr goes to a log file.
 struct Server {
     child: Child,
     addr: String,
+    log: tempfile::NamedTempFile,
 }
 
 impl Drop for Server {
@@ -34,13 +36,14 @@ impl Drop for Server {
 impl Server {
     /// Starts the binary on a free loopback port and reads the address it prints.
     fn start(args: &[&str]) -> Self {
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_clip"))
             .arg("serve")
             .args(args)
             .args(["--port", "0"])
             .env("RAYON_NUM_THREADS", "2")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -50,10 +53,25 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("clip serve did not start: {line:?}"))
+            .unwrap_or_else(|| {
+                let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+                panic!("clip serve did not start: {line:?}; stderr: {err}")
+            })
             .to_string();
         assert!(addr.starts_with("127.0.0.1:"), "{addr}");
-        Self { child, addr }
+        Self { child, addr, log }
+    }
+
+    /// What the server wrote to stderr so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
+    }
+
+    /// The server's peak resident memory so far, in KiB (`VmHWM`).
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// POSTs `body` to `route`: the status and the JSON answer.
@@ -77,9 +95,16 @@ impl Server {
 
     /// Sends `request` (ending in its blank line; Host and Connection are added): status, body.
     fn raw(&self, request: &str) -> (u16, Vec<u8>) {
+        let (status, _, body) = self.raw_as(&self.addr, request);
+        (status, body)
+    }
+
+    /// [`Server::raw`] with the Host header `host`: status, head and body.
+    fn raw_as(&self, host: &str, request: &str) -> (u16, String, Vec<u8>) {
         let mut conn = std::net::TcpStream::connect(&self.addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let (first, rest) = request.split_once("\r\n").unwrap();
-        let host = &self.addr;
         write!(
             conn,
             "{first}\r\nHost: {host}\r\nConnection: close\r\n{rest}"
@@ -88,9 +113,9 @@ impl Server {
         let mut raw = Vec::new();
         conn.read_to_end(&mut raw).unwrap();
         let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8_lossy(&raw[..split]);
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, raw[split + 4..].to_vec())
+        (status, head, raw[split + 4..].to_vec())
     }
 
     /// A request that must succeed, e.g. after a bad one: the server still answers.
@@ -186,11 +211,12 @@ fn queries_match_clip_search_and_clip_retrieval_shapes() {
     assert_eq!(doc["index"], "photos");
     let cli = cli_hits(&["--index", s(&st.photos), "a photo of a cat", "-k", "5"]);
     assert_same(http_hits(&doc["results"], "score"), cli);
-    let first = &doc["results"][0];
-    assert!(first["path"]
-        .as_str()
-        .unwrap()
-        .starts_with(s(&st.dir.path().canonicalize().unwrap())));
+    // Files are named relative to the indexed folder (absolute with --absolute-paths).
+    let first = doc["results"][0]["path"].as_str().unwrap();
+    assert!(
+        Path::new(first).is_relative() && st.dir.path().join("imgs").join(first).is_file(),
+        "{first}"
+    );
 
     // Image → image, and image → text over the caption index (named after its folder).
     let img = fixtures().join("images/img04.jpg");
@@ -260,7 +286,8 @@ fn queries_match_clip_search_and_clip_retrieval_shapes() {
     assert_eq!(status, 200);
     let id = list[0]["id"].as_u64().unwrap() as usize;
     let path = list[0]["path"].as_str().unwrap();
-    assert_eq!(bytes, std::fs::read(path).unwrap(), "entry {id}");
+    let file = st.dir.path().join("imgs").join(path);
+    assert_eq!(bytes, std::fs::read(file).unwrap(), "entry {id}");
     let ids = json!({ "ids": [list[4]["id"], 999], "indice_name": "photos" });
     let (status, doc) = srv.post("/metadata", &ids.to_string());
     assert_eq!(status, 200, "{doc}");
@@ -448,4 +475,523 @@ fn serve_refuses_what_it_cannot_serve() {
     let o = clip(&["serve", "--index", "bad name=/tmp", "--port", "0"]);
     let err = common::fail(&o);
     assert!(err.contains("index name"), "{err}");
+}
+
+/// Base64 of a PNG of `w`×`h` 16-bit RGBA zeros: a few hundred KB that decode to 8 bytes a
+/// pixel.
+fn png_bomb(w: u32, h: u32) -> String {
+    let img = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::new(w, h);
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgba16(img)
+        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    b64(&png)
+}
+
+/// The text of a raw answer, which must not name the server's files.
+fn assert_private(body: &[u8], dir: &Path) -> String {
+    let text = String::from_utf8_lossy(body).into_owned();
+    let real = dir.canonicalize().unwrap();
+    for p in [dir, &real] {
+        assert!(!text.contains(s(p)), "names a server path: {text}");
+    }
+    text
+}
+
+#[test]
+fn upload_bombs_are_refused_over_the_pixel_cap() {
+    let st = setup();
+    let srv = Server::start(&["--index", s(&st.photos)]);
+    // 20 MP of 16-bit RGBA, ~0.3 MB: under the old 50 MP cap, 160 MB once decoded.
+    let body = json!({ "image": png_bomb(5000, 4000), "k": 1 }).to_string();
+    let (status, doc) = srv.post("/search", &body);
+    assert_eq!(status, 413, "{doc}");
+    let msg = doc["error"].as_str().unwrap();
+    assert!(
+        msg.contains("5000×4000") && msg.contains("limit is 16777216 pixels (--max-pixels)"),
+        "{msg}"
+    );
+    srv.still_answers();
+    drop(srv);
+    // The cap is the flag's.
+    let srv = Server::start(&["--index", s(&st.photos), "--max-pixels", "100"]);
+    let img = std::fs::read(fixtures().join("images/img04.jpg")).unwrap();
+    let (status, doc) = srv.post("/search", &json!({ "image": b64(&img) }).to_string());
+    assert_eq!(status, 413, "{doc}");
+    let msg = doc["error"].as_str().unwrap();
+    assert!(msg.contains("limit is 100 pixels"), "{msg}");
+}
+
+/// CPU time (user + system ticks) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_name.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn bomb_uploads_whose_clients_hang_up_keep_the_server_memory_bounded() {
+    let st = setup();
+    let srv = Server::start(&["--index", s(&st.photos)]);
+    // An image query first, so that the model's own buffers are in the baseline.
+    let img = std::fs::read(fixtures().join("images/img04.jpg")).unwrap();
+    let (status, doc) = srv.post(
+        "/search",
+        &json!({ "image": b64(&img), "k": 1 }).to_string(),
+    );
+    assert_eq!(status, 200, "{doc}");
+    let idle = srv.peak_rss_kib();
+    // 4096×4096 16-bit RGBA, under the 16 MP cap: ~200 MB at the peak of its decode.
+    let body = json!({ "image": png_bomb(4096, 4096), "k": 1 }).to_string();
+    let request = format!(
+        "POST /search HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        srv.addr,
+        body.len()
+    );
+    let start = Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..24 {
+            sc.spawn(|| {
+                let mut c = std::net::TcpStream::connect(&srv.addr).unwrap();
+                c.write_all(request.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_secs(1));
+            });
+        }
+    });
+    // Until the server has finished what it started: no CPU used for a second (bounded).
+    let pid = srv.child.id();
+    let mut last = cpu_ticks(pid);
+    for _ in 0..120 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = cpu_ticks(pid);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let peak = srv.peak_rss_kib();
+    let grew = peak.saturating_sub(idle) / 1024;
+    eprintln!(
+        "24 bomb uploads: peak RSS {} MiB, idle {} MiB (+{grew} MiB), settled after {:.1} s",
+        peak / 1024,
+        idle / 1024,
+        start.elapsed().as_secs_f64()
+    );
+    assert!(grew < 400, "peak RSS grew by {grew} MiB over idle");
+    srv.still_answers();
+}
+
+#[test]
+fn slow_clients_hold_only_their_own_connections() {
+    let st = setup();
+    let srv = Server::start(&["--index", s(&st.photos), "--header-timeout", "2"]);
+    let addr = srv.addr.clone();
+    let connect = |start: &str| {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(start.as_bytes()).unwrap();
+        c
+    };
+    // 64 clients sending their bodies a byte at a time, 16 their headers.
+    let body_start =
+        format!("POST /search HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100\r\n\r\n{{");
+    let mut slow: Vec<_> = (0..64).map(|_| connect(&body_start)).collect();
+    slow.extend((0..16).map(|_| connect("POST /search HTTP/1.1\r\nHo")));
+    for _ in 0..10 {
+        for c in &mut slow {
+            let _ = c.write_all(b" ");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = Instant::now();
+    srv.still_answers();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // A connection that never finishes its headers is closed after --header-timeout, and so
+    // is an idle keep-alive connection.
+    for start in [
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\n"),
+        format!("GET /indices-list HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    ] {
+        let mut c = connect(&start);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut got = Vec::new();
+        let end = c.read_to_end(&mut got);
+        let reset = matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+        assert!(end.is_ok() || reset, "{start:?} still open: {end:?}");
+        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+        if start.ends_with("\r\n\r\n") {
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{start:?}");
+        }
+    }
+    drop(slow);
+    srv.still_answers();
+}
+
+#[test]
+fn only_loopback_and_allowed_host_names_are_answered() {
+    let st = setup();
+    let photos = format!("photos={}", s(&st.photos));
+    let srv = Server::start(&["--index", &photos, "--allow-host", "photos.home.arpa"]);
+    let port = srv.addr.rsplit_once(':').unwrap().1;
+    let knn = json!({ "text": "a photo of a cat", "num_images": 2 }).to_string();
+    let post = format!(
+        "POST /knn-service HTTP/1.1\r\nContent-Length: {}\r\n\r\n{knn}",
+        knn.len()
+    );
+    for host in [
+        format!("localhost:{port}"),
+        "LOCALHOST".into(),
+        format!("127.0.0.1:{port}"),
+        "127.1.2.3".into(),
+        format!("[::1]:{port}"),
+        "photos.home.arpa".into(),
+        "photos.home.arpa:8080".into(),
+    ] {
+        let (status, _, body) = srv.raw_as(&host, &post);
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 200, "{host}: {doc}");
+        let url = doc[0]["url"].as_str().unwrap();
+        let want = format!("http://{host}/image/photos/");
+        assert!(url.starts_with(&want), "{host}: {url}");
+    }
+    // A page whose name was rebound to 127.0.0.1 reads nothing, and gets no URL built from
+    // its name.
+    for host in [
+        "evil.example",
+        "evil.example:1234",
+        "127.0.0.1.evil.example",
+        "localhost.evil.example",
+        "",
+    ] {
+        for req in [
+            "GET /indices-list HTTP/1.1\r\n\r\n",
+            "GET /image/photos/0 HTTP/1.1\r\n\r\n",
+            post.as_str(),
+        ] {
+            let (status, _, body) = srv.raw_as(host, req);
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(status, 421, "{host} {req}: {text}");
+            let doc: Value = serde_json::from_str(&text).unwrap();
+            assert!(
+                doc["error"].as_str().unwrap().contains("--allow-host"),
+                "{doc}"
+            );
+            assert!(!text.contains("http://"), "{text}");
+        }
+    }
+    srv.still_answers();
+}
+
+#[test]
+fn files_limits_and_errors_keep_server_paths_private() {
+    let st = setup();
+    let photos = format!("photos={}", s(&st.photos));
+    // Absolute paths only when asked; '*' as origin only with a warning.
+    let args = [
+        "--index",
+        &photos,
+        "--absolute-paths",
+        "--allow-origin",
+        "*",
+    ];
+    let srv = Server::start(&args);
+    let (status, doc) = srv.post("/search", r#"{"text": "a cat", "k": 1}"#);
+    assert_eq!(status, 200, "{doc}");
+    let path = doc["results"][0]["path"].as_str().unwrap();
+    let imgs = st.dir.path().join("imgs");
+    let real = imgs.canonicalize().unwrap();
+    assert!(path.starts_with(s(&real)), "{path}");
+    assert!(
+        srv.stderr().contains("--allow-origin '*'"),
+        "{}",
+        srv.stderr()
+    );
+    drop(srv);
+
+    let front = "http://front.example";
+    let srv = Server::start(&["--index", &photos, "--allow-origin", front]);
+    let addr = srv.addr.clone();
+    // nosniff on answers and on errors.
+    for (route, want) in [("/indices-list", 200), ("/nope", 404)] {
+        let (status, head, _) = srv.raw_as(&addr, &format!("GET {route} HTTP/1.1\r\n\r\n"));
+        assert_eq!(status, want, "{route}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    }
+    // A browser's CORS preflight for a JSON POST.
+    let (status, head, _) = srv.raw_as(
+        &addr,
+        "OPTIONS /search HTTP/1.1\r\nOrigin: http://front.example\r\n\
+         Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n",
+    );
+    assert_eq!(status, 204, "{head}");
+    for h in [
+        "access-control-allow-origin: http://front.example",
+        "access-control-allow-methods: get, post, options",
+        "access-control-allow-headers: content-type",
+    ] {
+        assert!(head.contains(h), "{h}: {head}");
+    }
+    // /metadata refuses a long id list before parsing the rest of it.
+    let mut ids = vec![json!(0); 10_001];
+    ids.push(json!("not an id"));
+    let (status, doc) = srv.post("/metadata", &json!({ "ids": ids }).to_string());
+    assert_eq!(status, 400, "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("the limit is 10000"),
+        "{doc}"
+    );
+
+    // In place of indexed images: a FIFO (never opened), a 300 MB file (over the cap), a
+    // missing file. Refused with errors that name the entry, not the server's paths.
+    std::fs::remove_file(imgs.join("img01.png")).unwrap();
+    let made = Command::new("mkfifo").arg(imgs.join("img01.png")).status();
+    assert!(made.unwrap().success());
+    let big = std::fs::File::create(imgs.join("img02.png")).unwrap();
+    big.set_len(300 << 20).unwrap();
+    std::fs::remove_file(imgs.join("img03.png")).unwrap();
+    for (id, want, says) in [
+        (1, 403, "not a regular file"),
+        (2, 403, "limit"),
+        (3, 404, "entry 3 of index photos"),
+    ] {
+        let (status, _, body) =
+            srv.raw_as(&addr, &format!("GET /image/photos/{id} HTTP/1.1\r\n\r\n"));
+        let text = assert_private(&body, st.dir.path());
+        assert_eq!(status, want, "{id}: {text}");
+        assert!(text.contains(says), "{id}: {text}");
+    }
+    let (status, _, body) = srv.raw_as(&addr, "GET /image/photos/0 HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(body, std::fs::read(imgs.join("img00.png")).unwrap());
+
+    // A rows file damaged underneath (same length, text garbled): 503 naming the index only.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(st.photos.join("manifest.json")).unwrap()).unwrap();
+    let rows = st.photos.join(manifest["rows"]["file"].as_str().unwrap());
+    let mut bytes = std::fs::read(&rows).unwrap();
+    let n = bytes.len();
+    bytes[n - 24..].fill(0xff);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&rows)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let (status, doc) = srv.post("/search", r#"{"text": "a photo of a cat", "k": 13}"#);
+    let text = assert_private(doc.to_string().as_bytes(), st.dir.path());
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("index photos"), "{text}");
+    assert!(srv.stderr().contains("damaged"), "{}", srv.stderr());
+}
+
+#[test]
+fn a_rebuilt_index_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = dir.path().join("caps");
+    let build = |captions: &str| {
+        let file = dir.path().join("captions.txt");
+        std::fs::write(&file, captions).unwrap();
+        let model = model();
+        let args = ["index", "build", "--model", s(&model), "--texts", s(&file)];
+        common::ok(&clip(&[&args[..], &["--out", s(&caps)]].concat()));
+    };
+    let captions = |doc: &Value| -> Vec<String> {
+        let mut c: Vec<String> = doc["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["caption"].as_str().unwrap().to_string())
+            .collect();
+        c.sort();
+        c
+    };
+    build("a photo of a cat\na red circle\n");
+    let srv = Server::start(&["--index", s(&caps)]);
+    let query = r#"{"text": "a photo of a cat", "k": 5}"#;
+    let (status, doc) = srv.post("/search", query);
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(captions(&doc), ["a photo of a cat", "a red circle"]);
+    build("a photo of a dog\na blue square\na green line\n");
+    let (status, doc) = srv.post("/search", query);
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(
+        captions(&doc),
+        ["a blue square", "a green line", "a photo of a dog"]
+    );
+    assert!(srv.stderr().contains("reopened"), "{}", srv.stderr());
+    // SIGHUP reopens too.
+    let hup = Command::new("kill")
+        .args(["-HUP", &srv.child.id().to_string()])
+        .status();
+    assert!(hup.unwrap().success());
+    let t = Instant::now();
+    while srv.stderr().matches("reopened").count() < 2 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        srv.stderr().matches("reopened").count(),
+        2,
+        "{}",
+        srv.stderr()
+    );
+    let (status, doc) = srv.post("/search", query);
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(captions(&doc).len(), 3);
+}
+
+/// `seed` changed by a few random edits: bytes replaced, JSON tokens inserted, ranges cut or
+/// repeated.
+fn mutate(seed: &[u8], rng: &mut impl rand::Rng) -> Vec<u8> {
+    const TOKENS: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"",
+        "null",
+        "true",
+        "-1",
+        "0",
+        "1e999",
+        "-0.0",
+        "18446744073709551616",
+        "4294967296",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        "\"text\"",
+        "\"image\"",
+        "\"embedding\"",
+        "\"k\"",
+        "\"ids\"",
+        "\"num_images\"",
+        "\"indice_name\"",
+        "\"data:image/png;base64,iVBORw0KGgo=\"",
+        "\u{fffd}",
+        "\\",
+        "[[[[[[[[",
+        "1.5",
+    ];
+    let mut b = seed.to_vec();
+    for _ in 0..rng.random_range(1..5) {
+        let at = rng.random_range(0..=b.len());
+        match rng.random_range(0..5) {
+            0 if at < b.len() => b[at] = rng.random(),
+            1 => {
+                let t = TOKENS[rng.random_range(0..TOKENS.len())];
+                b.splice(at..at, t.bytes());
+            }
+            2 => {
+                let end = rng.random_range(at..=b.len());
+                b.drain(at..end);
+            }
+            3 => {
+                let end = rng.random_range(at..=b.len().min(at + 64));
+                let piece = b[at..end].to_vec();
+                b.splice(at..at, piece);
+            }
+            _ => b.truncate(at),
+        }
+    }
+    b
+}
+
+#[test]
+fn mutated_request_bodies_get_a_2xx_or_4xx_never_a_panic() {
+    use rand::{Rng, SeedableRng};
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let caps = dir.path().join("caps");
+    let model = model();
+    let args = ["index", "build", "--model", s(&model), "--texts"];
+    let texts = fixtures().join("captions.txt");
+    common::ok(&clip(
+        &[&args[..], &[s(&texts), "--out", s(&caps)]].concat(),
+    ));
+    let opts = clip::serve::ServeOptions {
+        indexes: vec![clip::serve::NamedIndex::parse(&format!("caps={}", s(&caps))).unwrap()],
+        model: None,
+        device: clip::Device::Cpu,
+        allow_origin: None,
+        allow_hosts: Vec::new(),
+        absolute_paths: false,
+        limits: Default::default(),
+    };
+    let server = clip::serve::Server::load(&opts, &|_| {}).unwrap();
+    let router = server.router();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(caps.join("manifest.json")).unwrap()).unwrap();
+    let dim = manifest["dimension"].as_u64().unwrap() as usize;
+    let seeds = [
+        (
+            "/search",
+            r#"{"text": "a photo of a cat", "k": 3, "index": "caps"}"#.to_string(),
+        ),
+        (
+            "/search",
+            json!({ "embedding": vec![0.5; dim], "k": 2 }).to_string(),
+        ),
+        (
+            "/search",
+            json!({ "image": b64(&std::fs::read(fixtures().join("images/img00.png")).unwrap()) })
+                .to_string(),
+        ),
+        (
+            "/knn-service",
+            json!({ "text": "a red circle", "modality": "image", "num_images": 2,
+                    "num_result_ids": 4, "indice_name": "caps" })
+            .to_string(),
+        ),
+        (
+            "/metadata",
+            r#"{"ids": [0, 3, 11, 99], "indice_name": "caps"}"#.to_string(),
+        ),
+    ];
+    let mut rng = rand_xoshiro::SplitMix64::seed_from_u64(22);
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut runs = 0;
+    while runs < 20_000 && Instant::now() < deadline {
+        // Each seed as it is first, then mutated ones.
+        let pick = if runs < seeds.len() {
+            runs
+        } else {
+            rng.random_range(0..seeds.len())
+        };
+        let (route, seed) = &seeds[pick];
+        let body = if runs < seeds.len() {
+            seed.as_bytes().to_vec()
+        } else {
+            mutate(seed.as_bytes(), &mut rng)
+        };
+        let req = axum::http::Request::post(*route)
+            .header("host", "127.0.0.1")
+            .body(axum::body::Body::from(body.clone()))
+            .unwrap();
+        let res = rt.block_on(router.clone().oneshot(req)).unwrap();
+        let status = res.status().as_u16();
+        let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        assert!(
+            (200..300).contains(&status) || (400..500).contains(&status),
+            "{route} {shown:?}: {status}"
+        );
+        *statuses.entry(status).or_default() += 1;
+        runs += 1;
+    }
+    eprintln!("{runs} request bodies (seed 22): statuses {statuses:?}");
+    assert!(runs >= 100, "only {runs} requests in the time given");
+    assert!(
+        statuses.contains_key(&200) && statuses.contains_key(&400),
+        "{statuses:?}"
+    );
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
-use clip::serve::{NamedIndex, ServeOptions, Server};
+use clip::serve::{NamedIndex, ServeLimits, ServeOptions, Server};
 
 use super::common::DeviceArg;
 
@@ -26,6 +26,25 @@ pub struct ServeArgs {
     /// Let web pages from this origin call the API (CORS), e.g. a clip-front deployment.
     #[arg(long)]
     allow_origin: Option<String>,
+    /// A host name this server answers to besides localhost and loopback addresses (any
+    /// port), e.g. the name a reverse proxy forwards; repeat for several. Other Host values
+    /// are refused (421) when listening on a loopback address, against DNS rebinding.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// Name image files in results by absolute path instead of relative to the indexed
+    /// folder (the form served before this flag existed).
+    #[arg(long)]
+    absolute_paths: bool,
+    /// Largest uploaded image in pixels (width × height).
+    #[arg(long, value_name = "PIXELS", default_value_t = ServeLimits::default().max_pixels)]
+    max_pixels: u64,
+    /// Connections open at once; more wait to be accepted.
+    #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, value_name = "SECS", default_value_t = ServeLimits::default().header_timeout_secs)]
+    header_timeout: u64,
     /// Device for the models.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
@@ -42,6 +61,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model: a.model,
         device: a.device.device()?,
         allow_origin: a.allow_origin,
+        allow_hosts: a.allow_hosts,
+        absolute_paths: a.absolute_paths,
+        limits: ServeLimits {
+            max_pixels: a.max_pixels,
+            max_connections: a.max_connections,
+            header_timeout_secs: a.header_timeout,
+        },
     };
     let server = Server::load(&opts, &|msg| eprintln!("{msg}"))?;
     server.run(SocketAddr::new(a.host, a.port), |addr| {

@@ -5,22 +5,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::encoder::{Query, Slot};
+use super::net::Conn;
+use super::{ApiError, Loaded, Served, State};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{self, DefaultBodyLimit};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{self, DefaultBodyLimit, Request};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
+use image::ImageDecoder;
 use retrieval::EntriesKind;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tokio::sync::SemaphorePermit;
-
-use super::encoder::Query;
-use super::{ApiError, Served, State};
+use tokio::io::AsyncReadExt;
 
 /// Largest request body: a few base64 photos' worth.
 const MAX_BODY: usize = 16 << 20;
@@ -30,10 +32,11 @@ const MAX_BODY: usize = 16 << 20;
 const MAX_TEXT: usize = 4096;
 /// Most results per query (clip-front asks for up to 10 000 ids).
 const MAX_K: usize = 10_000;
-/// Largest uploaded image, in pixels, checked from the header before decoding.
-const MAX_PIXELS: u64 = 50_000_000;
-/// A client that has not sent its whole body by then is dropped, freeing its slot.
+/// A client that has not sent its whole body by then is dropped; it holds no request slot
+/// meanwhile, only its connection.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest image file `/image` serves: no photo is this large, a disk image renamed `.png` is.
+const MAX_FILE: u64 = 256 << 20;
 
 type Shared = Arc<State>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -60,33 +63,83 @@ pub(super) fn router(state: Shared) -> Router {
         })
         // Bodies are read by `read_json`, with its own limit and error.
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::map_response_with_state(
-            state.clone(),
-            allow_origin,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
-async fn allow_origin(
+/// Around every route: the Host check of a loopback server (against DNS rebinding), CORS
+/// (preflight included) when `--allow-origin` is given, and `nosniff` on every answer.
+async fn guard(
     extract::State(state): extract::State<Shared>,
-    mut res: Response,
+    req: Request,
+    next: Next,
 ) -> Response {
+    let conn = req.extensions().get::<Conn>().copied();
+    let loopback = conn.is_none_or(|c| c.local.ip().is_loopback());
+    let host = req.headers().get(header::HOST).map(|h| h.to_str());
+    let mut res = match host {
+        _ if !loopback => None,
+        Some(Ok(h)) if state.hosts.answers(h) => None,
+        Some(h) => {
+            let shown = h.map_or_else(|_| "(not text)".to_string(), |h| format!("{h:?}"));
+            Some(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "host {shown} is not served here: this server answers loopback names \
+                     (localhost, 127.0.0.1, [::1]) and names given with --allow-host"
+                ),
+            ))
+        }
+        None => Some(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "a Host header is required".into(),
+        )),
+    }
+    .map(IntoResponse::into_response);
+    if res.is_none() && req.method() == Method::OPTIONS && state.allow_origin.is_some() {
+        // A browser's CORS preflight, e.g. before a POST with `application/json`.
+        let methods = HeaderValue::from_static("GET, POST, OPTIONS");
+        let headers = HeaderValue::from_static("content-type");
+        res = Some(
+            (
+                StatusCode::NO_CONTENT,
+                [
+                    (header::ACCESS_CONTROL_ALLOW_METHODS, methods),
+                    (header::ACCESS_CONTROL_ALLOW_HEADERS, headers),
+                    (
+                        header::ACCESS_CONTROL_MAX_AGE,
+                        HeaderValue::from_static("600"),
+                    ),
+                ],
+            )
+                .into_response(),
+        );
+    }
+    let mut res = match res {
+        Some(r) => r,
+        None => next.run(req).await,
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Some(origin) = &state.allow_origin {
-        let h = res.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     }
     res
 }
 
 /// A slot among the requests handled at once, or 503.
-fn admit(state: &State) -> ApiResult<SemaphorePermit<'_>> {
-    state
-        .permits
-        .try_acquire()
+fn admit(state: &State) -> ApiResult<Slot> {
+    let permit = state.permits.clone().try_acquire_owned();
+    permit
+        .map(Arc::new)
         .map_err(|_| ApiError::busy(format!("{} requests in progress", super::IN_FLIGHT)))
 }
 
-/// The body as JSON, whatever its content type (clip-front sends `text/plain`).
+/// The body as JSON, whatever its content type (clip-front sends `text/plain`). Read before
+/// a slot is taken: a client sending its body slowly holds only its own connection.
 async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> ApiResult<T> {
     let too_large = |detail: String| {
         ApiError::new(
@@ -109,7 +162,12 @@ async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> ApiR
             )
         })?
         .map_err(|e| too_large(format!(" or cut off: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("bad JSON request: {e}")))
+    parse_json(&bytes)
+}
+
+/// A request body parsed as `T`, or a 400 naming what is wrong with it.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("bad JSON request: {e}")))
 }
 
 /// The `k` asked for, if it is one the server gives.
@@ -131,17 +189,54 @@ enum Input {
     Embedding(Vec<f32>),
 }
 
-/// Runs `f` on the blocking pool; a panic there is a 500 for this request only.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("request failed: {e}")))
+/// Runs `f` on the blocking pool, holding `slot` until `f` ends even if the request is
+/// dropped; a panic there is a 500 for this request only.
+async fn blocking<T: Send + 'static>(
+    slot: &Slot,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    let slot = slot.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        f()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("request failed: {e}")))
 }
 
-/// The `k` nearest entries of `served` to `input`, best first: the query embedded as
-/// `clip search` embeds it (unit length), searched exactly as `clip search` does by default.
-async fn nearest(served: &Arc<Served>, input: Input, k: usize) -> ApiResult<Vec<retrieval::Hit>> {
-    let dim = served.index.dim();
+/// The index could not be read (replaced or damaged underneath): a 503 naming the index
+/// only (the server's paths stay in its log), and the index reopened before the next
+/// request.
+fn unreadable(served: &Served, e: &dyn std::error::Error) -> ApiError {
+    eprintln!(
+        "index {}: read failed, reopening: {}",
+        served.name,
+        clip_data::error_chain(e)
+    );
+    served
+        .stale
+        .store(true, std::sync::atomic::Ordering::Release);
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "index {} could not be read (replaced or damaged on disk); it is being reopened, \
+             try again",
+            served.name
+        ),
+    )
+}
+
+/// The `k` nearest entries of `served` to `input`, best first, and the version of the index
+/// they come from: the query embedded as `clip search` embeds it (unit length), searched
+/// exactly as `clip search` does by default.
+async fn nearest(
+    state: &Shared,
+    served: &Arc<Served>,
+    input: Input,
+    k: usize,
+    slot: &Slot,
+) -> ApiResult<(Vec<retrieval::Hit>, Arc<Loaded>)> {
+    let dim = served.loaded().index.dim();
     let query = match input {
         Input::Embedding(mut v) => {
             if v.len() != dim {
@@ -171,20 +266,22 @@ async fn nearest(served: &Arc<Served>, input: Input, k: usize) -> ApiResult<Vec<
                     ),
                 ));
             }
-            enc.embed(Query::Text(text)).await?
+            enc.embed(Query::Text(text), slot.clone()).await?
         }
         Input::Image(b64) => {
             let enc = encoder(served)?;
-            let pre = enc.preprocess().clone();
-            let pixels = blocking(move || decode_upload(&b64, &pre)).await??;
-            enc.embed(Query::Pixels(pixels)).await?
+            let pixels = decode_upload(state, b64, enc.preprocess().clone(), slot).await?;
+            enc.embed(Query::Pixels(pixels), slot.clone()).await?
         }
     };
     let s = served.clone();
-    let mut hits = blocking(move || s.index.search(&query, dim, k))
-        .await?
-        .map_err(|e| ApiError::internal(format!("search failed: {e}")))?;
-    Ok(hits.pop().unwrap_or_default())
+    let (hits, loaded) = blocking(slot, move || {
+        let loaded = s.fresh();
+        (loaded.index.search(&query, dim, k), loaded)
+    })
+    .await?;
+    let mut hits = hits.map_err(|e| unreadable(served, &e))?;
+    Ok((hits.pop().unwrap_or_default(), loaded))
 }
 
 fn encoder(served: &Served) -> ApiResult<&super::Encoder> {
@@ -196,47 +293,106 @@ fn encoder(served: &Served) -> ApiResult<&super::Encoder> {
     })
 }
 
-/// Pixels of an uploaded image, decoded as `clip search --image` decodes files.
-fn decode_upload(b64: &str, pre: &vision_encoder::Preprocess) -> ApiResult<Vec<f32>> {
-    let data = match b64.strip_prefix("data:") {
-        Some(url) => url.split_once(";base64,").map_or(url, |(_, d)| d),
-        None => b64,
-    };
-    if data.trim().is_empty() {
-        return Err(ApiError::bad("empty image".into()));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .map_err(|e| ApiError::bad(format!("image is not valid base64: {e}")))?;
-    let undecodable = |e: String| ApiError::bad(format!("image does not decode: {e}"));
-    let (w, h) = image::ImageReader::new(Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| undecodable(e.to_string()))?
-        .into_dimensions()
-        .map_err(|e| undecodable(e.to_string()))?;
-    if u64::from(w) * u64::from(h) > MAX_PIXELS {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("image is {w}×{h}; the limit is {MAX_PIXELS} pixels"),
-        ));
-    }
-    let img = vision_encoder::decode_image(&bytes, Path::new("uploaded image"))
-        .map_err(|e| undecodable(clip_data::error_chain(&e)))?;
-    Ok(vision_encoder::preprocess(&img, pre))
+/// Bytes a decode of `pixels` pixels of `bytes_per_pixel` holds at its peak: the decoded
+/// image, its 8-bit RGB(A) copy, and resizing's buffers.
+pub(super) fn decode_bytes(pixels: u64, bytes_per_pixel: u64) -> u64 {
+    pixels.saturating_mul(bytes_per_pixel + 7) + (16 << 20)
 }
 
-/// What entry `id` is: `path` and `url` (its file under `base`) for images, `caption`, or
-/// `name` for ids. A row that cannot be read from the index's rows file is a server error.
-fn entry_fields(served: &Served, id: usize, base: &str) -> ApiResult<Map<String, Value>> {
-    let unreadable = |e: retrieval::RetrievalError| ApiError::internal(e.to_string());
+/// Pixels of an uploaded image, decoded as `clip search --image` decodes files. The header
+/// is read first: over `--max-pixels` is refused, and the decode waits for its share of the
+/// server's decode memory, so concurrent uploads cannot multiply the peak; the decoder itself
+/// is held to that size by `image::Limits`.
+async fn decode_upload(
+    state: &Shared,
+    b64: String,
+    pre: vision_encoder::Preprocess,
+    slot: &Slot,
+) -> ApiResult<Vec<f32>> {
+    let max_pixels = state.limits.max_pixels;
+    let (bytes, need) = blocking(slot, move || -> ApiResult<_> {
+        let data = match b64.strip_prefix("data:") {
+            Some(url) => url.split_once(";base64,").map_or(url, |(_, d)| d),
+            None => b64.as_str(),
+        };
+        if data.trim().is_empty() {
+            return Err(ApiError::bad("empty image".into()));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| ApiError::bad(format!("image is not valid base64: {e}")))?;
+        drop(b64);
+        let (w, h, bpp) = {
+            let decoder = image::ImageReader::new(Cursor::new(&bytes))
+                .with_guessed_format()
+                .map_err(|e| undecodable(&e))?
+                .into_decoder()
+                .map_err(|e| undecodable(&e))?;
+            let (w, h) = decoder.dimensions();
+            (w, h, u64::from(decoder.color_type().bytes_per_pixel()))
+        };
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > max_pixels {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "image is {w}×{h} = {pixels} pixels; the limit is {max_pixels} pixels \
+                     (--max-pixels)"
+                ),
+            ));
+        }
+        Ok((bytes, decode_bytes(pixels, bpp)))
+    })
+    .await??;
+    // Waiting here costs nothing: a client that hangs up meanwhile is never decoded.
+    let mib = u32::try_from(need.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+    let memory = state
+        .decode_mib
+        .clone()
+        .acquire_many_owned(mib.min(state.decode_budget_mib))
+        .await
+        .map_err(|_| ApiError::internal("the decode budget was closed".into()))?;
+    blocking(slot, move || {
+        let _memory = memory;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(decode_bytes(max_pixels, 8));
+        let img = vision_encoder::decode_image_limited(&bytes, Path::new("upload"), limits)
+            .map_err(|e| undecodable(&e))?;
+        drop(bytes);
+        Ok(vision_encoder::preprocess(&img, &pre))
+    })
+    .await?
+}
+
+fn undecodable(e: &dyn std::error::Error) -> ApiError {
+    ApiError::bad(format!(
+        "image does not decode: {}",
+        clip_data::error_chain(e)
+    ))
+}
+
+/// What entry `id` is: `path` (relative to the indexed folder unless `--absolute-paths`) and
+/// `url` (its file under `base`) for images, `caption`, or `name` for ids. A row that cannot
+/// be read from the index's rows file is a 503 and a reopen.
+fn entry_fields(
+    state: &State,
+    served: &Served,
+    loaded: &Loaded,
+    id: usize,
+    base: &str,
+) -> ApiResult<Map<String, Value>> {
+    let unreadable = |e: retrieval::RetrievalError| unreadable(served, &e);
     let mut m = Map::new();
-    let entries = served.index.entries();
+    let entries = loaded.index.entries();
     match entries.kind() {
         EntriesKind::Images { .. } => {
-            m.insert(
-                "path".into(),
-                entries.try_label(id).map_err(unreadable)?.into(),
-            );
+            let path = if state.absolute_paths {
+                entries.try_label(id).map_err(unreadable)?
+            } else {
+                let entry = entries.image(id).map_err(unreadable)?;
+                entry.map_or_else(String::new, |e| e.path.display().to_string())
+            };
+            m.insert("path".into(), path.into());
             let url = format!("{base}/image/{}/{id}", served.name);
             m.insert("url".into(), url.into());
         }
@@ -275,8 +431,8 @@ async fn search(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let _slot = admit(&state)?;
     let req: SearchRequest = read_json(&headers, body).await?;
+    let slot = admit(&state)?;
     let served = state.find(req.index.as_deref())?;
     let k = check_k(req.k, "k")?;
     let input = match (req.text, req.image, req.embedding) {
@@ -289,7 +445,7 @@ async fn search(
             ))
         }
     };
-    let hits = nearest(&served, input, k).await?;
+    let (hits, loaded) = nearest(&state, &served, input, k, &slot).await?;
     let results: Vec<Found> = hits
         .iter()
         .map(|h| {
@@ -297,7 +453,7 @@ async fn search(
                 id: h.id,
                 score: Some(h.score),
                 similarity: None,
-                entry: entry_fields(&served, h.id, "")?,
+                entry: entry_fields(&state, &served, &loaded, h.id, "")?,
             })
         })
         .collect::<ApiResult<_>>()?;
@@ -338,19 +494,26 @@ struct KnnRequest {
     indice_name: Option<String>,
 }
 
-/// The scheme and host the client used, for absolute image URLs (clip-front runs elsewhere).
-fn base_url(headers: &HeaderMap) -> String {
+/// The scheme and host for absolute image URLs (clip-front runs elsewhere): the Host the
+/// client used if it is one DNS cannot point elsewhere (an IP literal, `localhost`) or one
+/// given with `--allow-host`; otherwise the server's own address on the connection.
+fn base_url(state: &State, headers: &HeaderMap, conn: Option<&Conn>) -> String {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    host.map_or_else(String::new, |h| format!("http://{h}"))
+    match (host, conn) {
+        (Some(h), _) if state.hosts.trusted(h) => format!("http://{h}"),
+        (_, Some(c)) => format!("http://{}", c.local),
+        _ => String::new(),
+    }
 }
 
 async fn knn_service(
     extract::State(state): extract::State<Shared>,
+    conn: Option<extract::Extension<Conn>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Vec<Found>>> {
-    let _slot = admit(&state)?;
     let req: KnnRequest = read_json(&headers, body).await?;
+    let slot = admit(&state)?;
     let served = state.find(req.indice_name.as_deref())?;
     if let Some(m) = req
         .modality
@@ -382,8 +545,8 @@ async fn knn_service(
             "empty query: give text, image or embedding_input".into(),
         ));
     };
-    let hits = nearest(&served, input, k).await?;
-    let base = base_url(&headers);
+    let (hits, loaded) = nearest(&state, &served, input, k, &slot).await?;
+    let base = base_url(&state, &headers, conn.as_deref());
     // As clip-retrieval: metadata for the first `num_images`, ids alone for the rest.
     let results = hits
         .iter()
@@ -394,7 +557,7 @@ async fn knn_service(
                 score: None,
                 similarity: Some(h.score),
                 entry: if rank < shown {
-                    entry_fields(&served, h.id, &base)?
+                    entry_fields(&state, &served, &loaded, h.id, &base)?
                 } else {
                     Map::new()
                 },
@@ -407,28 +570,56 @@ async fn knn_service(
 /// clip-retrieval's `/metadata` request: what clip-front asks for ids shown without it.
 #[derive(Deserialize)]
 struct MetadataRequest {
+    #[serde(deserialize_with = "at_most_k_ids")]
     ids: Vec<usize>,
     indice_name: Option<String>,
 }
 
+/// The `ids` array, refused as soon as it holds more than [`MAX_K`] (before the rest is
+/// parsed).
+fn at_most_k_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
+    struct Ids;
+    impl<'de> Visitor<'de> for Ids {
+        type Value = Vec<usize>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_K} entry ids")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut ids = Vec::new();
+            while let Some(id) = seq.next_element()? {
+                if ids.len() == MAX_K {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_K} ids asked for; the limit is {MAX_K}"
+                    )));
+                }
+                ids.push(id);
+            }
+            Ok(ids)
+        }
+    }
+    d.deserialize_seq(Ids)
+}
+
 async fn metadata(
     extract::State(state): extract::State<Shared>,
+    conn: Option<extract::Extension<Conn>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Vec<Value>>> {
-    let _slot = admit(&state)?;
     let req: MetadataRequest = read_json(&headers, body).await?;
+    let slot = admit(&state)?;
     let served = state.find(req.indice_name.as_deref())?;
-    if req.ids.len() > MAX_K {
-        return Err(ApiError::bad(format!(
-            "{} ids asked for; the limit is {MAX_K}",
-            req.ids.len()
-        )));
-    }
-    let base = base_url(&headers);
-    let found = req.ids.iter().filter(|&&id| id < served.index.len());
+    let base = base_url(&state, &headers, conn.as_deref());
+    let s = served.clone();
+    let loaded = blocking(&slot, move || s.fresh()).await?;
+    let found = req.ids.iter().filter(|&&id| id < loaded.index.len());
     let out = found
-        .map(|&id| Ok(json!({ "id": id, "metadata": entry_fields(&served, id, &base)? })))
+        .map(|&id| {
+            let entry = entry_fields(&state, &served, &loaded, id, &base)?;
+            Ok(json!({ "id": id, "metadata": entry }))
+        })
         .collect::<ApiResult<_>>()?;
     Ok(Json(out))
 }
@@ -437,22 +628,25 @@ async fn indices_list(extract::State(state): extract::State<Shared>) -> Json<Vec
     Json(state.indexes.iter().map(|s| s.name.clone()).collect())
 }
 
-/// `GET /image/{index}/{id}`: the file of an image entry. The URL names an entry, not a path,
-/// and the file is served only if its real path (links resolved) is under the indexed
-/// folder, so neither `..` nor a link that points elsewhere reaches another file.
+/// `GET /image/{index}/{id}`: the file of an image entry, streamed. The URL names an entry,
+/// not a path, and the file is served only if its real path (links resolved) is under the
+/// indexed folder and is a regular file (not a FIFO or device) of at most [`MAX_FILE`] bytes,
+/// so neither `..` nor a link that points elsewhere reaches another file.
 async fn image_file(
     extract::State(state): extract::State<Shared>,
     path: Result<extract::Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Response> {
     let extract::Path((name, id)) = path.map_err(|e| ApiError::bad(e.body_text()))?;
-    let _slot = admit(&state)?;
+    let slot = admit(&state)?;
     let served = state.find(Some(&name))?;
     let not_found = |msg: String| ApiError::new(StatusCode::NOT_FOUND, msg);
     let id: usize = id
         .parse()
         .map_err(|_| ApiError::bad(format!("{id:?} is not an entry id")))?;
-    let entries = served.index.entries();
-    let (Some(root), EntriesKind::Images { .. }) = (&served.root, entries.kind()) else {
+    let s = served.clone();
+    let loaded = blocking(&slot, move || s.fresh()).await?;
+    let entries = loaded.index.entries();
+    let (Some(root), EntriesKind::Images { .. }) = (&loaded.root, entries.kind()) else {
         return Err(not_found(format!("index {name} holds no image files")));
     };
     if id >= entries.len() {
@@ -463,20 +657,36 @@ async fn image_file(
     }
     let file = entries
         .image_path(id)
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| unreadable(&served, &e))?
         .ok_or_else(|| not_found(format!("index {name} holds no image files")))?;
-    let real = tokio::fs::canonicalize(&file)
-        .await
-        .map_err(|e| not_found(format!("entry {id} of index {name}: {e}")))?;
+    let gone = |e: std::io::Error| not_found(format!("entry {id} of index {name}: {e}"));
+    let real = tokio::fs::canonicalize(&file).await.map_err(gone)?;
     if !real.starts_with(root) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("entry {id} of index {name} resolves outside the indexed folder"),
         ));
     }
-    let bytes = tokio::fs::read(&real)
-        .await
-        .map_err(|e| not_found(format!("entry {id} of index {name}: {e}")))?;
+    // The type is checked before opening: opening a FIFO would wait for a writer.
+    let meta = tokio::fs::metadata(&real).await.map_err(gone)?;
+    if !meta.is_file() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("entry {id} of index {name} is not a regular file"),
+        ));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "entry {id} of index {name} is {} bytes, over the {MAX_FILE}-byte limit of \
+                 served files",
+                meta.len()
+            ),
+        ));
+    }
+    let file = tokio::fs::File::open(&real).await.map_err(gone)?;
+    let len = meta.len();
     let ext = real.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mime = match ext.to_ascii_lowercase().as_str() {
         "png" => "image/png",
@@ -484,5 +694,14 @@ async fn image_file(
         "webp" => "image/webp",
         _ => "application/octet-stream",
     };
-    Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
+    // At most the length announced, should the file grow while it is sent.
+    let stream = tokio_util::io::ReaderStream::new(file.take(len));
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(mime)),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }

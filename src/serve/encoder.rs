@@ -1,7 +1,9 @@
 //! One model per process, shared by every request: a worker thread owns the [`Clip`] and
 //! embeds queries in batches, fed by a bounded queue.
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::ApiError;
 use crate::{Clip, Embeddings, Features, DEFAULT_BATCH};
@@ -16,12 +18,17 @@ pub(crate) enum Query {
     Pixels(Vec<f32>),
 }
 
+/// A request's slot among those handled at once (see `api::admit`).
+pub(crate) type Slot = Arc<OwnedSemaphorePermit>;
+
 /// Where a query's embedding (or the model's error) goes.
 type Reply = oneshot::Sender<Result<Vec<f32>, String>>;
 
 struct Job {
     query: Query,
     reply: Reply,
+    /// Held until the query is embedded, even if its client hung up meanwhile.
+    slot: Option<Slot>,
 }
 
 /// The handle requests use; the worker stops when the last handle is dropped.
@@ -66,11 +73,12 @@ impl Encoder {
         self.context_length
     }
 
-    /// The unit embedding of `query`, once the worker gets to it.
-    pub(crate) async fn embed(&self, query: Query) -> Result<Vec<f32>, ApiError> {
+    /// The unit embedding of `query`, once the worker gets to it; `slot` is held until then.
+    pub(crate) async fn embed(&self, query: Query, slot: Slot) -> Result<Vec<f32>, ApiError> {
         let (reply, answer) = oneshot::channel();
+        let slot = Some(slot);
         self.tx
-            .try_send(Job { query, reply })
+            .try_send(Job { query, reply, slot })
             .map_err(|_| ApiError::busy(format!("{QUEUE} queries are already waiting")))?;
         answer
             .await
@@ -82,7 +90,10 @@ impl Encoder {
 fn work(clip: &Clip, mut rx: mpsc::Receiver<Job>) {
     while let Some(jobs) = next_batch(&mut rx) {
         let (mut texts, mut images) = (Vec::new(), Vec::new());
+        // The requests' slots, taken until their batch is embedded.
+        let mut slots = Vec::with_capacity(jobs.len());
         for job in jobs {
+            slots.push(job.slot);
             match job.query {
                 Query::Text(t) => texts.push((t, job.reply)),
                 Query::Pixels(p) => images.push((p, job.reply)),
@@ -93,6 +104,7 @@ fn work(clip: &Clip, mut rx: mpsc::Receiver<Job>) {
             let t = clip.encode_pixels(px, Features::Embeds)?;
             Embeddings::from_tensor(&t)?.normalized()
         });
+        drop(slots);
     }
 }
 
@@ -140,7 +152,8 @@ mod tests {
     fn job(text: &str) -> (Job, oneshot::Receiver<Result<Vec<f32>, String>>) {
         let (reply, rx) = oneshot::channel();
         let query = Query::Text(text.into());
-        (Job { query, reply }, rx)
+        let slot = None;
+        (Job { query, reply, slot }, rx)
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub use config::{ProjectionHead, VisionConfig};
 pub use error::{Result, VisionError};
 pub use model::{VisionTape, VisionTransformer};
 pub use preprocess::{
-    decode_image, load_image, pixels_to_tensor, preprocess, preprocess_files, Preprocess,
-    OPENAI_MEAN, OPENAI_STD,
+    decode_image, decode_image_limited, load_image, pixels_to_tensor, preprocess, preprocess_files,
+    Preprocess, OPENAI_MEAN, OPENAI_STD,
 };
 pub use resize::resize_bicubic;

@@ -40,7 +40,20 @@ impl Default for Preprocess {
 
 /// Decodes PNG/JPEG/WebP bytes into RGB, compositing any alpha channel onto white.
 pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
-    let img = image::load_from_memory(bytes).map_err(|source| VisionError::Decode {
+    decode_image_limited(bytes, path, image::Limits::default())
+}
+
+/// [`decode_image`] under the decoder `limits` (size and allocation), for untrusted bytes
+/// such as `clip serve`'s uploads.
+pub fn decode_image_limited(bytes: &[u8], path: &Path, limits: image::Limits) -> Result<RgbImage> {
+    let decode = || {
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(image::ImageError::IoError)?;
+        reader.limits(limits);
+        reader.decode()
+    };
+    let img = decode().map_err(|source| VisionError::Decode {
         path: path.to_path_buf(),
         source,
     })?;
