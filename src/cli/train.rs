@@ -657,9 +657,8 @@ fn print_validation(m: &BTreeMap<String, f64>, scored: &Scored, bundled: Option<
 }
 
 /// What longer runs of the bundled sample reach (README.md, "What the first command does").
-const MORE_TRAINING: &str = "more training buys more: see the table in README.md \
-    (\"What the first command does\"): steps, minutes, R@1 and R@10 of longer runs and of \
-    --preset small";
+const MORE_TRAINING: &str = "what fewer or more steps buy (steps, minutes, R@1, R@10): the \
+    table in README.md, \"What the first command does\"";
 
 /// The commands to try next, ready to paste: index and search the validation images (or the
 /// training data) with the trained model, serve them, fine-tune on another folder.
