@@ -69,10 +69,11 @@ fn the_first_run_prints_chance_levels_examples_and_next_steps_that_run() {
     let dir = tmp.path();
     let exe = env!("CARGO_BIN_EXE_clip").to_string();
     let train = ["train", "--steps", "2", "--batch-size", "8", "--out", "run"];
-    let stdout = run_in(
-        dir,
-        &[&[exe.as_str()][..], &train].concat().map(String::from),
-    );
+    let argv: Vec<String> = std::iter::once(exe.as_str())
+        .chain(train)
+        .map(String::from)
+        .collect();
+    let stdout = run_in(dir, &argv);
 
     // Recall beside its chance level: 1906 Twemoji images, 1905 distinct captions.
     assert!(
@@ -140,11 +141,10 @@ fn the_first_run_prints_chance_levels_examples_and_next_steps_that_run() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(words)
         .collect();
-    let sub = |cmd: &[String]| cmd.get(1).map(String::as_str);
     assert_eq!(
         steps
             .iter()
-            .map(|c| sub(c).unwrap_or(""))
+            .map(|c| c.get(1).map_or("", String::as_str))
             .collect::<Vec<_>>(),
         ["index", "search", "serve", "train"],
         "{stdout}"
