@@ -614,7 +614,7 @@ fn chance_levels(groups: &CaptionGroups) -> BTreeMap<String, f64> {
     // The best of g random ranks among n lies at (n + 1) / (g + 1) on average.
     let best_rank = |g: usize| (n + 1) as f64 / (g + 1) as f64;
     out.insert("image_to_text_mean_rank".into(), (m + 1) as f64 / 2.0);
-    out.insert("image_to_text_median_rank".into(), ((m + 1) / 2) as f64);
+    out.insert("image_to_text_median_rank".into(), m.div_ceil(2) as f64);
     out.insert("text_to_image_mean_rank".into(), mean(&best_rank));
     out.insert("text_to_image_median_rank".into(), mean(&best_rank).floor());
     out
