@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clip::training::{self, Head, Start};
 use clip::Device;
 use clip_data::{AugmentConfig, CacheConfig, CacheMode, LabelTable, OrderConfig, SampleSet};
-use clip_model::ClipModel;
+use clip_model::{ClipModel, ClipTokenizer};
 use clip_train::dist::{Collective, Single};
 use clip_train::{
     AdamWConfig, LossKind, Objective, Observer, Precision, RunSetup, ScheduleKind, StepStats,
@@ -18,7 +18,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::common::{self, DeviceArg, FeaturesArg};
-use super::valset::{top_images, Scored, ValSet};
+use retrieval::CaptionGroups;
+
+use super::valset::{Scored, ValSet};
 
 /// The options of `clip train`, also saved as `RUN/run.json` for `--resume`. A field missing
 /// from an older run.json takes its command-line default.
@@ -37,9 +39,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     csv: common::CsvArgs,
-    /// Architecture preset: tiny, small or vit-b-32.
-    #[arg(long, default_value = "tiny")]
-    preset: String,
+    /// Architecture preset: micro, tiny, small or vit-b-32 (default: tiny; with no --data, the
+    /// bundled run's own: micro).
+    #[arg(long)]
+    preset: Option<String>,
     /// Start from this checkpoint (HF or open_clip layout) instead of a preset: fine-tuning.
     #[arg(long)]
     init: Option<String>,
@@ -67,9 +70,10 @@ pub struct TrainArgs {
     /// Hard-negative concentration β.
     #[arg(long, default_value_t = TrainConfig::default().beta)]
     beta: f64,
-    /// Norm bound μ of the spectral loss.
-    #[arg(long, default_value_t = TrainConfig::default().spectral_mu)]
-    spectral_mu: f64,
+    /// Norm bound μ of the spectral loss (default 4 with --objective images, where it measured
+    /// best; 1 with captions).
+    #[arg(long)]
+    spectral_mu: Option<f64>,
     #[command(flatten)]
     #[serde(flatten)]
     head: Head,
@@ -77,13 +81,14 @@ pub struct TrainArgs {
     /// the linear probe printed after an image-only run.
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Optimiser steps (default 400; 100 with the bundled sample, a few minutes on a laptop).
+    /// Optimiser steps (default 400; with no --data the bundled run's: 1000 for image–text,
+    /// 300 for images, a few minutes on two cores).
     #[arg(long)]
     steps: Option<usize>,
-    /// Pairs per step (default 128; 64 with the bundled sample).
+    /// Pairs per step (default 128; with no --data 256 for image–text, 128 for images).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate (default 1e-3; 5e-4 with the bundled sample's short run).
+    /// Peak learning rate (default 1e-3).
     #[arg(long)]
     lr: Option<f64>,
     /// Linear warmup steps (default: a tenth of the steps).
@@ -133,7 +138,7 @@ pub struct TrainArgs {
     /// Log every N steps.
     #[arg(long, default_value_t = TrainConfig::default().log_every)]
     log_every: usize,
-    /// Validate every N steps (0: only at the end; default 25 with the bundled sample).
+    /// Validate every N steps (0: only at the end; default 250 with the bundled sample).
     #[arg(long)]
     val_every: Option<usize>,
     /// Continue the run in this directory from its newest checkpoint (other options are
@@ -141,27 +146,33 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     resume: Option<PathBuf>,
-    /// Random-resized-crop area range, MIN,MAX (default 0.7,1; 0.3,1 for images).
+    /// Random-resized-crop area range, MIN,MAX (default 0.7,1; 0.3,1 for images, 0.5,1 on
+    /// the bundled digits).
     #[arg(long, value_delimiter = ',')]
     aug_scale: Vec<f32>,
     /// Horizontal-flip probability (default off: captions say left and right, digits and
     /// emoji are not mirror-symmetric).
     #[arg(long)]
     hflip: Option<f32>,
-    /// Colour-jitter strength (default 0; 0.4 for images).
+    /// Colour-jitter strength (default 0; 0.4 for images, 0.3 on the bundled emoji).
     #[arg(long)]
     color_jitter: Option<f32>,
-    /// Greyscale probability (default 0; 0.2 for images).
+    /// Greyscale probability (default 0; 0.2 for images and on the bundled emoji).
     #[arg(long)]
     grayscale: Option<f32>,
-    /// Gaussian-blur probability (default 0; 0.5 for images).
+    /// Gaussian-blur probability (default 0; 0.5 for images and on the bundled emoji).
     #[arg(long)]
     blur: Option<f32>,
     /// Maximum rotation in degrees (default 0; 10 for images).
     #[arg(long)]
     rotation: Option<f32>,
+    /// Probability of training on a random run of a caption's words instead of the whole
+    /// caption (default 0; 0.5 with the bundled sample): searches are often shorter than
+    /// captions.
+    #[arg(long)]
+    caption_span: Option<f32>,
     /// Example text→image searches printed at the end.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 6)]
     examples: usize,
     /// Keep decoded images in memory between epochs: auto (while they fit --cache-mem, then
     /// stream), on (all of them), off (decode every time).
@@ -244,6 +255,10 @@ struct Display {
     bar: ProgressBar,
     val: Option<ValSet>,
     last: Option<Scored>,
+    /// Embeds the example queries at each validation.
+    tok: ClipTokenizer,
+    /// [`EXAMPLE_QUERIES`] as the last validated model embeds them, `[queries, dim]`.
+    queries: Vec<f32>,
 }
 
 impl Observer for Display {
@@ -288,6 +303,16 @@ impl Observer for Display {
             .map_err(|e| clip_train::TrainError::State(format!("validation failed: {e:#}")))?;
         let m: BTreeMap<String, f64> = scored.metrics.named().into_iter().collect();
         self.last = Some(scored);
+        let failed = |e: String| clip_train::TrainError::State(format!("validation failed: {e}"));
+        let ids = self
+            .tok
+            .encode_batch(&EXAMPLE_QUERIES)
+            .map_err(|e| failed(e.to_string()))?;
+        let embeds = model
+            .encode_text(&ids)
+            .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+            .map_err(|e| failed(e.to_string()))?;
+        self.queries = embeds;
         Ok(Some(m))
     }
 }
@@ -366,8 +391,9 @@ fn run_on(
             a.val_data.extend(val);
         }
         a.labels = a.labels.or(labels);
-        if images_only && a.preset == "tiny" {
-            a.preset = "micro".into();
+        if a.init.is_none() {
+            a.preset
+                .get_or_insert_with(|| training::demo(a.objective).preset.into());
         }
     }
     if images_only && !a.val_data.is_empty() {
@@ -376,7 +402,7 @@ fn run_on(
              for a linear probe (or `clip probe` afterwards)"
         );
     }
-    let d = training::defaults(a.objective, bundled);
+    let d = training::defaults(a.objective, a.loss, bundled);
     let steps = a.steps.unwrap_or(d.steps);
     let train = TrainConfig {
         steps,
@@ -393,11 +419,11 @@ fn run_on(
         grad_clip_norm: a.grad_clip_norm,
         accum_steps: a.accum_steps,
         seed: a.seed,
-        loss: a.loss.unwrap_or(d.loss),
+
         temperature: a.temperature,
         tau_plus: a.tau_plus,
         beta: a.beta,
-        spectral_mu: a.spectral_mu,
+        spectral_mu: a.spectral_mu.unwrap_or(d.spectral_mu),
         precision: a.precision,
         lock_image: a.lock_image,
         lock_text: a.lock_text,
@@ -427,7 +453,8 @@ fn run_on(
             start
         }
         None => {
-            let preset = clip::preset(&a.preset).context("--preset")?;
+            let name = a.preset.get_or_insert_with(|| "tiny".into());
+            let preset = clip::preset(name).context("--preset")?;
             Start::fresh_for(preset, &a.head, &train)?
         }
     };
@@ -499,6 +526,8 @@ fn run_on(
         bar,
         val,
         last: None,
+        tok: setup.tokenizer.clone(),
+        queries: Vec::new(),
     };
     let setup = RunSetup {
         resume: resume.is_some(),
@@ -541,22 +570,157 @@ fn run_on(
         a.out.join("metrics.jsonl").display(),
         a.out.join("metrics.svg").display()
     );
-    if let Some(m) = &summary.val {
-        println!(
-            "\nvalidation ({} images):",
-            display.last.as_ref().map_or(0, |s| s.names.len())
-        );
-        for (k, v) in m {
-            println!("  {k:<28} {v:.4}");
-        }
-    }
-    if let Some(scored) = &display.last {
-        print_examples(scored, a.examples);
+    if let (Some(m), Some(scored)) = (&summary.val, &display.last) {
+        // The bundled held-out style, unless the user named other validation data.
+        let held_out = training::bundled(a.objective)
+            .1
+            .filter(|v| a.val_data == [v.clone()]);
+        print_validation(m, scored, held_out.as_ref().filter(|_| bundled));
+        print_examples(scored, &display.queries, a.examples);
     }
     if let (true, Some(file)) = (images_only, &a.labels) {
         print_probe(&summary.final_dir, file, a.seed, a.device)?;
     }
+    if !images_only {
+        print_next_steps(&summary.final_dir, &a, display.last.as_ref());
+    }
     Ok(())
+}
+
+/// What a model that ranks at random scores on each metric of `m` (open_clip's names) for
+/// validation captions `groups`: text→image queries are the distinct captions, any of whose
+/// images counts, image→text queries the images, each with one right caption.
+fn chance_levels(groups: &CaptionGroups) -> BTreeMap<String, f64> {
+    let (n, m) = (groups.image_caption.len(), groups.captions.len());
+    let mut per_caption = vec![0usize; m];
+    for &c in &groups.image_caption {
+        per_caption[c] += 1;
+    }
+    // P(one of the g right images among the top k of n) = 1 − C(n−g, k) / C(n, k).
+    let hit_within = |g: usize, k: usize| {
+        1.0 - (0..k.min(n)).fold(1.0, |p, j| {
+            p * (n.saturating_sub(g + j)) as f64 / (n - j) as f64
+        })
+    };
+    let mean = |f: &dyn Fn(usize) -> f64| {
+        let used: Vec<usize> = per_caption.iter().copied().filter(|&g| g > 0).collect();
+        used.iter().map(|&g| f(g)).sum::<f64>() / used.len().max(1) as f64
+    };
+    let mut out = BTreeMap::new();
+    for k in [1, 5, 10] {
+        out.insert(format!("image_to_text_R@{k}"), k.min(m) as f64 / m as f64);
+        out.insert(format!("text_to_image_R@{k}"), mean(&|g| hit_within(g, k)));
+    }
+    // The best of g random ranks among n lies at (n + 1) / (g + 1) on average.
+    let best_rank = |g: usize| (n + 1) as f64 / (g + 1) as f64;
+    out.insert("image_to_text_mean_rank".into(), (m + 1) as f64 / 2.0);
+    out.insert("image_to_text_median_rank".into(), m.div_ceil(2) as f64);
+    out.insert("text_to_image_mean_rank".into(), mean(&best_rank));
+    out.insert("text_to_image_median_rank".into(), mean(&best_rank).floor());
+    out
+}
+
+/// The validation metrics with the chance level beside each, and a line saying what was
+/// measured; `bundled`: the bundled held-out style, whose measured table is in the README.
+fn print_validation(m: &BTreeMap<String, f64>, scored: &Scored, bundled: Option<&PathBuf>) {
+    let (n, captions) = (scored.names.len(), scored.groups.captions.len());
+    println!("\nvalidation ({n} images, {captions} distinct captions):");
+    println!("  {:<28} {:>9} {:>9}", "metric", "value", "chance");
+    let chance = chance_levels(&scored.groups);
+    for (k, v) in m {
+        match chance.get(k) {
+            Some(c) => println!("  {k:<28} {v:>9.4} {c:>9.4}"),
+            None => println!("  {k:<28} {v:>9.4}"),
+        }
+    }
+    let (r10, c10) = (
+        scored.metrics.text_to_image.r_at_10,
+        chance["text_to_image_R@10"],
+    );
+    let what = match bundled {
+        Some(dir) => format!(
+            "{n} images of {}, a drawing style the model never saw in training",
+            shown(dir).display()
+        ),
+        None => format!("{n} validation images"),
+    };
+    println!(
+        "measured: text→image search over {what}; the right image is in the top 10 for {:.0}% \
+         of the {captions} captions ({:.0}× the {:.2}% of a random ranking)",
+        100.0 * r10,
+        r10 / c10.max(f64::MIN_POSITIVE),
+        100.0 * c10
+    );
+    if bundled.is_some() {
+        println!("{MORE_TRAINING}");
+    }
+}
+
+/// What longer runs of the bundled sample reach (README.md, "What the first command does").
+const MORE_TRAINING: &str = "what fewer or more steps buy (steps, minutes, R@1, R@10): the \
+    table in README.md, \"What the first command does\"";
+
+/// The commands to try next, ready to paste: index and search the validation images (or the
+/// training data) with the trained model, serve them, fine-tune on another folder.
+fn print_next_steps(model: &Path, a: &TrainArgs, scored: Option<&Scored>) {
+    let images = a
+        .val_data
+        .iter()
+        .chain(&a.data)
+        .find(|p| p.is_dir())
+        .map_or_else(|| "YOUR_IMAGE_FOLDER".to_string(), |p| shell_path(p));
+    let query = scored
+        .and_then(|s| {
+            let c = &s.groups.captions;
+            EXAMPLE_QUERIES
+                .iter()
+                .find(|q| c.iter().any(|x| x == *q))
+                .map(|q| q.to_string())
+                .or_else(|| c.first().cloned())
+        })
+        .unwrap_or_else(|| "a red apple".into());
+    let clip = program();
+    let (model, index) = (shell_path(model), shell_path(&a.out.join("index")));
+    println!("\nnext steps:");
+    println!("  # search the images with the model just trained");
+    println!("  {clip} index build --model {model} --images {images} --out {index}");
+    println!("  {clip} search --index {index} {}", sh_quote(&query));
+    println!("  # the same in a browser (a search page at the printed address)");
+    println!("  {clip} serve --index {index}");
+    println!("  # fine-tune this model on your own pairs (a folder of x.png + x.txt captions)");
+    println!(
+        "  {clip} train --init {model} --data YOUR_FOLDER --lr 1e-4 --out {}",
+        shell_path(&a.out.with_file_name("fine-tuned"))
+    );
+}
+
+/// This program as the user can run it again (`target/release/clip` after `cargo run`).
+fn program() -> String {
+    std::env::current_exe().map_or_else(|_| "clip".into(), |exe| shell_path(&exe))
+}
+
+/// `p` for a POSIX shell in the working directory: relative to it when below it, quoted
+/// where needed.
+fn shell_path(p: &Path) -> String {
+    sh_quote(&shown(p).to_string_lossy())
+}
+
+/// `p` relative to the working directory when it lies below it.
+fn shown(p: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| p.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| p.to_path_buf())
+}
+
+/// `s` as one POSIX shell word: bare when it has only safe characters, else single-quoted.
+fn sh_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// The user's augmentations over the objective's `defaults`.
@@ -573,45 +737,104 @@ fn augment_config(a: &TrainArgs, defaults: AugmentConfig) -> Result<AugmentConfi
         grayscale: a.grayscale.unwrap_or(defaults.grayscale),
         blur: a.blur.unwrap_or(defaults.blur),
         rotation: a.rotation.unwrap_or(defaults.rotation),
+        caption_span: a.caption_span.unwrap_or(defaults.caption_span),
         ..defaults
     })
 }
 
-fn print_examples(scored: &Scored, n: usize) {
+/// The example queries shown after a run, when the validation captions have them (chosen
+/// before any training and given no special treatment in it).
+const EXAMPLE_QUERIES: [&str; 6] = [
+    "red apple",
+    "dog face",
+    "rocket",
+    "pizza",
+    "smiling face with sunglasses",
+    "france flag",
+];
+
+/// `n` example text→image searches over the validation images: the top 3, each with its own
+/// caption, and the rank at which the right image was found. The queries are
+/// [`EXAMPLE_QUERIES`] (`query_embeds`) that some validation caption equals or contains as
+/// whole words ("pizza": "slice of pizza"), then the first captions.
+fn print_examples(scored: &Scored, query_embeds: &[f32], n: usize) {
     if n == 0 {
         return;
     }
-    // Familiar queries when present, else the first captions.
-    let wanted = [
-        "red apple",
-        "dog face",
-        "rocket",
-        "pizza",
-        "smiling face with sunglasses",
-        "france flag",
-    ];
-    let mut picks: Vec<usize> = wanted
-        .iter()
-        .filter_map(|w| scored.groups.captions.iter().position(|c| c == w))
-        .collect();
-    picks.extend(0..scored.groups.captions.len());
-    picks.dedup();
-    println!("\nexample text→image searches (validation images):");
-    for &c in picks.iter().take(n) {
-        println!("  \"{}\"", scored.groups.captions[c]);
-        for (rank, (i, score)) in top_images(scored, c, 3).into_iter().enumerate() {
-            let hit = if scored.groups.image_caption[i] == c {
-                "  ✓"
-            } else {
-                ""
-            };
+    let (captions, d) = (&scored.groups.captions, scored.dim);
+    let mut examples: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
+    for (q, e) in EXAMPLE_QUERIES.iter().zip(query_embeds.chunks_exact(d)) {
+        let exact: Vec<usize> = (0..captions.len()).filter(|&c| captions[c] == *q).collect();
+        let right = if exact.is_empty() {
+            (0..captions.len())
+                .filter(|&c| has_words(&captions[c], q))
+                .collect()
+        } else {
+            exact
+        };
+        if !right.is_empty() {
+            examples.push((q.to_string(), e, right));
+        }
+    }
+    let shown: Vec<usize> = examples.iter().flat_map(|x| x.2.clone()).collect();
+    for (c, e) in scored.text_embeds.chunks_exact(d).enumerate() {
+        if examples.len() >= n {
+            break;
+        }
+        if !shown.contains(&c) {
+            examples.push((captions[c].clone(), e, vec![c]));
+        }
+    }
+    let images = scored.names.len();
+    println!(
+        "\nexample text→image searches (top 3 of the {images} validation images, ✓ the right \
+         one):"
+    );
+    for (query, embed, right) in examples.iter().take(n) {
+        let ranked = rank_images(scored, embed);
+        let is_right = |i: usize| right.contains(&scored.groups.image_caption[i]);
+        let rank = ranked
+            .iter()
+            .position(|&(i, _)| is_right(i))
+            .map_or(0, |r| r + 1);
+        println!("  \"{query}\": the right image at rank {rank} of {images}");
+        for (r, &(i, score)) in ranked.iter().take(3).enumerate() {
+            let hit = if is_right(i) { "  ✓" } else { "" };
             let name = Path::new(&scored.names[i])
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            println!("    {}. {name} ({score:.3}){hit}", rank + 1);
+            let caption = &captions[scored.groups.image_caption[i]];
+            println!("    {}. {name:<22} {caption:<34} {score:.3}{hit}", r + 1);
         }
     }
+}
+
+/// Whether `caption` contains the words of `query` in a row ("slice of pizza" has "pizza").
+fn has_words(caption: &str, query: &str) -> bool {
+    let words: Vec<&str> = caption
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let q: Vec<&str> = query.split_whitespace().collect();
+    !q.is_empty() && words.windows(q.len()).any(|w| w == q.as_slice())
+}
+
+/// Every validation image by cosine similarity to `query`, best first (ties in image order).
+fn rank_images(scored: &Scored, query: &[f32]) -> Vec<(usize, f32)> {
+    let unit = |v: &[f32]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        v.iter().map(|x| x / n).collect::<Vec<f32>>()
+    };
+    let q = unit(query);
+    let mut ranked: Vec<(usize, f32)> = scored
+        .image_embeds
+        .chunks_exact(scored.dim)
+        .map(|row| unit(row).iter().zip(&q).map(|(a, b)| a * b).sum())
+        .enumerate()
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked
 }
 
 /// After an image-only run with labels: how linearly separable the frozen embeddings are with
@@ -649,4 +872,75 @@ fn print_probe(model_dir: &Path, labels_file: &Path, seed: u64, device: DeviceAr
         println!("  {what:<17} accuracy {:.4}", r.accuracy);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chance levels against every ordering of five images (three captions, one of them
+    /// on three images): the mean over all 120 rankings of each metric, counted out.
+    #[test]
+    fn chance_levels_are_the_mean_over_every_random_ranking() {
+        let per_image = ["a", "b", "a", "c", "a"].map(String::from);
+        let groups = retrieval::group_captions(&per_image);
+        let chance = chance_levels(&groups);
+        let (n, m) = (5usize, 3usize);
+        // Every permutation of the images (text→image) by Heap's algorithm.
+        let mut perms = Vec::new();
+        let mut p: Vec<usize> = (0..n).collect();
+        let mut c = vec![0usize; n];
+        perms.push(p.clone());
+        let mut i = 0;
+        while i < n {
+            if c[i] < i {
+                p.swap(if i % 2 == 0 { 0 } else { c[i] }, i);
+                perms.push(p.clone());
+                c[i] += 1;
+                i = 0;
+            } else {
+                c[i] = 0;
+                i += 1;
+            }
+        }
+        assert_eq!(perms.len(), 120);
+        let (mut within, mut rank_sum) = ([0.0f64; 3], 0.0);
+        for order in &perms {
+            for cap in 0..m {
+                // 1-based rank of the first image with caption `cap`.
+                let best = order
+                    .iter()
+                    .position(|&img| groups.image_caption[img] == cap)
+                    .unwrap()
+                    + 1;
+                for (w, k) in within.iter_mut().zip([1, 5, 10]) {
+                    *w += f64::from(u8::from(best <= k));
+                }
+                rank_sum += best as f64;
+            }
+        }
+        let runs = (perms.len() * m) as f64;
+        for (w, k) in within.iter().zip([1, 5, 10]) {
+            let got = chance[&format!("text_to_image_R@{k}")];
+            assert!(
+                (got - w / runs).abs() < 1e-12,
+                "R@{k}: {got} vs {}",
+                w / runs
+            );
+        }
+        let mean_rank = chance["text_to_image_mean_rank"];
+        assert!((mean_rank - rank_sum / runs).abs() < 1e-12, "{mean_rank}");
+        // Image→text: one right caption among three, uniformly placed.
+        assert_eq!(chance["image_to_text_R@1"], 1.0 / 3.0);
+        assert_eq!(chance["image_to_text_R@5"], 1.0);
+        assert_eq!(chance["image_to_text_mean_rank"], 2.0);
+    }
+
+    #[test]
+    fn printed_words_are_quoted_only_where_a_shell_needs_it() {
+        assert_eq!(sh_quote("runs/latest/final"), "runs/latest/final");
+        assert_eq!(sh_quote("red apple"), "'red apple'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        assert_eq!(sh_quote(""), "''");
+    }
 }

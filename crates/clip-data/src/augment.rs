@@ -1,5 +1,7 @@
 //! Training-time augmentation, fused into one resampling pass straight to model input.
 
+use std::borrow::Cow;
+
 use image::RgbImage;
 use rand::Rng;
 use rand_xoshiro::SplitMix64;
@@ -26,6 +28,9 @@ pub struct AugmentConfig {
     pub blur: f32,
     /// Maximum rotation in degrees (uniform in `[−r, r]`).
     pub rotation: f32,
+    /// Probability of training on a random run of a caption's words instead of all of them:
+    /// searches are often shorter than captions ("pizza" for "slice of pizza").
+    pub caption_span: f32,
 }
 
 impl Default for AugmentConfig {
@@ -38,6 +43,7 @@ impl Default for AugmentConfig {
             grayscale: 0.0,
             blur: 0.0,
             rotation: 0.0,
+            caption_span: 0.0,
         }
     }
 }
@@ -57,6 +63,7 @@ impl AugmentConfig {
             ("hflip", self.hflip),
             ("grayscale", self.grayscale),
             ("blur", self.blur),
+            ("caption_span", self.caption_span),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("{name} = {p}: a probability must lie in [0, 1]"));
@@ -113,6 +120,22 @@ impl Augmenter {
         }
         let s = w.min(h);
         ((w - s) / 2.0, (h - s) / 2.0, s, s)
+    }
+
+    /// The caption to train on: with probability `caption_span` (and more than one word) a
+    /// random run of consecutive words, else the caption as it is. Draws nothing when the
+    /// probability is 0, so runs without it repeat earlier ones to the bit.
+    pub fn caption<'a>(&self, caption: &'a str, rng: &mut SplitMix64) -> Cow<'a, str> {
+        if self.cfg.caption_span <= 0.0 || rng.random::<f64>() >= self.cfg.caption_span as f64 {
+            return Cow::Borrowed(caption);
+        }
+        let words: Vec<&str> = caption.split_whitespace().collect();
+        if words.len() < 2 {
+            return Cow::Borrowed(caption);
+        }
+        let len = rng.random_range(1..=words.len());
+        let start = rng.random_range(0..=words.len() - len);
+        Cow::Owned(words[start..start + len].join(" "))
     }
 
     /// One augmented view, normalised, `3·s·s` floats in CHW order.
@@ -417,5 +440,48 @@ mod tests {
         .validate()
         .unwrap_err()
         .contains("scale"));
+    }
+
+    #[test]
+    fn caption_runs_are_consecutive_words_and_off_draws_nothing() {
+        let with = |p| {
+            let cfg = AugmentConfig {
+                caption_span: p,
+                ..Default::default()
+            };
+            Augmenter::new(cfg, pre(8))
+        };
+        // Off: the caption itself, and the random stream untouched (runs repeat to the bit).
+        let mut rng = SplitMix64::seed_from_u64(3);
+        assert!(matches!(
+            with(0.0).caption("slice of pizza", &mut rng),
+            Cow::Borrowed("slice of pizza")
+        ));
+        assert_eq!(
+            rng.random::<u64>(),
+            SplitMix64::seed_from_u64(3).random::<u64>()
+        );
+        // Always on: a run of consecutive words every time, each run among the draws.
+        let caption = "smiling face with sunglasses";
+        let words: Vec<&str> = caption.split(' ').collect();
+        let aug = with(1.0);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let run = aug.caption(caption, &mut rng).into_owned();
+            let n = run.split(' ').count();
+            assert!(
+                words.windows(n).any(|w| w.join(" ") == run),
+                "{run:?} is not a run of {caption:?}"
+            );
+            seen.insert(run);
+        }
+        assert_eq!(seen.len(), 4 + 3 + 2 + 1, "{seen:?}");
+        // One word has no shorter run.
+        assert_eq!(aug.caption("rocket", &mut rng), "rocket");
+        let bad = AugmentConfig {
+            caption_span: 1.5,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("caption_span"));
     }
 }

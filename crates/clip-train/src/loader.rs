@@ -213,15 +213,16 @@ fn next_batch(
     let aug = &spec.aug;
     let (pixels, ids) = match &spec.mode {
         LoaderMode::Captions(tokenizer) => {
-            let views: Vec<(Vec<f32>, &str)> = good
+            let views: Vec<(Vec<f32>, std::borrow::Cow<str>)> = good
                 .par_iter()
                 .map(|(pos, _, s)| {
                     let mut rng = stream(spec.seed, 2, *pos as u64);
                     let cap = s.captions[rng.random_range(0..s.captions.len())].as_str();
-                    (aug.train(&s.image, &mut rng), cap)
+                    let pixels = aug.train(&s.image, &mut rng);
+                    (pixels, aug.caption(cap, &mut rng))
                 })
                 .collect();
-            let caps: Vec<&str> = views.iter().map(|(_, c)| *c).collect();
+            let caps: Vec<&str> = views.iter().map(|(_, c)| c.as_ref()).collect();
             let ids = tokenizer.encode_batch(&caps).map_err(|e| e.to_string())?;
             let pixels = views.iter().flat_map(|(p, _)| p.iter().copied()).collect();
             (pixels, ids)
