@@ -64,6 +64,7 @@ pub use model::{resolve_model_dir, Clip, Features, Progress, DEFAULT_BATCH};
 pub use candle_core::Device;
 pub use clip_data::{SampleSet, Source};
 pub use clip_model::{ClipConfig, ClipModel};
+pub use clip_nn::quant::Precision;
 pub use clip_train::{train, Observer, RunSetup, StepStats, Summary, TrainConfig};
 pub use retrieval::{Hit, Index};
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use clip_model::{Checkpoint, ClipModel, ClipTokenizer, Preprocess};
+use clip_nn::quant::Precision;
 
 use crate::{assets, hub, Embeddings, Error, Result};
 
@@ -84,6 +85,7 @@ pub struct Clip {
     preprocess: Preprocess,
     tokenizer: ClipTokenizer,
     dir: PathBuf,
+    precision: Precision,
 }
 
 impl Clip {
@@ -120,7 +122,33 @@ impl Clip {
             preprocess,
             tokenizer,
             dir: dir.to_path_buf(),
+            precision: Precision::F32,
         })
+    }
+
+    /// Runs both towers' transformer blocks in `precision` from now on: int8 or bf16 weights
+    /// packed once, here, for the CPU kernels (see [`Precision`]); f32 changes nothing.
+    /// Embeddings stay f32 and unit length, so an index built in one precision can be
+    /// searched with queries from another.
+    ///
+    /// ```
+    /// # fn main() -> clip::Result<()> {
+    /// use clip::{Clip, Precision};
+    /// let f32 = Clip::from_dir("tests/fixtures/hf_tiny")?;
+    /// let int8 = Clip::from_dir("tests/fixtures/hf_tiny")?.with_precision(Precision::Int8)?;
+    /// let (a, b) = (f32.embed_texts(&["a red circle"])?, int8.embed_texts(&["a red circle"])?);
+    /// assert!(clip::dot(a.row(0), b.row(0)) > 0.99);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        self.model.pack(precision)?;
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The precision the towers run in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The two towers and the temperature.

@@ -8,6 +8,23 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub use clip::Features as FeaturesArg;
 
+/// `--precision`: the arithmetic of the towers' transformer blocks at inference.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PrecisionArg {
+    /// Arithmetic of the towers' transformer blocks on the CPU: f32 (the reference), bf16
+    /// (AVX512_BF16 where the CPU has it), or int8 (weights per channel, activations per row;
+    /// VNNI where the CPU has it). Embeddings are f32 unit vectors in every case.
+    #[arg(long, value_enum, default_value_t)]
+    pub precision: clip::Precision,
+}
+
+impl PrecisionArg {
+    /// `--model` (a folder or a cached Hub id) on `device`, in this precision.
+    pub fn open(self, spec: &str, device: &Device) -> clip::Result<clip::Clip> {
+        clip::Clip::open(spec, device)?.with_precision(self.precision)
+    }
+}
+
 /// Which device to run on.
 #[derive(
     Debug,

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor, D};
 use clip::export::Format;
 use clip::{Clip, Embeddings};
 
-use super::common::{self, DeviceArg, FeaturesArg};
+use super::common::{self, DeviceArg, FeaturesArg, PrecisionArg};
 
 #[derive(Debug, clap::Args)]
 pub struct EmbedArgs {
@@ -41,6 +41,8 @@ pub struct EmbedArgs {
     /// Device to run on.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
+    #[command(flatten)]
+    precision: PrecisionArg,
 }
 
 pub fn run(a: EmbedArgs) -> Result<()> {
@@ -68,7 +70,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         None => Vec::new(),
     };
     let device = a.device.device()?;
-    let m = Clip::open(&a.model, &device)?;
+    let m = a.precision.open(&a.model, &device)?;
     let which = FeaturesArg::resolve(a.features, m.model());
     let bar = common::Bar::default();
     let mut images = m.image_features(&files, a.batch_size, which, &bar)?;

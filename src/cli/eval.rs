@@ -6,9 +6,8 @@ use anyhow::{bail, Result};
 use clip_data::{LabelTable, SampleSet};
 use retrieval::{class_embeddings, zero_shot};
 
-use super::common::{self, CsvArgs, DeviceArg};
+use super::common::{self, CsvArgs, DeviceArg, PrecisionArg};
 use clip::validation::ValSet;
-use clip::Clip;
 
 /// CLIP's simplest prompt, used when no `--templates` are given.
 const DEFAULT_TEMPLATE: &str = "a photo of {}.";
@@ -39,11 +38,13 @@ pub struct EvalArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
+    #[command(flatten)]
+    precision: PrecisionArg,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.device()?;
-    let m = Clip::open(&a.model, &device)?;
+    let m = a.precision.open(&a.model, &device)?;
     let data = SampleSet::scan(&a.csv.sources(&a.data)?)?;
     let listed = data.scan_skips().to_vec();
     // Streams: only a batch of decoded images is held at a time.

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clip::{index, Clip};
 use retrieval::{AnnParams, DType, EntriesKind, Index, OpenOptions};
 
-use super::common::{self, DeviceArg};
+use super::common::{self, DeviceArg, PrecisionArg};
 
 #[derive(Debug, clap::Args)]
 pub struct IndexArgs {
@@ -55,6 +55,8 @@ struct BuildArgs {
     /// Device to run the model on.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    #[command(flatten)]
+    precision: PrecisionArg,
     /// Also cluster the vectors into IVF lists and save them beside the index
     /// (ivf.safetensors), so that `clip search --ann` loads them instead of clustering in
     /// every process. Rebuilding the index with new vectors deletes them.
@@ -91,7 +93,7 @@ fn build(a: BuildArgs) -> Result<()> {
     let bar = common::Bar::default();
     let load = |spec: &str| -> clip::Result<Clip> {
         let device = (a.device.device()).map_err(|e| clip::Error::Input(e.to_string()))?;
-        Clip::open(spec, &device)
+        a.precision.open(spec, &device)
     };
     let written = || format!("cannot write index {}", a.out.display());
     if let Some(folder) = &a.images {

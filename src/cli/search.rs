@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use retrieval::{EmbeddingsFile, EntriesKind, Hit, Index, OpenOptions, SearchMode, SearchOptions};
 use serde::Serialize;
 
-use super::common::{self, DeviceArg};
+use super::common::{self, DeviceArg, PrecisionArg};
 use super::index::unit_rows;
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +62,8 @@ pub struct SearchArgs {
     /// Device for the model.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    #[command(flatten)]
+    precision: PrecisionArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -207,7 +209,9 @@ fn read_queries(
         ),
     };
     let device = a.device.device()?;
-    let m = clip::Clip::open(&spec, &device)
+    let m = a
+        .precision
+        .open(&spec, &device)
         .with_context(|| format!("cannot load the model for the queries ({spec})"))?;
     let (rows, labels) = if !a.image.is_empty() {
         let bar = common::Bar::default();

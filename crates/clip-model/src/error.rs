@@ -114,6 +114,14 @@ pub enum ModelError {
     /// Tensor error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A precision this model or device cannot run.
+    #[error("precision {precision}: {reason}")]
+    Precision {
+        /// The precision asked for.
+        precision: clip_nn::quant::Precision,
+        /// Why it cannot run.
+        reason: &'static str,
+    },
 }
 
 impl ModelError {

@@ -46,6 +46,20 @@ impl ClipModel {
         Ok(recorder.shapes())
     }
 
+    /// Packs both towers' transformer blocks for `precision` (int8 or bf16; f32 leaves the
+    /// model as it is). Inference on the CPU only: a packed model cannot be trained or saved.
+    pub fn pack(&mut self, precision: clip_nn::quant::Precision) -> Result<()> {
+        if precision != clip_nn::quant::Precision::F32 && !self.device.is_cpu() {
+            return Err(crate::ModelError::Precision {
+                precision,
+                reason: "reduced-precision kernels run on the CPU; use --device cpu or f32",
+            });
+        }
+        self.vision.pack(precision)?;
+        self.text.pack(precision)?;
+        Ok(())
+    }
+
     /// The configuration the model was built from.
     pub fn config(&self) -> &ClipConfig {
         &self.config

@@ -25,6 +25,10 @@ pub enum NnError {
     /// The same parameter name was requested twice while building a model.
     #[error("parameter `{0}` is defined twice")]
     DuplicateParameter(String),
+    /// A layer packed for reduced-precision inference was asked for its f32 weight (to
+    /// train, export or run it off the CPU).
+    #[error("this layer was packed for {0} inference; training and saving need the f32 model")]
+    Packed(crate::quant::Precision),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

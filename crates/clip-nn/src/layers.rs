@@ -1,14 +1,37 @@
 //! Linear, embedding and normalisation layers built on [`Params`](crate::Params).
 
-use candle_core::{Module, Tensor};
+use std::sync::Arc;
 
-use crate::{ops, BadConfig, Init, Params, Result};
+use candle_core::{DType, Module, Tensor};
+
+use crate::quant::{PackedLinear, Precision};
+use crate::{ops, BadConfig, Init, NnError, Params, Result};
 
 /// `y = x·Wᵀ + b` with `W` of shape `[out, in]` (PyTorch's layout, so checkpoints load as is).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub(crate) weight: Tensor,
+    pub(crate) weight: LinearWeight,
     pub(crate) bias: Option<Tensor>,
+}
+
+/// How a [`Linear`] holds its weight.
+#[derive(Debug, Clone)]
+pub(crate) enum LinearWeight {
+    /// `[out, in]` on any device and dtype: trainable, and the reference.
+    Dense(Tensor),
+    /// Packed for int8 or bf16 inference on the CPU ([`Linear::pack`]); the dense copy is
+    /// gone, which is where a packed model's memory saving comes from.
+    Packed(Arc<PackedLinear>),
+}
+
+impl LinearWeight {
+    /// The dense weight, or the error that says the layer was packed.
+    pub(crate) fn dense(&self) -> Result<&Tensor> {
+        match self {
+            Self::Dense(w) => Ok(w),
+            Self::Packed(p) => Err(NnError::Packed(p.precision())),
+        }
+    }
 }
 
 impl Linear {
@@ -22,17 +45,53 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight: LinearWeight::Dense(weight),
+            bias,
+        })
     }
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The `[out, in]` weight; an error once the layer is packed ([`Linear::pack`]).
+    pub fn weight(&self) -> Result<&Tensor> {
+        self.weight.dense()
     }
 
-    /// Weight, then bias when there is one.
+    /// Weight, then bias when there is one (only the bias once packed).
     pub fn params(&self) -> Vec<&Tensor> {
-        std::iter::once(&self.weight).chain(&self.bias).collect()
+        let weight = match &self.weight {
+            LinearWeight::Dense(w) => Some(w),
+            LinearWeight::Packed(_) => None,
+        };
+        weight.into_iter().chain(&self.bias).collect()
+    }
+
+    /// Replaces the weight by a copy packed for `precision` (nothing for f32). Inference
+    /// only: a packed layer has no gradient and runs on the CPU.
+    pub fn pack(&mut self, precision: Precision) -> Result<()> {
+        let LinearWeight::Dense(w) = &self.weight else {
+            return Ok(());
+        };
+        if precision == Precision::F32 {
+            return Ok(());
+        }
+        let (n, k) = w.dims2()?;
+        let dense = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        if let Some(packed) = PackedLinear::new(&dense, bias.as_deref(), n, k, precision) {
+            self.weight = LinearWeight::Packed(Arc::new(packed));
+        }
+        Ok(())
+    }
+
+    /// Output width.
+    fn out_dim(&self) -> candle_core::Result<usize> {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dim(0),
+            LinearWeight::Packed(p) => Ok(p.out_dim()),
+        }
     }
 }
 
@@ -43,9 +102,12 @@ impl Module for Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let y = crate::linear_op::linear(&x2, &self.weight, self.bias.as_ref())?;
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => crate::linear_op::linear(&x2, w, self.bias.as_ref())?,
+            LinearWeight::Packed(p) => crate::linear_op::packed(&x2, p)?,
+        };
         let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        *out_dims.last_mut().expect("non-empty") = self.out_dim()?;
         y.reshape(out_dims)
     }
 }

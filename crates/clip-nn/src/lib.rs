@@ -12,6 +12,7 @@ mod linear_op;
 mod norm_op;
 mod ops;
 mod params;
+pub mod quant;
 pub mod runtime;
 mod simd;
 pub mod taped;

@@ -5,7 +5,11 @@
 //! bias is fused into the GEMM (`dst = b + x·Wᵀ`), `dW = dyᵀ·x` lands directly in `[out, in]`
 //! layout, and the two GEMMs of the backward run side by side (`taped::linear_bwd`).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use crate::quant::PackedLinear;
 
 use crate::ops::contiguous_f32;
 use crate::taped::{linear_bwd, linear_fwd, supported};
@@ -161,5 +165,39 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
     match b {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
+    }
+}
+
+/// `x [m, k]` → `[m, n]` through a packed (int8 or bf16) layer: CPU and f32 input only, no
+/// backward (a packed model is for inference).
+pub(crate) fn packed(x: &Tensor, layer: &Arc<PackedLinear>) -> Result<Tensor> {
+    if !supported(x) {
+        candle_core::bail!(
+            "a {} layer runs on the CPU on f32 input, got {:?} on {:?}",
+            layer.precision(),
+            x.dtype(),
+            x.device()
+        );
+    }
+    x.contiguous()?.apply_op1_no_bwd(&PackedOp(layer.clone()))
+}
+
+struct PackedOp(Arc<PackedLinear>);
+
+impl CustomOp1 for PackedOp {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        if k != self.0.in_dim() {
+            candle_core::bail!(
+                "linear: input width {k} does not match weight width {}",
+                self.0.in_dim()
+            );
+        }
+        let y = self.0.forward(contiguous_f32(s, l)?);
+        Ok((CpuStorage::F32(y), Shape::from((m, self.0.out_dim()))))
     }
 }

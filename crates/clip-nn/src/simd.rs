@@ -100,6 +100,24 @@ pub(crate) fn max(a: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
+/// The smallest element (+∞ for an empty slice); NaN-blind, like `minps`.
+#[inline(always)]
+pub(crate) fn min(a: &[f32]) -> f32 {
+    let mut acc = [f32::INFINITY; LANES];
+    let ca = a.chunks_exact(LANES);
+    let ra = ca.remainder();
+    for x in ca {
+        for i in 0..LANES {
+            acc[i] = if x[i] < acc[i] { x[i] } else { acc[i] };
+        }
+    }
+    for (i, &x) in ra.iter().enumerate() {
+        acc[i] = if x < acc[i] { x } else { acc[i] };
+    }
+    acc.iter()
+        .fold(f32::INFINITY, |m, &v| if v < m { v } else { m })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +153,8 @@ mod tests {
             );
             let m = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(max(&a), m, "max, n = {n}");
+            let m = a.iter().copied().fold(f32::INFINITY, f32::min);
+            assert_eq!(min(&a), m, "min, n = {n}");
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use candle_core::{Module, Tensor};
 
+use crate::quant::Precision;
 use crate::{ops, Activation, BadConfig, LayerNorm, Linear, Params, Result};
 
 /// Sizes shared by every block of one tower.
@@ -135,23 +136,37 @@ impl Attention {
 
     /// `x`: `[b, t, w]`; `mask`: additive `[t, t]` (e.g. causal) or none. Returns `[b, t, w]`.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_queries(x, x, mask)
+    }
+
+    /// Attention of the `tq` query tokens `xq` `[b, tq, w]` over the `t` tokens `x`
+    /// `[b, t, w]`; `mask` broadcasts to `[b, heads, tq, t]`. Returns `[b, tq, w]`. With
+    /// `xq = x` this is [`Attention::forward`]; with fewer queries, the last block of a tower
+    /// that only reads one pooled token.
+    pub fn forward_queries(
+        &self,
+        x: &Tensor,
+        xq: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, w) = x.dims3()?;
+        let tq = xq.dim(1)?;
         let d = w / self.heads;
-        let split = |y: Tensor| -> Result<Tensor> {
+        let split = |y: Tensor, t: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, self.heads, d))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split((self.q.forward(x)? * self.scale)?)?; // [b, h, t, d]
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
-        let mut scores = q.matmul(&k.t()?)?; // [b, h, t, t]
+        let q = split((self.q.forward(xq)? * self.scale)?, tq)?; // [b, h, tq, d]
+        let k = split(self.k.forward(x)?, t)?; // [b, h, t, d]
+        let v = split(self.v.forward(x)?, t)?;
+        let mut scores = q.matmul(&k.t()?)?; // [b, h, tq, t]
         if let Some(m) = mask {
             scores = scores.broadcast_add(&m.to_dtype(scores.dtype())?)?;
         }
         let probs = ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?; // [b, h, t, d]
-        let ctx = ctx.transpose(1, 2)?.reshape((b, t, w))?;
+        let ctx = probs.matmul(&v)?; // [b, h, tq, d]
+        let ctx = ctx.transpose(1, 2)?.reshape((b, tq, w))?;
         Ok(self.out.forward(&ctx)?)
     }
 }
@@ -219,6 +234,42 @@ impl EncoderLayer {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
         Ok((&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?)
     }
+
+    /// The block's output at one token per row: `x` `[b, t, w]`, `positions[i]` the token
+    /// of row `i`, `mask` `[t, t]` or none → `[b, w]`, equal to `forward(x)` at those tokens.
+    /// Keys and values still come from every token; queries, the attention output and the
+    /// MLP only from the chosen ones.
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        positions: &[u32],
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t, w) = x.dims3()?;
+        let device = x.device();
+        let rows: Vec<u32> = (0..b as u32)
+            .zip(positions)
+            .map(|(i, &p)| i * t as u32 + p)
+            .collect();
+        let rows = Tensor::from_vec(rows, b, device)?;
+        let pick = |y: &Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b * t, w))?
+                .index_select(&rows, 0)?
+                .reshape((b, 1, w))?)
+        };
+        let h = self.ln1.forward(x)?;
+        // Each chosen token's row of the mask, [b, 1, 1, t].
+        let mask = match mask {
+            Some(m) => {
+                let at = Tensor::from_vec(positions.to_vec(), b, device)?;
+                Some(m.index_select(&at, 0)?.reshape((b, 1, 1, t))?)
+            }
+            None => None,
+        };
+        let x = (pick(x)? + self.attn.forward_queries(&h, &pick(&h)?, mask.as_ref())?)?;
+        let x = (&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?;
+        Ok(x.squeeze(1)?)
+    }
 }
 
 /// A stack of [`EncoderLayer`]s under `layers.{i}`.
@@ -237,6 +288,23 @@ impl Encoder {
         Ok(Self { layers })
     }
 
+    /// Packs every block's attention and MLP projections for `precision` (nothing for f32):
+    /// the layers that hold nearly all of a tower's multiply-adds. Layer norms, softmax and
+    /// the activations stay f32. Inference only.
+    pub fn pack(&mut self, precision: Precision) -> Result<()> {
+        for layer in &mut self.layers {
+            let EncoderLayer {
+                attn: Attention { q, k, v, out, .. },
+                mlp: Mlp { fc1, fc2, .. },
+                ..
+            } = layer;
+            for linear in [q, k, v, out, fc1, fc2] {
+                linear.pack(precision)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `[b, t, w] → [b, t, w]`.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let mut x = x.clone();
@@ -244,5 +312,91 @@ impl Encoder {
             x = layer.forward(&x, mask)?;
         }
         Ok(x)
+    }
+
+    /// The stack's output at one token per row, `[b, t, w]` → `[b, w]` (`positions[i]` is
+    /// row `i`'s token). Equal to `forward` at those tokens; the last block computes only
+    /// what those tokens need ([`EncoderLayer::forward_at`]).
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        positions: &[u32],
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let Some((last, first)) = self.layers.split_last() else {
+            let (b, t, w) = x.dims3()?;
+            let rows: Vec<u32> = (0..b as u32)
+                .zip(positions)
+                .map(|(i, &p)| i * t as u32 + p)
+                .collect();
+            let rows = Tensor::from_vec(rows, b, x.device())?;
+            return Ok(x.reshape((b * t, w))?.index_select(&rows, 0)?);
+        };
+        let mut x = x.clone();
+        for layer in first {
+            x = layer.forward(&x, mask)?;
+        }
+        last.forward_at(&x, positions, mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, IndexOp, Tensor};
+
+    use super::*;
+    use crate::VarStore;
+
+    fn spec(layers: usize) -> EncoderSpec {
+        EncoderSpec::from_hf((16, 24, 2, layers), "quick_gelu", 1e-5).unwrap()
+    }
+
+    /// A causal `[t, t]` mask, as the text tower builds it.
+    fn causal(t: usize) -> Tensor {
+        let m: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(m, (t, t), &Device::Cpu).unwrap()
+    }
+
+    /// The last block computing only the chosen tokens gives exactly what the whole stack
+    /// gives there, with and without a causal mask, and with no blocks at all.
+    #[test]
+    fn forward_at_equals_forward_at_the_chosen_tokens() {
+        let (b, t) = (3, 7);
+        let x = Tensor::randn(0f32, 1.0, (b, t, 16), &Device::Cpu).unwrap();
+        let positions = [0u32, 6, 3];
+        for layers in [0, 1, 3] {
+            let store = VarStore::new(Device::Cpu, 5);
+            let enc = Encoder::new(&spec(layers), &Params::new(&store)).unwrap();
+            for mask in [None, Some(causal(t))] {
+                let full = enc.forward(&x, mask.as_ref()).unwrap();
+                let at = enc.forward_at(&x, &positions, mask.as_ref()).unwrap();
+                assert_eq!(at.dims(), &[b, 16]);
+                for (i, &p) in positions.iter().enumerate() {
+                    let want = full.i((i, p as usize)).unwrap();
+                    let diff = (at.i(i).unwrap() - &want)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(
+                        diff.is_finite() && diff < 1e-5,
+                        "{layers} layers, row {i}: {diff}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -64,6 +64,12 @@ impl TextTransformer {
         })
     }
 
+    /// Packs the transformer blocks' linear layers for `precision` (inference on the CPU
+    /// only); embeddings, norms and the projection stay f32.
+    pub fn pack(&mut self, precision: clip_nn::quant::Precision) -> Result<()> {
+        Ok(self.encoder.pack(precision)?)
+    }
+
     /// The context length the model was built for.
     pub fn context_length(&self) -> usize {
         self.context
@@ -134,17 +140,8 @@ impl TextTransformer {
         let positions = self.position_embedding.table().narrow(0, 0, t)?;
         let x = x.broadcast_add(&positions)?;
         let mask = causal_mask(t, device)?;
-        let x = self.encoder.forward(&x, Some(&mask))?; // [b, t, w]
-        let w = x.dim(2)?;
-        // Gather the pooled token of every row from the flattened [b·t, w] activations.
-        let rows: Vec<u32> = pos
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| i as u32 * t as u32 + p)
-            .collect();
-        let rows = Tensor::from_vec(rows, b, device)?;
-        let pooled = x.reshape((b * t, w))?.index_select(&rows, 0)?;
-        // Layer norm is per token, so normalising after pooling equals normalising before.
+        let pooled = self.encoder.forward_at(&x, &pos, Some(&mask))?; // [b, w]
+                                                                      // Layer norm is per token, so normalising after pooling equals normalising before.
         Ok(self.final_norm.forward(&pooled)?)
     }
 

@@ -127,6 +127,7 @@ impl HostLinear {
     /// Copies the layer's parameters.
     pub fn new(l: &Linear) -> Result<Self> {
         let Linear { weight, bias } = l;
+        let weight = weight.dense()?;
         Ok(Self {
             w: HostParam::new(weight)?,
             b: bias.as_ref().map(HostParam::new).transpose()?,
@@ -202,9 +203,10 @@ pub struct HostQkv {
 impl HostQkv {
     /// Concatenates the three layers' parameters (a missing bias counts as zeros).
     pub fn new(q: &Linear, k: &Linear, v: &Linear) -> Result<Self> {
-        let width = q.weight.dim(1)?;
+        let width = q.weight.dense()?.dim(1)?;
         let (mut w, mut b, mut params) = (Vec::new(), Vec::new(), Vec::new());
         for Linear { weight, bias } in [q, k, v] {
+            let weight = weight.dense()?;
             w.extend(weight.flatten_all()?.to_vec1::<f32>()?);
             match bias {
                 Some(t) => b.extend(t.to_vec1::<f32>()?),

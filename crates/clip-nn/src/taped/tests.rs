@@ -125,7 +125,7 @@ fn linear_matches_candle() {
             Var::from_tensor(&b).unwrap(),
         );
         let layer = crate::Linear {
-            weight: w32.as_tensor().clone(),
+            weight: crate::layers::LinearWeight::Dense(w32.as_tensor().clone()),
             bias: bias.then(|| b32.as_tensor().clone()),
         };
         let y32 = layer.forward(x32.as_tensor()).unwrap();

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Image embedding on the CPU, `clip embed --precision f32|bf16|int8` against ONNX Runtime fp32
+# and int8 (onnxruntime.quantization.quantize_dynamic on the exported vision tower, the runtime
+# immich, rclip and fastembed use), ViT-B/32 (random weights, HF layout), batch 16, 2 threads,
+# whole process each, alternating in one sitting. Then the quality side: per-image cosine of
+# each reduced-precision embedding against its own f32 (ours against ours, ONNX Runtime int8
+# against ONNX Runtime fp32).
+#
+# usage: scripts/bench_embed_ort.sh [N_IMAGES] [ROUNDS]
+#   CLIP_BIN=path/to/clip measures another build the same way.
+# needs: /tmp/peers (see ../shared/bench/README.md) and ../shared/datasets/emoji/google
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-192}; ROUNDS=${2:-3}; PY=${PEERS_PY:-/tmp/peers/bin/python}
+BENCH=${BENCH_DIR:-../shared/bench}; DATA=${DATA_DIR:-../shared/datasets/emoji/google}
+WORK=${WORK_DIR:-/tmp/clip-bench-embed}
+export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+mkdir -p "$WORK/images" "$WORK/tok" "$WORK/out"
+CLIP=${CLIP_BIN:-./target/release/clip}
+[ -n "${CLIP_BIN:-}" ] || cargo build --release -q
+if [ ! -f "$WORK/vitb32/model.safetensors" ]; then
+  cp models/tokenizer.json "$WORK/tok/"
+  printf '{"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}\n' > "$WORK/tok/tokenizer_config.json"
+  "$PY" "$BENCH/make_vitb32.py" "$WORK/vitb32" "$WORK/tok" >/dev/null
+fi
+rm -f "$WORK"/images/*; find "$DATA" -maxdepth 1 -name "*.png" | sort | awk -v n="$N" "NR<=n" | xargs -I{} cp {} "$WORK/images/"
+# Export and quantize once, outside the timed runs.
+"$PY" "$BENCH/ort_embed.py" "$WORK/vitb32" "$WORK/images" 16 2 int8 >/dev/null 2>&1
+
+ours() { # precision -> images/s (whole process)
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$CLIP" embed --model "$WORK/vitb32" --images "$WORK/images" --out "$WORK/out/ours-$1.npy" \
+    --batch-size 16 --precision "$1" 2>/dev/null
+  t1=$(date +%s.%N)
+  echo "$N / ($t1 - $t0)" | bc -l
+}
+ort() { # fp32|int8 -> images/s
+  "$PY" "$BENCH/ort_embed.py" "$WORK/vitb32" "$WORK/images" 16 2 "$1" "$WORK/out/ort-$1.npy" 2>/dev/null | awk '{print $1}'
+}
+
+printf '| round | ours f32 | ours bf16 | ours int8 | ORT fp32 | ORT int8 | int8 / ORT int8 | f32 / ORT fp32 | best / ORT fp32 |\n'
+printf '|---|---|---|---|---|---|---|---|---|\n'
+for r in $(seq 1 "$ROUNDS"); do
+  f=$(ours f32); b=$(ours bf16); i=$(ours int8); of=$(ort fp32); oi=$(ort int8)
+  best=$(printf '%s\n%s\n%s\n' "$f" "$b" "$i" | sort -g | tail -1)
+  printf '| %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f× | %.2f× | %.2f× |\n' "$r" "$f" "$b" "$i" "$of" "$oi" \
+    "$(echo "$i / $oi" | bc -l)" "$(echo "$f / $of" | bc -l)" "$(echo "$best / $of" | bc -l)"
+done
+
+echo
+echo "Per-image cosine against the same runtime's f32 (min / mean over $N images):"
+"$PY" - "$WORK/out" <<'EOF'
+import sys, numpy as np
+d = sys.argv[1]
+def unit(x): return x / np.linalg.norm(x, axis=1, keepdims=True)
+def cos(a, b): return (unit(np.load(f"{d}/{a}.npy")) * unit(np.load(f"{d}/{b}.npy"))).sum(1)
+for name, a, b in [("ours bf16", "ours-bf16", "ours-f32"), ("ours int8", "ours-int8", "ours-f32"),
+                   ("ORT int8", "ort-int8", "ort-fp32"), ("ours f32 vs ORT fp32", "ours-f32", "ort-fp32")]:
+    c = cos(a, b)
+    print(f"| {name} | {c.min():.5f} | {c.mean():.5f} |")
+EOF
