@@ -4,9 +4,10 @@ use candle_core::{Device, Tensor};
 use linear_probe::linalg::{symmetric_eigen, Matrix, SymmetricEigen};
 
 use crate::digits::augment;
-use crate::{invalid, seeded, DigitGraphConfig, Digits, SpectralResult};
+use crate::{invalid, seeded, DigitGraphConfig, Digits, SpectralError, SpectralResult, DIGIT_SIDE};
 
-fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
+/// Squared Euclidean distance.
+pub(crate) fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 

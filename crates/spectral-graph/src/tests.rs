@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use linear_probe::linalg::Matrix;
 
 use super::*;
