@@ -267,7 +267,7 @@ fn project_to_ball(z: &Tensor, mu: f64) -> Result<Tensor> {
 /// √μ back to norm √μ. The mean over i ≠ j is the full-matrix mean times B/(B−1) with the
 /// diagonal removed, as in the reference implementation. No normalisation and no
 /// temperature: its population minimiser is the top eigenvectors of the normalised
-/// augmentation graph (see [`crate::spectral_graph`]).
+/// augmentation graph (checked exactly by the `spectral-graph` crate; see docs/SPECTRAL.md).
 pub fn spectral_contrastive_loss(z1: &Tensor, z2: &Tensor, mu: f64) -> Result<Tensor> {
     spectral_contrastive_loss_rows(z1, z2, mu, 0..z1.dim(0)?)
 }
