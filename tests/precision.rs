@@ -9,7 +9,7 @@ use common::*;
 /// Per-row cosine of two unit-row embedding sets, after checking shapes and finiteness.
 fn cosines(a: &Embeddings, b: &Embeddings, what: &str) -> Vec<f32> {
     assert_eq!((a.len(), a.dim()), (b.len(), b.dim()), "{what}: shapes");
-    assert!(a.len() > 0, "{what}: no rows");
+    assert!(!a.is_empty(), "{what}: no rows");
     for e in [a, b] {
         assert!(
             e.as_slice().iter().all(|v| v.is_finite()),

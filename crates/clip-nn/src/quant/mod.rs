@@ -199,7 +199,7 @@ impl PackedLinear {
             "input rows of {} expected",
             self.k
         );
-        let m = if self.k == 0 { 0 } else { x.len() / self.k };
+        let m = x.len().checked_div(self.k).unwrap_or(0);
         let mut out = vec![0f32; m * self.n];
         if m == 0 || self.n == 0 {
             return out;

@@ -47,7 +47,7 @@ fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
 }
 
 fn reference(x: &[f32], w: &[f32], b: &[f32], n: usize, k: usize) -> Vec<f32> {
-    let m = if k == 0 { 0 } else { x.len() / k };
+    let m = x.len().checked_div(k).unwrap_or(0);
     let mut y = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -63,7 +63,7 @@ fn reference(x: &[f32], w: &[f32], b: &[f32], n: usize, k: usize) -> Vec<f32> {
 /// The dequantized operands of the int8 scheme, so a naive product of them is what the
 /// kernels must give up to f32 rounding.
 fn int8_operands(x: &[f32], w: &[f32], n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
-    let m = if k == 0 { 0 } else { x.len() / k };
+    let m = x.len().checked_div(k).unwrap_or(0);
     let a = int8::Rows::quantize(x, m, k, Isa::Portable);
     let packed = int8::Weights::pack(w, n, k);
     let (xd, wd) = (a.dequantized(m, k), packed.dequantized(n, k));
