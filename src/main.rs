@@ -5,8 +5,10 @@ mod cli;
 use clap::Parser;
 
 fn main() {
-    clip_nn::runtime::reuse_freed_memory();
     let args = cli::Cli::parse();
+    if args.reuses_freed_memory() {
+        clip_nn::runtime::reuse_freed_memory();
+    }
     if let Err(err) = cli::run(args) {
         eprintln!("error: {err}");
         for cause in err.chain().skip(1) {

@@ -922,6 +922,7 @@ fn mutated_request_bodies_get_a_2xx_or_4xx_never_a_panic() {
         allow_hosts: Vec::new(),
         absolute_paths: false,
         limits: Default::default(),
+        precision: clip::Precision::F32,
     };
     let server = clip::serve::Server::load(&opts, &|_| {}).unwrap();
     let router = server.router();
@@ -994,4 +995,60 @@ fn mutated_request_bodies_get_a_2xx_or_4xx_never_a_panic() {
         statuses.contains_key(&200) && statuses.contains_key(&400),
         "{statuses:?}"
     );
+}
+
+/// Another process truncating a served index's vectors or rows file in place (a `cp` over
+/// it) used to kill the server with SIGBUS from its memory map. Now that request gets a 503
+/// naming the index, the server stays up, and a rebuilt index is served again.
+#[test]
+fn an_index_truncated_while_served_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = dir.path().join("caps");
+    let build = || {
+        let model = model();
+        let texts = fixtures().join("captions.txt");
+        let args = ["index", "build", "--model", s(&model), "--texts", s(&texts)];
+        common::ok(&clip(&[&args[..], &["--out", s(&caps)]].concat()));
+    };
+    build();
+    let mut srv = Server::start(&["--index", s(&caps)]);
+    let query = r#"{"text": "a photo of a cat", "k": 3}"#;
+    assert_eq!(srv.post("/search", query).0, 200);
+    for prefix in ["vectors-", "rows-"] {
+        let file = std::fs::read_dir(&caps)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(prefix) && !name.ends_with(".tmp")
+            })
+            .unwrap_or_else(|| panic!("no {prefix}* file in the index"));
+        // Truncate in place: the same inode the server has mapped.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let (status, doc) = srv.post("/search", query);
+        let text = assert_private(doc.to_string().as_bytes(), dir.path());
+        assert_eq!(status, 503, "{prefix}: {text}");
+        assert!(text.contains("index caps"), "{prefix}: {text}");
+        assert!(
+            srv.child.try_wait().unwrap().is_none(),
+            "{prefix}: the server died: {}",
+            srv.stderr()
+        );
+        // A rebuild (new generation files, written atomically) is served again.
+        std::fs::remove_dir_all(&caps).unwrap();
+        build();
+        let t = Instant::now();
+        let mut answer = srv.post("/search", query);
+        while answer.0 != 200 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            answer = srv.post("/search", query);
+        }
+        assert_eq!(answer.0, 200, "{prefix}: {}", answer.1);
+        assert_eq!(answer.1["results"].as_array().unwrap().len(), 3);
+    }
 }

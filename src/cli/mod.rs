@@ -48,6 +48,16 @@ enum Command {
     Probe(probe::ProbeArgs),
 }
 
+impl Cli {
+    /// Whether freed memory should stay in the process for reuse
+    /// (`clip_nn::runtime::reuse_freed_memory`): for every command but `serve`, a long-running
+    /// process whose large allocations (uploads being decoded, on whichever pool thread) are
+    /// rare and must go back to the system, or each thread's arena keeps its own peak.
+    pub fn reuses_freed_memory(&self) -> bool {
+        !matches!(self.command, Command::Serve(_))
+    }
+}
+
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Result;
 use clip::serve::{NamedIndex, ServeLimits, ServeOptions, Server};
 
-use super::common::DeviceArg;
+use super::common::{DeviceArg, PrecisionArg};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -48,6 +48,8 @@ pub struct ServeArgs {
     /// Device for the models.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    #[command(flatten)]
+    precision: PrecisionArg,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -68,6 +70,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_connections: a.max_connections,
             header_timeout_secs: a.header_timeout,
         },
+        precision: a.precision.precision,
     };
     let server = Server::load(&opts, &|msg| eprintln!("{msg}"))?;
     server.run(SocketAddr::new(a.host, a.port), |addr| {

@@ -91,6 +91,9 @@ pub struct ServeOptions {
     pub absolute_paths: bool,
     /// Size, connection and time limits.
     pub limits: ServeLimits,
+    /// Arithmetic of the models' transformer blocks (`--precision`): int8 or bf16 encode
+    /// queries faster on the CPU than f32.
+    pub precision: crate::Precision,
 }
 
 /// An index directory and the name requests use for it.
@@ -363,7 +366,8 @@ impl Server {
                     Some(e) => e.clone(),
                     None => {
                         note(&format!("loading model {}", key.display()));
-                        let clip = Clip::open(spec, &opts.device)?;
+                        let clip =
+                            Clip::open(spec, &opts.device)?.with_precision(opts.precision)?;
                         let e = Arc::new(Encoder::start(clip).map_err(crate::error::io_at(&key))?);
                         encoders.insert(key, e.clone());
                         e
