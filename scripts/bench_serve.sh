@@ -8,6 +8,7 @@
 # env:   MODEL=model dir (default /tmp/clip-bench-embed/vitb32, a random-weight ViT-B/32;
 #        tests/fixtures/hf_tiny when that is missing). CLIP_BIN / LOAD_BIN: prebuilt binaries
 #        (otherwise both are built in release). WORK_DIR: where vectors and index go.
+#        SERVE_ARGS: more `clip serve` flags (e.g. "--precision int8").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}; Q=${2:-10000}; C=${3:-32}
@@ -30,7 +31,7 @@ rm -rf "$IDX"
 "$CLIP" index build --embeddings "$VEC" --model "$MODEL" --out "$IDX" >/dev/null
 
 OUT="$WORK/server.out"; TIME="$WORK/server.time"
-/usr/bin/time -v -o "$TIME" "$CLIP" serve --index "$IDX" --port 0 >"$OUT" 2>"$WORK/server.err" &
+/usr/bin/time -v -o "$TIME" "$CLIP" serve --index "$IDX" --port 0 ${SERVE_ARGS:-} >"$OUT" 2>"$WORK/server.err" &
 PID=$!
 stop() {
   # time(1) is $PID; the server is its child. SIGTERM, as background jobs of a script ignore

@@ -46,6 +46,14 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
 /// [`decode_image`] under the decoder `limits` (size and allocation), for untrusted bytes
 /// such as `clip serve`'s uploads.
 pub fn decode_image_limited(bytes: &[u8], path: &Path, limits: image::Limits) -> Result<RgbImage> {
+    if bytes.starts_with(PNG_SIGNATURE) {
+        return decode_png_8bit(bytes, &limits)
+            .map(flatten_on_white)
+            .map_err(|source| VisionError::Decode {
+                path: path.to_path_buf(),
+                source,
+            });
+    }
     let decode = || {
         let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
@@ -58,6 +66,64 @@ pub fn decode_image_limited(bytes: &[u8], path: &Path, limits: image::Limits) ->
         source,
     })?;
     Ok(flatten_on_white(img))
+}
+
+/// The eight bytes every PNG file starts with.
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// A PNG decoded straight to 8 bits per channel: palettes expanded, 16-bit samples cut to
+/// their high byte (as Pillow reads them), so a 16-bit upload never exists in memory at full
+/// depth. The decoder's allocations and the frame buffer are held to `limits`.
+fn decode_png_8bit(
+    bytes: &[u8],
+    limits: &image::Limits,
+) -> std::result::Result<DynamicImage, image::ImageError> {
+    use image::error::{DecodingError, ImageFormatHint, LimitError, LimitErrorKind};
+    let hint = || ImageFormatHint::Exact(image::ImageFormat::Png);
+    let decoding =
+        |e: png::DecodingError| image::ImageError::Decoding(DecodingError::new(hint(), e));
+    let too_big =
+        || image::ImageError::Limits(LimitError::from_kind(LimitErrorKind::InsufficientMemory));
+    let max_alloc = usize::try_from(limits.max_alloc.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
+    let mut decoder = png::Decoder::new_with_limits(
+        std::io::Cursor::new(bytes),
+        png::Limits { bytes: max_alloc },
+    );
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().map_err(decoding)?;
+    let (w, h) = reader.info().size();
+    if limits.max_image_width.is_some_and(|m| w > m)
+        || limits.max_image_height.is_some_and(|m| h > m)
+    {
+        return Err(image::ImageError::Limits(LimitError::from_kind(
+            LimitErrorKind::DimensionError,
+        )));
+    }
+    let size = reader.output_buffer_size().ok_or_else(too_big)?;
+    if size > max_alloc {
+        return Err(too_big());
+    }
+    let mut buf = vec![0u8; size];
+    let frame = reader.next_frame(&mut buf).map_err(decoding)?;
+    buf.truncate(frame.buffer_size());
+    let bad_size = || {
+        image::ImageError::Decoding(DecodingError::new(hint(), "frame buffer of the wrong size"))
+    };
+    Ok(match frame.color_type {
+        png::ColorType::Grayscale => {
+            DynamicImage::ImageLuma8(image::ImageBuffer::from_raw(w, h, buf).ok_or_else(bad_size)?)
+        }
+        png::ColorType::GrayscaleAlpha => {
+            DynamicImage::ImageLumaA8(image::ImageBuffer::from_raw(w, h, buf).ok_or_else(bad_size)?)
+        }
+        png::ColorType::Rgb => {
+            DynamicImage::ImageRgb8(image::ImageBuffer::from_raw(w, h, buf).ok_or_else(bad_size)?)
+        }
+        png::ColorType::Rgba => {
+            DynamicImage::ImageRgba8(image::ImageBuffer::from_raw(w, h, buf).ok_or_else(bad_size)?)
+        }
+        png::ColorType::Indexed => return Err(bad_size()),
+    })
 }
 
 /// Reads and decodes one image file (see [`decode_image`]).
@@ -153,6 +219,42 @@ mod tests {
         assert_eq!(out.dimensions(), (5, 5));
         assert!(out.get_pixel(0, 2)[0] < 20);
         assert!(out.get_pixel(4, 2)[0] > 235);
+    }
+
+    /// PNG bytes of `img` as the `image` crate writes them.
+    fn png_bytes(img: DynamicImage) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    /// A 16-bit RGBA PNG decodes to its high bytes composited on white, as the 8-bit image
+    /// of those high bytes does; a grey PNG to grey RGB; and a frame over the allocation
+    /// limit is an error naming the file.
+    #[test]
+    fn pngs_decode_straight_to_eight_bits() {
+        let wide = image::ImageBuffer::from_fn(7, 5, |x, y| {
+            let v = |c: u32| ((x * 9000 + y * 3000 + c * 700) % 65536) as u16;
+            image::Rgba([v(0), v(1), v(2), if x == 0 { 0 } else { v(3) | 0x8000 }])
+        });
+        let narrow = image::RgbaImage::from_fn(7, 5, |x, y| {
+            let p = wide.get_pixel(x, y).0;
+            image::Rgba(p.map(|v| (v >> 8) as u8))
+        });
+        let path = Path::new("x.png");
+        let got = decode_image(&png_bytes(DynamicImage::ImageRgba16(wide.clone())), path).unwrap();
+        let want = flatten_on_white(DynamicImage::ImageRgba8(narrow));
+        assert_eq!(got.dimensions(), (7, 5));
+        assert_eq!(got, want);
+        assert_eq!(got.get_pixel(0, 0).0, [255, 255, 255]);
+        let gray = image::GrayImage::from_fn(3, 2, |x, y| image::Luma([(x * 80 + y * 7) as u8]));
+        let got = decode_image(&png_bytes(DynamicImage::ImageLuma8(gray.clone())), path).unwrap();
+        assert_eq!(got, DynamicImage::ImageLuma8(gray).into_rgb8());
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(7 * 5 * 4 - 1);
+        let bytes = png_bytes(DynamicImage::ImageRgba16(wide));
+        let err = decode_image_limited(&bytes, path, limits).unwrap_err();
+        assert!(err.to_string().contains("x.png"), "{err}");
     }
 
     #[test]
