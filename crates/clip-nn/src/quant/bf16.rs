@@ -131,7 +131,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Task, GROUP, PANEL};
-    use crate::quant::{panels, tiles, MR};
+    use crate::quant::{panels, tiles};
 
     /// [`super::portable_product`] with `vdpbf16ps`: up to 8 rows × 2 panels per tile, the
     /// accumulators in registers for the whole `k`.
@@ -145,28 +145,8 @@ mod avx512 {
         tiles(m, panels(n), |r, mr, p, pn| {
             // SAFETY: the caller guarantees the features; `tile` checks its slices' bounds
             // before reading through pointers and writes `out` through slices.
-            unsafe {
-                match (mr, pn) {
-                    (8, 2) => tile::<8, 2>(t, out, r, p),
-                    (8, _) => tile::<8, 1>(t, out, r, p),
-                    (7, 2) => tile::<7, 2>(t, out, r, p),
-                    (7, _) => tile::<7, 1>(t, out, r, p),
-                    (6, 2) => tile::<6, 2>(t, out, r, p),
-                    (6, _) => tile::<6, 1>(t, out, r, p),
-                    (5, 2) => tile::<5, 2>(t, out, r, p),
-                    (5, _) => tile::<5, 1>(t, out, r, p),
-                    (4, 2) => tile::<4, 2>(t, out, r, p),
-                    (4, _) => tile::<4, 1>(t, out, r, p),
-                    (3, 2) => tile::<3, 2>(t, out, r, p),
-                    (3, _) => tile::<3, 1>(t, out, r, p),
-                    (2, 2) => tile::<2, 2>(t, out, r, p),
-                    (2, _) => tile::<2, 1>(t, out, r, p),
-                    (_, 2) => tile::<1, 2>(t, out, r, p),
-                    _ => tile::<1, 1>(t, out, r, p),
-                }
-            }
+            unsafe { crate::quant::each_tile!(tile, t, out, r, p, mr, pn) }
         });
-        const _: () = assert!(MR == 8, "the match above covers 1..=8 rows");
     }
 
     /// Rows `r..r + R` and panels `p..p + P` of the task's output.

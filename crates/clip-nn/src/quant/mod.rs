@@ -257,6 +257,36 @@ fn tiles(m: usize, np: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
     }
 }
 
+/// Calls the micro-kernel `tile::<R, P>(t, out, r, p)` whose const rows `R` (1..=8) and
+/// panels `P` (1 or 2) are the run-time `mr` and `pn` of one tile from [`tiles`]: the one
+/// place that turns a tile's size into a kernel with its accumulators in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! each_tile {
+    ($tile:ident, $t:expr, $out:expr, $r:expr, $p:expr, $mr:expr, $pn:expr) => {{
+        const _: () = assert!($crate::quant::MR == 8, "the arms cover 1..=8 rows");
+        match ($mr, $pn) {
+            (8, 2) => $tile::<8, 2>($t, $out, $r, $p),
+            (8, _) => $tile::<8, 1>($t, $out, $r, $p),
+            (7, 2) => $tile::<7, 2>($t, $out, $r, $p),
+            (7, _) => $tile::<7, 1>($t, $out, $r, $p),
+            (6, 2) => $tile::<6, 2>($t, $out, $r, $p),
+            (6, _) => $tile::<6, 1>($t, $out, $r, $p),
+            (5, 2) => $tile::<5, 2>($t, $out, $r, $p),
+            (5, _) => $tile::<5, 1>($t, $out, $r, $p),
+            (4, 2) => $tile::<4, 2>($t, $out, $r, $p),
+            (4, _) => $tile::<4, 1>($t, $out, $r, $p),
+            (3, 2) => $tile::<3, 2>($t, $out, $r, $p),
+            (3, _) => $tile::<3, 1>($t, $out, $r, $p),
+            (2, 2) => $tile::<2, 2>($t, $out, $r, $p),
+            (2, _) => $tile::<2, 1>($t, $out, $r, $p),
+            (_, 2) => $tile::<1, 2>($t, $out, $r, $p),
+            _ => $tile::<1, 1>($t, $out, $r, $p),
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use each_tile;
+
 /// Writes the first `valid` of 16 results of one row's panel: `out[c] = v[c]`.
 #[inline(always)]
 fn store_row(out: &mut [f32], v: &[f32; PANEL], valid: usize) {
