@@ -237,7 +237,8 @@ fn check_taped_parity(cfg: &ClipConfig) {
     let reference = loss.backward().unwrap();
 
     let mut ws = Workspace::default();
-    for round in 0..2 {
+    let mut held = Vec::new();
+    for round in 0..4 {
         // The second round reuses the workspace's (now stale) buffers.
         let (img_t, vtape) = model.vision().forward_taped(&pixels, &mut ws).unwrap();
         let (txt_t, ttape) = model
@@ -283,5 +284,18 @@ fn check_taped_parity(cfg: &ClipConfig) {
             close(t, r, &name);
         }
         assert_eq!(taped.len() + 1, store.named_vars().len());
+        held.push(ws.held_bytes());
     }
+    // Regression: buffers not taken from the workspace (the patch rows, the token rows, the
+    // pooled gradient) were given back to it after every backward, so a training run's memory
+    // grew by a batch of pixels each step. Best-fit reuse may still shift a few small buffers
+    // between rounds; the leak added a patch-rows buffer (as many values as the pixels) each
+    // round.
+    assert!(held[0] > 0, "the first round left no buffer to reuse");
+    let grew = held[3].saturating_sub(held[1]);
+    let leak = 2 * pixels.elem_count() * std::mem::size_of::<f32>();
+    assert!(
+        grew < leak / 2,
+        "the workspace grew by {grew} bytes over two identical steps"
+    );
 }

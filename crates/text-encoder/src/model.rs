@@ -166,10 +166,11 @@ impl TextTransformer {
         let table = self.token_embedding.table();
         let w = table.dim(1)?;
         let rows = Tensor::from_vec(flat.clone(), flat.len(), device)?;
-        let mut x = table
-            .index_select(&rows, 0)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        // Through the workspace: the encoder's tape gives this buffer back to it, and one the
+        // pool never handed out would be kept there every step.
+        let token_rows = table.index_select(&rows, 0)?.flatten_all()?;
+        let mut x = ws.take(token_rows.elem_count());
+        x.copy_from_slice(&token_rows.to_vec1::<f32>()?);
         let position = HostParam::new(self.position_embedding.table())?;
         for i in 0..b {
             let (start, len) = (seqs.start(i), seqs.len(i));
@@ -222,7 +223,9 @@ impl TextTransformer {
         let mut d_norm = vec![0f32; b * w];
         tape.projection
             .backward(&dfeat, &tape.pooled_norm, Some((&mut d_norm, false)), grads)?;
-        let mut d_pooled = vec![0f32; b * w];
+        // From the workspace, which the encoder's backward gives it back to.
+        let mut d_pooled = ws.take(b * w);
+        d_pooled.fill(0.0);
         tape.final_norm.backward(
             &d_norm,
             &tape.pooled,

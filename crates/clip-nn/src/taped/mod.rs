@@ -58,6 +58,15 @@ impl Workspace {
         }
     }
 
+    /// Bytes held in free buffers. In a training loop it stops growing after the first step,
+    /// as long as every buffer given back was taken from here.
+    pub fn held_bytes(&self) -> usize {
+        self.free
+            .iter()
+            .map(|(cap, bufs)| cap * bufs.len() * std::mem::size_of::<f32>())
+            .sum()
+    }
+
     /// Returns a buffer for reuse.
     pub fn give(&mut self, mut buf: Vec<f32>) {
         if buf.capacity() > 0 {
