@@ -247,16 +247,8 @@ impl EncoderLayer {
     ) -> Result<Tensor> {
         let (b, t, w) = x.dims3()?;
         let device = x.device();
-        let rows: Vec<u32> = (0..b as u32)
-            .zip(positions)
-            .map(|(i, &p)| i * t as u32 + p)
-            .collect();
-        let rows = Tensor::from_vec(rows, b, device)?;
-        let pick = |y: &Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b * t, w))?
-                .index_select(&rows, 0)?
-                .reshape((b, 1, w))?)
-        };
+        let pick =
+            |y: &Tensor| -> Result<Tensor> { Ok(pick_tokens(y, positions)?.reshape((b, 1, w))?) };
         let h = self.ln1.forward(x)?;
         // Each chosen token's row of the mask, [b, 1, 1, t].
         let mask = match mask {
@@ -324,13 +316,7 @@ impl Encoder {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let Some((last, first)) = self.layers.split_last() else {
-            let (b, t, w) = x.dims3()?;
-            let rows: Vec<u32> = (0..b as u32)
-                .zip(positions)
-                .map(|(i, &p)| i * t as u32 + p)
-                .collect();
-            let rows = Tensor::from_vec(rows, b, x.device())?;
-            return Ok(x.reshape((b * t, w))?.index_select(&rows, 0)?);
+            return pick_tokens(x, positions);
         };
         let mut x = x.clone();
         for layer in first {
@@ -338,6 +324,17 @@ impl Encoder {
         }
         last.forward_at(&x, positions, mask)
     }
+}
+
+/// Row `i`'s token `positions[i]` of `x` `[b, t, w]`, as `[b, w]`.
+fn pick_tokens(x: &Tensor, positions: &[u32]) -> Result<Tensor> {
+    let (b, t, w) = x.dims3()?;
+    let rows: Vec<u32> = (0..b as u32)
+        .zip(positions)
+        .map(|(i, &p)| i * t as u32 + p)
+        .collect();
+    let rows = Tensor::from_vec(rows, b, x.device())?;
+    Ok(x.reshape((b * t, w))?.index_select(&rows, 0)?)
 }
 
 #[cfg(test)]
