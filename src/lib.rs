@@ -56,7 +56,7 @@ pub mod training;
 pub mod validation;
 
 pub use assets::{bundled_tokenizer, preset, BUNDLED_TOKENIZER, PRESETS};
-pub use convert::convert_to_hf;
+pub use convert::{convert, convert_to_hf};
 pub use embeddings::{dot, Embeddings};
 pub use error::{Error, Result};
 pub use model::{resolve_model_dir, Clip, Features, Progress, DEFAULT_BATCH};

@@ -117,12 +117,13 @@ impl Clip {
             None => assets::bundled_tokenizer(ckpt.config.text_config.max_position_embeddings)?,
         };
         let preprocess = ckpt.preprocess.clone();
+        let precision = ckpt.precision();
         Ok(Self {
             model: ckpt.into_model()?,
             preprocess,
             tokenizer,
             dir: dir.to_path_buf(),
-            precision: Precision::F32,
+            precision,
         })
     }
 
@@ -140,13 +141,24 @@ impl Clip {
     /// assert!(clip::dot(a.row(0), b.row(0)) > 0.99);
     /// # Ok(()) }
     /// ```
+    ///
+    /// A quantized checkpoint (`clip convert --precision int8`) loads already in int8; it
+    /// holds no f32 weights to run another precision from, so asking for one is an error.
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        if self.precision == Precision::Int8 && precision != Precision::Int8 {
+            return Err(clip_model::ModelError::Precision {
+                precision,
+                reason: "this checkpoint stores int8 weights; load the f32 checkpoint it \
+                         was converted from to run another precision",
+            }
+            .into());
+        }
         self.model.pack(precision)?;
         self.precision = precision;
         Ok(self)
     }
 
-    /// The precision the towers run in.
+    /// The precision the towers run in (int8 from the start for a quantized checkpoint).
     pub fn precision(&self) -> Precision {
         self.precision
     }

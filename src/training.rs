@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::io_at;
 use crate::model::load_checkpoint;
-use crate::{resolve_model_dir, Error, Result, BUNDLED_TOKENIZER};
+use crate::{resolve_model_dir, Error, Precision, Result, BUNDLED_TOKENIZER};
 
 /// The defaults of a run of `objective` with `loss` (`None`: the objective's own):
 /// [`TrainConfig::default`] with NT-Xent and SimCLR-like strong augmentations for images
@@ -280,6 +280,14 @@ impl Start {
     pub fn checkpoint(spec: &str, device: &Device) -> Result<Self> {
         let dir = resolve_model_dir(spec)?;
         let ckpt = load_checkpoint(&dir, device)?;
+        if ckpt.precision() == Precision::Int8 {
+            return Err(clip_model::ModelError::Precision {
+                precision: Precision::Int8,
+                reason: "an int8 checkpoint cannot be trained; fine-tune the f32 checkpoint \
+                         it was converted from",
+            }
+            .into());
+        }
         Ok(Self {
             config: ckpt.config.clone(),
             preprocess: ckpt.preprocess.clone(),

@@ -161,7 +161,7 @@ fn saving_in_hf_layout_round_trips() {
         &dir,
         &ckpt.config,
         &ckpt.preprocess,
-        ckpt.weights.tensors(),
+        &ckpt.weights,
         Some(&tokenizer_path()),
     )
     .unwrap();

@@ -105,3 +105,210 @@ fn embed_takes_a_precision() {
     ]));
     assert!(err.contains("fp8") && err.contains("int8"), "{err}");
 }
+
+/// Rewrites `dir/model.safetensors` through `edit`, which gets every tensor as
+/// (name, dtype, shape, bytes): the way to damage a quantized checkpoint in one place.
+fn edit_weights(
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut all);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = all
+        .iter()
+        .map(|(n, d, s, b)| {
+            let view = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+/// `clip convert --precision int8` on both fixture layouts: the transformer blocks' linear
+/// weights are stored as int8 (a quarter of their f32 bytes) with their scales, the model
+/// loads in int8 without being asked, and its embeddings are bit-identical to quantizing
+/// the f32 model at load. The converted model refuses f32, by library and command line.
+#[test]
+fn an_int8_checkpoint_round_trips() {
+    let captions = captions();
+    let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    for model in ["hf_tiny", "openclip_tiny"] {
+        let src = fixtures().join(model);
+        let out = tmp.path().join(format!("{model}-int8"));
+        ok_stderr(&clip(&[
+            "convert",
+            "--model",
+            s(&src),
+            "--out",
+            s(&out),
+            "--precision",
+            "int8",
+        ]));
+        let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let int8: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .filter(|(_, v)| v.dtype() == safetensors::Dtype::I8)
+            .collect();
+        let layers = clip::Clip::from_dir(&src).unwrap().model().config().clone();
+        let blocks = layers.vision_config.num_hidden_layers + layers.text_config.num_hidden_layers;
+        assert_eq!(
+            int8.len(),
+            6 * blocks,
+            "{model}: six int8 weights per block"
+        );
+        for (name, v) in &int8 {
+            let scale = st.tensor(&format!("{name}_scale")).unwrap();
+            assert_eq!(scale.shape(), &v.shape()[..1], "{model}: {name} scales");
+            assert!(name.contains(".encoder.layers."), "{model}: {name}");
+        }
+
+        let want = Clip::from_dir(&src)
+            .unwrap()
+            .with_precision(Precision::Int8)
+            .unwrap();
+        let got = Clip::from_dir(&out).unwrap();
+        assert_eq!(got.precision(), Precision::Int8, "{model}: loads as int8");
+        let pairs = [
+            (
+                got.embed_images(&image_paths()).unwrap(),
+                want.embed_images(&image_paths()).unwrap(),
+            ),
+            (
+                got.embed_texts(&captions).unwrap(),
+                want.embed_texts(&captions).unwrap(),
+            ),
+        ];
+        for (got, want) in pairs {
+            cosines(&got, &want, model);
+            assert_eq!(
+                got.as_slice(),
+                want.as_slice(),
+                "{model}: not bit-identical"
+            );
+        }
+        let Err(err) = Clip::from_dir(&out).unwrap().with_precision(Precision::F32) else {
+            panic!("{model}: an int8 checkpoint ran in f32");
+        };
+        let err = err.to_string();
+        assert!(err.contains("int8 weights"), "{err}");
+    }
+    let q8 = tmp.path().join("hf_tiny-int8");
+    let emb = tmp.path().join("e.safetensors");
+    let texts = tmp.path().join("captions.txt");
+    std::fs::write(&texts, "a red circle\n").unwrap();
+    let embed = |extra: &[&str]| {
+        let mut args = vec!["embed", "--model", s(&q8), "--texts", s(&texts)];
+        args.extend(["--out", s(&emb)]);
+        args.extend(extra);
+        clip(&args)
+    };
+    ok_stderr(&embed(&[]));
+    let err = fail(&embed(&["--precision", "f32"]));
+    assert!(err.contains("int8 weights"), "{err}");
+    let run = tmp.path().join("run");
+    let err = fail(&clip(&[
+        "train",
+        "--init",
+        s(&q8),
+        "--data",
+        s(&fixtures().join("images")),
+        "--steps",
+        "1",
+        "--out",
+        s(&run),
+    ]));
+    assert!(err.contains("cannot be trained"), "{err}");
+}
+
+/// A damaged quantized checkpoint is an error naming the weight: scales missing, a scale
+/// that is not a positive number, an int8 weight where the model has no packed layer.
+#[test]
+fn a_damaged_int8_checkpoint_is_an_error_naming_the_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = tmp.path().join("q8");
+    clip::convert(s(&fixtures().join("hf_tiny")), &q8, Precision::Int8).unwrap();
+    let fc1 = "vision_model.encoder.layers.0.mlp.fc1.weight";
+    type Edit = fn(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>);
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "missing scales",
+            |all| all.retain(|t| t.0 != "vision_model.encoder.layers.0.mlp.fc1.weight_scale"),
+            "are missing",
+        ),
+        (
+            "zero scale",
+            |all| {
+                let t = all
+                    .iter_mut()
+                    .find(|t| t.0 == "vision_model.encoder.layers.0.mlp.fc1.weight_scale")
+                    .unwrap();
+                t.3[..4].copy_from_slice(&0f32.to_le_bytes());
+            },
+            "not a positive number",
+        ),
+        (
+            "int8 out of place",
+            |all| {
+                let t = all
+                    .iter_mut()
+                    .find(|t| t.0 == "text_projection.weight")
+                    .unwrap();
+                let n = t.2[0];
+                t.1 = safetensors::Dtype::I8;
+                t.3 = vec![1u8; t.3.len() / 4];
+                let scales = 1f32.to_le_bytes().repeat(n);
+                all.push((
+                    "text_projection.weight_scale".into(),
+                    safetensors::Dtype::F32,
+                    vec![n],
+                    scales,
+                ));
+            },
+            "only the transformer blocks",
+        ),
+    ];
+    for (what, edit, says) in cases {
+        let dir = tmp.path().join(what.replace(' ', "-"));
+        copy_dir(&q8, &dir);
+        edit_weights(&dir, edit);
+        let err = match Clip::from_dir(&dir) {
+            Ok(_) => panic!("{what}: loaded"),
+            Err(e) => error_chain(&e),
+        };
+        let key = if what == "int8 out of place" {
+            "text_projection.weight"
+        } else {
+            fc1
+        };
+        assert!(err.contains(key) && err.contains(says), "{what}: {err}");
+    }
+}
+
+/// An error and its sources, one line each: what a user sees on the command line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out += &format!("\n  caused by: {s}");
+        source = s.source();
+    }
+    out
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

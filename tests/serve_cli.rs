@@ -922,7 +922,7 @@ fn mutated_request_bodies_get_a_2xx_or_4xx_never_a_panic() {
         allow_hosts: Vec::new(),
         absolute_paths: false,
         limits: Default::default(),
-        precision: clip::Precision::F32,
+        precision: None,
     };
     let server = clip::serve::Server::load(&opts, &|_| {}).unwrap();
     let router = server.router();

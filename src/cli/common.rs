@@ -14,14 +14,19 @@ pub struct PrecisionArg {
     /// Arithmetic of the towers' transformer blocks on the CPU: f32 (the reference), bf16
     /// (AVX512_BF16 where the CPU has it), or int8 (weights per channel, activations per row;
     /// VNNI where the CPU has it). Embeddings are f32 unit vectors in every case.
-    #[arg(long, value_enum, default_value_t)]
-    pub precision: clip::Precision,
+    /// [default: f32, or int8 for a checkpoint saved by `clip convert --precision int8`]
+    #[arg(long, value_enum)]
+    pub precision: Option<clip::Precision>,
 }
 
 impl PrecisionArg {
     /// `--model` (a folder or a cached Hub id) on `device`, in this precision.
     pub fn open(self, spec: &str, device: &Device) -> clip::Result<clip::Clip> {
-        clip::Clip::open(spec, device)?.with_precision(self.precision)
+        let clip = clip::Clip::open(spec, device)?;
+        match self.precision {
+            Some(p) => clip.with_precision(p),
+            None => Ok(clip),
+        }
     }
 }
 

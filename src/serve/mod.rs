@@ -92,8 +92,9 @@ pub struct ServeOptions {
     /// Size, connection and time limits.
     pub limits: ServeLimits,
     /// Arithmetic of the models' transformer blocks (`--precision`): int8 or bf16 encode
-    /// queries faster on the CPU than f32.
-    pub precision: crate::Precision,
+    /// queries faster on the CPU than f32; `None` runs each checkpoint in the precision it
+    /// is stored in (f32, or int8 for a quantized checkpoint).
+    pub precision: Option<crate::Precision>,
 }
 
 /// An index directory and the name requests use for it.
@@ -366,8 +367,10 @@ impl Server {
                     Some(e) => e.clone(),
                     None => {
                         note(&format!("loading model {}", key.display()));
-                        let clip =
-                            Clip::open(spec, &opts.device)?.with_precision(opts.precision)?;
+                        let mut clip = Clip::open(spec, &opts.device)?;
+                        if let Some(p) = opts.precision {
+                            clip = clip.with_precision(p)?;
+                        }
                         let e = Arc::new(Encoder::start(clip).map_err(crate::error::io_at(&key))?);
                         encoders.insert(key, e.clone());
                         e

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use clip_nn::quant::{Int8Weight, Precision};
 use clip_nn::{Params, TensorMap};
 use text_encoder::Pooling;
 use vision_encoder::Preprocess;
@@ -49,7 +50,7 @@ pub struct Checkpoint {
 ///
 /// A truncated or damaged file is an error naming it; nothing is read past a bad header.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    WeightsFile::open(path)?.load(device)
+    WeightsFile::open(path)?.load(device)?.floats_only(path)
 }
 
 impl Checkpoint {
@@ -98,10 +99,13 @@ impl Checkpoint {
             str::to_string,
         )?;
         header::check_shapes(&config, &shapes, &weights_path)?;
-        let mut tensors = HashMap::new();
+        let (mut tensors, mut int8) = (HashMap::new(), HashMap::new());
         for f in &files {
-            tensors.extend(f.load(device)?);
+            let loaded = f.load(device)?;
+            tensors.extend(loaded.tensors);
+            int8.extend(loaded.int8);
         }
+        check_int8_places(&config, &int8, &weights_path)?;
         let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -109,9 +113,44 @@ impl Checkpoint {
             preprocess: load_preprocess_config(dir, config.vision_config.image_size)?,
             pooling: config.text_config.pooling(),
             tokenizer,
-            weights: TensorMap::new(tensors, device.clone()),
+            weights: TensorMap::new(tensors, device.clone()).with_int8(int8),
             weights_path,
             config,
+        })
+    }
+
+    /// The precision the weights are stored in: int8 for a quantized checkpoint (`clip
+    /// convert --precision int8`), f32 otherwise (f16 and bf16 files load as f32).
+    pub fn precision(&self) -> Precision {
+        if self.weights.int8_weights().is_empty() {
+            Precision::F32
+        } else {
+            Precision::Int8
+        }
+    }
+
+    /// The checkpoint with the linear weights the model packs ([`ClipModel::packable_weights`])
+    /// quantized to int8 by the rule packing at load uses ([`Int8Weight::quantize`]), so a
+    /// model loaded from the result computes exactly what this one does packed in int8.
+    /// Everything else stays as it is.
+    pub fn quantized(self) -> Result<Self> {
+        let mut tensors = self.weights.tensors().clone();
+        let mut int8 = self.weights.int8_weights().clone();
+        for name in ClipModel::packable_weights(&self.config)? {
+            let Some(t) = tensors.remove(&name) else {
+                continue;
+            };
+            let (n, k) = t.dims2()?;
+            let values = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            int8.insert(name, Int8Weight::quantize(&values, n, k));
+        }
+        let device = clip_nn::ParamSource::device(&self.weights).clone();
+        Ok(Self {
+            weights: TensorMap::new(tensors, device).with_int8(int8),
+            ..self
         })
     }
 
@@ -131,6 +170,29 @@ impl Checkpoint {
             path,
             self.config.text_config.max_position_embeddings,
         )?)
+    }
+}
+
+/// Int8 weights only where the model packs a linear layer ([`ClipModel::packable_weights`]):
+/// anywhere else the model would find no f32 weight, so say which key is out of place.
+fn check_int8_places(
+    config: &ClipConfig,
+    int8: &HashMap<String, Int8Weight>,
+    path: &Path,
+) -> Result<()> {
+    if int8.is_empty() {
+        return Ok(());
+    }
+    let packable: std::collections::HashSet<String> =
+        ClipModel::packable_weights(config)?.into_iter().collect();
+    let stray = int8.keys().filter(|k| !packable.contains(*k)).min();
+    match stray {
+        None => Ok(()),
+        Some(key) => Err(ModelError::Quantized {
+            key: key.clone(),
+            path: path.to_path_buf(),
+            reason: "only the transformer blocks' linear weights may be int8".into(),
+        }),
     }
 }
 
@@ -217,15 +279,20 @@ fn allowed_roots(dir: &Path) -> Result<Vec<PathBuf>> {
 /// [`replace_dir_atomically`]): `config.json`, `model.safetensors`,
 /// `preprocessor_config.json`, and the tokenizer files when `tokenizer` is given, so that
 /// `transformers.CLIPModel.from_pretrained(dir)` and `CLIPProcessor` load it.
+///
+/// int8 weights in `weights` (a quantized model) are stored as `I8` tensors under their
+/// names, each with its per-channel f32 scales under `<name>_scale`, and `config.json`
+/// says so in `quantization_config`; such a directory is for this project's loader
+/// (transformers refuses it, naming the unknown quantization method).
 pub fn save_hf(
     dir: &Path,
     config: &ClipConfig,
     preprocess: &Preprocess,
-    tensors: &HashMap<String, Tensor>,
+    weights: &TensorMap,
     tokenizer: Option<&Path>,
 ) -> Result<()> {
     replace_dir_atomically(dir, |tmp| {
-        write_hf_files(tmp, config, preprocess, tensors, tokenizer)
+        write_hf_files(tmp, config, preprocess, weights, tokenizer)
     })
 }
 
@@ -235,11 +302,19 @@ pub fn write_hf_files(
     tmp: &Path,
     config: &ClipConfig,
     preprocess: &Preprocess,
-    tensors: &HashMap<String, Tensor>,
+    weights: &TensorMap,
     tokenizer: Option<&Path>,
 ) -> Result<()> {
     {
-        write_json(&tmp.join("config.json"), &config.to_hf_json())?;
+        let mut config_json = config.to_hf_json();
+        if !weights.int8_weights().is_empty() {
+            config_json["quantization_config"] = serde_json::json!({
+                "quant_method": "clip-int8",
+                "weights": "int8, symmetric per output channel; f32 scales in <name>_scale",
+                "activations": "uint8 per row, quantized at run time",
+            });
+        }
+        write_json(&tmp.join("config.json"), &config_json)?;
         let s = preprocess.image_size;
         let processor = serde_json::json!({
             "image_processor_type": "CLIPImageProcessor",
@@ -251,10 +326,18 @@ pub fn write_hf_files(
         });
         write_json(&tmp.join("preprocessor_config.json"), &processor)?;
         let path = tmp.join("model.safetensors");
-        let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let mut entries: Vec<(String, Entry)> = weights
+            .tensors()
+            .iter()
+            .map(|(name, t)| (name.clone(), Entry::Tensor(t)))
+            .collect();
+        for (name, w) in weights.int8_weights() {
+            entries.push((name.clone(), Entry::Int8(w, [w.n, w.k])));
+            entries.push((header::int8_scale_key(name), Entry::Scales(w)));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(sorted, Some(metadata), &path).map_err(|source| {
+        safetensors::serialize_to_file(entries, Some(metadata), &path).map_err(|source| {
             ModelError::Safetensors {
                 path: path.clone(),
                 source,
@@ -272,6 +355,47 @@ pub fn write_hf_files(
             write_json(&tmp.join("tokenizer_config.json"), &tok_cfg)?;
         }
         Ok(())
+    }
+}
+
+/// One tensor of a written checkpoint: a candle tensor, or an int8 weight's values or scales.
+enum Entry<'a> {
+    Tensor(&'a Tensor),
+    Int8(&'a Int8Weight, [usize; 2]),
+    Scales(&'a Int8Weight),
+}
+
+impl safetensors::View for Entry<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        match self {
+            Self::Tensor(t) => safetensors::View::dtype(*t),
+            Self::Int8(..) => safetensors::Dtype::I8,
+            Self::Scales(_) => safetensors::Dtype::F32,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            Self::Tensor(t) => t.dims(),
+            Self::Int8(_, shape) => shape,
+            Self::Scales(w) => std::slice::from_ref(&w.n),
+        }
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Self::Tensor(t) => safetensors::View::data(*t),
+            Self::Int8(w, _) => w.values.iter().map(|&v| v as u8).collect(),
+            Self::Scales(w) => w.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        match self {
+            Self::Tensor(t) => safetensors::View::data_len(*t),
+            Self::Int8(w, _) => w.values.len(),
+            Self::Scales(w) => w.scales.len() * 4,
+        }
     }
 }
 

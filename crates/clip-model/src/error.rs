@@ -114,6 +114,16 @@ pub enum ModelError {
     /// Tensor error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An int8 weight of a quantized checkpoint that cannot be used as stored.
+    #[error("int8 weight `{key}` in {path}: {reason}")]
+    Quantized {
+        /// The weight's name.
+        key: String,
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A precision this model or device cannot run.
     #[error("precision {precision}: {reason}")]
     Precision {

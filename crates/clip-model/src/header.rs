@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
 use candle_core::{Device, Shape, Tensor};
+use clip_nn::quant::Int8Weight;
 use clip_nn::NnError;
 
 use crate::error::io_err;
@@ -58,28 +59,154 @@ impl WeightsFile {
         })
     }
 
-    /// Every tensor's shape from the header alone (non-parameter buffers left out).
+    /// Every tensor's shape from the header alone (non-parameter buffers and the scales of
+    /// int8 weights left out).
     pub(crate) fn shapes(&self) -> Result<Shapes> {
-        Ok(self
-            .parse()?
+        let st = self.parse()?;
+        let scales = int8_scale_keys(&st);
+        Ok(st
             .tensors()
             .into_iter()
-            .filter(|(name, _)| !is_ignored_buffer(name))
+            .filter(|(name, _)| !is_ignored_buffer(name) && !scales.contains(name))
             .map(|(name, view)| (name, Shape::from(view.shape().to_vec())))
             .collect())
     }
 
-    /// Every tensor (non-parameter buffers left out), copied out of the map.
-    pub(crate) fn load(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        let mut out = HashMap::new();
-        for (name, view) in self.parse()?.tensors() {
-            if is_ignored_buffer(&name) {
+    /// Every tensor (non-parameter buffers left out), copied out of the map in file order;
+    /// int8 weights (a quantized checkpoint) come out with their scales, as stored.
+    ///
+    /// Pages already copied are handed back to the kernel as the copy goes on, so loading
+    /// holds the model about once in memory rather than twice (map + copy).
+    pub(crate) fn load(&self, device: &Device) -> Result<Loaded> {
+        let st = self.parse()?;
+        let scales = int8_scale_keys(&st);
+        let mut views = st.tensors();
+        views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+        let mut out = Loaded::default();
+        let mut released = 0;
+        for (name, view) in views {
+            if is_ignored_buffer(&name) || scales.contains(&name) {
                 continue;
             }
-            out.insert(name, view.load(device)?);
+            if view.dtype() == safetensors::Dtype::I8 {
+                let w = self.int8_weight(&st, &name, &view)?;
+                out.int8.insert(name, w);
+            } else {
+                out.tensors.insert(name, view.load(device)?);
+            }
+            let end =
+                view.data().as_ptr() as usize + view.data().len() - self.mmap.as_ptr() as usize;
+            released = self.release_pages(released, end);
         }
         Ok(out)
     }
+
+    /// The int8 weight `name` and its `name_scale`, checked: a 2-D weight, one f32 scale
+    /// per output channel, every scale a positive number.
+    fn int8_weight(
+        &self,
+        st: &safetensors::SafeTensors<'_>,
+        name: &str,
+        view: &safetensors::tensor::TensorView<'_>,
+    ) -> Result<Int8Weight> {
+        let bad = |reason: String| ModelError::Quantized {
+            key: name.to_string(),
+            path: self.path.clone(),
+            reason,
+        };
+        let &[n, k] = view.shape() else {
+            return Err(bad(format!(
+                "shape {:?}: only 2-D linear weights are stored as int8",
+                view.shape()
+            )));
+        };
+        let scale_key = int8_scale_key(name);
+        let scale = st
+            .tensor(&scale_key)
+            .map_err(|_| bad(format!("its scales `{scale_key}` are missing")))?;
+        if scale.dtype() != safetensors::Dtype::F32 || scale.shape() != [n] {
+            return Err(bad(format!(
+                "its scales `{scale_key}` are {:?} {:?}, not F32 [{n}]",
+                scale.dtype(),
+                scale.shape()
+            )));
+        }
+        let w = Int8Weight {
+            n,
+            k,
+            values: view.data().iter().map(|&b| b as i8).collect(),
+            scales: scale
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        };
+        w.check().map_err(bad)?;
+        Ok(w)
+    }
+
+    /// Drops this process's copy of the map's whole pages in `from..to` (byte offsets), all
+    /// of them already copied out; returns where the next release starts.
+    #[cfg(unix)]
+    fn release_pages(&self, from: usize, to: usize) -> usize {
+        const PAGE: usize = 4096;
+        let to = to / PAGE * PAGE;
+        if to <= from {
+            return from;
+        }
+        // SAFETY: the map is a read-only, shared mapping of a file, so `DontNeed` discards
+        // no data: a page touched again is read back from the file. Nothing touches these
+        // bytes again anyway (each tensor is copied once, in file order, and the header's
+        // views are not read after their tensor), and `from..to` lies inside the map.
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+        };
+        to
+    }
+
+    #[cfg(not(unix))]
+    fn release_pages(&self, from: usize, _to: usize) -> usize {
+        from
+    }
+}
+
+/// What a weights file holds: floating-point tensors, and int8 weights with their scales.
+#[derive(Default)]
+pub(crate) struct Loaded {
+    pub(crate) tensors: HashMap<String, Tensor>,
+    pub(crate) int8: HashMap<String, Int8Weight>,
+}
+
+impl Loaded {
+    /// The tensors of a file that may hold no int8 weight (open_clip's layout, optimizer
+    /// state); an int8 weight there is an error naming it.
+    pub(crate) fn floats_only(self, path: &Path) -> Result<HashMap<String, Tensor>> {
+        match self.int8.keys().min() {
+            None => Ok(self.tensors),
+            Some(key) => Err(ModelError::Quantized {
+                key: key.clone(),
+                path: path.to_path_buf(),
+                reason: "int8 weights are read only from a Hugging Face layout checkpoint \
+                         written by `clip convert --precision int8`"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// Where a quantized checkpoint stores the per-channel scales of int8 weight `name`.
+pub(crate) fn int8_scale_key(name: &str) -> String {
+    format!("{name}_scale")
+}
+
+/// The scale tensors of the file's int8 weights (not parameters of the model themselves).
+fn int8_scale_keys(st: &safetensors::SafeTensors<'_>) -> HashSet<String> {
+    st.tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::I8)
+        .map(|(name, _)| int8_scale_key(&name))
+        .collect()
 }
 
 /// A tensor whose whole shape the config fixes: each dimension with the config key (and

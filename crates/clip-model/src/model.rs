@@ -46,6 +46,14 @@ impl ClipModel {
         Ok(recorder.shapes())
     }
 
+    /// The weights of the linear layers that run packed in int8 or bf16 (the transformer
+    /// blocks' attention and MLP projections): those a quantized checkpoint stores as int8.
+    pub fn packable_weights(cfg: &ClipConfig) -> Result<Vec<String>> {
+        let recorder = ShapeRecorder::new();
+        Self::new(cfg, cfg.text_config.pooling(), Params::new(&recorder))?;
+        Ok(recorder.packable())
+    }
+
     /// Packs both towers' transformer blocks for `precision` (int8 or bf16; f32 leaves the
     /// model as it is). Inference on the CPU only: a packed model cannot be trained or saved.
     pub fn pack(&mut self, precision: clip_nn::quant::Precision) -> Result<()> {

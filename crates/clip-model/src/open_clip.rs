@@ -412,7 +412,10 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let shapes = convert_shapes(file.shapes()?, &weights_path)?;
     header::check_config(&config, &shapes, &config_path, &weights_path, config_key)?;
     header::check_shapes(&config, &shapes, &weights_path)?;
-    let tensors = convert(file.load(device)?, &weights_path)?;
+    let tensors = convert(
+        file.load(device)?.floats_only(&weights_path)?,
+        &weights_path,
+    )?;
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
     Ok(Checkpoint {
         dir: dir.to_path_buf(),

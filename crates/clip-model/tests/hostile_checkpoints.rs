@@ -86,8 +86,13 @@ fn fixture(name: &str) -> PathBuf {
 
 /// A copy of fixture `name` in a fresh temporary directory.
 fn copy_fixture(name: &str) -> tempfile::TempDir {
+    copy_dir(&fixture(name))
+}
+
+/// A copy of model directory `dir` in a fresh temporary directory.
+fn copy_dir(dir: &Path) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
     }
@@ -331,7 +336,7 @@ fn open_clip_sizes_are_named_by_their_open_clip_keys() {
 
 /// The fixture files a fuzz case starts from, split so the header can be mutated alone.
 struct Seed {
-    fixture: &'static str,
+    dir: PathBuf,
     config_file: &'static str,
     weights_file: &'static str,
     config: Vec<u8>,
@@ -341,19 +346,14 @@ struct Seed {
 }
 
 impl Seed {
-    fn new(
-        fixture_name: &'static str,
-        config_file: &'static str,
-        weights_file: &'static str,
-    ) -> Self {
-        let dir = fixture(fixture_name);
+    fn new(dir: PathBuf, config_file: &'static str, weights_file: &'static str) -> Self {
         let weights = std::fs::read(dir.join(weights_file)).unwrap();
         let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
         Self {
-            fixture: fixture_name,
+            config: std::fs::read(dir.join(config_file)).unwrap(),
+            dir,
             config_file,
             weights_file,
-            config: std::fs::read(dir.join(config_file)).unwrap(),
             header: weights[..8 + n].to_vec(),
             data: weights[8 + n..].to_vec(),
         }
@@ -441,15 +441,32 @@ fn fuzzed_configs_and_headers_never_panic_or_allocate_much() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x0C11_F022);
+    // A quantized checkpoint too: int8 weights with their scales.
+    let int8 = tempfile::tempdir().unwrap();
+    let ckpt = Checkpoint::load(&fixture("hf_tiny"), &Device::Cpu).unwrap();
+    let ckpt = ckpt.quantized().unwrap();
+    clip_model::save_hf(
+        int8.path(),
+        &ckpt.config,
+        &ckpt.preprocess,
+        &ckpt.weights,
+        None,
+    )
+    .unwrap();
     let seeds = [
-        Seed::new("hf_tiny", "config.json", "model.safetensors"),
+        Seed::new(fixture("hf_tiny"), "config.json", "model.safetensors"),
         Seed::new(
-            "openclip_tiny",
+            int8.path().to_path_buf(),
+            "config.json",
+            "model.safetensors",
+        ),
+        Seed::new(
+            fixture("openclip_tiny"),
             "open_clip_config.json",
             "open_clip_model.safetensors",
         ),
     ];
-    let dirs: Vec<tempfile::TempDir> = seeds.iter().map(|s| copy_fixture(s.fixture)).collect();
+    let dirs: Vec<tempfile::TempDir> = seeds.iter().map(|s| copy_dir(&s.dir)).collect();
     // The header each directory's weights file holds now: rewritten only when it changes.
     let mut written: Vec<Vec<u8>> = seeds.iter().map(|s| s.header.clone()).collect();
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
@@ -499,7 +516,7 @@ fn fuzzed_configs_and_headers_never_panic_or_allocate_much() {
         let (res, largest) = run.unwrap_or_else(|panic| {
             eprintln!(
                 "seed {seed} iteration {iter} panicked on {}:\n{}",
-                s.fixture,
+                s.dir.display(),
                 String::from_utf8_lossy(if target == 1 { &header[8..] } else { &config })
             );
             std::panic::resume_unwind(panic)

@@ -51,6 +51,36 @@ impl Linear {
         })
     }
 
+    /// A layer that may run packed: as [`Linear::new`], except that a weight the source
+    /// holds as int8 (a quantized checkpoint) is packed straight from it, with no f32 copy.
+    /// The transformer blocks' projections are built this way ([`crate::Encoder::pack`]
+    /// packs the same layers of an f32 checkpoint).
+    pub fn packable(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        std: f64,
+        p: &Params,
+    ) -> Result<Self> {
+        let Some(q) = p.int8((out_dim, in_dim), "weight")? else {
+            return Self::new(in_dim, out_dim, bias, std, p);
+        };
+        let bias = if bias {
+            Some(p.get(out_dim, "bias", Init::Zeros)?)
+        } else {
+            None
+        };
+        let bias_values = match &bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let packed = PackedLinear::from_int8(q, bias_values.as_deref());
+        Ok(Self {
+            weight: LinearWeight::Packed(Arc::new(packed)),
+            bias,
+        })
+    }
+
     /// The `[out, in]` weight; an error once the layer is packed ([`Linear::pack`]).
     pub fn weight(&self) -> Result<&Tensor> {
         self.weight.dense()

@@ -9,6 +9,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::SplitMix64;
 
+use crate::quant::Int8Weight;
 use crate::{NnError, Result};
 
 /// How a fresh parameter is initialised when no checkpoint provides it.
@@ -30,6 +31,13 @@ pub trait ParamSource: Sync {
     fn get(&self, name: &str, shape: &Shape, init: Init) -> Result<Tensor>;
     /// The device tensors live on.
     fn device(&self) -> &Device;
+    /// The int8 weight stored for `name` (a quantized checkpoint), checked to be `[n, k]`
+    /// = `shape`; `None` where the source holds the weight in floating point. Asked only
+    /// for the linear layers that may run packed ([`crate::Linear::packable`]).
+    fn int8(&self, name: &str, shape: &Shape) -> Result<Option<&Int8Weight>> {
+        let _ = (name, shape);
+        Ok(None)
+    }
 }
 
 /// A prefix-scoped view of a [`ParamSource`]; `pp("encoder")` extends the key path.
@@ -66,6 +74,12 @@ impl<'a> Params<'a> {
     pub fn device(&self) -> &Device {
         self.source.device()
     }
+
+    /// The int8 weight stored for `prefix.name`, if the source holds one
+    /// ([`ParamSource::int8`]).
+    pub fn int8(&self, shape: impl Into<Shape>, name: &str) -> Result<Option<&'a Int8Weight>> {
+        self.source.int8(&join(&self.prefix, name), &shape.into())
+    }
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -83,6 +97,8 @@ fn join(prefix: &str, name: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct TensorMap {
     tensors: HashMap<String, Tensor>,
+    /// Weights a quantized checkpoint stores as int8 (not in `tensors`).
+    int8: HashMap<String, Int8Weight>,
     device: Device,
     dtype: DType,
 }
@@ -92,9 +108,21 @@ impl TensorMap {
     pub fn new(tensors: HashMap<String, Tensor>, device: Device) -> Self {
         Self {
             tensors,
+            int8: HashMap::new(),
             device,
             dtype: DType::F32,
         }
+    }
+
+    /// Adds the weights a quantized checkpoint holds as int8.
+    pub fn with_int8(mut self, int8: HashMap<String, Int8Weight>) -> Self {
+        self.int8 = int8;
+        self
+    }
+
+    /// The int8 weights, by name.
+    pub fn int8_weights(&self) -> &HashMap<String, Int8Weight> {
+        &self.int8
     }
 
     /// Hands tensors out in `dtype` (e.g. bf16 for mixed-precision forward passes).
@@ -137,6 +165,21 @@ impl ParamSource for TensorMap {
     fn get(&self, name: &str, shape: &Shape, _init: Init) -> Result<Tensor> {
         let t = self.checked(name, shape)?;
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    fn int8(&self, name: &str, shape: &Shape) -> Result<Option<&Int8Weight>> {
+        let Some(w) = self.int8.get(name) else {
+            return Ok(None);
+        };
+        let found = Shape::from((w.n, w.k));
+        if &found != shape {
+            return Err(NnError::ShapeMismatch {
+                key: name.to_string(),
+                expected: shape.clone(),
+                found,
+            });
+        }
+        Ok(Some(w))
     }
 
     fn device(&self) -> &Device {
@@ -248,6 +291,7 @@ impl ParamSource for VarStore {
 #[derive(Default)]
 pub struct ShapeRecorder {
     seen: Mutex<Vec<(String, Shape)>>,
+    packable: Mutex<Vec<String>>,
 }
 
 impl ShapeRecorder {
@@ -259,6 +303,12 @@ impl ShapeRecorder {
     /// Every parameter requested so far, in order.
     pub fn shapes(&self) -> Vec<(String, Shape)> {
         self.seen.lock().expect("recorder poisoned").clone()
+    }
+
+    /// The weights of the linear layers that may run packed ([`crate::Linear::packable`]):
+    /// those a quantized checkpoint stores as int8.
+    pub fn packable(&self) -> Vec<String> {
+        self.packable.lock().expect("recorder poisoned").clone()
     }
 }
 
@@ -273,6 +323,14 @@ impl ParamSource for ShapeRecorder {
 
     fn device(&self) -> &Device {
         &Device::Cpu
+    }
+
+    fn int8(&self, name: &str, _shape: &Shape) -> Result<Option<&Int8Weight>> {
+        self.packable
+            .lock()
+            .expect("recorder poisoned")
+            .push(name.to_string());
+        Ok(None)
     }
 }
 

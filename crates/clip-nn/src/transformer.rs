@@ -125,10 +125,10 @@ impl Attention {
         let in_std = (w as f64).powf(-0.5);
         let out_std = in_std * ((2 * spec.layers) as f64).powf(-0.5);
         Ok(Self {
-            q: Linear::new(w, w, true, in_std, &p.pp("q_proj"))?,
-            k: Linear::new(w, w, true, in_std, &p.pp("k_proj"))?,
-            v: Linear::new(w, w, true, in_std, &p.pp("v_proj"))?,
-            out: Linear::new(w, w, true, out_std, &p.pp("out_proj"))?,
+            q: Linear::packable(w, w, true, in_std, &p.pp("q_proj"))?,
+            k: Linear::packable(w, w, true, in_std, &p.pp("k_proj"))?,
+            v: Linear::packable(w, w, true, in_std, &p.pp("v_proj"))?,
+            out: Linear::packable(w, w, true, out_std, &p.pp("out_proj"))?,
             heads: spec.heads,
             scale: ((w / spec.heads) as f64).powf(-0.5),
         })
@@ -184,14 +184,14 @@ impl Mlp {
     pub fn new(spec: &EncoderSpec, p: &Params) -> Result<Self> {
         let w = spec.width as f64;
         Ok(Self {
-            fc1: Linear::new(
+            fc1: Linear::packable(
                 spec.width,
                 spec.mlp_dim,
                 true,
                 (2.0 * w).powf(-0.5),
                 &p.pp("fc1"),
             )?,
-            fc2: Linear::new(
+            fc2: Linear::packable(
                 spec.mlp_dim,
                 spec.width,
                 true,

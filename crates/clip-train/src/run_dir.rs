@@ -140,7 +140,7 @@ pub(crate) fn save_checkpoint(
             tmp,
             &setup.model,
             &setup.preprocess,
-            &tensors,
+            &clip_nn::TensorMap::new(tensors, candle_core::Device::Cpu),
             Some(&setup.tokenizer_file),
         )?;
         let p = tmp.join(OPTIMIZER_FILE);

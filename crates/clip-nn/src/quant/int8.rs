@@ -4,7 +4,7 @@
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{panels, store_row, tiles, Isa, PANEL};
+use super::{panels, store_row, tiles, Int8Weight, Isa, PANEL};
 use crate::simd;
 
 /// Bytes of `k` per 32-bit lane.
@@ -27,8 +27,10 @@ pub(super) struct Weights {
 }
 
 impl Weights {
-    /// Quantizes and packs a row-major `[n, k]` weight.
-    pub(super) fn pack(w: &[f32], n: usize, k: usize) -> Self {
+    /// Packs a weight already quantized per output channel ([`Int8Weight`]): quantizing at
+    /// load and loading a quantized checkpoint both end here, so they pack the same bytes.
+    pub(super) fn pack(w: &Int8Weight) -> Self {
+        let (n, k) = (w.n, w.k);
         assert!(k <= MAX_K, "int8 linear: k = {k} exceeds {MAX_K}");
         let groups = k.div_ceil(GROUP);
         let np = panels(n);
@@ -43,17 +45,9 @@ impl Weights {
             .enumerate()
             .for_each(|(p, ((q, scale), col_sum))| {
                 for c in 0..PANEL.min(n - p * PANEL) {
-                    let row = &w[(p * PANEL + c) * k..][..k];
-                    let max = simd::max(&row.iter().map(|v| v.abs()).collect::<Vec<_>>());
-                    let s = if max > 0.0 && max.is_finite() {
-                        max / 127.0
-                    } else {
-                        1.0
-                    };
-                    scale[c] = s;
-                    let inv = 1.0 / s;
-                    for (kk, &v) in row.iter().enumerate() {
-                        let qv = round_to_i8(v * inv);
+                    let j = p * PANEL + c;
+                    scale[c] = w.scales[j];
+                    for (kk, &qv) in w.values[j * k..][..k].iter().enumerate() {
                         col_sum[c] += qv as i32;
                         q[((kk / GROUP) * PANEL + c) * GROUP + kk % GROUP] = qv;
                     }
@@ -166,7 +160,7 @@ fn row_scale(lo: f32, hi: f32) -> Option<(f32, f32, f32)> {
 
 /// `v` to the nearest integer (halves away from zero), saturating to ±127: no libm call.
 #[inline(always)]
-fn round_to_i8(v: f32) -> i8 {
+pub(super) fn round_to_i8(v: f32) -> i8 {
     let r = (v + 0.5f32.copysign(v)) as i32;
     r.clamp(-127, 127) as i8
 }

@@ -110,6 +110,91 @@ impl Isa {
     }
 }
 
+/// A `[n, k]` weight quantized symmetrically per output channel: `w[j, k] ≈ scales[j] ·
+/// values[j·k + k]`, `values ∈ [−127, 127]` — what a quantized checkpoint stores (row-major,
+/// as the f32 weight was) and what [`PackedLinear`] packs for the int8 kernels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Weight {
+    /// Output channels.
+    pub n: usize,
+    /// Input width.
+    pub k: usize,
+    /// `n × k` quantized values, row-major.
+    pub values: Vec<i8>,
+    /// One scale per output channel.
+    pub scales: Vec<f32>,
+}
+
+impl Int8Weight {
+    /// The one quantization rule: each row's largest magnitude maps to 127, values round
+    /// to the nearest level (halves away from zero). A row of zeros (or one holding a
+    /// non-finite value, which no trained layer has) gets scale 1.
+    ///
+    /// # Panics
+    /// When `weight` is not `n × k` long (a caller's bug, not input).
+    pub fn quantize(weight: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(weight.len(), n * k, "int8 weight: {n}×{k} expected");
+        let mut values = vec![0i8; n * k];
+        let mut scales = vec![0f32; n];
+        values
+            .par_chunks_mut(k.max(1))
+            .zip(scales.par_iter_mut())
+            .zip(weight.par_chunks(k.max(1)))
+            .for_each(|((q, s), row)| {
+                let max = crate::simd::max(&row.iter().map(|v| v.abs()).collect::<Vec<_>>());
+                *s = if max > 0.0 && max.is_finite() {
+                    max / 127.0
+                } else {
+                    1.0
+                };
+                let inv = 1.0 / *s;
+                for (q, &v) in q.iter_mut().zip(row) {
+                    *q = int8::round_to_i8(v * inv);
+                }
+            });
+        Self {
+            n,
+            k,
+            values,
+            scales,
+        }
+    }
+
+    /// Checks the sizes agree and every scale is finite and positive; the reason otherwise
+    /// (for a checkpoint's error message).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.values.len() != self.n * self.k {
+            return Err(format!(
+                "{} values for a {}×{} weight",
+                self.values.len(),
+                self.n,
+                self.k
+            ));
+        }
+        if self.scales.len() != self.n {
+            return Err(format!(
+                "{} scales for {} output channels",
+                self.scales.len(),
+                self.n
+            ));
+        }
+        if self.k > int8::MAX_K {
+            return Err(format!("input width {} exceeds {}", self.k, int8::MAX_K));
+        }
+        if let Some(j) = self
+            .scales
+            .iter()
+            .position(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err(format!(
+                "scale {} of channel {j} is not a positive number",
+                self.scales[j]
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A linear layer `y = x·Wᵀ + b` (`W` is `[n, k]`) packed for int8 or bf16 inference.
 #[derive(Debug, Clone)]
 pub struct PackedLinear {
@@ -142,20 +227,36 @@ impl PackedLinear {
         assert_eq!(weight.len(), n * k, "packed weight: {n}×{k} expected");
         let weights = match precision {
             Precision::F32 => return None,
-            Precision::Int8 => Packed::Int8(int8::Weights::pack(weight, n, k)),
+            Precision::Int8 => {
+                Packed::Int8(int8::Weights::pack(&Int8Weight::quantize(weight, n, k)))
+            }
             Precision::Bf16 => Packed::Bf16(bf16::Weights::pack(weight, n, k)),
         };
+        Some(Self::with_bias(weights, bias, n, k))
+    }
+
+    /// Packs a weight quantized earlier (a quantized checkpoint): the same packed bytes as
+    /// [`PackedLinear::new`] gives for the f32 weight it was quantized from.
+    ///
+    /// # Panics
+    /// When `bias` is not `weight.n` long (a caller's bug, not input).
+    pub fn from_int8(weight: &Int8Weight, bias: Option<&[f32]>) -> Self {
+        let weights = Packed::Int8(int8::Weights::pack(weight));
+        Self::with_bias(weights, bias, weight.n, weight.k)
+    }
+
+    fn with_bias(weights: Packed, bias: Option<&[f32]>, n: usize, k: usize) -> Self {
         let mut padded = vec![0f32; panels(n) * PANEL];
         if let Some(b) = bias {
             assert_eq!(b.len(), n, "packed bias: {n} expected");
             padded[..n].copy_from_slice(b);
         }
-        Some(Self {
+        Self {
             n,
             k,
             weights,
             bias: padded,
-        })
+        }
     }
 
     /// Output width `n`.

@@ -65,7 +65,7 @@ fn reference(x: &[f32], w: &[f32], b: &[f32], n: usize, k: usize) -> Vec<f32> {
 fn int8_operands(x: &[f32], w: &[f32], n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
     let m = x.len().checked_div(k).unwrap_or(0);
     let a = int8::Rows::quantize(x, m, k, Isa::Portable);
-    let packed = int8::Weights::pack(w, n, k);
+    let packed = int8::Weights::pack(&Int8Weight::quantize(w, n, k));
     let (xd, wd) = (a.dequantized(m, k), packed.dequantized(n, k));
     (xd, wd)
 }
@@ -202,4 +202,36 @@ fn zero_and_constant_rows_quantize_exactly() {
         1e-6,
         "const",
     );
+}
+
+/// The stored form of an int8 weight: each channel's largest magnitude is ±127, every value
+/// within half a level of the f32 weight, and packing it gives what packing the f32 weight
+/// does (a quantized checkpoint embeds exactly as quantizing at load).
+#[test]
+fn int8_weights_quantize_per_channel_and_pack_alike() {
+    for &(m, n, k) in &SHAPES {
+        let w = random(n * k, 11);
+        let q = Int8Weight::quantize(&w, n, k);
+        assert_eq!(q.check(), Ok(()), "({n}, {k})");
+        for j in 0..n {
+            let row = &q.values[j * k..][..k];
+            let s = q.scales[j];
+            assert_eq!(row.iter().map(|v| v.unsigned_abs()).max(), Some(127));
+            for (v, f) in row.iter().zip(&w[j * k..][..k]) {
+                assert!((*v as f32 * s - f).abs() <= s * 0.5 + 1e-7, "({n}, {k})");
+            }
+        }
+        let x = activations(m, k, 12);
+        let b = random(n, 13);
+        let fresh = PackedLinear::new(&w, Some(&b), n, k, Precision::Int8).unwrap();
+        let stored = PackedLinear::from_int8(&q, Some(&b));
+        for isa in paths() {
+            assert_eq!(fresh.forward_on(&x, isa), stored.forward_on(&x, isa));
+        }
+    }
+    let mut bad = Int8Weight::quantize(&random(6, 1), 2, 3);
+    bad.scales[1] = f32::NAN;
+    assert!(bad.check().unwrap_err().contains("channel 1"));
+    bad.values.pop();
+    assert!(bad.check().unwrap_err().contains("5 values"));
 }
