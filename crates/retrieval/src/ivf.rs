@@ -15,8 +15,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::io_err;
+use crate::files::{read_regular, write_atomically};
 use crate::kernel::{Rows, Scanner};
-use crate::store::{self, Manifest};
+use crate::manifest::Manifest;
 use crate::topk::{best_hits, Hit, TopKSet};
 use crate::{exact, Result, RetrievalError};
 
@@ -137,8 +138,8 @@ impl IvfLists {
             ("order", view(Dtype::U32, vec![self.order.len()], &order)?),
         ];
         let bytes = safetensors::serialize(tensors, Some(identity(m))).map_err(st_err)?;
-        store::write_atomically(path, |f, tmp| {
-            f.write_all(&bytes).map_err(io_err("cannot write", tmp))
+        write_atomically(path, |f| {
+            f.write_all(&bytes).map_err(io_err("cannot write", path))
         })
     }
 
@@ -148,7 +149,7 @@ impl IvfLists {
     pub(crate) fn load(path: &Path, m: &Manifest, rows: Rows<'_>) -> Result<Option<Self>> {
         // Centroids, offsets and order of at most one list per row, and a header.
         let max = (m.count as u64 + 1) * (m.dimension as u64 * 4 + 16) + (100 << 20);
-        let bytes = match store::read_regular(path, max) {
+        let bytes = match read_regular(path, max) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("cannot read", path)(e)),

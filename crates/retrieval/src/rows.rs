@@ -24,8 +24,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{invalid, io_err};
+use crate::files::{parallel_crc32, ChecksummedWriter};
 use crate::guard::{FileId, GuardedMap};
-use crate::store::{Entries, EntriesKind, ImageEntry};
+use crate::manifest::{Entries, EntriesKind, ImageEntry};
 use crate::{Result, RetrievalError};
 
 const MAGIC: &[u8; 8] = b"CLIPROWS";
@@ -74,7 +75,7 @@ pub(crate) fn write_rows(
         at += row_text(entries, i)?.len() as u64;
         offsets.push(at);
     }
-    let mut w = crate::store::ChecksummedWriter::new(file, path);
+    let mut w = ChecksummedWriter::new(file, path);
     let mut put = |bytes: &[u8]| w.put(bytes);
     put(MAGIC)?;
     put(&LAYOUT_VERSION.to_le_bytes())?;
@@ -149,7 +150,7 @@ impl MappedRows {
         }
         let map = GuardedMap::map(&file, path, false).map_err(io_err("cannot memory-map", path))?;
         if verify_checksum {
-            let crc = crate::store::parallel_crc32(&map);
+            let crc = parallel_crc32(&map);
             map.check()?;
             if crc != crc32 {
                 return Err(damaged(format!(
