@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::ops::contiguous_f32;
+use crate::cpu_storage::contiguous_f32;
 use crate::Activation;
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
