@@ -13,7 +13,6 @@ mod limits;
 mod order;
 mod samples;
 mod source;
-pub mod synth;
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use cache::{parse_bytes, physical_memory, CacheConfig, CacheMode, DecodedCache};
