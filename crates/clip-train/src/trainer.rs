@@ -13,7 +13,7 @@ use serde::Serialize;
 use text_encoder::ClipTokenizer;
 
 use crate::dist::{Collective, Single};
-use crate::error::io;
+use crate::error::io_err;
 use crate::loader::{Loader, LoaderMode, LoaderSpec, Share};
 use crate::optim::learning_rate;
 use crate::run_dir::{self, Metrics, SkipLog};
@@ -196,7 +196,7 @@ pub fn train_on(
     let local_batch = local_batch(t, world)?;
     let lead = rank == 0;
     if lead {
-        std::fs::create_dir_all(&setup.out).map_err(io("cannot create", &setup.out))?;
+        std::fs::create_dir_all(&setup.out).map_err(io_err("cannot create", &setup.out))?;
     }
 
     // Weights, optimiser moments, step and data position from the newest checkpoint, or a
