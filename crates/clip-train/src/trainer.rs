@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use clip_data::{Augmenter, DecodedCache, SampleSet};
-use clip_model::{ClipConfig, ClipModel, Preprocess};
-use clip_nn::{TensorMap, VarStore};
+use clip_model::ClipModel;
+use clip_nn::VarStore;
 use serde::Serialize;
-use text_encoder::ClipTokenizer;
 
 use crate::dist::{Collective, Single};
 use crate::error::io_err;
@@ -18,7 +17,7 @@ use crate::loader::{Loader, LoaderMode, LoaderSpec, Share};
 use crate::optim::learning_rate;
 use crate::run_dir::{self, Metrics, SkipLog};
 use crate::step::{model_over, Stepper};
-use crate::{LossKind, Objective, Result, TrainConfig, TrainError};
+use crate::{LossKind, Objective, Result, RunSetup, TrainConfig, TrainError};
 
 /// One logged step.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -67,28 +66,6 @@ pub trait Observer {
 
 /// Reports nothing and validates nothing.
 impl Observer for () {}
-
-/// What a run starts from and where it writes.
-pub struct RunSetup {
-    /// The run directory.
-    pub out: PathBuf,
-    /// Model architecture.
-    pub model: ClipConfig,
-    /// Image preprocessing (size, mean, std).
-    pub preprocess: Preprocess,
-    /// Weights to fine-tune from (None: fresh, seeded initialisation).
-    pub init: Option<TensorMap>,
-    /// `tokenizer.json` copied into every checkpoint.
-    pub tokenizer_file: PathBuf,
-    /// The tokenizer.
-    pub tokenizer: ClipTokenizer,
-    /// Optimisation settings.
-    pub train: TrainConfig,
-    /// Continue from the newest checkpoint in `out`.
-    pub resume: bool,
-    /// Class id per sample (needed by [`LossKind::Oracle`] only).
-    pub labels: Option<Vec<usize>>,
-}
 
 /// The end of a run.
 #[derive(Debug, Clone)]
