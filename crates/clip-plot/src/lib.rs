@@ -236,9 +236,19 @@ fn draw_chart<DB: DrawingBackend>(
         };
     }
 
-    // Legend rows from the top of the plot down; past its bottom, the last row says how many
-    // entries are left out.
     let (_, plot_rows) = ctx.plotting_area().get_pixel_range();
+    draw_legend(&legend_area, &legend, plot_rows, label_font)?;
+    Ok(())
+}
+
+/// The legend beside the plot, whose rows span `plot_rows` (pixels): rows from the top down;
+/// past the bottom, the last row says how many entries are left out.
+fn draw_legend<DB: DrawingBackend>(
+    legend_area: &DrawingArea<DB, Shift>,
+    legend: &[(String, RGBColor)],
+    plot_rows: std::ops::Range<i32>,
+    label_font: TextStyle,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let top = plot_rows.start - legend_area.get_base_pixel().1;
     let row = (LABEL_PX as f64 * 1.25).round() as i32;
     let rows = ((plot_rows.end - plot_rows.start) / row).max(1) as usize;

@@ -9,7 +9,8 @@ use atomic_write_file::AtomicWriteFile;
 use rayon::prelude::*;
 
 use crate::error::io_err;
-use crate::Result;
+use crate::guard::{FileId, GuardedMap};
+use crate::{Result, RetrievalError};
 
 /// Writes `path` whole or not at all: `write` fills a temporary sibling (`.NAME.<random>`, a
 /// name [`crate::store`] recognises as a leftover), which `atomic-write-file` syncs and
@@ -24,6 +25,47 @@ pub(crate) fn write_atomically<T>(
     file.commit()
         .map_err(io_err("cannot sync and rename into place", path))?;
     Ok(out)
+}
+
+/// Maps a data file the manifest records and checks it against the record before anything
+/// reads it: a regular file exactly `bytes` long (and at least `min_len`), whose CRC-32 is
+/// `crc32` when `verify` (read once, in parallel). Pages are pre-faulted when `populate`.
+pub(crate) fn map_recorded(
+    path: &Path,
+    (bytes, crc32): (u64, u32),
+    verify: bool,
+    min_len: u64,
+    populate: bool,
+) -> Result<(GuardedMap, FileId)> {
+    let file = File::open(path).map_err(io_err("cannot open", path))?;
+    let md = file.metadata().map_err(io_err("cannot stat", path))?;
+    let (len, id) = (md.len(), FileId::of(&md));
+    let damaged = |reason: String| RetrievalError::Damaged {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !md.is_file() {
+        return Err(damaged("it is not a regular file".into()));
+    }
+    if len != bytes {
+        return Err(damaged(format!(
+            "it is {len} bytes long but the manifest records {bytes} (truncated or overwritten)"
+        )));
+    }
+    if len < min_len {
+        return Err(damaged(format!("it is only {len} bytes long")));
+    }
+    let map = GuardedMap::map(&file, path, populate).map_err(io_err("cannot memory-map", path))?;
+    if verify {
+        let crc = parallel_crc32(&map);
+        map.check()?;
+        if crc != crc32 {
+            return Err(damaged(format!(
+                "its CRC-32 is {crc:08x} but the manifest records {crc32:08x}"
+            )));
+        }
+    }
+    Ok((map, id))
 }
 
 /// A buffered writer of a whole file that keeps its length and CRC-32 as it goes, so that what

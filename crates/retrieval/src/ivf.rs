@@ -170,18 +170,7 @@ impl IvfLists {
                 path: path.to_path_buf(),
             });
         }
-        let tensor = |key: &str, dtype: Dtype| {
-            let v = st
-                .tensor(key)
-                .map_err(|_| damaged(format!("no `{key}` tensor")))?;
-            if v.dtype() != dtype {
-                return Err(damaged(format!(
-                    "`{key}` is {:?}, not {dtype:?}",
-                    v.dtype()
-                )));
-            }
-            Ok((v.shape().to_vec(), v.data()))
-        };
+        let tensor = |key: &str, dtype: Dtype| typed_tensor(&st, key, dtype).map_err(damaged);
         let (dim, n) = (m.dimension, m.count);
         let (cshape, c) = tensor("centroids", Dtype::F32)?;
         let (oshape, o) = tensor("offsets", Dtype::U64)?;
@@ -281,6 +270,20 @@ impl IvfLists {
             .map(|c| best_hits(c, k, false))
             .collect()
     }
+}
+
+/// The shape and bytes of tensor `key` of `st`, which must be of `dtype`; otherwise what is
+/// wrong with it.
+fn typed_tensor<'a>(
+    st: &SafeTensors<'a>,
+    key: &str,
+    dtype: Dtype,
+) -> std::result::Result<(Vec<usize>, &'a [u8]), String> {
+    let v = st.tensor(key).map_err(|_| format!("no `{key}` tensor"))?;
+    if v.dtype() != dtype {
+        return Err(format!("`{key}` is {:?}, not {dtype:?}", v.dtype()));
+    }
+    Ok((v.shape().to_vec(), v.data()))
 }
 
 /// Rows `order` of `rows`, in that order.

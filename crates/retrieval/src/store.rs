@@ -20,7 +20,7 @@ compile_error!(
 );
 
 use crate::error::{io_err, json_err};
-use crate::files::{parallel_crc32, write_atomically, ChecksummedWriter};
+use crate::files::{map_recorded, write_atomically, ChecksummedWriter};
 use crate::guard::{FileId, GuardedMap};
 use crate::manifest::{
     check_shape, generation, rows_file_name, vectors_file_name, DType, Entries, IndexSpec,
@@ -270,33 +270,12 @@ pub(crate) struct MappedVectors {
 /// Maps and validates the vectors file `m` names.
 pub(crate) fn map_vectors(dir: &Path, m: &Manifest, opts: OpenOptions) -> Result<MappedVectors> {
     let path = dir.join(&m.vectors_file);
-    let file = File::open(&path).map_err(io_err("cannot open", &path))?;
-    let md = file.metadata().map_err(io_err("cannot stat", &path))?;
-    let (len, id) = (md.len(), FileId::of(&md));
+    let checks = (m.vectors_bytes, m.vectors_crc32);
+    let (map, id) = map_recorded(&path, checks, opts.verify_checksum, 0, true)?;
     let damaged = |reason: String| RetrievalError::Damaged {
         path: path.clone(),
         reason,
     };
-    if !md.is_file() {
-        return Err(damaged("it is not a regular file".into()));
-    }
-    if len != m.vectors_bytes {
-        return Err(damaged(format!(
-            "it is {len} bytes long but the manifest records {} (truncated or overwritten)",
-            m.vectors_bytes
-        )));
-    }
-    let map = GuardedMap::map(&file, &path, true).map_err(io_err("cannot memory-map", &path))?;
-    if opts.verify_checksum {
-        let crc = parallel_crc32(&map);
-        map.check()?;
-        if crc != m.vectors_crc32 {
-            return Err(damaged(format!(
-                "its CRC-32 is {crc:08x} but the manifest records {:08x}",
-                m.vectors_crc32
-            )));
-        }
-    }
     let st = safetensors::SafeTensors::deserialize(&map)
         .map_err(|e| damaged(format!("bad safetensors header: {e}")))?;
     let view = st
