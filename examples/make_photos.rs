@@ -1,4 +1,4 @@
-//! Writes photo-like synthetic image–caption pairs (`clip_data::synth`) for scale tests and
+//! Writes photo-like synthetic image–caption pairs (the `photo-synth` crate) for scale tests and
 //! benchmarks of the streaming data loader: a folder of `key.jpg` + `key.txt` pairs in
 //! subfolders of 10,000, or webdataset tar shards laid out like img2dataset's output.
 //!
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use clip_data::synth::{self, SynthConfig};
+use photo_synth::SynthConfig;
 
 /// How the samples are laid out on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let (what, bytes, jpg_bytes) = match args.format {
         Format::Folder => {
-            synth::write_folder(out, 0..args.count, &cfg)
+            photo_synth::write_folder(out, 0..args.count, &cfg)
                 .with_context(|| format!("writing samples into {}", out.display()))?;
             let (mut jpg, mut txt) = (0, 0);
             for i in 0..args.count {
@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             )
         }
         Format::Shards => {
-            let paths = synth::write_shards(out, args.count, args.per_shard, &cfg)
+            let paths = photo_synth::write_shards(out, args.count, args.per_shard, &cfg)
                 .with_context(|| format!("writing shards into {}", out.display()))?;
             let mut bytes = 0;
             for p in &paths {

@@ -60,7 +60,7 @@ pub enum DataError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, DataError>;
 
-pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError {
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError {
     let path = path.to_path_buf();
     move |source| DataError::Io { path, source }
 }

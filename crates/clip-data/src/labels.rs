@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::io;
+use crate::error::io_err;
 use crate::{DataError, Result};
 
 /// Images and their class names, with the classes numbered in order of first appearance.
@@ -22,7 +22,7 @@ impl LabelTable {
     /// Reads a tab-separated table with a header naming `image_key` and `label_key`; image
     /// paths are relative to the table's folder and must exist (an error names the line).
     pub fn read(path: &Path, image_key: &str, label_key: &str) -> Result<Self> {
-        let text = std::fs::read(path).map_err(io(path))?;
+        let text = std::fs::read(path).map_err(io_err(path))?;
         let text = String::from_utf8(text).map_err(|_| DataError::BadRecord {
             path: path.to_path_buf(),
             line: 1,

@@ -12,8 +12,8 @@ mod labels;
 mod limits;
 mod order;
 mod samples;
+mod skip;
 mod source;
-pub mod synth;
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use cache::{parse_bytes, physical_memory, CacheConfig, CacheMode, DecodedCache};
@@ -24,5 +24,6 @@ pub use limits::{
     not_regular, open_regular, read_regular, MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, MAX_RECORD_BYTES,
 };
 pub use order::{stream, Order, OrderConfig};
-pub use samples::{error_chain, summarize_skips, Item, Sample, SampleSet, Skip, SkipReason};
+pub use samples::{error_chain, Item, Sample, SampleSet};
+pub use skip::{summarize_skips, Skip, SkipReason};
 pub use source::{CsvOptions, Source};

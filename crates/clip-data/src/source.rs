@@ -7,7 +7,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::error::io;
+use crate::error::io_err;
 use crate::limits::{self, open_regular, MAX_RECORD_BYTES};
 use crate::{DataError, Result, Skip, SkipReason};
 
@@ -71,7 +71,7 @@ impl Source {
             });
         }
         // A FIFO or device named `x.jsonl` would block or never end; only regular files are read.
-        let md = std::fs::metadata(path).map_err(io(path))?;
+        let md = std::fs::metadata(path).map_err(io_err(path))?;
         if let Some(what) = limits::not_regular(&md) {
             return Err(DataError::Io {
                 path: path.to_path_buf(),
@@ -138,8 +138,8 @@ impl Source {
 /// The `.tar` files at the top of `dir`, sorted, when it holds shards and no images.
 fn shard_folder(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
     let mut tars = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
         if is_image(&path) {
             return Ok(None);
         }
@@ -210,10 +210,10 @@ impl Listing {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let entry = entry.map_err(io(dir))?;
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
         let path = entry.path();
-        if entry.file_type().map_err(io(&path))?.is_dir() {
+        if entry.file_type().map_err(io_err(&path))?.is_dir() {
             walk(&path, out)?;
         } else {
             out.push(path);
@@ -255,7 +255,7 @@ fn scan_folder(dir: &Path, out: &mut Listing, need_captions: bool) -> Result<()>
 
 fn scan_csv(path: &Path, opts: &CsvOptions, out: &mut Listing, need_captions: bool) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let file = open_regular(path).map_err(io(path))?;
+    let file = open_regular(path).map_err(io_err(path))?;
     // The csv crate grows its record buffer as far as a record goes: cap each record.
     let (file, record_cap) = limits::Capped::new(file, MAX_RECORD_BYTES);
     let mut rdr = csv::ReaderBuilder::new()
@@ -320,12 +320,12 @@ struct JsonlRecord {
 
 fn scan_jsonl(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let file = open_regular(path).map_err(io(path))?;
+    let file = open_regular(path).map_err(io_err(path))?;
     let mut reader = std::io::BufReader::new(file);
     let mut line = Vec::new();
     for i in 0.. {
-        let Some(len) =
-            limits::read_line_capped(&mut reader, &mut line, MAX_RECORD_BYTES).map_err(io(path))?
+        let Some(len) = limits::read_line_capped(&mut reader, &mut line, MAX_RECORD_BYTES)
+            .map_err(io_err(path))?
         else {
             break;
         };
@@ -372,14 +372,14 @@ fn split_key(name: &str) -> Option<(&str, &str)> {
 /// Indexes a shard from its headers alone (the reader seeks over member data). A shard cut
 /// off mid-member keeps the members that lie wholly inside the file and reports the cut.
 fn scan_tar(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()> {
-    let file = open_regular(path).map_err(io(path))?;
-    let file_len = file.metadata().map_err(io(path))?.len();
+    let file = open_regular(path).map_err(io_err(path))?;
+    let file_len = file.metadata().map_err(io_err(path))?.len();
     let shard = out.shards.len() as u32;
     let mut archive = tar::Archive::new(file);
     let mut images: Vec<(String, u64, u64)> = Vec::new();
     let mut texts: HashMap<String, (u64, u64)> = HashMap::new();
     let mut cut: Option<String> = None;
-    let entries = archive.entries_with_seek().map_err(io(path))?;
+    let entries = archive.entries_with_seek().map_err(io_err(path))?;
     for entry in entries {
         let entry = match entry {
             Ok(e) => e,

@@ -53,6 +53,11 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
     WeightsFile::open(path)?.load(device)?.floats_only(path)
 }
 
+/// `dir/tokenizer.json`, if there is one.
+fn tokenizer_in(dir: &Path) -> Option<PathBuf> {
+    Some(dir.join("tokenizer.json")).filter(|p| p.exists())
+}
+
 impl Checkpoint {
     /// Detects the layout of `dir` and reads it: the config is parsed and bounded, then
     /// checked against the safetensors headers, before any tensor is read.
@@ -71,7 +76,17 @@ impl Checkpoint {
         } else if dir.join(open_clip::CONFIG_FILE).exists()
             && dir.join(open_clip::WEIGHTS_FILE).exists()
         {
-            open_clip::load(dir, device)
+            let o = open_clip::load(dir, device)?;
+            Ok(Self {
+                dir: dir.to_path_buf(),
+                layout: Layout::OpenClip,
+                config: o.config,
+                preprocess: o.preprocess,
+                pooling: open_clip::POOLING,
+                tokenizer: tokenizer_in(dir),
+                weights: o.weights,
+                weights_path: o.weights_path,
+            })
         } else {
             Err(ModelError::UnknownLayout {
                 path: dir.to_path_buf(),
@@ -106,13 +121,12 @@ impl Checkpoint {
             int8.extend(loaded.int8);
         }
         check_int8_places(&config, &int8, &weights_path)?;
-        let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
         Ok(Self {
             dir: dir.to_path_buf(),
             layout: Layout::HuggingFace,
             preprocess: load_preprocess_config(dir, config.vision_config.image_size)?,
             pooling: config.text_config.pooling(),
-            tokenizer,
+            tokenizer: tokenizer_in(dir),
             weights: TensorMap::new(tensors, device.clone()).with_int8(int8),
             weights_path,
             config,

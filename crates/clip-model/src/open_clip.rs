@@ -5,7 +5,7 @@
 //! the Hugging Face names so the rest of the project sees one layout.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Shape, Tensor};
 use clip_nn::TensorMap;
@@ -13,7 +13,6 @@ use serde_json::Value;
 use text_encoder::{Pooling, TextConfig};
 use vision_encoder::{Preprocess, VisionConfig};
 
-use crate::checkpoint::{Checkpoint, Layout};
 use crate::config::read_json;
 use crate::header::{self, Shapes, WeightsFile};
 use crate::{ClipConfig, ModelError, Result};
@@ -68,6 +67,7 @@ impl Cfg<'_> {
     }
 }
 
+/// The model config and preprocessing of `open_clip_config.json` at `path`, bounded.
 fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
     let root: Value = read_json(path)?;
     let c = Cfg { path };
@@ -75,6 +75,34 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
     let null = Value::Null;
     let vis = model.get("vision_cfg").unwrap_or(&null);
     let txt = model.get("text_cfg").unwrap_or(&null);
+    reject_unsupported(&c, vis, txt)?;
+    let act = if model
+        .get("quick_gelu")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        "quick_gelu"
+    } else {
+        "gelu"
+    };
+    let vision_config = vision_config(&c, vis, act)?;
+    let text_config = text_config(&c, txt, act)?;
+    let config = ClipConfig {
+        projection_dim: c.usize(model, "embed_dim", "model_cfg", 512)?,
+        logit_scale_init_value: 2.6592,
+        text_config,
+        vision_config,
+        image_only: false,
+    };
+    config
+        .validate()
+        .map_err(|e| rename_config_error(e, path))?;
+    let pre = preprocess(&c, &root, config.vision_config.image_size)?;
+    Ok((config, pre))
+}
+
+/// Rejects the towers' settings that change the architecture in ways we do not implement.
+fn reject_unsupported(c: &Cfg, vis: &Value, txt: &Value) -> Result<()> {
     c.reject(
         vis,
         "vision_cfg",
@@ -103,15 +131,11 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
     if let Some(v) = vis.get("layers").filter(|v| !v.is_u64()) {
         return Err(c.unsupported("vision_cfg.layers (ResNet towers)", v));
     }
-    let act = if model
-        .get("quick_gelu")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-    {
-        "quick_gelu"
-    } else {
-        "gelu"
-    };
+    Ok(())
+}
+
+/// The image tower of `vision_cfg`, with open_clip's defaults.
+fn vision_config(c: &Cfg, vis: &Value, act: &str) -> Result<VisionConfig> {
     let image_size = match vis.get("image_size") {
         Some(Value::Array(a)) if a.len() == 2 && a[0] == a[1] => {
             a[0].as_u64().unwrap_or(0) as usize
@@ -121,15 +145,13 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
         }
         _ => c.usize(vis, "image_size", "vision_cfg", 224)?,
     };
-    let v_width = c.usize(vis, "width", "vision_cfg", 768)?;
+    let width = c.usize(vis, "width", "vision_cfg", 768)?;
     let head_width = c.usize(vis, "head_width", "vision_cfg", 64)?;
-    let v_mlp = c.f64(vis, "mlp_ratio", "vision_cfg", 4.0)?;
-    let t_width = c.usize(txt, "width", "text_cfg", 512)?;
-    let t_mlp = c.f64(txt, "mlp_ratio", "text_cfg", 4.0)?;
-    let vision_config = VisionConfig {
-        hidden_size: v_width,
-        intermediate_size: (v_width as f64 * v_mlp) as usize,
-        num_attention_heads: v_width / head_width.max(1),
+    let mlp = c.f64(vis, "mlp_ratio", "vision_cfg", 4.0)?;
+    Ok(VisionConfig {
+        hidden_size: width,
+        intermediate_size: (width as f64 * mlp) as usize,
+        num_attention_heads: width / head_width.max(1),
         num_hidden_layers: c.usize(vis, "layers", "vision_cfg", 12)?,
         image_size,
         patch_size: c.usize(vis, "patch_size", "vision_cfg", 16)?,
@@ -137,11 +159,17 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
         hidden_act: act.into(),
         layer_norm_eps: 1e-5,
         projection_head: None,
-    };
-    let text_config = TextConfig {
+    })
+}
+
+/// The text tower of `text_cfg`, with open_clip's defaults.
+fn text_config(c: &Cfg, txt: &Value, act: &str) -> Result<TextConfig> {
+    let width = c.usize(txt, "width", "text_cfg", 512)?;
+    let mlp = c.f64(txt, "mlp_ratio", "text_cfg", 4.0)?;
+    Ok(TextConfig {
         vocab_size: c.usize(txt, "vocab_size", "text_cfg", 49408)?,
-        hidden_size: t_width,
-        intermediate_size: (t_width as f64 * t_mlp) as usize,
+        hidden_size: width,
+        intermediate_size: (width as f64 * mlp) as usize,
         num_attention_heads: c.usize(txt, "heads", "text_cfg", 8)?,
         num_hidden_layers: c.usize(txt, "layers", "text_cfg", 12)?,
         max_position_embeddings: c.usize(txt, "context_length", "text_cfg", 77)?,
@@ -150,17 +178,11 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
         pad_token_id: 0,
         bos_token_id: 49406,
         eos_token_id: 49407,
-    };
-    let config = ClipConfig {
-        projection_dim: c.usize(model, "embed_dim", "model_cfg", 512)?,
-        logit_scale_init_value: 2.6592,
-        text_config,
-        vision_config,
-        image_only: false,
-    };
-    config
-        .validate()
-        .map_err(|e| rename_config_error(e, path))?;
+    })
+}
+
+/// Preprocessing at `image_size` with the mean and std of `preprocess_cfg`, if given.
+fn preprocess(c: &Cfg, root: &Value, image_size: usize) -> Result<Preprocess> {
     let mut pre = Preprocess {
         image_size,
         ..Preprocess::default()
@@ -184,7 +206,7 @@ fn parse_config(path: &Path) -> Result<(ClipConfig, Preprocess)> {
             }
         }
     }
-    Ok((config, pre))
+    Ok(pre)
 }
 
 /// open_clip names outside the blocks (`visual.` for the image tower) and their Hugging Face
@@ -294,12 +316,18 @@ fn qkv_names(prefix: &str, kind: &str) -> [String; 3] {
     ["q_proj", "k_proj", "v_proj"].map(|name| format!("{prefix}self_attn.{name}.{kind}"))
 }
 
-/// Converts open_clip header shapes to Hugging Face names and layouts (a shape that cannot
-/// be converted is kept as it is, for the shape check to report).
-fn convert_shapes(src: Shapes, weights_path: &Path) -> Result<Shapes> {
-    let mut out = Shapes::new();
-    for (key, shape) in src {
-        let dims = shape.dims();
+/// Renames and reshapes open_clip's entries to Hugging Face names and layouts: the one walk
+/// over [`target`] that the header's shapes (checked first) and the tensors (copied after)
+/// both take. `transpose` and `split` say what a transposition and a q/k/v split (rows
+/// `[0, w)`, `[w, 2w)`, `[2w, 3w)`) do to an entry.
+fn to_hf<T>(
+    src: HashMap<String, T>,
+    weights_path: &Path,
+    transpose: impl Fn(T) -> Result<T>,
+    split: impl Fn(T) -> Result<[T; 3]>,
+) -> Result<HashMap<String, T>> {
+    let mut out = HashMap::new();
+    for (key, entry) in src {
         match target(&key) {
             None => {
                 return Err(ModelError::UnexpectedTensor {
@@ -309,57 +337,47 @@ fn convert_shapes(src: Shapes, weights_path: &Path) -> Result<Shapes> {
             }
             Some(Target::Skip) => {}
             Some(Target::Direct(name)) => {
-                out.insert(name, shape);
+                out.insert(name, entry);
             }
             Some(Target::Transposed(name)) => {
-                let t = match dims {
-                    [a, b] => Shape::from((*b, *a)),
-                    _ => shape,
-                };
-                out.insert(name, t);
+                out.insert(name, transpose(entry)?);
             }
             Some(Target::SplitQkv { prefix, kind }) => {
-                let mut part = dims.to_vec();
-                if let Some(rows) = part.first_mut().filter(|r| **r % 3 == 0) {
-                    *rows /= 3;
-                }
-                for name in qkv_names(&prefix, &kind) {
-                    out.insert(name, Shape::from(part.clone()));
-                }
+                out.extend(qkv_names(&prefix, &kind).into_iter().zip(split(entry)?));
             }
         }
     }
     Ok(out)
 }
 
-/// Converts open_clip tensors to Hugging Face names and layouts.
-fn convert(src: HashMap<String, Tensor>, weights_path: &Path) -> Result<HashMap<String, Tensor>> {
-    let mut out = HashMap::new();
-    for (key, t) in src {
-        match target(&key) {
-            None => {
-                return Err(ModelError::UnexpectedTensor {
-                    key,
-                    path: weights_path.to_path_buf(),
-                })
-            }
-            Some(Target::Skip) => {}
-            Some(Target::Direct(name)) => {
-                out.insert(name, t);
-            }
-            Some(Target::Transposed(name)) => {
-                out.insert(name, t.t()?.contiguous()?);
-            }
-            Some(Target::SplitQkv { prefix, kind }) => {
-                // Rows [0, w), [w, 2w), [2w, 3w) are q, k, v.
-                let w = t.dim(0)? / 3;
-                for (j, name) in qkv_names(&prefix, &kind).into_iter().enumerate() {
-                    out.insert(name, t.narrow(0, j * w, w)?.contiguous()?);
-                }
-            }
+/// [`to_hf`] over header shapes; a shape that cannot be converted is kept as it is, for the
+/// shape check to report.
+fn convert_shapes(src: Shapes, weights_path: &Path) -> Result<Shapes> {
+    let transpose = |shape: Shape| {
+        Ok(match shape.dims() {
+            &[a, b] => Shape::from((b, a)),
+            _ => shape,
+        })
+    };
+    let split = |shape: Shape| {
+        let mut part = shape.dims().to_vec();
+        if let Some(rows) = part.first_mut().filter(|r| **r % 3 == 0) {
+            *rows /= 3;
         }
-    }
-    Ok(out)
+        Ok([(); 3].map(|_| Shape::from(part.clone())))
+    };
+    to_hf(src, weights_path, transpose, split)
+}
+
+/// [`to_hf`] over tensors.
+fn convert(src: HashMap<String, Tensor>, weights_path: &Path) -> Result<HashMap<String, Tensor>> {
+    let transpose = |t: Tensor| Ok(t.t()?.contiguous()?);
+    let split = |t: Tensor| {
+        let w = t.dim(0)? / 3;
+        let part = |j: usize| t.narrow(0, j * w, w)?.contiguous();
+        Ok([part(0)?, part(1)?, part(2)?])
+    };
+    to_hf(src, weights_path, transpose, split)
 }
 
 /// The open_clip config key behind a Hugging Face one, for error messages.
@@ -402,9 +420,21 @@ fn rename_config_error(e: ModelError, path: &Path) -> ModelError {
     }
 }
 
+/// An open_clip directory read and converted to Hugging Face names: what
+/// [`crate::Checkpoint::load`] makes a checkpoint of.
+pub(crate) struct OpenClipDir {
+    pub(crate) config: ClipConfig,
+    pub(crate) preprocess: Preprocess,
+    pub(crate) weights: TensorMap,
+    pub(crate) weights_path: PathBuf,
+}
+
+/// Text pooling of open_clip's towers: the highest token id (end-of-text) in each row.
+pub(crate) const POOLING: Pooling = Pooling::Argmax;
+
 /// Reads an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors`):
 /// config and bounds, then the header's shapes, then the tensors.
-pub(crate) fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
+pub(crate) fn load(dir: &Path, device: &Device) -> Result<OpenClipDir> {
     let config_path = dir.join(CONFIG_FILE);
     let (config, preprocess) = parse_config(&config_path)?;
     let weights_path = dir.join(WEIGHTS_FILE);
@@ -416,15 +446,10 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         file.load(device)?.floats_only(&weights_path)?,
         &weights_path,
     )?;
-    let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
-    Ok(Checkpoint {
-        dir: dir.to_path_buf(),
-        layout: Layout::OpenClip,
+    Ok(OpenClipDir {
+        config,
         preprocess,
-        pooling: Pooling::Argmax,
-        tokenizer,
         weights: TensorMap::new(tensors, device.clone()),
         weights_path,
-        config,
     })
 }

@@ -2,13 +2,14 @@
 //!
 //! Composed from candle's elementwise ops, `x·σ(1.702x)` makes three single-threaded passes
 //! over memory and costs nearly as much as the matmul before it; one parallel pass with a
-//! closed-form derivative is several times faster and still trains.
+//! closed-form derivative is several times faster and still trains. `Activation`'s
+//! `Module::forward` is here: the fused op on CPU f32, candle's ops elsewhere.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::ops::contiguous_f32;
+use crate::cpu_storage::contiguous_f32;
 use crate::Activation;
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -202,16 +203,18 @@ impl CustomOp2 for ActBackward {
     }
 }
 
-/// Applies `act` with the fused op on CPU f32 tensors, and with candle's ops elsewhere.
-pub(crate) fn apply(act: Activation, x: &Tensor) -> Result<Tensor> {
-    if crate::taped::supported(x) {
-        return x.contiguous()?.apply_op1(ActForward(act));
-    }
-    match act {
-        // x / (1 + e^{-1.702x}) = x·σ(1.702x), from ops that all have a backward.
-        Activation::QuickGelu => x.div(&((x * -1.702)?.exp()? + 1.0)?),
-        Activation::Gelu => x.gelu_erf(),
-        Activation::GeluTanh => x.gelu(),
+/// An activation runs as the fused op on CPU f32 tensors, and with candle's ops elsewhere.
+impl Module for Activation {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::taped::supported(x) {
+            return x.contiguous()?.apply_op1(ActForward(*self));
+        }
+        match self {
+            // x / (1 + e^{-1.702x}) = x·σ(1.702x), from ops that all have a backward.
+            Activation::QuickGelu => x.div(&((x * -1.702)?.exp()? + 1.0)?),
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+        }
     }
 }
 

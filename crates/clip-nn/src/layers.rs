@@ -245,9 +245,3 @@ impl Activation {
         }
     }
 }
-
-impl Module for Activation {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::activation_op::apply(*self, x)
-    }
-}

@@ -6,6 +6,7 @@
 //! mirror the Hugging Face CLIP checkpoint keys.
 
 mod activation_op;
+mod cpu_storage;
 mod error;
 mod layers;
 mod linear_op;

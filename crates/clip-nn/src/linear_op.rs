@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 
 use crate::quant::PackedLinear;
 
-use crate::ops::contiguous_f32;
+use crate::cpu_storage::contiguous_f32;
 use crate::taped::{linear_bwd, linear_fwd, supported};
 
 fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {

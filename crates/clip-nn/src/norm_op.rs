@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::ops::contiguous_f32;
+use crate::cpu_storage::contiguous_f32;
 use crate::taped::{layer_norm_bwd, layer_norm_fwd, softmax_grad_rows, softmax_rows, supported};
 
 /// Layer norm of `x` with gain and bias; keeps each row's mean and 1/std for the backward.

@@ -1,6 +1,6 @@
 //! Normalisation and softmax with a backward pass.
 
-use candle_core::{CpuStorage, DType, Layout, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::Result;
 
@@ -63,13 +63,4 @@ pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// The `f32` elements of a CPU op's input, which the fused ops (`*_op.rs`) make contiguous.
-pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused op needs contiguous input"),
-    }
 }

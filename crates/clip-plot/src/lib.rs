@@ -125,21 +125,13 @@ impl Figure {
     }
 }
 
-/// Writes through a temporary file in the same folder, renamed over `path` once complete, so
-/// an interrupted run never leaves a half-written chart behind (the temporary file removes
-/// itself on any error).
+/// Writes `path` whole or not at all through `atomic-write-file` (a temporary sibling, synced
+/// and renamed), so an interrupted run never leaves a half-written chart behind.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     let write = || -> std::io::Result<()> {
-        let mut b = tempfile::Builder::new();
-        // Readable like a file from `File::create` (tempfile defaults to owner-only).
-        #[cfg(unix)]
-        b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let mut tmp = b.tempfile_in(dir.unwrap_or(Path::new(".")))?;
-        tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
+        file.write_all(bytes)?;
+        file.commit()
     };
     write().map_err(|source| PlotError::Io {
         path: path.to_path_buf(),
@@ -244,9 +236,19 @@ fn draw_chart<DB: DrawingBackend>(
         };
     }
 
-    // Legend rows from the top of the plot down; past its bottom, the last row says how many
-    // entries are left out.
     let (_, plot_rows) = ctx.plotting_area().get_pixel_range();
+    draw_legend(&legend_area, &legend, plot_rows, label_font)?;
+    Ok(())
+}
+
+/// The legend beside the plot, whose rows span `plot_rows` (pixels): rows from the top down;
+/// past the bottom, the last row says how many entries are left out.
+fn draw_legend<DB: DrawingBackend>(
+    legend_area: &DrawingArea<DB, Shift>,
+    legend: &[(String, RGBColor)],
+    plot_rows: std::ops::Range<i32>,
+    label_font: TextStyle,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let top = plot_rows.start - legend_area.get_base_pixel().1;
     let row = (LABEL_PX as f64 * 1.25).round() as i32;
     let rows = ((plot_rows.end - plot_rows.start) / row).max(1) as usize;

@@ -62,7 +62,10 @@ pub enum TrainError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, TrainError>;
 
-pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TrainError {
+pub(crate) fn io_err(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.to_path_buf();
     move |source| TrainError::Io {
         action,

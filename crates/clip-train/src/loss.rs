@@ -4,7 +4,12 @@ use std::ops::Range;
 
 use candle_core::{Result, Tensor, D};
 
-/// Row-wise L2 normalisation (differentiable).
+/// Row-wise L2 normalisation of a tensor inside the loss's autograd graph.
+///
+/// Not `retrieval::normalize_rows`, the one normalisation of plain `f32` rows, which errors on
+/// a zero row: here a training step must go on and its backward needs a finite gradient
+/// everywhere, so `1e-12` under the square root keeps a zero row at zero with a bounded
+/// gradient instead of NaN (as `torch.nn.functional.normalize`'s epsilon does).
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
 }

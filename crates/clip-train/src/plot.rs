@@ -5,7 +5,7 @@ use std::path::Path;
 
 use clip_plot::{Chart, Figure, Mark, Series};
 
-use crate::error::io;
+use crate::error::io_err;
 use crate::Result;
 
 /// The validation metrics plotted, with their legend names and colours.
@@ -18,7 +18,7 @@ const RECALL: [(&str, &str, [u8; 3]); 3] = [
 /// Reads `metrics.jsonl` and writes a two-panel SVG: training loss and validation recall.
 /// Lines that are not JSON, or lack a step, are skipped.
 pub fn write_plot(metrics: &Path, out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(metrics).map_err(io("cannot read", metrics))?;
+    let text = std::fs::read_to_string(metrics).map_err(io_err("cannot read", metrics))?;
     // Unnamed: the panel title says what the one curve is.
     let mut loss = Series {
         name: String::new(),
@@ -67,7 +67,7 @@ pub fn write_plot(metrics: &Path, out: &Path) -> Result<()> {
         ],
     }
     .write_svg(out)
-    .map_err(|e| io("cannot plot", out)(std::io::Error::other(e)))
+    .map_err(|e| io_err("cannot plot", out)(std::io::Error::other(e)))
 }
 
 #[cfg(test)]

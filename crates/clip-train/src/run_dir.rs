@@ -11,7 +11,7 @@ use clip_data::Skip;
 use clip_nn::{TensorMap, VarStore};
 use serde::{Deserialize, Serialize};
 
-use crate::error::io;
+use crate::error::io_err;
 use crate::{AdamW, Result, RunSetup, TrainConfig, TrainError};
 
 /// Saved beside the weights in each checkpoint.
@@ -91,12 +91,12 @@ pub(crate) fn resume(run: &Path, device: &Device) -> Result<Resumed> {
     let (step, dir) = checkpoints(run).pop().ok_or_else(missing)?;
     let ckpt = clip_model::Checkpoint::load(&dir, device)?;
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(io("cannot read", &state_path))?;
+    let text = std::fs::read_to_string(&state_path).map_err(io_err("cannot read", &state_path))?;
     let damaged = |e| TrainError::State(format!("{} is damaged: {e}", state_path.display()));
     let state: TrainState = serde_json::from_str(&text).map_err(damaged)?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let opt = clip_model::read_safetensors(&opt_path, device)?;
-    let bytes = std::fs::read(&opt_path).map_err(io("cannot read", &opt_path))?;
+    let bytes = std::fs::read(&opt_path).map_err(io_err("cannot read", &opt_path))?;
     let adam_steps = safetensors::SafeTensors::read_metadata(&bytes)
         .ok()
         .and_then(|(_, m)| m.metadata().as_ref()?.get(ADAM_STEPS)?.parse().ok())
@@ -185,7 +185,7 @@ impl Metrics {
         match resumed_at {
             Some(step) => truncate_metrics(&path, step)?,
             None if path.exists() => {
-                std::fs::remove_file(&path).map_err(io("cannot remove", &path))?
+                std::fs::remove_file(&path).map_err(io_err("cannot remove", &path))?
             }
             None => {}
         }
@@ -209,9 +209,9 @@ fn append(path: &Path, text: &str) -> Result<()> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(io("cannot write", path))?;
+        .map_err(io_err("cannot write", path))?;
     f.write_all(text.as_bytes())
-        .map_err(io("cannot write", path))
+        .map_err(io_err("cannot write", path))
 }
 
 /// Drops metric lines past `step` (a resumed run rewrites them).
@@ -226,7 +226,7 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
             .is_some_and(|s| s as usize <= step)
     });
     let body: String = kept.map(|l| format!("{l}\n")).collect();
-    std::fs::write(path, body).map_err(io("cannot write", path))
+    std::fs::write(path, body).map_err(io_err("cannot write", path))
 }
 
 /// `RUN/skipped.tsv`: every sample left out, once, with the step that met it and why.
@@ -269,7 +269,7 @@ impl SkipLog {
                 }
             }
         }
-        std::fs::write(path, body).map_err(io("cannot write", path))?;
+        std::fs::write(path, body).map_err(io_err("cannot write", path))?;
         log.record(0, scan)?;
         Ok(log)
     }

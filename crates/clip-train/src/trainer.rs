@@ -7,18 +7,17 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use clip_data::{Augmenter, DecodedCache, SampleSet};
-use clip_model::{ClipConfig, ClipModel, Preprocess};
-use clip_nn::{TensorMap, VarStore};
+use clip_model::ClipModel;
+use clip_nn::VarStore;
 use serde::Serialize;
-use text_encoder::ClipTokenizer;
 
-use crate::dist::{Collective, Single};
-use crate::error::io;
-use crate::loader::{Loader, LoaderMode, LoaderSpec, Share};
+use crate::dist::{Collective, CommStats, Single};
+use crate::error::io_err;
+use crate::loader::{Batch, Loader, LoaderMode, LoaderSpec, Share};
 use crate::optim::learning_rate;
 use crate::run_dir::{self, Metrics, SkipLog};
 use crate::step::{model_over, Stepper};
-use crate::{LossKind, Objective, Result, TrainConfig, TrainError};
+use crate::{LossKind, Objective, Result, RunSetup, TrainConfig, TrainError};
 
 /// One logged step.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -67,28 +66,6 @@ pub trait Observer {
 
 /// Reports nothing and validates nothing.
 impl Observer for () {}
-
-/// What a run starts from and where it writes.
-pub struct RunSetup {
-    /// The run directory.
-    pub out: PathBuf,
-    /// Model architecture.
-    pub model: ClipConfig,
-    /// Image preprocessing (size, mean, std).
-    pub preprocess: Preprocess,
-    /// Weights to fine-tune from (None: fresh, seeded initialisation).
-    pub init: Option<TensorMap>,
-    /// `tokenizer.json` copied into every checkpoint.
-    pub tokenizer_file: PathBuf,
-    /// The tokenizer.
-    pub tokenizer: ClipTokenizer,
-    /// Optimisation settings.
-    pub train: TrainConfig,
-    /// Continue from the newest checkpoint in `out`.
-    pub resume: bool,
-    /// Class id per sample (needed by [`LossKind::Oracle`] only).
-    pub labels: Option<Vec<usize>>,
-}
 
 /// The end of a run.
 #[derive(Debug, Clone)]
@@ -153,6 +130,65 @@ impl Timing {
     }
 }
 
+impl Timing {
+    /// The counts and rates of a run of `steps_run` steps, over the time spent in steps (0 when
+    /// a resumed run had none left to take); `comm_start` is the collective's count when it
+    /// began. What the loop alone knows (`final_dir`, `val`, `skipped`) is left empty for it.
+    fn summary(
+        &self,
+        t: &TrainConfig,
+        steps_run: usize,
+        comm: &dyn Collective,
+        comm_start: CommStats,
+    ) -> Summary {
+        let per_time = |x: f64| x / self.total_time.max(f64::MIN_POSITIVE);
+        let spent = comm.stats();
+        Summary {
+            final_dir: PathBuf::new(),
+            val: None,
+            steps_run,
+            samples_per_s: per_time((steps_run * t.batch_size) as f64),
+            data_wait: per_time(self.total_wait),
+            skipped: 0,
+            step_time_s: self.total_time,
+            world: comm.world(),
+            comm_s: (spent.time - comm_start.time).as_secs_f64(),
+            comm_bytes_per_step: (spent.bytes - comm_start.bytes) as f64 / steps_run.max(1) as f64,
+        }
+    }
+}
+
+/// Where this rank's data continues: the position saved in a checkpoint written by as many
+/// ranks, or else the start of step `start` in this run's layout (with a warning on rank 0:
+/// the order then differs from an uninterrupted run).
+fn resume_position(
+    saved: Option<Vec<usize>>,
+    comm: &dyn Collective,
+    start: usize,
+    t: &TrainConfig,
+    local_batch: usize,
+    obs: &mut dyn Observer,
+) -> usize {
+    let (rank, world) = (comm.rank(), comm.world());
+    match saved {
+        Some(p) if p.len() == world => p[rank],
+        Some(p) => {
+            if rank == 0 {
+                obs.on_warning(&format!(
+                    "the checkpoint was written by {} rank(s) and this run has {world}: weights, \
+                     optimiser and step resume exactly, but the data continues from sample \
+                     position {} in this run's layout, so the order differs from an \
+                     uninterrupted run",
+                    p.len(),
+                    start * t.batch_size
+                ));
+            }
+            start * local_batch
+        }
+        None => start * local_batch,
+    }
+}
+
 /// Checks what only the data can tell: there is some, and the oracle loss has its labels.
 fn check_data(setup: &RunSetup, data: &SampleSet) -> Result<()> {
     let bad = |field, reason: String| Err(TrainError::Config { field, reason });
@@ -196,7 +232,7 @@ pub fn train_on(
     let local_batch = local_batch(t, world)?;
     let lead = rank == 0;
     if lead {
-        std::fs::create_dir_all(&setup.out).map_err(io("cannot create", &setup.out))?;
+        std::fs::create_dir_all(&setup.out).map_err(io_err("cannot create", &setup.out))?;
     }
 
     // Weights, optimiser moments, step and data position from the newest checkpoint, or a
@@ -209,8 +245,8 @@ pub fn train_on(
         Some(w) => VarStore::from_tensors(w.clone()),
         None => VarStore::new(device.clone(), t.seed),
     };
-    let mut stepper = Stepper::new(&setup, &store, resumed.as_ref().map(|r| &r.opt), comm)?;
-    let (metrics, mut skips) = match lead {
+    let stepper = Stepper::new(&setup, &store, resumed.as_ref().map(|r| &r.opt), comm)?;
+    let (metrics, skips) = match lead {
         true => (
             Some(Metrics::open(&setup.out, resumed.as_ref().map(|r| r.step))?),
             Some(SkipLog::open(&setup.out, start, data.scan_skips())?),
@@ -218,113 +254,143 @@ pub fn train_on(
         false => (None, None),
     };
     let saved = resumed.as_ref().and_then(|r| r.data_positions.clone());
-    let mut position = match saved {
-        Some(p) if p.len() == world => p[rank],
-        Some(p) => {
-            if lead {
-                obs.on_warning(&format!(
-                    "the checkpoint was written by {} rank(s) and this run has {world}: weights, \
-                     optimiser and step resume exactly, but the data continues from sample \
-                     position {} in this run's layout, so the order differs from an \
-                     uninterrupted run",
-                    p.len(),
-                    start * t.batch_size
-                ));
-            }
-            start * local_batch
-        }
-        None => start * local_batch,
-    };
+    let position = resume_position(saved, comm, start, t, local_batch, obs);
     let spec = loader_spec(&setup, data, Share { rank, world });
     let loader = Loader::spawn(spec, start..t.steps, position, t.prefetch);
 
-    let run_start = Instant::now();
     let comm_start = comm.stats();
-    let mut timing = Timing::default();
-    let mut last_ckpt = resumed.map(|r| r.dir);
-    let mut last_val = None;
+    let mut run = Run {
+        setup: &setup,
+        store: &store,
+        device,
+        comm,
+        stepper,
+        metrics,
+        skips,
+        timing: Timing::default(),
+        run_start: Instant::now(),
+        position,
+        last_ckpt: resumed.map(|r| r.dir),
+        last_val: None,
+    };
     for step in start..t.steps {
         let t0 = Instant::now();
         let batch = loader.next().map_err(TrainError::Loader)?;
         let wait = t0.elapsed().as_secs_f64();
         debug_assert_eq!(batch.step, step);
-        position = batch.next_position;
+        let lr = run.step(step, batch, t0, wait)?;
+        run.after(step + 1, lr, obs)?;
+    }
+    drop(loader);
+    run.finish(t.steps - start, comm_start)
+}
+
+/// A run in progress on one rank: its step, rank 0's logs, and where its data and
+/// checkpoints stand.
+struct Run<'a> {
+    setup: &'a RunSetup,
+    store: &'a VarStore,
+    device: &'a Device,
+    comm: &'a dyn Collective,
+    stepper: Stepper<'a>,
+    /// `metrics.jsonl` (rank 0 only).
+    metrics: Option<Metrics>,
+    /// `skipped.tsv` (rank 0 only).
+    skips: Option<SkipLog>,
+    timing: Timing,
+    run_start: Instant,
+    /// This rank's data position after the last batch.
+    position: usize,
+    last_ckpt: Option<PathBuf>,
+    last_val: Option<BTreeMap<String, f64>>,
+}
+
+impl Run<'_> {
+    /// Takes step `step` on `batch` (asked for at `t0`, after `wait` seconds of waiting):
+    /// records its skips, checks the loss is finite, updates; returns the learning rate.
+    fn step(&mut self, step: usize, batch: Batch, t0: Instant, wait: f64) -> Result<f64> {
+        let (t, comm) = (&self.setup.train, self.comm);
+        self.position = batch.next_position;
         let skipped = gather_skips(comm, &batch.skipped)?;
-        if let Some(log) = skips.as_mut() {
+        if let Some(log) = self.skips.as_mut() {
             log.record_rows(step + 1, &skipped)?;
         }
         let c0 = comm.stats().time;
-        let (loss, grads) = stepper.gradients(batch, device)?;
+        let (loss, grads) = self.stepper.gradients(batch, self.device)?;
         if !loss.is_finite() {
-            let last = last_ckpt.map(|p| format!(" at {}", p.display()));
+            let last = self
+                .last_ckpt
+                .as_ref()
+                .map(|p| format!(" at {}", p.display()));
             let (step, value, last) = (step + 1, loss, last.unwrap_or_default());
             return Err(TrainError::NonFiniteLoss { step, value, last });
         }
         let lr = learning_rate(t.schedule, t.lr, t.warmup, t.steps, step);
-        stepper.update(grads, lr)?;
+        self.stepper.update(grads, lr)?;
         let in_comm = (comm.stats().time - c0).as_secs_f64();
-        timing.add(loss, wait, t0.elapsed().as_secs_f64(), in_comm);
+        self.timing
+            .add(loss, wait, t0.elapsed().as_secs_f64(), in_comm);
+        Ok(lr)
+    }
 
-        let done = step + 1;
-        // Every n steps (n = 0: never) and at the end.
-        let every = |n: usize| (n > 0 && done % n == 0) || done == t.steps;
+    /// What is due after `done` steps, every n steps (n = 0: never) and at the end: the log
+    /// line, validation (rank 0) and a checkpoint.
+    fn after(&mut self, done: usize, lr: f64, obs: &mut dyn Observer) -> Result<()> {
+        let (setup, t, comm) = (self.setup, &self.setup.train, self.comm);
+        let lead = comm.rank() == 0;
+        let every = |n: usize| (n > 0 && done.is_multiple_of(n)) || done == t.steps;
         if every(t.log_every.max(1)) {
             let window = StepStats {
                 step: done,
                 lr,
-                logit_scale: stepper.logit_scale()?,
-                elapsed_s: run_start.elapsed().as_secs_f64(),
-                skipped: skips.as_ref().map_or(0, SkipLog::count),
+                logit_scale: self.stepper.logit_scale()?,
+                elapsed_s: self.run_start.elapsed().as_secs_f64(),
+                skipped: self.skips.as_ref().map_or(0, SkipLog::count),
                 ..Default::default()
             };
-            let stats = timing.log(t, world, window);
-            if let Some(m) = &metrics {
+            let stats = self.timing.log(t, comm.world(), window);
+            if let Some(m) = &self.metrics {
                 m.append(&serde_json::to_value(&stats).expect("stats serialise"))?;
                 obs.on_step(&stats);
             }
         }
         if lead && every(t.val_every) {
-            let snap = model_over(&store, &setup.model, device, DType::F32, true)?;
+            let snap = model_over(self.store, &setup.model, self.device, DType::F32, true)?;
             if let Some(m) = obs.validate(&snap, done)? {
-                let metrics = metrics.as_ref().expect("rank 0 keeps the metrics");
+                let metrics = self.metrics.as_ref().expect("rank 0 keeps the metrics");
                 metrics.append(&serde_json::json!({ "step": done, "val": m }))?;
-                last_val = Some(m);
+                self.last_val = Some(m);
             }
         }
         if every(t.save_every) {
             let dir = setup.out.join(format!("checkpoint-{done}"));
-            let positions = gather_positions(comm, position)?;
+            let positions = gather_positions(comm, self.position)?;
             if lead {
-                stepper.save(&dir, done, &positions)?;
+                self.stepper.save(&dir, done, &positions)?;
                 obs.on_checkpoint(&dir);
-                last_ckpt = Some(dir);
+                self.last_ckpt = Some(dir);
                 run_dir::prune(&setup.out, t.keep_last);
             }
         }
+        Ok(())
     }
-    drop(loader);
-    let final_dir = setup.out.join("final");
-    let positions = gather_positions(comm, position)?;
-    if let Some(m) = &metrics {
-        stepper.save(&final_dir, t.steps, &positions)?;
-        let _ = crate::plot::write_plot(m.path(), &setup.out.join(run_dir::PLOT_FILE));
+
+    /// Writes `final/` and the plot (rank 0) after `steps_run` steps; the run's summary.
+    fn finish(self, steps_run: usize, comm_start: CommStats) -> Result<Summary> {
+        let (setup, t) = (self.setup, &self.setup.train);
+        let final_dir = setup.out.join("final");
+        let positions = gather_positions(self.comm, self.position)?;
+        if let Some(m) = &self.metrics {
+            self.stepper.save(&final_dir, t.steps, &positions)?;
+            let _ = crate::plot::write_plot(m.path(), &setup.out.join(run_dir::PLOT_FILE));
+        }
+        Ok(Summary {
+            final_dir,
+            val: self.last_val,
+            skipped: self.skips.as_ref().map_or(0, SkipLog::count),
+            ..self.timing.summary(t, steps_run, self.comm, comm_start)
+        })
     }
-    let steps_run = t.steps - start;
-    // Rates over the time spent in steps (0 when a resumed run had none left to take).
-    let per_time = |x: f64| x / timing.total_time.max(f64::MIN_POSITIVE);
-    let spent = comm.stats();
-    Ok(Summary {
-        final_dir,
-        val: last_val,
-        steps_run,
-        samples_per_s: per_time((steps_run * t.batch_size) as f64),
-        data_wait: per_time(timing.total_wait),
-        skipped: skips.as_ref().map_or(0, SkipLog::count),
-        step_time_s: timing.total_time,
-        world,
-        comm_s: (spent.time - comm_start.time).as_secs_f64(),
-        comm_bytes_per_step: (spent.bytes - comm_start.bytes) as f64 / steps_run.max(1) as f64,
-    })
 }
 
 /// Each rank's share of the global batch; the batch must split evenly over the ranks and

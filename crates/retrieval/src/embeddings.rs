@@ -197,26 +197,6 @@ fn parse_ids(json: &str, rows: usize) -> std::result::Result<Vec<String>, String
         .collect()
 }
 
-/// Scales every row of `[rows, dim]` to unit length. A zero or non-finite row is an error
-/// naming it (it has no direction to keep).
-pub fn normalize_rows(data: &mut [f32], dim: usize) -> Result<()> {
-    normalize_rows_from(data, dim, 0)
-}
-
-/// [`normalize_rows`] for a block whose first row is row `first_row` of something larger.
-pub fn normalize_rows_from(data: &mut [f32], dim: usize, first_row: usize) -> Result<()> {
-    crate::error::rows_of(data.len(), dim, "vector")?;
-    for (i, row) in data.chunks_exact_mut(dim).enumerate() {
-        let norm = crate::store::checked_norm(row, "vector", first_row + i, |n| n > 0.0)?;
-        // Leave rows that are unit length to float precision untouched, so that an index built
-        // from normalised embeddings stores exactly the input.
-        if (norm - 1.0).abs() > 1e-6 {
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,16 +288,5 @@ mod tests {
 
         std::fs::write(&p, b"garbage").unwrap();
         assert!(open_err().contains("e.safetensors"));
-    }
-
-    #[test]
-    fn normalisation() {
-        let mut v = vec![3.0, 4.0, 1.0, 0.0];
-        normalize_rows(&mut v, 2).unwrap();
-        assert_eq!(v, [0.6, 0.8, 1.0, 0.0]);
-        let err = normalize_rows(&mut [1.0, 0.0, 0.0, 0.0], 2)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("row 1"), "{err}");
     }
 }

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use crate::error::invalid;
+use crate::manifest::{Entries, EntriesKind, ImageEntry};
 use crate::rows::MappedRows;
-use crate::store::{Entries, EntriesKind, ImageEntry};
 use crate::Result;
 
 /// Where the rows are.

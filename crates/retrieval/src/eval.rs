@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::error::{invalid, rows_of};
 use crate::exact::map_score_rows;
 use crate::kernel::Rows;
-use crate::store::checked_norm;
-use crate::{Result, RetrievalError};
+use crate::normalize::unit_copy;
+use crate::Result;
 
 /// Distinct captions and, for every image, which of them it has.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -137,9 +137,9 @@ pub fn retrieval_metrics(
     image_caption: &[usize],
 ) -> Result<RetrievalMetrics> {
     let n = image_caption.len();
-    let images = normalized(image_embeds, dim, n, "image embeddings")?;
+    let images = unit_copy(image_embeds, dim, n, "image embeddings")?;
     let m = rows_of(text_embeds.len(), dim, "text embedding")?;
-    let texts = normalized(text_embeds, dim, m, "text embeddings")?;
+    let texts = unit_copy(text_embeds, dim, m, "text embeddings")?;
     if n == 0 || m == 0 {
         return Err(invalid(
             "image/caption count",
@@ -182,29 +182,6 @@ pub fn retrieval_metrics(
         image_to_text_ranks: i2t,
         text_to_image_ranks: t2i,
     })
-}
-
-/// A unit-row copy of `[rows, dim]`; zero rows stay zero (they score 0 against everything).
-pub(crate) fn normalized(
-    x: &[f32],
-    dim: usize,
-    rows: usize,
-    what: &'static str,
-) -> Result<Vec<f32>> {
-    if dim == 0 || x.len() != rows * dim {
-        return Err(RetrievalError::Shape(format!(
-            "{what}: {} floats for {rows} rows of dimension {dim}",
-            x.len()
-        )));
-    }
-    let mut v = x.to_vec();
-    for (r, row) in v.chunks_exact_mut(dim).enumerate() {
-        let norm = checked_norm(row, what, r, |_| true)?;
-        if norm > 0.0 {
-            row.iter_mut().for_each(|a| *a /= norm);
-        }
-    }
-    Ok(v)
 }
 
 #[cfg(test)]

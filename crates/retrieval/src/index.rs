@@ -11,8 +11,10 @@ use crate::error::invalid;
 use crate::guard::FileId;
 use crate::ivf::IvfLists;
 use crate::kernel::Rows;
+use crate::manifest::{self, DType, Entries, IndexSpec, Manifest};
+use crate::normalize::check_unit_rows;
 use crate::rows::MappedRows;
-use crate::store::{self, DType, Entries, IndexSpec, Manifest, MappedVectors, OpenOptions};
+use crate::store::{self, MappedVectors, OpenOptions};
 use crate::{exact, Hit, Result, RetrievalError};
 
 /// Where the vectors live.
@@ -105,7 +107,7 @@ impl Index {
             )));
         }
         store::validate_spec(&spec)?;
-        store::check_unit_rows(&vectors, spec.dimension, 0, "index vector")?;
+        check_unit_rows(&vectors, spec.dimension, 0, "index vector")?;
         let storage = match spec.dtype {
             DType::F32 => Storage::F32(vectors),
             DType::F16 => Storage::F16(vectors.iter().map(|&v| f16::from_f32(v)).collect()),
@@ -127,9 +129,9 @@ impl Index {
 
     /// Opens the index directory `dir`.
     pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Self> {
-        let manifest_path = dir.join(store::MANIFEST_FILE);
+        let manifest_path = dir.join(manifest::MANIFEST_FILE);
         let id = FileId::now(&manifest_path);
-        let (manifest, inline) = store::read_manifest(dir)?;
+        let (manifest, inline) = manifest::read_manifest(dir)?;
         match map_files(dir, manifest, inline, opts, id).map_err(|b| *b) {
             Ok(index) => Ok(index),
             // A writer may have swapped in a new generation between our reads: retry once.
@@ -137,7 +139,7 @@ impl Index {
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 let id = FileId::now(&manifest_path);
-                let (again, inline) = store::read_manifest(dir)?;
+                let (again, inline) = manifest::read_manifest(dir)?;
                 if again.vectors_file == first.vectors_file && again.rows == first.rows {
                     return Err(RetrievalError::Damaged {
                         path,
@@ -193,7 +195,7 @@ impl Index {
             && self
                 .manifest_id
                 .as_ref()
-                .is_some_and(|id| same(&dir.join(store::MANIFEST_FILE), id))
+                .is_some_and(|id| same(&dir.join(manifest::MANIFEST_FILE), id))
             && same(&dir.join(&self.manifest.vectors_file), &v.id)
             && self
                 .entries
@@ -334,7 +336,7 @@ impl Index {
         }
         match self.ann_graph(params)? {
             g @ AnnGraph::Ivf(ivf, _) => {
-                ivf.save(&dir.join(store::ANN_FILE), &self.manifest)?;
+                ivf.save(&dir.join(manifest::ANN_FILE), &self.manifest)?;
                 Ok(g.params())
             }
             AnnGraph::Hnsw(_) => Err(invalid("method", "hnsw", "an HNSW graph is built")),
@@ -353,7 +355,7 @@ impl Index {
             return Ok(None);
         };
         params.validate()?;
-        let path = dir.join(store::ANN_FILE);
+        let path = dir.join(manifest::ANN_FILE);
         let loaded = IvfLists::load(&path, &self.manifest, self.rows());
         self.check_vectors()?;
         let Some(ivf) = loaded? else {

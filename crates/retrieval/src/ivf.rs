@@ -15,8 +15,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::io_err;
+use crate::files::{read_regular, write_atomically};
 use crate::kernel::{Rows, Scanner};
-use crate::store::{self, Manifest};
+use crate::manifest::Manifest;
 use crate::topk::{best_hits, Hit, TopKSet};
 use crate::{exact, Result, RetrievalError};
 
@@ -137,8 +138,8 @@ impl IvfLists {
             ("order", view(Dtype::U32, vec![self.order.len()], &order)?),
         ];
         let bytes = safetensors::serialize(tensors, Some(identity(m))).map_err(st_err)?;
-        store::write_atomically(path, |f, tmp| {
-            f.write_all(&bytes).map_err(io_err("cannot write", tmp))
+        write_atomically(path, |f| {
+            f.write_all(&bytes).map_err(io_err("cannot write", path))
         })
     }
 
@@ -148,7 +149,7 @@ impl IvfLists {
     pub(crate) fn load(path: &Path, m: &Manifest, rows: Rows<'_>) -> Result<Option<Self>> {
         // Centroids, offsets and order of at most one list per row, and a header.
         let max = (m.count as u64 + 1) * (m.dimension as u64 * 4 + 16) + (100 << 20);
-        let bytes = match store::read_regular(path, max) {
+        let bytes = match read_regular(path, max) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("cannot read", path)(e)),
@@ -169,18 +170,7 @@ impl IvfLists {
                 path: path.to_path_buf(),
             });
         }
-        let tensor = |key: &str, dtype: Dtype| {
-            let v = st
-                .tensor(key)
-                .map_err(|_| damaged(format!("no `{key}` tensor")))?;
-            if v.dtype() != dtype {
-                return Err(damaged(format!(
-                    "`{key}` is {:?}, not {dtype:?}",
-                    v.dtype()
-                )));
-            }
-            Ok((v.shape().to_vec(), v.data()))
-        };
+        let tensor = |key: &str, dtype: Dtype| typed_tensor(&st, key, dtype).map_err(damaged);
         let (dim, n) = (m.dimension, m.count);
         let (cshape, c) = tensor("centroids", Dtype::F32)?;
         let (oshape, o) = tensor("offsets", Dtype::U64)?;
@@ -280,6 +270,20 @@ impl IvfLists {
             .map(|c| best_hits(c, k, false))
             .collect()
     }
+}
+
+/// The shape and bytes of tensor `key` of `st`, which must be of `dtype`; otherwise what is
+/// wrong with it.
+fn typed_tensor<'a>(
+    st: &SafeTensors<'a>,
+    key: &str,
+    dtype: Dtype,
+) -> std::result::Result<(Vec<usize>, &'a [u8]), String> {
+    let v = st.tensor(key).map_err(|_| format!("no `{key}` tensor"))?;
+    if v.dtype() != dtype {
+        return Err(format!("`{key}` is {:?}, not {dtype:?}", v.dtype()));
+    }
+    Ok((v.shape().to_vec(), v.data()))
 }
 
 /// Rows `order` of `rows`, in that order.

@@ -18,10 +18,13 @@ mod entries;
 mod error;
 mod eval;
 mod exact;
+mod files;
 mod guard;
 mod index;
 mod ivf;
 mod kernel;
+mod manifest;
+mod normalize;
 mod rows;
 mod store;
 #[doc(hidden)]
@@ -33,17 +36,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use ann::{AnnMethod, AnnParams};
-pub use embeddings::{normalize_rows, normalize_rows_from, EmbeddingsFile};
+pub use embeddings::EmbeddingsFile;
 pub use entries::IndexEntries;
 pub use error::{Result, RetrievalError};
 pub use eval::{
     group_captions, retrieval_metrics, CaptionGroups, DirectionMetrics, RetrievalMetrics,
 };
 pub use index::{Index, SearchMode, SearchOptions};
-pub use store::{
-    check_destination, write_index, DType, Entries, EntriesKind, FillError, ImageEntry, IndexSpec,
-    Manifest, Metric, OpenOptions, RowsFile, ANN_FILE, FORMAT_VERSION, MANIFEST_FILE,
+pub use manifest::{
+    DType, Entries, EntriesKind, ImageEntry, IndexSpec, Manifest, Metric, RowsFile, ANN_FILE,
+    FORMAT_VERSION, MANIFEST_FILE,
 };
+pub use normalize::{normalize_rows, normalize_rows_from};
+pub use store::{check_destination, write_index, FillError, OpenOptions};
 pub use topk::Hit;
 pub use zeroshot::{class_embeddings, zero_shot, ClassReport, Confusion, ZeroShotReport};
 

@@ -23,9 +23,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::error::{invalid, io_err};
+use crate::error::invalid;
+use crate::files::{map_recorded, ChecksummedWriter};
 use crate::guard::{FileId, GuardedMap};
-use crate::store::{Entries, EntriesKind, ImageEntry};
+use crate::manifest::{Entries, EntriesKind, ImageEntry};
 use crate::{Result, RetrievalError};
 
 const MAGIC: &[u8; 8] = b"CLIPROWS";
@@ -74,7 +75,7 @@ pub(crate) fn write_rows(
         at += row_text(entries, i)?.len() as u64;
         offsets.push(at);
     }
-    let mut w = crate::store::ChecksummedWriter::new(file, path);
+    let mut w = ChecksummedWriter::new(file, path);
     let mut put = |bytes: &[u8]| w.put(bytes);
     put(MAGIC)?;
     put(&LAYOUT_VERSION.to_le_bytes())?;
@@ -129,34 +130,13 @@ impl MappedRows {
         count: usize,
         verify_checksum: bool,
     ) -> Result<Self> {
-        let file = File::open(path).map_err(io_err("cannot open", path))?;
-        let md = file.metadata().map_err(io_err("cannot stat", path))?;
-        let (len, id) = (md.len(), FileId::of(&md));
+        let checks = (bytes, crc32);
+        let (map, id) = map_recorded(path, checks, verify_checksum, HEADER_BYTES as u64, false)?;
+        let len = bytes;
         let damaged = |reason: String| RetrievalError::Damaged {
             path: path.to_path_buf(),
             reason,
         };
-        if !md.is_file() {
-            return Err(damaged("it is not a regular file".into()));
-        }
-        if len != bytes {
-            return Err(damaged(format!(
-                "it is {len} bytes long but the manifest records {bytes} (truncated or overwritten)"
-            )));
-        }
-        if len < HEADER_BYTES as u64 {
-            return Err(damaged(format!("it is only {len} bytes long")));
-        }
-        let map = GuardedMap::map(&file, path, false).map_err(io_err("cannot memory-map", path))?;
-        if verify_checksum {
-            let crc = crate::store::parallel_crc32(&map);
-            map.check()?;
-            if crc != crc32 {
-                return Err(damaged(format!(
-                    "its CRC-32 is {crc:08x} but the manifest records {crc32:08x}"
-                )));
-            }
-        }
         let u32_at = |at: usize| u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(map[at..at + 8].try_into().expect("8 bytes"));
         if &map[..8] != MAGIC {

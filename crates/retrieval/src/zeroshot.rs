@@ -3,9 +3,10 @@
 use serde::Serialize;
 
 use crate::error::{invalid, rows_of};
-use crate::eval::{normalized, rank0};
+use crate::eval::rank0;
 use crate::exact::map_score_rows;
 use crate::kernel::Rows;
+use crate::normalize::unit_copy;
 use crate::{Result, RetrievalError};
 
 /// One embedding per class from its prompt-template embeddings, as CLIP does: normalise each
@@ -35,7 +36,7 @@ pub fn class_embeddings(
         )));
     }
     let rows = template_embeds.len() / dim;
-    let unit = normalized(template_embeds, dim, rows, "template embeddings")?;
+    let unit = unit_copy(template_embeds, dim, rows, "template embeddings")?;
     let mut means = vec![0f32; rows / templates_per_class * dim];
     let classes = unit.chunks_exact(templates_per_class * dim);
     for (mean, class) in means.chunks_exact_mut(dim).zip(classes) {
@@ -43,7 +44,7 @@ pub fn class_embeddings(
             mean.iter_mut().zip(t).for_each(|(m, v)| *m += v);
         }
     }
-    normalized(&means, dim, rows / templates_per_class, "class embeddings")
+    unit_copy(&means, dim, rows / templates_per_class, "class embeddings")
 }
 
 /// The class most often predicted instead of the right one.
@@ -97,10 +98,10 @@ pub fn zero_shot(
     labels: &[usize],
 ) -> Result<ZeroShotReport> {
     let n = labels.len();
-    let images = normalized(image_embeds, dim, n, "image embeddings")?;
+    let images = unit_copy(image_embeds, dim, n, "image embeddings")?;
     // No class at all fails below: every label is past the last class, or there is no image.
     let c = rows_of(class_embeds.len(), dim, "class embedding")?;
-    let classes = normalized(class_embeds, dim, c, "class embeddings")?;
+    let classes = unit_copy(class_embeds, dim, c, "class embeddings")?;
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= c) {
         return Err(invalid(
             "label",

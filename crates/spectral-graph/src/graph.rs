@@ -293,13 +293,13 @@ impl AugmentationGraph {
             .sum()
     }
 
-    /// Edge weights as an `n × n` f64 tensor, for [`spectral_population_loss`].
+    /// Edge weights as an `n × n` f64 tensor, for [`crate::spectral_population_loss`].
     pub fn pair_weights_tensor(&self, device: &Device) -> SpectralResult<Tensor> {
         let n = self.len();
         Ok(Tensor::from_vec(self.weights.data.clone(), (n, n), device)?)
     }
 
-    /// Node weights as a length-`n` f64 tensor, for [`spectral_population_loss`].
+    /// Node weights as a length-`n` f64 tensor, for [`crate::spectral_population_loss`].
     pub fn node_weights_tensor(&self, device: &Device) -> SpectralResult<Tensor> {
         Ok(Tensor::from_vec(
             self.node_weights.clone(),

@@ -1,5 +1,5 @@
 //! Data-parallel training: the collective operations a step needs, behind one trait, so the
-//! step is written once for one process ([`Single`]), MPI ranks ([`Mpi`], feature `mpi`) and
+//! step is written once for one process ([`Single`]), MPI ranks (`Mpi`, feature `mpi`) and
 //! NCCL on GPUs (`Nccl`, feature `nccl`).
 //!
 //! The scheme is open_clip's `gather_with_grad` + `local_loss`: every rank all-gathers the
