@@ -30,7 +30,8 @@ pub enum Error {
     /// An input the caller gave that cannot be used (empty, wrong shape, bad text).
     #[error("{0}")]
     Input(String),
-    /// A setting out of range, named by its config field (the binary names its flag).
+    /// A setting out of range, named by its config field; other fields the reason names are
+    /// in backticks (the binary names their flags).
     #[error("invalid {field}: {reason}")]
     Config {
         /// The config field, e.g. `val_data`.

@@ -102,11 +102,24 @@ pub fn report_skips(skips: &[Skip]) {
 }
 
 /// A library error told in this program's terms: a config field named by its flag
-/// (`accum_steps` → `--accum-steps`), a data pattern by `--data`.
+/// (`accum_steps` → `--accum-steps`, also where a reason names one in backticks), a data
+/// pattern by `--data`.
 pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
     use clip::training::TrainError;
     let flag = |field: &str| format!("--{}", field.replace('_', "-"));
-    let config = |field: &str, reason: &str| anyhow::anyhow!("invalid {}: {reason}", flag(field));
+    let config = |field: &str, reason: &str| {
+        let mut told = String::new();
+        for (i, part) in reason.split('`').enumerate() {
+            let is_field =
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            match (i % 2, is_field) {
+                (1, true) => told += &flag(part),
+                (1, false) => told += &format!("`{part}`"),
+                _ => told += part,
+            }
+        }
+        anyhow::anyhow!("invalid {}: {told}", flag(field))
+    };
     match e.downcast_ref::<clip::Error>() {
         Some(clip::Error::Config { field, reason }) => config(field, reason),
         Some(clip::Error::Train(t)) => match &**t {
@@ -117,5 +130,24 @@ pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
             anyhow::anyhow!("--data {pattern}: {reason}")
         }
         _ => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_flags_and_leave_other_quotes() {
+        let e = clip::Error::Config {
+            field: "val_data",
+            reason: "with `objective` images use `labels` (or `clip probe`)".into(),
+        };
+        assert_eq!(
+            in_flags(e.into()).to_string(),
+            "invalid --val-data: with --objective images use --labels (or `clip probe`)"
+        );
+        let other = anyhow::anyhow!("unchanged `labels`");
+        assert_eq!(in_flags(other).to_string(), "unchanged `labels`");
     }
 }

@@ -429,10 +429,8 @@ impl Server {
     /// answers until SIGTERM or SIGINT (finishing the requests in progress). SIGHUP reopens
     /// every index. Runs its own tokio runtime.
     pub fn run(self, addr: SocketAddr, bound: impl FnOnce(SocketAddr)) -> Result<()> {
-        let io = |e: std::io::Error| Error::Io {
-            path: PathBuf::from(addr.to_string()),
-            source: e,
-        };
+        let at = PathBuf::from(addr.to_string());
+        let io = |e| crate::error::io_at(&at)(e);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_io()
             .enable_time()

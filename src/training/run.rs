@@ -104,13 +104,14 @@ impl RunConfig {
         self.is_bundled() && held_out.is_some_and(|v| self.val_data == [v])
     }
 
-    /// Checks the settings before anything is loaded; errors name the field.
+    /// Checks the settings before anything is loaded; errors name the field, and other
+    /// fields in backticks.
     pub fn check(&self) -> Result<()> {
         if self.train.objective == Objective::Images && !self.val_data.is_empty() {
             return Err(Error::Config {
                 field: "val_data",
-                reason: "measures image–text retrieval; with objective images use labels for \
-                         a linear probe (or `clip probe` afterwards)"
+                reason: "measures image–text retrieval; with `objective` images use `labels` \
+                         for a linear probe (or `clip probe` afterwards)"
                     .into(),
             });
         }

@@ -172,7 +172,8 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Checks the options before anything starts; errors name the field (`accum_steps`).
+    /// Checks the options before anything starts; errors name the field (`accum_steps`), and
+    /// other fields in backticks.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, reason: &str| {
             Err(TrainError::Config {
@@ -200,21 +201,27 @@ impl TrainConfig {
         if !images && matches!(self.loss, NtXent | Oracle) {
             return bad(
                 "loss",
-                "nt-xent and oracle compare two views of one image: they need objective images",
+                "nt-xent and oracle compare two views of one image: they need `objective` images",
             );
         }
         if images && matches!(self.loss, Clip | Siglip) {
             return bad(
                 "loss",
-                "clip and siglip pair images with captions: with objective images use \
+                "clip and siglip pair images with captions: with `objective` images use \
                  nt-xent, debiased, hard-negative, spectral or oracle",
             );
         }
         if images && self.accum_steps != 1 {
-            return bad("accum_steps", "is only supported with objective image-text");
+            return bad(
+                "accum_steps",
+                "is only supported with `objective` image-text",
+            );
         }
         if images && self.lock_image {
-            return bad("lock_image", "objective images trains only the image tower");
+            return bad(
+                "lock_image",
+                "`objective` images trains only the image tower",
+            );
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return bad("temperature", "must be a positive number");
@@ -231,7 +238,7 @@ impl TrainConfig {
         if self.lock_image && self.lock_text {
             return bad(
                 "lock_image",
-                "with lock_text too, locking both towers leaves only the temperature to train",
+                "with `lock_text` too, locking both towers leaves only the temperature to train",
             );
         }
         self.augment

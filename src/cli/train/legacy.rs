@@ -33,13 +33,13 @@ pub fn args(json: &Value) -> Result<TrainArgs> {
         }
         let values = match value {
             Value::Null | Value::Bool(false) => continue,
-            Value::Bool(true) => Vec::new(),
+            Value::Bool(true) => {
+                argv.push(format!("--{long}"));
+                continue;
+            }
             Value::Array(items) => items.iter().map(word).collect::<Result<_>>()?,
             other => vec![variant(arg.get_id().as_str(), word(other)?)?],
         };
-        if values.is_empty() {
-            argv.push(format!("--{long}"));
-        }
         for v in values {
             argv.extend([format!("--{long}"), v]);
         }
@@ -122,8 +122,9 @@ mod tests {
         let mut old = json.clone();
         old["data"] = Value::from(vec![bundled.display().to_string()]);
         old["steps"] = Value::Null;
+        old["lock_text"] = Value::Bool(true);
         let c = args(&old).unwrap().config().unwrap();
-        assert!(c.is_bundled());
+        assert!(c.is_bundled() && c.train.lock_text);
         assert_eq!(
             c.train.steps,
             clip::training::demo(Objective::ImageText).steps
