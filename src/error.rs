@@ -30,6 +30,21 @@ pub enum Error {
     /// An input the caller gave that cannot be used (empty, wrong shape, bad text).
     #[error("{0}")]
     Input(String),
+    /// A setting out of range, named by its config field; other fields the reason names are
+    /// in backticks (the binary names their flags).
+    #[error("invalid {field}: {reason}")]
+    Config {
+        /// The config field, e.g. `val_data`.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// Training (boxed: it is the largest cause).
+    #[error(transparent)]
+    Train(Box<clip_train::TrainError>),
+    /// A linear probe (boxed, as training).
+    #[error(transparent)]
+    Probe(Box<linear_probe::ProbeError>),
     /// Loading or running the model.
     #[error(transparent)]
     Checkpoint(#[from] clip_model::ModelError),
@@ -51,6 +66,18 @@ pub enum Error {
     /// Downloading from the Hugging Face Hub.
     #[error("Hugging Face Hub: {0}")]
     Hub(String),
+}
+
+impl From<clip_train::TrainError> for Error {
+    fn from(e: clip_train::TrainError) -> Self {
+        Error::Train(Box::new(e))
+    }
+}
+
+impl From<linear_probe::ProbeError> for Error {
+    fn from(e: linear_probe::ProbeError) -> Self {
+        Error::Probe(Box::new(e))
+    }
 }
 
 /// The library's result type.

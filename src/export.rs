@@ -179,7 +179,37 @@ pub fn write_embeddings(
         Format::Npy => write_npy(&table, rows, DType::F32),
         Format::Parquet => write_parquet(&table, rows, true),
     };
-    write_file(path, write).map_err(crate::error::io_at(path))
+    crate::files::write_atomically(path, |f| {
+        let mut w = BufWriter::new(f.try_clone()?);
+        write(&mut w)?;
+        w.flush()
+    })
+}
+
+/// Writes named `[n, dim]` rows and string `metadata` to `path` as one safetensors file
+/// (whole or not at all), as `clip embed` writes them.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(&str, &Embeddings)],
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, e)| e.as_slice().iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, e), b)| {
+            let shape = vec![e.len(), e.dim()];
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, b)
+                .map_err(|err| Error::Input(format!("{name}: {err}")))?;
+            Ok((name.to_string(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, Some(metadata))
+        .map_err(|err| Error::Input(format!("{}: {err}", path.display())))?;
+    crate::files::write_atomically(path, |f| f.write_all(&data))
 }
 
 /// Rows to write: vectors, and one string column naming each row.

@@ -1,9 +1,15 @@
 //! Finding the images and captions a command or program was pointed at.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use atomic_write_file::AtomicWriteFile;
+use clip_data::{CsvOptions, Source};
 use retrieval::ImageEntry;
+use serde::{Deserialize, Serialize};
+
+pub use clip_data::{summarize_skips, LabelTable, Skip};
 
 use crate::error::io_at;
 use crate::{Error, Result};
@@ -62,6 +68,77 @@ pub fn read_captions(path: &Path) -> Result<Vec<String>> {
         ))
     })?;
     Ok(text.lines().map(str::to_string).collect())
+}
+
+/// open_clip's CSV/TSV manifest options, for every `--data` that may be a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CsvColumns {
+    /// Field separator (`None`: tab for .tsv, comma for .csv).
+    pub separator: Option<char>,
+    /// Column with image paths (relative to the manifest).
+    pub img_key: String,
+    /// Column with captions.
+    pub caption_key: String,
+}
+
+impl Default for CsvColumns {
+    fn default() -> Self {
+        let o = CsvOptions::default();
+        Self {
+            separator: None,
+            img_key: o.img_key,
+            caption_key: o.caption_key,
+        }
+    }
+}
+
+/// Data sources for `paths`: each a folder, .csv/.tsv, .jsonl or .tar, a folder of shards,
+/// or a brace pattern or glob of them.
+pub fn sources(paths: &[PathBuf], csv: &CsvColumns) -> Result<Vec<Source>> {
+    let mut opts = CsvOptions {
+        img_key: csv.img_key.clone(),
+        caption_key: csv.caption_key.clone(),
+        ..CsvOptions::default()
+    };
+    if let Some(c) = csv.separator {
+        opts.separator =
+            u8::try_from(c)
+                .ok()
+                .filter(u8::is_ascii)
+                .ok_or_else(|| Error::Config {
+                    field: "csv_separator",
+                    reason: format!("must be a single ASCII character, got {c:?}"),
+                })?;
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        for mut s in Source::expand(p, &opts)? {
+            // An explicit separator wins over the one implied by the extension.
+            if let (Source::Csv(_, o), Some(_)) = (&mut s, csv.separator) {
+                o.separator = opts.separator;
+            }
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `path` whole or not at all: `write` fills a temporary file in the same folder,
+/// which is synced and renamed over `path` (the `atomic-write-file` crate), so a crash never
+/// leaves half a file and the folder's entry is durable.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let mut file = AtomicWriteFile::open(path).map_err(io_at(path))?;
+    write(file.as_file_mut()).map_err(io_at(path))?;
+    file.commit().map_err(io_at(path))
 }
 
 /// Files that could not be used, with the reason.

@@ -1,6 +1,6 @@
 //! Building search indexes: image folders (refreshed in place), caption lists and
-//! precomputed vectors. Opening and searching is [`retrieval::Index`], re-exported as
-//! [`crate::Index`].
+//! precomputed vectors. Opening and searching is [`Index`] (also [`crate::Index`]), with the
+//! options and files of the `retrieval` crate re-exported here.
 
 use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 mod journal;
 
 use rayon::prelude::*;
-use retrieval::{DType, EmbeddingsFile, Entries, Index, IndexSpec};
+use retrieval::{Entries, ImageEntry, IndexSpec};
+
+pub use retrieval::{
+    check_destination, AnnMethod, AnnParams, DType, EmbeddingsFile, EntriesKind, Hit, Index,
+    OpenOptions, SearchMode, SearchOptions, ANN_FILE, MANIFEST_FILE,
+};
 
 use clip_data::error_chain;
 use journal::Journal;
@@ -106,7 +111,7 @@ pub fn build_images<C: Borrow<Clip>>(
         )));
     }
     let root = folder.canonicalize().map_err(crate::error::io_at(folder))?;
-    let (entries, mut skipped) = scan_images(&root)?;
+    let (entries, skipped) = scan_images(&root)?;
     if entries.is_empty() && skipped.is_empty() {
         return Err(Error::Input(format!(
             "no png/jpg/jpeg/webp files under {}",
@@ -114,7 +119,10 @@ pub fn build_images<C: Borrow<Clip>>(
         )));
     }
     let model = model_id(model);
-    let mut report = BuildReport::default();
+    let mut report = BuildReport {
+        skipped,
+        ..BuildReport::default()
+    };
     let old = open_previous(out, &mut report.warnings);
     let plan = retrieval::plan_refresh(old.as_ref(), &model, &root, &entries);
     let unchanged = |rows: usize| {
@@ -127,45 +135,100 @@ pub fn build_images<C: Borrow<Clip>>(
         report.count = entries.len();
         report.dim = old.as_ref().map_or(0, Index::dim);
         report.up_to_date = true;
-        report.skipped = skipped;
         return Ok(report);
     }
 
     // Embed what is new or changed; vectors of unchanged files are copied from the old index,
     // and those an interrupted build already embedded are read back from its journal.
-    let todo: Vec<usize> = (0..entries.len())
-        .filter(|&i| plan.reuse[i].is_none())
-        .collect();
     let reusing = plan.reuse.iter().any(Option::is_some);
-    let mut dim = old.as_ref().map(Index::dim).filter(|_| reusing);
-    let mut journal = Journal::resume(out, &model, &root, &mut report.warnings)?;
-    if let Some(j) = journal.take_if(|j| dim.is_some_and(|d| d != j.dim())) {
-        report.warnings.push(format!(
-            "discarding the build journal {}: its vectors have dimension {}, the index {}",
-            j.path().display(),
-            j.dim(),
-            dim.unwrap_or_default()
-        ));
-        j.remove();
+    let mut build = Build {
+        out,
+        model,
+        root,
+        entries,
+        dim: old.as_ref().map(Index::dim).filter(|_| reusing),
+        journal: None,
+        at: Vec::new(),
+        todo: (0..plan.reuse.len())
+            .filter(|&i| plan.reuse[i].is_none())
+            .collect(),
+        embed: Vec::new(),
+    };
+    build.resume_journal(&mut report.warnings)?;
+    if !build.embed.is_empty() {
+        build.embed_new(load, opts, progress, &mut report)?;
     }
-    // Where each row's new vector lies in the journal.
-    let mut at: Vec<Option<u64>> = entries
-        .iter()
-        .map(|e| journal.as_ref().and_then(|j| j.find(e)))
-        .collect();
-    let mut embed: Vec<usize> = todo.iter().copied().filter(|&i| at[i].is_none()).collect();
-    if !embed.is_empty() {
+    let Some(dim) = build.dim.or(build.journal.as_ref().map(Journal::dim)) else {
+        return Err(Error::Input(format!(
+            "none of the {} images under {} could be read",
+            report.skipped.len(),
+            folder.display()
+        )));
+    };
+    build.write(old.as_ref(), &plan, dim, opts, report, unchanged)
+}
+
+/// An image index being built: what is to be embedded, and where each new vector lies.
+struct Build<'a> {
+    out: &'a Path,
+    model: String,
+    root: PathBuf,
+    entries: Vec<ImageEntry>,
+    /// Dimension of the vectors so far (the old index's when reusing rows).
+    dim: Option<usize>,
+    journal: Option<Journal>,
+    /// Where each entry's new vector lies in the journal.
+    at: Vec<Option<u64>>,
+    /// Entries without a reusable row.
+    todo: Vec<usize>,
+    /// Those of `todo` the journal does not hold either.
+    embed: Vec<usize>,
+}
+
+impl Build<'_> {
+    /// Opens an interrupted build's journal (if it fits) and finds what it already holds.
+    fn resume_journal(&mut self, warnings: &mut Vec<String>) -> Result<()> {
+        let mut journal = Journal::resume(self.out, &self.model, &self.root, warnings)?;
+        let dim = self.dim;
+        if let Some(j) = journal.take_if(|j| dim.is_some_and(|d| d != j.dim())) {
+            warnings.push(format!(
+                "discarding the build journal {}: its vectors have dimension {}, the index {}",
+                j.path().display(),
+                j.dim(),
+                dim.unwrap_or_default()
+            ));
+            j.remove();
+        }
+        self.at = (self.entries.iter())
+            .map(|e| journal.as_ref().and_then(|j| j.find(e)))
+            .collect();
+        self.embed = (self.todo.iter().copied())
+            .filter(|&i| self.at[i].is_none())
+            .collect();
+        self.journal = journal;
+        Ok(())
+    }
+
+    /// Embeds the entries of `embed` with the model `load` gives, a batch at a time, each
+    /// batch journalled; unreadable files are added to the report's skipped.
+    fn embed_new<C: Borrow<Clip>>(
+        &mut self,
+        load: impl FnOnce() -> Result<C>,
+        opts: &BuildOptions,
+        progress: &dyn Progress,
+        report: &mut BuildReport,
+    ) -> Result<()> {
         let loaded = load()?;
         let clip: &Clip = loaded.borrow();
-        let d = clip.dim();
-        if let Some(old) = dim.filter(|&old| old != d) {
+        let (d, model) = (clip.dim(), &self.model);
+        if let Some(old) = self.dim.filter(|&old| old != d) {
             return Err(Error::Input(format!(
                 "the index {} has dimension {old} but model {model} makes vectors of dimension \
                  {d}; remove the index or choose another --out",
-                out.display()
+                self.out.display()
             )));
         }
-        if let Some(j) = journal.take_if(|j| j.dim() != d) {
+        if let Some(j) = self.journal.take_if(|j| j.dim() != d) {
             report.warnings.push(format!(
                 "discarding the build journal {}: its vectors have dimension {}, model {model} \
                  makes {d}",
@@ -173,122 +236,142 @@ pub fn build_images<C: Borrow<Clip>>(
                 j.dim()
             ));
             j.remove();
-            at.fill(None);
-            embed.clone_from(&todo);
+            self.at.fill(None);
+            self.embed.clone_from(&self.todo);
         }
-        dim = Some(d);
-        if journal.is_none() {
-            journal = Some(Journal::create(out, &model, &root, d)?);
+        self.dim = Some(d);
+        if self.journal.is_none() {
+            self.journal = Some(Journal::create(self.out, model, &self.root, d)?);
         }
-        let journal = journal.as_mut().expect("opened or created above");
-        let resumed = todo.len() - embed.len();
-        progress.start(
-            embed.len(),
-            &if resumed > 0 {
-                format!("images ({resumed} resumed)")
-            } else {
-                "images".to_string()
-            },
-        );
-        for chunk in embed.chunks(opts.batch_size) {
-            let loaded: Vec<_> = chunk
-                .par_iter()
-                .map(|&i| {
-                    vision_encoder::load_image(&root.join(&entries[i].path))
-                        .map(|img| vision_encoder::preprocess(&img, clip.preprocess()))
-                        .map_err(|e| error_chain(&e))
-                })
-                .collect();
-            let (mut rows, mut pixels) = (Vec::new(), Vec::new());
-            for (&i, px) in chunk.iter().zip(loaded) {
-                match px {
-                    Ok(p) => {
-                        rows.push(i);
-                        pixels.push(p);
-                    }
-                    Err(e) => skipped.push((entries[i].path.clone(), e)),
-                }
-            }
-            if !pixels.is_empty() {
-                let e = clip.encode_pixels(pixels, Features::Embeds)?;
-                let e = Embeddings::from_tensor(&e)?.normalized()?;
-                let written = journal.append(rows.iter().map(|&i| &entries[i]).zip(e.rows()))?;
-                for (i, offset) in rows.into_iter().zip(written) {
-                    at[i] = Some(offset);
-                }
-            }
+        let resumed = self.todo.len() - self.embed.len();
+        let what = match resumed {
+            0 => "images".to_string(),
+            n => format!("images ({n} resumed)"),
+        };
+        progress.start(self.embed.len(), &what);
+        for chunk in self.embed.clone().chunks(opts.batch_size) {
+            self.embed_batch(clip, chunk, &mut report.skipped)?;
             progress.advance(chunk.len());
         }
         progress.finish();
+        Ok(())
     }
-    let Some(dim) = dim.or(journal.as_ref().map(Journal::dim)) else {
-        return Err(Error::Input(format!(
-            "none of the {} images under {} could be read",
-            skipped.len(),
-            folder.display()
-        )));
-    };
 
-    // Rows in folder order: reused, resumed or freshly embedded; unreadable files are left out.
-    enum Src {
-        Old(usize),
-        Journal(u64),
+    /// Embeds the entries `chunk` and journals their unit vectors.
+    fn embed_batch(&mut self, clip: &Clip, chunk: &[usize], skipped: &mut Skipped) -> Result<()> {
+        let loaded: Vec<_> = chunk
+            .par_iter()
+            .map(|&i| {
+                vision_encoder::load_image(&self.root.join(&self.entries[i].path))
+                    .map(|img| vision_encoder::preprocess(&img, clip.preprocess()))
+                    .map_err(|e| error_chain(&e))
+            })
+            .collect();
+        let (mut rows, mut pixels) = (Vec::new(), Vec::new());
+        for (&i, px) in chunk.iter().zip(loaded) {
+            match px {
+                Ok(p) => {
+                    rows.push(i);
+                    pixels.push(p);
+                }
+                Err(e) => skipped.push((self.entries[i].path.clone(), e)),
+            }
+        }
+        if pixels.is_empty() {
+            return Ok(());
+        }
+        let e = clip.encode_pixels(pixels, Features::Embeds)?;
+        let e = Embeddings::from_tensor(&e)?.normalized()?;
+        let journal = self
+            .journal
+            .as_mut()
+            .expect("opened or created before embedding");
+        let written = journal.append(rows.iter().map(|&i| &self.entries[i]).zip(e.rows()))?;
+        for (i, offset) in rows.into_iter().zip(written) {
+            self.at[i] = Some(offset);
+        }
+        Ok(())
     }
-    let (mut files, mut rows) = (Vec::new(), Vec::new());
-    for (i, e) in entries.into_iter().enumerate() {
-        let src = match (plan.reuse[i], at[i]) {
-            (Some(r), _) => Src::Old(r),
-            (None, Some(offset)) => Src::Journal(offset),
-            (None, None) => continue,
+
+    /// Writes the index: rows in folder order, reused, resumed or freshly embedded
+    /// (unreadable files are left out); nothing when only unreadable files were retried.
+    fn write(
+        self,
+        old: Option<&Index>,
+        plan: &retrieval::RefreshPlan,
+        dim: usize,
+        opts: &BuildOptions,
+        mut report: BuildReport,
+        unchanged: impl Fn(usize) -> bool,
+    ) -> Result<BuildReport> {
+        enum Src {
+            Old(usize),
+            Journal(u64),
+        }
+        let Build {
+            out,
+            model,
+            root,
+            entries,
+            journal,
+            at,
+            todo,
+            embed,
+            ..
+        } = self;
+        let (mut files, mut rows) = (Vec::new(), Vec::new());
+        for (i, e) in entries.into_iter().enumerate() {
+            let src = match (plan.reuse[i], at[i]) {
+                (Some(r), _) => Src::Old(r),
+                (None, Some(offset)) => Src::Journal(offset),
+                (None, None) => continue,
+            };
+            files.push(e);
+            rows.push(src);
+        }
+        report.reused = rows.iter().filter(|r| matches!(r, Src::Old(_))).count();
+        report.resumed = todo.len() - embed.len();
+        report.embedded = rows.len() - report.reused - report.resumed;
+        report.removed = plan.removed;
+        report.count = rows.len();
+        report.dim = dim;
+        if report.embedded == 0 && report.resumed == 0 && plan.removed == 0 && unchanged(rows.len())
+        {
+            if let Some(j) = journal {
+                j.remove();
+            }
+            report.up_to_date = true;
+            return Ok(report);
+        }
+        let spec = IndexSpec {
+            model,
+            dimension: dim,
+            count: rows.len(),
+            dtype: opts.dtype,
+            entries: Entries::Images { root, files },
         };
-        files.push(e);
-        rows.push(src);
-    }
-    report.reused = rows.iter().filter(|r| matches!(r, Src::Old(_))).count();
-    report.resumed = todo.len() - embed.len();
-    report.embedded = rows.len() - report.reused - report.resumed;
-    report.removed = plan.removed;
-    report.count = rows.len();
-    report.dim = dim;
-    report.skipped = skipped;
-    if report.embedded == 0 && report.resumed == 0 && plan.removed == 0 && unchanged(rows.len()) {
-        // Only files that still cannot be read were retried: nothing to rewrite.
+        let mut bytes = Vec::new();
+        retrieval::write_index(out, &spec, |range, buf| {
+            for (k, r) in range.enumerate() {
+                let dst = &mut buf[k * dim..(k + 1) * dim];
+                match &rows[r] {
+                    Src::Old(row) => {
+                        dst.copy_from_slice(&old.expect("reuse implies an old index").vector(*row))
+                    }
+                    Src::Journal(offset) => journal
+                        .as_ref()
+                        .expect("journal offsets imply a journal")
+                        .vector(*offset, dst, &mut bytes)?,
+                }
+            }
+            Ok(())
+        })?;
+        // Only now that the new manifest is in place is the embedding work safe to forget.
         if let Some(j) = journal {
             j.remove();
         }
-        report.up_to_date = true;
-        return Ok(report);
+        Ok(report)
     }
-    let spec = IndexSpec {
-        model,
-        dimension: dim,
-        count: rows.len(),
-        dtype: opts.dtype,
-        entries: Entries::Images { root, files },
-    };
-    let mut bytes = Vec::new();
-    retrieval::write_index(out, &spec, |range, buf| {
-        for (k, r) in range.enumerate() {
-            let dst = &mut buf[k * dim..(k + 1) * dim];
-            match &rows[r] {
-                Src::Old(row) => dst.copy_from_slice(
-                    &old.as_ref()
-                        .expect("reuse implies an old index")
-                        .vector(*row),
-                ),
-                Src::Journal(offset) => journal
-                    .as_ref()
-                    .expect("journal offsets imply a journal")
-                    .vector(*offset, dst, &mut bytes)?,
-            }
-        }
-        Ok(())
-    })?;
-    // Only now that the new manifest is in place is the embedding work safe to forget.
-    if let Some(j) = journal {
-        j.remove();
-    }
-    Ok(report)
 }
 
 /// Builds the index at `out` over `captions` (for image→text search), embedded by `clip`

@@ -8,9 +8,11 @@
 //! - [`Index`]: vectors on disk with what each row stands for, built by [`index`]
 //!   (image folders refresh in place), opened with [`Index::open`] and searched with
 //!   [`Index::search`] or [`Clip::search_texts`].
-//! - [`train`] with a [`TrainConfig`]: training or fine-tuning ([`training::Start`] from a
-//!   [`preset`] or a checkpoint), with progress reported to an [`Observer`];
-//!   [`validation::ValSet`] scores retrieval on held-out pairs.
+//! - [`training::RunConfig`]: a whole training run as `clip train` makes it (data listed,
+//!   validation with chance levels and example searches, `run.json` for resuming), with
+//!   progress reported to an [`Observer`]; or its pieces: [`train`] with a [`TrainConfig`]
+//!   and a [`training::Start`] from a [`preset`] or a checkpoint. [`validation::ValSet`]
+//!   scores retrieval on held-out pairs, [`probe`] fits linear probes on frozen features.
 //! - [`export`]: an index written in the files other tools read (clip-retrieval's `.npy` +
 //!   `.parquet` layout, or Parquet alone).
 //! - [`serve::Server`]: indexes and their models loaded once, answering searches over HTTP.
@@ -44,6 +46,7 @@
 
 mod assets;
 mod convert;
+mod device;
 mod embeddings;
 mod error;
 pub mod export;
@@ -51,21 +54,29 @@ pub mod files;
 pub mod hub;
 pub mod index;
 mod model;
+pub mod probe;
 pub mod serve;
 pub mod training;
 pub mod validation;
 
 pub use assets::{bundled_tokenizer, preset, BUNDLED_TOKENIZER, PRESETS};
 pub use convert::{convert, convert_to_hf};
+pub use device::DeviceKind;
 pub use embeddings::{dot, Embeddings};
 pub use error::{Error, Result};
 pub use model::{resolve_model_dir, Clip, Features, Progress, DEFAULT_BATCH};
 
-pub use candle_core::Device;
-pub use clip_data::{SampleSet, Source};
+pub use candle_core::{Device, Tensor};
+pub use clip_data::{DataError, SampleSet, Source};
 pub use clip_model::{ClipConfig, ClipModel};
 pub use clip_nn::quant::Precision;
+/// For a process whose large allocations are frequent and short-lived (training, a batch
+/// command): freed memory stays in the process for reuse instead of going back to the system.
+pub use clip_nn::runtime::reuse_freed_memory;
 pub use clip_train::{train, Observer, RunSetup, StepStats, Summary, TrainConfig};
+/// Scales each row to unit length in place; a zero or non-finite row is an error naming it
+/// (the one row normalisation: [`Embeddings::normalized`] is this too).
+pub use retrieval::normalize_rows;
 pub use retrieval::{Hit, Index};
 
 impl Clip {

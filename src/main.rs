@@ -7,7 +7,7 @@ use clap::Parser;
 fn main() {
     let args = cli::Cli::parse();
     if args.reuses_freed_memory() {
-        clip_nn::runtime::reuse_freed_memory();
+        clip::reuse_freed_memory();
     }
     if let Err(err) = cli::run(args) {
         eprintln!("error: {err}");

@@ -1,12 +1,12 @@
-//! Pieces several subcommands share: devices, progress bars, data options, atomic writes.
+//! Pieces several subcommands share: model precision, progress bars, manifest options, and
+//! library errors told in flags.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use anyhow::Result;
+use clip::files::{CsvColumns, Skip};
+use clip::{Clip, Device, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
-
-pub use clip::Features as FeaturesArg;
 
 /// `--precision`: the arithmetic of the towers' transformer blocks at inference.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -16,68 +16,16 @@ pub struct PrecisionArg {
     /// VNNI where the CPU has it). Embeddings are f32 unit vectors in every case.
     /// [default: f32, or int8 for a checkpoint saved by `clip convert --precision int8`]
     #[arg(long, value_enum)]
-    pub precision: Option<clip::Precision>,
+    pub precision: Option<Precision>,
 }
 
 impl PrecisionArg {
     /// `--model` (a folder or a cached Hub id) on `device`, in this precision.
-    pub fn open(self, spec: &str, device: &Device) -> clip::Result<clip::Clip> {
-        let clip = clip::Clip::open(spec, device)?;
+    pub fn open(self, spec: &str, device: &Device) -> clip::Result<Clip> {
+        let clip = Clip::open(spec, device)?;
         match self.precision {
             Some(p) => clip.with_precision(p),
             None => Ok(clip),
-        }
-    }
-}
-
-/// Which device to run on.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub enum DeviceArg {
-    /// The CPU (default).
-    #[default]
-    Cpu,
-    /// The first CUDA GPU (needs a build with `--features cuda`).
-    Cuda,
-}
-
-impl DeviceArg {
-    /// The device of this process: with CUDA under an MPI launcher, the GPU of the rank's
-    /// local index on its node (one GPU per rank), else GPU 0.
-    pub fn device_for_rank(self) -> Result<Device> {
-        let local = [
-            "OMPI_COMM_WORLD_LOCAL_RANK",
-            "MPI_LOCALRANKID",
-            "SLURM_LOCALID",
-        ]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
-        .unwrap_or(0);
-        match self {
-            DeviceArg::Cuda if cfg!(feature = "cuda") && local > 0 => Device::new_cuda(local)
-                .with_context(|| format!("cannot open CUDA device {local} (local rank {local})")),
-            other => other.device(),
-        }
-    }
-
-    pub fn device(self) -> Result<Device> {
-        match self {
-            DeviceArg::Cpu => Ok(Device::Cpu),
-            DeviceArg::Cuda if cfg!(feature = "cuda") => {
-                Device::new_cuda(0).context("cannot open CUDA device 0")
-            }
-            DeviceArg::Cuda => {
-                bail!("this clip binary was built without CUDA; rebuild with `--features cuda`")
-            }
         }
     }
 }
@@ -112,77 +60,94 @@ impl clip::Progress for Bar {
     }
 }
 
-/// Writes `path` through a temporary sibling that is renamed into place, so a crash never
-/// leaves half a file.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut b = tempfile::Builder::new();
-    // Readable like a file from `File::create` (tempfile defaults to owner-only).
-    #[cfg(unix)]
-    b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let tmp = b
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    write(tmp.path())?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 /// open_clip's CSV/TSV manifest options, shared by every command that reads `--data`.
-#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CsvArgs {
     /// CSV/TSV separator (default: tab for .tsv, comma for .csv).
     #[arg(long)]
-    csv_separator: Option<char>,
+    pub csv_separator: Option<char>,
     /// CSV/TSV column with image paths (relative to the manifest).
-    #[arg(long, default_value = "filepath")]
-    csv_img_key: String,
+    #[arg(long, default_value_t = CsvColumns::default().img_key)]
+    pub csv_img_key: String,
     /// CSV/TSV column with captions.
-    #[arg(long, default_value = "title")]
-    csv_caption_key: String,
+    #[arg(long, default_value_t = CsvColumns::default().caption_key)]
+    pub csv_caption_key: String,
 }
 
 impl CsvArgs {
-    /// Data sources for `paths`: each a folder, .csv/.tsv, .jsonl or .tar, a folder of
-    /// shards, or a brace pattern or glob of them.
-    pub fn sources(&self, paths: &[PathBuf]) -> Result<Vec<clip_data::Source>> {
-        let mut opts = clip_data::CsvOptions {
+    /// The manifest options these flags ask for.
+    pub fn columns(&self) -> CsvColumns {
+        CsvColumns {
+            separator: self.csv_separator,
             img_key: self.csv_img_key.clone(),
             caption_key: self.csv_caption_key.clone(),
-            ..clip_data::CsvOptions::default()
-        };
-        if let Some(c) = self.csv_separator {
-            if !c.is_ascii() {
-                bail!("--csv-separator must be a single ASCII character, got {c:?}");
-            }
-            opts.separator = c as u8;
         }
-        let mut out = Vec::new();
-        for p in paths {
-            for mut s in clip_data::Source::expand(p, &opts)? {
-                // An explicit separator wins over the one implied by the extension.
-                if let (clip_data::Source::Csv(_, o), Some(_)) = (&mut s, self.csv_separator) {
-                    o.separator = opts.separator;
-                }
-                out.push(s);
-            }
-        }
-        Ok(out)
+    }
+
+    /// Data sources for `paths` (see [`clip::files::sources`]).
+    pub fn sources(&self, paths: &[PathBuf]) -> Result<Vec<clip::Source>> {
+        Ok(clip::files::sources(paths, &self.columns())?)
     }
 }
 
 /// Prints what was skipped, by kind with examples, to stderr.
-pub fn report_skips(skips: &[clip_data::Skip]) {
+pub fn report_skips(skips: &[Skip]) {
     if !skips.is_empty() {
         eprintln!(
             "skipped {}:\n  {}",
             skips.len(),
-            clip_data::summarize_skips(skips).replace('\n', "\n  ")
+            clip::files::summarize_skips(skips).replace('\n', "\n  ")
         );
+    }
+}
+
+/// A library error told in this program's terms: a config field named by its flag
+/// (`accum_steps` → `--accum-steps`, also where a reason names one in backticks), a data
+/// pattern by `--data`.
+pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
+    use clip::training::TrainError;
+    let flag = |field: &str| format!("--{}", field.replace('_', "-"));
+    let config = |field: &str, reason: &str| {
+        let mut told = String::new();
+        for (i, part) in reason.split('`').enumerate() {
+            let is_field =
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            match (i % 2, is_field) {
+                (1, true) => told += &flag(part),
+                (1, false) => told += &format!("`{part}`"),
+                _ => told += part,
+            }
+        }
+        anyhow::anyhow!("invalid {}: {told}", flag(field))
+    };
+    match e.downcast_ref::<clip::Error>() {
+        Some(clip::Error::Config { field, reason }) => config(field, reason),
+        Some(clip::Error::Train(t)) => match &**t {
+            TrainError::Config { field, reason } => config(field, reason),
+            _ => e,
+        },
+        Some(clip::Error::Data(clip::DataError::Pattern { pattern, reason })) => {
+            anyhow::anyhow!("--data {pattern}: {reason}")
+        }
+        _ => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_flags_and_leave_other_quotes() {
+        let e = clip::Error::Config {
+            field: "val_data",
+            reason: "with `objective` images use `labels` (or `clip probe`)".into(),
+        };
+        assert_eq!(
+            in_flags(e.into()).to_string(),
+            "invalid --val-data: with --objective images use --labels (or `clip probe`)"
+        );
+        let other = anyhow::anyhow!("unchanged `labels`");
+        assert_eq!(in_flags(other).to_string(), "unchanged `labels`");
     }
 }

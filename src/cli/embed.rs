@@ -4,13 +4,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
-
+use anyhow::{bail, Result};
 use clip::export::Format;
-use clip::{Clip, Embeddings};
+use clip::{Clip, DeviceKind, Embeddings, Features};
 
-use super::common::{self, DeviceArg, FeaturesArg, PrecisionArg};
+use super::common::{self, PrecisionArg};
 
 #[derive(Debug, clap::Args)]
 pub struct EmbedArgs {
@@ -37,10 +35,10 @@ pub struct EmbedArgs {
     /// What to write: the embeddings, or each tower's pooled output before its projection
     /// (default: pooled for a model trained with --objective images, else embeds).
     #[arg(long, value_enum)]
-    features: Option<FeaturesArg>,
+    features: Option<Features>,
     /// Device to run on.
     #[arg(long, value_enum, default_value_t)]
-    device: DeviceArg,
+    device: DeviceKind,
     #[command(flatten)]
     precision: PrecisionArg,
 }
@@ -71,40 +69,36 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     };
     let device = a.device.device()?;
     let m = a.precision.open(&a.model, &device)?;
-    let which = FeaturesArg::resolve(a.features, m.model());
+    let which = Features::resolve(a.features, m.model());
     let bar = common::Bar::default();
-    let mut images = m.image_features(&files, a.batch_size, which, &bar)?;
+    let images = m.image_features(&files, a.batch_size, which, &bar)?;
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-    let mut texts = m.text_features(&refs, a.batch_size, which, &bar)?;
+    let texts = m.text_features(&refs, a.batch_size, which, &bar)?;
+    let (mut images, mut texts) = (
+        Embeddings::from_tensor(&images)?,
+        Embeddings::from_tensor(&texts)?,
+    );
     if a.normalize {
-        images = normalize_rows(&images)?;
-        texts = normalize_rows(&texts)?;
+        (images, texts) = (images.normalized()?, texts.normalized()?);
     }
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    if let Some(format) = format {
-        let (t, column, labels) = if a.texts.is_some() {
-            (&texts, "caption", &captions)
-        } else {
-            (&images, "image_path", &names)
-        };
-        let rows = Embeddings::from_tensor(t)?;
-        common::write_atomically(&a.out, |tmp| {
-            Ok(clip::export::write_embeddings(
-                tmp, format, &rows, column, labels,
-            )?)
-        })?;
-    } else {
-        write_safetensors(&a, &images, &texts, &names, &m, which)?;
+    match format {
+        Some(format) if a.texts.is_some() => {
+            clip::export::write_embeddings(&a.out, format, &texts, "caption", &captions)?
+        }
+        Some(format) => {
+            clip::export::write_embeddings(&a.out, format, &images, "image_path", &names)?
+        }
+        None => write_safetensors(&a, &images, &texts, &names, &m, which)?,
     }
-
-    if which == FeaturesArg::Pooled {
+    if which == Features::Pooled {
         eprintln!("features: {}", which.describe(a.features));
         eprintln!(
             "wrote {} image and {} text pooled features (dim {} and {}) to {}",
             files.len(),
             captions.len(),
-            images.dim(1)?,
-            texts.dim(1)?,
+            images.dim(),
+            texts.dim(),
             a.out.display()
         );
     } else {
@@ -122,31 +116,18 @@ pub fn run(a: EmbedArgs) -> Result<()> {
 /// Both kinds of rows with what made them, as one safetensors file.
 fn write_safetensors(
     a: &EmbedArgs,
-    images: &Tensor,
-    texts: &Tensor,
+    images: &Embeddings,
+    texts: &Embeddings,
     names: &[String],
     m: &Clip,
-    which: FeaturesArg,
+    which: Features,
 ) -> Result<()> {
-    let tensors = HashMap::from([
-        ("image_embeds".to_string(), images.to_device(&Device::Cpu)?),
-        ("text_embeds".to_string(), texts.to_device(&Device::Cpu)?),
-    ]);
     let metadata = HashMap::from([
         ("image_files".to_string(), serde_json::to_string(names)?),
         ("model".to_string(), m.dir().display().to_string()),
         ("normalized".to_string(), a.normalize.to_string()),
         ("features".to_string(), which.name().to_string()),
     ]);
-    common::write_atomically(&a.out, |tmp| {
-        safetensors::serialize_to_file(&tensors, Some(metadata), tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))
-    })
-}
-
-fn normalize_rows(x: &Tensor) -> Result<Tensor> {
-    if x.dim(0)? == 0 {
-        return Ok(x.clone());
-    }
-    Ok(x.broadcast_div(&(x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?)?)
+    let tensors = [("image_embeds", images), ("text_embeds", texts)];
+    Ok(clip::export::write_safetensors(&a.out, &tensors, metadata)?)
 }

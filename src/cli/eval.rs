@@ -1,16 +1,13 @@
 //! `clip eval`: retrieval metrics in both directions, and zero-shot classification.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-use clip_data::{LabelTable, SampleSet};
-use retrieval::{class_embeddings, zero_shot};
+use anyhow::Result;
+use clip::files::LabelTable;
+use clip::validation::{zero_shot, ValSet};
+use clip::{DeviceKind, SampleSet};
 
-use super::common::{self, CsvArgs, DeviceArg, PrecisionArg};
-use clip::validation::ValSet;
-
-/// CLIP's simplest prompt, used when no `--templates` are given.
-const DEFAULT_TEMPLATE: &str = "a photo of {}.";
+use super::common::{self, CsvArgs, PrecisionArg};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -26,7 +23,8 @@ pub struct EvalArgs {
     /// classification among the label names.
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Prompt templates with `{}` for the label; embeddings are averaged per class.
+    /// Prompt templates with `{}` for the label; embeddings are averaged per class
+    /// (default: "a photo of {}.").
     #[arg(long, num_args = 1..)]
     templates: Vec<String>,
     /// Print JSON instead of a table.
@@ -37,7 +35,7 @@ pub struct EvalArgs {
     batch_size: usize,
     /// Device.
     #[arg(long, value_enum, default_value_t)]
-    device: DeviceArg,
+    device: DeviceKind,
     #[command(flatten)]
     precision: PrecisionArg,
 }
@@ -60,61 +58,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         "distinct_captions".into(),
         scored.groups.captions.len().into(),
     );
-
     if let Some(labels_path) = &a.labels {
         let table = LabelTable::read(labels_path, "filepath", "label")?;
-        let label_of = table.by_path();
-        // Classes in name order, as the report lists them.
-        let mut names = table.classes.clone();
-        names.sort();
-        let (mut rows, mut ys) = (Vec::new(), Vec::new());
-        for (i, name) in scored.names.iter().enumerate() {
-            let canon = Path::new(name).canonicalize().ok();
-            if let Some(&id) = canon.and_then(|p| label_of.get(&p)) {
-                rows.push(i);
-                ys.push(
-                    names
-                        .binary_search(&table.classes[id])
-                        .expect("a listed class"),
-                );
-            }
-        }
-        if rows.is_empty() {
-            bail!("no image of --data appears in {}", labels_path.display());
-        }
-        let templates = if a.templates.is_empty() {
-            vec![DEFAULT_TEMPLATE.to_string()]
-        } else {
-            a.templates.clone()
-        };
-        if let Some(t) = templates.iter().find(|t| !t.contains("{}")) {
-            bail!("template {t:?} has no {{}} for the label");
-        }
-        let prompts: Vec<String> = names
-            .iter()
-            .flat_map(|n| templates.iter().map(move |t| t.replace("{}", n)))
-            .collect();
-        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let text = m.text_features(
-            &refs,
-            a.batch_size.max(1),
-            clip::Features::Embeds,
-            &common::Bar::default(),
-        )?;
-        let text = clip::Embeddings::from_tensor(&text)?;
-        let classes = class_embeddings(text.as_slice(), scored.dim, templates.len())?;
-        let d = scored.dim;
-        let images: Vec<f32> = rows
-            .iter()
-            .flat_map(|&i| scored.image_embeds[i * d..(i + 1) * d].iter().copied())
-            .collect();
-        let zs = zero_shot(&images, &classes, d, &ys)?;
-        report.insert("zero_shot_top1".into(), zs.top1.into());
-        report.insert("zero_shot_top5".into(), zs.top5.into());
-        report.insert("zero_shot_images".into(), zs.images.into());
-        let per_class: Vec<serde_json::Value> = zs
-            .per_class
-            .iter()
+        let zs = zero_shot(&m, &scored, &table, &a.templates, a.batch_size)?;
+        let r = &zs.report;
+        report.insert("zero_shot_top1".into(), r.top1.into());
+        report.insert("zero_shot_top5".into(), r.top5.into());
+        report.insert("zero_shot_images".into(), r.images.into());
+        let names = &zs.classes;
+        let per_class: Vec<serde_json::Value> = (r.per_class.iter())
             .map(|c| {
                 serde_json::json!({
                     "class": names[c.class], "images": c.count, "accuracy": c.accuracy,
@@ -124,12 +76,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .collect();
         report.insert("zero_shot_per_class".into(), per_class.into());
     }
-
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+    } else {
+        print_table(&report);
     }
-    for (k, v) in &report {
+    Ok(())
+}
+
+/// The report as a table: a number per line, the per-class rows indented.
+fn print_table(report: &serde_json::Map<String, serde_json::Value>) {
+    for (k, v) in report {
         match v {
             serde_json::Value::Array(rows) => {
                 println!("{k}:");
@@ -152,5 +109,4 @@ pub fn run(a: EvalArgs) -> Result<()> {
             other => println!("{k:<28} {other}"),
         }
     }
-    Ok(())
 }

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clip::{index, Clip};
-use retrieval::{AnnParams, DType, EntriesKind, Index, OpenOptions};
+use clip::index::{self, AnnParams, DType, EntriesKind, Index, OpenOptions};
+use clip::{Clip, DeviceKind};
 
-use super::common::{self, DeviceArg, PrecisionArg};
+use super::common::{self, PrecisionArg};
 
 #[derive(Debug, clap::Args)]
 pub struct IndexArgs {
@@ -53,8 +53,8 @@ struct BuildArgs {
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Device to run the model on.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceKind,
     #[command(flatten)]
     precision: PrecisionArg,
     /// Also cluster the vectors into IVF lists and save them beside the index
@@ -85,16 +85,13 @@ fn build(a: BuildArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    retrieval::check_destination(&a.out)?;
+    index::check_destination(&a.out)?;
     let opts = index::BuildOptions {
         dtype: if a.half { DType::F16 } else { DType::F32 },
         batch_size: a.batch_size,
     };
     let bar = common::Bar::default();
-    let load = |spec: &str| -> clip::Result<Clip> {
-        let device = (a.device.device()).map_err(|e| clip::Error::Input(e.to_string()))?;
-        a.precision.open(spec, &device)
-    };
+    let load = |spec: &str| -> clip::Result<Clip> { a.precision.open(spec, &a.device.device()?) };
     let written = || format!("cannot write index {}", a.out.display());
     if let Some(folder) = &a.images {
         let spec = a
@@ -176,7 +173,7 @@ fn save_ann(dir: &Path, lists: usize) -> Result<()> {
         Ok(Some(p)) => (p, "kept"),
         _ => (idx.save_ann(&params)?, "saved"),
     };
-    let path = dir.join(retrieval::ANN_FILE);
+    let path = dir.join(index::ANN_FILE);
     eprintln!("{verb} {} IVF lists in {}", p.lists, path.display());
     Ok(())
 }
@@ -192,12 +189,6 @@ fn report_skipped(skipped: &[(PathBuf, String)]) {
     if skipped.len() > 5 {
         eprintln!("  … and {} more", skipped.len() - 5);
     }
-}
-
-/// Tensor rows as unit-length vectors.
-pub(super) fn unit_rows(t: &candle_core::Tensor) -> Result<Vec<Vec<f32>>> {
-    let e = clip::Embeddings::from_tensor(t)?.normalized()?;
-    Ok(e.rows().map(<[f32]>::to_vec).collect())
 }
 
 fn info(a: InfoArgs) -> Result<()> {
@@ -232,13 +223,13 @@ fn info(a: InfoArgs) -> Result<()> {
     match &m.rows {
         Some(r) => println!("rows:      {} ({} bytes, checksum ok)", r.file, r.bytes),
         None if m.format_version == 1 => {
-            println!("rows:      inline in {}", retrieval::MANIFEST_FILE)
+            println!("rows:      inline in {}", index::MANIFEST_FILE)
         }
         None => println!("rows:      none (ids are row numbers)"),
     }
     println!("format:    version {}", m.format_version);
     // Only when a file is there, so that the output of an index without one is unchanged.
-    let ann = retrieval::ANN_FILE;
+    let ann = index::ANN_FILE;
     match idx.load_saved_ann(&AnnParams::default()) {
         Ok(Some(p)) => println!("ann:       {ann} ({} IVF lists, up to date)", p.lists),
         Ok(None) => {}

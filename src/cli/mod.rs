@@ -11,8 +11,6 @@ mod probe;
 mod search;
 mod serve;
 mod train;
-/// Kept under its old name for the commands that score validation sets.
-use clip::validation as valset;
 
 use clap::{Parser, Subcommand};
 
@@ -50,7 +48,7 @@ enum Command {
 
 impl Cli {
     /// Whether freed memory should stay in the process for reuse
-    /// (`clip_nn::runtime::reuse_freed_memory`): for every command but `serve`, a long-running
+    /// (`clip::reuse_freed_memory`): for every command but `serve`, a long-running
     /// process whose large allocations (uploads being decoded, on whichever pool thread) are
     /// rare and must go back to the system, or each thread's arena keeps its own peak.
     pub fn reuses_freed_memory(&self) -> bool {
@@ -60,7 +58,7 @@ impl Cli {
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let done = match cli.command {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Embed(a) => embed::run(a),
@@ -71,7 +69,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => export::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Probe(a) => probe::run(a),
-    }
+    };
+    done.map_err(common::in_flags)
 }
 
 #[cfg(test)]

@@ -4,11 +4,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use retrieval::{EmbeddingsFile, EntriesKind, Hit, Index, OpenOptions, SearchMode, SearchOptions};
+use clip::index::{
+    AnnMethod, AnnParams, EmbeddingsFile, EntriesKind, Hit, Index, OpenOptions, SearchMode,
+    SearchOptions,
+};
+use clip::{normalize_rows, DeviceKind, Embeddings, Features};
 use serde::Serialize;
 
-use super::common::{self, DeviceArg, PrecisionArg};
-use super::index::unit_rows;
+use super::common::{self, PrecisionArg};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("queries").required(true).args(["text", "image", "query_embeddings"])))]
@@ -51,17 +54,17 @@ pub struct SearchArgs {
     #[arg(long, value_enum, default_value_t = AnnMethodArg::Ivf)]
     ann_method: AnnMethodArg,
     /// IVF: lists scanned per query (higher: better recall, slower).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = AnnParams::default().probes)]
     probes: usize,
     /// HNSW: search breadth (higher: better recall, slower).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = AnnParams::default().ef_search)]
     ef: usize,
     /// Skip the checksum pass over the vectors file (length and header are still checked).
     #[arg(long)]
     no_verify: bool,
     /// Device for the model.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceKind,
     #[command(flatten)]
     precision: PrecisionArg,
 }
@@ -109,10 +112,10 @@ pub fn run(a: SearchArgs) -> Result<()> {
             (_, true) => SearchMode::Exact,
             _ => SearchMode::Auto,
         },
-        ann: retrieval::AnnParams {
+        ann: AnnParams {
             method: match a.ann_method {
-                AnnMethodArg::Ivf => retrieval::AnnMethod::Ivf,
-                AnnMethodArg::Hnsw => retrieval::AnnMethod::Hnsw,
+                AnnMethodArg::Ivf => AnnMethod::Ivf,
+                AnnMethodArg::Hnsw => AnnMethod::Hnsw,
             },
             probes: a.probes,
             ef_search: a.ef,
@@ -141,7 +144,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
                         .iter()
                         .enumerate()
                         .map(|(r, h)| hit_out(&idx, r, h))
-                        .collect::<retrieval::Result<_>>()?,
+                        .collect::<clip::Result<_>>()?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -160,7 +163,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
 }
 
 /// Hit `h` at `rank` with what its row stands for, read from the index's rows.
-fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> retrieval::Result<HitOut<'a>> {
+fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> clip::Result<HitOut<'a>> {
     let mut o = HitOut {
         rank: rank + 1,
         id: h.id,
@@ -187,7 +190,7 @@ fn read_queries(
     if let Some(path) = &a.query_embeddings {
         let f = EmbeddingsFile::open(path, &a.key)?;
         let mut q = f.to_vec()?;
-        retrieval::normalize_rows(&mut q, f.dim())
+        normalize_rows(&mut q, f.dim())
             .with_context(|| format!("bad query vector in {}", path.display()))?;
         let labels = match f.ids() {
             Some(ids) => ids.iter().map(|s| s.clone().into()).collect(),
@@ -215,22 +218,22 @@ fn read_queries(
         .with_context(|| format!("cannot load the model for the queries ({spec})"))?;
     let (rows, labels) = if !a.image.is_empty() {
         let bar = common::Bar::default();
-        let e = m.image_features(&a.image, a.image.len().max(1), clip::Features::Embeds, &bar)?;
+        let e = m.image_features(&a.image, a.image.len().max(1), Features::Embeds, &bar)?;
         let labels = a
             .image
             .iter()
             .map(|p| p.display().to_string().into())
             .collect();
-        (unit_rows(&e)?, labels)
+        (e, labels)
     } else {
         let refs: Vec<&str> = a.text.iter().map(String::as_str).collect();
-        let e = m.text_features(&refs, refs.len().max(1), clip::Features::Embeds, &())?;
+        let e = m.text_features(&refs, refs.len().max(1), Features::Embeds, &())?;
         let labels = a.text.iter().map(|t| t.clone().into()).collect();
-        (unit_rows(&e)?, labels)
+        (e, labels)
     };
     let dim = m.dim();
     Ok((
-        rows.concat(),
+        Embeddings::from_tensor(&rows)?.normalized()?.into_vec(),
         labels,
         dim,
         format!("queries embedded by model {spec}"),

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::Result;
 use clip::serve::{NamedIndex, ServeLimits, ServeOptions, Server};
 
-use super::common::{DeviceArg, PrecisionArg};
+use super::common::PrecisionArg;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -46,8 +46,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = ServeLimits::default().header_timeout_secs)]
     header_timeout: u64,
     /// Device for the models.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[arg(long, value_enum, default_value_t)]
+    device: clip::DeviceKind,
     #[command(flatten)]
     precision: PrecisionArg,
 }

@@ -19,6 +19,7 @@
 
 mod api;
 mod encoder;
+mod images;
 mod net;
 
 use std::collections::HashMap;
@@ -260,6 +261,22 @@ pub(crate) struct Hosts {
 }
 
 impl Hosts {
+    /// The names of `--allow-host`, checked.
+    fn allowing(names: &[String]) -> Result<Self> {
+        let mut allowed = Vec::new();
+        for h in names {
+            let name = Self::name(h);
+            let ok = |c: char| c.is_ascii_alphanumeric() || ".-_:".contains(c);
+            if name.is_empty() || !name.chars().all(ok) {
+                return Err(Error::Input(format!(
+                    "--allow-host {h:?} is not a host name (letters, digits, '.', '-')"
+                )));
+            }
+            allowed.push(name);
+        }
+        Ok(Self { allowed })
+    }
+
     /// The host part of a Host header value: lowercase, without port, brackets or a final dot.
     fn name(value: &str) -> String {
         let v = value.trim();
@@ -354,38 +371,7 @@ impl Server {
                 index.dim(),
                 dir.display()
             ));
-            let spec = opts.model.as_deref().unwrap_or(index.model());
-            let encoder = if spec.is_empty() {
-                note(&format!(
-                    "index {name} records no model: embedding queries only"
-                ));
-                None
-            } else {
-                let key = resolve_model_dir(spec)?;
-                let key = key.canonicalize().unwrap_or(key);
-                let enc = match encoders.get(&key) {
-                    Some(e) => e.clone(),
-                    None => {
-                        note(&format!("loading model {}", key.display()));
-                        let mut clip = Clip::open(spec, &opts.device)?;
-                        if let Some(p) = opts.precision {
-                            clip = clip.with_precision(p)?;
-                        }
-                        let e = Arc::new(Encoder::start(clip).map_err(crate::error::io_at(&key))?);
-                        encoders.insert(key, e.clone());
-                        e
-                    }
-                };
-                if enc.dim() != index.dim() {
-                    return Err(Error::Input(format!(
-                        "model {spec} makes vectors of dimension {} but index {name} holds \
-                         dimension {}",
-                        enc.dim(),
-                        index.dim()
-                    )));
-                }
-                Some(enc)
-            };
+            let encoder = encoder_for(opts, name, index, &mut encoders, note)?;
             if let (Some(root), false) = (&loaded.root, opts.absolute_paths) {
                 note(&format!(
                     "index {name}: results name files relative to {}",
@@ -401,32 +387,8 @@ impl Server {
                 reopening: Mutex::new(None),
             }));
         }
-        let allow_origin = opts
-            .allow_origin
-            .as_deref()
-            .map(|o| {
-                o.parse().map_err(|_| {
-                    Error::Input(format!("--allow-origin {o:?} is not a header value"))
-                })
-            })
-            .transpose()?;
-        if opts.allow_origin.as_deref() == Some("*") {
-            note(
-                "warning: --allow-origin '*' lets every web page you visit read search results \
-                 and image files from this server; name the one origin that needs it instead",
-            );
-        }
-        let mut allowed = Vec::new();
-        for h in &opts.allow_hosts {
-            let name = Hosts::name(h);
-            let ok = |c: char| c.is_ascii_alphanumeric() || ".-_:".contains(c);
-            if name.is_empty() || !name.chars().all(ok) {
-                return Err(Error::Input(format!(
-                    "--allow-host {h:?} is not a host name (letters, digits, '.', '-')"
-                )));
-            }
-            allowed.push(name);
-        }
+        let allow_origin = allowed_origin(opts, note)?;
+        let hosts = Hosts::allowing(&opts.allow_hosts)?;
         let limits = opts.limits.clone();
         if limits.max_pixels == 0 || limits.max_connections == 0 || limits.header_timeout_secs == 0
         {
@@ -436,7 +398,7 @@ impl Server {
                 limits.max_pixels, limits.max_connections, limits.header_timeout_secs
             )));
         }
-        let budget = DECODE_BUDGET.max(api::decode_bytes(limits.max_pixels, 8));
+        let budget = DECODE_BUDGET.max(images::decode_bytes(limits.max_pixels, 8));
         let decode_budget_mib = u32::try_from(budget.div_ceil(1 << 20)).unwrap_or(u32::MAX >> 3);
         Ok(Self {
             state: Arc::new(State {
@@ -445,7 +407,7 @@ impl Server {
                 decode_mib: Arc::new(Semaphore::new(decode_budget_mib as usize)),
                 decode_budget_mib,
                 allow_origin,
-                hosts: Hosts { allowed },
+                hosts,
                 absolute_paths: opts.absolute_paths,
                 limits,
             }),
@@ -467,10 +429,8 @@ impl Server {
     /// answers until SIGTERM or SIGINT (finishing the requests in progress). SIGHUP reopens
     /// every index. Runs its own tokio runtime.
     pub fn run(self, addr: SocketAddr, bound: impl FnOnce(SocketAddr)) -> Result<()> {
-        let io = |e: std::io::Error| Error::Io {
-            path: PathBuf::from(addr.to_string()),
-            source: e,
-        };
+        let at = PathBuf::from(addr.to_string());
+        let io = |e| crate::error::io_at(&at)(e);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_io()
             .enable_time()
@@ -484,6 +444,66 @@ impl Server {
                 .map_err(io)
         })
     }
+}
+
+/// The model worker that embeds the queries of index `name`: the model `opts` names or the
+/// index records, loaded once for all indexes that share it (`None`: the index records no
+/// model and none was given, so it takes embedding queries only).
+fn encoder_for(
+    opts: &ServeOptions,
+    name: &str,
+    index: &Index,
+    encoders: &mut HashMap<PathBuf, Arc<Encoder>>,
+    note: &dyn Fn(&str),
+) -> Result<Option<Arc<Encoder>>> {
+    let spec = opts.model.as_deref().unwrap_or(index.model());
+    if spec.is_empty() {
+        note(&format!(
+            "index {name} records no model: embedding queries only"
+        ));
+        return Ok(None);
+    }
+    let key = resolve_model_dir(spec)?;
+    let key = key.canonicalize().unwrap_or(key);
+    let enc = match encoders.get(&key) {
+        Some(e) => e.clone(),
+        None => {
+            note(&format!("loading model {}", key.display()));
+            let mut clip = Clip::open(spec, &opts.device)?;
+            if let Some(p) = opts.precision {
+                clip = clip.with_precision(p)?;
+            }
+            let e = Arc::new(Encoder::start(clip).map_err(crate::error::io_at(&key))?);
+            encoders.insert(key, e.clone());
+            e
+        }
+    };
+    if enc.dim() != index.dim() {
+        return Err(Error::Input(format!(
+            "model {spec} makes vectors of dimension {} but index {name} holds dimension {}",
+            enc.dim(),
+            index.dim()
+        )));
+    }
+    Ok(Some(enc))
+}
+
+/// The CORS origin as a header value, with a warning for `*`.
+fn allowed_origin(
+    opts: &ServeOptions,
+    note: &dyn Fn(&str),
+) -> Result<Option<axum::http::HeaderValue>> {
+    if opts.allow_origin.as_deref() == Some("*") {
+        note(
+            "warning: --allow-origin '*' lets every web page you visit read search results \
+             and image files from this server; name the one origin that needs it instead",
+        );
+    }
+    let parse = |o: &str| {
+        o.parse()
+            .map_err(|_| Error::Input(format!("--allow-origin {o:?} is not a header value")))
+    };
+    opts.allow_origin.as_deref().map(parse).transpose()
 }
 
 /// A failed request: its status and a message naming the problem, sent as JSON.

@@ -39,8 +39,8 @@ pub enum DataError {
         /// The path given.
         path: PathBuf,
     },
-    /// A `--data` pattern that is malformed or matches nothing.
-    #[error("--data {pattern}: {reason}")]
+    /// A data pattern (brace range or glob) that is malformed or matches nothing.
+    #[error("data pattern {pattern}: {reason}")]
     Pattern {
         /// The pattern as given.
         pattern: String,

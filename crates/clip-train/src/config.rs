@@ -172,7 +172,8 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Checks the options before anything starts; errors name the option.
+    /// Checks the options before anything starts; errors name the field (`accum_steps`), and
+    /// other fields in backticks.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, reason: &str| {
             Err(TrainError::Config {
@@ -184,60 +185,60 @@ impl TrainConfig {
             return bad("steps", "must be at least 1");
         }
         if self.batch_size < 2 {
-            return bad("batch-size", "a contrastive batch needs at least 2 pairs");
+            return bad("batch_size", "a contrastive batch needs at least 2 pairs");
         }
         if self.accum_steps == 0 || !self.batch_size.is_multiple_of(self.accum_steps) {
-            return bad("accum-steps", "must divide the batch size");
+            return bad("accum_steps", "must divide the batch size");
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", "must be a positive number");
         }
         if self.grad_clip_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
-            return bad("grad-clip-norm", "must be positive");
+            return bad("grad_clip_norm", "must be positive");
         }
         use LossKind::*;
         let images = self.objective == Objective::Images;
         if !images && matches!(self.loss, NtXent | Oracle) {
             return bad(
                 "loss",
-                "nt-xent and oracle compare two views of one image: use --objective images",
+                "nt-xent and oracle compare two views of one image: they need `objective` images",
             );
         }
         if images && matches!(self.loss, Clip | Siglip) {
             return bad(
                 "loss",
-                "clip and siglip pair images with captions: with --objective images use \
+                "clip and siglip pair images with captions: with `objective` images use \
                  nt-xent, debiased, hard-negative, spectral or oracle",
             );
         }
         if images && self.accum_steps != 1 {
             return bad(
-                "accum-steps",
-                "is only supported with --objective image-text",
+                "accum_steps",
+                "is only supported with `objective` image-text",
             );
         }
         if images && self.lock_image {
             return bad(
-                "lock-image",
-                "--objective images trains only the image tower",
+                "lock_image",
+                "`objective` images trains only the image tower",
             );
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return bad("temperature", "must be a positive number");
         }
         if !(0.0..1.0).contains(&self.tau_plus) {
-            return bad("tau-plus", "must lie in [0, 1)");
+            return bad("tau_plus", "must lie in [0, 1)");
         }
         if !(self.beta.is_finite() && self.beta >= 0.0) {
             return bad("beta", "must be a non-negative number");
         }
         if !(self.spectral_mu.is_finite() && self.spectral_mu > 0.0) {
-            return bad("spectral-mu", "must be a positive number");
+            return bad("spectral_mu", "must be a positive number");
         }
         if self.lock_image && self.lock_text {
             return bad(
-                "lock-image/lock-text",
-                "locking both towers leaves only the temperature to train",
+                "lock_image",
+                "with `lock_text` too, locking both towers leaves only the temperature to train",
             );
         }
         self.augment

@@ -165,7 +165,7 @@ fn siglip_and_feature_cache_accumulation_train() {
     let mut bad = setup(dir.path(), 4, false);
     bad.train.accum_steps = 3;
     let err = run_err(bad);
-    assert!(err.contains("accum-steps"), "{err}");
+    assert!(err.contains("accum_steps"), "{err}");
 }
 
 /// A feature cache over K chunks takes the step of the whole batch (open_clip's
@@ -295,7 +295,7 @@ fn oracle_needs_labels_and_losses_must_fit_the_objective() {
     let mut s = setup(dir.path(), 3, false);
     s.train.tau_plus = 1.0;
     let err = run_err(s);
-    assert!(err.contains("tau-plus"), "{err}");
+    assert!(err.contains("tau_plus"), "{err}");
 }
 
 #[test]
