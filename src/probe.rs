@@ -22,7 +22,7 @@ pub const DEFAULT_PIXEL_SIZE: u32 = 32;
 pub struct ProbeFeatures {
     /// One row per image.
     pub matrix: Matrix,
-    /// For people: "pixels (8×8 RGB)" or "<model> image embeddings".
+    /// For people: "pixels (8×8 RGB)" or "`<model>` image embeddings".
     pub description: String,
     /// For a plot title (ASCII only: the plot font has nothing else).
     pub short: String,
