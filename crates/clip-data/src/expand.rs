@@ -5,58 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{DataError, Result};
 
-/// Expands brace groups left to right: `{a..b}` is a numeric range (zero-padded to the width
-/// of the wider bound when either bound has a leading zero, as webdataset does) and `{x,y}`
-/// a list. Text without braces comes back as it is.
-pub fn expand_braces(pattern: &str) -> std::result::Result<Vec<String>, String> {
-    let Some(open) = pattern.find('{') else {
-        if pattern.contains('}') {
-            return Err(format!("{pattern:?} has a `}}` without a `{{`"));
-        }
-        return Ok(vec![pattern.to_string()]);
-    };
-    let close = pattern[open..]
-        .find('}')
-        .map(|c| open + c)
-        .ok_or_else(|| format!("{pattern:?} has a `{{` without a `}}`"))?;
-    let (head, body, tail) = (
-        &pattern[..open],
-        &pattern[open + 1..close],
-        &pattern[close + 1..],
-    );
-    let choices: Vec<String> = match body.split_once("..") {
-        Some((lo, hi)) => {
-            let parse = |s: &str| {
-                s.parse::<u64>()
-                    .map_err(|_| format!("{pattern:?}: `{s}` in `{{{body}}}` is not a number"))
-            };
-            let (a, b) = (parse(lo)?, parse(hi)?);
-            if a > b {
-                return Err(format!(
-                    "{pattern:?}: the range `{{{body}}}` runs backwards"
-                ));
-            }
-            let padded = lo.starts_with('0') || hi.starts_with('0');
-            let width = if padded { lo.len().max(hi.len()) } else { 0 };
-            (a..=b).map(|i| format!("{i:0width$}")).collect()
-        }
-        None if body.contains(',') => body.split(',').map(str::to_string).collect(),
-        None => {
-            return Err(format!(
-                "{pattern:?}: `{{{body}}}` is neither a range nor a list"
-            ))
-        }
-    };
-    // The first group varies slowest, and a list keeps its own order.
-    let tails = expand_braces(tail)?;
-    let mut out = Vec::with_capacity(choices.len() * tails.len());
-    for c in &choices {
-        for t in &tails {
-            out.push(format!("{head}{c}{t}"));
-        }
-    }
-    Ok(out)
-}
+/// Brace expansion is `shard-source`'s (one expander for local paths, URLs and `pipe:`
+/// commands alike).
+pub use shard_source::expand_braces;
 
 fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])

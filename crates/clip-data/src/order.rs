@@ -4,16 +4,12 @@
 use std::ops::Range;
 
 use rand::seq::SliceRandom;
-use rand::{Rng, RngCore, SeedableRng};
-use rand_xoshiro::SplitMix64;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// Mixes a seed with a counter into an independent stream (`salt` keeps uses apart).
-pub fn stream(seed: u64, salt: u64, counter: u64) -> SplitMix64 {
-    let mut s = SplitMix64::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mix = s.next_u64() ^ counter.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    SplitMix64::seed_from_u64(mix)
-}
+/// The seeded streams every order draws from: `shard-source`'s (shard assignment uses the
+/// same function, so local and remote orders mix seeds one way).
+pub use shard_source::stream;
 
 /// How samples are ordered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

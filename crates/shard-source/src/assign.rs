@@ -19,8 +19,7 @@ const SALT_RESAMPLE: u64 = 0x5348_4152_4400_0002;
 
 /// Mixes a seed with a counter into an independent stream (`salt` keeps uses apart).
 ///
-/// The same function as `clip_data::stream` (bit for bit): meant to be its one home once
-/// `clip-data` depends on this crate.
+/// The workspace's one stream mixer: `clip-data`'s orders re-export it.
 pub fn stream(seed: u64, salt: u64, counter: u64) -> SplitMix64 {
     let mut s = SplitMix64::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mix = s.next_u64() ^ counter.wrapping_mul(0xD1B5_4A32_D192_ED03);

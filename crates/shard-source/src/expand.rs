@@ -1,8 +1,7 @@
 //! Brace patterns as webdataset and open_clip write them: `shards/{00000..00999}.tar`,
 //! `{train,extra}.tsv`, inside paths, URLs and `pipe:` commands alike.
 //!
-//! This is meant to be the workspace's one brace expander: `clip-data`'s `expand_braces`
-//! (same signature, same results) is to become `pub use shard_source::expand_braces`.
+//! The workspace's one brace expander: `clip-data` re-exports it for local `--data` patterns.
 
 /// Most names one pattern may expand to: `{0..99999999999}` would otherwise fill memory
 /// before anything is read.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use shard_source::{Cause, OpenConfig, Opener, RetryPolicy, ShardError, ShardUrl};
 use support::server::{Fault, Server};
-use support::{chain, data};
+use support::{chain, data, read_all};
 
 fn opener(retries: u32) -> Opener {
     let retry = RetryPolicy {
@@ -24,16 +24,6 @@ fn opener(retries: u32) -> Opener {
 
 fn http(server: &Server, path: &str) -> ShardUrl {
     ShardUrl::parse(&server.url(path)).unwrap()
-}
-
-/// Reads the whole shard; returns the bytes and the reconnections made.
-fn read_all(o: &Opener, url: &ShardUrl) -> Result<(Vec<u8>, u32), ShardError> {
-    let mut r = o.open(url)?;
-    let mut got = Vec::new();
-    match r.read_to_end(&mut got) {
-        Ok(_) => Ok((got, r.retries())),
-        Err(e) => Err(ShardError::from_read(e, r.url(), r.position())),
-    }
 }
 
 #[test]

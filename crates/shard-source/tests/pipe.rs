@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shard_source::{Cause, OpenConfig, Opener, RetryPolicy, ShardError, ShardUrl};
-use support::{chain, data};
+use support::{chain, data, read_all};
 
 fn opener(retries: u32) -> Opener {
     Opener::new(OpenConfig::default().with_retry(RetryPolicy {
@@ -27,15 +27,6 @@ fn file(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     p.display().to_string()
-}
-
-fn read_all(o: &Opener, url: &ShardUrl) -> Result<(Vec<u8>, u32), ShardError> {
-    let mut r = o.open(url)?;
-    let mut got = Vec::new();
-    match r.read_to_end(&mut got) {
-        Ok(_) => Ok((got, r.retries())),
-        Err(e) => Err(ShardError::from_read(e, r.url(), r.position())),
-    }
 }
 
 #[test]

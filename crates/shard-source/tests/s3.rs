@@ -12,8 +12,8 @@ use shard_source::{
     epoch_size, parse_data_arg, Cause, DataPart, OpenConfig, Opener, RetryPolicy, ShardError,
     ShardUrl,
 };
-use support::data;
 use support::server::{Fault, Server};
+use support::{data, read_all};
 
 fn retry() -> RetryPolicy {
     RetryPolicy {
@@ -36,15 +36,6 @@ fn opener(endpoint: &str) -> Opener {
 
 fn s3(spec: &str) -> ShardUrl {
     ShardUrl::parse(spec).unwrap()
-}
-
-fn read_all(o: &Opener, url: &ShardUrl) -> Result<(Vec<u8>, u32), ShardError> {
-    let mut r = o.open(url)?;
-    let mut got = Vec::new();
-    match r.read_to_end(&mut got) {
-        Ok(_) => Ok((got, r.retries())),
-        Err(e) => Err(ShardError::from_read(e, r.url(), r.position())),
-    }
 }
 
 #[test]

@@ -4,6 +4,20 @@
 
 pub mod server;
 
+use std::io::Read;
+
+use shard_source::{Opener, ShardError, ShardUrl};
+
+/// Reads the whole shard; returns the bytes and the reconnections made.
+pub fn read_all(o: &Opener, url: &ShardUrl) -> Result<(Vec<u8>, u32), ShardError> {
+    let mut r = o.open(url)?;
+    let mut got = Vec::new();
+    match r.read_to_end(&mut got) {
+        Ok(_) => Ok((got, r.retries())),
+        Err(e) => Err(ShardError::from_read(e, r.url(), r.position())),
+    }
+}
+
 /// `n` bytes that differ at every offset from a shifted copy (so a byte read at the wrong
 /// offset shows), seeded by `seed`.
 pub fn data(n: usize, seed: u64) -> Vec<u8> {
