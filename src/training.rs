@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod data;
 mod run;
 mod start;
 

@@ -10,9 +10,12 @@ use candle_core::Device;
 use clip_data::{LabelTable, SampleSet, Skip};
 use clip_model::{ClipModel, ClipTokenizer};
 use clip_train::dist::{Collective, Single};
-use clip_train::{LossKind, Objective, Observer, RunSetup, StepStats, Summary, TrainConfig};
+use clip_train::{
+    LossKind, Objective, Observer, RunSetup, StepStats, Summary, TrainConfig, TrainData,
+};
 use serde::{Deserialize, Serialize};
 
+use super::data::is_streamed;
 use super::{bundled, defaults, demo, Head, Start};
 use crate::files::{sources, write_atomically, CsvColumns};
 use crate::validation::{chance_levels, ExampleSearch, Scored, ValSet, EXAMPLE_QUERIES};
@@ -31,8 +34,13 @@ pub const DEFAULT_OUT: &str = "runs/latest";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RunConfig {
-    /// Training data: folders, manifests, shards, or patterns of them ([`crate::files::sources`]).
+    /// Training data: folders, manifests, shards, or patterns of them ([`crate::files::sources`]);
+    /// remote shards (`pipe:COMMAND`, http(s), s3/gs/az URLs with brace patterns) are
+    /// streamed ([`clip_data::ShardStream`]); `::` separates parts as in open_clip.
     pub data: Vec<PathBuf>,
+    /// An S3-compatible endpoint for `s3://` data (MinIO, a local test server), over
+    /// `AWS_ENDPOINT_URL` and the profile files.
+    pub data_endpoint: Option<String>,
     /// Validation data in the same forms (image–text runs).
     pub val_data: Vec<PathBuf>,
     /// How CSV/TSV manifests are read.
@@ -71,6 +79,7 @@ impl RunConfig {
         let is_bundled = data.is_empty();
         let mut c = Self {
             data,
+            data_endpoint: None,
             val_data: Vec::new(),
             csv: CsvColumns::default(),
             labels: None,
@@ -151,15 +160,20 @@ impl RunConfig {
         };
         start.config.image_only = images_only;
         let mut setup = start.into_setup(&self.out, self.train.clone())?;
-        let (data, listed) = self.list(&self.data, "training data")?;
-        let mut listings = vec![listed];
-        setup.labels = match &self.labels {
-            Some(p) => {
-                let table = LabelTable::read(p, "filepath", "label")?;
-                Some(table.lookup((0..data.len()).map(|i| data.name(i)))?)
-            }
-            None => None,
+        let (data, listed) = if is_streamed(&self.data, self.train.order.resampled)? {
+            self.stream("training data")?
+        } else {
+            let (data, listed) = self.list(&self.data, "training data")?;
+            setup.labels = match &self.labels {
+                Some(p) => {
+                    let table = LabelTable::read(p, "filepath", "label")?;
+                    Some(table.lookup((0..data.len()).map(|i| data.name(i)))?)
+                }
+                None => None,
+            };
+            (TrainData::Listed(Arc::new(data)), listed)
         };
+        let mut listings = vec![listed];
         let val = if self.val_data.is_empty() {
             None
         } else {
@@ -179,7 +193,7 @@ impl RunConfig {
         Ok(Prepared {
             config: self.clone(),
             setup,
-            data: Arc::new(data),
+            data,
             val,
             listings,
         })
@@ -202,6 +216,7 @@ impl RunConfig {
             sources: sources.len(),
             seconds: t0.elapsed().as_secs_f64(),
             skips: set.scan_skips().to_vec(),
+            streamed: None,
         };
         Ok((set, listing))
     }
@@ -222,13 +237,15 @@ pub struct Listing {
     pub seconds: f64,
     /// What was left out, with why.
     pub skips: Vec<Skip>,
+    /// Streamed shards: where the epoch size (`samples`) came from; nothing was listed.
+    pub streamed: Option<String>,
 }
 
 /// A run ready to train: its model started, its data listed.
 pub struct Prepared {
     config: RunConfig,
     setup: RunSetup,
-    data: Arc<SampleSet>,
+    data: TrainData,
     val: Option<ValSet>,
     listings: Vec<Listing>,
 }

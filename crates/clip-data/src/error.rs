@@ -55,6 +55,18 @@ pub enum DataError {
         /// What was skipped, if anything.
         detail: String,
     },
+    /// Every shard of a streamed run failed, one after another.
+    #[error("no shard could be read ({shards} shards, each failed in turn): {detail}")]
+    NoShardReadable {
+        /// How many shards there are.
+        shards: usize,
+        /// Why the last ones failed.
+        detail: String,
+    },
+    /// Remote data could not be named or sized (a bad URL, a damaged sidecar file, no
+    /// epoch size).
+    #[error(transparent)]
+    Shards(#[from] shard_source::ShardError),
 }
 
 /// Result alias for this crate.

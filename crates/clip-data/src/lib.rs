@@ -2,7 +2,8 @@
 //! manifests, JSONL, webdataset tar shards, brace patterns and globs of them), the order a
 //! run reads them in, how they are decoded and augmented, and a budgeted cache of decoded
 //! samples. Nothing is decoded up front: a [`SampleSet`] lists samples and loads one at a
-//! time, so memory does not grow with the dataset.
+//! time, so memory does not grow with the dataset. Shards elsewhere (`pipe:`, http(s),
+//! s3/gs/az) are read as a [`ShardStream`]: start to end, nothing listed up front.
 
 mod augment;
 mod cache;
@@ -14,6 +15,7 @@ mod order;
 mod samples;
 mod skip;
 mod source;
+mod streamed;
 
 pub use augment::{AugmentConfig, Augmenter};
 pub use cache::{parse_bytes, physical_memory, CacheConfig, CacheMode, DecodedCache};
@@ -25,5 +27,8 @@ pub use limits::{
 };
 pub use order::{stream, Order, OrderConfig};
 pub use samples::{error_chain, Item, Sample, SampleSet};
+/// The byte layer under [`ShardStream`], for callers that build a [`StreamSpec`].
+pub use shard_source;
 pub use skip::{summarize_skips, Skip, SkipReason};
 pub use source::{CsvOptions, Source};
+pub use streamed::{tar_samples, RawSample, Replay, ShardStream, StreamSpec};

@@ -21,13 +21,22 @@ pub struct OrderConfig {
     /// Shuffle-buffer size for tar shards (webdataset's `shuffle(n)`): samples are read in
     /// shard order (shards shuffled per epoch) and drawn at random from a window this big.
     pub shuffle_buffer: usize,
+    /// Streamed shards: draw them with replacement (open_clip's `--dataset-resampled`)
+    /// instead of shuffled passes; also streams local shards.
+    pub resampled: bool,
+    /// Streamed shards read at once. Part of the order (samples are taken from the shards
+    /// in flight in turn), so it is saved with the run; the default follows the cores.
+    pub workers: usize,
 }
 
 impl Default for OrderConfig {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Self {
             epoch_samples: None,
             shuffle_buffer: 1000,
+            resampled: false,
+            workers: cores.clamp(2, 8),
         }
     }
 }

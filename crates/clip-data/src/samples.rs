@@ -144,51 +144,34 @@ impl SampleSet {
             ImageRef::File(p) => {
                 let bytes = read_regular(p, MAX_IMAGE_BYTES)
                     .map_err(|e| SkipReason::Image(format!("cannot read {}: {e}", p.display())))?;
-                let img = vision_encoder::decode_image(&bytes, p)
-                    .map_err(|e| SkipReason::Image(error_chain(&e)))?;
-                Arc::new(downscale(img, max_short_side))
+                decode_downscaled(&bytes, p, max_short_side)?
             }
             ImageRef::Member { shard, offset, len } => {
                 let bytes = self
                     .read_member(*shard, *offset, *len, MAX_IMAGE_BYTES)
                     .map_err(SkipReason::Image)?;
-                let img = vision_encoder::decode_image(&bytes, Path::new(&s.name))
-                    .map_err(|e| SkipReason::Image(error_chain(&e)))?;
-                Arc::new(downscale(img, max_short_side))
+                decode_downscaled(&bytes, Path::new(&s.name), max_short_side)?
             }
         };
-        let (w, h) = image.dimensions();
-        if w == 0 || h == 0 {
-            return Err(SkipReason::Image("image is empty".into()));
-        }
         Ok(Sample { image, captions })
     }
 
     fn captions(&self, c: &CaptionRef) -> std::result::Result<Vec<String>, String> {
-        let one = |bytes: Vec<u8>| -> std::result::Result<Vec<String>, String> {
-            let text = String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())?;
-            Ok(vec![text.trim().to_string()])
-        };
-        let caps =
-            match c {
-                CaptionRef::None => return Err("no caption".into()),
-                CaptionRef::Inline(v) => {
-                    if let Some(c) = v.iter().find(|c| c.len() as u64 > MAX_CAPTION_BYTES) {
-                        return Err(limits::too_big(c.len() as u64, MAX_CAPTION_BYTES).to_string());
-                    }
-                    v.iter().map(|c| c.trim().to_string()).collect()
+        match c {
+            CaptionRef::None => Err("no caption".into()),
+            CaptionRef::Inline(v) => {
+                if let Some(c) = v.iter().find(|c| c.len() as u64 > MAX_CAPTION_BYTES) {
+                    return Err(limits::too_big(c.len() as u64, MAX_CAPTION_BYTES).to_string());
                 }
-                CaptionRef::File(p) => one(read_regular(p, MAX_CAPTION_BYTES)
-                    .map_err(|e| format!("{}: {e}", p.display()))?)?,
-                CaptionRef::Member { shard, offset, len } => {
-                    one(self.read_member(*shard, *offset, *len, MAX_CAPTION_BYTES)?)?
-                }
-            };
-        let caps: Vec<String> = caps.into_iter().filter(|c| !c.is_empty()).collect();
-        if caps.is_empty() {
-            return Err("empty caption".into());
+                non_empty(v.iter().map(|c| c.trim().to_string()).collect())
+            }
+            CaptionRef::File(p) => caption_text(
+                read_regular(p, MAX_CAPTION_BYTES).map_err(|e| format!("{}: {e}", p.display()))?,
+            ),
+            CaptionRef::Member { shard, offset, len } => {
+                caption_text(self.read_member(*shard, *offset, *len, MAX_CAPTION_BYTES)?)
+            }
         }
-        Ok(caps)
     }
 
     /// Member bytes `offset..offset + len` of shard `shard`, if `len` is at most `max`.
@@ -212,6 +195,36 @@ impl SampleSet {
         };
         read().map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
+}
+
+/// An image's bytes decoded (alpha on white) and downscaled as [`SampleSet::load`] says;
+/// `name` names it in the reason to skip it.
+pub(crate) fn decode_downscaled(
+    bytes: &[u8],
+    name: &Path,
+    max_short_side: u32,
+) -> std::result::Result<Arc<RgbImage>, SkipReason> {
+    let img = vision_encoder::decode_image(bytes, name)
+        .map_err(|e| SkipReason::Image(error_chain(&e)))?;
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(SkipReason::Image("image is empty".into()));
+    }
+    Ok(Arc::new(downscale(img, max_short_side)))
+}
+
+/// A caption file's bytes as its one caption: UTF-8, trimmed, not empty.
+pub(crate) fn caption_text(bytes: Vec<u8>) -> std::result::Result<Vec<String>, String> {
+    let text = String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())?;
+    non_empty(vec![text.trim().to_string()])
+}
+
+fn non_empty(caps: Vec<String>) -> std::result::Result<Vec<String>, String> {
+    let caps: Vec<String> = caps.into_iter().filter(|c| !c.is_empty()).collect();
+    if caps.is_empty() {
+        return Err("empty caption".into());
+    }
+    Ok(caps)
 }
 
 /// The error for data with no usable sample, naming the sources and what was skipped.

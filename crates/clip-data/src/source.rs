@@ -46,7 +46,7 @@ pub enum Source {
     Tar(PathBuf),
 }
 
-const IMAGE_EXTS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
+pub(crate) const IMAGE_EXTS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 
 fn is_image(p: &Path) -> bool {
     p.extension()
@@ -363,7 +363,7 @@ fn scan_jsonl(path: &Path, out: &mut Listing, need_captions: bool) -> Result<()>
 
 /// Splits a member name into webdataset's key (everything before the first dot of the
 /// file name) and extension.
-fn split_key(name: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_key(name: &str) -> Option<(&str, &str)> {
     let start = name.rfind('/').map_or(0, |i| i + 1);
     let dot = name[start..].find('.')? + start;
     Some((&name[..dot], &name[dot + 1..]))

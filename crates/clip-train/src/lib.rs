@@ -16,7 +16,7 @@ mod trainer;
 
 pub use config::{LossKind, Objective, Precision, TrainConfig};
 pub use error::{Result, TrainError};
-pub use loader::{Batch, Loader, LoaderMode, LoaderSpec, Share};
+pub use loader::{Batch, Feed, Loader, LoaderMode, LoaderSpec, Share};
 pub use loss::{clip_loss, clip_loss_rows, l2_normalize, siglip_loss, siglip_loss_rows, Anchors};
 pub use optim::{clip_grad_norm, decays, learning_rate, AdamW, AdamWConfig, ScheduleKind};
 pub use plot::write_plot;
@@ -27,4 +27,4 @@ pub use ssl_loss::{
     nt_xent_loss, oracle_contrastive_loss, oracle_contrastive_loss_rows, spectral_contrastive_loss,
     spectral_contrastive_loss_rows, two_view_loss, two_view_loss_rows, NegativeEstimate,
 };
-pub use trainer::{train, train_on, Observer, StepStats, Summary};
+pub use trainer::{train, train_on, Observer, StepStats, Summary, TrainData};

@@ -7,14 +7,14 @@
 //! batches an uninterrupted one would, whatever the thread timing.
 
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use clip_data::{
-    stream, summarize_skips, Augmenter, DecodedCache, Order, OrderConfig, Sample, SampleSet, Skip,
-    SkipReason,
+    stream, summarize_skips, Augmenter, DecodedCache, Order, OrderConfig, Replay, Sample,
+    SampleSet, ShardStream, Skip, SkipReason, StreamSpec,
 };
 use rayon::prelude::*;
 use text_encoder::ClipTokenizer;
@@ -29,12 +29,31 @@ pub struct Batch {
     pub pixels: Vec<f32>,
     /// Token rows (empty with two views).
     pub ids: Vec<Vec<u32>>,
-    /// Sample index of each row.
+    /// Sample index of each row (its stream position for streamed data).
     pub items: Vec<usize>,
     /// The (local) position the next batch starts at (saved with checkpoints, for resume).
     pub next_position: usize,
     /// Samples skipped while filling this batch, first time seen.
     pub skipped: Vec<Skip>,
+    /// What replaying a streamed epoch to the resume position cost (the first batch after a
+    /// resume only).
+    pub replayed: Option<Replay>,
+}
+
+/// Where the samples come from.
+#[derive(Clone)]
+pub enum Feed {
+    /// Listed samples in a seeded order, read at random, through the decoded-sample cache.
+    Listed {
+        /// The samples.
+        data: Arc<SampleSet>,
+        /// Decoded samples kept between epochs.
+        cache: Arc<DecodedCache>,
+        /// Epoch length and shuffle buffer.
+        order: OrderConfig,
+    },
+    /// Shards streamed start to end ([`ShardStream`]).
+    Streamed(Arc<StreamSpec>),
 }
 
 /// What the loader makes of each sample.
@@ -50,9 +69,7 @@ pub enum LoaderMode {
 /// Everything that fixes the batches of a run.
 pub struct LoaderSpec {
     /// The samples.
-    pub data: Arc<SampleSet>,
-    /// Decoded samples kept between epochs.
-    pub cache: Arc<DecodedCache>,
+    pub feed: Feed,
     /// Augmentation and normalisation.
     pub aug: Augmenter,
     /// Captions or two views.
@@ -61,8 +78,6 @@ pub struct LoaderSpec {
     pub batch: usize,
     /// Seed of the order and the augmentations.
     pub seed: u64,
-    /// Epoch length and shuffle buffer.
-    pub order: OrderConfig,
     /// Images are downscaled to this shortest side when decoded.
     pub max_short_side: u32,
     /// Which share of the positions this process reads (data-parallel ranks).
@@ -92,15 +107,21 @@ impl Share {
 
 /// Sample `i` through the cache, or why it is skipped and whether this is the first time;
 /// `bad` remembers the samples that failed, so each is reported once and not read again.
-fn fetch(spec: &LoaderSpec, bad: &BadSamples, i: usize) -> Result<Arc<Sample>, (SkipReason, bool)> {
-    if let Some(s) = spec.cache.get(i) {
+fn fetch(
+    data: &SampleSet,
+    cache: &DecodedCache,
+    max_short_side: u32,
+    bad: &BadSamples,
+    i: usize,
+) -> Result<Arc<Sample>, (SkipReason, bool)> {
+    if let Some(s) = cache.get(i) {
         return Ok(s);
     }
     if let Some(r) = bad.lock().expect("bad-sample lock").get(&i) {
         return Err((r.clone(), false));
     }
-    match spec.data.load(i, spec.max_short_side) {
-        Ok(s) => Ok(spec.cache.insert(i, s)),
+    match data.load(i, max_short_side) {
+        Ok(s) => Ok(cache.insert(i, s)),
         Err(r) => {
             let first = bad.lock().expect("bad-sample lock").insert(i, r.clone());
             Err((r, first.is_none()))
@@ -109,6 +130,47 @@ fn fetch(spec: &LoaderSpec, bad: &BadSamples, i: usize) -> Result<Arc<Sample>, (
 }
 
 type BadSamples = Mutex<HashMap<usize, SkipReason>>;
+
+/// The loader thread's reading state.
+enum Reader {
+    Listed {
+        order: Order,
+        bad: BadSamples,
+    },
+    Streamed {
+        stream: Box<ShardStream>,
+        /// Samples that failed to decode, by name: each is listed once.
+        bad: HashSet<String>,
+    },
+}
+
+impl Reader {
+    /// Starts reading `feed` at `position`; for a stream, what replaying to it cost.
+    fn start(spec: &LoaderSpec, position: usize) -> Result<(Self, Option<Replay>), String> {
+        match &spec.feed {
+            Feed::Listed { data, order, .. } => {
+                let order = Order::new(data.len(), data.shard_ranges(), spec.seed, order.clone());
+                let bad = BadSamples::default();
+                Ok((Reader::Listed { order, bad }, None))
+            }
+            Feed::Streamed(stream_spec) => {
+                let (rank, world) = (spec.share.rank, spec.share.world);
+                let mut stream = ShardStream::new(Arc::clone(stream_spec), spec.seed, rank, world);
+                let replay = match position {
+                    0 => None,
+                    p => Some(stream.seek(p as u64).map_err(|e| e.to_string())?),
+                };
+                let bad = HashSet::new();
+                let stream = Box::new(stream);
+                Ok((Reader::Streamed { stream, bad }, replay))
+            }
+        }
+    }
+}
+
+/// A loaded row of a batch: its global position, its item (sample index or stream
+/// position) and the sample.
+type Row = (usize, usize, Arc<Sample>);
 
 /// Handle to the loader thread; batches arrive in step order.
 pub struct Loader {
@@ -127,16 +189,19 @@ impl Loader {
     ) -> Self {
         let (tx, rx) = sync_channel(prefetch.max(1));
         let handle = std::thread::spawn(move || {
-            let mut order = Order::new(
-                spec.data.len(),
-                spec.data.shard_ranges(),
-                spec.seed,
-                spec.order.clone(),
-            );
-            let bad = BadSamples::default();
+            let (mut reader, mut replayed) = match Reader::start(&spec, start_position) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
             let mut position = start_position;
             for step in steps {
-                let msg = next_batch(&spec, &bad, &mut order, step, &mut position);
+                let msg = next_batch(&spec, &mut reader, step, &mut position).map(|mut b| {
+                    b.replayed = replayed.take();
+                    b
+                });
                 let failed = msg.is_err();
                 if tx.send(msg).is_err() || failed {
                     return; // the trainer stopped early, or the data is unusable
@@ -157,21 +222,56 @@ impl Loader {
     }
 }
 
-/// Fills one batch from `position` on: loads the next positions in parallel, keeps the good
-/// samples in position order and draws further positions for the bad ones.
+/// Fills one batch from `position` on, then augments and tokenises it.
 fn next_batch(
     spec: &LoaderSpec,
-    bad: &BadSamples,
-    order: &mut Order,
+    reader: &mut Reader,
     step: usize,
     position: &mut usize,
 ) -> Result<Batch, String> {
+    let (good, skipped) = match (reader, &spec.feed) {
+        (Reader::Listed { order, bad }, Feed::Listed { data, cache, .. }) => {
+            fill_listed(spec, data, cache, bad, order, position)?
+        }
+        (Reader::Streamed { stream, bad }, _) => fill_streamed(spec, stream, bad, position)?,
+        (Reader::Listed { .. }, Feed::Streamed(_)) => unreachable!("the reader follows the feed"),
+    };
+    let (pixels, ids) = augment(spec, &good)?;
+    Ok(Batch {
+        step,
+        pixels,
+        ids,
+        items: good.iter().map(|&(_, item, _)| item).collect(),
+        next_position: *position,
+        skipped,
+        replayed: None,
+    })
+}
+
+/// The error for a run of bad samples as long as `limit`, with the first reasons.
+fn unusable(limit: usize, first: &[Skip]) -> String {
+    format!(
+        "no usable sample in {limit} consecutive samples of the data ({})",
+        summarize_skips(first).replace('\n', "; ")
+    )
+}
+
+/// Listed samples from `position` on: loads the next positions in parallel, keeps the good
+/// samples in position order and draws further positions for the bad ones.
+fn fill_listed(
+    spec: &LoaderSpec,
+    data: &SampleSet,
+    cache: &DecodedCache,
+    bad: &BadSamples,
+    order: &mut Order,
+    position: &mut usize,
+) -> Result<(Vec<Row>, Vec<Skip>), String> {
     let b = spec.batch;
-    let mut good: Vec<(usize, usize, Arc<Sample>)> = Vec::with_capacity(b);
+    let mut good: Vec<Row> = Vec::with_capacity(b);
     let mut skipped = Vec::new();
     let mut bad_run = 0usize;
     let mut run_reasons: Vec<Skip> = Vec::new();
-    let limit = order.epoch_len().max(spec.data.len());
+    let limit = order.epoch_len().max(data.len());
     while good.len() < b {
         let want: Vec<(usize, usize)> = (0..b - good.len())
             .map(|j| {
@@ -182,7 +282,7 @@ fn next_batch(
         *position += want.len();
         let loaded: Vec<_> = want
             .par_iter()
-            .map(|&(pos, idx)| (pos, idx, fetch(spec, bad, idx)))
+            .map(|&(pos, idx)| (pos, idx, fetch(data, cache, spec.max_short_side, bad, idx)))
             .collect();
         for (pos, idx, r) in loaded {
             match r {
@@ -191,7 +291,7 @@ fn next_batch(
                     bad_run = 0;
                 }
                 Err((reason, first)) => {
-                    let skip = Skip::new(spec.data.name(idx), reason);
+                    let skip = Skip::new(data.name(idx), reason);
                     if run_reasons.len() < 3 {
                         run_reasons.push(skip.clone());
                     }
@@ -203,15 +303,68 @@ fn next_batch(
             }
         }
         if bad_run >= limit {
-            return Err(format!(
-                "no usable sample in {limit} consecutive samples of the data ({})",
-                summarize_skips(&run_reasons).replace('\n', "; ")
-            ));
+            return Err(unusable(limit, &run_reasons));
         }
     }
-    let items: Vec<usize> = good.iter().map(|&(_, idx, _)| idx).collect();
+    Ok((good, skipped))
+}
+
+/// The stream's next samples: takes them in stream order, decodes them in parallel, and
+/// takes more for the ones that fail (each listed once by name).
+fn fill_streamed(
+    spec: &LoaderSpec,
+    stream: &mut ShardStream,
+    bad: &mut HashSet<String>,
+    position: &mut usize,
+) -> Result<(Vec<Row>, Vec<Skip>), String> {
+    let b = spec.batch;
+    let need_captions = matches!(spec.mode, LoaderMode::Captions(_));
+    let limit = (stream.epoch_len() as usize).max(b);
+    let mut good: Vec<Row> = Vec::with_capacity(b);
+    let mut skipped = Vec::new();
+    let (mut bad_run, mut run_reasons) = (0usize, Vec::new());
+    while good.len() < b {
+        let raw = (0..b - good.len())
+            .map(|_| stream.next())
+            .collect::<clip_data::Result<Vec<_>>>()
+            .map_err(|e| clip_data::error_chain(&e))?;
+        *position += raw.len();
+        skipped.extend(stream.take_skips());
+        let decoded: Vec<_> = raw
+            .par_iter()
+            .map(|(_, r)| r.decode(spec.max_short_side, need_captions))
+            .collect();
+        for ((pos, r), d) in raw.into_iter().zip(decoded) {
+            match d {
+                Ok(s) => {
+                    let pos = pos as usize;
+                    good.push((spec.share.global(pos), pos, Arc::new(s)));
+                    bad_run = 0;
+                }
+                Err(reason) => {
+                    let skip = Skip::new(&r.name, reason);
+                    if run_reasons.len() < 3 {
+                        run_reasons.push(skip.clone());
+                    }
+                    if bad.insert(r.name) {
+                        skipped.push(skip);
+                    }
+                    bad_run += 1;
+                }
+            }
+        }
+        if bad_run >= limit {
+            return Err(unusable(limit, &run_reasons));
+        }
+    }
+    Ok((good, skipped))
+}
+
+/// The batch's pixels (augmented views) and token rows; every random choice is drawn from
+/// the row's global position.
+fn augment(spec: &LoaderSpec, good: &[Row]) -> Result<(Vec<f32>, Vec<Vec<u32>>), String> {
     let aug = &spec.aug;
-    let (pixels, ids) = match &spec.mode {
+    Ok(match &spec.mode {
         LoaderMode::Captions(tokenizer) => {
             let views: Vec<(Vec<f32>, std::borrow::Cow<str>)> = good
                 .par_iter()
@@ -240,14 +393,6 @@ fn next_batch(
             pixels.extend(pairs.iter().flat_map(|(_, b)| b.iter().copied()));
             (pixels, Vec::new())
         }
-    };
-    Ok(Batch {
-        step,
-        pixels,
-        ids,
-        items,
-        next_position: *position,
-        skipped,
     })
 }
 

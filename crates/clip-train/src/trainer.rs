@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use clip_data::{Augmenter, DecodedCache, SampleSet};
+use clip_data::{Augmenter, DecodedCache, SampleSet, StreamSpec};
 use clip_model::ClipModel;
 use clip_nn::VarStore;
 use serde::Serialize;
 
 use crate::dist::{Collective, CommStats, Single};
 use crate::error::io_err;
-use crate::loader::{Batch, Loader, LoaderMode, LoaderSpec, Share};
+use crate::loader::{Batch, Feed, Loader, LoaderMode, LoaderSpec, Share};
 use crate::optim::learning_rate;
 use crate::run_dir::{self, Metrics, SkipLog};
 use crate::step::{model_over, Stepper};
@@ -189,10 +189,41 @@ fn resume_position(
     }
 }
 
+/// What a run trains on.
+#[derive(Clone)]
+pub enum TrainData {
+    /// Listed samples (folders, manifests, local shards), read in a seeded order.
+    Listed(Arc<SampleSet>),
+    /// Shards streamed start to end, nothing listed ([`clip_data::ShardStream`]).
+    Streamed(Arc<StreamSpec>),
+}
+
+impl From<Arc<SampleSet>> for TrainData {
+    fn from(data: Arc<SampleSet>) -> Self {
+        TrainData::Listed(data)
+    }
+}
+
+impl From<StreamSpec> for TrainData {
+    fn from(spec: StreamSpec) -> Self {
+        TrainData::Streamed(Arc::new(spec))
+    }
+}
+
 /// Checks what only the data can tell: there is some, and the oracle loss has its labels.
-fn check_data(setup: &RunSetup, data: &SampleSet) -> Result<()> {
+fn check_data(setup: &RunSetup, data: &TrainData) -> Result<()> {
     let bad = |field, reason: String| Err(TrainError::Config { field, reason });
     let labels = setup.labels.as_ref().map(Vec::len);
+    let data = match data {
+        TrainData::Listed(data) => data,
+        TrainData::Streamed(_) if setup.train.loss == LossKind::Oracle => {
+            return bad(
+                "loss",
+                "the oracle loss needs listed data with labels".into(),
+            )
+        }
+        TrainData::Streamed(_) => return Ok(()),
+    };
     if data.is_empty() {
         bad("data", "there are no samples to train on".into())
     } else if setup.train.loss != LossKind::Oracle || labels == Some(data.len()) {
@@ -207,7 +238,7 @@ fn check_data(setup: &RunSetup, data: &SampleSet) -> Result<()> {
 /// Trains until `setup.train.steps`, checkpointing and validating along the way.
 pub fn train(
     setup: RunSetup,
-    data: Arc<SampleSet>,
+    data: impl Into<TrainData>,
     device: &Device,
     obs: &mut dyn Observer,
 ) -> Result<Summary> {
@@ -220,11 +251,12 @@ pub fn train(
 /// `obs` (validation included).
 pub fn train_on(
     setup: RunSetup,
-    data: Arc<SampleSet>,
+    data: impl Into<TrainData>,
     device: &Device,
     obs: &mut dyn Observer,
     comm: &dyn Collective,
 ) -> Result<Summary> {
+    let data = data.into();
     let t = &setup.train;
     t.validate()?;
     check_data(&setup, &data)?;
@@ -249,7 +281,7 @@ pub fn train_on(
     let (metrics, skips) = match lead {
         true => (
             Some(Metrics::open(&setup.out, resumed.as_ref().map(|r| r.step))?),
-            Some(SkipLog::open(&setup.out, start, data.scan_skips())?),
+            Some(SkipLog::open(&setup.out, start, scan_skips(&data))?),
         ),
         false => (None, None),
     };
@@ -277,6 +309,15 @@ pub fn train_on(
         let t0 = Instant::now();
         let batch = loader.next().map_err(TrainError::Loader)?;
         let wait = t0.elapsed().as_secs_f64();
+        if let (Some(r), true) = (&batch.replayed, lead) {
+            obs.on_warning(&format!(
+                "resuming replayed {} samples ({:.1} MB) of the shard stream in {:.1} s, \
+                 to refill the shuffle buffer as it stood",
+                r.samples,
+                r.bytes as f64 / 1e6,
+                r.seconds
+            ));
+        }
         debug_assert_eq!(batch.step, step);
         let lr = run.step(step, batch, t0, wait)?;
         run.after(step + 1, lr, obs)?;
@@ -446,11 +487,26 @@ fn gather_positions(comm: &dyn Collective, position: usize) -> Result<Vec<usize>
         .collect()
 }
 
+/// What scanning left out (listed data only: a stream reports its skips as it meets them).
+fn scan_skips(data: &TrainData) -> &[clip_data::Skip] {
+    match data {
+        TrainData::Listed(d) => d.scan_skips(),
+        TrainData::Streamed(_) => &[],
+    }
+}
+
 /// What the loader thread reads, in which order, and how it augments.
-fn loader_spec(setup: &RunSetup, data: Arc<SampleSet>, share: Share) -> LoaderSpec {
+fn loader_spec(setup: &RunSetup, data: TrainData, share: Share) -> LoaderSpec {
     let t = &setup.train;
     LoaderSpec {
-        cache: Arc::new(DecodedCache::new(&t.cache)),
+        feed: match data {
+            TrainData::Listed(data) => Feed::Listed {
+                data,
+                cache: Arc::new(DecodedCache::new(&t.cache)),
+                order: t.order.clone(),
+            },
+            TrainData::Streamed(spec) => Feed::Streamed(spec),
+        },
         aug: Augmenter::new(t.augment.clone(), setup.preprocess.clone()),
         mode: match t.objective {
             Objective::Images => LoaderMode::TwoViews,
@@ -458,9 +514,7 @@ fn loader_spec(setup: &RunSetup, data: Arc<SampleSet>, share: Share) -> LoaderSp
         },
         batch: t.batch_size / share.world,
         seed: t.seed,
-        order: t.order.clone(),
         max_short_side: (2 * setup.preprocess.image_size).max(1) as u32,
         share,
-        data,
     }
 }

@@ -15,7 +15,7 @@ use clip_data::{
     AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
 };
 use clip_model::Preprocess;
-use clip_train::{Loader, LoaderMode, LoaderSpec, RunSetup, Share, TrainConfig};
+use clip_train::{Feed, Loader, LoaderMode, LoaderSpec, RunSetup, Share, TrainConfig};
 use image::RgbImage;
 
 fn jpeg(seed: u32) -> Vec<u8> {
@@ -99,8 +99,14 @@ fn good_shards(dir: &Path, n_shards: u32, per: u32) -> Vec<Source> {
 
 fn spec(data: Arc<SampleSet>, cache: CacheConfig, batch: usize) -> LoaderSpec {
     LoaderSpec {
-        data,
-        cache: Arc::new(DecodedCache::new(&cache)),
+        feed: Feed::Listed {
+            data,
+            cache: Arc::new(DecodedCache::new(&cache)),
+            order: OrderConfig {
+                shuffle_buffer: 7,
+                ..OrderConfig::default()
+            },
+        },
         aug: Augmenter::new(
             AugmentConfig::default(),
             Preprocess {
@@ -111,10 +117,6 @@ fn spec(data: Arc<SampleSet>, cache: CacheConfig, batch: usize) -> LoaderSpec {
         mode: LoaderMode::Captions(Box::new(tokenizer())),
         batch,
         seed: 5,
-        order: OrderConfig {
-            shuffle_buffer: 7,
-            ..OrderConfig::default()
-        },
         max_short_side: 32,
         share: Share::WHOLE,
     }

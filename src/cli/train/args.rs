@@ -20,7 +20,9 @@ pub struct TrainArgs {
     /// Training data: a folder (image + same-stem .txt), a .csv/.tsv manifest, a .jsonl file,
     /// a webdataset .tar shard or a folder of them (img2dataset's output), or a brace pattern
     /// or glob ('shards/{00000..00999}.tar', 'shards/*.tar'); repeat to combine. Nothing is
-    /// decoded up front. Default: the bundled Noto emoji.
+    /// decoded up front. Remote shards are streamed: 'pipe:COMMAND' (its stdout is a shard),
+    /// http(s)://, s3://, gs://, az:// URLs, with brace patterns; '::' joins parts as in
+    /// open_clip. Default: the bundled Noto emoji.
     #[arg(long)]
     data: Vec<PathBuf>,
     /// Validation data (same forms). Default with the bundled data: the Twemoji style.
@@ -173,6 +175,18 @@ pub struct TrainArgs {
     /// in order; samples are drawn at random from a window this big).
     #[arg(long, default_value_t = OrderConfig::default().shuffle_buffer)]
     shuffle_buffer: usize,
+    /// Draw streamed shards with replacement (open_clip's name), each draw a function of
+    /// the seed, rank and position; streams local shards too. Needs an epoch size
+    /// (--train-num-samples or the shards' sizes.json / _info.json / *_stats.json).
+    #[arg(long)]
+    dataset_resampled: bool,
+    /// Streamed shards read at once (default: the cores, 2 to 8).
+    #[arg(long, default_value_t = OrderConfig::default().workers)]
+    data_workers: usize,
+    /// S3-compatible endpoint for s3:// data (e.g. http://127.0.0.1:9000 for a local MinIO);
+    /// default: AWS_ENDPOINT_URL or the profile's.
+    #[arg(long)]
+    data_endpoint: Option<String>,
 }
 
 impl TrainArgs {
@@ -224,8 +238,11 @@ impl TrainArgs {
         t.order = OrderConfig {
             epoch_samples: a.train_num_samples,
             shuffle_buffer: a.shuffle_buffer,
+            resampled: a.dataset_resampled,
+            workers: a.data_workers,
         };
         (t.cache.mode, t.cache.mem_bytes) = (a.cache, a.cache_mem);
+        c.data_endpoint = a.data_endpoint;
         Ok(c)
     }
 }

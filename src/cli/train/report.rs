@@ -47,10 +47,16 @@ pub fn listing(l: &Listing) {
     } else {
         "image–caption pairs"
     };
-    eprintln!(
-        "{}: {} {kind} (listed from {} source{s} in {:.1} s)",
-        l.what, l.samples, l.sources, l.seconds
-    );
+    match &l.streamed {
+        Some(size) => eprintln!(
+            "{}: streaming {} shard{s}, {} {kind} {size} (nothing listed; {:.1} s)",
+            l.what, l.sources, l.samples, l.seconds
+        ),
+        None => eprintln!(
+            "{}: {} {kind} (listed from {} source{s} in {:.1} s)",
+            l.what, l.samples, l.sources, l.seconds
+        ),
+    }
     common::report_skips(&l.skips);
 }
 
