@@ -13,7 +13,8 @@ pub enum SkipReason {
     Image(String),
     /// The caption could not be read, is not UTF-8, or is empty.
     Caption(String),
-    /// A shard is cut off or damaged; what precedes the damage is still used.
+    /// A shard is cut off, damaged, missing or failed past its retries; what it gave before
+    /// is still used.
     Shard(String),
     /// A manifest line that cannot be used (one over the size cap), named `file:line`.
     Record(String),
@@ -59,7 +60,7 @@ impl SkipReason {
             SkipReason::NoImage => "captions without an image",
             SkipReason::Image(_) => "unreadable images",
             SkipReason::Caption(_) => "bad captions",
-            SkipReason::Shard(_) => "damaged shards",
+            SkipReason::Shard(_) => "shards cut short or missing",
             SkipReason::Record(_) => "bad manifest lines",
         }
     }

@@ -1,0 +1,192 @@
+//! `clip train` on streamed shards: http URLs from a loopback server that injects faults (a
+//! connection cut mid-shard, a 500 that clears, a slow body, a 404), `pipe:` commands, and
+//! `--dataset-resampled`. The run finishes, each skip is listed once in `skipped.tsv`, and a
+//! run resumed from a checkpoint ends on the uninterrupted run's weights to the bit.
+
+mod common;
+
+#[path = "../crates/shard-source/tests/support/server.rs"]
+mod server;
+
+use std::path::Path;
+
+use common::*;
+use server::{Fault, Server};
+
+/// A webdataset shard of the bundled Noto emoji `from..from + n` (sorted by name).
+fn emoji_shard(from: usize, n: usize) -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/emoji-noto");
+    let mut pngs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    pngs.sort();
+    let mut b = tar::Builder::new(Vec::new());
+    for png in &pngs[from..from + n] {
+        let stem = png.file_stem().unwrap().to_str().unwrap();
+        b.append_path_with_name(png, format!("{stem}.png")).unwrap();
+        b.append_path_with_name(png.with_extension("txt"), format!("{stem}.txt"))
+            .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Three shards of 24 emoji (one cut mid-body once, one answering 500 once, one slow), and
+/// a fourth that is not there.
+fn shard_server() -> (Server, String, usize) {
+    let s = Server::start();
+    let cut = emoji_shard(24, 24);
+    let cut_at = cut.len() / 3;
+    s.serve("/s0.tar", emoji_shard(0, 24), Fault::None);
+    s.serve(
+        "/s1.tar",
+        cut,
+        Fault::Cut {
+            bytes: cut_at,
+            times: 1,
+        },
+    );
+    let e500 = Fault::Status {
+        status: 500,
+        times: 1,
+    };
+    s.serve("/s2.tar", emoji_shard(48, 24), e500);
+    s.serve(
+        "/s3.tar",
+        emoji_shard(72, 24),
+        Fault::Stall {
+            bytes: 5000,
+            ms: 300,
+            times: 1,
+        },
+    );
+    let data = format!("{}::{}", s.url("/s{0..3}.tar"), s.url("/gone.tar"));
+    (s, data, cut_at)
+}
+
+fn train_args<'a>(data: &'a str, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--data",
+        data,
+        "--train-num-samples",
+        "96",
+        "--preset",
+        "micro",
+        "--steps",
+        "8",
+        "--batch-size",
+        "16",
+        "--shuffle-buffer",
+        "20",
+        "--data-workers",
+        "2",
+        "--save-every",
+        "4",
+        "--keep-last",
+        "5",
+        "--log-every",
+        "1",
+        "--examples",
+        "0",
+        "--out",
+        s(out),
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+fn weights(run: &Path) -> Vec<u8> {
+    std::fs::read(run.join("final/model.safetensors")).unwrap()
+}
+
+/// `whole`'s run directory as it stood after its first checkpoint, resumed to its end.
+fn resume_from_first_checkpoint(whole: &Path, into: &Path) -> String {
+    std::fs::create_dir_all(into.join("checkpoint-4")).unwrap();
+    for f in ["run.json", "tokenizer.json", "metrics.jsonl", "skipped.tsv"] {
+        std::fs::copy(whole.join(f), into.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(whole.join("checkpoint-4")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), into.join("checkpoint-4").join(e.file_name())).unwrap();
+    }
+    ok_stderr(&clip(&["train", "--resume", s(into)]))
+}
+
+#[test]
+fn http_shards_with_faults_train_list_each_skip_once_and_resume_to_the_bit() {
+    let (server, data, cut_at) = shard_server();
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, extra) in [
+        ("passes", &[][..]),
+        ("resampled", &["--dataset-resampled"][..]),
+    ] {
+        let whole = tmp.path().join(name);
+        let err = ok_stderr(&clip(&train_args(&data, &whole, extra)));
+        assert!(
+            err.contains("streaming 5 shards, 96 image–caption pairs"),
+            "{err}"
+        );
+        // The cut shard was read on from where it broke, not from its start.
+        assert!(
+            server.ranges("/s1.tar").contains(&Some(cut_at as u64)),
+            "{:?}",
+            server.ranges("/s1.tar")
+        );
+        let tsv = std::fs::read_to_string(whole.join("skipped.tsv")).unwrap();
+        let rows: Vec<&str> = tsv.lines().skip(1).collect();
+        if name == "passes" {
+            // 128 samples and a buffer of 20 read past the first pass: every shard was
+            // taken up, and only the missing one is skipped, once.
+            assert_eq!(rows.len(), 1, "{tsv}");
+            assert!(
+                rows[0].contains("/gone.tar") && rows[0].contains("404"),
+                "{tsv}"
+            );
+        }
+        assert!(rows.iter().all(|r| r.contains("/gone.tar")), "{tsv}");
+        let resumed = tmp.path().join(format!("{name}-resumed"));
+        let err = resume_from_first_checkpoint(&whole, &resumed);
+        assert!(err.contains("replayed 64 samples"), "{name}: {err}");
+        assert!(
+            weights(&resumed) == weights(&whole),
+            "{name}: the resumed run's weights differ from the uninterrupted run's"
+        );
+    }
+}
+
+#[test]
+fn pipe_commands_stream_and_a_failing_command_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shard = tmp.path().join("a.tar");
+    std::fs::write(&shard, emoji_shard(0, 40)).unwrap();
+    let data = format!("pipe:cat {}::pipe:exit 7", s(&shard));
+    let out = tmp.path().join("run");
+    let mut args = train_args(&data, &out, &[]);
+    args[4] = "40"; // --train-num-samples
+    let err = ok_stderr(&clip(&args));
+    assert!(err.contains("streaming 2 shards"), "{err}");
+    let tsv = std::fs::read_to_string(out.join("skipped.tsv")).unwrap();
+    assert!(tsv.contains("pipe:exit 7"), "{tsv}");
+    assert_eq!(tsv.lines().count(), 2, "{tsv}");
+}
+
+#[test]
+fn streamed_data_that_cannot_be_read_or_sized_is_a_clear_error() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // Every shard missing: an error naming them, after trying each.
+    let data = server.url("/missing-{0..2}.tar");
+    let err = fail(&clip(&train_args(&data, &out, &[])));
+    assert!(err.contains("no shard could be read (3 shards"), "{err}");
+    assert!(err.contains("missing-") && err.contains("404"), "{err}");
+    // No epoch size given and no sidecar file: names the number that is missing.
+    let err = fail(&clip(&["train", "--data", &data, "--out", s(&out)]));
+    assert!(err.contains("--train-num-samples"), "{err}");
+    // A folder mixed into streamed data.
+    let mixed = format!("{}::data/emoji-noto", server.url("/a.tar"));
+    let err = fail(&clip(&train_args(&mixed, &out, &[])));
+    assert!(err.contains("data/emoji-noto is not a tar shard"), "{err}");
+}
