@@ -4,17 +4,23 @@
 //! batch and the peak RSS, to hold beside `../shared/bench/openclip_loader.py` on the same
 //! shards (`scripts/bench_loader.sh` runs both).
 //!
+//! Remote shards (`pipe:`, http(s), s3/gs/az; `AWS_ENDPOINT_URL` for a local S3 server), or
+//! local ones with `LOADER_STREAM=1`, go through the streamed loader (`ShardStream`, the
+//! `--data-workers` default, a 1000-sample buffer) instead of the listed one.
+//!
 //! usage: cargo bench --bench loader -- 'SHARDS_{000..009}.tar' IMAGE_SIZE BATCH [BATCHES] [CACHE]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use clip_data::shard_source::{parse_data_arg, DataPart, OpenConfig, Opener, ShardUrl};
 use clip_data::{
     AugmentConfig, Augmenter, CacheConfig, CacheMode, DecodedCache, OrderConfig, SampleSet, Source,
+    StreamSpec,
 };
 use clip_model::Preprocess;
-use clip_train::{Loader, LoaderMode, LoaderSpec, Share};
+use clip_train::{Feed, Loader, LoaderMode, LoaderSpec, Share};
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -40,26 +46,57 @@ fn main() {
     let size: usize = size.parse().expect("IMAGE_SIZE is a number");
     let batch: usize = batch.parse().expect("BATCH is a number");
     let t0 = Instant::now();
-    let sources = Source::expand(&PathBuf::from(pattern), &Default::default()).expect("data");
-    let data = Arc::new(SampleSet::scan(&sources).expect("samples"));
-    let listed = t0.elapsed().as_secs_f64();
-    let steps: usize = rest
+    let parts = parse_data_arg(pattern).expect("data");
+    let remote = parts.iter().any(|p| matches!(p, DataPart::Remote(_)));
+    let streamed = remote || std::env::var("LOADER_STREAM").is_ok_and(|v| v == "1");
+    let batches: Option<usize> = rest
         .first()
-        .map(|s| s.parse().expect("BATCHES is a number"))
-        .unwrap_or(data.len() / batch);
+        .map(|s| s.parse().expect("BATCHES is a number"));
     let mode = match rest.get(1).map(String::as_str) {
         Some("on") => CacheMode::On,
         Some("auto") => CacheMode::Auto,
         _ => CacheMode::Off,
     };
+    let (feed, listed_samples, steps) = if streamed {
+        let steps = batches.expect("streamed data needs BATCHES (nothing is listed)");
+        let mut shards = Vec::new();
+        for part in parts {
+            match part {
+                DataPart::Remote(urls) => shards.extend(urls),
+                DataPart::Local(p) => shards.extend(
+                    Source::expand(&PathBuf::from(p), &Default::default())
+                        .expect("data")
+                        .into_iter()
+                        .map(|s| ShardUrl::Local(s.path().to_path_buf())),
+                ),
+            }
+        }
+        let spec = StreamSpec {
+            shards,
+            opener: Arc::new(Opener::new(OpenConfig::default())),
+            epoch_samples: (steps * batch) as u64,
+            resampled: false,
+            workers: OrderConfig::default().workers,
+            shuffle_buffer: OrderConfig::default().shuffle_buffer,
+            need_captions: true,
+        };
+        (Feed::Streamed(Arc::new(spec)), 0, steps)
+    } else {
+        let sources = Source::expand(&PathBuf::from(pattern), &Default::default()).expect("data");
+        let data = Arc::new(SampleSet::scan(&sources).expect("samples"));
+        let (n, steps) = (data.len(), batches.unwrap_or(data.len() / batch));
+        let cache = Arc::new(DecodedCache::new(&CacheConfig {
+            mode,
+            mem_bytes: None,
+        }));
+        let order = OrderConfig::default();
+        (Feed::Listed { data, cache, order }, n, steps)
+    };
+    let listed = t0.elapsed().as_secs_f64();
     let tok_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tokenizer.json");
     let tokenizer = clip_model::ClipTokenizer::from_file(&tok_file, 77).expect("tokenizer");
     let spec = LoaderSpec {
-        data: Arc::clone(&data),
-        cache: Arc::new(DecodedCache::new(&CacheConfig {
-            mode,
-            mem_bytes: None,
-        })),
+        feed,
         aug: Augmenter::new(
             AugmentConfig::default(),
             Preprocess {
@@ -70,7 +107,6 @@ fn main() {
         mode: LoaderMode::Captions(Box::new(tokenizer)),
         batch,
         seed: 0,
-        order: OrderConfig::default(),
         max_short_side: 2 * size as u32,
         share: Share::WHOLE,
     };
@@ -86,8 +122,7 @@ fn main() {
     // Over the whole time, listing included, as the open_clip side counts its start-up.
     let rate = n as f64 / total;
     println!(
-        "{rate:.1} samples/s over {n} samples in {total:.1} s (listing {} samples {listed:.2} s, first batch {:.1} s), peak RSS {:.0} MB",
-        data.len(),
+        "{rate:.1} samples/s over {n} samples in {total:.1} s (listing {listed_samples} samples {listed:.2} s, first batch {:.1} s), peak RSS {:.0} MB",
         first.unwrap_or(f64::NAN),
         peak_rss_mb()
     );
