@@ -17,6 +17,10 @@ ENDPOINT="http://127.0.0.1:$PORT"
 
 install() {
     if [ ! -x "$VENV/bin/moto_server" ]; then
+        python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || {
+            echo "needs python3 with venv (Debian: apt-get install python3-venv)" >&2
+            exit 1
+        }
         python3 -m venv "$VENV" >&2
         "$VENV/bin/pip" install --quiet 'moto[server]' >&2
     fi

@@ -224,3 +224,33 @@ fn a_stream_where_every_shard_fails_is_an_error_naming_them() {
     assert!(msg.contains("x.tar") || msg.contains("y.tar"), "{msg}");
     assert!(msg.contains("404"), "{msg}");
 }
+
+#[test]
+fn ranks_read_disjoint_shards_that_together_cover_the_pass() {
+    let s = Server::start();
+    let urls: Vec<ShardUrl> = (0..4)
+        .map(|k| {
+            s.serve(&format!("/{k}.tar"), shard(&format!("s{k}-"), 5), Fault::None);
+            ShardUrl::parse(&s.url(&format!("/{k}.tar"))).unwrap()
+        })
+        .collect();
+    // 20 samples per epoch over two ranks: each rank's epoch is its two shards of the pass
+    // (one shard at a time, a buffer of 1, so nothing of the next pass comes in).
+    let epoch = |rank| {
+        let spec = with_workers(urls.clone(), 20, 1, false, 1);
+        let mut st = ShardStream::new(spec, 9, rank, 2);
+        assert_eq!(st.epoch_len(), 10);
+        let mut n = names(&mut st, 10);
+        n.sort();
+        n
+    };
+    let (r0, r1) = (epoch(0), epoch(1));
+    assert!(r0.iter().all(|n| !r1.contains(n)), "{r0:?} {r1:?}");
+    let mut all: Vec<String> = r0.into_iter().chain(r1).collect();
+    all.sort();
+    let mut want: Vec<String> = (0..4)
+        .flat_map(|k| (0..5).map(move |i| format!("s{k}-{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(all, want);
+}
