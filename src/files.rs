@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use atomic_write_file::AtomicWriteFile;
-use clip_data::{CsvOptions, Source};
+use clip_data::shard_source::{self, DataPart, OpenConfig, Opener, ShardUrl};
+use clip_data::{CsvOptions, SampleSet, Source};
 use retrieval::ImageEntry;
 use serde::{Deserialize, Serialize};
 
@@ -112,8 +113,16 @@ pub fn sources(paths: &[PathBuf], csv: &CsvColumns) -> Result<Vec<Source>> {
                 })?;
     }
     let mut out = Vec::new();
-    for p in paths {
-        for mut s in Source::expand(p, &opts)? {
+    // `a::b` is two parts (open_clip's separator), unless a file of that name exists.
+    let parts = paths.iter().flat_map(|p| match p.to_str() {
+        Some(s) if s.contains("::") && !p.exists() => shard_source::split_mixture(s)
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        _ => vec![p.clone()],
+    });
+    for p in parts {
+        for mut s in Source::expand(&p, &opts)? {
             // An explicit separator wins over the one implied by the extension.
             if let (Source::Csv(_, o), Some(_)) = (&mut s, csv.separator) {
                 o.separator = opts.separator;
@@ -122,6 +131,79 @@ pub fn sources(paths: &[PathBuf], csv: &CsvColumns) -> Result<Vec<Source>> {
         }
     }
     Ok(out)
+}
+
+/// Whether any of `paths` names remote shards (`pipe:`, http(s), s3/gs/az), which are
+/// streamed rather than listed.
+pub fn names_remote(paths: &[PathBuf]) -> Result<bool> {
+    for p in paths {
+        let parts = shard_source::parse_data_arg(&p.to_string_lossy()).map_err(data_err)?;
+        if parts.iter().any(|p| matches!(p, DataPart::Remote(_))) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Every shard `paths` name, remote and local, in order (`::` splits a path into parts, as
+/// in open_clip); a local part must be tar shards.
+pub fn shard_urls(paths: &[PathBuf], csv: &CsvColumns) -> Result<Vec<ShardUrl>> {
+    let mut out = Vec::new();
+    for p in paths {
+        for part in shard_source::parse_data_arg(&p.to_string_lossy()).map_err(data_err)? {
+            match part {
+                DataPart::Remote(urls) => out.extend(urls),
+                DataPart::Local(pattern) => {
+                    for s in sources(&[PathBuf::from(&pattern)], csv)? {
+                        match s {
+                            Source::Tar(p) => out.push(ShardUrl::Local(p)),
+                            other => return Err(not_shards(other.path())),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Config {
+            field: "data",
+            reason: "names no shard".into(),
+        });
+    }
+    Ok(out)
+}
+
+fn not_shards(path: &Path) -> Error {
+    Error::Config {
+        field: "data",
+        reason: format!(
+            "{} is not a tar shard: streamed data (remote shards, or `resampled`) is read \
+             as webdataset shards only",
+            path.display()
+        ),
+    }
+}
+
+fn data_err(e: shard_source::ShardError) -> Error {
+    Error::Data(e.into())
+}
+
+/// What opens shards: retries and timeouts at their defaults, and `endpoint` (or the
+/// environment's) for S3-compatible stores.
+pub fn opener(endpoint: Option<&str>) -> Opener {
+    let mut cfg = OpenConfig::default();
+    cfg.endpoint = endpoint.map(str::to_string);
+    Opener::new(cfg)
+}
+
+/// The image–caption pairs of `paths` for evaluation: listed when local
+/// ([`SampleSet::scan`]); remote shards are read once, in order, and held decoded.
+pub fn samples(paths: &[PathBuf], csv: &CsvColumns, endpoint: Option<&str>) -> Result<SampleSet> {
+    if names_remote(paths)? {
+        let shards = shard_urls(paths, csv)?;
+        return Ok(clip_data::read_shards(&shards, &opener(endpoint), true)?);
+    }
+    Ok(SampleSet::scan(&sources(paths, csv)?)?)
 }
 
 /// Writes `path` whole or not at all: `write` fills a temporary file in the same folder,

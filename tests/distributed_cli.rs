@@ -341,3 +341,81 @@ fn a_batch_that_does_not_split_over_the_ranks_is_named() {
     let err = fail(&out);
     assert!(err.contains("does not split evenly over 2 ranks"), "{err}");
 }
+
+#[path = "../crates/shard-source/tests/support/server.rs"]
+mod server;
+
+/// Streamed shards split over ranks: two ranks stream their own shares of http shards (one
+/// of them missing), list the missing one once, and resume from a checkpoint to the
+/// uninterrupted run's weights.
+#[test]
+fn two_ranks_stream_http_shards_and_resume_exactly() {
+    use server::{Fault, Server};
+    let srv = Server::start();
+    for k in 0..4 {
+        srv.serve(&format!("/s{k}.tar"), emoji_shard(20 * k, 20), Fault::None);
+    }
+    let data = format!("{}::{}", srv.url("/s{0..3}.tar"), srv.url("/gone.tar"));
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--preset",
+            "micro",
+            "--data",
+            data.as_str(),
+            "--train-num-samples",
+            "80",
+            "--steps",
+            "6",
+            "--batch-size",
+            "16",
+            "--shuffle-buffer",
+            "10",
+            "--save-every",
+            "3",
+            "--keep-last",
+            "5",
+            "--log-every",
+            "1",
+            "--examples",
+            "0",
+            "--out",
+            s(out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let a = args(&whole);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let stdout = ok(&mpirun(2, &a).output().unwrap());
+    assert!(stdout.contains("2 ranks:"), "{stdout}");
+    let tsv = std::fs::read_to_string(whole.join("skipped.tsv")).unwrap();
+    assert_eq!(
+        tsv.matches("/gone.tar").count(),
+        2,
+        "listed once (name and reason): {tsv}"
+    );
+    let resumed = tmp.path().join("resumed");
+    std::fs::create_dir_all(resumed.join("checkpoint-3")).unwrap();
+    for f in ["run.json", "tokenizer.json", "metrics.jsonl", "skipped.tsv"] {
+        std::fs::copy(whole.join(f), resumed.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(whole.join("checkpoint-3")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), resumed.join("checkpoint-3").join(e.file_name())).unwrap();
+    }
+    ok(&mpirun(2, &["train", "--resume", s(&resumed)])
+        .output()
+        .unwrap());
+    let (w, r) = (
+        weights(&whole.join("final")),
+        weights(&resumed.join("final")),
+    );
+    for (k, t) in &w {
+        let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = r[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(a == b, "{k}: the resumed two-rank run differs");
+    }
+}

@@ -13,25 +13,6 @@ use std::path::Path;
 use common::*;
 use server::{Fault, Server};
 
-/// A webdataset shard of the bundled Noto emoji `from..from + n` (sorted by name).
-fn emoji_shard(from: usize, n: usize) -> Vec<u8> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/emoji-noto");
-    let mut pngs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    pngs.sort();
-    let mut b = tar::Builder::new(Vec::new());
-    for png in &pngs[from..from + n] {
-        let stem = png.file_stem().unwrap().to_str().unwrap();
-        b.append_path_with_name(png, format!("{stem}.png")).unwrap();
-        b.append_path_with_name(png.with_extension("txt"), format!("{stem}.txt"))
-            .unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 /// Three shards of 24 emoji (one cut mid-body once, one answering 500 once, one slow), and
 /// a fourth that is not there.
 fn shard_server() -> (Server, String, usize) {
@@ -189,4 +170,38 @@ fn streamed_data_that_cannot_be_read_or_sized_is_a_clear_error() {
     let mixed = format!("{}::data/emoji-noto", server.url("/a.tar"));
     let err = fail(&clip(&train_args(&mixed, &out, &[])));
     assert!(err.contains("data/emoji-noto is not a tar shard"), "{err}");
+}
+
+#[test]
+fn eval_reads_http_shards_as_it_reads_the_same_shards_on_disk() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    for k in 0..2 {
+        let bytes = emoji_shard(30 * k, 30);
+        std::fs::write(tmp.path().join(format!("e{k}.tar")), &bytes).unwrap();
+        server.serve(&format!("/e{k}.tar"), bytes, Fault::None);
+    }
+    server.serve(
+        "/e1.tar",
+        emoji_shard(30, 30),
+        Fault::Cut {
+            bytes: 9000,
+            times: 1,
+        },
+    );
+    let eval = |data: &str| -> serde_json::Value {
+        let out = clip(&[
+            "eval",
+            "--model",
+            &fixture("hf_tiny"),
+            "--data",
+            data,
+            "--json",
+        ]);
+        serde_json::from_str(&ok(&out)).unwrap()
+    };
+    let local = eval(&format!("{}/e{{0..1}}.tar", s(tmp.path())));
+    let remote = eval(&server.url("/e{0..1}.tar"));
+    assert_eq!(local["images"], 60, "{local}");
+    assert_eq!(local, remote);
 }

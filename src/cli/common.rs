@@ -1,9 +1,7 @@
 //! Pieces several subcommands share: model precision, progress bars, manifest options, and
 //! library errors told in flags.
 
-use std::path::PathBuf;
 
-use anyhow::Result;
 use clip::files::{CsvColumns, Skip};
 use clip::{Clip, Device, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -82,11 +80,6 @@ impl CsvArgs {
             img_key: self.csv_img_key.clone(),
             caption_key: self.csv_caption_key.clone(),
         }
-    }
-
-    /// Data sources for `paths` (see [`clip::files::sources`]).
-    pub fn sources(&self, paths: &[PathBuf]) -> Result<Vec<clip::Source>> {
-        Ok(clip::files::sources(paths, &self.columns())?)
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clip::files::LabelTable;
 use clip::validation::{zero_shot, ValSet};
-use clip::{DeviceKind, SampleSet};
+use clip::DeviceKind;
 
 use super::common::{self, CsvArgs, PrecisionArg};
 
@@ -14,11 +14,15 @@ pub struct EvalArgs {
     /// Model directory (HF or open_clip layout) or a cached Hub repo id.
     #[arg(long)]
     model: String,
-    /// Evaluation data (any `clip train --data` form); repeat to combine.
+    /// Evaluation data (any `clip train --data` form; remote shards are read once and held
+    /// decoded); repeat to combine.
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
     #[command(flatten)]
     csv: CsvArgs,
+    /// S3-compatible endpoint for s3:// data (as `clip train --data-endpoint`).
+    #[arg(long)]
+    data_endpoint: Option<String>,
     /// `labels.tsv` (columns `filepath`, `label`, paths relative to it): adds zero-shot
     /// classification among the label names.
     #[arg(long)]
@@ -43,7 +47,7 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.device()?;
     let m = a.precision.open(&a.model, &device)?;
-    let data = SampleSet::scan(&a.csv.sources(&a.data)?)?;
+    let data = clip::files::samples(&a.data, &a.csv.columns(), a.data_endpoint.as_deref())?;
     let listed = data.scan_skips().to_vec();
     // Streams: only a batch of decoded images is held at a time.
     let mut val = ValSet::new(data, m.preprocess(), m.tokenizer(), 0);

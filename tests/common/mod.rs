@@ -181,3 +181,22 @@ pub fn digit_subset(dir: &Path, per_class: &[usize], extra: &[&str]) -> PathBuf 
     std::fs::write(&path, out).unwrap();
     path
 }
+
+/// A webdataset shard of the bundled Noto emoji `from..from + n` (sorted by name).
+pub fn emoji_shard(from: usize, n: usize) -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/emoji-noto");
+    let mut pngs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    pngs.sort();
+    let mut b = tar::Builder::new(Vec::new());
+    for png in &pngs[from..from + n] {
+        let stem = png.file_stem().unwrap().to_str().unwrap();
+        b.append_path_with_name(png, format!("{stem}.png")).unwrap();
+        b.append_path_with_name(png.with_extension("txt"), format!("{stem}.txt"))
+            .unwrap();
+    }
+    b.into_inner().unwrap()
+}

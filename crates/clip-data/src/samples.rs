@@ -103,6 +103,12 @@ impl SampleSet {
         }
     }
 
+    /// The set with `skips` listed as what was left out ([`SampleSet::scan_skips`]).
+    pub fn with_skips(mut self, skips: Vec<Skip>) -> Self {
+        self.skips = skips;
+        self
+    }
+
     /// Number of listed samples.
     pub fn len(&self) -> usize {
         self.samples.len()

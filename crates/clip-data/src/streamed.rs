@@ -22,7 +22,10 @@ use shard_source::{resampled_shard, Opener, RankShards, ShardError, ShardUrl};
 use crate::limits::{self, MAX_CAPTION_BYTES, MAX_IMAGE_BYTES};
 use crate::samples::{caption_text, decode_downscaled};
 use crate::source::{split_key, IMAGE_EXTS};
-use crate::{error_chain, stream, summarize_skips, DataError, Result, Sample, Skip, SkipReason};
+use crate::{
+    error_chain, stream, summarize_skips, DataError, Item, Result, Sample, SampleSet, Skip,
+    SkipReason,
+};
 
 /// Keeps the shuffle buffer's draws apart from other uses of the seed.
 const SALT_BUFFER: u64 = 0x5354_5245_414d_0001;
@@ -171,6 +174,44 @@ fn lost(e: &std::io::Error) -> String {
         Some(shard) => error_chain(shard),
         None => format!("shard is cut off or damaged: {e}"),
     }
+}
+
+/// Every sample of `shards`, each shard read once in the order given and decoded whole (an
+/// evaluation set: it is held in memory); what cannot be used is listed, not fatal, unless
+/// nothing is left.
+pub fn read_shards(shards: &[ShardUrl], opener: &Opener, need_captions: bool) -> Result<SampleSet> {
+    let (mut items, mut skips) = (Vec::new(), Vec::new());
+    for url in shards {
+        let name = url.to_string();
+        let read = match opener.open(url) {
+            Ok(reader) => tar_samples(std::io::BufReader::new(reader), &name, |raw| {
+                match raw.decode(u32::MAX, need_captions) {
+                    Ok(s) => items.push(Item {
+                        name: raw.name,
+                        image: Arc::unwrap_or_clone(s.image),
+                        captions: s.captions,
+                    }),
+                    Err(why) => skips.push(Skip::new(&raw.name, why)),
+                }
+                true
+            }),
+            Err(e) => Err(error_chain(&e)),
+        };
+        if let Err(why) = read {
+            skips.push(Skip::new(&name, SkipReason::Shard(why)));
+        }
+    }
+    if items.is_empty() {
+        let names: Vec<String> = shards.iter().map(ToString::to_string).collect();
+        return Err(DataError::Empty {
+            sources: names.join(", "),
+            detail: format!(
+                " (skipped: {})",
+                summarize_skips(&skips).replace('\n', "; ")
+            ),
+        });
+    }
+    Ok(SampleSet::from_items(items).with_skips(skips))
 }
 
 /// What a shard's reader thread sends.

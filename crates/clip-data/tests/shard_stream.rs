@@ -230,7 +230,11 @@ fn ranks_read_disjoint_shards_that_together_cover_the_pass() {
     let s = Server::start();
     let urls: Vec<ShardUrl> = (0..4)
         .map(|k| {
-            s.serve(&format!("/{k}.tar"), shard(&format!("s{k}-"), 5), Fault::None);
+            s.serve(
+                &format!("/{k}.tar"),
+                shard(&format!("s{k}-"), 5),
+                Fault::None,
+            );
             ShardUrl::parse(&s.url(&format!("/{k}.tar"))).unwrap()
         })
         .collect();
