@@ -177,8 +177,8 @@ fn not_shards(path: &Path) -> Error {
     Error::Config {
         field: "data",
         reason: format!(
-            "{} is not a tar shard: streamed data (remote shards, or `resampled`) is read \
-             as webdataset shards only",
+            "{} is not a tar shard: streamed data (remote shards, or resampling) is read as \
+             webdataset shards only",
             path.display()
         ),
     }

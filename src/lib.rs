@@ -67,13 +67,14 @@ pub use error::{Error, Result};
 pub use model::{resolve_model_dir, Clip, Features, Progress, DEFAULT_BATCH};
 
 pub use candle_core::{Device, Tensor};
-pub use clip_data::{DataError, SampleSet, Source};
+pub use clip_data::shard_source::ShardError;
+pub use clip_data::{DataError, SampleSet, ShardStream, Source, StreamSpec};
 pub use clip_model::{ClipConfig, ClipModel};
 pub use clip_nn::quant::Precision;
 /// For a process whose large allocations are frequent and short-lived (training, a batch
 /// command): freed memory stays in the process for reuse instead of going back to the system.
 pub use clip_nn::runtime::reuse_freed_memory;
-pub use clip_train::{train, Observer, RunSetup, StepStats, Summary, TrainConfig};
+pub use clip_train::{train, Observer, RunSetup, StepStats, Summary, TrainConfig, TrainData};
 /// Scales each row to unit length in place; a zero or non-finite row is an error naming it
 /// (the one row normalisation: [`Embeddings::normalized`] is this too).
 pub use retrieval::normalize_rows;

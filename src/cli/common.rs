@@ -1,7 +1,6 @@
 //! Pieces several subcommands share: model precision, progress bars, manifest options, and
 //! library errors told in flags.
 
-
 use clip::files::{CsvColumns, Skip};
 use clip::{Clip, Device, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -99,6 +98,7 @@ pub fn report_skips(skips: &[Skip]) {
 /// pattern by `--data`.
 pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
     use clip::training::TrainError;
+    use clip::ShardError;
     let flag = |field: &str| format!("--{}", field.replace('_', "-"));
     let config = |field: &str, reason: &str| {
         let mut told = String::new();
@@ -122,6 +122,18 @@ pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
         Some(clip::Error::Data(clip::DataError::Pattern { pattern, reason })) => {
             anyhow::anyhow!("--data {pattern}: {reason}")
         }
+        Some(clip::Error::Data(clip::DataError::Shards(s))) => match s {
+            ShardError::Spec { spec, reason } => anyhow::anyhow!("--data {spec}: {reason}"),
+            // The epoch size is `order.epoch_samples`, open_clip's --train-num-samples.
+            ShardError::UnknownSize { .. } => {
+                anyhow::anyhow!(
+                    "{}",
+                    s.to_string()
+                        .replace("`epoch_samples`", "--train-num-samples")
+                )
+            }
+            _ => e,
+        },
         _ => e,
     }
 }

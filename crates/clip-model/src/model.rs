@@ -60,7 +60,7 @@ impl ClipModel {
         if precision != clip_nn::quant::Precision::F32 && !self.device.is_cpu() {
             return Err(crate::ModelError::Precision {
                 precision,
-                reason: "reduced-precision kernels run on the CPU; use --device cpu or f32",
+                reason: "reduced-precision kernels run on the CPU; use the cpu device or f32",
             });
         }
         self.vision.pack(precision)?;

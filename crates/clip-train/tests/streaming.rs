@@ -122,6 +122,14 @@ fn spec(data: Arc<SampleSet>, cache: CacheConfig, batch: usize) -> LoaderSpec {
     }
 }
 
+/// The decoded-sample cache of a listed feed.
+fn cache_of(spec: &LoaderSpec) -> Arc<DecodedCache> {
+    match &spec.feed {
+        Feed::Listed { cache, .. } => Arc::clone(cache),
+        Feed::Streamed(_) => unreachable!("these tests list their data"),
+    }
+}
+
 /// A decoded-image cache in `mode` without a memory budget.
 fn unbounded(mode: CacheMode) -> CacheConfig {
     CacheConfig {
@@ -150,7 +158,7 @@ fn streaming_and_cached_batches_are_identical() {
     // 12 steps of 8 = 3.2 epochs: the cached run serves epochs 2–4 from memory.
     let streamed = batches(spec(Arc::clone(&data), off.clone(), 8), 0..12, 0);
     let cached_spec = spec(Arc::clone(&data), on, 8);
-    let cache = Arc::clone(&cached_spec.cache);
+    let cache = cache_of(&cached_spec);
     let cached = batches(cached_spec, 0..12, 0);
     assert_eq!(cache.len(), 30, "every sample decoded once and kept");
     assert_eq!(streamed.len(), cached.len());
@@ -177,6 +185,7 @@ fn the_cache_stays_within_its_budget_for_ten_times_the_data() {
     let one = small.load(0, 32).unwrap().bytes() as u64;
     let budget = 12 * one;
     let held = |data: Arc<SampleSet>, mode| {
+        let data_len = data.len();
         let s = spec(
             data,
             CacheConfig {
@@ -185,8 +194,8 @@ fn the_cache_stays_within_its_budget_for_ten_times_the_data() {
             },
             10,
         );
-        let cache = Arc::clone(&s.cache);
-        let n = 2 * s.data.len() / 10;
+        let cache = cache_of(&s);
+        let n = 2 * data_len / 10;
         batches(s, 0..n, 0);
         (cache.bytes(), cache.len())
     };

@@ -9,7 +9,7 @@ use std::io;
 #[non_exhaustive]
 pub enum ShardError {
     /// A `--data` spec that cannot name any shard.
-    #[error("--data {spec}: {reason}")]
+    #[error("data {spec}: {reason}")]
     Spec {
         /// The spec (or the part of it between `::`) as given.
         spec: String,
@@ -63,7 +63,7 @@ pub enum ShardError {
     /// No explicit sample count and no sidecar file that gives one.
     #[error(
         "the number of samples per epoch is unknown: nothing gives the size of {missing} \
-         (looked for {looked_for}); give it explicitly (--train-num-samples)"
+         (looked for {looked_for}); give it explicitly (`epoch_samples`)"
     )]
     UnknownSize {
         /// The shards without a known size (the first few, and how many in all).

@@ -304,7 +304,7 @@ mod tests {
         let e = err("pipe:  ");
         assert!(e.contains("needs a command"), "{e}");
         let e = err("a.tar::https://");
-        assert!(e.contains("--data https://: not a valid URL"), "{e}");
+        assert!(e.contains("data https://: not a valid URL"), "{e}");
         let e = err("pipe:cat {3..1}.tar");
         assert!(
             e.contains("pipe:cat {3..1}.tar") && e.contains("backwards"),

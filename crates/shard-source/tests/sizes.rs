@@ -150,7 +150,7 @@ fn no_size_anywhere_names_the_shards_and_the_files_looked_for() {
         msg.contains("sizes.json") && msg.contains("_info.json") && msg.contains("_stats.json"),
         "{msg}"
     );
-    assert!(msg.contains("--train-num-samples"), "{msg}");
+    assert!(msg.contains("`epoch_samples`"), "{msg}");
     // Commands have no folder to look in.
     let pipes = [ShardUrl::parse("pipe:cat x.tar").unwrap()];
     let msg = epoch_size(None, &pipes, &opener()).unwrap_err().to_string();

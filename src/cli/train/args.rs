@@ -168,7 +168,8 @@ pub struct TrainArgs {
     #[arg(long, value_parser = parse_bytes)]
     cache_mem: Option<u64>,
     /// Samples per epoch (open_clip's name): fewer than the data holds draws a fresh subset
-    /// each epoch, more repeats samples. Default: every sample once.
+    /// each epoch, more repeats samples. Default: every sample once; for streamed shards, the
+    /// sum their sizes.json / _info.json / *_stats.json give (all ranks together).
     #[arg(long)]
     train_num_samples: Option<usize>,
     /// Shuffle-buffer size for webdataset shards (shards are shuffled per epoch and read
