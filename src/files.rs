@@ -191,9 +191,10 @@ fn data_err(e: shard_source::ShardError) -> Error {
 /// What opens shards: retries and timeouts at their defaults, and `endpoint` (or the
 /// environment's) for S3-compatible stores.
 pub fn opener(endpoint: Option<&str>) -> Opener {
-    let mut cfg = OpenConfig::default();
-    cfg.endpoint = endpoint.map(str::to_string);
-    Opener::new(cfg)
+    Opener::new(OpenConfig {
+        endpoint: endpoint.map(str::to_string),
+        ..OpenConfig::default()
+    })
 }
 
 /// The image–caption pairs of `paths` for evaluation: listed when local

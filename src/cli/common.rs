@@ -122,7 +122,7 @@ pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
         Some(clip::Error::Data(clip::DataError::Pattern { pattern, reason })) => {
             anyhow::anyhow!("--data {pattern}: {reason}")
         }
-        Some(clip::Error::Data(clip::DataError::Shards(s))) => match s {
+        Some(clip::Error::Data(clip::DataError::Shards(s))) => match &**s {
             ShardError::Spec { spec, reason } => anyhow::anyhow!("--data {spec}: {reason}"),
             // The epoch size is `order.epoch_samples`, open_clip's --train-num-samples.
             ShardError::UnknownSize { .. } => {

@@ -66,7 +66,13 @@ pub enum DataError {
     /// Remote data could not be named or sized (a bad URL, a damaged sidecar file, no
     /// epoch size).
     #[error(transparent)]
-    Shards(#[from] shard_source::ShardError),
+    Shards(Box<shard_source::ShardError>),
+}
+
+impl From<shard_source::ShardError> for DataError {
+    fn from(e: shard_source::ShardError) -> Self {
+        DataError::Shards(Box::new(e))
+    }
 }
 
 /// Result alias for this crate.

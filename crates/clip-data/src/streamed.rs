@@ -334,7 +334,7 @@ impl ShardStream {
         self.start_epoch(position / self.epoch_len);
         let mut replay = Replay::default();
         for _ in 0..position % self.epoch_len {
-            let (_, s) = self.next()?;
+            let (_, s) = self.next_sample()?;
             replay.samples += 1;
             replay.bytes += s.bytes() as u64;
         }
@@ -344,7 +344,7 @@ impl ShardStream {
     }
 
     /// The next sample and its position in the stream.
-    pub fn next(&mut self) -> Result<(u64, RawSample)> {
+    pub fn next_sample(&mut self) -> Result<(u64, RawSample)> {
         if self.emitted == self.epoch_len {
             self.start_epoch(self.epoch + 1);
         }

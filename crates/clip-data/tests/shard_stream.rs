@@ -70,7 +70,7 @@ fn with_workers(
 fn names(s: &mut ShardStream, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
-            let (pos, raw) = s.next().unwrap();
+            let (pos, raw) = s.next_sample().unwrap();
             assert_eq!(pos, i as u64);
             raw.name.rsplit(':').next().unwrap().to_string()
         })
@@ -175,7 +175,7 @@ fn the_order_is_a_function_of_seed_rank_and_position() {
         let mut s = ShardStream::new(spec(urls.clone(), 20, 6, false), 3, 0, 1);
         let replay = s.seek(at).unwrap();
         assert_eq!(replay.samples, at % 20);
-        let (pos, raw) = s.next().unwrap();
+        let (pos, raw) = s.next_sample().unwrap();
         assert_eq!(pos, at);
         assert!(raw.name.ends_with(&format!(":{}", a[at as usize])), "{at}");
     }
@@ -215,7 +215,7 @@ fn a_stream_where_every_shard_fails_is_an_error_naming_them() {
         .map(|p| ShardUrl::parse(&s.url(p)).unwrap())
         .collect();
     let mut st = ShardStream::new(spec(urls, 10, 4, false), 0, 0, 1);
-    let err = st.next().unwrap_err();
+    let err = st.next_sample().unwrap_err();
     assert!(
         matches!(err, DataError::NoShardReadable { shards: 2, .. }),
         "{err}"

@@ -325,7 +325,7 @@ fn fill_streamed(
     let (mut bad_run, mut run_reasons) = (0usize, Vec::new());
     while good.len() < b {
         let raw = (0..b - good.len())
-            .map(|_| stream.next())
+            .map(|_| stream.next_sample())
             .collect::<clip_data::Result<Vec<_>>>()
             .map_err(|e| clip_data::error_chain(&e))?;
         *position += raw.len();
