@@ -76,7 +76,8 @@ pub struct TrainArgs {
     /// Pairs per step (default 128; with no --data 256 for image–text, 128 for images).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate (default 1e-3).
+    /// Peak learning rate (default 5e-4 for image–text pairs, 1e-3 for --objective images
+    /// and for the bundled runs; image–text runs before December 2026 used 1e-3).
     #[arg(long)]
     lr: Option<f64>,
     /// Linear warmup steps (default: a tenth of the steps).

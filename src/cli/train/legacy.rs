@@ -44,18 +44,27 @@ pub fn args(json: &Value) -> Result<TrainArgs> {
             argv.extend([format!("--{long}"), v]);
         }
     }
+    // Image–text runs on the user's data trained at 1e-3 when these files were written; the
+    // default has since moved (`IMAGE_TEXT_LR`), and a resumed run keeps the meaning it had.
+    let lr_unset = fields.get("lr").is_none_or(Value::is_null);
+    if lr_unset && !is_bundled(fields) && objective(fields) == Objective::ImageText {
+        argv.extend(["--lr".into(), "0.001".into()]);
+    }
     let matches = cmd.try_get_matches_from(&argv)?;
     Ok(TrainArgs::from_arg_matches(&matches)?)
 }
 
 /// Whether the old file's data is the bundled sample of its objective.
-fn is_bundled(fields: &serde_json::Map<String, Value>) -> bool {
+fn objective(fields: &serde_json::Map<String, Value>) -> Objective {
     let objective = fields.get("objective").and_then(Value::as_str);
-    let objective = match objective.map(|o| variant("objective", o.to_string())) {
+    match objective.map(|o| variant("objective", o.to_string())) {
         Some(Ok(o)) => Objective::from_str(&o, false).unwrap_or_default(),
         _ => Objective::default(),
-    };
-    let bundled = clip::training::bundled(objective).0;
+    }
+}
+
+fn is_bundled(fields: &serde_json::Map<String, Value>) -> bool {
+    let bundled = clip::training::bundled(objective(fields)).0;
     fields.get("data") == Some(&Value::from(vec![bundled.display().to_string()]))
 }
 
@@ -113,6 +122,7 @@ mod tests {
             (LossKind::Debiased, ScheduleKind::Constant)
         );
         assert_eq!((t.augment.scale, t.augment.hflip), ([0.8, 1.0], 0.5));
+        assert_eq!(t.lr, 1e-3, "the default when the file was written");
         assert_eq!(
             (c.examples, t.cache.mode),
             (2, clip::training::CacheMode::Off)
