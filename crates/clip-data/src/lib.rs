@@ -31,4 +31,6 @@ pub use samples::{error_chain, Item, Sample, SampleSet};
 pub use shard_source;
 pub use skip::{summarize_skips, Skip, SkipReason};
 pub use source::{CsvOptions, Source};
-pub use streamed::{read_shards, tar_samples, RawSample, Replay, ShardStream, StreamSpec};
+pub use streamed::{
+    read_shards, tar_samples, RawSample, Replay, ShardStream, StreamSpec, StreamState,
+};

@@ -258,3 +258,51 @@ fn ranks_read_disjoint_shards_that_together_cover_the_pass() {
     want.sort();
     assert_eq!(all, want);
 }
+
+#[test]
+fn a_saved_state_rebuilds_the_stream_from_the_buffer_and_the_shards_in_flight() {
+    let s = Server::start();
+    let urls: Vec<ShardUrl> = (0..12)
+        .map(|k| {
+            s.serve(
+                &format!("/{k}.tar"),
+                shard(&format!("s{k}-"), 15),
+                Fault::None,
+            );
+            ShardUrl::parse(&s.url(&format!("/{k}.tar"))).unwrap()
+        })
+        .collect();
+    for resampled in [false, true] {
+        let spec = || spec(urls.clone(), 150, 8, resampled);
+        let mut whole = ShardStream::new(spec(), 5, 0, 1);
+        let want = names(&mut whole, 400);
+        for at in [0usize, 1, 97, 150, 151, 290] {
+            let mut a = ShardStream::new(spec(), 5, 0, 1);
+            for _ in 0..at {
+                a.next_sample().unwrap();
+            }
+            let state = a.state();
+            assert_eq!(state.position(150), at as u64);
+            // Through JSON, as a checkpoint holds it.
+            let state = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+            let (mut b, replay) = ShardStream::restore(spec(), 5, 0, 1, &state).unwrap();
+            assert_eq!(replay.lost, 0);
+            for (i, w) in want.iter().enumerate().skip(at).take(60) {
+                let (pos, raw) = b.next_sample().unwrap();
+                assert_eq!(pos, i as u64);
+                assert!(raw.name.ends_with(&format!(":{w}")), "{resampled} {at} {i}");
+            }
+            // 140 samples into an epoch, the shards in flight (2) and those the buffer of 8
+            // draws on are read again, not the 148 samples an epoch replay reads.
+            if at == 290 {
+                assert!(replay.shards <= 10, "{replay:?}");
+                assert!(replay.samples < 140, "{replay:?}");
+            }
+        }
+    }
+    // A state that cannot be this stream's (another worker count) is refused.
+    let mut a = ShardStream::new(spec(urls.clone(), 150, 8, false), 5, 0, 1);
+    a.next_sample().unwrap();
+    let other = with_workers(urls, 150, 8, false, 3);
+    assert!(ShardStream::restore(other, 5, 0, 1, &a.state()).is_none());
+}

@@ -16,7 +16,7 @@ mod trainer;
 
 pub use config::{LossKind, Objective, Precision, TrainConfig};
 pub use error::{Result, TrainError};
-pub use loader::{Batch, Feed, Loader, LoaderMode, LoaderSpec, Share};
+pub use loader::{Batch, Feed, Loader, LoaderMode, LoaderSpec, Share, Start};
 pub use loss::{clip_loss, clip_loss_rows, l2_normalize, siglip_loss, siglip_loss_rows, Anchors};
 pub use optim::{clip_grad_norm, decays, learning_rate, AdamW, AdamWConfig, ScheduleKind};
 pub use plot::write_plot;

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use clip_data::{
     stream, summarize_skips, Augmenter, DecodedCache, Order, OrderConfig, Replay, Sample,
-    SampleSet, ShardStream, Skip, SkipReason, StreamSpec,
+    SampleSet, ShardStream, Skip, SkipReason, StreamSpec, StreamState,
 };
 use rayon::prelude::*;
 use text_encoder::ClipTokenizer;
@@ -35,9 +35,30 @@ pub struct Batch {
     pub next_position: usize,
     /// Samples skipped while filling this batch, first time seen.
     pub skipped: Vec<Skip>,
-    /// What replaying a streamed epoch to the resume position cost (the first batch after a
+    /// What rebuilding the stream at the resume position cost (the first batch after a
     /// resume only).
     pub replayed: Option<Replay>,
+    /// Where the stream stands after this batch (streamed data), saved with checkpoints.
+    pub stream: Option<StreamState>,
+}
+
+/// Where a loader starts: a sample position, and for streamed data the stream's saved state
+/// there (without it the stream replays its epoch up to the position).
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// This rank's sample position.
+    pub position: usize,
+    /// The stream's state at `position`, from the checkpoint.
+    pub stream: Option<StreamState>,
+}
+
+impl From<usize> for Start {
+    fn from(position: usize) -> Self {
+        Self {
+            position,
+            stream: None,
+        }
+    }
 }
 
 /// Where the samples come from.
@@ -145,8 +166,9 @@ enum Reader {
 }
 
 impl Reader {
-    /// Starts reading `feed` at `position`; for a stream, what replaying to it cost.
-    fn start(spec: &LoaderSpec, position: usize) -> Result<(Self, Option<Replay>), String> {
+    /// Starts reading `feed` at `start`; for a stream, what rebuilding it there cost.
+    fn start(spec: &LoaderSpec, start: Start) -> Result<(Self, Option<Replay>), String> {
+        let position = start.position;
         match &spec.feed {
             Feed::Listed { data, order, .. } => {
                 let order = Order::new(data.len(), data.shard_ranges(), spec.seed, order.clone());
@@ -155,10 +177,22 @@ impl Reader {
             }
             Feed::Streamed(stream_spec) => {
                 let (rank, world) = (spec.share.rank, spec.share.world);
-                let mut stream = ShardStream::new(Arc::clone(stream_spec), spec.seed, rank, world);
-                let replay = match position {
-                    0 => None,
-                    p => Some(stream.seek(p as u64).map_err(|e| e.to_string())?),
+                let seed = spec.seed;
+                let saved = (start.stream.as_ref()).and_then(|st| {
+                    let (s, r) =
+                        ShardStream::restore(Arc::clone(stream_spec), seed, rank, world, st)?;
+                    (st.position(s.epoch_len()) == position as u64).then_some((s, r))
+                });
+                let (stream, replay) = match saved {
+                    Some((s, r)) => (s, Some(r)),
+                    None => {
+                        let mut s = ShardStream::new(Arc::clone(stream_spec), seed, rank, world);
+                        let r = match position {
+                            0 => None,
+                            p => Some(s.seek(p as u64).map_err(|e| e.to_string())?),
+                        };
+                        (s, r)
+                    }
                 };
                 let bad = HashSet::new();
                 let stream = Box::new(stream);
@@ -179,24 +213,26 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts producing batches for steps `steps`, the first one starting at sample position
-    /// `start_position`, `prefetch` batches ahead.
+    /// Starts producing batches for steps `steps`, the first one starting at `start` (a
+    /// sample position, or a [`Start`] with a stream's saved state), `prefetch` batches
+    /// ahead.
     pub fn spawn(
         spec: LoaderSpec,
         steps: std::ops::Range<usize>,
-        start_position: usize,
+        start: impl Into<Start>,
         prefetch: usize,
     ) -> Self {
+        let start = start.into();
         let (tx, rx) = sync_channel(prefetch.max(1));
         let handle = std::thread::spawn(move || {
-            let (mut reader, mut replayed) = match Reader::start(&spec, start_position) {
+            let mut position = start.position;
+            let (mut reader, mut replayed) = match Reader::start(&spec, start) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return;
                 }
             };
-            let mut position = start_position;
             for step in steps {
                 let msg = next_batch(&spec, &mut reader, step, &mut position).map(|mut b| {
                     b.replayed = replayed.take();
@@ -229,11 +265,15 @@ fn next_batch(
     step: usize,
     position: &mut usize,
 ) -> Result<Batch, String> {
-    let (good, skipped) = match (reader, &spec.feed) {
+    let (good, skipped, stream) = match (reader, &spec.feed) {
         (Reader::Listed { order, bad }, Feed::Listed { data, cache, .. }) => {
-            fill_listed(spec, data, cache, bad, order, position)?
+            let (good, skipped) = fill_listed(spec, data, cache, bad, order, position)?;
+            (good, skipped, None)
         }
-        (Reader::Streamed { stream, bad }, _) => fill_streamed(spec, stream, bad, position)?,
+        (Reader::Streamed { stream, bad }, _) => {
+            let (good, skipped) = fill_streamed(spec, stream, bad, position)?;
+            (good, skipped, Some(stream.state()))
+        }
         (Reader::Listed { .. }, Feed::Streamed(_)) => unreachable!("the reader follows the feed"),
     };
     let (pixels, ids) = augment(spec, &good)?;
@@ -245,6 +285,7 @@ fn next_batch(
         next_position: *position,
         skipped,
         replayed: None,
+        stream,
     })
 }
 

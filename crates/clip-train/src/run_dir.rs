@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use clip_data::Skip;
+use clip_data::{Skip, StreamState};
 use clip_nn::{TensorMap, VarStore};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,10 @@ pub struct TrainState {
     /// `data_position` is then absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_positions: Option<Vec<usize>>,
+    /// Each rank's stream state, in rank order (streamed data only), so a resume reads only
+    /// the shards in flight and those in the shuffle buffer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Vec<StreamState>>,
 }
 
 impl TrainState {
@@ -83,6 +87,8 @@ pub(crate) struct Resumed {
     /// Each rank's sample position for the next step (absent in checkpoints of early
     /// versions).
     pub data_positions: Option<Vec<usize>>,
+    /// Each rank's stream state (streamed data).
+    pub streams: Option<Vec<StreamState>>,
 }
 
 /// Loads the newest complete checkpoint of `run`.
@@ -111,6 +117,7 @@ pub(crate) fn resume(run: &Path, device: &Device) -> Result<Resumed> {
         weights: TensorMap::new(weights, device.clone()),
         opt: (opt, adam_steps),
         data_positions: state.positions(),
+        streams: state.streams,
     })
 }
 
@@ -123,6 +130,7 @@ pub(crate) fn save_checkpoint(
     opt: &AdamW,
     step: usize,
     positions: &[usize],
+    streams: Option<&[StreamState]>,
 ) -> Result<()> {
     let mut tensors = store.tensors();
     let mut opt_state = opt.state_tensors()?;
@@ -134,6 +142,7 @@ pub(crate) fn save_checkpoint(
         train: setup.train.clone(),
         data_position: (positions.len() == 1).then(|| positions[0]),
         data_positions: (positions.len() > 1).then(|| positions.to_vec()),
+        streams: streams.map(<[StreamState]>::to_vec),
     };
     clip_model::replace_dir_atomically(dir, |tmp| {
         clip_model::write_hf_files(

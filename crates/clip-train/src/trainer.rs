@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use clip_data::{Augmenter, DecodedCache, SampleSet, StreamSpec};
+use clip_data::{Augmenter, DecodedCache, SampleSet, StreamSpec, StreamState};
 use clip_model::ClipModel;
 use clip_nn::VarStore;
 use serde::Serialize;
 
 use crate::dist::{Collective, CommStats, Single};
 use crate::error::io_err;
-use crate::loader::{Batch, Feed, Loader, LoaderMode, LoaderSpec, Share};
+use crate::loader::{Batch, Feed, Loader, LoaderMode, LoaderSpec, Share, Start};
 use crate::optim::learning_rate;
 use crate::run_dir::{self, Metrics, SkipLog};
 use crate::step::{model_over, Stepper};
@@ -287,8 +287,13 @@ pub fn train_on(
     };
     let saved = resumed.as_ref().and_then(|r| r.data_positions.clone());
     let position = resume_position(saved, comm, start, t, local_batch, obs);
+    let streams = resumed.as_ref().and_then(|r| r.streams.as_ref());
+    let stream = streams
+        .filter(|s| s.len() == world)
+        .map(|s| s[rank].clone());
     let spec = loader_spec(&setup, data, Share { rank, world });
-    let loader = Loader::spawn(spec, start..t.steps, position, t.prefetch);
+    let from = Start { position, stream };
+    let loader = Loader::spawn(spec, start..t.steps, from, t.prefetch);
 
     let comm_start = comm.stats();
     let mut run = Run {
@@ -302,6 +307,7 @@ pub fn train_on(
         timing: Timing::default(),
         run_start: Instant::now(),
         position,
+        stream: None,
         last_ckpt: resumed.map(|r| r.dir),
         last_val: None,
     };
@@ -310,13 +316,7 @@ pub fn train_on(
         let batch = loader.next().map_err(TrainError::Loader)?;
         let wait = t0.elapsed().as_secs_f64();
         if let (Some(r), true) = (&batch.replayed, lead) {
-            obs.on_warning(&format!(
-                "resuming replayed {} samples ({:.1} MB) of the shard stream in {:.1} s, \
-                 to refill the shuffle buffer as it stood",
-                r.samples,
-                r.bytes as f64 / 1e6,
-                r.seconds
-            ));
+            obs.on_warning(&replay_note(r));
         }
         debug_assert_eq!(batch.step, step);
         let lr = run.step(step, batch, t0, wait)?;
@@ -342,6 +342,8 @@ struct Run<'a> {
     run_start: Instant,
     /// This rank's data position after the last batch.
     position: usize,
+    /// This rank's stream state after the last batch (streamed data).
+    stream: Option<StreamState>,
     last_ckpt: Option<PathBuf>,
     last_val: Option<BTreeMap<String, f64>>,
 }
@@ -349,9 +351,10 @@ struct Run<'a> {
 impl Run<'_> {
     /// Takes step `step` on `batch` (asked for at `t0`, after `wait` seconds of waiting):
     /// records its skips, checks the loss is finite, updates; returns the learning rate.
-    fn step(&mut self, step: usize, batch: Batch, t0: Instant, wait: f64) -> Result<f64> {
+    fn step(&mut self, step: usize, mut batch: Batch, t0: Instant, wait: f64) -> Result<f64> {
         let (t, comm) = (&self.setup.train, self.comm);
         self.position = batch.next_position;
+        self.stream = batch.stream.take();
         let skipped = gather_skips(comm, &batch.skipped)?;
         if let Some(log) = self.skips.as_mut() {
             log.record_rows(step + 1, &skipped)?;
@@ -406,8 +409,10 @@ impl Run<'_> {
         if every(t.save_every) {
             let dir = setup.out.join(format!("checkpoint-{done}"));
             let positions = gather_positions(comm, self.position)?;
+            let streams = gather_streams(comm, self.stream.as_ref())?;
             if lead {
-                self.stepper.save(&dir, done, &positions)?;
+                self.stepper
+                    .save(&dir, done, &positions, streams.as_deref())?;
                 obs.on_checkpoint(&dir);
                 self.last_ckpt = Some(dir);
                 run_dir::prune(&setup.out, t.keep_last);
@@ -421,8 +426,10 @@ impl Run<'_> {
         let (setup, t) = (self.setup, &self.setup.train);
         let final_dir = setup.out.join("final");
         let positions = gather_positions(self.comm, self.position)?;
+        let streams = gather_streams(self.comm, self.stream.as_ref())?;
         if let Some(m) = &self.metrics {
-            self.stepper.save(&final_dir, t.steps, &positions)?;
+            self.stepper
+                .save(&final_dir, t.steps, &positions, streams.as_deref())?;
             let _ = crate::plot::write_plot(m.path(), &setup.out.join(run_dir::PLOT_FILE));
         }
         Ok(Summary {
@@ -485,6 +492,48 @@ fn gather_positions(comm: &dyn Collective, position: usize) -> Result<Vec<usize>
             Ok(u64::from_le_bytes(bytes) as usize)
         })
         .collect()
+}
+
+/// Every rank's stream state, in rank order; `None` unless every rank streams.
+fn gather_streams(
+    comm: &dyn Collective,
+    stream: Option<&StreamState>,
+) -> Result<Option<Vec<StreamState>>> {
+    let mine = stream.map_or(Vec::new(), |s| {
+        serde_json::to_vec(s).expect("a state serialises")
+    });
+    let all = match comm.world() {
+        1 => vec![mine],
+        _ => comm.all_gather_bytes(&mine)?,
+    };
+    let bad = |e: serde_json::Error| {
+        TrainError::Collective(format!("a rank sent a bad stream state: {e}"))
+    };
+    all.iter()
+        .map(|b| {
+            (!b.is_empty())
+                .then(|| serde_json::from_slice(b).map_err(bad))
+                .transpose()
+        })
+        .collect::<Result<Option<Vec<_>>>>()
+}
+
+/// What rebuilding the shard stream at the resume position cost, for the user.
+fn replay_note(r: &clip_data::Replay) -> String {
+    let lost = match r.lost {
+        0 => String::new(),
+        n => format!(
+            "; {n} buffered samples were no longer in their shards, so the order departs from \
+             the uninterrupted run's"
+        ),
+    };
+    format!(
+        "resuming re-read {} samples ({:.1} MB) from {} shards of the stream in {:.1} s{lost}",
+        r.samples,
+        r.bytes as f64 / 1e6,
+        r.shards,
+        r.seconds
+    )
 }
 
 /// What scanning left out (listed data only: a stream reports its skips as it meets them).

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};
+use clip_data::StreamState;
 use clip_model::ClipModel;
 use clip_nn::taped::Workspace;
 use clip_nn::{Init, Params, VarStore};
@@ -111,8 +112,15 @@ impl<'a> Stepper<'a> {
 
     /// Writes checkpoint `dir`: the weights and optimiser moments after `step` updates, and
     /// each rank's data position for the next step.
-    pub(crate) fn save(&self, dir: &Path, step: usize, positions: &[usize]) -> Result<()> {
-        run_dir::save_checkpoint(dir, self.setup, self.store, &self.opt, step, positions)
+    pub(crate) fn save(
+        &self,
+        dir: &Path,
+        step: usize,
+        positions: &[usize],
+        streams: Option<&[StreamState]>,
+    ) -> Result<()> {
+        let (setup, store, opt) = (self.setup, self.store, &self.opt);
+        run_dir::save_checkpoint(dir, setup, store, opt, step, positions, streams)
     }
 
     /// exp(logit_scale), the inverse temperature.

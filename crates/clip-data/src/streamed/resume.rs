@@ -1,0 +1,159 @@
+//! A stream's place, saved with each checkpoint ([`StreamState`]), and the stream rebuilt
+//! from it ([`ShardStream::restore`]) by reading only the shards in flight and those whose
+//! samples sat in the shuffle buffer: what a resume costs is bounded by the buffer and the
+//! workers, not by how far into its epoch the run was.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use shard_source::{Opener, ShardUrl};
+
+use super::{tar_samples, RawSample, Replay, ShardStream, StreamSpec};
+
+/// Where a stream stands, compactly (one entry per buffered sample, a few numbers more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamState {
+    /// The epoch.
+    pub epoch: u64,
+    /// Samples handed out in it.
+    pub emitted: u64,
+    /// Shards of its sequence opened so far (done, in flight or ahead).
+    pub opened: u64,
+    /// The worker whose turn it is.
+    pub turn: usize,
+    /// Each worker's shard, if it has one: its place in the epoch's sequence of shards, and
+    /// the samples taken from it.
+    pub slots: Vec<Option<(u64, u64)>>,
+    /// The shards opened ahead, by place in the sequence.
+    pub ahead: Vec<u64>,
+    /// The shuffle buffer in order: each sample's shard (place in the sequence) and its
+    /// ordinal in that shard.
+    pub buffer: Vec<(u64, u64)>,
+}
+
+impl StreamState {
+    /// The stream position it stands at, for a stream of `epoch_len` samples per epoch.
+    pub fn position(&self, epoch_len: u64) -> u64 {
+        self.epoch * epoch_len + self.emitted
+    }
+}
+
+/// The samples at `ordinals` of shard `url`, read from its start as far as the last of them;
+/// also how many samples and bytes that read.
+fn read_prefix(
+    opener: &Opener,
+    url: &ShardUrl,
+    ordinals: &[u64],
+) -> (HashMap<u64, RawSample>, u64, u64) {
+    let want: HashSet<u64> = ordinals.iter().copied().collect();
+    let last = ordinals.iter().copied().max().unwrap_or(0);
+    let (mut got, mut read, mut bytes) = (HashMap::new(), 0u64, 0u64);
+    if let Ok(reader) = opener.open(url) {
+        let name = url.to_string();
+        // A shard that fails now only loses its samples here (counted by the caller).
+        let _ = tar_samples(std::io::BufReader::new(reader), &name, |s| {
+            let i = read;
+            read += 1;
+            bytes += s.bytes() as u64;
+            if want.contains(&i) {
+                got.insert(i, s);
+            }
+            i < last
+        });
+    }
+    (got, read, bytes)
+}
+
+impl ShardStream {
+    /// Where the stream stands now (after the last sample handed out).
+    pub fn state(&self) -> StreamState {
+        StreamState {
+            epoch: self.epoch,
+            emitted: self.emitted,
+            opened: self.opened,
+            turn: self.turn,
+            slots: (self.slots.iter())
+                .map(|o| o.as_ref().map(|o| (o.seq, o.taken)))
+                .collect(),
+            ahead: self.ahead.iter().map(|o| o.seq).collect(),
+            buffer: self.tags.clone(),
+        }
+    }
+
+    /// Rank `rank` of `world`'s stream as `state` left it: the buffered samples read again
+    /// from their shards (in parallel), the shards in flight reopened past what was taken,
+    /// the buffer's random draws replayed. `None` when the state cannot be this stream's (a
+    /// different number of workers, an epoch position past the epoch).
+    pub fn restore(
+        spec: Arc<StreamSpec>,
+        seed: u64,
+        rank: usize,
+        world: usize,
+        state: &StreamState,
+    ) -> Option<(Self, Replay)> {
+        let t0 = Instant::now();
+        let mut s = Self::idle(spec, seed, rank, world);
+        let fits = state.slots.len() == s.slots.len()
+            && state.turn < s.slots.len()
+            && state.emitted <= s.epoch_len;
+        if !fits {
+            return None;
+        }
+        s.reset_to(state.epoch);
+        (s.emitted, s.opened, s.turn) = (state.emitted, state.opened, state.turn);
+        // Every draw so far was over a full buffer.
+        let size = s.spec.shuffle_buffer.max(1);
+        for _ in 0..state.emitted {
+            s.rng.random_range(0..size);
+        }
+        let mut wanted: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for &(seq, ordinal) in &state.buffer {
+            wanted.entry(seq).or_default().push(ordinal);
+        }
+        let shards: Vec<(u64, usize)> = wanted.keys().map(|&q| (q, s.shard_at(q))).collect();
+        let spec = Arc::clone(&s.spec);
+        let mut found: HashMap<u64, HashMap<u64, RawSample>> = HashMap::new();
+        let mut replay = Replay::default();
+        std::thread::scope(|scope| {
+            let reads: Vec<_> = (shards.iter())
+                .map(|&(seq, shard)| {
+                    let (spec, ordinals) = (&spec, &wanted[&seq]);
+                    let read = move || read_prefix(&spec.opener, &spec.shards[shard], ordinals);
+                    (seq, scope.spawn(read))
+                })
+                .collect();
+            for (seq, h) in reads {
+                let (got, read, bytes) = h.join().expect("a resume reader panicked");
+                (replay.samples, replay.bytes) = (replay.samples + read, replay.bytes + bytes);
+                found.insert(seq, got);
+            }
+        });
+        for &(seq, ordinal) in &state.buffer {
+            match found.get_mut(&seq).and_then(|m| m.remove(&ordinal)) {
+                Some(sample) => {
+                    s.buffer.push(sample);
+                    s.tags.push((seq, ordinal));
+                }
+                None => replay.lost += 1,
+            }
+        }
+        for (i, slot) in state.slots.iter().enumerate() {
+            if let Some((seq, taken)) = *slot {
+                s.slots[i] = Some(s.open(seq, taken));
+                replay.samples += taken;
+            }
+        }
+        for &seq in &state.ahead {
+            let open = s.open(seq, 0);
+            s.ahead.push_back(open);
+        }
+        let in_flight = state.slots.iter().flatten().map(|&(q, _)| q);
+        let reread: HashSet<u64> = wanted.keys().copied().chain(in_flight).collect();
+        replay.shards = reread.len() as u64;
+        replay.seconds = t0.elapsed().as_secs_f64();
+        Some((s, replay))
+    }
+}
