@@ -292,6 +292,13 @@ fn a_saved_state_rebuilds_the_stream_from_the_buffer_and_the_shards_in_flight() 
                 assert_eq!(pos, i as u64);
                 assert!(raw.name.ends_with(&format!(":{w}")), "{resampled} {at} {i}");
             }
+            // Resuming takes whichever reads less again: never more than replaying the
+            // epoch up to the position, buffer included.
+            let (mut c, r) = ShardStream::resume(spec(), 5, 0, 1, at as u64, Some(&state)).unwrap();
+            assert!(r.samples <= (at % 150) as u64 + 8, "{at}: {r:?}");
+            let (pos, raw) = c.next_sample().unwrap();
+            assert_eq!(pos, at as u64);
+            assert!(raw.name.ends_with(&format!(":{}", want[at])));
             // 140 samples into an epoch, the shards in flight (2) and those the buffer of 8
             // draws on are read again, not the 148 samples an epoch replay reads.
             if at == 290 {

@@ -177,21 +177,15 @@ impl Reader {
             }
             Feed::Streamed(stream_spec) => {
                 let (rank, world) = (spec.share.rank, spec.share.world);
-                let seed = spec.seed;
-                let saved = (start.stream.as_ref()).and_then(|st| {
-                    let (s, r) =
-                        ShardStream::restore(Arc::clone(stream_spec), seed, rank, world, st)?;
-                    (st.position(s.epoch_len()) == position as u64).then_some((s, r))
-                });
-                let (stream, replay) = match saved {
-                    Some((s, r)) => (s, Some(r)),
-                    None => {
-                        let mut s = ShardStream::new(Arc::clone(stream_spec), seed, rank, world);
-                        let r = match position {
-                            0 => None,
-                            p => Some(s.seek(p as u64).map_err(|e| e.to_string())?),
-                        };
-                        (s, r)
+                let (stream_spec, seed) = (Arc::clone(stream_spec), spec.seed);
+                let (stream, replay) = match (position, start.stream.as_ref()) {
+                    (0, None) => (ShardStream::new(stream_spec, seed, rank, world), None),
+                    (p, saved) => {
+                        let at = p as u64;
+                        let resumed =
+                            ShardStream::resume(stream_spec, seed, rank, world, at, saved);
+                        let (s, r) = resumed.map_err(|e| clip_data::error_chain(&e))?;
+                        (s, Some(r))
                     }
                 };
                 let bad = HashSet::new();

@@ -54,6 +54,11 @@ pub struct StreamSpec {
     pub need_captions: bool,
 }
 
+/// Samples per epoch of each of `world` ranks: the epoch's share, rounded up.
+fn epoch_len(spec: &StreamSpec, world: usize) -> u64 {
+    spec.epoch_samples.div_ceil(world as u64).max(1)
+}
+
 /// What a shard's reader thread sends.
 enum Msg {
     Sample(RawSample),
@@ -157,7 +162,7 @@ impl ShardStream {
     /// The stream with nothing open and nothing buffered.
     fn idle(spec: Arc<StreamSpec>, seed: u64, rank: usize, world: usize) -> Self {
         assert!(!spec.shards.is_empty(), "a stream needs shards");
-        let epoch_len = spec.epoch_samples.div_ceil(world as u64).max(1);
+        let epoch_len = epoch_len(&spec, world);
         let workers = spec.workers.max(1);
         let order = RankShards::new(spec.shards.len(), seed, rank, world);
         Self {

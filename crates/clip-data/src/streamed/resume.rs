@@ -11,7 +11,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use shard_source::{Opener, ShardUrl};
 
-use super::{tar_samples, RawSample, Replay, ShardStream, StreamSpec};
+use super::{epoch_len, tar_samples, RawSample, Replay, ShardStream, StreamSpec};
 
 /// Where a stream stands, compactly (one entry per buffered sample, a few numbers more).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,18 @@ impl StreamState {
     /// The stream position it stands at, for a stream of `epoch_len` samples per epoch.
     pub fn position(&self, epoch_len: u64) -> u64 {
         self.epoch * epoch_len + self.emitted
+    }
+
+    /// Samples [`ShardStream::restore`] reads again: each buffered shard up to the last
+    /// sample needed, and what was taken from the shards in flight.
+    pub fn reread(&self) -> u64 {
+        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+        for &(seq, ordinal) in &self.buffer {
+            let e = last.entry(seq).or_default();
+            *e = (*e).max(ordinal + 1);
+        }
+        let taken: u64 = self.slots.iter().flatten().map(|&(_, t)| t).sum();
+        last.values().sum::<u64>() + taken
     }
 }
 
@@ -68,6 +80,30 @@ fn read_prefix(
 }
 
 impl ShardStream {
+    /// Rank `rank` of `world`'s stream at `position`, the cheaper way: rebuilt from `state`
+    /// (saved there) when that reads fewer samples again than replaying the epoch from its
+    /// start, else replayed.
+    pub fn resume(
+        spec: Arc<StreamSpec>,
+        seed: u64,
+        rank: usize,
+        world: usize,
+        position: u64,
+        state: Option<&StreamState>,
+    ) -> crate::Result<(Self, Replay)> {
+        let epoch_len = epoch_len(&spec, world);
+        let replay_cost = position % epoch_len + spec.shuffle_buffer as u64;
+        let state = state.filter(|st| st.position(epoch_len) == position);
+        if let Some(st) = state.filter(|st| st.reread() < replay_cost) {
+            if let Some(rebuilt) = Self::restore(Arc::clone(&spec), seed, rank, world, st) {
+                return Ok(rebuilt);
+            }
+        }
+        let mut s = Self::new(spec, seed, rank, world);
+        let replay = s.seek(position)?;
+        Ok((s, replay))
+    }
+
     /// Where the stream stands now (after the last sample handed out).
     pub fn state(&self) -> StreamState {
         StreamState {
