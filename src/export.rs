@@ -89,7 +89,10 @@ fn layout(kind: &EntriesKind) -> (&'static str, &'static str) {
 /// nothing but an earlier export's folders.
 pub fn export_index(index: &Index, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     if opts.shard_rows == 0 {
-        return Err(Error::Input("--shard-rows must be at least 1".into()));
+        return Err(Error::Config {
+            field: "shard_rows",
+            reason: "must be at least 1".into(),
+        });
     }
     check_destination(out, opts.force)?;
     let (stem, column) = layout(index.entries().kind());
@@ -332,10 +335,10 @@ fn check_destination(out: &Path, force: bool) -> Result<()> {
         return Ok(());
     }
     if !out.is_dir() {
-        return Err(Error::Input(format!(
-            "--out {} is a file, not a folder",
-            out.display()
-        )));
+        return Err(Error::Config {
+            field: "out",
+            reason: format!("{} is a file, not a folder", out.display()),
+        });
     }
     let mut names = Vec::new();
     for e in std::fs::read_dir(out).map_err(crate::error::io_at(out))? {
@@ -346,20 +349,26 @@ fn check_destination(out: &Path, force: bool) -> Result<()> {
         return Ok(());
     }
     if !force {
-        return Err(Error::Input(format!(
-            "--out {} exists and is not empty; pass --force to replace an earlier export",
-            out.display()
-        )));
+        return Err(Error::Config {
+            field: "out",
+            reason: format!(
+                "{} exists and is not empty; set `force` to replace an earlier export",
+                out.display()
+            ),
+        });
     }
     names.retain(|n| !EXPORT_DIRS.contains(&n.as_str()));
     if !names.is_empty() {
         names.sort();
         names.truncate(3);
-        return Err(Error::Input(format!(
-            "--out {} holds more than an export ({}); refusing to replace it even with --force",
-            out.display(),
-            names.join(", ")
-        )));
+        return Err(Error::Config {
+            field: "out",
+            reason: format!(
+                "{} holds more than an export ({}); refusing to replace it even with `force`",
+                out.display(),
+                names.join(", ")
+            ),
+        });
     }
     Ok(())
 }

@@ -105,10 +105,10 @@ pub fn build_images<C: Borrow<Clip>>(
     check_batch(opts)?;
     retrieval::check_destination(out)?;
     if !folder.is_dir() {
-        return Err(Error::Input(format!(
-            "--images {} is not a folder",
-            folder.display()
-        )));
+        return Err(Error::Config {
+            field: "images",
+            reason: format!("{} is not a folder", folder.display()),
+        });
     }
     let root = folder.canonicalize().map_err(crate::error::io_at(folder))?;
     let (entries, skipped) = scan_images(&root)?;
@@ -222,11 +222,14 @@ impl Build<'_> {
         let clip: &Clip = loaded.borrow();
         let (d, model) = (clip.dim(), &self.model);
         if let Some(old) = self.dim.filter(|&old| old != d) {
-            return Err(Error::Input(format!(
-                "the index {} has dimension {old} but model {model} makes vectors of dimension \
-                 {d}; remove the index or choose another --out",
-                self.out.display()
-            )));
+            return Err(Error::Config {
+                field: "out",
+                reason: format!(
+                    "the index {} has dimension {old} but model {model} makes vectors of \
+                     dimension {d}; remove the index or choose another",
+                    self.out.display()
+                ),
+            });
         }
         if let Some(j) = self.journal.take_if(|j| j.dim() != d) {
             report.warnings.push(format!(
@@ -459,7 +462,10 @@ pub fn build_vectors(
 
 fn check_batch(opts: &BuildOptions) -> Result<()> {
     if opts.batch_size == 0 {
-        return Err(Error::Input("--batch-size must be at least 1".to_string()));
+        return Err(Error::Config {
+            field: "batch_size",
+            reason: "must be at least 1".into(),
+        });
     }
     Ok(())
 }

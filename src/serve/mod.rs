@@ -122,10 +122,13 @@ impl NamedIndex {
         };
         let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
         if name.is_empty() || !name.chars().all(ok) {
-            return Err(Error::Input(format!(
-                "index name {name:?} (from --index {arg}) must be letters, digits, '.', '_' or \
-                 '-'; name it with --index NAME=DIR"
-            )));
+            return Err(Error::Config {
+                field: "index",
+                reason: format!(
+                    "index name {name:?} (from {arg}) must be letters, digits, '.', '_' or \
+                     '-'; name it as NAME=DIR"
+                ),
+            });
         }
         Ok(Self { name, dir })
     }
@@ -268,9 +271,10 @@ impl Hosts {
             let name = Self::name(h);
             let ok = |c: char| c.is_ascii_alphanumeric() || ".-_:".contains(c);
             if name.is_empty() || !name.chars().all(ok) {
-                return Err(Error::Input(format!(
-                    "--allow-host {h:?} is not a host name (letters, digits, '.', '-')"
-                )));
+                return Err(Error::Config {
+                    field: "allow_host",
+                    reason: format!("{h:?} is not a host name (letters, digits, '.', '-')"),
+                });
             }
             allowed.push(name);
         }
@@ -390,13 +394,17 @@ impl Server {
         let allow_origin = allowed_origin(opts, note)?;
         let hosts = Hosts::allowing(&opts.allow_hosts)?;
         let limits = opts.limits.clone();
-        if limits.max_pixels == 0 || limits.max_connections == 0 || limits.header_timeout_secs == 0
-        {
-            return Err(Error::Input(format!(
-                "--max-pixels, --max-connections and --header-timeout must be at least 1 (got \
-                 {}, {}, {})",
-                limits.max_pixels, limits.max_connections, limits.header_timeout_secs
-            )));
+        let zero = [
+            ("max_pixels", limits.max_pixels == 0),
+            ("max_connections", limits.max_connections == 0),
+            // `header_timeout_secs`, named as the flag names it.
+            ("header_timeout", limits.header_timeout_secs == 0),
+        ];
+        if let Some((field, _)) = zero.into_iter().find(|(_, z)| *z) {
+            return Err(Error::Config {
+                field,
+                reason: "must be at least 1".into(),
+            });
         }
         let budget = DECODE_BUDGET.max(images::decode_bytes(limits.max_pixels, 8));
         let decode_budget_mib = u32::try_from(budget.div_ceil(1 << 20)).unwrap_or(u32::MAX >> 3);
@@ -500,8 +508,10 @@ fn allowed_origin(
         );
     }
     let parse = |o: &str| {
-        o.parse()
-            .map_err(|_| Error::Input(format!("--allow-origin {o:?} is not a header value")))
+        o.parse().map_err(|_| Error::Config {
+            field: "allow_origin",
+            reason: format!("{o:?} is not a header value"),
+        })
     };
     opts.allow_origin.as_deref().map(parse).transpose()
 }

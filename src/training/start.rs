@@ -64,17 +64,18 @@ impl Head {
         config.vision_config.projection_head = None;
         if self.projection == Some(Projection::Mlp) {
             if !config.image_only {
-                return Err(Error::Input(
-                    "--projection mlp is for --objective images (an image–text model keeps \
-                     transformers' linear projection)"
+                return Err(Error::Config {
+                    field: "projection",
+                    reason: "mlp is for `objective` images (an image–text model keeps \
+                             transformers' linear projection)"
                         .into(),
-                ));
+                });
             }
             if self.projection_layers < 2 {
-                return Err(Error::Input(format!(
-                    "--projection-layers must be at least 2, got {}",
-                    self.projection_layers
-                )));
+                return Err(Error::Config {
+                    field: "projection_layers",
+                    reason: format!("must be at least 2, got {}", self.projection_layers),
+                });
             }
             config.vision_config.projection_head = Some(ProjectionHead {
                 layers: self.projection_layers,
@@ -90,10 +91,13 @@ impl Head {
     /// another is an error rather than a silent mismatch.
     pub fn check(&self, config: &ClipConfig) -> Result<()> {
         if let Some(d) = self.projection_dim.filter(|&d| d != config.projection_dim) {
-            return Err(Error::Input(format!(
-                "--projection-dim {d} differs from the --init checkpoint's projection_dim {}",
-                config.projection_dim
-            )));
+            return Err(Error::Config {
+                field: "projection_dim",
+                reason: format!(
+                    "{d} differs from the `init` checkpoint's projection_dim {}",
+                    config.projection_dim
+                ),
+            });
         }
         let has_mlp = config.vision_config.projection_head.is_some();
         if self
@@ -105,9 +109,10 @@ impl Head {
             } else {
                 ["mlp", "linear"]
             };
-            return Err(Error::Input(format!(
-                "--projection {asked} differs from the --init checkpoint's head ({has})"
-            )));
+            return Err(Error::Config {
+                field: "projection",
+                reason: format!("{asked} differs from the `init` checkpoint's head ({has})"),
+            });
         }
         Ok(())
     }
