@@ -69,7 +69,7 @@ pub struct TrainArgs {
     /// the linear probe printed after an image-only run.
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Optimiser steps (default 400; with no --data the bundled run's: 1000 for image–text,
+    /// Optimiser steps (default 400; with no --data the bundled run's: 1500 for image–text,
     /// 300 for images, a few minutes on two cores).
     #[arg(long)]
     steps: Option<usize>,
