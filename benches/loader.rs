@@ -32,6 +32,33 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The shards of `parts` streamed as `clip train` streams them (its default workers and
+/// buffer), an epoch of `samples`.
+fn streamed_feed(parts: Vec<DataPart>, samples: u64) -> Feed {
+    let mut shards = Vec::new();
+    for part in parts {
+        match part {
+            DataPart::Remote(urls) => shards.extend(urls),
+            DataPart::Local(p) => shards.extend(
+                Source::expand(&PathBuf::from(p), &Default::default())
+                    .expect("data")
+                    .into_iter()
+                    .map(|s| ShardUrl::Local(s.path().to_path_buf())),
+            ),
+        }
+    }
+    let order = OrderConfig::default();
+    Feed::Streamed(Arc::new(StreamSpec {
+        shards,
+        opener: Arc::new(Opener::new(OpenConfig::default())),
+        epoch_samples: samples,
+        resampled: false,
+        workers: order.workers,
+        shuffle_buffer: order.shuffle_buffer,
+        need_captions: true,
+    }))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -59,28 +86,7 @@ fn main() {
     };
     let (feed, listed_samples, steps) = if streamed {
         let steps = batches.expect("streamed data needs BATCHES (nothing is listed)");
-        let mut shards = Vec::new();
-        for part in parts {
-            match part {
-                DataPart::Remote(urls) => shards.extend(urls),
-                DataPart::Local(p) => shards.extend(
-                    Source::expand(&PathBuf::from(p), &Default::default())
-                        .expect("data")
-                        .into_iter()
-                        .map(|s| ShardUrl::Local(s.path().to_path_buf())),
-                ),
-            }
-        }
-        let spec = StreamSpec {
-            shards,
-            opener: Arc::new(Opener::new(OpenConfig::default())),
-            epoch_samples: (steps * batch) as u64,
-            resampled: false,
-            workers: OrderConfig::default().workers,
-            shuffle_buffer: OrderConfig::default().shuffle_buffer,
-            need_captions: true,
-        };
-        (Feed::Streamed(Arc::new(spec)), 0, steps)
+        (streamed_feed(parts, (steps * batch) as u64), 0, steps)
     } else {
         let sources = Source::expand(&PathBuf::from(pattern), &Default::default()).expect("data");
         let data = Arc::new(SampleSet::scan(&sources).expect("samples"));
