@@ -312,7 +312,11 @@ impl ShardStream {
         loop {
             let turn = self.turn;
             if self.slots[turn].is_none() {
-                let next = self.ahead.pop_front().expect("shards are opened ahead");
+                if self.ahead.is_empty() {
+                    // Only a restored state can leave none opened ahead.
+                    self.open_next();
+                }
+                let next = self.ahead.pop_front().expect("one was just opened");
                 self.slots[turn] = Some(next);
                 self.open_next();
             }
