@@ -10,6 +10,7 @@
 //! saved state, replays the epoch up to the position; either way, without decoding, it goes
 //! on with exactly the samples an uninterrupted run reads.
 
+mod readers;
 mod resume;
 mod tar;
 
@@ -22,6 +23,7 @@ use rand::{Rng, RngCore};
 use rand_xoshiro::SplitMix64;
 use shard_source::{resampled_shard, Opener, RankShards, ShardUrl};
 
+use readers::Readers;
 pub use resume::StreamState;
 pub use tar::{read_shards, tar_samples, RawSample};
 
@@ -143,6 +145,8 @@ pub struct ShardStream {
     buffer: Vec<RawSample>,
     /// Where each buffered sample came from, in step with `buffer`.
     tags: Vec<Tag>,
+    /// The threads reading the shards.
+    readers: Readers,
     rng: SplitMix64,
     skips: Vec<Skip>,
     reported: HashSet<String>,
@@ -180,6 +184,7 @@ impl ShardStream {
             ahead: VecDeque::new(),
             buffer: Vec::new(),
             tags: Vec::new(),
+            readers: Readers::default(),
             rng: stream(seed, SALT_BUFFER, 0),
             skips: Vec::new(),
             reported: HashSet::new(),
@@ -285,10 +290,8 @@ impl ShardStream {
         let shard = self.shard_at(seq);
         let (tx, rx) = sync_channel(READ_AHEAD);
         let spec = Arc::clone(&self.spec);
-        let spawned = std::thread::Builder::new()
-            .name("shard-reader".into())
-            .spawn(move || read_shard(&spec.opener, &spec.shards[shard], skip, &tx));
-        let rx = match spawned {
+        let job = move || read_shard(&spec.opener, &spec.shards[shard], skip, &tx);
+        let rx = match self.readers.run(Box::new(job)) {
             Ok(_) => rx,
             Err(e) => {
                 // No thread: the shard reads as empty, with the reason listed.
