@@ -398,14 +398,7 @@ fn two_ranks_stream_http_shards_and_resume_exactly() {
         "listed once (name and reason): {tsv}"
     );
     let resumed = tmp.path().join("resumed");
-    std::fs::create_dir_all(resumed.join("checkpoint-3")).unwrap();
-    for f in ["run.json", "tokenizer.json", "metrics.jsonl", "skipped.tsv"] {
-        std::fs::copy(whole.join(f), resumed.join(f)).unwrap();
-    }
-    for e in std::fs::read_dir(whole.join("checkpoint-3")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), resumed.join("checkpoint-3").join(e.file_name())).unwrap();
-    }
+    run_as_of(&whole, &resumed, "checkpoint-3");
     ok(&mpirun(2, &["train", "--resume", s(&resumed)])
         .output()
         .unwrap());

@@ -86,14 +86,7 @@ fn weights(run: &Path) -> Vec<u8> {
 /// `keep_stream: false` drops the stream's saved state from the checkpoint (as a checkpoint
 /// of an earlier version), so the resume replays the epoch instead.
 fn resume_from_first_checkpoint(whole: &Path, into: &Path, keep_stream: bool) -> String {
-    std::fs::create_dir_all(into.join("checkpoint-4")).unwrap();
-    for f in ["run.json", "tokenizer.json", "metrics.jsonl", "skipped.tsv"] {
-        std::fs::copy(whole.join(f), into.join(f)).unwrap();
-    }
-    for e in std::fs::read_dir(whole.join("checkpoint-4")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), into.join("checkpoint-4").join(e.file_name())).unwrap();
-    }
+    run_as_of(whole, into, "checkpoint-4");
     let state_file = into.join("checkpoint-4/train_state.json");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();

@@ -49,16 +49,7 @@ fn weights(run: &Path) -> std::collections::HashMap<String, Vec<f32>> {
 /// The run interrupted after its first checkpoint: `run.json` replaced by `json`, the newer
 /// checkpoint and the final model gone.
 fn interrupted(whole: &Path, into: &Path, json: &str) {
-    std::fs::create_dir_all(into).unwrap();
-    for f in ["tokenizer.json", "metrics.jsonl"] {
-        std::fs::copy(whole.join(f), into.join(f)).unwrap();
-    }
-    let ckpt = into.join("checkpoint-2");
-    std::fs::create_dir_all(&ckpt).unwrap();
-    for e in std::fs::read_dir(whole.join("checkpoint-2")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), ckpt.join(e.file_name())).unwrap();
-    }
+    run_as_of(whole, into, "checkpoint-2");
     std::fs::write(into.join("run.json"), json).unwrap();
 }
 

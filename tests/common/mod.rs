@@ -200,3 +200,19 @@ pub fn emoji_shard(from: usize, n: usize) -> Vec<u8> {
     }
     b.into_inner().unwrap()
 }
+
+/// The run directory `whole` as it stood when `checkpoint` was its newest: its files and that
+/// checkpoint copied into `into` (later checkpoints and the final model left out), ready for
+/// `clip train --resume`.
+pub fn run_as_of(whole: &Path, into: &Path, checkpoint: &str) {
+    std::fs::create_dir_all(into.join(checkpoint)).unwrap();
+    for f in ["run.json", "tokenizer.json", "metrics.jsonl", "skipped.tsv"] {
+        if whole.join(f).exists() {
+            std::fs::copy(whole.join(f), into.join(f)).unwrap();
+        }
+    }
+    for e in std::fs::read_dir(whole.join(checkpoint)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), into.join(checkpoint).join(e.file_name())).unwrap();
+    }
+}

@@ -59,24 +59,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn braces_expand_ranges_with_padding_and_lists_in_order() {
-        assert_eq!(
-            expand_braces("s/{000..002}.tar").unwrap(),
-            ["s/000.tar", "s/001.tar", "s/002.tar"]
-        );
-        assert_eq!(expand_braces("{8..10}").unwrap(), ["8", "9", "10"]);
-        assert_eq!(expand_braces("{b,a}.tsv").unwrap(), ["b.tsv", "a.tsv"]);
-        assert_eq!(
-            expand_braces("{a,b}/{0..1}").unwrap(),
-            ["a/0", "a/1", "b/0", "b/1"]
-        );
-        assert_eq!(expand_braces("plain.tar").unwrap(), ["plain.tar"]);
-        for bad in ["{1..x}", "{3..1}", "{a", "a}", "{a}"] {
-            assert!(expand_braces(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn data_args_glob_and_name_what_is_missing() {
         let d = tempfile::tempdir().unwrap();
         for n in ["a-000.tar", "a-001.tar", "b.tar"] {
