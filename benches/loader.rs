@@ -48,7 +48,7 @@ fn streamed_feed(parts: Vec<DataPart>, samples: u64) -> Feed {
         }
     }
     let order = OrderConfig::default();
-    Feed::Streamed(Arc::new(StreamSpec {
+    let spec = Arc::new(StreamSpec {
         shards,
         opener: Arc::new(Opener::new(OpenConfig::default())),
         epoch_samples: samples,
@@ -56,7 +56,8 @@ fn streamed_feed(parts: Vec<DataPart>, samples: u64) -> Feed {
         workers: order.workers,
         shuffle_buffer: order.shuffle_buffer,
         need_captions: true,
-    }))
+    });
+    Feed::Streamed { spec, streams: 1 }
 }
 
 fn main() {

@@ -346,10 +346,11 @@ fn a_batch_that_does_not_split_over_the_ranks_is_named() {
 mod server;
 
 /// Streamed shards split over ranks: two ranks stream their own shares of http shards (one
-/// of them missing), list the missing one once, and resume from a checkpoint to the
-/// uninterrupted run's weights.
+/// of them missing), list the missing one once, take the same steps as one process reading
+/// the same two streams, and resume from a checkpoint to the uninterrupted run's weights, on
+/// two ranks and on one.
 #[test]
-fn two_ranks_stream_http_shards_and_resume_exactly() {
+fn two_ranks_stream_http_shards_like_one_process_and_resume_exactly() {
     use server::{Fault, Server};
     let srv = Server::start();
     for k in 0..4 {
@@ -397,6 +398,20 @@ fn two_ranks_stream_http_shards_and_resume_exactly() {
         2,
         "listed once (name and reason): {tsv}"
     );
+    // One process reading both streams takes the same steps.
+    let one = tmp.path().join("one");
+    let a1 = args(&one);
+    let mut a1: Vec<&str> = a1.iter().map(String::as_str).collect();
+    a1.extend(["--data-streams", "2"]);
+    ok(&clip(&a1));
+    assert_same_training(&whole, &one);
+    // The two-rank run's checkpoint resumes in one process onto the same steps.
+    let alone = tmp.path().join("alone");
+    run_as_of(&whole, &alone, "checkpoint-3");
+    ok(&clip(&["train", "--resume", s(&alone)]));
+    let (all, worst) = weight_distance(&whole, &alone);
+    assert!(all <= 1e-5 && worst <= 1e-3, "{all} overall, {worst} worst");
+
     let resumed = tmp.path().join("resumed");
     run_as_of(&whole, &resumed, "checkpoint-3");
     ok(&mpirun(2, &["train", "--resume", s(&resumed)])

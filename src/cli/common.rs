@@ -99,7 +99,16 @@ pub fn report_skips(skips: &[Skip]) {
 pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
     use clip::training::TrainError;
     use clip::ShardError;
-    let flag = |field: &str| format!("--{}", field.replace('_', "-"));
+    // Config fields whose flag has another name (open_clip's, or the `data-` family's).
+    const RENAMED: [(&str, &str); 3] = [
+        ("epoch_samples", "train-num-samples"),
+        ("streams", "data-streams"),
+        ("workers", "data-workers"),
+    ];
+    let flag = |field: &str| match RENAMED.iter().find(|(f, _)| *f == field) {
+        Some((_, name)) => format!("--{name}"),
+        None => format!("--{}", field.replace('_', "-")),
+    };
     let config = |field: &str, reason: &str| {
         let mut told = String::new();
         for (i, part) in reason.split('`').enumerate() {
@@ -151,6 +160,14 @@ mod tests {
         assert_eq!(
             in_flags(e.into()).to_string(),
             "invalid --val-data: with --objective images use --labels (or `clip probe`)"
+        );
+        let e = clip::Error::Config {
+            field: "streams",
+            reason: "3 streams do not split over 2 ranks".into(),
+        };
+        assert_eq!(
+            in_flags(e.into()).to_string(),
+            "invalid --data-streams: 3 streams do not split over 2 ranks"
         );
         let other = anyhow::anyhow!("unchanged `labels`");
         assert_eq!(in_flags(other).to_string(), "unchanged `labels`");

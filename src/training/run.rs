@@ -266,12 +266,18 @@ impl Prepared {
         observer: &mut dyn Observer,
     ) -> Result<Outcome> {
         let Prepared {
-            config,
-            setup,
+            mut config,
+            mut setup,
             data,
             val,
             ..
         } = self;
+        if let TrainData::Streamed(_) = &data {
+            // The number of streams is part of the order: fixed when the run starts (one per
+            // rank unless given), so a resume reads the same samples on any number of ranks.
+            let streams = Some(config.train.order.streams_for(comm.world()));
+            (config.train.order.streams, setup.train.order.streams) = (streams, streams);
+        }
         if !setup.resume && comm.rank() == 0 {
             config.save()?;
         }

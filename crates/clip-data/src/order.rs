@@ -27,6 +27,10 @@ pub struct OrderConfig {
     /// Streamed shards read at once. Part of the order (samples are taken from the shards
     /// in flight in turn), so it is saved with the run; the default follows the cores.
     pub workers: usize,
+    /// Streamed shards: how many streams the data is split into, all ranks together (each
+    /// rank reads an equal block of them). Fixing it makes a step's samples the same on any
+    /// number of ranks that divides it; `None`: one per rank of the run that started it.
+    pub streams: Option<usize>,
 }
 
 impl Default for OrderConfig {
@@ -37,7 +41,15 @@ impl Default for OrderConfig {
             shuffle_buffer: 1000,
             resampled: false,
             workers: cores.clamp(2, 8),
+            streams: None,
         }
+    }
+}
+
+impl OrderConfig {
+    /// The number of streams for a run on `world` ranks.
+    pub fn streams_for(&self, world: usize) -> usize {
+        self.streams.unwrap_or(world)
     }
 }
 

@@ -161,10 +161,10 @@ fn every_sample_of_the_readable_shards_arrives_once_and_failures_are_listed_once
 }
 
 #[test]
-fn the_order_is_a_function_of_seed_rank_and_position() {
+fn the_order_is_a_function_of_seed_stream_and_position() {
     let (_server, urls) = faulty_server();
-    let run = |seed, rank, world, resampled| {
-        let mut s = ShardStream::new(spec(urls.clone(), 20, 6, resampled), seed, rank, world);
+    let run = |seed, index, streams, resampled| {
+        let mut s = ShardStream::new(spec(urls.clone(), 20, 6, resampled), seed, index, streams);
         names(&mut s, 45)
     };
     let a = run(3, 0, 1, false);
@@ -226,7 +226,7 @@ fn a_stream_where_every_shard_fails_is_an_error_naming_them() {
 }
 
 #[test]
-fn ranks_read_disjoint_shards_that_together_cover_the_pass() {
+fn streams_read_disjoint_shards_that_together_cover_the_pass() {
     let s = Server::start();
     let urls: Vec<ShardUrl> = (0..4)
         .map(|k| {
@@ -238,7 +238,7 @@ fn ranks_read_disjoint_shards_that_together_cover_the_pass() {
             ShardUrl::parse(&s.url(&format!("/{k}.tar"))).unwrap()
         })
         .collect();
-    // 20 samples per epoch over two ranks: each rank's epoch is its two shards of the pass
+    // 20 samples per epoch over two streams: each one's epoch is its two shards of the pass
     // (one shard at a time, a buffer of 1, so nothing of the next pass comes in).
     let epoch = |rank| {
         let spec = with_workers(urls.clone(), 20, 1, false, 1);

@@ -29,7 +29,7 @@ pub struct Batch {
     pub pixels: Vec<f32>,
     /// Token rows (empty with two views).
     pub ids: Vec<Vec<u32>>,
-    /// Sample index of each row (its stream position for streamed data).
+    /// Sample index of each row (its global position for streamed data).
     pub items: Vec<usize>,
     /// The (local) position the next batch starts at (saved with checkpoints, for resume).
     pub next_position: usize,
@@ -38,25 +38,27 @@ pub struct Batch {
     /// What rebuilding the stream at the resume position cost (the first batch after a
     /// resume only).
     pub replayed: Option<Replay>,
-    /// Where the stream stands after this batch (streamed data), saved with checkpoints.
-    pub stream: Option<StreamState>,
+    /// Where this rank's streams stand after this batch (streamed data; in stream order),
+    /// saved with checkpoints.
+    pub streams: Vec<StreamState>,
 }
 
-/// Where a loader starts: a sample position, and for streamed data the stream's saved state
-/// there (without it the stream replays its epoch up to the position).
+/// Where a loader starts: a sample position, and for streamed data the saved states of the
+/// rank's streams there (without them each stream replays its epoch up to its share of the
+/// position).
 #[derive(Debug, Clone, Default)]
 pub struct Start {
-    /// This rank's sample position.
+    /// This rank's sample position (for streamed data, the sum over its streams).
     pub position: usize,
-    /// The stream's state at `position`, from the checkpoint.
-    pub stream: Option<StreamState>,
+    /// The states of this rank's streams at `position`, in stream order, from the checkpoint.
+    pub streams: Vec<StreamState>,
 }
 
 impl From<usize> for Start {
     fn from(position: usize) -> Self {
         Self {
             position,
-            stream: None,
+            streams: Vec::new(),
         }
     }
 }
@@ -73,8 +75,14 @@ pub enum Feed {
         /// Epoch length and shuffle buffer.
         order: OrderConfig,
     },
-    /// Shards streamed start to end ([`ShardStream`]).
-    Streamed(Arc<StreamSpec>),
+    /// Shards streamed start to end, split into `streams` [`ShardStream`]s (all ranks
+    /// together; each rank reads its block of them).
+    Streamed {
+        /// The shards and how to read them.
+        spec: Arc<StreamSpec>,
+        /// How many streams the data is split into.
+        streams: usize,
+    },
 }
 
 /// What the loader makes of each sample.
@@ -124,6 +132,12 @@ impl Share {
     pub fn global(&self, local: usize) -> usize {
         local * self.world + self.rank
     }
+
+    /// The block of `streams` streams this share reads (`streams` a multiple of the ranks).
+    pub fn streams(&self, streams: usize) -> std::ops::Range<usize> {
+        let k = streams / self.world;
+        self.rank * k..(self.rank + 1) * k
+    }
 }
 
 /// Sample `i` through the cache, or why it is skipped and whether this is the first time;
@@ -159,7 +173,10 @@ enum Reader {
         bad: BadSamples,
     },
     Streamed {
-        stream: Box<ShardStream>,
+        /// This rank's streams and their indices among all streams.
+        streams: Vec<(usize, ShardStream)>,
+        /// How many streams there are, all ranks together.
+        of: usize,
         /// Samples that failed to decode, by name: each is listed once.
         bad: HashSet<String>,
     },
@@ -175,22 +192,42 @@ impl Reader {
                 let bad = BadSamples::default();
                 Ok((Reader::Listed { order, bad }, None))
             }
-            Feed::Streamed(stream_spec) => {
-                let (rank, world) = (spec.share.rank, spec.share.world);
-                let (stream_spec, seed) = (Arc::clone(stream_spec), spec.seed);
-                let (stream, replay) = match (position, start.stream.as_ref()) {
-                    (0, None) => (ShardStream::new(stream_spec, seed, rank, world), None),
-                    (p, saved) => {
-                        let at = p as u64;
-                        let resumed =
-                            ShardStream::resume(stream_spec, seed, rank, world, at, saved);
-                        let (s, r) = resumed.map_err(|e| clip_data::error_chain(&e))?;
-                        (s, Some(r))
-                    }
-                };
+            Feed::Streamed {
+                spec: stream_spec,
+                streams: of,
+            } => {
+                let owned = spec.share.streams(*of);
+                let k = owned.len() as u64;
+                let (mut streams, mut replay) = (Vec::new(), None::<Replay>);
+                for (j, index) in owned.enumerate() {
+                    let (stream_spec, seed) = (Arc::clone(stream_spec), spec.seed);
+                    let saved = start.streams.get(j);
+                    // A saved state knows its own position; without one, the rank's streams
+                    // advanced alike (bad samples apart).
+                    let at = saved.map_or(position as u64 / k, |st| {
+                        st.position(stream_spec.epoch_len(*of))
+                    });
+                    let stream = match (at, saved) {
+                        (0, None) => ShardStream::new(stream_spec, seed, index, *of),
+                        (at, saved) => {
+                            let resumed =
+                                ShardStream::resume(stream_spec, seed, index, *of, at, saved);
+                            let (s, r) = resumed.map_err(|e| clip_data::error_chain(&e))?;
+                            *replay.get_or_insert_with(Replay::default) += r;
+                            s
+                        }
+                    };
+                    streams.push((index, stream));
+                }
                 let bad = HashSet::new();
-                let stream = Box::new(stream);
-                Ok((Reader::Streamed { stream, bad }, replay))
+                Ok((
+                    Reader::Streamed {
+                        streams,
+                        of: *of,
+                        bad,
+                    },
+                    replay,
+                ))
             }
         }
     }
@@ -259,16 +296,26 @@ fn next_batch(
     step: usize,
     position: &mut usize,
 ) -> Result<Batch, String> {
-    let (good, skipped, stream) = match (reader, &spec.feed) {
+    let (good, skipped, streams) = match (reader, &spec.feed) {
         (Reader::Listed { order, bad }, Feed::Listed { data, cache, .. }) => {
             let (good, skipped) = fill_listed(spec, data, cache, bad, order, position)?;
-            (good, skipped, None)
+            (good, skipped, Vec::new())
         }
-        (Reader::Streamed { stream, bad }, _) => {
-            let (good, skipped) = fill_streamed(spec, stream, bad, position)?;
-            (good, skipped, Some(stream.state()))
+        (Reader::Streamed { streams, of, bad }, _) => {
+            let quota = spec.batch / streams.len();
+            let (mut good, mut skipped) = (Vec::with_capacity(spec.batch), Vec::new());
+            for (index, stream) in streams.iter_mut() {
+                let p = (stream, *index, *of);
+                let (g, s) = fill_streamed(spec, p, quota, bad, position)?;
+                good.extend(g);
+                skipped.extend(s);
+            }
+            let states = streams.iter().map(|(_, s)| s.state()).collect();
+            (good, skipped, states)
         }
-        (Reader::Listed { .. }, Feed::Streamed(_)) => unreachable!("the reader follows the feed"),
+        (Reader::Listed { .. }, Feed::Streamed { .. }) => {
+            unreachable!("the reader follows the feed")
+        }
     };
     let (pixels, ids) = augment(spec, &good)?;
     Ok(Batch {
@@ -279,7 +326,7 @@ fn next_batch(
         next_position: *position,
         skipped,
         replayed: None,
-        stream,
+        streams,
     })
 }
 
@@ -344,15 +391,17 @@ fn fill_listed(
     Ok((good, skipped))
 }
 
-/// The stream's next samples: takes them in stream order, decodes them in parallel, and
-/// takes more for the ones that fail (each listed once by name).
+/// `b` good samples of stream `index` of `of`: takes them in stream order, decodes them in
+/// parallel, and takes more of the same stream for the ones that fail (each listed once by
+/// name), so a step's samples do not depend on how the streams are spread over ranks. A
+/// stream's `q`-th sample is global position `q·of + index`.
 fn fill_streamed(
     spec: &LoaderSpec,
-    stream: &mut ShardStream,
+    (stream, index, of): (&mut ShardStream, usize, usize),
+    b: usize,
     bad: &mut HashSet<String>,
     position: &mut usize,
 ) -> Result<(Vec<Row>, Vec<Skip>), String> {
-    let b = spec.batch;
     let need_captions = matches!(spec.mode, LoaderMode::Captions(_));
     let limit = (stream.epoch_len() as usize).max(b);
     let mut good: Vec<Row> = Vec::with_capacity(b);
@@ -372,8 +421,8 @@ fn fill_streamed(
         for ((pos, r), d) in raw.into_iter().zip(decoded) {
             match d {
                 Ok(s) => {
-                    let pos = pos as usize;
-                    good.push((spec.share.global(pos), pos, Arc::new(s)));
+                    let global = pos as usize * of + index;
+                    good.push((global, global, Arc::new(s)));
                     bad_run = 0;
                 }
                 Err(reason) => {

@@ -262,6 +262,9 @@ pub fn train_on(
     check_data(&setup, &data)?;
     let (rank, world) = (comm.rank(), comm.world());
     let local_batch = local_batch(t, world)?;
+    if let TrainData::Streamed(_) = &data {
+        check_streams(t, world)?;
+    }
     let lead = rank == 0;
     if lead {
         std::fs::create_dir_all(&setup.out).map_err(io_err("cannot create", &setup.out))?;
@@ -285,14 +288,19 @@ pub fn train_on(
         ),
         false => (None, None),
     };
-    let saved = resumed.as_ref().and_then(|r| r.data_positions.clone());
-    let position = resume_position(saved, comm, start, t, local_batch, obs);
-    let streams = resumed.as_ref().and_then(|r| r.streams.as_ref());
-    let stream = streams
-        .filter(|s| s.len() == world)
-        .map(|s| s[rank].clone());
-    let spec = loader_spec(&setup, data, Share { rank, world });
-    let from = Start { position, stream };
+    let share = Share { rank, world };
+    let saved_streams = resumed.as_ref().and_then(|r| r.streams.as_deref());
+    let streams = rank_streams(&data, saved_streams, t, share);
+    let position = match &streams {
+        Some((_, position)) => *position,
+        None => {
+            let saved = resumed.as_ref().and_then(|r| r.data_positions.clone());
+            resume_position(saved, comm, start, t, local_batch, obs)
+        }
+    };
+    let streams = streams.map(|(s, _)| s).unwrap_or_default();
+    let spec = loader_spec(&setup, data, share);
+    let from = Start { position, streams };
     let loader = Loader::spawn(spec, start..t.steps, from, t.prefetch);
 
     let comm_start = comm.stats();
@@ -307,7 +315,7 @@ pub fn train_on(
         timing: Timing::default(),
         run_start: Instant::now(),
         position,
-        stream: None,
+        streams: Vec::new(),
         last_ckpt: resumed.map(|r| r.dir),
         last_val: None,
     };
@@ -342,8 +350,8 @@ struct Run<'a> {
     run_start: Instant,
     /// This rank's data position after the last batch.
     position: usize,
-    /// This rank's stream state after the last batch (streamed data).
-    stream: Option<StreamState>,
+    /// The states of this rank's streams after the last batch (streamed data).
+    streams: Vec<StreamState>,
     last_ckpt: Option<PathBuf>,
     last_val: Option<BTreeMap<String, f64>>,
 }
@@ -354,7 +362,7 @@ impl Run<'_> {
     fn step(&mut self, step: usize, mut batch: Batch, t0: Instant, wait: f64) -> Result<f64> {
         let (t, comm) = (&self.setup.train, self.comm);
         self.position = batch.next_position;
-        self.stream = batch.stream.take();
+        self.streams = std::mem::take(&mut batch.streams);
         let skipped = gather_skips(comm, &batch.skipped)?;
         if let Some(log) = self.skips.as_mut() {
             log.record_rows(step + 1, &skipped)?;
@@ -409,7 +417,7 @@ impl Run<'_> {
         if every(t.save_every) {
             let dir = setup.out.join(format!("checkpoint-{done}"));
             let positions = gather_positions(comm, self.position)?;
-            let streams = gather_streams(comm, self.stream.as_ref())?;
+            let streams = gather_streams(comm, &self.streams)?;
             if lead {
                 self.stepper
                     .save(&dir, done, &positions, streams.as_deref())?;
@@ -426,7 +434,7 @@ impl Run<'_> {
         let (setup, t) = (self.setup, &self.setup.train);
         let final_dir = setup.out.join("final");
         let positions = gather_positions(self.comm, self.position)?;
-        let streams = gather_streams(self.comm, self.stream.as_ref())?;
+        let streams = gather_streams(self.comm, &self.streams)?;
         if let Some(m) = &self.metrics {
             self.stepper
                 .save(&final_dir, t.steps, &positions, streams.as_deref())?;
@@ -439,6 +447,28 @@ impl Run<'_> {
             ..self.timing.summary(t, steps_run, self.comm, comm_start)
         })
     }
+}
+
+/// Streamed data's streams must split evenly over the ranks, and the global batch over the
+/// streams (each step takes the same number of samples from every stream).
+fn check_streams(t: &TrainConfig, world: usize) -> Result<()> {
+    let n = t.order.streams_for(world);
+    let reason = if n == 0 {
+        "there must be at least one stream".to_string()
+    } else if !n.is_multiple_of(world) {
+        format!("{n} streams do not split evenly over {world} ranks")
+    } else if !t.batch_size.is_multiple_of(n) {
+        format!(
+            "the global batch of {} (`batch_size`) does not split evenly over {n} streams",
+            t.batch_size
+        )
+    } else {
+        return Ok(());
+    };
+    Err(TrainError::Config {
+        field: "streams",
+        reason,
+    })
 }
 
 /// Each rank's share of the global batch; the batch must split evenly over the ranks and
@@ -494,14 +524,16 @@ fn gather_positions(comm: &dyn Collective, position: usize) -> Result<Vec<usize>
         .collect()
 }
 
-/// Every rank's stream state, in rank order; `None` unless every rank streams.
+/// Every stream's state, in stream order (the ranks' blocks in rank order); `None` unless
+/// every rank streams.
 fn gather_streams(
     comm: &dyn Collective,
-    stream: Option<&StreamState>,
+    streams: &[StreamState],
 ) -> Result<Option<Vec<StreamState>>> {
-    let mine = stream.map_or(Vec::new(), |s| {
-        serde_json::to_vec(s).expect("a state serialises")
-    });
+    let mine = match streams {
+        [] => Vec::new(),
+        s => serde_json::to_vec(s).expect("states serialise"),
+    };
     let all = match comm.world() {
         1 => vec![mine],
         _ => comm.all_gather_bytes(&mine)?,
@@ -509,13 +541,35 @@ fn gather_streams(
     let bad = |e: serde_json::Error| {
         TrainError::Collective(format!("a rank sent a bad stream state: {e}"))
     };
-    all.iter()
+    let blocks = all
+        .iter()
         .map(|b| {
             (!b.is_empty())
-                .then(|| serde_json::from_slice(b).map_err(bad))
+                .then(|| serde_json::from_slice::<Vec<StreamState>>(b).map_err(bad))
                 .transpose()
         })
-        .collect::<Result<Option<Vec<_>>>>()
+        .collect::<Result<Option<Vec<_>>>>()?;
+    Ok(blocks.map(|b| b.concat()))
+}
+
+/// For streamed data resumed from a checkpoint that saved every stream's state: this rank's
+/// block of them and the sum of their positions. The streams are the same on any number of
+/// ranks that divides them, so such a run resumes exactly even on another number of ranks.
+fn rank_streams(
+    data: &TrainData,
+    saved: Option<&[StreamState]>,
+    t: &TrainConfig,
+    share: Share,
+) -> Option<(Vec<StreamState>, usize)> {
+    let TrainData::Streamed(spec) = data else {
+        return None;
+    };
+    let n = t.order.streams_for(share.world);
+    let saved = saved.filter(|s| s.len() == n)?;
+    let mine = saved[share.streams(n)].to_vec();
+    let epoch_len = spec.epoch_len(n);
+    let position = mine.iter().map(|s| s.position(epoch_len) as usize).sum();
+    Some((mine, position))
 }
 
 /// What rebuilding the shard stream at the resume position cost, for the user.
@@ -554,7 +608,10 @@ fn loader_spec(setup: &RunSetup, data: TrainData, share: Share) -> LoaderSpec {
                 cache: Arc::new(DecodedCache::new(&t.cache)),
                 order: t.order.clone(),
             },
-            TrainData::Streamed(spec) => Feed::Streamed(spec),
+            TrainData::Streamed(spec) => Feed::Streamed {
+                spec,
+                streams: t.order.streams_for(share.world),
+            },
         },
         aug: Augmenter::new(t.augment.clone(), setup.preprocess.clone()),
         mode: match t.objective {

@@ -126,7 +126,7 @@ fn spec(data: Arc<SampleSet>, cache: CacheConfig, batch: usize) -> LoaderSpec {
 fn cache_of(spec: &LoaderSpec) -> Arc<DecodedCache> {
     match &spec.feed {
         Feed::Listed { cache, .. } => Arc::clone(cache),
-        Feed::Streamed(_) => unreachable!("these tests list their data"),
+        Feed::Streamed { .. } => unreachable!("these tests list their data"),
     }
 }
 
@@ -337,4 +337,98 @@ fn data_with_no_usable_sample_is_an_error_that_says_why() {
         err.contains("no usable sample") && err.contains("unreadable image"),
         "{err}"
     );
+}
+
+/// Each row of a batch: (global position, pixels, token ids), sorted by position.
+type Rows = Vec<(usize, Vec<f32>, Vec<u32>)>;
+
+/// The rows of `steps` batches of a loader reading `streams` streams of `shards` as `share`.
+fn streamed_rows(
+    shards: &[Source],
+    streams: usize,
+    share: Share,
+    global_batch: usize,
+) -> Vec<Rows> {
+    let stream = Arc::new(clip_data::StreamSpec {
+        shards: (shards.iter())
+            .map(|s| clip_data::shard_source::ShardUrl::Local(s.path().to_path_buf()))
+            .collect(),
+        opener: Arc::new(clip_data::shard_source::Opener::new(Default::default())),
+        epoch_samples: 40,
+        resampled: false,
+        workers: 2,
+        shuffle_buffer: 5,
+        need_captions: true,
+    });
+    let data = Arc::new(SampleSet::scan(shards).unwrap());
+    let mut s = spec(data, unbounded(CacheMode::Off), global_batch / share.world);
+    let feed = Feed::Streamed {
+        spec: stream,
+        streams,
+    };
+    (s.feed, s.share) = (feed, share);
+    let loader = Loader::spawn(s, 0..6, 0, 2);
+    (0..6)
+        .map(|_| {
+            let b = loader.next().unwrap();
+            let per = b.pixels.len() / b.items.len();
+            let mut rows: Rows = (b.items.iter().enumerate())
+                .map(|(i, &item)| {
+                    (
+                        item,
+                        b.pixels[i * per..(i + 1) * per].to_vec(),
+                        b.ids[i].clone(),
+                    )
+                })
+                .collect();
+            rows.sort_by_key(|r| r.0);
+            rows
+        })
+        .collect()
+}
+
+#[test]
+fn a_step_reads_the_same_streamed_samples_on_one_rank_and_on_two() {
+    let d = tempfile::tempdir().unwrap();
+    // Four shards of ten, one sample of the second corrupt: it is replaced from its own
+    // stream, whichever rank reads that stream.
+    let shards: Vec<Source> = (0..4u32)
+        .map(|s| {
+            let p = d.path().join(format!("{s:05}.tar"));
+            let samples: Vec<(u32, Member)> = (0..10)
+                .map(|i| match (s, i) {
+                    (1, 3) => (s * 10 + i, Member::CorruptImage),
+                    _ => (s * 10 + i, Member::Good(s * 10 + i)),
+                })
+                .collect();
+            shard(&p, &samples);
+            Source::Tar(p)
+        })
+        .collect();
+    let one = streamed_rows(&shards, 2, Share::WHOLE, 8);
+    let rank = |rank| streamed_rows(&shards, 2, Share { rank, world: 2 }, 8);
+    let (r0, r1) = (rank(0), rank(1));
+    assert_eq!(one.len(), 6);
+    for (step, rows) in one.iter().enumerate() {
+        assert_eq!(rows.len(), 8, "step {step}");
+        assert!(rows.iter().all(|r| r.1.iter().all(|v| v.is_finite())));
+        let mut two: Rows = [r0[step].clone(), r1[step].clone()].concat();
+        two.sort_by_key(|r| r.0);
+        assert!(
+            rows == &two,
+            "step {step}: one process and two ranks read different rows"
+        );
+    }
+    // One stream per rank (the default) reads other samples than one stream: the
+    // comparison above can tell.
+    let single = streamed_rows(&shards, 1, Share::WHOLE, 8);
+    let captions = |rows: &[Rows]| -> Vec<Vec<Vec<u32>>> {
+        let step = |r: &Rows| {
+            let mut ids: Vec<Vec<u32>> = r.iter().map(|x| x.2.clone()).collect();
+            ids.sort();
+            ids
+        };
+        rows.iter().map(step).collect()
+    };
+    assert_ne!(captions(&single), captions(&one));
 }

@@ -178,13 +178,18 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = OrderConfig::default().shuffle_buffer)]
     shuffle_buffer: usize,
     /// Draw streamed shards with replacement (open_clip's name), each draw a function of
-    /// the seed, rank and position; streams local shards too. Needs an epoch size
+    /// the seed, stream and position; streams local shards too. Needs an epoch size
     /// (--train-num-samples or the shards' sizes.json / _info.json / *_stats.json).
     #[arg(long)]
     dataset_resampled: bool,
-    /// Streamed shards read at once (default: the cores, 2 to 8).
+    /// Streamed shards read at once, per stream (default: the cores, 2 to 8).
     #[arg(long, default_value_t = OrderConfig::default().workers)]
     data_workers: usize,
+    /// Split streamed shards into this many streams, all ranks together (default: one per
+    /// rank). A step reads the same samples on any number of ranks that divides it, so a run
+    /// resumes exactly on fewer or more ranks; the global batch must split over the streams.
+    #[arg(long)]
+    data_streams: Option<usize>,
     /// S3-compatible endpoint for s3:// data (e.g. http://127.0.0.1:9000 for a local MinIO);
     /// default: AWS_ENDPOINT_URL or the profile's.
     #[arg(long)]
@@ -242,6 +247,7 @@ impl TrainArgs {
             shuffle_buffer: a.shuffle_buffer,
             resampled: a.dataset_resampled,
             workers: a.data_workers,
+            streams: a.data_streams,
         };
         (t.cache.mode, t.cache.mem_bytes) = (a.cache, a.cache_mem);
         c.data_endpoint = a.data_endpoint;

@@ -2,7 +2,9 @@
 //! commands, http(s) URLs, object stores): nothing is listed up front, several shards are in
 //! flight, and samples reach the run through a seeded shuffle buffer.
 //!
-//! Which sample comes at each position is a pure function of the seed, the rank and the
+//! The data is split into a fixed number of streams (each rank reads a block of them), so the
+//! samples of a step do not depend on how many ranks share the work. Which sample comes at
+//! each position of a stream is a pure function of the seed, the stream's index and the
 //! shards' bytes: shards come in a seeded order (or are drawn with replacement), the shards
 //! in flight are interleaved round-robin whatever their speed, and the buffer draws from a
 //! seeded stream. A resumed run rebuilds the stream from its saved [`StreamState`] by reading
@@ -43,7 +45,7 @@ pub struct StreamSpec {
     pub shards: Vec<ShardUrl>,
     /// Opens them (the HTTP agent, store clients, retries).
     pub opener: Arc<Opener>,
-    /// Samples per epoch, all ranks together.
+    /// Samples per epoch, all streams together.
     pub epoch_samples: u64,
     /// Draw shards with replacement (open_clip's `--dataset-resampled`) instead of shuffled
     /// passes over them.
@@ -56,9 +58,11 @@ pub struct StreamSpec {
     pub need_captions: bool,
 }
 
-/// Samples per epoch of each of `world` ranks: the epoch's share, rounded up.
-fn epoch_len(spec: &StreamSpec, world: usize) -> u64 {
-    spec.epoch_samples.div_ceil(world as u64).max(1)
+impl StreamSpec {
+    /// Samples per epoch of each of `streams` streams: the epoch's share, rounded up.
+    pub fn epoch_len(&self, streams: usize) -> u64 {
+        self.epoch_samples.div_ceil(streams as u64).max(1)
+    }
 }
 
 /// What a shard's reader thread sends.
@@ -122,14 +126,27 @@ pub struct Replay {
     pub lost: u64,
 }
 
-/// One rank's endless stream of samples, epoch after epoch: each epoch is `epoch_samples /
-/// world` samples (rounded up) of its own shuffled passes over the rank's shards (or of
+impl std::ops::AddAssign for Replay {
+    /// Adds another stream's cost (streams are rebuilt one after another).
+    fn add_assign(&mut self, o: Self) {
+        self.samples += o.samples;
+        self.bytes += o.bytes;
+        self.seconds += o.seconds;
+        self.shards += o.shards;
+        self.lost += o.lost;
+    }
+}
+
+/// One of the data's streams, endless, epoch after epoch: each epoch is `epoch_samples /
+/// streams` samples (rounded up) of its own shuffled passes over its share of the shards (or of
 /// shards drawn with replacement), through the shuffle buffer.
 pub struct ShardStream {
     spec: Arc<StreamSpec>,
     seed: u64,
-    rank: usize,
-    world: usize,
+    /// Which of the data's streams this is: it picks the shard share and the buffer's draws.
+    index: usize,
+    /// How many streams the data is split into (all ranks together).
+    streams: usize,
     epoch_len: u64,
     epoch: u64,
     /// Samples handed out in this epoch.
@@ -156,24 +173,24 @@ pub struct ShardStream {
 }
 
 impl ShardStream {
-    /// Rank `rank` of `world`'s stream under `seed`, at its start.
-    pub fn new(spec: Arc<StreamSpec>, seed: u64, rank: usize, world: usize) -> Self {
-        let mut s = Self::idle(spec, seed, rank, world);
+    /// Stream `index` of `streams` under `seed`, at its start.
+    pub fn new(spec: Arc<StreamSpec>, seed: u64, index: usize, streams: usize) -> Self {
+        let mut s = Self::idle(spec, seed, index, streams);
         s.start_epoch(0);
         s
     }
 
     /// The stream with nothing open and nothing buffered.
-    fn idle(spec: Arc<StreamSpec>, seed: u64, rank: usize, world: usize) -> Self {
+    fn idle(spec: Arc<StreamSpec>, seed: u64, index: usize, streams: usize) -> Self {
         assert!(!spec.shards.is_empty(), "a stream needs shards");
-        let epoch_len = epoch_len(&spec, world);
+        let epoch_len = spec.epoch_len(streams);
         let workers = spec.workers.max(1);
-        let order = RankShards::new(spec.shards.len(), seed, rank, world);
+        let order = RankShards::new(spec.shards.len(), seed, index, streams);
         Self {
             spec,
             seed,
-            rank,
-            world,
+            index,
+            streams,
             epoch_len,
             epoch: 0,
             emitted: 0,
@@ -193,7 +210,7 @@ impl ShardStream {
         }
     }
 
-    /// Samples this rank reads per epoch.
+    /// Samples this stream gives per epoch.
     pub fn epoch_len(&self) -> u64 {
         self.epoch_len
     }
@@ -241,14 +258,14 @@ impl ShardStream {
 
     /// The buffer's draws of `epoch`, from their start.
     fn epoch_rng(&self, epoch: u64) -> SplitMix64 {
-        let rank_seed = self.seed ^ (self.rank as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-        stream(rank_seed, SALT_BUFFER, epoch)
+        let stream_seed = self.seed ^ (self.index as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+        stream(stream_seed, SALT_BUFFER, epoch)
     }
 
     /// Nothing open, nothing buffered, at the start of `epoch`'s sequence of shards.
     fn reset_to(&mut self, epoch: u64) {
         let epoch_seed = stream(self.seed, SALT_EPOCH, epoch).next_u64();
-        self.order = RankShards::new(self.spec.shards.len(), epoch_seed, self.rank, self.world);
+        self.order = RankShards::new(self.spec.shards.len(), epoch_seed, self.index, self.streams);
         self.epoch = epoch;
         self.emitted = 0;
         self.opened = 0;
@@ -271,7 +288,7 @@ impl ShardStream {
     fn shard_at(&mut self, seq: u64) -> usize {
         let n = self.spec.shards.len();
         if self.spec.resampled {
-            resampled_shard(n, self.seed, self.rank, (self.epoch << 40) + seq)
+            resampled_shard(n, self.seed, self.index, (self.epoch << 40) + seq)
         } else {
             self.order.at(seq).1
         }

@@ -11,7 +11,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use shard_source::{Opener, ShardUrl};
 
-use super::{epoch_len, tar_samples, RawSample, Replay, ShardStream, StreamSpec};
+use super::{tar_samples, RawSample, Replay, ShardStream, StreamSpec};
 
 /// Where a stream stands, compactly (one entry per buffered sample, a few numbers more).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,26 +80,26 @@ fn read_prefix(
 }
 
 impl ShardStream {
-    /// Rank `rank` of `world`'s stream at `position`, the cheaper way: rebuilt from `state`
+    /// Stream `index` of `streams` at `position`, the cheaper way: rebuilt from `state`
     /// (saved there) when that reads fewer samples again than replaying the epoch from its
     /// start, else replayed.
     pub fn resume(
         spec: Arc<StreamSpec>,
         seed: u64,
-        rank: usize,
-        world: usize,
+        index: usize,
+        streams: usize,
         position: u64,
         state: Option<&StreamState>,
     ) -> crate::Result<(Self, Replay)> {
-        let epoch_len = epoch_len(&spec, world);
+        let epoch_len = spec.epoch_len(streams);
         let replay_cost = position % epoch_len + spec.shuffle_buffer as u64;
         let state = state.filter(|st| st.position(epoch_len) == position);
         if let Some(st) = state.filter(|st| st.reread() < replay_cost) {
-            if let Some(rebuilt) = Self::restore(Arc::clone(&spec), seed, rank, world, st) {
+            if let Some(rebuilt) = Self::restore(Arc::clone(&spec), seed, index, streams, st) {
                 return Ok(rebuilt);
             }
         }
-        let mut s = Self::new(spec, seed, rank, world);
+        let mut s = Self::new(spec, seed, index, streams);
         let replay = s.seek(position)?;
         Ok((s, replay))
     }
@@ -119,19 +119,19 @@ impl ShardStream {
         }
     }
 
-    /// Rank `rank` of `world`'s stream as `state` left it: the buffered samples read again
+    /// Stream `index` of `streams` as `state` left it: the buffered samples read again
     /// from their shards (in parallel), the shards in flight reopened past what was taken,
     /// the buffer's random draws replayed. `None` when the state cannot be this stream's (a
     /// different number of workers, an epoch position past the epoch).
     pub fn restore(
         spec: Arc<StreamSpec>,
         seed: u64,
-        rank: usize,
-        world: usize,
+        index: usize,
+        streams: usize,
         state: &StreamState,
     ) -> Option<(Self, Replay)> {
         let t0 = Instant::now();
-        let mut s = Self::idle(spec, seed, rank, world);
+        let mut s = Self::idle(spec, seed, index, streams);
         let fits = state.slots.len() == s.slots.len()
             && state.turn < s.slots.len()
             && state.emitted <= s.epoch_len;
