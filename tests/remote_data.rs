@@ -181,6 +181,15 @@ fn streamed_data_that_cannot_be_read_or_sized_is_a_clear_error() {
     let mixed = format!("{}::data/emoji-noto", server.url("/a.tar"));
     let err = fail(&clip(&train_args(&mixed, &out, &[])));
     assert!(err.contains("data/emoji-noto is not a tar shard"), "{err}");
+    // A batch of 16 does not split over 3 streams.
+    let err = fail(&clip(&train_args(&data, &out, &["--data-streams", "3"])));
+    assert!(
+        err.contains(
+            "invalid --data-streams: the global batch of 16 (--batch-size) does not \
+             split evenly over 3 streams"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
