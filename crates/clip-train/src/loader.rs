@@ -198,6 +198,15 @@ impl Reader {
             } => {
                 let owned = spec.share.streams(*of);
                 let k = owned.len() as u64;
+                if k == 0
+                    || !of.is_multiple_of(spec.share.world)
+                    || !spec.batch.is_multiple_of(owned.len())
+                {
+                    return Err(format!(
+                        "{of} streams do not split evenly over {} ranks and their batches of {}",
+                        spec.share.world, spec.batch
+                    ));
+                }
                 let (mut streams, mut replay) = (Vec::new(), None::<Replay>);
                 for (j, index) in owned.enumerate() {
                     let (stream_spec, seed) = (Arc::clone(stream_spec), spec.seed);

@@ -11,9 +11,13 @@ use clip_model::ClipModel;
 use clip_nn::VarStore;
 use serde::Serialize;
 
+mod data_start;
+
+use data_start::{data_start, gather_positions, gather_streams, replay_note};
+
 use crate::dist::{Collective, CommStats, Single};
 use crate::error::io_err;
-use crate::loader::{Batch, Feed, Loader, LoaderMode, LoaderSpec, Share, Start};
+use crate::loader::{Batch, Feed, Loader, LoaderMode, LoaderSpec, Share};
 use crate::optim::learning_rate;
 use crate::run_dir::{self, Metrics, SkipLog};
 use crate::step::{model_over, Stepper};
@@ -158,37 +162,6 @@ impl Timing {
     }
 }
 
-/// Where this rank's data continues: the position saved in a checkpoint written by as many
-/// ranks, or else the start of step `start` in this run's layout (with a warning on rank 0:
-/// the order then differs from an uninterrupted run).
-fn resume_position(
-    saved: Option<Vec<usize>>,
-    comm: &dyn Collective,
-    start: usize,
-    t: &TrainConfig,
-    local_batch: usize,
-    obs: &mut dyn Observer,
-) -> usize {
-    let (rank, world) = (comm.rank(), comm.world());
-    match saved {
-        Some(p) if p.len() == world => p[rank],
-        Some(p) => {
-            if rank == 0 {
-                obs.on_warning(&format!(
-                    "the checkpoint was written by {} rank(s) and this run has {world}: weights, \
-                     optimiser and step resume exactly, but the data continues from sample \
-                     position {} in this run's layout, so the order differs from an \
-                     uninterrupted run",
-                    p.len(),
-                    start * t.batch_size
-                ));
-            }
-            start * local_batch
-        }
-        None => start * local_batch,
-    }
-}
-
 /// What a run trains on.
 #[derive(Clone)]
 pub enum TrainData {
@@ -288,19 +261,9 @@ pub fn train_on(
         ),
         false => (None, None),
     };
-    let share = Share { rank, world };
-    let saved_streams = resumed.as_ref().and_then(|r| r.streams.as_deref());
-    let streams = rank_streams(&data, saved_streams, t, share);
-    let position = match &streams {
-        Some((_, position)) => *position,
-        None => {
-            let saved = resumed.as_ref().and_then(|r| r.data_positions.clone());
-            resume_position(saved, comm, start, t, local_batch, obs)
-        }
-    };
-    let streams = streams.map(|(s, _)| s).unwrap_or_default();
-    let spec = loader_spec(&setup, data, share);
-    let from = Start { position, streams };
+    let from = data_start(&data, resumed.as_ref(), comm, (start, local_batch), t, obs);
+    let position = from.position;
+    let spec = loader_spec(&setup, data, Share { rank, world });
     let loader = Loader::spawn(spec, start..t.steps, from, t.prefetch);
 
     let comm_start = comm.stats();
@@ -506,88 +469,6 @@ fn gather_skips(comm: &dyn Collective, skips: &[clip_data::Skip]) -> Result<Stri
         .iter()
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .collect())
-}
-
-/// Every rank's data position, in rank order.
-fn gather_positions(comm: &dyn Collective, position: usize) -> Result<Vec<usize>> {
-    if comm.world() == 1 {
-        return Ok(vec![position]);
-    }
-    let all = comm.all_gather_bytes(&(position as u64).to_le_bytes())?;
-    all.iter()
-        .map(|b| {
-            let bytes: [u8; 8] = b.as_slice().try_into().map_err(|_| {
-                TrainError::Collective(format!("a rank sent a {}-byte position", b.len()))
-            })?;
-            Ok(u64::from_le_bytes(bytes) as usize)
-        })
-        .collect()
-}
-
-/// Every stream's state, in stream order (the ranks' blocks in rank order); `None` unless
-/// every rank streams.
-fn gather_streams(
-    comm: &dyn Collective,
-    streams: &[StreamState],
-) -> Result<Option<Vec<StreamState>>> {
-    let mine = match streams {
-        [] => Vec::new(),
-        s => serde_json::to_vec(s).expect("states serialise"),
-    };
-    let all = match comm.world() {
-        1 => vec![mine],
-        _ => comm.all_gather_bytes(&mine)?,
-    };
-    let bad = |e: serde_json::Error| {
-        TrainError::Collective(format!("a rank sent a bad stream state: {e}"))
-    };
-    let blocks = all
-        .iter()
-        .map(|b| {
-            (!b.is_empty())
-                .then(|| serde_json::from_slice::<Vec<StreamState>>(b).map_err(bad))
-                .transpose()
-        })
-        .collect::<Result<Option<Vec<_>>>>()?;
-    Ok(blocks.map(|b| b.concat()))
-}
-
-/// For streamed data resumed from a checkpoint that saved every stream's state: this rank's
-/// block of them and the sum of their positions. The streams are the same on any number of
-/// ranks that divides them, so such a run resumes exactly even on another number of ranks.
-fn rank_streams(
-    data: &TrainData,
-    saved: Option<&[StreamState]>,
-    t: &TrainConfig,
-    share: Share,
-) -> Option<(Vec<StreamState>, usize)> {
-    let TrainData::Streamed(spec) = data else {
-        return None;
-    };
-    let n = t.order.streams_for(share.world);
-    let saved = saved.filter(|s| s.len() == n)?;
-    let mine = saved[share.streams(n)].to_vec();
-    let epoch_len = spec.epoch_len(n);
-    let position = mine.iter().map(|s| s.position(epoch_len) as usize).sum();
-    Some((mine, position))
-}
-
-/// What rebuilding the shard stream at the resume position cost, for the user.
-fn replay_note(r: &clip_data::Replay) -> String {
-    let lost = match r.lost {
-        0 => String::new(),
-        n => format!(
-            "; {n} buffered samples were no longer in their shards, so the order departs from \
-             the uninterrupted run's"
-        ),
-    };
-    format!(
-        "resuming re-read {} samples ({:.1} MB) from {} shards of the stream in {:.1} s{lost}",
-        r.samples,
-        r.bytes as f64 / 1e6,
-        r.shards,
-        r.seconds
-    )
 }
 
 /// What scanning left out (listed data only: a stream reports its skips as it meets them).
