@@ -8,9 +8,8 @@ mod common;
 #[path = "../crates/shard-source/tests/support/server.rs"]
 mod server;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clip::index::SampleEntry;
@@ -306,36 +305,6 @@ fn a_killed_build_resumes_without_reading_finished_shards_again() {
     let err = ok_stderr(&build(&[&data], &idx));
     assert!(err.contains("rebuilt"), "{err}");
     assert_same_rows(&rows(&local), &rows(&idx));
-}
-
-/// A running `clip serve`, killed when dropped.
-struct Serve(Child, String);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(index: &Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(["serve", "--index", s(index), "--port", "0"])
-        .env("RAYON_NUM_THREADS", "2")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    Serve(child, addr)
 }
 
 /// `/search` results for a text query.
