@@ -79,6 +79,8 @@ fn layout(kind: &EntriesKind) -> (&'static str, &'static str) {
         EntriesKind::Images { .. } => ("img_emb", "image_path"),
         EntriesKind::Captions => ("text_emb", "caption"),
         EntriesKind::Ids => ("emb", "id"),
+        // Images named SHARD#KEY.
+        EntriesKind::Samples { .. } => ("img_emb", "image_path"),
     }
 }
 

@@ -1,19 +1,21 @@
-//! Building search indexes: image folders (refreshed in place), caption lists and
-//! precomputed vectors. Opening and searching is [`Index`] (also [`crate::Index`]), with the
+//! Building search indexes: image folders (refreshed in place), webdataset shards (local or
+//! remote, streamed), caption lists and precomputed vectors. Opening and searching is [`Index`] (also [`crate::Index`]), with the
 //! options and files of the `retrieval` crate re-exported here.
 
 use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 
 mod journal;
+mod shards;
 
 use rayon::prelude::*;
 use retrieval::{Entries, ImageEntry, IndexSpec};
 
 pub use retrieval::{
     check_destination, AnnMethod, AnnParams, DType, EmbeddingsFile, EntriesKind, Hit, Index,
-    OpenOptions, SearchMode, SearchOptions, ANN_FILE, MANIFEST_FILE,
+    OpenOptions, SampleEntry, SearchMode, SearchOptions, ANN_FILE, MANIFEST_FILE,
 };
+pub use shards::{build_shards, ShardSource};
 
 use clip_data::error_chain;
 use journal::Journal;
@@ -60,6 +62,9 @@ pub struct BuildReport {
     pub skipped: Skipped,
     /// Things the caller should know (e.g. an unusable old index that was rebuilt).
     pub warnings: Vec<String>,
+    /// True when an existing index was replaced by a build that read everything again
+    /// ([`build_shards`]).
+    pub rebuilt: bool,
 }
 
 /// The model as recorded in a manifest: an absolute folder (so that searches work from any

@@ -23,12 +23,22 @@ enum IndexCommand {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["images", "texts", "embeddings"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["images", "data", "texts", "embeddings"])))]
 struct BuildArgs {
     /// Folder of images (png, jpg, jpeg, webp; searched recursively). Re-running on the same
     /// folder embeds only new or changed files and drops deleted ones.
     #[arg(long)]
     images: Option<PathBuf>,
+    /// Webdataset shards, in any `clip train --data` form (local, pipe:, http(s), s3/gs/az,
+    /// braces, `::`); repeat to combine. Each shard is streamed once; entries are named
+    /// SHARD#KEY with the sample's caption. Re-running reads every shard again, except those
+    /// a killed build finished.
+    #[arg(long)]
+    data: Vec<PathBuf>,
+    /// S3-compatible endpoint for s3:// shards (as `clip train --data-endpoint`); recorded
+    /// in the index for `clip serve`'s thumbnails.
+    #[arg(long, requires = "data")]
+    data_endpoint: Option<String>,
     /// Text file with one caption per line, for image→text search.
     #[arg(long)]
     texts: Option<PathBuf>,
@@ -93,7 +103,19 @@ fn build(a: BuildArgs) -> Result<()> {
     let bar = common::Bar::default();
     let load = |spec: &str| -> clip::Result<Clip> { a.precision.open(spec, &a.device.device()?) };
     let written = || format!("cannot write index {}", a.out.display());
-    if let Some(folder) = &a.images {
+    if !a.data.is_empty() {
+        let spec = a
+            .model
+            .as_deref()
+            .expect("clap requires --model with --data");
+        let source = index::ShardSource {
+            data: a.data.clone(),
+            endpoint: a.data_endpoint.clone(),
+        };
+        let r = index::build_shards(&source, &a.out, spec, || load(spec), &opts, &bar)
+            .with_context(written)?;
+        report_shards(&r, &a.out);
+    } else if let Some(folder) = &a.images {
         let spec = a
             .model
             .as_deref()
@@ -178,6 +200,29 @@ fn save_ann(dir: &Path, lists: usize) -> Result<()> {
     Ok(())
 }
 
+fn report_shards(r: &index::BuildReport, out: &Path) {
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    if r.rebuilt {
+        eprintln!(
+            "rebuilt {}: an index of shards is rebuilt by every run",
+            out.display()
+        );
+    }
+    let resumed = match r.resumed {
+        0 => String::new(),
+        n => format!(", {n} resumed from an interrupted build"),
+    };
+    eprintln!(
+        "indexed {} samples into {} ({} embedded{resumed})",
+        r.count,
+        out.display(),
+        r.embedded
+    );
+    report_skipped(&r.skipped);
+}
+
 fn report_skipped(skipped: &[(PathBuf, String)]) {
     if skipped.is_empty() {
         return;
@@ -204,6 +249,10 @@ fn info(a: InfoArgs) -> Result<()> {
         EntriesKind::Captions => "captions".to_string(),
         EntriesKind::Ids if idx.entries().is_numbered() => "vectors (row numbers)".to_string(),
         EntriesKind::Ids => "vectors with ids".to_string(),
+        EntriesKind::Samples { endpoint: None } => "samples of webdataset shards".to_string(),
+        EntriesKind::Samples { endpoint: Some(e) } => {
+            format!("samples of webdataset shards (endpoint {e})")
+        }
     };
     println!("index:     {}", a.index.display());
     println!("entries:   {} {kind}", m.count);

@@ -76,22 +76,22 @@ enum AnnMethodArg {
 }
 
 #[derive(Serialize)]
-struct QueryOut<'a> {
+struct QueryOut {
     query: serde_json::Value,
-    hits: Vec<HitOut<'a>>,
+    hits: Vec<HitOut>,
 }
 
 #[derive(Serialize)]
-struct HitOut<'a> {
+struct HitOut {
     rank: usize,
     id: usize,
     score: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    caption: Option<&'a str>,
+    caption: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
+    name: Option<String>,
 }
 
 pub fn run(a: SearchArgs) -> Result<()> {
@@ -154,7 +154,13 @@ pub fn run(a: SearchArgs) -> Result<()> {
         for (query, hits) in labels.iter().zip(&results) {
             writeln!(out, "{query}:")?;
             for (r, h) in hits.iter().enumerate() {
-                writeln!(out, "{:>4}  {:.4}  {}", r + 1, h.score, idx.label(h.id)?)?;
+                writeln!(
+                    out,
+                    "{:>4}  {:.4}  {}",
+                    r + 1,
+                    h.score,
+                    text_label(&idx, h.id)?
+                )?;
             }
         }
     }
@@ -162,8 +168,17 @@ pub fn run(a: SearchArgs) -> Result<()> {
     Ok(())
 }
 
+/// What a hit's line shows: its label, and a shard sample's caption after it.
+fn text_label(idx: &Index, id: usize) -> clip::Result<String> {
+    let label = idx.label(id)?;
+    Ok(match idx.entries().sample(id)? {
+        Some(s) if !s.caption.is_empty() => format!("{label}  {:?}", s.caption),
+        _ => label,
+    })
+}
+
 /// Hit `h` at `rank` with what its row stands for, read from the index's rows.
-fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> clip::Result<HitOut<'a>> {
+fn hit_out(idx: &Index, rank: usize, h: &Hit) -> clip::Result<HitOut> {
     let mut o = HitOut {
         rank: rank + 1,
         id: h.id,
@@ -175,8 +190,14 @@ fn hit_out<'a>(idx: &'a Index, rank: usize, h: &Hit) -> clip::Result<HitOut<'a>>
     let entries = idx.entries();
     match entries.kind() {
         EntriesKind::Images { .. } => o.path = Some(idx.label(h.id)?),
-        EntriesKind::Captions => o.caption = entries.caption(h.id)?,
-        EntriesKind::Ids => o.name = entries.id(h.id)?,
+        EntriesKind::Captions => o.caption = entries.caption(h.id)?.map(str::to_string),
+        EntriesKind::Ids => o.name = entries.id(h.id)?.map(str::to_string),
+        EntriesKind::Samples { .. } => {
+            if let Some(s) = entries.sample(h.id)? {
+                o.name = Some(s.name());
+                o.caption = Some(s.caption).filter(|c| !c.is_empty());
+            }
+        }
     }
     Ok(o)
 }

@@ -37,6 +37,9 @@ pub(super) const FILE: &str = ".build-journal.tmp";
 /// The first bytes of a journal: what it is and the layout's version.
 const MAGIC: &[u8; 8] = b"clipjnl1";
 
+/// The first bytes of a journal of a build from shards ([`SampleJournal`]).
+const SAMPLES_MAGIC: &[u8; 8] = b"clipjns1";
+
 /// Size of `[length][crc]` before each payload.
 const FRAME: u64 = 8;
 
@@ -142,6 +145,9 @@ impl Journal {
         let mut r = BufReader::with_capacity(1 << 16, &file);
         let mut magic = [0u8; 8];
         if len < MAGIC.len() as u64 || r.read_exact(&mut magic).is_err() || &magic != MAGIC {
+            if &magic == SAMPLES_MAGIC {
+                return Err(Unusable::Other("by a build from --data".into()));
+            }
             return Err(Unusable::Damaged("not a clip build journal".into()));
         }
         let mut pos = MAGIC.len() as u64;
@@ -313,15 +319,7 @@ impl Journal {
 
     /// Reads the vector at `offset` (from [`Journal::find`] or [`Journal::append`]) into `out`.
     pub(super) fn vector(&self, offset: u64, out: &mut [f32], buf: &mut Vec<u8>) -> Result<()> {
-        buf.resize(out.len() * 4, 0);
-        let mut f = &self.file;
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(buf))
-            .map_err(io_at(&self.path))?;
-        for (x, b) in out.iter_mut().zip(buf.chunks_exact(4)) {
-            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        Ok(())
+        read_vector(&self.file, &self.path, offset, out, buf)
     }
 
     /// Deletes the journal (once what it held is safely in the index).
@@ -360,6 +358,24 @@ fn lock(file: &File, path: &Path) -> Result<()> {
         }
         Err(std::fs::TryLockError::Error(e)) => Err(io_at(path)(e)),
     }
+}
+
+/// Reads the vector at `offset` of the journal `file` (at `path`) into `out`.
+fn read_vector(
+    mut file: &File,
+    path: &Path,
+    offset: u64,
+    out: &mut [f32],
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    buf.resize(out.len() * 4, 0);
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(buf))
+        .map_err(io_at(path))?;
+    for (x, b) in out.iter_mut().zip(buf.chunks_exact(4)) {
+        *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Ok(())
 }
 
 /// Appends `[len][crc][payload]` to `out`.
@@ -457,6 +473,9 @@ fn parse_image(p: &[u8], vector_bytes: usize) -> Option<(ImageEntry, usize)> {
     };
     Some((entry, FIXED + n))
 }
+
+mod samples;
+pub(super) use samples::{SampleJournal, ShardRows};
 
 #[cfg(test)]
 mod tests;

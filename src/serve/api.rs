@@ -289,7 +289,9 @@ fn encoder(served: &Served) -> ApiResult<&super::Encoder> {
 }
 
 /// What entry `id` is: `path` (relative to the indexed folder unless `--absolute-paths`) and
-/// `url` (its file under `base`) for images, `caption`, or `name` for ids. A row that cannot
+/// `url` (its file under `base`) for images, `caption`, or `name` for ids; for shard samples
+/// `name` (`SHARD#KEY`, the shard by its file name unless `--absolute-paths`), `caption` and
+/// `url` (`null` for `pipe:` shards). A row that cannot
 /// be read from the index's rows file is a 503 and a reopen.
 fn entry_fields(
     state: &State,
@@ -322,6 +324,19 @@ fn entry_fields(
                 "name".into(),
                 entries.try_label(id).map_err(unreadable)?.into(),
             );
+        }
+        EntriesKind::Samples { .. } => {
+            if let Some(s) = entries.sample(id).map_err(unreadable)? {
+                let name = images::sample_name(&s, state.absolute_paths);
+                m.insert("name".into(), name.into());
+                // `null` for a `pipe:` shard's sample: an image, but none to show.
+                let url =
+                    images::has_thumbnail(&s).then(|| format!("{base}/image/{}/{id}", served.name));
+                m.insert("url".into(), url.into());
+                if !s.caption.is_empty() {
+                    m.insert("caption".into(), s.caption.into());
+                }
+            }
         }
     }
     Ok(m)

@@ -11,7 +11,8 @@
 //! - `POST /knn-service`, `GET /indices-list`, `POST /metadata`: clip-retrieval's back-end
 //!   shapes, so that clip-front can use this server.
 //! - `GET /image/{index}/{id}`: the indexed image file of entry `id`, streamed, never a file
-//!   outside the indexed folder.
+//!   outside the indexed folder; for an index of shard samples, the image member's bytes,
+//!   read alone from the shard (a ranged read; none for `pipe:` shards).
 //! - `GET /`: a search page.
 //!
 //! What it promises against hostile clients and pages (Host check, limits, timeouts, reload
@@ -163,6 +164,8 @@ pub(crate) struct Loaded {
     index: Index,
     /// The indexed folder, resolved, for image indexes: files are served only from under it.
     root: Option<PathBuf>,
+    /// What reads image members from their shards, for indexes of shard samples.
+    opener: Option<Arc<clip_data::shard_source::Opener>>,
     stamp: Option<Stamp>,
 }
 
@@ -170,13 +173,22 @@ impl Loaded {
     fn open(dir: &Path) -> Result<Self> {
         let stamp = Stamp::of(dir);
         let index = Index::open(dir)?;
-        let root = match index.entries().kind() {
-            EntriesKind::Images { root } => {
-                Some(root.canonicalize().map_err(crate::error::io_at(root))?)
+        let (mut root, mut opener) = (None, None);
+        match index.entries().kind() {
+            EntriesKind::Images { root: r } => {
+                root = Some(r.canonicalize().map_err(crate::error::io_at(r))?);
             }
-            _ => None,
-        };
-        Ok(Self { index, root, stamp })
+            EntriesKind::Samples { endpoint } => {
+                opener = Some(Arc::new(crate::files::opener(endpoint.as_deref())));
+            }
+            _ => {}
+        }
+        Ok(Self {
+            index,
+            root,
+            opener,
+            stamp,
+        })
     }
 }
 

@@ -216,3 +216,35 @@ pub fn run_as_of(whole: &Path, into: &Path, checkpoint: &str) {
         std::fs::copy(e.path(), into.join(checkpoint).join(e.file_name())).unwrap();
     }
 }
+
+/// A running `clip serve` and its base URL (`http://ADDR`), killed when dropped.
+pub struct Serve(pub std::process::Child, pub String);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `clip serve --index index` on a free loopback port.
+pub fn serve(index: &Path) -> Serve {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clip"))
+        .args(["serve", "--index", s(index), "--port", "0"])
+        .env("RAYON_NUM_THREADS", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    Serve(child, addr)
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::error::invalid;
-use crate::manifest::{Entries, EntriesKind, ImageEntry};
+use crate::manifest::{Entries, EntriesKind, ImageEntry, SampleEntry};
 use crate::rows::MappedRows;
 use crate::Result;
 
@@ -15,7 +15,8 @@ enum Source {
     Mapped(MappedRows),
 }
 
-/// What the rows of an [`crate::Index`] stand for: image files, captions or ids.
+/// What the rows of an [`crate::Index`] stand for: image files, captions, ids or shard
+/// samples.
 ///
 /// Rows of an opened index are read from its memory-mapped rows file when asked for, so
 /// labelling ten hits of a ten-million-row index reads ten rows. A row damaged on disk is an
@@ -109,7 +110,8 @@ impl IndexEntries {
         Ok(())
     }
 
-    /// The stored text of row `i`: image path, caption or id (`None` for row numbers).
+    /// The stored text of row `i`: image path, caption or id (`None` for row numbers; a
+    /// sample's shard).
     fn text(&self, i: usize) -> Result<Option<&str>> {
         self.check_row(i)?;
         Ok(match &self.source {
@@ -117,14 +119,18 @@ impl IndexEntries {
             Source::Inline(Entries::Images { files, .. }) => files[i].path.to_str(),
             Source::Inline(Entries::Captions { captions }) => Some(&captions[i]),
             Source::Inline(Entries::Ids { ids }) => ids.get(i).map(String::as_str),
+            Source::Inline(Entries::Samples { samples, .. }) => Some(&samples[i].shard),
         })
     }
 
-    /// A human-readable name of row `i`: the full image path, the caption, or the id (the row
-    /// number when there are none).
+    /// A human-readable name of row `i`: the full image path, the caption, the id (the row
+    /// number when there are none), or a sample's `SHARD#KEY`.
     pub fn try_label(&self, i: usize) -> Result<String> {
         if let Some(p) = self.image_path(i)? {
             return Ok(p.display().to_string());
+        }
+        if let Some(s) = self.sample(i)? {
+            return Ok(s.name());
         }
         Ok(match self.text(i)? {
             Some(t) => t.to_string(),
@@ -161,7 +167,20 @@ impl IndexEntries {
         Ok(self.image(i)?.map(|e| root.join(e.path)))
     }
 
-    /// The caption of row `i` of a caption index; `None` for other kinds.
+    /// Row `i` of a samples index; `None` for other kinds.
+    pub fn sample(&self, i: usize) -> Result<Option<SampleEntry>> {
+        self.check_row(i)?;
+        Ok(match &self.source {
+            Source::Inline(Entries::Samples { samples, .. }) => Some(samples[i].clone()),
+            Source::Mapped(m) if matches!(self.kind, EntriesKind::Samples { .. }) => {
+                Some(m.sample(i)?)
+            }
+            _ => None,
+        })
+    }
+
+    /// The caption of row `i` of a caption index; `None` for other kinds. For a samples
+    /// index see [`IndexEntries::sample`].
     pub fn caption(&self, i: usize) -> Result<Option<&str>> {
         match self.kind {
             EntriesKind::Captions => self.text(i),
@@ -201,6 +220,12 @@ impl IndexEntries {
             },
             (Source::Mapped(_), EntriesKind::Captions) => Entries::Captions { captions: texts()? },
             (Source::Mapped(_), EntriesKind::Ids) => Entries::Ids { ids: texts()? },
+            (Source::Mapped(_), EntriesKind::Samples { endpoint }) => Entries::Samples {
+                endpoint: endpoint.clone(),
+                samples: (0..self.count)
+                    .filter_map(|i| self.sample(i).transpose())
+                    .collect::<Result<_>>()?,
+            },
         })
     }
 }

@@ -56,7 +56,7 @@ pub enum RetrievalError {
         path: PathBuf,
         /// The version in the file.
         found: u32,
-        /// The newest version this build reads (the one it writes).
+        /// The newest version this build reads.
         supported: u32,
     },
     /// A safetensors file lacks the tensor we need.

@@ -1,7 +1,7 @@
 //! Embedding indexes, nearest-neighbour search and retrieval evaluation for CLIP embeddings.
 //!
 //! - [`Index`]: unit vectors `[N, D]` (f32 or f16) with what each row stands for (image files,
-//!   captions or ids), stored as a directory with a JSON manifest, a safetensors vectors file
+//!   captions, ids or webdataset shard samples), stored as a directory with a JSON manifest, a safetensors vectors file
 //!   and a rows file read a row at a time ([`write_index`], [`Index::open`]), searched by inner
 //!   product.
 //! - Exact search streams over the index in blocks with a cache-blocked kernel and per-query
@@ -44,8 +44,8 @@ pub use eval::{
 };
 pub use index::{Index, SearchMode, SearchOptions};
 pub use manifest::{
-    DType, Entries, EntriesKind, ImageEntry, IndexSpec, Manifest, Metric, RowsFile, ANN_FILE,
-    FORMAT_VERSION, MANIFEST_FILE,
+    DType, Entries, EntriesKind, ImageEntry, IndexSpec, Manifest, Metric, RowsFile, SampleEntry,
+    ANN_FILE, FORMAT_VERSION, MANIFEST_FILE, SAMPLES_FORMAT_VERSION,
 };
 pub use normalize::{normalize_rows, normalize_rows_from};
 pub use store::{check_destination, write_index, FillError, OpenOptions};

@@ -1,9 +1,9 @@
 //! The manifest of an index directory and the names of the files beside it.
 //!
 //! `manifest.json` holds only a header: model, dimension, count, element type, what the rows
-//! are (image files under a root, captions or ids), and the name, byte length and CRC-32 of
-//! each data file. Version-1 manifests, which hold every row inline under `entries`, are
-//! still read.
+//! are (image files under a root, captions, ids, or samples of webdataset shards), and the
+//! name, byte length and CRC-32 of each data file. Version-1 manifests, which hold every row
+//! inline under `entries`, are still read.
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +18,12 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the saved IVF lists inside an index directory (`clip index build --ann`);
 /// deleted by every write of new vectors.
 pub const ANN_FILE: &str = "ivf.safetensors";
-/// The manifest format this build writes (it reads this and every earlier one).
+/// The manifest format this build writes for images, captions and ids.
 pub const FORMAT_VERSION: u32 = 2;
+/// The manifest format of an index of shard samples ([`EntriesKind::Samples`]), the newest
+/// this build reads: version 2 and a new kind of rows, numbered apart so that a build that
+/// predates the kind refuses the index with a version error instead of calling it damaged.
+pub const SAMPLES_FORMAT_VERSION: u32 = 3;
 /// The oldest manifest format this build reads: version 1, with every row inline.
 const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The `format` of a manifest (and the vectors file's metadata).
@@ -75,6 +79,31 @@ pub struct ImageEntry {
     pub mtime_ns: i64,
 }
 
+/// A sample of a webdataset shard: its name, caption, and where its image member lies in
+/// the shard (so that the image can be read again alone, e.g. for a thumbnail).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleEntry {
+    /// The shard as given (a local path, `pipe:` command, http(s) URL or s3/gs/az object).
+    pub shard: String,
+    /// The sample's key in the shard (webdataset's: member name up to its first dot).
+    pub key: String,
+    /// The image member's extension (`jpg`, `x.png`): its last suffix says what it is.
+    pub ext: String,
+    /// The caption (the `.txt` member, trimmed); empty when the sample has none.
+    pub caption: String,
+    /// Byte offset of the image member's data in the shard.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+impl SampleEntry {
+    /// `SHARD#KEY`: what a search prints for it.
+    pub fn name(&self) -> String {
+        format!("{}#{}", self.shard, self.key)
+    }
+}
+
 /// What each row of an index stands for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -97,6 +126,13 @@ pub enum Entries {
         #[serde(default)]
         ids: Vec<String>,
     },
+    /// Images of webdataset shard samples (row `i` is `samples[i]`).
+    Samples {
+        /// The S3-compatible endpoint the shards were read through, if one was given.
+        endpoint: Option<String>,
+        /// One sample per row.
+        samples: Vec<SampleEntry>,
+    },
 }
 
 impl Entries {
@@ -107,15 +143,18 @@ impl Entries {
             Entries::Captions { captions } => Some(captions.len()),
             Entries::Ids { ids } if ids.is_empty() => None,
             Entries::Ids { ids } => Some(ids.len()),
+            Entries::Samples { samples, .. } => Some(samples.len()),
         }
     }
 
-    /// A human-readable name of row `i`: the full image path, the caption, or the id.
+    /// A human-readable name of row `i`: the full image path, the caption, the id, or a
+    /// sample's `SHARD#KEY`.
     pub fn label(&self, i: usize) -> String {
         match self {
             Entries::Images { root, files } => root.join(&files[i].path).display().to_string(),
             Entries::Captions { captions } => captions[i].clone(),
             Entries::Ids { ids } => ids.get(i).cloned().unwrap_or_else(|| i.to_string()),
+            Entries::Samples { samples, .. } => samples[i].name(),
         }
     }
 }
@@ -134,6 +173,12 @@ pub enum EntriesKind {
     Captions,
     /// Caller-chosen ids, or row numbers when the index has no rows file.
     Ids,
+    /// Samples of webdataset shards (manifest version [`SAMPLES_FORMAT_VERSION`]).
+    Samples {
+        /// The S3-compatible endpoint the shards were read through, if one was given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+    },
 }
 
 impl EntriesKind {
@@ -143,15 +188,27 @@ impl EntriesKind {
             Entries::Images { root, .. } => EntriesKind::Images { root: root.clone() },
             Entries::Captions { .. } => EntriesKind::Captions,
             Entries::Ids { .. } => EntriesKind::Ids,
+            Entries::Samples { endpoint, .. } => EntriesKind::Samples {
+                endpoint: endpoint.clone(),
+            },
         }
     }
 
-    /// `images`, `captions` or `ids`, as in the manifest.
+    /// `images`, `captions`, `ids` or `samples`, as in the manifest.
     pub fn name(&self) -> &'static str {
         match self {
             EntriesKind::Images { .. } => "images",
             EntriesKind::Captions => "captions",
             EntriesKind::Ids => "ids",
+            EntriesKind::Samples { .. } => "samples",
+        }
+    }
+
+    /// The manifest version an index of this kind is written as.
+    fn format_version(&self) -> u32 {
+        match self {
+            EntriesKind::Samples { .. } => SAMPLES_FORMAT_VERSION,
+            _ => FORMAT_VERSION,
         }
     }
 }
@@ -172,7 +229,8 @@ pub struct RowsFile {
 pub struct Manifest {
     /// Always `clip-index`, so that a stray JSON file is not taken for a manifest.
     pub format: String,
-    /// [`FORMAT_VERSION`] when written by this build; 1 for an index with its rows inline.
+    /// [`FORMAT_VERSION`] when written by this build ([`SAMPLES_FORMAT_VERSION`] for shard
+    /// samples); 1 for an index with its rows inline.
     pub format_version: u32,
     /// The model that made the vectors (directory or Hub id); searches embed queries with it.
     pub model: String,
@@ -207,9 +265,10 @@ impl Manifest {
         crc32: u32,
         rows: Option<RowsFile>,
     ) -> Self {
+        let entries = EntriesKind::of(&spec.entries);
         Manifest {
             format: FORMAT_NAME.into(),
-            format_version: FORMAT_VERSION,
+            format_version: entries.format_version(),
             model: spec.model.clone(),
             dimension: spec.dimension,
             count: spec.count,
@@ -218,7 +277,7 @@ impl Manifest {
             vectors_file,
             vectors_bytes: bytes,
             vectors_crc32: crc32,
-            entries: EntriesKind::of(&spec.entries),
+            entries,
             rows,
         }
     }
@@ -381,11 +440,11 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Manifest, Option<Entries>)> {
     }
     // A manifest without a version predates versioning: version 1.
     let version = head.format_version.unwrap_or(OLDEST_FORMAT_VERSION);
-    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+    if !(OLDEST_FORMAT_VERSION..=SAMPLES_FORMAT_VERSION).contains(&version) {
         return Err(RetrievalError::UnsupportedVersion {
             path: path.to_path_buf(),
             found: version,
-            supported: FORMAT_VERSION,
+            supported: SAMPLES_FORMAT_VERSION,
         });
     }
     if version == OLDEST_FORMAT_VERSION {

@@ -1,5 +1,5 @@
-//! The rows file of a version-2 index: what each row stands for (image path, size and
-//! modification time; caption; or id), memory-mapped and read one row at a time.
+//! The rows file of a version-2 (or 3) index: what each row stands for (image path, size and
+//! modification time; caption; id; or shard sample), memory-mapped and read one row at a time.
 //!
 //! Layout (all integers little-endian; every array starts 8-byte aligned):
 //!
@@ -7,14 +7,19 @@
 //! |-----------------------|------------------------------------------------------------|
 //! | 8                     | magic `CLIPROWS`                                           |
 //! | 4                     | layout version, 1                                          |
-//! | 4                     | kind: 0 images, 1 captions, 2 ids                          |
+//! | 4                     | kind: 0 images, 1 captions, 2 ids, 3 samples               |
 //! | 8                     | `count`, the number of rows                                |
 //! | 8                     | `text_bytes`, the length of the text blob                  |
-//! | 8 × (`count` + 1)     | `u64` offsets: row `i`'s text is `text[off[i]..off[i+1]]`  |
-//! | 8 × `count`           | images only: `u64` file sizes                              |
-//! | 8 × `count`           | images only: `i64` modification times, ns since the epoch  |
-//! | `text_bytes`          | UTF-8 text of all rows: image paths relative to the root,  |
-//! |                       | captions or ids, back to back                              |
+//! | 8 × (`F`×`count` + 1) | `u64` offsets: field `j` of row `i` is                     |
+//! |                       | `text[off[F*i+j]..off[F*i+j+1]]`                           |
+//! | 8 × `count`           | images: `u64` file sizes; samples: image member offsets    |
+//! | 8 × `count`           | images: `i64` modification times, ns since the epoch;      |
+//! |                       | samples: image member lengths                              |
+//! | `text_bytes`          | UTF-8 text of all rows' fields, back to back               |
+//!
+//! A row has `F` text fields: one (the image path relative to the root, the caption or the
+//! id) for kinds 0–2, four for samples (shard, key, image extension, caption). Kind 3 came
+//! with manifest version 3; the layout of kinds 0–2 is unchanged.
 //!
 //! Opening checks the length against the manifest and the header against itself (and the
 //! whole file's CRC-32 unless told not to); a row's offsets and UTF-8 are checked when it is
@@ -26,7 +31,7 @@ use std::path::{Path, PathBuf};
 use crate::error::invalid;
 use crate::files::{map_recorded, ChecksummedWriter};
 use crate::guard::{FileId, GuardedMap};
-use crate::manifest::{Entries, EntriesKind, ImageEntry};
+use crate::manifest::{Entries, EntriesKind, ImageEntry, SampleEntry};
 use crate::{Result, RetrievalError};
 
 const MAGIC: &[u8; 8] = b"CLIPROWS";
@@ -39,11 +44,31 @@ fn kind_code(kind: &EntriesKind) -> u32 {
         EntriesKind::Images { .. } => 0,
         EntriesKind::Captions => 1,
         EntriesKind::Ids => 2,
+        EntriesKind::Samples { .. } => 3,
     }
 }
 
-/// The text of row `i` of `entries` as stored in the blob.
-fn row_text(entries: &Entries, i: usize) -> Result<&str> {
+/// Text fields per row.
+fn fields(kind: &EntriesKind) -> usize {
+    match kind {
+        EntriesKind::Samples { .. } => SAMPLE_FIELDS,
+        _ => 1,
+    }
+}
+
+/// A sample row's fields: shard, key, extension, caption.
+const SAMPLE_FIELDS: usize = 4;
+
+/// Whether rows of `kind` carry the two `u64` arrays.
+fn has_numbers(kind: &EntriesKind) -> bool {
+    matches!(
+        kind,
+        EntriesKind::Images { .. } | EntriesKind::Samples { .. }
+    )
+}
+
+/// Text field `j` of row `i` of `entries` as stored in the blob.
+fn row_text(entries: &Entries, i: usize, j: usize) -> Result<&str> {
     Ok(match entries {
         Entries::Images { files, .. } => {
             let p = &files[i].path;
@@ -57,7 +82,22 @@ fn row_text(entries: &Entries, i: usize) -> Result<&str> {
         }
         Entries::Captions { captions } => &captions[i],
         Entries::Ids { ids } => &ids[i],
+        Entries::Samples { samples, .. } => {
+            let s = &samples[i];
+            [&s.shard, &s.key, &s.ext, &s.caption][j]
+        }
     })
+}
+
+/// The two `u64` arrays of `entries`, if its kind has them.
+fn numbers(entries: &Entries) -> Option<(Vec<u64>, Vec<u64>)> {
+    match entries {
+        Entries::Images { files, .. } => {
+            Some(files.iter().map(|f| (f.size, f.mtime_ns as u64)).unzip())
+        }
+        Entries::Samples { samples, .. } => Some(samples.iter().map(|s| (s.offset, s.len)).unzip()),
+        Entries::Captions { .. } | Entries::Ids { .. } => None,
+    }
 }
 
 /// Writes the rows of `entries` (`count` of them) to `file`; returns its length and CRC-32.
@@ -68,12 +108,15 @@ pub(crate) fn write_rows(
     count: usize,
 ) -> Result<(u64, u32)> {
     let kind = EntriesKind::of(entries);
-    let mut offsets = Vec::with_capacity(count + 1);
+    let f = fields(&kind);
+    let mut offsets = Vec::with_capacity(f * count + 1);
     let mut at = 0u64;
     offsets.push(at);
     for i in 0..count {
-        at += row_text(entries, i)?.len() as u64;
-        offsets.push(at);
+        for j in 0..f {
+            at += row_text(entries, i, j)?.len() as u64;
+            offsets.push(at);
+        }
     }
     let mut w = ChecksummedWriter::new(file, path);
     let mut put = |bytes: &[u8]| w.put(bytes);
@@ -85,16 +128,15 @@ pub(crate) fn write_rows(
     for o in &offsets {
         put(&o.to_le_bytes())?;
     }
-    if let Entries::Images { files, .. } = entries {
-        for f in files {
-            put(&f.size.to_le_bytes())?;
-        }
-        for f in files {
-            put(&f.mtime_ns.to_le_bytes())?;
+    if let Some((a, b)) = numbers(entries) {
+        for x in a.iter().chain(&b) {
+            put(&x.to_le_bytes())?;
         }
     }
     for i in 0..count {
-        put(row_text(entries, i)?.as_bytes())?;
+        for j in 0..f {
+            put(row_text(entries, i, j)?.as_bytes())?;
+        }
     }
     w.finish()
 }
@@ -105,7 +147,10 @@ pub(crate) struct MappedRows {
     /// The file's identity when opened.
     id: FileId,
     count: usize,
-    images: bool,
+    /// Text fields per row.
+    fields: usize,
+    /// Whether rows carry the two `u64` arrays.
+    numbers: bool,
     /// Byte offset of the text blob.
     text_at: usize,
 }
@@ -161,9 +206,10 @@ impl MappedRows {
                 "it holds {stored} rows but the manifest records {count}"
             )));
         }
-        let images = matches!(kind, EntriesKind::Images { .. });
+        let (fields, numbers) = (fields(kind), has_numbers(kind));
         let text_bytes = u64_at(24);
-        let arrays = (count as u64 + 1) * 8 + if images { count as u64 * 16 } else { 0 };
+        let arrays =
+            (fields as u64 * count as u64 + 1) * 8 + if numbers { count as u64 * 16 } else { 0 };
         let text_at = HEADER_BYTES as u64 + arrays;
         if text_at.checked_add(text_bytes) != Some(len) {
             return Err(damaged(format!(
@@ -175,10 +221,11 @@ impl MappedRows {
             map,
             id,
             count,
-            images,
+            fields,
+            numbers,
             text_at: text_at as usize,
         };
-        let spanned = rows.offset(0) == 0 && rows.offset(count) == text_bytes;
+        let spanned = rows.offset(0) == 0 && rows.offset(fields * count) == text_bytes;
         rows.map.check()?;
         if !spanned {
             return Err(damaged(format!(
@@ -218,9 +265,15 @@ impl MappedRows {
         }
     }
 
-    /// The text of row `i < count`: image path, caption or id.
+    /// The text of row `i < count`: image path, caption or id (a sample's shard).
     pub(crate) fn text(&self, i: usize) -> Result<&str> {
-        let (a, b) = (self.offset(i), self.offset(i + 1));
+        self.field(i, 0)
+    }
+
+    /// Text field `j < fields` of row `i < count`.
+    fn field(&self, i: usize, j: usize) -> Result<&str> {
+        let k = self.fields * i + j;
+        let (a, b) = (self.offset(k), self.offset(k + 1));
         let text_len = (self.map.len() - self.text_at) as u64;
         if a > b || b > text_len {
             return Err(self.damaged(i, &format!("has bad offsets {a}..{b}")));
@@ -232,17 +285,38 @@ impl MappedRows {
         text
     }
 
+    /// Row `i < count`'s two numbers (image indexes: size and mtime; samples: offset and
+    /// length).
+    fn numbers(&self, i: usize) -> Result<(u64, u64)> {
+        debug_assert!(self.numbers);
+        let first = HEADER_BYTES + 8 * (self.fields * self.count + 1);
+        let second = first + 8 * self.count;
+        let got = (self.u64_at(first + 8 * i), self.u64_at(second + 8 * i));
+        self.map.check()?;
+        Ok(got)
+    }
+
     /// Row `i < count` of an image index.
     pub(crate) fn image(&self, i: usize) -> Result<ImageEntry> {
-        debug_assert!(self.images);
-        let sizes = HEADER_BYTES + 8 * (self.count + 1);
-        let mtimes = sizes + 8 * self.count;
-        let entry = ImageEntry {
+        let (size, mtime) = self.numbers(i)?;
+        Ok(ImageEntry {
             path: PathBuf::from(self.text(i)?),
-            size: self.u64_at(sizes + 8 * i),
-            mtime_ns: self.u64_at(mtimes + 8 * i) as i64,
-        };
-        self.map.check()?;
-        Ok(entry)
+            size,
+            mtime_ns: mtime as i64,
+        })
+    }
+
+    /// Row `i < count` of a samples index.
+    pub(crate) fn sample(&self, i: usize) -> Result<SampleEntry> {
+        debug_assert_eq!(self.fields, SAMPLE_FIELDS);
+        let (offset, len) = self.numbers(i)?;
+        Ok(SampleEntry {
+            shard: self.field(i, 0)?.to_string(),
+            key: self.field(i, 1)?.to_string(),
+            ext: self.field(i, 2)?.to_string(),
+            caption: self.field(i, 3)?.to_string(),
+            offset,
+            len,
+        })
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use retrieval::testing::unit_rows;
 use retrieval::{
     plan_refresh, DType, Entries, EntriesKind, ImageEntry, Index, IndexSpec, OpenOptions,
-    RetrievalError, FORMAT_VERSION,
+    RetrievalError, FORMAT_VERSION, SAMPLES_FORMAT_VERSION,
 };
 
 const UNCHECKED: OpenOptions = OpenOptions {
@@ -116,6 +116,7 @@ fn every_kind_round_trips_through_the_rows_file() {
                 assert_eq!(e.id(7).unwrap(), Some(ids[7].as_str()));
                 assert_eq!(e.image_path(7).unwrap(), None);
             }
+            Entries::Samples { .. } => unreachable!("samples are tests/samples_rows.rs's"),
         }
         // Out of range is an error, not a panic.
         assert!(idx.label(n).is_err() && e.caption(n).is_err() && e.image(n).is_err());
@@ -235,20 +236,22 @@ fn newer_versions_and_inconsistent_manifests_are_clear_errors() {
     save(dir.path(), 4, captions(4));
     let mpath = dir.path().join("manifest.json");
     let text = std::fs::read_to_string(&mpath).unwrap();
+    // The newest version read is that of samples indexes; one past it is refused.
+    let newest = SAMPLES_FORMAT_VERSION;
     let newer = text.replace(
         &format!("\"format_version\": {FORMAT_VERSION}"),
-        &format!("\"format_version\": {}", FORMAT_VERSION + 1),
+        &format!("\"format_version\": {}", newest + 1),
     );
     assert_ne!(newer, text);
     std::fs::write(&mpath, newer).unwrap();
     let err = Index::open(dir.path()).unwrap_err();
     assert!(
-        matches!(err, RetrievalError::UnsupportedVersion { found, .. } if found == FORMAT_VERSION + 1),
+        matches!(err, RetrievalError::UnsupportedVersion { found, .. } if found == newest + 1),
         "{err}"
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("manifest.json") && msg.contains(&(FORMAT_VERSION + 1).to_string()),
+        msg.contains("manifest.json") && msg.contains(&(newest + 1).to_string()),
         "{msg}"
     );
 

@@ -40,6 +40,13 @@ pub enum ShardError {
         #[source]
         cause: Cause,
     },
+    /// A byte range was asked of a shard that can only be read from its start (a `pipe:`
+    /// command's output).
+    #[error("{url}: cannot be read at an offset (only from its start)")]
+    NotRanged {
+        /// The shard.
+        url: String,
+    },
     /// An object-store client could not be set up (bad option, bad endpoint).
     #[error("cannot set up the client for {url}")]
     Client {

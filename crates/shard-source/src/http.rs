@@ -1,6 +1,7 @@
 //! http(s) shards through `ureq` (blocking, rustls): a resumed connection asks for
-//! `Range: bytes=OFFSET-`, pinned to the first response's strong ETag with `If-Match`, so a
-//! file replaced on the server mid-read is an error rather than two halves spliced together.
+//! `Range: bytes=OFFSET-` (`bytes=OFFSET-LAST` for a bounded read), pinned to the first
+//! response's strong ETag with `If-Match`, so a file replaced on the server mid-read is an
+//! error rather than two halves spliced together.
 
 use std::io;
 
@@ -13,6 +14,10 @@ pub(crate) struct HttpConnect {
     pub url: String,
     /// The first response's strong ETag.
     pub etag: Option<String>,
+    /// Where reading starts (0 for a whole shard).
+    pub start: u64,
+    /// Where a bounded read ends (exclusive); `None`: at the shard's end.
+    pub end: Option<u64>,
 }
 
 /// What a status code means for this shard.
@@ -36,8 +41,13 @@ fn content_range(v: &str) -> Option<(u64, Option<u64>)> {
 impl Connect for HttpConnect {
     fn connect(&mut self, offset: u64) -> Result<Conn, Fault> {
         let mut req = self.agent.get(&self.url);
-        if offset > 0 {
-            req = req.set("Range", &format!("bytes={offset}-"));
+        match self.end {
+            // `offset < end`: the caller stops reading at `end`.
+            Some(end) => req = req.set("Range", &format!("bytes={offset}-{}", end - 1)),
+            None if offset > 0 => req = req.set("Range", &format!("bytes={offset}-")),
+            None => {}
+        }
+        if offset > self.start {
             if let Some(tag) = &self.etag {
                 req = req.set("If-Match", tag);
             }
@@ -53,7 +63,7 @@ impl Connect for HttpConnect {
             .header("ETag")
             .filter(|t| !t.starts_with("W/"))
             .map(str::to_string);
-        if offset == 0 {
+        if offset == self.start {
             self.etag = etag;
         } else if self.etag.is_some() && etag.is_some() && etag != self.etag {
             return Err(Fault::Fatal(Cause::Changed));

@@ -124,8 +124,44 @@ impl Opener {
     /// Opens `url` at its first byte. A missing shard is [`ShardError::Missing`] at once; a
     /// failing connection is retried first, as a broken one is while reading.
     pub fn open(&self, url: &ShardUrl) -> Result<ShardReader> {
+        let connector = self.connector(url, 0, None)?;
+        ShardReader::open(url.to_string(), connector, self.cfg.retry, 0)
+    }
+
+    /// Bytes `offset..offset + len` of `url` (one member of a tar shard, say), without
+    /// reading the rest: a seek, an HTTP `Range: bytes=A-B` or a ranged object GET, resumed
+    /// after a dropped connection as whole reads are. A shard shorter than the range is
+    /// [`ShardError::Failed`]; a `pipe:` command, which only runs from its start, is
+    /// [`ShardError::NotRanged`].
+    pub fn read_range(&self, url: &ShardUrl, offset: u64, len: u64) -> Result<Vec<u8>> {
         let name = url.to_string();
-        let connector: Box<dyn Connect> = match url {
+        if matches!(url, ShardUrl::Pipe(_)) {
+            return Err(ShardError::NotRanged { url: name });
+        }
+        let end = offset.saturating_add(len);
+        let connector = self.connector(url, offset, Some(end))?;
+        let reader = ShardReader::open(name.clone(), connector, self.cfg.retry, offset)?;
+        // The length comes from an index, not from the server: no huge allocation up front.
+        let mut out = Vec::with_capacity(len.min(1 << 20) as usize);
+        let got = reader.take(len).read_to_end(&mut out);
+        let at = offset + out.len() as u64;
+        got.map_err(|e| ShardError::from_read(e, &name, at))?;
+        if at < end {
+            return Err(ShardError::Failed {
+                url: name,
+                offset: at,
+                retries: 0,
+                cause: Cause::Truncated { at, len: end },
+            });
+        }
+        Ok(out)
+    }
+
+    /// The transport for `url`, reading from `start` up to `end` (exclusive; `None`: to the
+    /// shard's end).
+    fn connector(&self, url: &ShardUrl, start: u64, end: Option<u64>) -> Result<Box<dyn Connect>> {
+        let name = url.to_string();
+        Ok(match url {
             ShardUrl::Local(path) => Box::new(LocalConnect { path: path.clone() }),
             ShardUrl::Pipe(command) => Box::new(PipeConnect {
                 command: command.clone(),
@@ -134,6 +170,8 @@ impl Opener {
                 agent: self.agent.clone(),
                 url: u.clone(),
                 etag: None,
+                start,
+                end,
             }),
             ShardUrl::Store { kind, bucket, key } => Box::new(StoreConnect {
                 store: self.store(*kind, bucket, &name)?,
@@ -143,9 +181,10 @@ impl Opener {
                 })?,
                 read_timeout: self.cfg.read_timeout,
                 etag: None,
+                start,
+                end,
             }),
-        };
-        ShardReader::open(name, connector, self.cfg.retry)
+        })
     }
 
     /// The whole of a small file (a sidecar) if it is there; `None` if it is missing; an

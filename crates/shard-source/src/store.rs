@@ -129,14 +129,22 @@ pub(crate) struct StoreConnect {
     pub read_timeout: Duration,
     /// The first response's ETag: a resumed read must see the same object.
     pub etag: Option<String>,
+    /// Where reading starts (0 for a whole shard).
+    pub start: u64,
+    /// Where a bounded read ends (exclusive); `None`: at the object's end.
+    pub end: Option<u64>,
 }
 
 impl Connect for StoreConnect {
     fn connect(&mut self, offset: u64) -> Result<Conn, Fault> {
         let rt = runtime().map_err(Fault::Fatal)?;
+        let range = match self.end {
+            Some(end) => Some(GetRange::Bounded(offset..end)),
+            None => (offset > 0).then_some(GetRange::Offset(offset)),
+        };
         let opts = GetOptions {
-            range: (offset > 0).then_some(GetRange::Offset(offset)),
-            if_match: self.etag.clone().filter(|_| offset > 0),
+            range,
+            if_match: self.etag.clone().filter(|_| offset > self.start),
             ..GetOptions::default()
         };
         let get = self.store.get_opts(&self.path, opts);
@@ -150,7 +158,7 @@ impl Connect for StoreConnect {
             }
             Ok(r) => r.map_err(store_fault)?,
         };
-        if offset == 0 {
+        if offset == self.start {
             self.etag = res.meta.e_tag.clone();
         }
         if res.range.start != offset {

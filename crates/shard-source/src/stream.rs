@@ -97,11 +97,13 @@ impl std::fmt::Debug for ShardReader {
 }
 
 impl ShardReader {
-    /// Connects at byte 0, retrying as the policy allows; a missing shard is an error at once.
+    /// Connects at byte `start`, retrying as the policy allows; a missing shard is an error
+    /// at once. [`ShardReader::position`] counts from the shard's first byte, not `start`.
     pub(crate) fn open(
         url: String,
         connector: Box<dyn Connect>,
         policy: RetryPolicy,
+        start: u64,
     ) -> Result<Self, ShardError> {
         let mut r = Self {
             url,
@@ -109,11 +111,11 @@ impl ShardReader {
             policy,
             body: None,
             len: None,
-            pos: 0,
+            pos: start,
             retries: 0,
             dead: None,
         };
-        match r.connector.connect(0) {
+        match r.connector.connect(start) {
             Ok(conn) => r.attach(conn),
             Err(Fault::Missing(cause)) => {
                 return Err(ShardError::Missing { url: r.url, cause });
@@ -129,7 +131,7 @@ impl ShardReader {
         &self.url
     }
 
-    /// Bytes handed out so far.
+    /// The offset in the shard reached so far (bytes handed out, plus where reading started).
     pub fn position(&self) -> u64 {
         self.pos
     }
@@ -271,7 +273,7 @@ mod tests {
             max_delay: Duration::ZERO,
         };
         (
-            ShardReader::open("mem://x".into(), Box::new(flaky), policy).unwrap(),
+            ShardReader::open("mem://x".into(), Box::new(flaky), policy, 0).unwrap(),
             offsets,
         )
     }

@@ -174,6 +174,9 @@ fn a_real_s3_server_when_one_is_named() {
         assert_eq!(retries, 0);
     }
     assert_eq!(epoch_size(None, &urls, &o).unwrap().samples, 6);
+    // One byte range alone (a thumbnail of an index of shards): a bounded GET.
+    let got = o.read_range(&urls[1], 1000, 5000).unwrap();
+    assert!(got == bodies[1][1000..6000], "the range's bytes differ");
     let err = o
         .open(&s3(&format!("s3://{bucket}/shards/999.tar")))
         .unwrap_err();

@@ -24,16 +24,41 @@ pub struct RawSample {
     caption: Option<Vec<u8>>,
     /// Why it cannot be used, found while reading (a member over its size cap).
     bad: Option<SkipReason>,
+    /// The key (webdataset's: the member name up to its first dot).
+    key: String,
+    /// Where the image member's bytes lie in the shard: offset and length.
+    image_at: Option<(u64, u64)>,
 }
 
 impl RawSample {
-    fn new(name: String) -> Self {
+    fn new(name: String, key: &str) -> Self {
         Self {
             name,
             image: None,
             caption: None,
             bad: None,
+            key: key.to_string(),
+            image_at: None,
         }
+    }
+
+    /// The sample's key in its shard.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The image member's extension (`jpg`, `x.png`), and where its bytes lie in the shard
+    /// (offset, length), so that they can be read again alone, e.g. for a thumbnail.
+    pub fn image_member(&self) -> Option<(&str, u64, u64)> {
+        let (ext, _) = self.image.as_ref()?;
+        let (offset, len) = self.image_at?;
+        Some((ext, offset, len))
+    }
+
+    /// The caption, trimmed; `None` when there is none, or it is empty or not UTF-8.
+    pub fn caption(&self) -> Option<String> {
+        let c = self.caption.clone()?;
+        caption_text(c).ok()?.into_iter().next()
     }
 
     /// Bytes held.
@@ -103,14 +128,19 @@ pub fn tar_samples(
                 return Ok(());
             }
         }
-        let (_, sample) = current
-            .get_or_insert_with(|| (key.to_string(), RawSample::new(format!("{shard}:{key}"))));
+        let (_, sample) = current.get_or_insert_with(|| {
+            (
+                key.to_string(),
+                RawSample::new(format!("{shard}:{key}"), key),
+            )
+        });
         if entry.size() > max {
             // Not read: the archive skips over it.
             let why = format!("member {path} is {}", limits::too_big(entry.size(), max));
             sample.bad = Some(SkipReason::Image(why));
             continue;
         }
+        let at = (entry.raw_file_position(), entry.size());
         let mut bytes = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut bytes).map_err(|e| lost(&e))?;
         if bytes.len() as u64 != entry.size() {
@@ -118,7 +148,10 @@ pub fn tar_samples(
         }
         match kind {
             "txt" => sample.caption = Some(bytes),
-            _ => sample.image = Some((ext, bytes)),
+            _ => {
+                sample.image = Some((ext, bytes));
+                sample.image_at = Some(at);
+            }
         }
     }
     if let Some((_, last)) = current {
@@ -212,6 +245,20 @@ mod tests {
         assert_eq!(got[0].caption.as_deref(), Some(&b"cap a"[..]));
         assert_eq!(got[1].image.as_ref().unwrap().0, "x.png");
         assert_eq!(got[2].decode(8, true).unwrap_err(), SkipReason::NoImage);
+        // Each image member can be read again alone, from where it lies in the shard.
+        for s in &got[..2] {
+            let (_, offset, len) = s.image_member().unwrap();
+            let bytes = &t[offset as usize..(offset + len) as usize];
+            assert_eq!(bytes, s.image.as_ref().unwrap().1, "{}", s.name);
+        }
+        assert_eq!(
+            (got[1].key(), got[1].caption().as_deref()),
+            ("dir/b", Some("cap b"))
+        );
+        assert_eq!(
+            (got[2].image_member(), got[2].caption().as_deref()),
+            (None, Some("orphan"))
+        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! A loopback HTTP/1.1 file server for tests and the benchmark: serves byte strings by path,
-//! honours `Range: bytes=N-` and `If-Match`, logs every request, and injects faults per path
+//! honours `Range: bytes=N-` and `bytes=N-M` and `If-Match`, logs every request, and injects faults per path
 //! (a body cut short, a status before success, a stall mid-body, `Range` ignored).
 //! One thread per connection; every response closes its connection.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +36,8 @@ pub struct Seen {
     pub path: String,
     /// The start of `Range: bytes=N-`, if asked.
     pub range: Option<u64>,
+    /// The last byte of `Range: bytes=N-M`, if asked.
+    pub range_last: Option<u64>,
     pub if_match: Option<String>,
 }
 
@@ -178,10 +180,10 @@ fn reply_empty(conn: &mut TcpStream, status: u16) {
     let _ = conn.write_all(head.as_bytes());
 }
 
-fn send_file(conn: &mut TcpStream, path: &Path, start: u64) -> std::io::Result<u64> {
+fn send_file(conn: &mut TcpStream, path: &Path, start: u64, len: u64) -> std::io::Result<u64> {
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(start))?;
-    std::io::copy(&mut f, conn)
+    std::io::copy(&mut f.take(len), conn)
 }
 
 /// Logs a request; returns its path's body and version, fault, and the request's number
@@ -189,13 +191,14 @@ fn send_file(conn: &mut TcpStream, path: &Path, start: u64) -> std::io::Result<u
 fn log(
     state: &Mutex<State>,
     path: &str,
-    range: Option<u64>,
+    range: Option<(u64, Option<u64>)>,
     if_match: Option<String>,
 ) -> (Option<(Body, u64)>, Fault, usize) {
     let mut s = state.lock().unwrap();
     s.log.push(Seen {
         path: path.to_string(),
-        range,
+        range: range.map(|r| r.0),
+        range_last: range.and_then(|r| r.1),
         if_match,
     });
     let nth = s.log.iter().filter(|r| r.path == path).count() - 1;
@@ -209,13 +212,15 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
     let Some((path, headers)) = read_head(&conn) else {
         return;
     };
-    let range: Option<u64> = headers
+    // `bytes=N-` or `bytes=N-M`.
+    let asked: Option<(u64, Option<u64>)> = headers
         .get("range")
         .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.strip_suffix('-'))
-        .and_then(|v| v.parse().ok());
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok())));
+    let range = asked.map(|r| r.0);
     let if_match = headers.get("if-match").cloned();
-    let (file, fault, nth) = log(state, &path, range, if_match.clone());
+    let (file, fault, nth) = log(state, &path, asked, if_match.clone());
     let Some((body, version)) = file else {
         return reply_empty(&mut conn, 404);
     };
@@ -239,8 +244,15 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
     if start > len {
         return reply_empty(&mut conn, 416);
     }
-    let (status, extra) = if start > 0 {
-        let range = format!("Content-Range: bytes {start}-{}/{len}\r\n", len - 1);
+    // One past the last byte sent: a bounded range ends early.
+    let stop = match (asked, fault) {
+        (Some((_, Some(last))), f) if !matches!(f, Fault::IgnoreRange { .. }) => {
+            (last as usize + 1).min(len)
+        }
+        _ => len,
+    };
+    let (status, extra) = if start > 0 || stop < len {
+        let range = format!("Content-Range: bytes {start}-{}/{len}\r\n", stop - 1);
         (206, range)
     } else {
         (200, String::new())
@@ -248,15 +260,15 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
     let head = format!(
         "HTTP/1.1 {}\r\nContent-Length: {}\r\nETag: {etag}\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\n{extra}Connection: close\r\n\r\n",
         status_line(status),
-        len - start
+        stop - start
     );
     if conn.write_all(head.as_bytes()).is_err() {
         return;
     }
     match body {
-        Body::Mem(b) => send_mem(&mut conn, &b[start..], fault, nth),
+        Body::Mem(b) => send_mem(&mut conn, &b[start..stop], fault, nth),
         Body::Disk(p) => {
-            let _ = send_file(&mut conn, &p, start as u64);
+            let _ = send_file(&mut conn, &p, start as u64, (stop - start) as u64);
         }
     }
     let _ = conn.flush();
