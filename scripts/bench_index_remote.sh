@@ -38,15 +38,7 @@ cleanup() {
 trap cleanup EXIT
 if [ "$S3" = 1 ]; then
   export AWS_ENDPOINT_URL=$CLIP_TEST_S3_ENDPOINT AWS_ALLOW_HTTP=true
-  "${MOTO_VENV:-/tmp/moto}/bin/python" - "$SHARDS" "$AWS_ENDPOINT_URL" <<'PY'
-import boto3, os, sys
-root, endpoint = sys.argv[1], sys.argv[2]
-s3 = boto3.client("s3", endpoint_url=endpoint)
-s3.create_bucket(Bucket="bench")
-for f in sorted(os.listdir(root)):
-    if f.endswith(".tar"):
-        s3.upload_file(os.path.join(root, f), "bench", f)
-PY
+  scripts/s3_test_server.sh upload bench "$SHARDS"
 fi
 sleep 0.5
 

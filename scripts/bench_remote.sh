@@ -37,15 +37,7 @@ eval "$(scripts/s3_test_server.sh start)"
 cleanup() { kill "$HTTP_PID" 2>/dev/null || true; scripts/s3_test_server.sh stop; }
 trap cleanup EXIT
 export AWS_ENDPOINT_URL=$CLIP_TEST_S3_ENDPOINT AWS_ALLOW_HTTP=true
-"${MOTO_VENV:-/tmp/moto}/bin/python" - "$SHARDS" "$AWS_ENDPOINT_URL" <<'PY'
-import boto3, os, sys
-root, endpoint = sys.argv[1], sys.argv[2]
-s3 = boto3.client("s3", endpoint_url=endpoint)
-s3.create_bucket(Bucket="bench")
-for f in sorted(os.listdir(root)):
-    if f.endswith(".tar"):
-        s3.upload_file(os.path.join(root, f), "bench", f)
-PY
+scripts/s3_test_server.sh upload bench "$SHARDS"
 sleep 0.5
 HTTP="http://127.0.0.1:$PORT"
 

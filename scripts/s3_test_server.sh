@@ -5,6 +5,8 @@
 #   scripts/s3_test_server.sh test    install moto if needed, start it, run the test, stop it
 #   eval "$(scripts/s3_test_server.sh start)"   start it and print the variables to export
 #   scripts/s3_test_server.sh stop
+#   scripts/s3_test_server.sh upload BUCKET DIR    create BUCKET on the running server and
+#                                                  upload DIR's *.tar into it (for benches)
 #
 # moto lives in a virtual environment outside the repository ($MOTO_VENV, /tmp/moto); it
 # listens on 127.0.0.1:$MOTO_PORT (5077) and accepts any credentials.
@@ -56,13 +58,27 @@ stop() {
     fi
 }
 
+upload() {
+    "$VENV/bin/python" - "$ENDPOINT" "$1" "$2" <<'PY'
+import boto3, os, sys
+endpoint, bucket, root = sys.argv[1:]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                  aws_secret_access_key="testing", region_name="us-east-1")
+s3.create_bucket(Bucket=bucket)
+for f in sorted(os.listdir(root)):
+    if f.endswith(".tar"):
+        s3.upload_file(os.path.join(root, f), bucket, f)
+PY
+}
+
 case "${1:-test}" in
     start) start ;;
     stop) stop ;;
+    upload) upload "$2" "$3" ;;
     test)
         eval "$(start)"
         trap stop EXIT
         cargo test --workspace --test s3 -- --nocapture
         ;;
-    *) echo "usage: $0 [test|start|stop]" >&2; exit 2 ;;
+    *) echo "usage: $0 [test|start|stop|upload BUCKET DIR]" >&2; exit 2 ;;
 esac

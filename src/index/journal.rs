@@ -24,6 +24,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use retrieval::ImageEntry;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::io_at;
@@ -68,29 +69,12 @@ struct Row {
     offset: u64,
 }
 
-/// An open journal, positioned for appending.
+/// An open journal of a build from an image folder, positioned for appending.
 pub(super) struct Journal {
-    path: PathBuf,
-    file: File,
+    file: JournalFile,
     dim: usize,
     /// The latest record of each path (later records win).
     rows: HashMap<PathBuf, Row>,
-}
-
-/// Why a journal could not be read.
-enum Unusable {
-    /// Written for another model, folder or dimension.
-    Other(String),
-    /// Damaged beyond a torn tail, or not a journal.
-    Damaged(String),
-    /// Could not be read at all.
-    Io(std::io::Error),
-}
-
-impl From<std::io::Error> for Unusable {
-    fn from(e: std::io::Error) -> Self {
-        Unusable::Io(e)
-    }
 }
 
 impl Journal {
@@ -103,151 +87,53 @@ impl Journal {
         root: &Path,
         warnings: &mut Vec<String>,
     ) -> Result<Option<Journal>> {
-        let path = dir.join(FILE);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                warnings.push(format!(
-                    "cannot resume from the build journal {}: {e}; embedding again",
-                    path.display()
-                ));
-                return Ok(None);
-            }
-        };
-        lock(&file, &path)?;
-        Ok(match Self::read(path.clone(), file, model, root) {
-            Ok(j) => Some(j),
-            Err(why) => {
-                let why = match why {
-                    Unusable::Other(s) => format!("it was written {s}"),
-                    Unusable::Damaged(s) => format!("it is damaged ({s})"),
-                    Unusable::Io(e) => format!("it cannot be read ({e})"),
-                };
-                warnings.push(format!(
-                    "discarding the build journal {}: {why}; its images are embedded again",
-                    path.display()
-                ));
-                let _ = std::fs::remove_file(&path);
-                None
-            }
-        })
-    }
-
-    /// Checks the header, indexes every record and cuts off a torn tail.
-    fn read(
-        path: PathBuf,
-        file: File,
-        model: &str,
-        root: &Path,
-    ) -> std::result::Result<Journal, Unusable> {
-        let len = file.metadata()?.len();
-        let mut r = BufReader::with_capacity(1 << 16, &file);
-        let mut magic = [0u8; 8];
-        if len < MAGIC.len() as u64 || r.read_exact(&mut magic).is_err() || &magic != MAGIC {
-            if &magic == SAMPLES_MAGIC {
-                return Err(Unusable::Other("by a build from --data".into()));
-            }
-            return Err(Unusable::Damaged("not a clip build journal".into()));
-        }
-        let mut pos = MAGIC.len() as u64;
-        let mut payload = Vec::new();
-        let header: Header = match next_record(&mut r, pos, len, 1 << 20, &mut payload)? {
-            Next::Record(n) => {
-                pos += FRAME + n;
-                serde_json::from_slice(&payload)
-                    .map_err(|e| Unusable::Damaged(format!("header: {e}")))?
-            }
-            Next::End | Next::Torn => {
-                return Err(Unusable::Damaged("the header is incomplete".into()));
-            }
-        };
-        if header.model != model {
-            return Err(Unusable::Other(format!(
-                "for model {} (this build: {model})",
-                header.model
-            )));
-        }
-        if header.root != root {
-            return Err(Unusable::Other(format!(
-                "for images under {} (this build: {})",
-                header.root.display(),
-                root.display()
-            )));
-        }
-        let dim = header.dim;
-        let vector_bytes = dim * 4;
-        let max = FIXED + MAX_PATH + vector_bytes;
         let mut rows = HashMap::new();
-        loop {
-            match next_record(&mut r, pos, len, max as u64, &mut payload)? {
-                Next::End => break,
-                Next::Torn => {
-                    drop(r);
-                    // The last batch was cut short by a kill: keep what came before it.
-                    file.set_len(pos)?;
-                    file.sync_data()?;
-                    break;
+        let again = "its images are embedded again";
+        let found = JournalFile::resume(dir, warnings, again, |file| {
+            let check = |h: &Header| {
+                if h.model != model {
+                    return Err(Unusable::Other(format!(
+                        "for model {} (this build: {model})",
+                        h.model
+                    )));
                 }
-                Next::Record(n) => {
-                    let (entry, vector_at) =
-                        parse_image(&payload, vector_bytes).ok_or_else(|| {
-                            Unusable::Damaged(format!("record at byte {pos} is malformed"))
-                        })?;
-                    rows.insert(
-                        entry.path,
-                        Row {
-                            size: entry.size,
-                            mtime_ns: entry.mtime_ns,
-                            offset: pos + FRAME + vector_at as u64,
-                        },
-                    );
-                    pos += FRAME + n;
+                if h.root != root {
+                    return Err(Unusable::Other(format!(
+                        "for images under {} (this build: {})",
+                        h.root.display(),
+                        root.display()
+                    )));
                 }
-            }
-        }
-        Ok(Journal {
-            path,
+                Ok((FIXED + MAX_PATH + h.dim * 4) as u64)
+            };
+            read_records(file, MAGIC, check, |h: &Header, at, payload| {
+                let (entry, vector_at) = parse_image(payload, h.dim * 4)?;
+                let row = Row {
+                    size: entry.size,
+                    mtime_ns: entry.mtime_ns,
+                    offset: at + vector_at as u64,
+                };
+                rows.insert(entry.path, row);
+                Some(())
+            })
+        })?;
+        Ok(found.map(|(file, header)| Journal {
             file,
-            dim,
+            dim: header.dim,
             rows,
-        })
+        }))
     }
 
     /// Starts a new journal in `dir` (created if missing) for vectors of `dim` floats made by
     /// `model` from the images under `root`, replacing any journal there.
     pub(super) fn create(dir: &Path, model: &str, root: &Path, dim: usize) -> Result<Journal> {
-        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let path = dir.join(FILE);
         let header = Header {
             model: model.to_string(),
             root: root.to_path_buf(),
             dim,
         };
-        let json = serde_json::to_vec(&header).expect("a header serialises");
-        let mut bytes = MAGIC.to_vec();
-        frame(&mut bytes, &json);
-        // Readable too: the index is written from it. Emptied only once locked, so that
-        // another build's journal is never truncated under it.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_at(&path))?;
-        lock(&file, &path)?;
-        file.set_len(0)
-            .and_then(|()| file.write_all(&bytes))
-            .and_then(|()| file.sync_all())
-            .map_err(io_at(&path))?;
-        // Makes the new name durable; best-effort, as not every platform can sync a directory.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
         Ok(Journal {
-            path,
-            file,
+            file: JournalFile::create(dir, MAGIC, &header)?,
             dim,
             rows: HashMap::new(),
         })
@@ -260,7 +146,7 @@ impl Journal {
 
     /// The file on disk.
     pub(super) fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     /// Where the vector of `e` lies, if it was journalled for this very version of the file
@@ -278,10 +164,7 @@ impl Journal {
         &mut self,
         batch: impl IntoIterator<Item = (&'a ImageEntry, &'a [f32])>,
     ) -> Result<Vec<u64>> {
-        let end = self
-            .file
-            .seek(SeekFrom::End(0))
-            .map_err(io_at(&self.path))?;
+        let end = self.file.end()?;
         let mut bytes = Vec::new();
         let mut at = Vec::new();
         let mut payload = Vec::new();
@@ -310,24 +193,205 @@ impl Journal {
             );
             at.push(offset);
         }
-        self.file
-            .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-            .map_err(io_at(&self.path))?;
+        self.file.write(&bytes)?;
         Ok(at)
     }
 
     /// Reads the vector at `offset` (from [`Journal::find`] or [`Journal::append`]) into `out`.
     pub(super) fn vector(&self, offset: u64, out: &mut [f32], buf: &mut Vec<u8>) -> Result<()> {
-        read_vector(&self.file, &self.path, offset, out, buf)
+        self.file.vector(offset, out, buf)
     }
 
     /// Deletes the journal (once what it held is safely in the index).
     pub(super) fn remove(self) {
-        let Journal { path, file, .. } = self;
+        self.file.remove();
+    }
+}
+
+/// Why a journal could not be read.
+enum Unusable {
+    /// Written for another model, folder, dimension or kind of build.
+    Other(String),
+    /// Damaged beyond a torn tail, or not a journal.
+    Damaged(String),
+    /// Could not be read at all.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Unusable {
+    fn from(e: std::io::Error) -> Self {
+        Unusable::Io(e)
+    }
+}
+
+/// The journal file of either kind, open and locked: its framing, appends and vector reads.
+/// What the records mean is the kind's ([`Journal`], [`SampleJournal`]).
+struct JournalFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl JournalFile {
+    /// Starts a new journal in `dir` (created if missing) with `magic` and `header`,
+    /// replacing any journal there.
+    fn create(dir: &Path, magic: &[u8; 8], header: &impl Serialize) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let path = dir.join(FILE);
+        let mut bytes = magic.to_vec();
+        frame(
+            &mut bytes,
+            &serde_json::to_vec(header).expect("a header serialises"),
+        );
+        // Readable too: the index is written from it. Emptied only once locked, so that
+        // another build's journal is never truncated under it.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        lock(&file, &path)?;
+        file.set_len(0)
+            .and_then(|()| file.write_all(&bytes))
+            .and_then(|()| file.sync_all())
+            .map_err(io_at(&path))?;
+        // Makes the new name durable; best-effort, as not every platform can sync a directory.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(JournalFile { path, file })
+    }
+
+    /// The journal an interrupted build left in `dir`, locked and read by `read`; `None` when
+    /// there is none or `read` finds it unusable (it is then deleted, with a warning naming it
+    /// that says why and ends in `again`). An error when another build holds it.
+    fn resume<T>(
+        dir: &Path,
+        warnings: &mut Vec<String>,
+        again: &str,
+        read: impl FnOnce(&File) -> std::result::Result<T, Unusable>,
+    ) -> Result<Option<(Self, T)>> {
+        let path = dir.join(FILE);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                warnings.push(format!(
+                    "cannot resume from the build journal {}: {e}; {again}",
+                    path.display()
+                ));
+                return Ok(None);
+            }
+        };
+        lock(&file, &path)?;
+        Ok(match read(&file) {
+            Ok(t) => Some((JournalFile { path, file }, t)),
+            Err(why) => {
+                let why = match why {
+                    Unusable::Other(s) => format!("it was written {s}"),
+                    Unusable::Damaged(s) => format!("it is damaged ({s})"),
+                    Unusable::Io(e) => format!("it cannot be read ({e})"),
+                };
+                warnings.push(format!(
+                    "discarding the build journal {}: {why}; {again}",
+                    path.display()
+                ));
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        })
+    }
+
+    /// Where the next append lands.
+    fn end(&mut self) -> Result<u64> {
+        self.file.seek(SeekFrom::End(0)).map_err(io_at(&self.path))
+    }
+
+    /// Appends `bytes` (whole records) in one write and syncs them, so that they survive a
+    /// kill.
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .seek(SeekFrom::End(0))
+            .and_then(|_| self.file.write_all(bytes))
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_at(&self.path))
+    }
+
+    /// Reads the vector at `offset` into `out`.
+    fn vector(&self, offset: u64, out: &mut [f32], buf: &mut Vec<u8>) -> Result<()> {
+        let mut file = &self.file;
+        buf.resize(out.len() * 4, 0);
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(buf))
+            .map_err(io_at(&self.path))?;
+        for (x, b) in out.iter_mut().zip(buf.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
+    /// Deletes the journal.
+    fn remove(self) {
+        let JournalFile { path, file } = self;
         drop(file);
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// The kinds of journal by their magic, each named by the flag of the build that writes it.
+const KINDS: [(&[u8; 8], &str); 2] = [(MAGIC, "--images"), (SAMPLES_MAGIC, "--data")];
+
+/// Reads a journal of the kind `magic`: its JSON header, which `check` accepts by returning
+/// the longest record it allows, then each record, handed to `record` with the header and
+/// where its payload starts (`None` from it: the record is malformed). A torn tail is cut off.
+fn read_records<H: DeserializeOwned>(
+    file: &File,
+    magic: &[u8; 8],
+    check: impl FnOnce(&H) -> std::result::Result<u64, Unusable>,
+    mut record: impl FnMut(&H, u64, &[u8]) -> Option<()>,
+) -> std::result::Result<H, Unusable> {
+    let len = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 16, file);
+    let mut found = [0u8; 8];
+    if len < 8 || r.read_exact(&mut found).is_err() || &found != magic {
+        if let Some((_, flag)) = KINDS.iter().find(|(m, _)| **m == found) {
+            return Err(Unusable::Other(format!("by a build from {flag}")));
+        }
+        return Err(Unusable::Damaged("not a clip build journal".into()));
+    }
+    let mut pos = 8u64;
+    let mut payload = Vec::new();
+    let header: H = match next_record(&mut r, pos, len, 1 << 20, &mut payload)? {
+        Next::Record(n) => {
+            pos += FRAME + n;
+            serde_json::from_slice(&payload)
+                .map_err(|e| Unusable::Damaged(format!("header: {e}")))?
+        }
+        Next::End | Next::Torn => {
+            return Err(Unusable::Damaged("the header is incomplete".into()));
+        }
+    };
+    let max = check(&header)?;
+    loop {
+        match next_record(&mut r, pos, len, max, &mut payload)? {
+            Next::End => break,
+            Next::Torn => {
+                drop(r);
+                // The last batch was cut short by a kill: keep what came before it.
+                file.set_len(pos)?;
+                file.sync_data()?;
+                break;
+            }
+            Next::Record(n) => {
+                record(&header, pos + FRAME, &payload).ok_or_else(|| {
+                    Unusable::Damaged(format!("record at byte {pos} is malformed"))
+                })?;
+                pos += FRAME + n;
+            }
+        }
+    }
+    Ok(header)
 }
 
 /// Deletes the journal in `dir`, if any (when the index turned out to be up to date), unless
@@ -358,24 +422,6 @@ fn lock(file: &File, path: &Path) -> Result<()> {
         }
         Err(std::fs::TryLockError::Error(e)) => Err(io_at(path)(e)),
     }
-}
-
-/// Reads the vector at `offset` of the journal `file` (at `path`) into `out`.
-fn read_vector(
-    mut file: &File,
-    path: &Path,
-    offset: u64,
-    out: &mut [f32],
-    buf: &mut Vec<u8>,
-) -> Result<()> {
-    buf.resize(out.len() * 4, 0);
-    file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.read_exact(buf))
-        .map_err(io_at(path))?;
-    for (x, b) in out.iter_mut().zip(buf.chunks_exact(4)) {
-        *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
-    Ok(())
 }
 
 /// Appends `[len][crc][payload]` to `out`.

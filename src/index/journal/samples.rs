@@ -12,16 +12,12 @@
 //! sample is indexed twice and none is lost.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use retrieval::SampleEntry;
 use serde::{Deserialize, Serialize};
 
-use super::SAMPLES_MAGIC;
-use super::{frame, lock, next_record, read_vector, Next, Unusable, FILE, FRAME, MAGIC};
-use crate::error::io_at;
+use super::{frame, read_records, JournalFile, Unusable, FRAME, SAMPLES_MAGIC};
 use crate::Result;
 
 const SAMPLE: u8 = 0;
@@ -55,8 +51,7 @@ pub(in crate::index) struct ShardRows {
 
 /// An open journal of a build from shards, positioned for appending.
 pub(in crate::index) struct SampleJournal {
-    path: PathBuf,
-    file: File,
+    file: JournalFile,
     dim: usize,
     /// Shards read to their end, by name.
     done: HashMap<String, ShardRows>,
@@ -70,138 +65,53 @@ impl SampleJournal {
         model: &str,
         warnings: &mut Vec<String>,
     ) -> Result<Option<SampleJournal>> {
-        let path = dir.join(FILE);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                warnings.push(format!(
-                    "cannot resume from the build journal {}: {e}; reading every shard",
-                    path.display()
-                ));
-                return Ok(None);
-            }
-        };
-        lock(&file, &path)?;
-        Ok(match Self::read(path.clone(), file, model) {
-            Ok(j) => Some(j),
-            Err(why) => {
-                let why = match why {
-                    Unusable::Other(s) => format!("it was written {s}"),
-                    Unusable::Damaged(s) => format!("it is damaged ({s})"),
-                    Unusable::Io(e) => format!("it cannot be read ({e})"),
-                };
-                warnings.push(format!(
-                    "discarding the build journal {}: {why}; every shard is read again",
-                    path.display()
-                ));
-                let _ = std::fs::remove_file(&path);
-                None
-            }
-        })
-    }
-
-    /// Checks the header, indexes the samples of finished shards, cuts off a torn tail.
-    fn read(path: PathBuf, file: File, model: &str) -> std::result::Result<Self, Unusable> {
-        let len = file.metadata()?.len();
-        let mut r = BufReader::with_capacity(1 << 16, &file);
-        let mut magic = [0u8; 8];
-        if len < 8 || r.read_exact(&mut magic).is_err() || &magic != SAMPLES_MAGIC {
-            if &magic == MAGIC {
-                return Err(Unusable::Other("by a build from --images".into()));
-            }
-            return Err(Unusable::Damaged("not a clip build journal".into()));
-        }
-        let mut pos = 8u64;
-        let mut payload = Vec::new();
-        let header: Header = match next_record(&mut r, pos, len, 1 << 20, &mut payload)? {
-            Next::Record(n) => {
-                pos += FRAME + n;
-                serde_json::from_slice(&payload)
-                    .map_err(|e| Unusable::Damaged(format!("header: {e}")))?
-            }
-            Next::End | Next::Torn => {
-                return Err(Unusable::Damaged("the header is incomplete".into()))
-            }
-        };
-        if header.model != model {
-            let m = header.model;
-            return Err(Unusable::Other(format!(
-                "for model {m} (this build: {model})"
-            )));
-        }
-        let max = (MAX_FIELDS + header.dim * 4) as u64;
+        // Samples of the shard being read, until its `FINISHED` record moves them to `done`.
         let (mut open, mut done) = (HashMap::<String, ShardRows>::new(), HashMap::new());
-        loop {
-            match next_record(&mut r, pos, len, max, &mut payload)? {
-                Next::End => break,
-                Next::Torn => {
-                    drop(r);
-                    file.set_len(pos)?;
-                    file.sync_data()?;
-                    break;
+        let again = "every shard is read again";
+        let found = JournalFile::resume(dir, warnings, again, |file| {
+            let check = |h: &Header| {
+                if h.model != model {
+                    let m = &h.model;
+                    return Err(Unusable::Other(format!(
+                        "for model {m} (this build: {model})"
+                    )));
                 }
-                Next::Record(n) => {
-                    let bad = || Unusable::Damaged(format!("record at byte {pos} is malformed"));
-                    match payload.first() {
-                        Some(&SAMPLE) => {
-                            let (e, at) = parse_sample(&payload, header.dim * 4).ok_or_else(bad)?;
-                            let rows = &mut open.entry(e.shard.clone()).or_default().rows;
-                            rows.push((e, pos + FRAME + at as u64));
-                        }
-                        Some(&FINISHED) => {
-                            let f: Finished =
-                                serde_json::from_slice(&payload[1..]).map_err(|_| bad())?;
-                            let mut rows = open.remove(&f.shard).unwrap_or_default();
-                            rows.skipped = f.skipped;
-                            done.insert(f.shard, rows);
-                        }
-                        _ => return Err(bad()),
+                Ok((MAX_FIELDS + h.dim * 4) as u64)
+            };
+            read_records(file, SAMPLES_MAGIC, check, |h: &Header, at, payload| {
+                match *payload.first()? {
+                    SAMPLE => {
+                        let (e, vector_at) = parse_sample(payload, h.dim * 4)?;
+                        let rows = &mut open.entry(e.shard.clone()).or_default().rows;
+                        rows.push((e, at + vector_at as u64));
                     }
-                    pos += FRAME + n;
+                    FINISHED => {
+                        let f: Finished = serde_json::from_slice(&payload[1..]).ok()?;
+                        let mut rows = open.remove(&f.shard).unwrap_or_default();
+                        rows.skipped = f.skipped;
+                        done.insert(f.shard, rows);
+                    }
+                    _ => return None,
                 }
-            }
-        }
-        Ok(Self {
-            path,
+                Some(())
+            })
+        })?;
+        Ok(found.map(|(file, header)| SampleJournal {
             file,
             dim: header.dim,
             done,
-        })
+        }))
     }
 
     /// Starts a new journal in `dir` (created if missing) for vectors of `dim` floats made by
     /// `model`, replacing any journal there.
     pub(in crate::index) fn create(dir: &Path, model: &str, dim: usize) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let path = dir.join(FILE);
         let header = Header {
             model: model.to_string(),
             dim,
         };
-        let mut bytes = SAMPLES_MAGIC.to_vec();
-        frame(
-            &mut bytes,
-            &serde_json::to_vec(&header).expect("a header serialises"),
-        );
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_at(&path))?;
-        lock(&file, &path)?;
-        file.set_len(0)
-            .and_then(|()| file.write_all(&bytes))
-            .and_then(|()| file.sync_all())
-            .map_err(io_at(&path))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
         Ok(Self {
-            path,
-            file,
+            file: JournalFile::create(dir, SAMPLES_MAGIC, &header)?,
             dim,
             done: HashMap::new(),
         })
@@ -214,7 +124,7 @@ impl SampleJournal {
 
     /// The file on disk.
     pub(in crate::index) fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     /// The journalled rows of `shard`, if a build read it to its end.
@@ -228,10 +138,7 @@ impl SampleJournal {
         &mut self,
         batch: impl IntoIterator<Item = (&'a SampleEntry, &'a [f32])>,
     ) -> Result<Vec<u64>> {
-        let end = self
-            .file
-            .seek(SeekFrom::End(0))
-            .map_err(io_at(&self.path))?;
+        let end = self.file.end()?;
         let (mut bytes, mut at, mut payload) = (Vec::new(), Vec::new(), Vec::new());
         for (e, v) in batch {
             assert_eq!(v.len(), self.dim, "vector of the journal's dimension");
@@ -248,7 +155,7 @@ impl SampleJournal {
             at.push(end + bytes.len() as u64 + FRAME + vector_at as u64);
             frame(&mut bytes, &payload);
         }
-        self.write(&bytes)?;
+        self.file.write(&bytes)?;
         Ok(at)
     }
 
@@ -267,15 +174,7 @@ impl SampleJournal {
         serde_json::to_writer(&mut payload, &f).expect("a record serialises");
         let mut bytes = Vec::new();
         frame(&mut bytes, &payload);
-        self.write(&bytes)
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .seek(SeekFrom::End(0))
-            .and_then(|_| self.file.write_all(bytes))
-            .and_then(|()| self.file.sync_data())
-            .map_err(io_at(&self.path))
+        self.file.write(&bytes)
     }
 
     /// Reads the vector at `offset` into `out`.
@@ -285,14 +184,12 @@ impl SampleJournal {
         out: &mut [f32],
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        read_vector(&self.file, &self.path, offset, out, buf)
+        self.file.vector(offset, out, buf)
     }
 
     /// Deletes the journal (once what it held is safely in the index).
     pub(in crate::index) fn remove(self) {
-        let SampleJournal { path, file, .. } = self;
-        drop(file);
-        let _ = std::fs::remove_file(path);
+        self.file.remove();
     }
 }
 

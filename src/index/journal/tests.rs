@@ -183,3 +183,89 @@ fn damage_in_the_middle_or_another_model_discards_the_journal() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn a_journal_of_the_other_kind_is_discarded_naming_the_flag_that_wrote_it() {
+    let sample = retrieval::SampleEntry {
+        shard: "http://h/0.tar".into(),
+        key: "k".into(),
+        ext: "jpg".into(),
+        caption: "a cat".into(),
+        offset: 512,
+        len: 100,
+    };
+    let v = [0.5f32, 0.5, 0.5];
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE);
+    let mut j = SampleJournal::create(dir.path(), "m", 3).unwrap();
+    j.append([(&sample, v.as_slice())]).unwrap();
+    j.finish_shard(&sample.shard, &[]).unwrap();
+    drop(j);
+    let mut warnings = Vec::new();
+    let images = Journal::resume(dir.path(), "m", Path::new("/r"), &mut warnings).unwrap();
+    assert!(images.is_none());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("written by a build from --data")
+            && warnings[0].contains("its images are embedded again"),
+        "{warnings:?}"
+    );
+    assert!(!path.exists(), "the other kind's journal is deleted");
+
+    let (dir, _) = written(1);
+    let mut warnings = Vec::new();
+    let samples = SampleJournal::resume(dir.path(), "m", &mut warnings).unwrap();
+    assert!(samples.is_none());
+    assert!(
+        warnings[0].contains("written by a build from --images")
+            && warnings[0].contains("every shard is read again"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_sample_journal_keeps_finished_shards_and_drops_the_one_cut_short() {
+    let entry = |shard: &str, key: &str| retrieval::SampleEntry {
+        shard: shard.into(),
+        key: key.into(),
+        ext: "png".into(),
+        caption: format!("caption of {key}"),
+        offset: 1024,
+        len: 77,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = SampleJournal::create(dir.path(), "m", 2).unwrap();
+    let (a, b, c) = (
+        entry("s/0.tar", "a"),
+        entry("s/0.tar", "b"),
+        entry("s/1.tar", "c"),
+    );
+    let at = j
+        .append([(&a, [1.0f32, 0.0].as_slice()), (&b, [0.0, 1.0].as_slice())])
+        .unwrap();
+    j.finish_shard("s/0.tar", &[("s/0.tar#x".into(), "bad image".into())])
+        .unwrap();
+    j.append([(&c, [0.6f32, 0.8].as_slice())]).unwrap();
+    drop(j);
+
+    let mut warnings = Vec::new();
+    let mut j = SampleJournal::resume(dir.path(), "m", &mut warnings)
+        .unwrap()
+        .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(j.dim(), 2);
+    let done = j.take_finished("s/0.tar").expect("shard 0 finished");
+    assert_eq!(done.skipped, vec![("s/0.tar#x".into(), "bad image".into())]);
+    let keys: Vec<_> = done.rows.iter().map(|(e, _)| e.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert_eq!(done.rows[1].0.caption, "caption of b");
+    assert_eq!(done.rows.iter().map(|r| r.1).collect::<Vec<_>>(), at);
+    let (mut out, mut buf) = ([0f32; 2], Vec::new());
+    j.vector(done.rows[1].1, &mut out, &mut buf).unwrap();
+    assert_eq!(out, [0.0, 1.0]);
+    assert!(
+        j.take_finished("s/1.tar").is_none(),
+        "a shard without its finished record is read again"
+    );
+}
