@@ -5,9 +5,12 @@
 #      HTTP server, from a loopback S3 server (moto), and open_clip's webdataset pipeline on
 #      the local files and on the same HTTP URLs through `pipe:curl`; ROUNDS alternating rounds;
 #   2. `clip train --preset tiny --dataset-resampled --train-num-samples 100000000` with 10^2
-#      and 10^4 shard URLs declared: launch → first finished step, and peak RSS.
+#      and 10^4 shard URLs declared: launch → first finished step, and peak RSS;
+#   3. `clip index build --data` over the same shards from local disk, HTTP and S3, with the
+#      tiny test model (tests/fixtures/hf_tiny), so that reading and decoding weigh the most
+#      and any cost of the remote source shows; ROUNDS alternating rounds.
 #
-# usage: scripts/bench_remote.sh [DATA_DIR] [BATCHES] [ROUNDS]
+# usage: [PARTS="loader urls index"] scripts/bench_remote.sh [DATA_DIR] [BATCHES] [ROUNDS]
 #   DATA_DIR (default /tmp/clip-photos-remote) gets 6 shards of 1000 samples on first use.
 #   open_clip needs the peers' venv at $PEERS (default /tmp/peers); S3 needs moto, which
 #   scripts/s3_test_server.sh installs into a venv outside the repository.
@@ -18,6 +21,7 @@ BATCHES=${2:-180}
 ROUNDS=${3:-2}
 PEERS=${PEERS:-/tmp/peers}
 PORT=${PORT:-8731}
+PARTS=${PARTS:-loader urls index}
 export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2
 
 cargo build --release --quiet --bin clip --example make_photos
@@ -49,6 +53,9 @@ theirs() {
     | tee -a /tmp/bench_remote.log | rate
 }
 
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if part loader; then
 echo "## loader throughput, samples/s (224 px, batch 32, 2 threads)"
 echo
 echo "| round | ours: local, listed | ours: local, streamed | ours: HTTP | ours: S3 | open_clip: local | open_clip: pipe:curl HTTP |"
@@ -62,6 +69,7 @@ for r in $(seq "$ROUNDS"); do
   f=$(theirs "pipe:curl -s $HTTP/$NAMES")
   echo "| $r | $a | $b | $c | $d | $e | $f |"
 done
+fi
 
 # first_step N -> "first_step_s peak_rss_mb"
 first_step() {
@@ -85,6 +93,7 @@ first_step() {
   rm -rf "$out" "$log"
 }
 
+if part urls; then
 echo
 echo "## shard URLs declared (--dataset-resampled --train-num-samples 100000000, tiny, batch 128)"
 echo
@@ -96,3 +105,33 @@ for r in $(seq "$ROUNDS"); do
     echo "| $r | $n | $t | $m |"
   done
 done
+fi
+
+# index_build SPEC -> "seconds images"
+index_build() {
+  local out t0 t1 n
+  out=$(mktemp -d)
+  t0=$(date +%s.%N)
+  target/release/clip index build --data "$1" --model tests/fixtures/hf_tiny --out "$out/index" \
+    >"$out/log" 2>&1 || { cat "$out/log" >&2; exit 1; }
+  t1=$(date +%s.%N)
+  n=$(target/release/clip index info "$out/index" | awk '/^entries:/ { print $2 }')
+  rm -rf "$out"
+  awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { printf "%.1f %d\n", b - a, n }'
+}
+
+if part index; then
+echo
+echo "## clip index build --data (hf_tiny, 2 threads): seconds (images/s)"
+echo
+echo "| round | local | HTTP | S3 | images |"
+echo "|---|---|---|---|---|"
+for r in $(seq "$ROUNDS"); do
+  row="| $r |"
+  for spec in "$SHARDS/$NAMES" "$HTTP/$NAMES" "s3://bench/$NAMES"; do
+    read -r secs n < <(index_build "$spec")
+    row="$row $secs ($(awk -v s="$secs" -v n="$n" 'BEGIN { printf "%.0f", n / s }')) |"
+  done
+  echo "$row $n |"
+done
+fi
