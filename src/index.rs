@@ -358,21 +358,15 @@ impl Build<'_> {
             dtype: opts.dtype,
             entries: Entries::Images { root, files },
         };
-        let mut bytes = Vec::new();
-        retrieval::write_index(out, &spec, |range, buf| {
-            for (k, r) in range.enumerate() {
-                let dst = &mut buf[k * dim..(k + 1) * dim];
-                match &rows[r] {
-                    Src::Old(row) => {
-                        dst.copy_from_slice(&old.expect("reuse implies an old index").vector(*row))
-                    }
-                    Src::Journal(offset) => journal
-                        .as_ref()
-                        .expect("journal offsets imply a journal")
-                        .vector(*offset, dst, &mut bytes)?,
-                }
+        write_by_row(out, &spec, |r, dst, bytes| match &rows[r] {
+            Src::Old(row) => {
+                dst.copy_from_slice(&old.expect("reuse implies an old index").vector(*row));
+                Ok(())
             }
-            Ok(())
+            Src::Journal(offset) => journal
+                .as_ref()
+                .expect("journal offsets imply a journal")
+                .vector(*offset, dst, bytes),
         })?;
         // Only now that the new manifest is in place is the embedding work safe to forget.
         if let Some(j) = journal {
@@ -463,6 +457,24 @@ pub fn build_vectors(
         dim,
         ..BuildReport::default()
     })
+}
+
+/// Writes the index `spec` describes at `out`, filling one row's vector at a time with
+/// `row(r, vector, scratch)` (a journal read's buffer), so that only a chunk of rows is held.
+fn write_by_row(
+    out: &Path,
+    spec: &IndexSpec,
+    mut row: impl FnMut(usize, &mut [f32], &mut Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let dim = spec.dimension;
+    let mut scratch = Vec::new();
+    retrieval::write_index(out, spec, |range, buf| {
+        for (k, r) in range.enumerate() {
+            row(r, &mut buf[k * dim..(k + 1) * dim], &mut scratch)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
 }
 
 fn check_batch(opts: &BuildOptions) -> Result<()> {

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use retrieval::{Entries, IndexSpec, SampleEntry};
 
 use super::journal::{SampleJournal, ShardRows};
-use super::{check_batch, model_id, BuildOptions, BuildReport};
+use super::{check_batch, model_id, write_by_row, BuildOptions, BuildReport};
 use crate::files::{self, CsvColumns};
 use crate::{Clip, Embeddings, Error, Features, Progress, Result};
 
@@ -295,12 +295,8 @@ impl ShardBuild<'_> {
             dtype: opts.dtype,
             entries: Entries::Samples { endpoint, samples },
         };
-        let mut bytes = Vec::new();
-        retrieval::write_index(out, &spec, |range, buf| {
-            for (k, r) in range.enumerate() {
-                journal.vector(offsets[r], &mut buf[k * dim..(k + 1) * dim], &mut bytes)?;
-            }
-            Ok(())
+        write_by_row(out, &spec, |r, dst, bytes| {
+            journal.vector(offsets[r], dst, bytes)
         })?;
         // Only now that the new manifest is in place is the embedding work safe to forget.
         journal.remove();
