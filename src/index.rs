@@ -1,8 +1,10 @@
 //! Building search indexes: image folders (refreshed in place), webdataset shards (local or
-//! remote, streamed), caption lists and precomputed vectors. Opening and searching is [`Index`] (also [`crate::Index`]), with the
-//! options and files of the `retrieval` crate re-exported here.
+//! remote, streamed), caption lists and precomputed vectors. Opening and searching is
+//! [`Index`] (also [`crate::Index`]), with the options and files of the `retrieval` crate
+//! re-exported here.
 
 use std::borrow::Borrow;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 mod journal;
@@ -20,7 +22,8 @@ pub use shards::{build_shards, ShardSource};
 use clip_data::error_chain;
 use journal::Journal;
 
-use crate::files::{scan_images, Skipped};
+use crate::error::io_at;
+use crate::files::{scan_images, write_atomically, Skipped};
 use crate::{Clip, Embeddings, Error, Features, Progress, Result};
 
 /// How vectors are stored and how many items go through the model at once.
@@ -115,7 +118,7 @@ pub fn build_images<C: Borrow<Clip>>(
             reason: format!("{} is not a folder", folder.display()),
         });
     }
-    let root = folder.canonicalize().map_err(crate::error::io_at(folder))?;
+    let root = folder.canonicalize().map_err(io_at(folder))?;
     let (entries, skipped) = scan_images(&root)?;
     if entries.is_empty() && skipped.is_empty() {
         return Err(Error::Input(format!(
@@ -140,7 +143,7 @@ pub fn build_images<C: Borrow<Clip>>(
         report.count = entries.len();
         report.dim = old.as_ref().map_or(0, Index::dim);
         report.up_to_date = true;
-        return Ok(report);
+        return list_skipped(out, report);
     }
 
     // Embed what is new or changed; vectors of unchanged files are copied from the old index,
@@ -170,7 +173,36 @@ pub fn build_images<C: Borrow<Clip>>(
             folder.display()
         )));
     };
-    build.write(old.as_ref(), &plan, dim, opts, report, unchanged)
+    let report = build.write(old.as_ref(), &plan, dim, opts, report, unchanged)?;
+    list_skipped(out, report)
+}
+
+/// File in an index directory listing everything its last build skipped, a
+/// `name<TAB>reason` line each under a header: the terminal shows the first few, and a
+/// build over millions of files or samples may skip more than a terminal should hold. A
+/// build that skips nothing removes it.
+pub const SKIPPED_FILE: &str = "skipped.tsv";
+
+/// Lists `report`'s skips in `out`/[`SKIPPED_FILE`] (whole or not at all), or removes the
+/// previous build's list when nothing was skipped.
+fn list_skipped(out: &Path, report: BuildReport) -> Result<BuildReport> {
+    let path = out.join(SKIPPED_FILE);
+    if report.skipped.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_at(&path)(e)),
+            _ => Ok(report),
+        };
+    }
+    let field = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+    write_atomically(&path, |f| {
+        let mut w = BufWriter::new(f);
+        writeln!(w, "name\treason")?;
+        for (name, why) in &report.skipped {
+            writeln!(w, "{}\t{}", field(&name.to_string_lossy()), field(why))?;
+        }
+        w.flush()
+    })?;
+    Ok(report)
 }
 
 /// An image index being built: what is to be embedded, and where each new vector lies.
@@ -407,12 +439,14 @@ pub fn build_captions(
         buf[..v.len()].copy_from_slice(v);
         Ok(())
     })?;
-    Ok(BuildReport {
+    let report = BuildReport {
         count: spec.count,
         dim,
         embedded: spec.count,
         ..BuildReport::default()
-    })
+    };
+    // A list of an earlier build's skips into this directory would no longer be true.
+    list_skipped(out, report)
 }
 
 /// Builds the index at `out` from the `[N, D]` tensor `key` of a safetensors file (rows are
@@ -452,11 +486,13 @@ pub fn build_vectors(
         Ok(())
     })?;
     progress.finish();
-    Ok(BuildReport {
+    let report = BuildReport {
         count: spec.count,
         dim,
         ..BuildReport::default()
-    })
+    };
+    // A list of an earlier build's skips into this directory would no longer be true.
+    list_skipped(out, report)
 }
 
 /// Writes the index `spec` describes at `out`, filling one row's vector at a time with

@@ -115,6 +115,17 @@ fn http_shards_index_as_the_same_shards_on_disk_and_list_a_missing_one_once() {
     assert!(err.contains("skipped 1 unreadable"), "{err}");
     assert_eq!(err.matches("/gone.tar").count(), 1, "{err}");
     assert!(err.contains("404"), "{err}");
+    let listed = std::fs::read_to_string(remote.join("skipped.tsv")).unwrap();
+    let lines: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(lines.len(), 1, "{listed}");
+    assert!(
+        lines[0].contains("/gone.tar\t") && lines[0].contains("404"),
+        "{listed}"
+    );
+    assert!(
+        !local.join("skipped.tsv").exists(),
+        "nothing skipped, no list"
+    );
     // The cut shard was read on from where it broke, each shard from its start once.
     assert_eq!(srv.ranges("/s1.tar"), [None, Some(cut_at as u64)]);
     assert_eq!(srv.ranges("/s0.tar"), [None]);

@@ -204,9 +204,21 @@ fn reindexing_embeds_only_new_files_and_drops_deleted_ones() {
     );
     assert!((a - b).abs() < 1e-5);
 
-    // Nothing changed: nothing rewritten.
+    // Nothing changed: nothing rewritten. Every skip is in the index's list.
     let err = build();
     assert!(err.contains("up to date"), "{err}");
+    let listed = std::fs::read_to_string(idx.join("skipped.tsv")).unwrap();
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert_eq!(lines[0], "name\treason");
+    let (name, why) = lines[1].split_once('\t').unwrap();
+    assert!(name.ends_with("broken.jpg") && !why.is_empty(), "{listed}");
+
+    // Without the broken file the list goes: it names the last build's skips only.
+    std::fs::remove_file(imgs.join("broken.jpg")).unwrap();
+    let err = build();
+    assert!(!err.contains("skipped"), "{err}");
+    assert!(!idx.join("skipped.tsv").exists());
 }
 
 #[test]

@@ -143,7 +143,7 @@ fn build(a: BuildArgs) -> Result<()> {
                 );
             }
         }
-        report_skipped(&r.skipped);
+        report_skipped(&r.skipped, &a.out);
     } else if let Some(path) = &a.texts {
         let spec = a
             .model
@@ -220,10 +220,11 @@ fn report_shards(r: &index::BuildReport, out: &Path) {
         out.display(),
         r.embedded
     );
-    report_skipped(&r.skipped);
+    report_skipped(&r.skipped, out);
 }
 
-fn report_skipped(skipped: &[(PathBuf, String)]) {
+/// The first few skips; all of them are in the index's `skipped.tsv`.
+fn report_skipped(skipped: &[(PathBuf, String)], out: &Path) {
     if skipped.is_empty() {
         return;
     }
@@ -232,7 +233,11 @@ fn report_skipped(skipped: &[(PathBuf, String)]) {
         eprintln!("  {}: {e}", p.display());
     }
     if skipped.len() > 5 {
-        eprintln!("  … and {} more", skipped.len() - 5);
+        eprintln!(
+            "  … and {} more (all listed in {})",
+            skipped.len() - 5,
+            out.join(index::SKIPPED_FILE).display()
+        );
     }
 }
 

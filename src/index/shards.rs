@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use retrieval::{Entries, IndexSpec, SampleEntry};
 
 use super::journal::{SampleJournal, ShardRows};
-use super::{check_batch, model_id, write_by_row, BuildOptions, BuildReport};
+use super::{check_batch, list_skipped, model_id, write_by_row, BuildOptions, BuildReport};
 use crate::files::{self, CsvColumns};
 use crate::{Clip, Embeddings, Error, Features, Progress, Result};
 
@@ -89,7 +89,8 @@ pub fn build_shards<C: Borrow<Clip>>(
         opts,
         progress,
     )?;
-    b.write(source.endpoint.clone(), opts, report)
+    let report = b.write(source.endpoint.clone(), opts, report)?;
+    list_skipped(out, report)
 }
 
 /// The shards `data` names, in order, each once; local ones as absolute paths, so that the
