@@ -8,7 +8,9 @@
 #      and 10^4 shard URLs declared: launch → first finished step, and peak RSS;
 #   3. `clip index build --data` over the same shards from local disk, HTTP and S3, with the
 #      tiny test model (tests/fixtures/hf_tiny), so that reading and decoding weigh the most
-#      and any cost of the remote source shows; ROUNDS alternating rounds.
+#      and any cost of the remote source shows; then from HTTP paced to $MBPS MB/s per
+#      connection (a distant server's or an object store's per-connection throughput) with
+#      1, 2 and 4 shards read at once (--data-workers); ROUNDS alternating rounds.
 #
 # usage: [PARTS="loader urls index"] scripts/bench_remote.sh [DATA_DIR] [BATCHES] [ROUNDS]
 #   DATA_DIR (default /tmp/clip-photos-remote) gets 6 shards of 1000 samples on first use.
@@ -22,6 +24,7 @@ ROUNDS=${3:-2}
 PEERS=${PEERS:-/tmp/peers}
 PORT=${PORT:-8731}
 PARTS=${PARTS:-loader urls index}
+MBPS=${MBPS:-20}
 export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2
 
 cargo build --release --quiet --bin clip --example make_photos
@@ -107,13 +110,14 @@ for r in $(seq "$ROUNDS"); do
 done
 fi
 
-# index_build SPEC -> "seconds images"
+# index_build SPEC [ARGS...] -> "seconds images"
 index_build() {
-  local out t0 t1 n
+  local out t0 t1 n spec=$1
+  shift
   out=$(mktemp -d)
   t0=$(date +%s.%N)
-  target/release/clip index build --data "$1" --model tests/fixtures/hf_tiny --out "$out/index" \
-    >"$out/log" 2>&1 || { cat "$out/log" >&2; exit 1; }
+  target/release/clip index build --data "$spec" --model tests/fixtures/hf_tiny \
+    --out "$out/index" "$@" >"$out/log" 2>&1 || { cat "$out/log" >&2; exit 1; }
   t1=$(date +%s.%N)
   n=$(target/release/clip index info "$out/index" | awk '/^entries:/ { print $2 }')
   rm -rf "$out"
@@ -121,15 +125,23 @@ index_build() {
 }
 
 if part index; then
+PACED_PORT=$((PORT + 1))
+MBPS=$MBPS python3 scripts/shard_server.py "$SHARDS" "$PACED_PORT" &
+PACED_PID=$!
+trap 'kill "$PACED_PID" 2>/dev/null || true; cleanup' EXIT
+sleep 0.5
+PACED="http://127.0.0.1:$PACED_PORT/$NAMES"
 echo
 echo "## clip index build --data (hf_tiny, 2 threads): seconds (images/s)"
 echo
-echo "| round | local | HTTP | S3 | images |"
-echo "|---|---|---|---|---|"
+echo "| round | local | HTTP | S3 | HTTP at $MBPS MB/s, 1 reader | 2 readers | 4 readers | images |"
+echo "|---|---|---|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
   row="| $r |"
-  for spec in "$SHARDS/$NAMES" "$HTTP/$NAMES" "s3://bench/$NAMES"; do
-    read -r secs n < <(index_build "$spec")
+  for run in "$SHARDS/$NAMES" "$HTTP/$NAMES" "s3://bench/$NAMES" \
+    "$PACED --data-workers 1" "$PACED --data-workers 2" "$PACED --data-workers 4"; do
+    # shellcheck disable=SC2086 # a run is a spec and its flags
+    read -r secs n < <(index_build $run)
     row="$row $secs ($(awk -v s="$secs" -v n="$n" 'BEGIN { printf "%.0f", n / s }')) |"
   done
   echo "$row $n |"

@@ -3,9 +3,11 @@
 
 Serves the files of DIR by name, and any path ending in `-N.tar` as shard N modulo the number
 of .tar files in DIR (so 10^4 shard URLs can be declared over a few real shards). Honours
-`Range: bytes=N-`. Binds 127.0.0.1 only; one thread per connection.
+`Range: bytes=N-`. Binds 127.0.0.1 only; one thread per connection. With MBPS set, each
+connection's body is paced to that many MB/s, as a distant server or an object store's
+per-connection throughput would (loopback alone is far faster than either).
 
-usage: shard_server.py DIR PORT
+usage: [MBPS=N] shard_server.py DIR PORT
 """
 import http.server
 import os
@@ -13,9 +15,25 @@ import re
 import shutil
 import socketserver
 import sys
+import time
 
 ROOT, PORT = sys.argv[1], int(sys.argv[2])
 SHARDS = sorted(f for f in os.listdir(ROOT) if f.endswith(".tar"))
+MBPS = float(os.environ.get("MBPS", "0"))
+
+
+def send(src, dst):
+    """Copies src to dst, paced to MBPS per connection when it is set."""
+    if MBPS <= 0:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        return
+    chunk, start, sent = 1 << 16, time.monotonic(), 0
+    while block := src.read(chunk):
+        dst.write(block)
+        sent += len(block)
+        ahead = sent / (MBPS * 1e6) - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -55,7 +73,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with open(path, "rb") as f:
             f.seek(start)
             try:
-                shutil.copyfileobj(f, self.wfile, 1 << 20)
+                send(f, self.wfile)
             except (BrokenPipeError, ConnectionResetError):
                 pass
         self.close_connection = True

@@ -318,6 +318,56 @@ fn a_killed_build_resumes_without_reading_finished_shards_again() {
     assert_same_rows(&rows(&local), &rows(&idx));
 }
 
+#[test]
+fn shards_are_read_several_at_once_and_indexed_in_the_order_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = local_shards(tmp.path(), 3);
+    let srv = Server::start();
+    for (k, bytes) in shards.iter().enumerate() {
+        // The first shard stalls: the two after it can only finish first if they are read
+        // while it waits. The build is killed once both are journalled as finished.
+        let fault = match k {
+            0 => Fault::Stall {
+                bytes: 1000,
+                ms: 20_000,
+                times: 1,
+            },
+            _ => Fault::None,
+        };
+        srv.serve(&format!("/s{k}.tar"), bytes.clone(), fault);
+    }
+    let data = srv.url("/s{0..2}.tar");
+    let idx = tmp.path().join("idx");
+    killed_build(&data, &idx, 2);
+    let err = ok_stderr(&build(&[&data], &idx));
+    assert!(
+        err.contains(&format!("{} resumed from an interrupted build", 2 * PER)),
+        "{err}"
+    );
+    assert_eq!(srv.ranges("/s1.tar").len(), 1, "s1 read again");
+    assert_eq!(
+        srv.ranges("/s0.tar").len(),
+        2,
+        "s1 and s2 finished while s0 stalled, and only s0 was read again"
+    );
+
+    // One reader, in order: the same rows in the same order.
+    let (model, one) = (fixture("hf_tiny"), tmp.path().join("one"));
+    let local = format!("{}/s{{0..2}}.tar", s(tmp.path()));
+    let (data_arg, out_arg) = (["--data", &local], ["--out", s(&one)]);
+    let mut args = vec!["index", "build", "--model", &model, "--batch-size", "5"];
+    args.extend(
+        data_arg
+            .iter()
+            .chain(&out_arg)
+            .chain(&["--data-workers", "1"]),
+    );
+    ok(&clip(&args));
+    let (a, b) = (rows(&one), rows(&idx));
+    assert_eq!(a.len(), 3 * PER);
+    assert_same_rows(&a, &b);
+}
+
 /// `/search` results for a text query.
 fn results(srv: &Serve) -> Vec<serde_json::Value> {
     let url = format!("{}/search", srv.1);

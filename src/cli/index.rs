@@ -17,7 +17,7 @@ pub struct IndexArgs {
 #[derive(Debug, clap::Subcommand)]
 enum IndexCommand {
     /// Build or update an index of images, captions or precomputed embeddings.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Describe an index and check its files.
     Info(InfoArgs),
 }
@@ -39,6 +39,10 @@ struct BuildArgs {
     /// in the index for `clip serve`'s thumbnails.
     #[arg(long, requires = "data")]
     data_endpoint: Option<String>,
+    /// Shards read at once with --data (as `clip train --data-workers`; default: the cores,
+    /// 2 to 8).
+    #[arg(long, requires = "data", default_value_t = index::ShardSource::default().workers)]
+    data_workers: usize,
     /// Text file with one caption per line, for image→text search.
     #[arg(long)]
     texts: Option<PathBuf>,
@@ -85,7 +89,7 @@ struct InfoArgs {
 
 pub fn run(a: IndexArgs) -> Result<()> {
     match a.command {
-        IndexCommand::Build(b) => build(b),
+        IndexCommand::Build(b) => build(*b),
         IndexCommand::Info(i) => info(i),
     }
 }
@@ -111,6 +115,7 @@ fn build(a: BuildArgs) -> Result<()> {
         let source = index::ShardSource {
             data: a.data.clone(),
             endpoint: a.data_endpoint.clone(),
+            workers: a.data_workers,
         };
         let r = index::build_shards(&source, &a.out, spec, || load(spec), &opts, &bar)
             .with_context(written)?;

@@ -1,15 +1,17 @@
 //! Building an index from webdataset shards (`clip index build --data`): local, `pipe:`,
-//! http(s) or s3/gs/az shards, each streamed once from start to end by a reader thread while
-//! the samples read so far are embedded. Shards are never listed: a spec names exactly the
-//! shards it expands to, as for `clip train --data`.
+//! http(s) or s3/gs/az shards, each streamed once from start to end by one of a few reader
+//! threads while the samples read so far are embedded. Shards are never listed: a spec names
+//! exactly the shards it expands to, as for `clip train --data`.
 
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 
 use clip_data::shard_source::{Opener, ShardUrl};
-use clip_data::{error_chain, tar_samples, RawSample};
+use clip_data::{error_chain, tar_samples, OrderConfig, RawSample};
 use rayon::prelude::*;
 use retrieval::{Entries, IndexSpec, SampleEntry};
 
@@ -19,7 +21,7 @@ use crate::files::{self, CsvColumns};
 use crate::{Clip, Embeddings, Error, Features, Progress, Result};
 
 /// The shards to index and how to reach them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ShardSource {
     /// Specs in any `clip train --data` form (local shards or patterns, `pipe:` commands,
     /// http(s) URLs, s3/gs/az objects, brace patterns, `::`-joined parts), naming tar shards.
@@ -27,6 +29,20 @@ pub struct ShardSource {
     /// An S3-compatible endpoint (`--data-endpoint`); recorded in the index, so that
     /// `clip serve` reads thumbnails through it too.
     pub endpoint: Option<String>,
+    /// Shards read at once (`--data-workers`; default as for training: the cores, 2 to 8).
+    /// Reading is I/O: a distant server's or an object store's per-connection throughput is
+    /// multiplied by it, while decoding and embedding stay on the rayon pool.
+    pub workers: usize,
+}
+
+impl Default for ShardSource {
+    fn default() -> Self {
+        ShardSource {
+            data: Vec::new(),
+            endpoint: None,
+            workers: OrderConfig::default().workers,
+        }
+    }
 }
 
 /// From the reader thread: a sample of shard `i`, or the end of shard `i` (`Err`: why the
@@ -82,13 +98,8 @@ pub fn build_shards<C: Borrow<Clip>>(
         journal,
         per_shard,
     };
-    b.stream(
-        &todo,
-        &files::opener(source.endpoint.as_deref()),
-        load,
-        opts,
-        progress,
-    )?;
+    let opener = files::opener(source.endpoint.as_deref());
+    b.stream(&todo, &opener, source.workers, load, opts, progress)?;
     let report = b.write(source.endpoint.clone(), opts, report)?;
     list_skipped(out, report)
 }
@@ -123,12 +134,15 @@ struct ShardBuild<'a> {
 }
 
 impl ShardBuild<'_> {
-    /// Reads the shards `todo` on a reader thread and embeds their samples a batch at a
-    /// time (a shard's last batch may be short, so that a finished shard is journalled whole).
+    /// Reads the shards `todo` on `workers` reader threads and embeds their samples a batch
+    /// of one shard at a time (a shard's last batch may be short, so that a finished shard is
+    /// journalled whole). The index lists shards in the order named whatever order they
+    /// finish in.
     fn stream<C: Borrow<Clip>>(
         &mut self,
         todo: &[usize],
         opener: &Opener,
+        workers: usize,
         load: impl FnOnce() -> Result<C>,
         opts: &BuildOptions,
         progress: &dyn Progress,
@@ -137,32 +151,42 @@ impl ShardBuild<'_> {
             return Ok(());
         }
         let (mut load, mut held) = (Some(load), None::<C>);
+        // Loads the model when the first batch is ready (nothing to load if no shard reads).
+        let mut embed = |b: &mut Self, i: usize, batch: &mut Vec<RawSample>| -> Result<()> {
+            if held.is_none() {
+                let loaded = (load.take().expect("loaded once"))()?;
+                b.start_journal(loaded.borrow())?;
+                held = Some(loaded);
+            }
+            b.embed(i, batch, held.as_ref().expect("loaded above").borrow())
+        };
         progress.start(todo.len(), "shards");
-        let shards = self.shards;
+        let (shards, next) = (self.shards, AtomicUsize::new(0));
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = sync_channel(opts.batch_size.saturating_mul(2).max(2));
-            scope.spawn(move || read_shards(opener, shards, todo, &tx));
-            let mut pending = Vec::with_capacity(opts.batch_size);
+            for _ in 0..workers.clamp(1, todo.len()) {
+                let (tx, next) = (tx.clone(), &next);
+                scope.spawn(move || read_shards(opener, shards, todo, next, &tx));
+            }
+            drop(tx);
+            // Samples read but not embedded yet, by shard.
+            let mut pending: HashMap<usize, Vec<RawSample>> = HashMap::new();
             for msg in rx {
-                let (i, last) = match msg {
+                match msg {
                     Msg::Sample(i, raw) => {
-                        pending.push(raw);
-                        (i, None)
+                        let batch = pending.entry(i).or_default();
+                        batch.push(raw);
+                        if batch.len() >= opts.batch_size {
+                            embed(self, i, batch)?;
+                        }
                     }
-                    Msg::Done(i, read) => (i, Some(read)),
-                };
-                if pending.len() >= opts.batch_size || (last.is_some() && !pending.is_empty()) {
-                    if held.is_none() {
-                        let loaded = (load.take().expect("loaded once"))()?;
-                        self.start_journal(loaded.borrow())?;
-                        held = Some(loaded);
+                    Msg::Done(i, read) => {
+                        if let Some(mut batch) = pending.remove(&i).filter(|b| !b.is_empty()) {
+                            embed(self, i, &mut batch)?;
+                        }
+                        self.finish(i, read)?;
+                        progress.advance(1);
                     }
-                    let clip: &Clip = held.as_ref().expect("loaded above").borrow();
-                    self.embed(i, &mut pending, clip)?;
-                }
-                if let Some(read) = last {
-                    self.finish(i, read)?;
-                    progress.advance(1);
                 }
             }
             Ok(())
@@ -325,10 +349,16 @@ fn nothing_read(shards: &[ShardUrl], skipped: &[(PathBuf, String)]) -> Error {
     ))
 }
 
-/// The reader thread: streams the shards `todo` in order into `tx`, each from its start;
-/// stops early when the receiver is gone.
-fn read_shards(opener: &Opener, shards: &[ShardUrl], todo: &[usize], tx: &SyncSender<Msg>) {
-    for &i in todo {
+/// A reader thread: streams the next shard of `todo` not yet taken (`next` counts them) into
+/// `tx`, each from its start, until none is left; stops early when the receiver is gone.
+fn read_shards(
+    opener: &Opener,
+    shards: &[ShardUrl],
+    todo: &[usize],
+    next: &AtomicUsize,
+    tx: &SyncSender<Msg>,
+) {
+    while let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
         let name = shards[i].to_string();
         let read = match opener.open(&shards[i]) {
             Ok(r) => tar_samples(BufReader::with_capacity(1 << 20, r), &name, |raw| {
