@@ -273,23 +273,30 @@ fn killed_build(data: &str, out: &Path, shards: usize) {
     child.wait().unwrap();
 }
 
-#[test]
-fn a_killed_build_resumes_without_reading_finished_shards_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let shards = local_shards(tmp.path(), 4);
+/// A server of `shards` as `/s{k}.tar` where shard `stalled` stalls for 20 s after its
+/// first 1000 bytes, on its first request only.
+fn server_stalling(shards: &[Vec<u8>], stalled: usize) -> Server {
     let srv = Server::start();
     for (k, bytes) in shards.iter().enumerate() {
-        // The last shard stalls on its first request: the build is killed while it waits.
-        let fault = match k {
-            3 => Fault::Stall {
+        let fault = if k == stalled {
+            Fault::Stall {
                 bytes: 1000,
                 ms: 20_000,
                 times: 1,
-            },
-            _ => Fault::None,
+            }
+        } else {
+            Fault::None
         };
         srv.serve(&format!("/s{k}.tar"), bytes.clone(), fault);
     }
+    srv
+}
+
+#[test]
+fn a_killed_build_resumes_without_reading_finished_shards_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The last shard stalls on its first request: the build is killed while it waits.
+    let srv = server_stalling(&local_shards(tmp.path(), 4), 3);
     let data = srv.url("/s{0..3}.tar");
     let idx = tmp.path().join("idx");
     killed_build(&data, &idx, 3);
@@ -321,21 +328,9 @@ fn a_killed_build_resumes_without_reading_finished_shards_again() {
 #[test]
 fn shards_are_read_several_at_once_and_indexed_in_the_order_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let shards = local_shards(tmp.path(), 3);
-    let srv = Server::start();
-    for (k, bytes) in shards.iter().enumerate() {
-        // The first shard stalls: the two after it can only finish first if they are read
-        // while it waits. The build is killed once both are journalled as finished.
-        let fault = match k {
-            0 => Fault::Stall {
-                bytes: 1000,
-                ms: 20_000,
-                times: 1,
-            },
-            _ => Fault::None,
-        };
-        srv.serve(&format!("/s{k}.tar"), bytes.clone(), fault);
-    }
+    // The first shard stalls: the two after it can only finish first if they are read
+    // while it waits. The build is killed once both are journalled as finished.
+    let srv = server_stalling(&local_shards(tmp.path(), 3), 0);
     let data = srv.url("/s{0..2}.tar");
     let idx = tmp.path().join("idx");
     killed_build(&data, &idx, 2);
