@@ -292,6 +292,20 @@ fn server_stalling(shards: &[Vec<u8>], stalled: usize) -> Server {
     srv
 }
 
+/// Kills a build of `data` into `idx` once `finished` shards are journalled, builds again and
+/// checks that the second build resumed their samples.
+fn kill_then_resume(data: &str, idx: &Path, finished: usize) {
+    killed_build(data, idx, finished);
+    let err = ok_stderr(&build(&[data], idx));
+    assert!(
+        err.contains(&format!(
+            "{} resumed from an interrupted build",
+            finished * PER
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_killed_build_resumes_without_reading_finished_shards_again() {
     let tmp = tempfile::tempdir().unwrap();
@@ -299,12 +313,7 @@ fn a_killed_build_resumes_without_reading_finished_shards_again() {
     let srv = server_stalling(&local_shards(tmp.path(), 4), 3);
     let data = srv.url("/s{0..3}.tar");
     let idx = tmp.path().join("idx");
-    killed_build(&data, &idx, 3);
-    let err = ok_stderr(&build(&[&data], &idx));
-    assert!(
-        err.contains(&format!("{} resumed from an interrupted build", 3 * PER)),
-        "{err}"
-    );
+    kill_then_resume(&data, &idx, 3);
     for k in 0..3 {
         assert_eq!(
             srv.ranges(&format!("/s{k}.tar")).len(),
@@ -333,12 +342,7 @@ fn shards_are_read_several_at_once_and_indexed_in_the_order_named() {
     let srv = server_stalling(&local_shards(tmp.path(), 3), 0);
     let data = srv.url("/s{0..2}.tar");
     let idx = tmp.path().join("idx");
-    killed_build(&data, &idx, 2);
-    let err = ok_stderr(&build(&[&data], &idx));
-    assert!(
-        err.contains(&format!("{} resumed from an interrupted build", 2 * PER)),
-        "{err}"
-    );
+    kill_then_resume(&data, &idx, 2);
     assert_eq!(srv.ranges("/s1.tar").len(), 1, "s1 read again");
     assert_eq!(
         srv.ranges("/s0.tar").len(),
